@@ -1,0 +1,25 @@
+"""One root exception for the hardware layer; each also inherits the matching built-in."""
+
+
+class HardwareError(Exception):
+    """Root of every error raised by `hardware`."""
+
+
+class BusError(HardwareError, OSError):
+    """The bus transfer itself failed (EIO, NACK, ...); the chip may still be there."""
+
+
+class SensorMissingError(HardwareError, OSError):
+    """Nothing answers at the configured address or pin (ENXIO, unplugged)."""
+
+
+class ChipIdError(HardwareError, ValueError):
+    """Something answers, but it is not the chip this driver expects."""
+
+
+class DataError(HardwareError, ValueError):
+    """The chip answered with data that fails its own checks (CRC, stuck bits, out of range)."""
+
+
+class UnknownDriverError(HardwareError, LookupError):
+    """No driver is registered under the requested name."""
