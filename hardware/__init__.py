@@ -1,1 +1,64 @@
-"""hardware"""
+"""Hardware abstraction: sensor drivers, their emulators, buses, back ends and signal models.
+
+Knows nothing of MQTT, the agent or the gateway; it depends only on the standard library,
+smbus2 (imported only when a real bus is opened) and nothing else.
+"""
+
+from hardware.backends import Backend, EmulatedBackend, RealBackend, make_backend
+from hardware.drivers import DriverInfo
+from hardware.errors import (
+    BusError,
+    ChipIdError,
+    DataError,
+    HardwareError,
+    SensorMissingError,
+    SensorSettingsError,
+    SensorTimeoutError,
+    UnknownDriverError,
+)
+from hardware.registry import driver_info, list_drivers, open_sensor
+from hardware.sensor import (
+    BackendKind,
+    Clock,
+    Health,
+    Measurement,
+    Quantity,
+    Reading,
+    Sensor,
+    SensorStatus,
+)
+from hardware.signals import SignalModel, default_signal
+from hardware.timing import ManualClock, RealTimer, Timer, VirtualTimer
+
+__all__ = [
+    "Backend",
+    "BackendKind",
+    "BusError",
+    "ChipIdError",
+    "Clock",
+    "DataError",
+    "DriverInfo",
+    "EmulatedBackend",
+    "HardwareError",
+    "Health",
+    "ManualClock",
+    "Measurement",
+    "Quantity",
+    "Reading",
+    "RealBackend",
+    "RealTimer",
+    "Sensor",
+    "SensorMissingError",
+    "SensorSettingsError",
+    "SensorStatus",
+    "SensorTimeoutError",
+    "SignalModel",
+    "Timer",
+    "UnknownDriverError",
+    "VirtualTimer",
+    "default_signal",
+    "driver_info",
+    "list_drivers",
+    "make_backend",
+    "open_sensor",
+]

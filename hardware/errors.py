@@ -23,3 +23,11 @@ class DataError(HardwareError, ValueError):
 
 class UnknownDriverError(HardwareError, LookupError):
     """No driver is registered under the requested name."""
+
+
+class SensorTimeoutError(HardwareError, TimeoutError):
+    """The chip answers but did not finish a conversion or NVM copy within its datasheet bound."""
+
+
+class SensorSettingsError(HardwareError, ValueError):
+    """A sensor asked for with settings its driver cannot have (address, quantities)."""

@@ -10,6 +10,8 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Self
 
+from hardware.errors import HardwareError, SensorMissingError
+
 Clock = Callable[[], float]
 """Seconds since the epoch; injected so that tests and virtual-time runs control it."""
 
@@ -73,8 +75,6 @@ class Sensor(ABC):
 
     def read(self) -> Reading:
         """Measure once and keep `status` current; hardware faults propagate as HardwareError."""
-        from hardware.errors import HardwareError, SensorMissingError
-
         try:
             raw = self._measure()
         except SensorMissingError as exc:

@@ -1,0 +1,145 @@
+"""Configuration files: TOML validated by pydantic; broker address and secrets from the environment.
+
+The sections shared by agent and gateway (`[mqtt]`, `[observability]`) are defined here once;
+the gateway builds its own file model from them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError
+
+from agent.contract import DEFAULT_PREFIX, DeviceId, SensorName, SensorSettings, Topics
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names the file and the key."""
+
+
+class Section(BaseModel):
+    # A misspelt key must stop start-up rather than be silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive: int = Field(default=30, ge=1, le=65535, description="seconds")
+    qos: Literal[0, 1] = 1
+    prefix: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-/]{1,64}$")] = DEFAULT_PREFIX
+    topic: str | None = Field(
+        default=None,
+        description="telemetry topic template, e.g. 'sensors/{device_id}'; default under prefix",
+    )
+    client_id: str | None = None
+    reconnect_min_delay: float = Field(default=0.5, gt=0)
+    reconnect_max_delay: float = Field(default=30.0, gt=0)
+
+    def topics(self) -> Topics:
+        return Topics(prefix=self.prefix, telemetry_template=self.topic)
+
+
+class ObservabilitySettings(Section):
+    service_name: str = "edgetwin"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    trace_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP traces URL, e.g. http://otel-collector:4318/v1/traces"
+    )
+    prometheus_port: int | None = Field(default=None, ge=1, le=65535)
+    prometheus_host: str = "0.0.0.0"  # noqa: S104 - scraped from other hosts by design
+
+
+class AgentSection(Section):
+    device_id: DeviceId
+    state_dir: Path | None = Field(
+        default=None, description="where boot counter and sequence numbers persist"
+    )
+
+
+class AgentConfig(Section):
+    agent: AgentSection
+    mqtt: MqttSettings = MqttSettings()
+    observability: ObservabilitySettings = ObservabilitySettings(service_name="edgetwin-agent")
+    sensors: dict[SensorName, SensorSettings] = Field(default_factory=dict)
+
+
+# Environment variables win over the file for what differs between machines (broker address)
+# and for what must not sit in a world-readable file (secrets).
+ENV_OVERRIDES: Final[Mapping[str, tuple[str, str]]] = {
+    "EDGETWIN_MQTT_HOST": ("mqtt", "host"),
+    "EDGETWIN_MQTT_PORT": ("mqtt", "port"),
+    "EDGETWIN_MQTT_USERNAME": ("mqtt", "username"),
+    "EDGETWIN_MQTT_PASSWORD": ("mqtt", "password"),
+}
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def apply_env_overrides(
+    data: dict[str, Any],
+    environ: Mapping[str, str],
+    overrides: Mapping[str, tuple[str, str]] = ENV_OVERRIDES,
+) -> dict[str, Any]:
+    merged = {key: dict(value) if isinstance(value, dict) else value for key, value in data.items()}
+    for variable, (section, key) in overrides.items():
+        if variable in environ:
+            target = merged.setdefault(section, {})
+            if isinstance(target, dict):
+                target[key] = environ[variable]
+    return merged
+
+
+def describe_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}'")
+        else:
+            lines.append(f"{source}: key '{key}': {error['msg']}")
+    return "\n".join(lines)
+
+
+def validate(
+    model: type[ModelT],
+    data: dict[str, Any],
+    source: str,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, tuple[str, str]] = ENV_OVERRIDES,
+) -> ModelT:
+    env = os.environ if environ is None else environ
+    try:
+        return model.model_validate(apply_env_overrides(data, env, overrides))
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, source)) from exc
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def load(
+    model: type[ModelT],
+    path: Path,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, tuple[str, str]] = ENV_OVERRIDES,
+) -> ModelT:
+    return validate(model, read_toml(path), str(path), environ, overrides)
+
+
+def load_agent_config(path: Path, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    return load(AgentConfig, path, environ)

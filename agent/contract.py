@@ -1,0 +1,319 @@
+"""The wire contract: every MQTT topic and payload that agents and gateways exchange.
+
+This module is the only place topics are spelled and payloads are shaped; the gateway imports
+it. Payloads are JSON objects carrying a schema version `v` so that readers can refuse what
+they do not understand instead of guessing.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Final, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, model_validator
+
+SCHEMA_VERSION: Final = 1
+DEFAULT_PREFIX: Final = "edgetwin"
+
+# Underscore is allowed beside DESIGN.md's [a-z0-9-] because the original simulator names its
+# devices device_000, device_001, ... and its consumers must keep working. Both characters are
+# inert in MQTT topics; '+', '#', '/' and uppercase stay out.
+ID_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+_ID_RE: Final = re.compile(ID_PATTERN)
+
+DeviceId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+SensorName = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+QuantityName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+Unit = Annotated[str, StringConstraints(min_length=1, max_length=16)]
+# Numbers must be JSON numbers: a "7" where 7 belongs is a producer bug worth refusing. Enums and
+# literals stay lax so that code may pass their string values.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+
+
+class ContractError(ValueError):
+    """A topic or payload that does not follow the contract."""
+
+
+def check_id(value: str, what: str = "device id") -> str:
+    if not _ID_RE.fullmatch(value):
+        raise ContractError(f"invalid {what} {value!r}: expected {ID_PATTERN}")
+    return value
+
+
+class Source(StrEnum):
+    """Where a reading came from; the only field that tells simulated data from real data."""
+
+    REAL = "real"  # an agent reading real hardware
+    EMULATED = "emulated"  # an agent reading an emulated chip (no hardware attached)
+    SIMULATED = "simulated"  # the gateway standing in for a missing device or sensor
+
+
+class Presence(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = SCHEMA_VERSION
+
+    def encode(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> Self:
+        """Parse and validate; raises ContractError with pydantic's reason."""
+        try:
+            return cls.model_validate_json(payload)
+        except ValueError as exc:
+            raise ContractError(f"invalid {cls.__name__} payload: {exc}") from exc
+
+
+class Value(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    value: Float
+    unit: Unit
+
+
+class Anomaly(BaseModel):
+    """Ground-truth label of an injected anomaly, so detectors downstream can be scored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")]
+    id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    start: Float
+    end: Float | None = None
+
+
+class Telemetry(_Payload):
+    """One reading of one sensor stream. `seq` counts per (device, sensor) across restarts."""
+
+    device: DeviceId
+    sensor: SensorName
+    ts: Float = Field(gt=0, description="seconds since the Unix epoch, UTC")
+    seq: Int = Field(ge=0)
+    source: Source
+    values: dict[QuantityName, Value] = Field(min_length=1)
+    anomaly: Anomaly | None = None
+
+
+class Status(_Payload):
+    """Presence, retained. Birth on connect, the broker's last will on loss.
+
+    `boot` grows by one at every agent start, so a reader can discard a late last will of an
+    earlier connection that arrives after a fresh birth.
+    """
+
+    device: DeviceId
+    state: Presence
+    ts: Float
+    boot: Int = Field(ge=0)
+    agent_version: str
+    reason: Literal["birth", "shutdown", "connection_lost"]
+
+
+class SensorBackend(StrEnum):
+    REAL = "real"
+    EMULATED = "emulated"
+    AUTO = "auto"
+
+
+class SensorSettings(BaseModel):
+    """How one sensor is attached and polled; shared by agent config files and desired config."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    driver: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")]
+    interval: float = Field(default=5.0, gt=0, le=86_400, description="seconds between readings")
+    bus: int = Field(default=1, ge=0, le=255)
+    address: int | None = Field(default=None, ge=0x03, le=0x77)
+    backend: SensorBackend = SensorBackend.AUTO
+    enabled: bool = True
+
+
+class DesiredConfig(_Payload):
+    """What the gateway wants a device to run. Retained; only the gateway writes it."""
+
+    device: DeviceId
+    version: Int = Field(ge=1)
+    sensors: dict[SensorName, SensorSettings]
+
+
+class ReportedConfig(_Payload):
+    """What the agent applied, or why it refused. Retained; only the agent writes it."""
+
+    device: DeviceId
+    ts: Float
+    applied_version: Int = Field(ge=0)
+    rejected_version: Int | None = None
+    reason: str | None = None
+
+    @model_validator(mode="after")
+    def _rejection_has_reason(self) -> Self:
+        if (self.rejected_version is None) != (self.reason is None):
+            raise ValueError("rejected_version and reason go together")
+        return self
+
+
+class SensorHealth(StrEnum):
+    OK = "ok"
+    FAULTED = "faulted"
+    MISSING = "missing"
+
+
+class SensorState(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    health: SensorHealth
+    backend: Literal["real", "emulated"]
+    reason: str | None = None
+
+
+class DeviceState(_Payload):
+    """The agent's own account of itself. Retained; only the agent writes it."""
+
+    device: DeviceId
+    ts: Float
+    agent_version: str
+    uptime_s: Float = Field(ge=0)
+    sensors: dict[SensorName, SensorState]
+    outbox_depth: Int = Field(default=0, ge=0)
+    dropped: Int = Field(default=0, ge=0)
+
+
+class Server(StrEnum):
+    AGENT = "agent"
+    SIMULATION = "simulation"
+
+
+class TwinSummary(_Payload):
+    """Who serves each sensor of a device right now. Retained; only the gateway writes it."""
+
+    device: DeviceId
+    ts: Float
+    presence: Literal["online", "offline", "unknown"]
+    sensors: dict[SensorName, Server]
+
+
+TopicKind = Literal["status", "twin", "telemetry", "desired", "reported", "state"]
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedTopic:
+    kind: TopicKind
+    device: str
+    sensor: str | None = None
+
+
+_TEMPLATE_FIELDS: Final = frozenset({"prefix", "device_id", "sensor"})
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Topic builders and parsers for one prefix and an optional telemetry template.
+
+    The template (original simulator style, e.g. ``sensors/{device_id}``) moves telemetry only;
+    presence, config and state keep their place under the prefix. It may use {prefix},
+    {device_id} and {sensor}; without {sensor}, all of a device's sensors share one topic and
+    the payload's `sensor` field tells them apart.
+    """
+
+    prefix: str = DEFAULT_PREFIX
+    telemetry_template: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.prefix or any(c in self.prefix for c in "+#") or self.prefix.endswith("/"):
+            raise ContractError(f"invalid topic prefix {self.prefix!r}")
+        if self.telemetry_template is not None:
+            fields = {f for _, f, _, _ in string.Formatter().parse(self.telemetry_template) if f}
+            unknown = fields - _TEMPLATE_FIELDS
+            if unknown or "device_id" not in fields:
+                raise ContractError(
+                    f"telemetry topic template {self.telemetry_template!r} must contain "
+                    f"{{device_id}} and may use only {sorted(_TEMPLATE_FIELDS)}"
+                )
+            if any(c in self.telemetry_template for c in "+#"):
+                raise ContractError("telemetry topic template may not contain wildcards")
+
+    def status(self, device: str) -> str:
+        return f"{self.prefix}/{device}/status"
+
+    def twin(self, device: str) -> str:
+        return f"{self.prefix}/{device}/twin"
+
+    def desired(self, device: str) -> str:
+        return f"{self.prefix}/{device}/config/desired"
+
+    def reported(self, device: str) -> str:
+        return f"{self.prefix}/{device}/config/reported"
+
+    def state(self, device: str) -> str:
+        return f"{self.prefix}/{device}/state"
+
+    def telemetry(self, device: str, sensor: str) -> str:
+        if self.telemetry_template is None:
+            return f"{self.prefix}/{device}/telemetry/{sensor}"
+        return self.telemetry_template.format(prefix=self.prefix, device_id=device, sensor=sensor)
+
+    def all_status(self) -> str:
+        return f"{self.prefix}/+/status"
+
+    def all_state(self) -> str:
+        return f"{self.prefix}/+/state"
+
+    def all_reported(self) -> str:
+        return f"{self.prefix}/+/config/reported"
+
+    def all_telemetry(self) -> str:
+        if self.telemetry_template is None:
+            return f"{self.prefix}/+/telemetry/+"
+        return self.telemetry_template.format(prefix=self.prefix, device_id="+", sensor="+")
+
+    def parse(self, topic: str) -> ParsedTopic:
+        """Tell what a topic is and whose; ContractError for anything outside the contract."""
+        parsed = self._parse_prefixed(topic) or self._parse_template(topic)
+        if parsed is None:
+            raise ContractError(f"topic {topic!r} is not part of the edgetwin contract")
+        check_id(parsed.device)
+        if parsed.sensor is not None:
+            check_id(parsed.sensor, "sensor name")
+        return parsed
+
+    def _parse_prefixed(self, topic: str) -> ParsedTopic | None:
+        head = self.prefix + "/"
+        if not topic.startswith(head):
+            return None
+        parts = topic[len(head) :].split("/")
+        match parts:
+            case [device, "status"]:
+                return ParsedTopic("status", device)
+            case [device, "twin"]:
+                return ParsedTopic("twin", device)
+            case [device, "state"]:
+                return ParsedTopic("state", device)
+            case [device, "config", "desired"]:
+                return ParsedTopic("desired", device)
+            case [device, "config", "reported"]:
+                return ParsedTopic("reported", device)
+            case [device, "telemetry", sensor] if self.telemetry_template is None:
+                return ParsedTopic("telemetry", device, sensor)
+        return None
+
+    def _parse_template(self, topic: str) -> ParsedTopic | None:
+        if self.telemetry_template is None:
+            return None
+        pattern = re.escape(self.telemetry_template)
+        pattern = pattern.replace(r"\{prefix\}", re.escape(self.prefix))
+        pattern = pattern.replace(r"\{device_id\}", r"(?P<device>[^/]+)")
+        pattern = pattern.replace(r"\{sensor\}", r"(?P<sensor>[^/]+)")
+        match = re.fullmatch(pattern, topic)
+        if match is None:
+            return None
+        return ParsedTopic("telemetry", match["device"], match.groupdict().get("sensor"))

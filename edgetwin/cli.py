@@ -1,0 +1,79 @@
+"""The `edgetwin` command.
+
+It sits above agent, gateway and hardware and imports each lazily, so that `edgetwin agent`
+on a Raspberry Pi never loads FastAPI, uvicorn or the gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgetwin", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    agent = commands.add_parser("agent", help="run the device agent (systemd service)")
+    agent.add_argument("--config", type=Path, required=True, help="agent TOML file")
+
+    gateway = commands.add_parser("gateway", help="run the twin gateway (FastAPI)")
+    gateway.add_argument("--config", type=Path, required=True, help="gateway TOML file")
+
+    demo = commands.add_parser(
+        "demo", help="embedded broker + gateway + one agent, nothing to configure"
+    )
+    demo.add_argument("--api-port", type=int, default=None, help="API port (default: a free one)")
+    demo.add_argument("--devices", type=int, default=4, help="simulated devices beside the agent's")
+    demo.add_argument("--duration", type=float, default=None, help="stop after so many seconds")
+    demo.add_argument(
+        "--agent-delay", type=float, default=5.0, help="seconds before the agent joins"
+    )
+    demo.add_argument(
+        "--broker",
+        choices=["auto", "mosquitto", "inprocess"],
+        default="auto",
+        help="embedded broker: the mosquitto binary when installed (auto), or amqtt in-process",
+    )
+
+    watch = commands.add_parser("watch", help="print every edgetwin message on a broker")
+    watch.add_argument("--host", default="127.0.0.1")
+    watch.add_argument("--port", type=int, default=1883)
+    watch.add_argument("--topic", action="append", default=None, help="topic filter (default '#')")
+    watch.add_argument("--count", type=int, default=None, help="exit after so many messages")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "agent":
+        from agent.cli import run_agent
+
+        return run_agent(args.config)
+    if args.command == "gateway":
+        from gateway.cli import run_gateway
+
+        return run_gateway(args.config)
+    if args.command == "demo":
+        from gateway.demo import run_demo
+
+        return run_demo(
+            api_port=args.api_port,
+            simulated_devices=args.devices,
+            duration=args.duration,
+            broker=args.broker,
+            agent_delay=args.agent_delay,
+        )
+    if args.command == "watch":
+        from agent.watch import watch
+
+        return watch(args.host, args.port, args.topic or ["#"], args.count)
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

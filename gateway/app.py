@@ -1,0 +1,91 @@
+"""The FastAPI application: built by a factory, its state made in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from opentelemetry.trace import SpanKind
+from prometheus_client import start_http_server
+
+from agent.runtime import agent_version
+from agent.tracing import setup_tracing
+from gateway.config import GatewayConfig
+from gateway.metrics import GatewayMetrics
+from gateway.routers import devices, system
+from gateway.service import GatewayService
+from hardware.sensor import Clock
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: GatewayConfig, *, clock: Clock = time.time) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        observability = config.observability
+        metrics = GatewayMetrics()
+        tracing = setup_tracing(observability.trace_endpoint, observability.service_name)
+        service = GatewayService(config, metrics, tracing, clock=clock)
+        app.state.metrics = metrics
+        app.state.tracer = tracing.tracer("edgetwin.gateway.api")
+        app.state.service = service
+        exporter = None
+        if (
+            observability.prometheus_port is not None
+            and observability.prometheus_port != config.server.port
+        ):
+            exporter, _ = start_http_server(
+                observability.prometheus_port,
+                observability.prometheus_host,
+                registry=metrics.registry,
+            )
+        service.start()
+        log.info(
+            "gateway started",
+            extra={
+                "devices": len(service.fleet.snapshot()),
+                "broker": f"{config.mqtt.host}:{config.mqtt.port}",
+                "prometheus_port": observability.prometheus_port,
+            },
+        )
+        try:
+            yield
+        finally:
+            service.stop()
+            if exporter is not None:
+                exporter.shutdown()
+            tracing.shutdown()
+            log.info("gateway stopped")
+
+    app = FastAPI(
+        title="edgetwin gateway",
+        version=agent_version(),
+        description="Digital twin of an MQTT sensor fleet; simulates every device that is missing.",
+        lifespan=lifespan,
+    )
+    app.include_router(devices.router)
+    app.include_router(system.router)
+
+    @app.middleware("http")
+    async def observe(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        tracer = request.app.state.tracer
+        with tracer.start_as_current_span(
+            f"{request.method} {request.url.path}", kind=SpanKind.SERVER
+        ) as span:
+            response = await call_next(request)
+            route = request.scope.get("route")
+            route_path = getattr(route, "path", "unmatched")
+            span.set_attribute("http.route", route_path)
+            span.set_attribute("http.response.status_code", response.status_code)
+        request.app.state.metrics.http_requests.labels(
+            request.method, route_path, str(response.status_code)
+        ).observe(time.perf_counter() - started)
+        return response
+
+    return app

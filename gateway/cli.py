@@ -1,0 +1,66 @@
+"""`edgetwin gateway`: the FastAPI twin on uvicorn, stopped cleanly by SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import uvicorn
+
+from agent.config import ConfigError
+from agent.logs import configure_logging
+from gateway.app import create_app
+from gateway.config import GatewayConfig, load_gateway_config
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die by the
+    signal; a service that stopped cleanly should exit 0 instead, as the agent does."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {
+            sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def serve(config: GatewayConfig) -> uvicorn.Server:
+    """A uvicorn server for the gateway; `run()` it, and it handles SIGTERM and SIGINT."""
+    app = create_app(config)
+    server_config = uvicorn.Config(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        log_config=None,  # keep our JSON handler on the root logger
+        access_log=False,  # request latency is in the metrics; one line per request is noise
+        lifespan="on",
+    )
+    return _Server(server_config)
+
+
+def run_gateway(config_path: Path) -> int:
+    try:
+        config = load_gateway_config(config_path)
+    except ConfigError as exc:
+        # Plain text, not JSON: whoever starts the program must read this one at once.
+        print(f"edgetwin gateway: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.observability.service_name, config.observability.log_level)
+    server = serve(config)
+    server.run()
+    return 0 if server.started else 1

@@ -1,0 +1,143 @@
+"""`edgetwin demo`: a complete fleet on one machine with nothing configured.
+
+An embedded broker (the local mosquitto binary on a free port, or an in-process Python broker),
+the gateway simulating a few devices, and one agent reading emulated chips. The agent joins a
+few seconds after the gateway, so its device is first simulated and then handed back.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import uvicorn
+
+from agent.config import AgentConfig, AgentSection, MqttSettings, ObservabilitySettings
+from agent.contract import SensorSettings
+from agent.logs import configure_logging
+from agent.runtime import Agent
+from gateway.broker import free_port, start_embedded_broker
+from gateway.cli import serve
+from gateway.config import GatewayConfig, ManifestDevice, ServerSection, SimulatorSection
+
+log = logging.getLogger(__name__)
+
+AGENT_DEVICE = "demo-pi"
+
+
+def demo_sensors(interval: float) -> dict[str, SensorSettings]:
+    return {
+        "env": SensorSettings(driver="bme280", interval=interval, backend="emulated"),
+        "env-outdoor": SensorSettings(
+            driver="bme280", address=0x77, interval=interval, backend="emulated"
+        ),
+    }
+
+
+def run_demo(
+    api_port: int | None = None,
+    simulated_devices: int = 4,
+    duration: float | None = None,
+    broker: Literal["auto", "mosquitto", "inprocess"] = "auto",
+    agent_delay: float = 5.0,
+) -> int:
+    configure_logging("edgetwin-demo", "WARNING")
+    with (
+        tempfile.TemporaryDirectory(prefix="edgetwin-demo-") as workdir,
+        start_embedded_broker("inprocess" if broker == "inprocess" else "mosquitto") as embedded,
+    ):
+        if broker == "mosquitto" and embedded.protocol != "5":
+            raise SystemExit("edgetwin demo: no mosquitto binary found; try --broker inprocess")
+        mqtt = MqttSettings(
+            host=embedded.host, port=embedded.port, protocol=embedded.protocol, keepalive=5
+        )
+        port = api_port or free_port()
+        gateway_config = GatewayConfig(
+            simulator=SimulatorSection(
+                device_count=simulated_devices, publish_interval=2.0, device_prefix="sim-"
+            ),
+            mqtt=mqtt,
+            observability=ObservabilitySettings(service_name="edgetwin-gateway"),
+            server=ServerSection(host="127.0.0.1", port=port),
+            devices=[ManifestDevice(id=AGENT_DEVICE, sensors=demo_sensors(2.0), site="demo")],
+        )
+        agent_config = AgentConfig(
+            agent=AgentSection(device_id=AGENT_DEVICE, state_dir=Path(workdir) / "agent"),
+            mqtt=mqtt,
+            sensors=demo_sensors(2.0),
+        )
+        server = serve(gateway_config)
+        stop_agent = threading.Event()
+        agent_thread = threading.Thread(
+            target=_agent_after_delay,
+            args=(agent_config, stop_agent, agent_delay),
+            name="demo-agent",
+            daemon=True,
+        )
+        agent_thread.start()
+        if duration is not None:
+            timer = threading.Timer(duration, lambda: setattr(server, "should_exit", True))
+            timer.daemon = True
+            timer.start()
+        banner = threading.Thread(
+            target=_banner_when_serving,
+            args=(
+                server,
+                lambda: _print_banner(
+                    embedded.host, embedded.port, port, embedded.protocol, agent_delay
+                ),
+            ),
+            daemon=True,
+        )
+        banner.start()
+        try:
+            server.run()
+        finally:
+            stop_agent.set()
+            agent_thread.join(timeout=10)
+        print("\nedgetwin demo stopped.", flush=True)
+    return 0
+
+
+def _agent_after_delay(config: AgentConfig, stop: threading.Event, delay: float) -> None:
+    if stop.wait(delay):
+        return
+    Agent(config).run(stop)
+
+
+def _banner_when_serving(server: uvicorn.Server, show: Callable[[], None]) -> None:
+    """Print the addresses only once the API answers, so that what is printed works at once."""
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if server.should_exit or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+    show()
+
+
+def _print_banner(
+    host: str, broker_port: int, api_port: int, protocol: str, agent_delay: float
+) -> None:
+    edgetwin = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "edgetwin" else "edgetwin"
+    lines = [
+        "",
+        "edgetwin demo is running.",
+        f"  broker      mqtt://{host}:{broker_port} (MQTT {protocol})",
+        f"  API         http://127.0.0.1:{api_port}/devices   (docs: /docs, metrics: /metrics)",
+        f"  devices     {AGENT_DEVICE} (agent on emulated BME280s, joins in {agent_delay:g} s)"
+        " and simulated sim-*",
+        "",
+        "Watch the fleet from another terminal:",
+        f"  {edgetwin} watch --host {host} --port {broker_port} --topic 'edgetwin/#'",
+    ]
+    if shutil.which("mosquitto_sub"):
+        lines.append(f"  mosquitto_sub -h {host} -p {broker_port} -t 'edgetwin/#' -v")
+    lines += ["", "Ctrl-C stops everything.", ""]
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,24 @@
+"""Request dependencies: everything a route needs comes from app.state, built in the lifespan."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from gateway.metrics import GatewayMetrics
+from gateway.service import GatewayService
+
+
+def _service(request: Request) -> GatewayService:
+    service: GatewayService = request.app.state.service
+    return service
+
+
+def _metrics(request: Request) -> GatewayMetrics:
+    metrics: GatewayMetrics = request.app.state.metrics
+    return metrics
+
+
+ServiceDep = Annotated[GatewayService, Depends(_service)]
+MetricsDep = Annotated[GatewayMetrics, Depends(_metrics)]

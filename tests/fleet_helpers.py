@@ -1,0 +1,131 @@
+"""Start edgetwin's own programs against a test broker: config files, processes, threads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from agent.config import AgentConfig, AgentSection, MqttSettings
+from agent.contract import SensorSettings
+from agent.runtime import Agent
+from tests.mqtt_helpers import Endpoint, Message
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def mqtt_settings(broker: Endpoint, **extra: object) -> MqttSettings:
+    return MqttSettings.model_validate(
+        {"host": broker.host, "port": broker.port, "protocol": broker.protocol, **extra}
+    )
+
+
+def bme280(interval: float, address: int = 0x76) -> SensorSettings:
+    return SensorSettings.model_validate(
+        {"driver": "bme280", "interval": interval, "address": address, "backend": "emulated"}
+    )
+
+
+def agent_toml(
+    broker: Endpoint, device: str, state_dir: Path, *, interval: float = 0.2, keepalive: int = 2
+) -> str:
+    return f"""
+[agent]
+device_id = "{device}"
+state_dir = "{state_dir}"
+
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+protocol = "{broker.protocol}"
+keepalive = {keepalive}
+reconnect_min_delay = 0.2
+reconnect_max_delay = 1
+
+[sensors.env]
+driver = "bme280"
+address = 0x76
+interval = {interval}
+backend = "emulated"
+
+[sensors.outdoor]
+driver = "bme280"
+address = 0x77
+interval = {interval}
+backend = "emulated"
+"""
+
+
+def start_edgetwin(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Run the installed `edgetwin` command exactly as systemd or a user would."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgetwin", *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def stop_process(
+    process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15
+) -> tuple[int, str]:
+    """Send `sig`, wait for the exit, and return (exit code, stderr text)."""
+    if process.poll() is None:
+        process.send_signal(sig)
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, stderr = process.communicate()
+        raise AssertionError(
+            f"process did not stop within {timeout} s; stderr:\n{stderr.decode()}"
+        ) from None
+    return process.returncode, stderr.decode()
+
+
+@contextmanager
+def running_agent(
+    broker: Endpoint, device: str, state_dir: Path, interval: float = 0.2
+) -> Iterator[Agent]:
+    """An agent on its own thread (faster to start than a process), stopped on exit."""
+    config = AgentConfig(
+        agent=AgentSection(device_id=device, state_dir=state_dir),
+        mqtt=mqtt_settings(broker, keepalive=2, reconnect_min_delay=0.2, reconnect_max_delay=1),
+        sensors={"env": bme280(interval)},
+    )
+    agent = Agent(config)
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), name=f"agent-{device}", daemon=True)
+    thread.start()
+    try:
+        yield agent
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "agent thread did not stop"
+
+
+def payload(message: Message) -> dict[str, object]:
+    decoded: dict[str, object] = json.loads(message.payload)
+    return decoded
+
+
+def poll(
+    condition: object, timeout: float, interval: float = 0.05, what: str = "condition"
+) -> None:
+    """Poll a callable until it returns truthy, with a deadline (for state behind an HTTP API)."""
+    assert callable(condition)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not reached within {timeout} s")

@@ -1,0 +1,126 @@
+"""The agent against a real broker: telemetry, birth, last will, clean stop on signals."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.contract import Source, Status, Telemetry
+from tests.brokers import BrokerUnderTest
+from tests.fleet_helpers import agent_toml, payload, running_agent, start_edgetwin, stop_process
+from tests.mqtt_helpers import Subscriber
+
+pytestmark = pytest.mark.integration
+
+DEVICE = "pi-test"
+
+
+def test_agent_never_imports_the_gateway_stack() -> None:
+    code = (
+        "import sys; import edgetwin.cli, agent.cli, agent.runtime, agent.mqtt;"
+        "heavy = ('fastapi', 'uvicorn', 'starlette', 'gateway');"
+        "loaded = sorted(m for m in heavy if m in sys.modules);"
+        "print(loaded); sys.exit(1 if loaded else 0)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, f"the agent imports {result.stdout.strip()}"
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_agent_process_publishes_and_stops_cleanly(
+    broker: BrokerUnderTest, tmp_path: Path, stop_signal: int
+) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(agent_toml(broker, DEVICE, tmp_path / "state"))
+    with Subscriber(broker, f"edgetwin/{DEVICE}/#") as sub:
+        process = start_edgetwin(["agent", "--config", str(config)])
+        try:
+            births = sub.wait_for(f"edgetwin/{DEVICE}/status", timeout=10)
+            birth = Status.decode(births[0].payload)
+            assert birth.state == "online"
+            assert birth.reason == "birth"
+            assert birth.boot == 1
+            readings = sub.wait_for(f"edgetwin/{DEVICE}/telemetry/env", count=5, timeout=10)
+            sub.wait_for(f"edgetwin/{DEVICE}/telemetry/outdoor", count=5, timeout=10)
+        finally:
+            code, stderr = stop_process(process, stop_signal)
+        assert code == 0, stderr
+        offline = sub.wait_for(
+            lambda m: m.topic.endswith("/status") and payload(m)["state"] == "offline", timeout=5
+        )
+    status = Status.decode(offline[-1].payload)
+    assert (status.reason, status.boot) == ("shutdown", 1)
+    telemetry = [Telemetry.decode(m.payload) for m in readings]
+    assert [t.seq for t in telemetry] == list(range(len(telemetry)))
+    assert all(t.source is Source.EMULATED and t.device == DEVICE for t in telemetry)
+    first = telemetry[0].values
+    assert set(first) == {"temperature", "humidity", "pressure"}
+    assert -40 <= first["temperature"].value <= 85
+    assert first["temperature"].unit == "°C"
+    assert 0 <= first["humidity"].value <= 100
+    assert 900 <= first["pressure"].value <= 1100
+    assert '"msg": "agent stopped"' in stderr  # JSON logs
+
+
+def test_birth_and_last_will_are_retained(broker: BrokerUnderTest, tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(agent_toml(broker, DEVICE, tmp_path / "state", keepalive=1))
+    process = start_edgetwin(["agent", "--config", str(config)])
+    try:
+        with Subscriber(broker, f"edgetwin/{DEVICE}/status") as sub:
+            sub.wait_for(lambda m: payload(m)["state"] == "online", timeout=10)
+        # A late subscriber gets the retained birth.
+        with Subscriber(broker, f"edgetwin/{DEVICE}/status") as late:
+            retained = late.wait_for(lambda m: m.retain, timeout=5)
+            assert payload(retained[0])["state"] == "online"
+            process.kill()  # no goodbye: only the broker's last will can tell
+            will = late.wait_for(lambda m: payload(m)["state"] == "offline", timeout=10)
+        assert Status.decode(will[-1].payload).reason == "connection_lost"
+    finally:
+        stop_process(process, signal.SIGKILL)
+    with Subscriber(broker, f"edgetwin/{DEVICE}/status") as after:
+        retained_will = after.wait_for(lambda m: m.retain, timeout=5)
+    assert payload(retained_will[0])["state"] == "offline"
+
+
+def test_boot_counter_and_seq_persist_across_restarts(
+    broker: BrokerUnderTest, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    with Subscriber(broker, f"edgetwin/{DEVICE}/#") as sub:
+        with running_agent(broker, DEVICE, state):
+            first_run = sub.wait_for(f"edgetwin/{DEVICE}/telemetry/env", count=3, timeout=10)
+        last_seq = max(
+            Telemetry.decode(m.payload).seq
+            for m in sub.messages(f"edgetwin/{DEVICE}/telemetry/env")
+        )
+        sub.clear()
+        with running_agent(broker, DEVICE, state):
+            second_run = sub.wait_for(f"edgetwin/{DEVICE}/telemetry/env", count=2, timeout=10)
+            births = sub.wait_for(
+                lambda m: m.topic.endswith("/status") and payload(m)["state"] == "online"
+            )
+    assert Telemetry.decode(first_run[0].payload).seq == 0
+    assert Telemetry.decode(second_run[0].payload).seq == last_seq + 1
+    assert Status.decode(births[0].payload).boot == 2
+
+
+def test_bad_config_stops_with_the_key_named(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('[agent]\ndevice_id = "pi"\n[mqtt]\nhots = "x"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "edgetwin", "agent", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "unknown key 'mqtt.hots'" in result.stderr
+    assert str(config) in result.stderr

@@ -1,0 +1,156 @@
+"""The wire contract: topics round-trip through their parser, payloads are strictly validated."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.contract import (
+    ContractError,
+    DesiredConfig,
+    DeviceState,
+    ParsedTopic,
+    ReportedConfig,
+    Source,
+    Status,
+    Telemetry,
+    Topics,
+    TwinSummary,
+)
+
+ids = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,63}", fullmatch=True)
+
+
+def telemetry(**overrides: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "v": 1,
+        "device": "pi-01",
+        "sensor": "env",
+        "ts": 1_790_000_000.25,
+        "seq": 7,
+        "source": "emulated",
+        "values": {"temperature": {"value": 21.5, "unit": "°C"}},
+    }
+    base.update(overrides)
+    return base
+
+
+@given(device=ids, sensor=ids)
+def test_every_topic_parses_back_to_its_device_and_kind(device: str, sensor: str) -> None:
+    topics = Topics()
+    assert topics.parse(topics.status(device)) == ParsedTopic("status", device)
+    assert topics.parse(topics.twin(device)) == ParsedTopic("twin", device)
+    assert topics.parse(topics.state(device)) == ParsedTopic("state", device)
+    assert topics.parse(topics.desired(device)) == ParsedTopic("desired", device)
+    assert topics.parse(topics.reported(device)) == ParsedTopic("reported", device)
+    assert topics.parse(topics.telemetry(device, sensor)) == ParsedTopic(
+        "telemetry", device, sensor
+    )
+
+
+def test_seed_template_moves_telemetry_only() -> None:
+    topics = Topics(telemetry_template="sensors/{device_id}")
+    assert topics.telemetry("device_003", "env") == "sensors/device_003"
+    assert topics.parse("sensors/device_003") == ParsedTopic("telemetry", "device_003", None)
+    assert topics.status("device_003") == "edgetwin/device_003/status"
+    assert topics.all_telemetry() == "sensors/+"
+
+
+def test_template_with_sensor_and_prefix() -> None:
+    topics = Topics(prefix="plant", telemetry_template="{prefix}/data/{device_id}/{sensor}")
+    assert topics.telemetry("a", "b") == "plant/data/a/b"
+    assert topics.parse("plant/data/a/b") == ParsedTopic("telemetry", "a", "b")
+
+
+@pytest.mark.parametrize(
+    "template", ["sensors/{device}", "sensors/#/{device_id}", "{device_id}/{what}", "plain"]
+)
+def test_bad_templates_are_refused(template: str) -> None:
+    with pytest.raises(ContractError):
+        Topics(telemetry_template=template)
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "edgetwin/Pi/status",
+        "edgetwin/pi/unknown",
+        "other/pi/status",
+        "edgetwin/pi/telemetry",
+        "edgetwin/+/status",
+    ],
+)
+def test_topics_outside_the_contract_are_refused(topic: str) -> None:
+    with pytest.raises(ContractError):
+        Topics().parse(topic)
+
+
+def test_telemetry_round_trip() -> None:
+    message = Telemetry.model_validate(telemetry())
+    assert Telemetry.decode(message.encode()) == message
+    assert message.source is Source.EMULATED
+    assert "anomaly" not in json.loads(message.encode())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"device": "Pi-01"},
+        {"device": "a" * 65},
+        {"seq": -1},
+        {"seq": "7"},
+        {"ts": 0},
+        {"source": "made-up"},
+        {"values": {}},
+        {"values": {"temperature": {"value": "hot", "unit": "°C"}}},
+        {"values": {"temperature": {"value": float("nan"), "unit": "°C"}}},
+        {"v": 2},
+        {"extra": 1},
+    ],
+)
+def test_telemetry_rejects(change: dict[str, object]) -> None:
+    raw = json.dumps(telemetry(**change)).encode()
+    with pytest.raises(ContractError):
+        Telemetry.decode(raw)
+
+
+def test_decode_rejects_non_json() -> None:
+    with pytest.raises(ContractError, match="invalid Status payload"):
+        Status.decode(b"\xff not json")
+
+
+def test_reported_rejection_needs_reason() -> None:
+    with pytest.raises(ContractError):
+        ReportedConfig.decode(
+            json.dumps(
+                {"device": "pi", "ts": 1.0, "applied_version": 3, "rejected_version": 4}
+            ).encode()
+        )
+    ok = ReportedConfig(device="pi", ts=1.0, applied_version=3, rejected_version=4, reason="older")
+    assert ReportedConfig.decode(ok.encode()) == ok
+
+
+def test_other_documents_round_trip() -> None:
+    documents = [
+        Status(device="pi", state="online", ts=1.0, boot=3, agent_version="1.0", reason="birth"),
+        DesiredConfig.model_validate(
+            {"device": "pi", "version": 2, "sensors": {"env": {"driver": "bme280", "interval": 5}}}
+        ),
+        DeviceState.model_validate(
+            {
+                "device": "pi",
+                "ts": 1.0,
+                "agent_version": "1",
+                "uptime_s": 5,
+                "sensors": {"env": {"health": "faulted", "backend": "real", "reason": "EIO"}},
+            }
+        ),
+        TwinSummary.model_validate(
+            {"device": "pi", "ts": 1.0, "presence": "offline", "sensors": {"env": "simulation"}}
+        ),
+    ]
+    for document in documents:
+        assert type(document).decode(document.encode()) == document

@@ -1,0 +1,111 @@
+"""`edgetwin demo` end to end, on both embedded brokers, as a user would run it."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from gateway.broker import InProcessBroker, MosquittoBroker
+from tests.fleet_helpers import REPO, poll
+
+pytestmark = pytest.mark.integration
+
+
+def banner_line(process: subprocess.Popen[str], pattern: str) -> re.Match[str]:
+    assert process.stdout is not None
+    for line in process.stdout:
+        if match := re.search(pattern, line):
+            return match
+    raise AssertionError(f"demo ended before printing {pattern!r}")
+
+
+@pytest.fixture
+def demo(request: pytest.FixtureRequest) -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgetwin",
+            "demo",
+            "--broker",
+            request.param,
+            "--agent-delay",
+            "0.5",
+            "--duration",
+            "60",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize(
+    "demo",
+    [
+        pytest.param(
+            "mosquitto",
+            marks=pytest.mark.skipif(not MosquittoBroker.available(), reason="no mosquitto binary"),
+        ),
+        pytest.param(
+            "inprocess",
+            marks=pytest.mark.skipif(not InProcessBroker.available(), reason="amqtt not installed"),
+        ),
+    ],
+    indirect=True,
+)
+def test_demo_runs_a_mixed_fleet_and_stops_on_ctrl_c(demo: subprocess.Popen[str]) -> None:
+    broker = banner_line(demo, r"mqtt://127\.0\.0\.1:(\d+)")
+    api = banner_line(demo, r"(http://127\.0\.0\.1:\d+)/devices")[1]
+    subscriber_command = banner_line(demo, r"edgetwin watch --host 127\.0\.0\.1 --port (\d+)")
+    assert subscriber_command[1] == broker[1]
+
+    def fleet() -> dict[str, dict[str, object]]:
+        return {d["id"]: d for d in httpx.get(f"{api}/devices", timeout=5).json()}
+
+    def settled() -> bool:
+        devices = fleet()
+        return devices["demo-pi"]["served_by"] == "agent" and all(
+            d["simulated"] for name, d in devices.items() if name.startswith("sim-")
+        )
+
+    poll(settled, timeout=20, what="agent online and the rest simulated")
+    assert sorted(fleet()) == ["demo-pi", "sim-000", "sim-001", "sim-002", "sim-003"]
+    watch = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgetwin",
+            "watch",
+            "--port",
+            broker[1],
+            "--topic",
+            "edgetwin/demo-pi/telemetry/+",
+            "--count",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert watch.stdout.count('"source":"emulated"') == 2
+
+    demo.send_signal(signal.SIGINT)
+    stdout, stderr = demo.communicate(timeout=30)
+    assert demo.returncode == 0, stderr
+    assert "edgetwin demo stopped." in stdout
+    assert "Traceback" not in stderr
