@@ -5,7 +5,7 @@ smbus2 (imported only when a real bus is opened) and nothing else.
 """
 
 from hardware.backends import Backend, EmulatedBackend, RealBackend, make_backend
-from hardware.drivers import DriverInfo
+from hardware.drivers import DriverInfo, Placement
 from hardware.errors import (
     BusError,
     ChipIdError,
@@ -43,6 +43,7 @@ __all__ = [
     "Health",
     "ManualClock",
     "Measurement",
+    "Placement",
     "Quantity",
     "Reading",
     "RealBackend",

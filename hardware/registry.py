@@ -8,13 +8,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from hardware.backends import EmulatedBackend, RealBackend
-from hardware.bus import I2CBus
-from hardware.drivers import DriverInfo, bme280
+from hardware.drivers import DriverInfo, OptionValue, Placement, bme280
 from hardware.errors import SensorSettingsError, UnknownDriverError
 from hardware.sensor import Sensor
 from hardware.signals import SignalModel, default_signal, derive_seed
 
-__all__ = ["DRIVERS", "DriverInfo", "driver_info", "list_drivers", "open_sensor"]
+__all__ = ["DRIVERS", "DriverInfo", "Placement", "driver_info", "list_drivers", "open_sensor"]
 
 DRIVERS: dict[str, DriverInfo] = {}
 """Driver name -> DriverInfo. Filled at import by the registration lines below, then read-only
@@ -49,50 +48,35 @@ def open_sensor(
     backend: EmulatedBackend | RealBackend,
     bus: int = 1,
     address: int | None = None,
+    pins: Mapping[str, int] | None = None,
+    device: str | None = None,
+    options: Mapping[str, OptionValue] | None = None,
     signals: Mapping[str, SignalModel] | None = None,
     seed: int = 0,
 ) -> Sensor:
-    """Open `driver` at `address` (its default when None) on I2C bus `bus` of `backend`.
+    """Open `driver` where it is attached: I2C `bus` and `address` (the driver's default when
+    None), GPIO `pins` by role, or sysfs `device`; `options` are the driver's own settings.
 
-    With an emulated back end, an emulator of the chip is attached at that address first unless
-    something is already there (a test may have put a faulty chip in place, or another sensor
-    object opened the same chip; `signals` are refused then). Its quantities follow
+    With an emulated back end, an emulator of the chip is put where the real one would be,
+    unless something is already there (a test may have put a faulty chip in place, or another
+    sensor object opened the same chip; `signals` are refused then). Its quantities follow
     `signals`, and any quantity left out follows `default_signal`, seeded from the back end's
-    seed, `seed`, the bus and the address, so two sensors on one back end never share a stream.
+    seed, `seed` and the placement, so two sensors on one back end never share a stream.
     The same driver code then runs against either back end, and any HardwareError from bringing
     the chip up propagates.
     """
     info = driver_info(driver)
-    i2c: I2CBus
-    address = info.default_address if address is None else address
-    if address not in info.valid_addresses():
-        valid = ", ".join(f"{a:#04x}" for a in info.valid_addresses())
-        raise SensorSettingsError(
-            f"{info.name} cannot be at {address:#04x}; valid addresses: {valid}"
-        )
-    if isinstance(backend, EmulatedBackend):
-        fake = backend.i2c_bus(bus)
-        existing = fake.device_at(address)
-        if existing is not None and signals is not None:
-            # Silently measuring something other than the signals asked for would be worse.
-            raise SensorSettingsError(
-                f"signals given, but {existing!r} is already at {address:#04x} on bus {bus}: "
-                "detach it first, or change the signals on that emulator"
-            )
-        fake.attach_if_free(
-            address,
-            lambda: info.build_emulator(
-                signals=_signals_for(info, signals, derive_seed(backend.seed, seed, bus, address)),
-                clock=backend.clock,
-                timer=backend.timer,
-            ),
-        )
-        i2c = fake
-    else:
-        i2c = backend.i2c_bus(bus)
-    return info.open_driver(
-        i2c, address=address, backend=backend.kind, clock=backend.clock, timer=backend.timer
+    placement = Placement(
+        bus=bus,
+        address=address,
+        pins=dict(pins or {}),
+        device=device,
+        options=dict(options or {}),
     )
+    resolved: Mapping[str, SignalModel] = {}
+    if isinstance(backend, EmulatedBackend):
+        resolved = _signals_for(info, signals, derive_seed(backend.seed, seed, *placement.key()))
+    return info.open(backend, placement, signals=resolved, signals_given=signals is not None)
 
 
 def _signals_for(

@@ -1,25 +1,92 @@
 """Sensor drivers, one module per chip, and the record each one registers.
 
-A driver module holds the chip's register map, its pure conversion functions, the driver class
-(taking an injected bus) and the chip's emulator, and exports one `DRIVER: DriverInfo`.
-`hardware.registry` lists those records, one line per driver. `DriverInfo` lives here rather
-than in the registry so that driver modules can build theirs without importing the registry,
-which imports them.
+A driver module holds the chip's register map or file format, its pure conversion functions,
+the driver class (taking an injected bus, pin factory or sysfs tree) and the chip's emulator,
+and exports one `DRIVER: DriverInfo`. `hardware.registry` lists those records, one line per
+driver. `DriverInfo` lives here rather than in the registry so that driver modules can build
+theirs without importing the registry, which imports them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from hardware.bus import I2CBus, RegisterDevice
+from hardware.errors import SensorSettingsError
 from hardware.sensor import BackendKind, Clock, Quantity, Sensor
 from hardware.signals import SignalModel
 from hardware.timing import Timer
 
+if TYPE_CHECKING:
+    from hardware.backends import Backend
 
-class OpenDriver(Protocol):
+Interface = Literal["i2c", "gpio", "sysfs"]
+OptionValue = bool | int | float | str
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where one sensor is attached. Each interface reads the fields it needs and no others."""
+
+    bus: int = 1
+    """I2C adapter number (/dev/i2c-N)."""
+    address: int | None = None
+    """I2C 7-bit address; None means the driver's default."""
+    pins: Mapping[str, int] = field(default_factory=dict)
+    """GPIO pins (BCM numbers) by role, e.g. {"pin": 17} or {"trigger": 23, "echo": 24}."""
+    device: str | None = None
+    """sysfs device name, e.g. a 1-Wire id "28-000005e2fdc3" or "thermal_zone0"."""
+    options: Mapping[str, OptionValue] = field(default_factory=dict)
+    """Driver settings such as an ADC's gain or a button's debounce time."""
+
+    def key(self) -> tuple[object, ...]:
+        """What tells two placements apart, for seeding their signals differently."""
+        return (self.bus, self.address, tuple(sorted(self.pins.items())), self.device)
+
+
+class OpenSensor(Protocol):
+    """Bring the sensor up on `backend` at `placement`; with an emulated back end, first put an
+    emulator driven by `signals` (one model per quantity) where the real chip would be."""
+
+    def __call__(
+        self,
+        backend: Backend,
+        placement: Placement,
+        *,
+        signals: Mapping[str, SignalModel],
+        signals_given: bool,
+    ) -> Sensor: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DriverInfo:
+    """What the registry knows of a driver: enough to list it, open it and emulate its chip."""
+
+    name: str
+    interface: Interface
+    quantities: tuple[Quantity, ...]
+    description: str
+    open: OpenSensor
+    default_address: int | None = None
+    addresses: tuple[int, ...] = ()
+    """I2C: every address the chip can be strapped to; empty means only `default_address`."""
+    pins: tuple[str, ...] = ()
+    """GPIO: the pin roles the sensor needs, in the order `Placement.pins` must name them."""
+    default_device: str | None = None
+    """sysfs: the device name used when the placement gives none."""
+
+    def valid_addresses(self) -> tuple[int, ...]:
+        if self.addresses:
+            return self.addresses
+        return () if self.default_address is None else (self.default_address,)
+
+
+# -- I2C drivers: one generic way to put an emulator on the bus and open the driver -------------
+
+
+class OpenI2CDriver(Protocol):
     """Construct the driver on a bus and bring the chip up; raises HardwareError on failure."""
 
     def __call__(
@@ -33,7 +100,7 @@ class OpenDriver(Protocol):
     ) -> Sensor: ...
 
 
-class BuildEmulator(Protocol):
+class BuildI2CEmulator(Protocol):
     """Construct the chip's register-level emulator, its quantities driven by `signals`."""
 
     def __call__(
@@ -45,19 +112,61 @@ class BuildEmulator(Protocol):
     ) -> RegisterDevice: ...
 
 
-@dataclass(frozen=True, slots=True)
-class DriverInfo:
-    """What the registry knows of a driver: enough to list it, open it and emulate its chip."""
+def i2c_driver(
+    *,
+    name: str,
+    quantities: tuple[Quantity, ...],
+    description: str,
+    default_address: int,
+    open_driver: OpenI2CDriver,
+    build_emulator: BuildI2CEmulator,
+    addresses: tuple[int, ...] = (),
+) -> DriverInfo:
+    """The DriverInfo of an I2C chip: the same driver code runs on a real or a fake bus."""
 
-    name: str
-    bus: Literal["i2c"]
-    quantities: tuple[Quantity, ...]
-    default_address: int
-    description: str
-    open_driver: OpenDriver
-    build_emulator: BuildEmulator
-    addresses: tuple[int, ...] = ()
-    """Every address the chip can be strapped to; empty means only `default_address`."""
+    def open_i2c(
+        backend: Backend,
+        placement: Placement,
+        *,
+        signals: Mapping[str, SignalModel],
+        signals_given: bool,
+    ) -> Sensor:
+        from hardware.backends import EmulatedBackend
 
-    def valid_addresses(self) -> tuple[int, ...]:
-        return self.addresses or (self.default_address,)
+        address = default_address if placement.address is None else placement.address
+        valid = addresses or (default_address,)
+        if address not in valid:
+            listed = ", ".join(f"{a:#04x}" for a in valid)
+            raise SensorSettingsError(
+                f"{name} cannot be at {address:#04x}; valid addresses: {listed}"
+            )
+        bus: I2CBus
+        if isinstance(backend, EmulatedBackend):
+            fake = backend.i2c_bus(placement.bus)
+            existing = fake.device_at(address)
+            if existing is not None and signals_given:
+                # Silently measuring something other than the signals asked for would be worse.
+                raise SensorSettingsError(
+                    f"signals given, but {existing!r} is already at {address:#04x} on bus "
+                    f"{placement.bus}: detach it first, or change the signals on that emulator"
+                )
+            fake.attach_if_free(
+                address,
+                lambda: build_emulator(signals=signals, clock=backend.clock, timer=backend.timer),
+            )
+            bus = fake
+        else:
+            bus = backend.i2c_bus(placement.bus)
+        return open_driver(
+            bus, address=address, backend=backend.kind, clock=backend.clock, timer=backend.timer
+        )
+
+    return DriverInfo(
+        name=name,
+        interface="i2c",
+        quantities=quantities,
+        description=description,
+        open=open_i2c,
+        default_address=default_address,
+        addresses=addresses,
+    )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Final, Self
 
 from hardware.bus import I2CBus, RegisterDevice, bus_errors
-from hardware.drivers import DriverInfo
+from hardware.drivers import i2c_driver
 from hardware.errors import ChipIdError, DataError, SensorTimeoutError
 from hardware.sensor import BackendKind, Clock, Quantity, Sensor
 from hardware.signals import Constant, SignalModel
@@ -830,9 +830,8 @@ def _is_calibration(reg: int) -> bool:
     )
 
 
-DRIVER: Final = DriverInfo(
+DRIVER: Final = i2c_driver(
     name="bme280",
-    bus="i2c",
     quantities=QUANTITIES,
     default_address=ADDRESS_PRIMARY,
     addresses=ADDRESSES,

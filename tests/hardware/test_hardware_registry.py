@@ -44,7 +44,7 @@ def test_list_drivers() -> None:
     drivers = list_drivers()
     assert [d.name for d in drivers] == ["bme280"]
     info = drivers[0]
-    assert info.bus == "i2c"
+    assert info.interface == "i2c"
     assert info.default_address == 0x76
     assert info.valid_addresses() == (0x76, 0x77)
     assert [(q.name, q.unit) for q in info.quantities] == [
