@@ -125,6 +125,9 @@ class SensorBackend(StrEnum):
     AUTO = "auto"
 
 
+PinRole = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+
+
 class SensorSettings(BaseModel):
     """How one sensor is attached and polled; shared by agent config files and desired config."""
 
@@ -132,8 +135,17 @@ class SensorSettings(BaseModel):
 
     driver: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")]
     interval: float = Field(default=5.0, gt=0, le=86_400, description="seconds between readings")
-    bus: int = Field(default=1, ge=0, le=255)
-    address: int | None = Field(default=None, ge=0x03, le=0x77)
+    bus: int = Field(default=1, ge=0, le=255, description="I2C adapter number")
+    address: int | None = Field(default=None, ge=0x03, le=0x77, description="I2C address")
+    pins: dict[PinRole, Annotated[int, Field(ge=0, le=53)]] = Field(
+        default_factory=dict, description="GPIO pins (BCM numbers) by role"
+    )
+    device: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] | None = Field(
+        default=None, description="sysfs device, e.g. a 1-Wire id or thermal_zone0"
+    )
+    options: dict[PinRole, bool | int | float | str] = Field(
+        default_factory=dict, description="driver settings, e.g. an ADC gain"
+    )
     backend: SensorBackend = SensorBackend.AUTO
     enabled: bool = True
 

@@ -24,6 +24,7 @@ from agent.contract import (
 )
 from agent.mqtt import Delivery, MqttLink, Will
 from agent.persist import MemoryFile
+from agent.sensors import open_configured
 from hardware import (
     BackendKind,
     EmulatedBackend,
@@ -31,7 +32,6 @@ from hardware import (
     Health,
     RealBackend,
     Sensor,
-    open_sensor,
 )
 from hardware.sensor import Clock
 from hardware.signals import derive_seed
@@ -167,12 +167,8 @@ class Agent:
                     self._real = backend
                 else:
                     backend = self._emulated
-                slot.sensor = open_sensor(
-                    settings.driver,
-                    backend=backend,
-                    bus=settings.bus,
-                    address=settings.address,
-                    seed=derive_seed("agent", self.device, slot.name),
+                slot.sensor = open_configured(
+                    settings, backend, seed=derive_seed("agent", self.device, slot.name)
                 )
                 slot.backend = kind
                 slot.missing_reason = None

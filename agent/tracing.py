@@ -85,12 +85,22 @@ class Tracing:
             return NoOpTracer()
         return self._provider.get_tracer(name)
 
+    def force_flush(self) -> None:
+        if self._provider is not None:
+            self._provider.force_flush()
+
     def shutdown(self) -> None:
         if self._provider is not None:
             self._provider.shutdown()
 
 
-def setup_tracing(endpoint: str | None, service_name: str, **resource: Any) -> Tracing:
+def setup_tracing(
+    endpoint: str | None,
+    service_name: str,
+    *,
+    export_timeout: float = EXPORT_TIMEOUT_SECONDS,
+    **resource: Any,
+) -> Tracing:
     if not endpoint:
         return Tracing(None, service_name)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -102,8 +112,6 @@ def setup_tracing(endpoint: str | None, service_name: str, **resource: Any) -> T
     logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
     logging.getLogger("opentelemetry.sdk").setLevel(logging.ERROR)
     provider = TracerProvider(resource=Resource.create({"service.name": service_name, **resource}))
-    exporter = _QuietExporter(
-        OTLPSpanExporter(endpoint=endpoint, timeout=EXPORT_TIMEOUT_SECONDS), endpoint
-    )
+    exporter = _QuietExporter(OTLPSpanExporter(endpoint=endpoint, timeout=export_timeout), endpoint)
     provider.add_span_processor(BatchSpanProcessor(exporter))  # type: ignore[arg-type]
     return Tracing(provider, service_name)

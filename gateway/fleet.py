@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
-from agent.contract import Presence, SensorSettings, Server, Status
+from agent.contract import SensorSettings, Server, Status
 from gateway.config import ManifestDevice
 
 
@@ -100,7 +100,3 @@ class Fleet:
                 key = (record.presence.value, served)
                 result[key] = result.get(key, 0) + 1
         return result
-
-
-def is_online(status: Status) -> bool:
-    return status.state is Presence.ONLINE

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from opentelemetry.trace import Tracer
 
 from agent.contract import SensorSettings, Source, Telemetry, Topics, Value
-from hardware import EmulatedBackend, HardwareError, Sensor, open_sensor
+from agent.sensors import open_configured
+from hardware import EmulatedBackend, HardwareError, Sensor
 from hardware.sensor import Clock
 from hardware.signals import derive_seed
 
@@ -94,12 +95,8 @@ class SimulationEngine:
             if not settings.enabled:
                 continue
             try:
-                sensor = open_sensor(
-                    settings.driver,
-                    backend=backend,
-                    bus=settings.bus,
-                    address=settings.address,
-                    seed=derive_seed("simulation", self._seed, device, name),
+                sensor = open_configured(
+                    settings, backend, seed=derive_seed("simulation", self._seed, device, name)
                 )
             except HardwareError as exc:
                 log.error(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.contract import Source, Status, Telemetry
+from agent.contract import DeviceState, Source, Status, Telemetry
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import agent_toml, payload, running_agent, start_edgetwin, stop_process
 from tests.mqtt_helpers import Subscriber
@@ -124,3 +124,16 @@ def test_bad_config_stops_with_the_key_named(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "unknown key 'mqtt.hots'" in result.stderr
     assert str(config) in result.stderr
+
+
+def test_state_document_reports_each_sensor(broker: BrokerUnderTest, tmp_path: Path) -> None:
+    with (
+        Subscriber(broker, f"edgetwin/{DEVICE}/state") as sub,
+        running_agent(broker, DEVICE, tmp_path),
+    ):
+        states = sub.wait_for(timeout=10)
+    state = DeviceState.decode(states[-1].payload)
+    assert state.device == DEVICE
+    assert state.sensors["env"].health == "ok"
+    assert state.sensors["env"].backend == "emulated"
+    assert state.agent_version

@@ -1,0 +1,75 @@
+"""Presence bookkeeping: births, last wills, and late wills of dead connections."""
+
+from __future__ import annotations
+
+from agent.contract import Presence, Status
+from gateway.config import ManifestDevice
+from gateway.fleet import DeviceRecord, Fleet, PresenceState
+
+
+def status(state: Presence, boot: int, reason: str = "birth", device: str = "pi") -> Status:
+    return Status.model_validate(
+        {
+            "device": device,
+            "state": state,
+            "ts": 1.0,
+            "boot": boot,
+            "agent_version": "1",
+            "reason": reason,
+        }
+    )
+
+
+def test_birth_then_will_then_new_birth() -> None:
+    fleet = Fleet([ManifestDevice(id="pi")])
+    changes: list[tuple[str, PresenceState]] = []
+    fleet.subscribe(lambda record: changes.append((record.id, record.presence)))
+    assert fleet.apply_status(status(Presence.ONLINE, 1)) == "applied"
+    assert fleet.apply_status(status(Presence.OFFLINE, 1, "connection_lost")) == "applied"
+    assert fleet.apply_status(status(Presence.ONLINE, 2)) == "applied"
+    assert changes == [
+        ("pi", PresenceState.ONLINE),
+        ("pi", PresenceState.OFFLINE),
+        ("pi", PresenceState.ONLINE),
+    ]
+
+
+def test_late_will_of_an_older_boot_is_discarded() -> None:
+    fleet = Fleet([ManifestDevice(id="pi")])
+    fleet.apply_status(status(Presence.ONLINE, 5))
+    assert fleet.apply_status(status(Presence.OFFLINE, 4, "connection_lost")) == "stale"
+    record = fleet.get("pi")
+    assert record is not None
+    assert record.presence is PresenceState.ONLINE
+    assert record.boot == 5
+
+
+def test_repeated_birth_is_unchanged_and_silent() -> None:
+    fleet = Fleet([ManifestDevice(id="pi")])
+    heard: list[DeviceRecord] = []
+    fleet.subscribe(heard.append)
+    fleet.apply_status(status(Presence.ONLINE, 1))
+    assert fleet.apply_status(status(Presence.ONLINE, 1)) == "unchanged"
+    assert len(heard) == 1
+
+
+def test_unknown_device_is_tracked_but_never_simulated() -> None:
+    fleet = Fleet([])
+    fleet.apply_status(status(Presence.ONLINE, 1, device="stray"))
+    stray = fleet.get("stray")
+    assert stray is not None
+    assert not stray.in_manifest
+    assert stray.served_by == "agent"
+    fleet.apply_status(status(Presence.OFFLINE, 1, "shutdown", device="stray"))
+    assert stray.served_by is None
+
+
+def test_counts_by_presence_and_server() -> None:
+    fleet = Fleet([ManifestDevice(id="a"), ManifestDevice(id="b"), ManifestDevice(id="c")])
+    fleet.apply_status(status(Presence.ONLINE, 1, device="a"))
+    fleet.apply_status(status(Presence.OFFLINE, 1, "shutdown", device="b"))
+    assert fleet.counts() == {
+        ("online", "agent"): 1,
+        ("offline", "simulation"): 1,
+        ("unknown", "simulation"): 1,
+    }
