@@ -151,38 +151,35 @@ class Agent:
         )
         link.publish(self.topics.state(self.device), document.encode(), qos=1, retain=True)
 
+    def _backends(self, choice: SensorBackend) -> list[EmulatedBackend | RealBackend]:
+        if self._real is None and choice is not SensorBackend.EMULATED:
+            self._real = RealBackend(clock=self.clock)
+        real: list[EmulatedBackend | RealBackend] = [self._real] if self._real else []
+        if choice is SensorBackend.REAL:
+            return real
+        if choice is SensorBackend.EMULATED:
+            return [self._emulated]
+        return [*real, self._emulated]
+
     def _open(self, slot: SensorSlot) -> None:
         settings = slot.settings
-        kinds = {
-            SensorBackend.REAL: [BackendKind.REAL],
-            SensorBackend.EMULATED: [BackendKind.EMULATED],
-            SensorBackend.AUTO: [BackendKind.REAL, BackendKind.EMULATED],
-        }[settings.backend]
-        reasons = []
-        for kind in kinds:
-            try:
-                backend: EmulatedBackend | RealBackend
-                if kind is BackendKind.REAL:
-                    backend = self._real or RealBackend()
-                    self._real = backend
-                else:
-                    backend = self._emulated
-                slot.sensor = open_configured(
-                    settings, backend, seed=derive_seed("agent", self.device, slot.name)
-                )
-                slot.backend = kind
-                slot.missing_reason = None
-                log.info(
-                    "sensor opened",
-                    extra={"sensor": slot.name, "driver": settings.driver, "backend": kind.value},
-                )
-                return
-            except HardwareError as exc:
-                reasons.append(f"{kind.value}: {exc}")
-        slot.missing_reason = "; ".join(reasons)
-        slot.backend = kinds[-1]
-        log.warning(
-            "sensor unavailable", extra={"sensor": slot.name, "reason": slot.missing_reason}
+        backends = self._backends(settings.backend)
+        try:
+            slot.sensor = open_configured(
+                settings, backends, seed=derive_seed("agent", self.device, slot.name)
+            )
+        except HardwareError as exc:
+            slot.missing_reason = str(exc)
+            slot.backend = backends[-1].kind
+            log.warning(
+                "sensor unavailable", extra={"sensor": slot.name, "reason": slot.missing_reason}
+            )
+            return
+        slot.backend = slot.sensor.status.backend
+        slot.missing_reason = None
+        log.info(
+            "sensor opened",
+            extra={"sensor": slot.name, "driver": settings.driver, "backend": slot.backend.value},
         )
 
     def _read_and_publish(self, slot: SensorSlot) -> Delivery | None:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from agent.contract import SensorSettings
-from hardware import EmulatedBackend, RealBackend, Sensor, open_sensor
+from hardware import EmulatedBackend, RealBackend, Sensor
+from hardware.probe import open_first
 
 
 def open_configured(
-    settings: SensorSettings, backend: EmulatedBackend | RealBackend, *, seed: int
+    settings: SensorSettings, backends: Sequence[EmulatedBackend | RealBackend], *, seed: int
 ) -> Sensor:
-    """Open the sensor `settings` describe on `backend`; raises HardwareError if it cannot."""
-    return open_sensor(
+    """Open the sensor `settings` describe on the first of `backends` where it comes up.
+
+    Raises HardwareError naming every back end tried when none works.
+    """
+    return open_first(
         settings.driver,
-        backend=backend,
+        backends,
         bus=settings.bus,
         address=settings.address,
         pins=settings.pins,

@@ -40,6 +40,22 @@ def _parser() -> argparse.ArgumentParser:
         help="embedded broker: the mosquitto binary when installed (auto), or amqtt in-process",
     )
 
+    sensors = commands.add_parser("sensors", help="list drivers, probe I2C buses, read a sensor")
+    sensor_commands = sensors.add_subparsers(
+        dest="sensors_command", required=True, metavar="ACTION"
+    )
+    sensor_commands.add_parser("list", help="supported drivers with their quantities and units")
+    probe = sensor_commands.add_parser("probe", help="scan the I2C buses and name the known chips")
+    probe.add_argument("--dev-dir", type=Path, default=Path("/dev"), help=argparse.SUPPRESS)
+    read = sensor_commands.add_parser("read", help="take one reading and print it with units")
+    read.add_argument("driver", help="driver name, see 'edgetwin sensors list'")
+    read.add_argument("--backend", choices=["auto", "real", "emulated"], default="auto")
+    read.add_argument("--bus", type=int, default=1, help="I2C bus number")
+    read.add_argument("--address", type=lambda text: int(text, 0), default=None, help="e.g. 0x76")
+    read.add_argument("--pin", action="append", metavar="ROLE=BCM", help="GPIO pin, e.g. echo=24")
+    read.add_argument("--device", default=None, help="sysfs device, e.g. 28-000005e2fdc3")
+    read.add_argument("--option", action="append", metavar="NAME=VALUE", help="driver option")
+
     watch = commands.add_parser("watch", help="print every edgetwin message on a broker")
     watch.add_argument("--host", default="127.0.0.1")
     watch.add_argument("--port", type=int, default=1883)
@@ -68,11 +84,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             broker=args.broker,
             agent_delay=args.agent_delay,
         )
+    if args.command == "sensors":
+        return _sensors(args)
     if args.command == "watch":
         from agent.watch import watch
 
         return watch(args.host, args.port, args.topic or ["#"], args.count)
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _sensors(args: argparse.Namespace) -> int:
+    from hardware import cli
+
+    if args.sensors_command == "list":
+        return cli.list_command()
+    if args.sensors_command == "probe":
+        return cli.probe_command(args.dev_dir)
+    pins = {role: int(pin) for role, pin in cli.parse_assignments(args.pin, "--pin").items()}
+    options = {
+        k: cli.option_value(v) for k, v in cli.parse_assignments(args.option, "--option").items()
+    }
+    return cli.read_command(
+        args.driver,
+        backend=args.backend,
+        bus=args.bus,
+        address=args.address,
+        pins=pins,
+        device=args.device,
+        options=options,
+    )
 
 
 if __name__ == "__main__":

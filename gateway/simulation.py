@@ -96,7 +96,7 @@ class SimulationEngine:
                 continue
             try:
                 sensor = open_configured(
-                    settings, backend, seed=derive_seed("simulation", self._seed, device, name)
+                    settings, [backend], seed=derive_seed("simulation", self._seed, device, name)
                 )
             except HardwareError as exc:
                 log.error(

@@ -2,17 +2,56 @@
 
 A model is sampled with non-decreasing times (seconds since the epoch, possibly virtual) and is
 deterministic given its seed and that sequence of times, so a simulated run can be replayed.
-Models compose: `Sum` stacks a daily cycle, a slow walk and noise; `Clamp` keeps the result
-physical. Emulators and the gateway's simulated devices share these.
+Models are plain functions of `t` on whatever clock the caller injects: a simulated day can run
+in a fraction of a second. Models compose: `Sum` stacks a daily cycle, a slow walk, a `Drift`
+and noise; wrappers such as `Spikes`, `Dropouts` and `Stuck` take an inner model and add a
+fault to it; `Clamp` (or `plausible`) keeps the result physical. Emulators and the gateway's
+simulated devices share these.
+
+No measurement is NaN: a model returns NaN when there is no measurement at that instant;
+emulators turn that into a failed transfer (EIO) so the driver reports a fault. NaN passes
+through every wrapper (`Sum`, `Clamp`, `Spikes`, ...) unchanged.
+
+Random events (spikes, dropouts, motion pulses, contact toggles) come from a Poisson process
+over time, never from a coin flip per sample: the time line is cut into fixed one-hour
+buckets, and each bucket's events are drawn, in time order and only when first needed, from a
+generator seeded by (seed, bucket). Event times are therefore a pure function of the seed, the
+same whether a model is sampled every second, every ten seconds, in virtual or in real time.
 """
 
 from __future__ import annotations
 
+import bisect
+import csv
+import itertools
 import math
 import random
-from typing import Protocol
+import statistics
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal, Protocol
 
 SECONDS_PER_DAY = 86_400.0
+SECONDS_PER_HOUR = 3_600.0
+
+Interpolation = Literal["hold", "linear"]
+
+PHYSICAL_LIMITS: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {
+        "temperature": (-40.0, 85.0),  # °C, the operating range of the usual sensor chips
+        "humidity": (0.0, 100.0),  # %RH
+        "pressure": (300.0, 1100.0),  # hPa, the BME280's range
+        "illuminance": (0.0, 65535.0),  # lux, a 16-bit light sensor's full scale
+        "voltage": (-4.096, 4.096),  # V, an ADS1115 at its widest gain
+        "distance": (0.02, 4.0),  # m, an ultrasonic ranger
+        "motion": (0.0, 1.0),  # PIR output: 1.0 while motion is seen
+        "contact": (0.0, 1.0),  # reed contact: 1.0 closed
+        "soc_temperature": (20.0, 85.0),  # °C, the board's own SoC: never below the room
+    }
+)
+"""The range each quantity can physically take, as (lo, hi) in the quantity's unit."""
 
 
 class SignalModel(Protocol):
@@ -105,6 +144,34 @@ class Noise:
         return self._rng.gauss(0.0, self.sigma)
 
 
+class Drift:
+    """A linear drift of `per_day` units per day from `start`, zero before it.
+
+    An ageing sensor's offset: use it as a term in `Sum`. With `limit` the drift saturates at
+    ±`limit`. Without `start` the drift starts at the first sample time.
+    """
+
+    def __init__(
+        self, per_day: float, *, start: float | None = None, limit: float | None = None
+    ) -> None:
+        if limit is not None and limit < 0:
+            raise ValueError(f"Drift limit must not be negative, got {limit}")
+        self.per_day = per_day
+        self.start = start
+        self.limit = limit
+
+    def __repr__(self) -> str:
+        return f"Drift({self.per_day!r}, start={self.start!r}, limit={self.limit!r})"
+
+    def sample(self, t: float) -> float:
+        if self.start is None:
+            self.start = t
+        offset = self.per_day * max(0.0, t - self.start) / SECONDS_PER_DAY
+        if self.limit is not None:
+            offset = min(self.limit, max(-self.limit, offset))
+        return offset
+
+
 class Sum:
     def __init__(self, *models: SignalModel) -> None:
         self.models = models
@@ -118,6 +185,8 @@ class Sum:
 
 
 class Clamp:
+    """Keeps `model` within [lo, hi]; NaN (no measurement) passes through unchanged."""
+
     def __init__(self, model: SignalModel, lo: float, hi: float) -> None:
         if not lo <= hi:
             raise ValueError(f"Clamp needs lo <= hi, got {lo} > {hi}")
@@ -129,7 +198,387 @@ class Clamp:
         return f"Clamp({self.model!r}, {self.lo!r}, {self.hi!r})"
 
     def sample(self, t: float) -> float:
-        return min(self.hi, max(self.lo, self.model.sample(t)))
+        value = self.model.sample(t)
+        if math.isnan(value):
+            return value
+        return min(self.hi, max(self.lo, value))
+
+
+# -- random events ---------------------------------------------------------------------------
+
+
+class _PoissonEvents:
+    """Events of a Poisson process at `rate_per_hour`, each lasting `duration` seconds.
+
+    The event times are a pure function of (seed, salt): every one-hour bucket of the time line
+    draws its own events from its own generator, lazily and in time order, so no sampling
+    pattern can change them. Each event also carries a uniform draw in [0, 1) (`mark`) for
+    per-event choices such as a spike's sign. A few recent buckets are cached.
+    """
+
+    BUCKET = SECONDS_PER_HOUR
+    _CACHED_BUCKETS = 8
+
+    def __init__(self, rate_per_hour: float, duration: float, seed: int, salt: str) -> None:
+        if rate_per_hour < 0:
+            raise ValueError(f"event rate must not be negative, got {rate_per_hour}")
+        if duration < 0:
+            raise ValueError(f"event duration must not be negative, got {duration}")
+        self.rate_per_hour = rate_per_hour
+        self.duration = duration
+        self._seed = seed
+        self._salt = salt
+        self._buckets: dict[int, tuple[list[float], list[float]]] = {}
+
+    def bucket(self, k: int) -> tuple[list[float], list[float]]:
+        """Start times and marks of the events starting in [k * BUCKET, (k + 1) * BUCKET)."""
+        cached = self._buckets.get(k)
+        if cached is not None:
+            return cached
+        starts: list[float] = []
+        marks: list[float] = []
+        if self.rate_per_hour > 0:
+            rng = random.Random(derive_seed(self._seed, self._salt, k))
+            rate = self.rate_per_hour / SECONDS_PER_HOUR
+            t, end = k * self.BUCKET, (k + 1) * self.BUCKET
+            while (t := t + rng.expovariate(rate)) < end:
+                starts.append(t)
+                marks.append(rng.random())
+        if len(self._buckets) >= self._CACHED_BUCKETS:
+            del self._buckets[next(iter(self._buckets))]
+        self._buckets[k] = (starts, marks)
+        return starts, marks
+
+    def active(self, t: float) -> float | None:
+        """The mark of the latest event covering `t` (start <= t < start + duration), if any."""
+        k = math.floor(t / self.BUCKET)
+        first = math.floor((t - self.duration) / self.BUCKET)
+        while k >= first:
+            starts, marks = self.bucket(k)
+            i = bisect.bisect_right(starts, t) - 1
+            if i >= 0 and t < starts[i] + self.duration:
+                return marks[i]
+            k -= 1
+        return None
+
+    def between(self, t0: float, t1: float) -> list[tuple[float, float]]:
+        """(start, end) of every event starting in [t0, t1), in time order."""
+        found: list[tuple[float, float]] = []
+        for k in range(math.floor(t0 / self.BUCKET), math.floor(t1 / self.BUCKET) + 1):
+            found.extend((s, s + self.duration) for s in self.bucket(k)[0] if t0 <= s < t1)
+        return found
+
+
+class Spikes:
+    """Adds `magnitude` to `model` during rare short excursions.
+
+    Spikes start at `rate_per_hour` on average (a Poisson process, see the module docstring)
+    and last `duration` seconds; overlapping spikes do not stack. With `two_sided` each spike
+    goes up or down with equal chance.
+    """
+
+    def __init__(
+        self,
+        model: SignalModel,
+        rate_per_hour: float,
+        magnitude: float,
+        duration: float,
+        seed: int,
+        *,
+        two_sided: bool = False,
+    ) -> None:
+        self.model = model
+        self.magnitude = magnitude
+        self.two_sided = two_sided
+        self._events = _PoissonEvents(rate_per_hour, duration, seed, "spikes")
+
+    def __repr__(self) -> str:
+        return (
+            f"Spikes({self.model!r}, {self._events.rate_per_hour!r}/h, {self.magnitude!r}, "
+            f"{self._events.duration!r} s, two_sided={self.two_sided!r})"
+        )
+
+    def windows(self, t0: float, t1: float) -> list[tuple[float, float]]:
+        """(start, end) of the spikes starting in [t0, t1)."""
+        return self._events.between(t0, t1)
+
+    def sample(self, t: float) -> float:
+        value = self.model.sample(t)
+        mark = self._events.active(t)
+        if mark is None:
+            return value
+        return value + (-self.magnitude if self.two_sided and mark < 0.5 else self.magnitude)
+
+
+class Dropouts:
+    """NaN (no measurement) during periods of `duration` seconds, at `rate_per_hour`.
+
+    The wrapped model is still sampled during a dropout, so its own time line is kept.
+    """
+
+    def __init__(
+        self, model: SignalModel, rate_per_hour: float, duration: float, seed: int
+    ) -> None:
+        self.model = model
+        self._events = _PoissonEvents(rate_per_hour, duration, seed, "dropouts")
+
+    def __repr__(self) -> str:
+        return (
+            f"Dropouts({self.model!r}, {self._events.rate_per_hour!r}/h, "
+            f"{self._events.duration!r} s)"
+        )
+
+    def windows(self, t0: float, t1: float) -> list[tuple[float, float]]:
+        """(start, end) of the dropouts starting in [t0, t1)."""
+        return self._events.between(t0, t1)
+
+    def sample(self, t: float) -> float:
+        value = self.model.sample(t)
+        return math.nan if self._events.active(t) is not None else value
+
+
+class Pulses:
+    """A binary signal: 1.0 for `duration` seconds at events arriving at `rate_per_hour`.
+
+    A PIR motion sensor's output. Overlapping pulses merge into one longer pulse.
+    """
+
+    def __init__(self, rate_per_hour: float, duration: float, seed: int) -> None:
+        self._events = _PoissonEvents(rate_per_hour, duration, seed, "pulses")
+
+    def __repr__(self) -> str:
+        return f"Pulses({self._events.rate_per_hour!r}/h, {self._events.duration!r} s)"
+
+    def windows(self, t0: float, t1: float) -> list[tuple[float, float]]:
+        """(start, end) of the pulses starting in [t0, t1)."""
+        return self._events.between(t0, t1)
+
+    def sample(self, t: float) -> float:
+        return 0.0 if self._events.active(t) is None else 1.0
+
+
+class Toggle:
+    """A binary signal that flips between 0.0 and 1.0 at events arriving at `rate_per_hour`.
+
+    A door's reed contact. It is `initial` at `origin` (default: the first sample time) and
+    flips at each event after it; the events themselves do not depend on `origin`.
+    """
+
+    def __init__(
+        self, rate_per_hour: float, seed: int, *, initial: bool = True, origin: float | None = None
+    ) -> None:
+        self.initial = initial
+        self.origin = origin
+        self._events = _PoissonEvents(rate_per_hour, 0.0, seed, "toggles")
+        # (first bucket not yet counted, parity of the flips counted before it)
+        self._counted: tuple[int, int] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Toggle({self._events.rate_per_hour!r}/h, initial={self.initial!r}, "
+            f"origin={self.origin!r})"
+        )
+
+    def sample(self, t: float) -> float:
+        if self.origin is None:
+            self.origin = t
+        origin = self.origin
+        if t < origin:
+            return float(self.initial)
+        bucket = _PoissonEvents.BUCKET
+        last = math.floor(t / bucket)
+        if self._counted is None or self._counted[0] > last:
+            self._counted = (math.floor(origin / bucket), 0)
+        k, parity = self._counted
+        while k < last:
+            parity ^= sum(s >= origin for s in self._events.bucket(k)[0]) & 1
+            k += 1
+        self._counted = (k, parity)
+        parity ^= sum(origin <= s <= t for s in self._events.bucket(last)[0]) & 1
+        return float(self.initial ^ bool(parity))
+
+
+# -- held and recorded values ----------------------------------------------------------------
+
+
+class Stuck:
+    """From `start`, for `duration` seconds (default: for ever), `model`'s output freezes.
+
+    The value held is the wrapped model's last measurement before `start` (NaN skipped), or,
+    if it was never sampled before, its value at the first sample in the window. The wrapped
+    model is still sampled while stuck, and afterwards the output follows it again.
+    """
+
+    def __init__(self, model: SignalModel, start: float, duration: float | None = None) -> None:
+        if duration is not None and duration < 0:
+            raise ValueError(f"Stuck duration must not be negative, got {duration}")
+        self.model = model
+        self.start = start
+        self.duration = duration
+        self._held: float | None = None
+
+    def __repr__(self) -> str:
+        return f"Stuck({self.model!r}, start={self.start!r}, duration={self.duration!r})"
+
+    def sample(self, t: float) -> float:
+        value = self.model.sample(t)
+        if t < self.start:
+            if not math.isnan(value):
+                self._held = value
+            return value
+        if self.duration is not None and t >= self.start + self.duration:
+            return value
+        if self._held is None:
+            self._held = value
+        return self._held
+
+
+class Replay:
+    """Recorded readings played back: `values[i]` was measured at `times[i]`.
+
+    The recording is shifted so that its first sample falls on `start` (default: the first
+    sample time) and played `speed` times faster than recorded. Between samples the value is
+    held (`interpolation="hold"`) or interpolated linearly. Before the recording starts and
+    after it ends there is no measurement (NaN), unless `loop` repeats it: one period is the
+    recording's span plus its median sample spacing, so a day recorded every minute from 00:00
+    to 23:59 repeats every 24 h. NaN in the recording (an empty CSV cell) plays back as NaN.
+    """
+
+    def __init__(
+        self,
+        times: Sequence[float],
+        values: Sequence[float],
+        *,
+        start: float | None = None,
+        loop: bool = False,
+        speed: float = 1.0,
+        interpolation: Interpolation = "hold",
+    ) -> None:
+        if not times or len(times) != len(values):
+            raise ValueError(
+                f"Replay needs as many times as values, at least one: {len(times)} times, "
+                f"{len(values)} values"
+            )
+        for i in range(1, len(times)):
+            if not times[i] > times[i - 1]:
+                raise ValueError(f"Replay times must increase: sample {i} at {times[i]}")
+        if not speed > 0:
+            raise ValueError(f"Replay speed must be positive, got {speed}")
+        if interpolation not in ("hold", "linear"):
+            raise ValueError(f"Replay interpolation is 'hold' or 'linear', got {interpolation!r}")
+        self._times = [x - times[0] for x in times]
+        self._values = list(values)
+        self.start = start
+        self.loop = loop
+        self.speed = speed
+        self.interpolation = interpolation
+        span = self._times[-1]
+        self._gap = statistics.median(b - a for a, b in itertools.pairwise(times)) if span else 0.0
+        self.period = span + self._gap
+
+    @classmethod
+    def from_csv(
+        cls,
+        path: str | Path,
+        column: str | None = None,
+        *,
+        start: float | None = None,
+        loop: bool = False,
+        speed: float = 1.0,
+        interpolation: Interpolation = "hold",
+    ) -> Replay:
+        """One column of a CSV file with a `timestamp` column; `column` may be left out when
+        there is only one other column. See `read_recording` for the format."""
+        recording = read_recording(path)
+        if column is None:
+            if len(recording) != 1:
+                raise ValueError(f"{path}: choose a column among {sorted(recording)}")
+            (column,) = recording
+        if column not in recording:
+            raise ValueError(f"{path}: no column {column!r}; columns: {sorted(recording)}")
+        times, values = recording[column]
+        return cls(times, values, start=start, loop=loop, speed=speed, interpolation=interpolation)
+
+    def __repr__(self) -> str:
+        return (
+            f"Replay({len(self._values)} samples over {self._times[-1]!r} s, "
+            f"start={self.start!r}, loop={self.loop!r}, speed={self.speed!r}, "
+            f"interpolation={self.interpolation!r})"
+        )
+
+    def sample(self, t: float) -> float:
+        if self.start is None:
+            self.start = t
+        offset = (t - self.start) * self.speed
+        span = self._times[-1]
+        if offset < 0 or (offset > span and not (self.loop and self.period > 0)):
+            return math.nan
+        if self.loop and self.period > 0:
+            offset %= self.period
+        i = bisect.bisect_right(self._times, offset) - 1
+        if self.interpolation == "hold" or offset == self._times[i]:
+            return self._values[i]
+        if i + 1 < len(self._times):
+            t0, t1, v1 = self._times[i], self._times[i + 1], self._values[i + 1]
+        else:  # looping: from the last sample back to the first, one spacing later
+            t0, t1, v1 = span, self.period, self._values[0]
+        v0 = self._values[i]
+        return v0 + (v1 - v0) * (offset - t0) / (t1 - t0)
+
+
+def read_recording(path: str | Path) -> dict[str, tuple[list[float], list[float]]]:
+    """Read a CSV recording: a `timestamp` column plus one column per quantity.
+
+    Timestamps are seconds since the epoch or ISO 8601 (UTC when no offset is given). An empty
+    cell, or one reading `nan`, is a missing measurement. Returns (times, values) per column.
+    """
+    with Path(path).open(newline="", encoding="utf-8") as file:
+        reader = csv.DictReader(file)
+        columns = [name for name in reader.fieldnames or () if name != "timestamp"]
+        if "timestamp" not in (reader.fieldnames or ()) or not columns:
+            raise ValueError(f"{path}: need a 'timestamp' column and at least one other")
+        times: list[float] = []
+        values: dict[str, list[float]] = {name: [] for name in columns}
+        for row in reader:
+            try:
+                times.append(_parse_timestamp(row["timestamp"]))
+                for name in columns:
+                    cell = (row[name] or "").strip()
+                    values[name].append(float(cell) if cell else math.nan)
+            except ValueError as exc:
+                raise ValueError(f"{path}, line {reader.line_num}: {exc}") from exc
+    return {name: (times, values[name]) for name in columns}
+
+
+def replay_csv(
+    path: str | Path,
+    *,
+    start: float | None = None,
+    loop: bool = False,
+    speed: float = 1.0,
+    interpolation: Interpolation = "hold",
+) -> dict[str, Replay]:
+    """A `Replay` per quantity column of a CSV recording (see `read_recording`)."""
+    return {
+        name: Replay(
+            times, values, start=start, loop=loop, speed=speed, interpolation=interpolation
+        )
+        for name, (times, values) in read_recording(path).items()
+    }
+
+
+def _parse_timestamp(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    moment = datetime.fromisoformat(text.strip())
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+# -- seeds, limits and defaults --------------------------------------------------------------
 
 
 def derive_seed(*parts: object) -> int:
@@ -141,40 +590,85 @@ def derive_seed(*parts: object) -> int:
     return random.Random(":".join(map(str, parts))).getrandbits(64)
 
 
+def plausible(quantity: str, model: SignalModel) -> Clamp:
+    """`model` clamped to the physical range of `quantity` (see `PHYSICAL_LIMITS`)."""
+    if quantity not in PHYSICAL_LIMITS:
+        raise ValueError(
+            f"no physical limits for quantity {quantity!r}; known: "
+            f"{', '.join(sorted(PHYSICAL_LIMITS))}"
+        )
+    lo, hi = PHYSICAL_LIMITS[quantity]
+    return Clamp(model, lo, hi)
+
+
 def default_signal(quantity: str, seed: int) -> SignalModel:
     """A physically plausible indoor signal for `quantity`, reproducible from `seed`.
 
     Each quantity and component draws from its own stream, so that with one seed the humidity
-    walk is not a scaled copy of the temperature walk.
+    walk is not a scaled copy of the temperature walk. Every default is clamped to the
+    quantity's `PHYSICAL_LIMITS`. Defaults are healthy: add faults with the wrappers.
     """
 
     def sub(component: str) -> int:
         return derive_seed(seed, quantity, component)
 
+    model: SignalModel
     if quantity == "temperature":
         # °C: a room around 21 °C, warmest mid-afternoon, wandering ±2 °C, 0.05 °C of jitter.
-        return Sum(
+        model = Sum(
             DailyCycle(21.0, 3.0, peak_hour=15.0),
             RandomWalk(-2.0, 2.0, step=0.01, seed=sub("walk"), start=0.0),
             Noise(0.05, seed=sub("noise")),
         )
-    if quantity == "humidity":
+    elif quantity == "humidity":
         # %RH: relative humidity falls as the room warms, so the cycle peaks before dawn.
-        return Clamp(
-            Sum(
-                RandomWalk(35.0, 65.0, step=0.05, seed=sub("walk")),
-                DailyCycle(0.0, 5.0, peak_hour=5.0),
-                Noise(0.3, seed=sub("noise")),
-            ),
-            0.0,
-            100.0,
+        model = Sum(
+            RandomWalk(35.0, 65.0, step=0.05, seed=sub("walk")),
+            DailyCycle(0.0, 5.0, peak_hour=5.0),
+            Noise(0.3, seed=sub("noise")),
         )
-    if quantity == "pressure":
+    elif quantity == "pressure":
         # hPa: weather moves pressure by a few hPa over hours; standard atmosphere in the middle.
-        return RandomWalk(1008.25, 1018.25, step=0.005, seed=sub("walk"), start=1013.25)
-    raise ValueError(
-        f"no default signal for quantity {quantity!r}; known: humidity, pressure, temperature"
-    )
+        model = RandomWalk(1008.25, 1018.25, step=0.005, seed=sub("walk"), start=1013.25)
+    elif quantity == "illuminance":
+        # lux: daylight through a window, brightest early afternoon, dark from about 21:00 to
+        # 05:00 UTC (the cosine below zero is clamped away); clouds move it by ±50 lux.
+        model = Sum(
+            DailyCycle(-100.0, 400.0, peak_hour=13.0),
+            RandomWalk(-50.0, 50.0, step=0.5, seed=sub("clouds"), start=0.0),
+            Noise(2.0, seed=sub("noise")),
+        )
+    elif quantity == "voltage":
+        # V: a slowly wandering analogue level on a 3.3 V rail, 0.5 mV of ADC noise.
+        model = Sum(
+            RandomWalk(0.0, 3.3, step=0.001, seed=sub("walk"), start=1.65),
+            Noise(0.0005, seed=sub("noise")),
+        )
+    elif quantity == "distance":
+        # m: something moving about in front of a ranger, within its useful range.
+        model = Sum(
+            RandomWalk(0.1, 3.5, step=0.01, seed=sub("walk"), start=1.5),
+            Noise(0.003, seed=sub("noise")),
+        )
+    elif quantity == "motion":
+        # 0/1: someone passes about six times an hour; the PIR holds its output for 10 s.
+        model = Pulses(rate_per_hour=6.0, duration=10.0, seed=sub("events"))
+    elif quantity == "contact":
+        # 0/1: a door opened or closed every five hours or so; closed (1.0) at first.
+        model = Toggle(rate_per_hour=0.2, seed=sub("events"), initial=True)
+    elif quantity == "soc_temperature":
+        # °C: the board's SoC, warmer than the room and following it, with load bursts.
+        model = Sum(
+            DailyCycle(48.0, 3.0, peak_hour=15.0),
+            RandomWalk(-5.0, 5.0, step=0.05, seed=sub("load"), start=0.0),
+            Noise(0.2, seed=sub("noise")),
+        )
+    else:
+        raise ValueError(
+            f"no default signal for quantity {quantity!r}; known: "
+            f"{', '.join(sorted(PHYSICAL_LIMITS))}"
+        )
+    return plausible(quantity, model)
 
 
 def _reflect(x: float, lo: float, hi: float) -> float:
