@@ -10,9 +10,18 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from agent.contract import DEFAULT_PREFIX, DeviceId, SensorName, SensorSettings, Topics
 
@@ -24,6 +33,21 @@ class ConfigError(Exception):
 class Section(BaseModel):
     # A misspelt key must stop start-up rather than be silently ignored.
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsSettings(Section):
+    """MQTT over TLS: the broker's CA, and a client certificate where the broker asks for one."""
+
+    ca_file: FilePath | None = Field(default=None, description="CA bundle; None: system CAs")
+    cert_file: FilePath | None = Field(default=None, description="client certificate (PEM)")
+    key_file: FilePath | None = Field(default=None, description="client private key (PEM)")
+    insecure_skip_hostname_check: bool = False
+
+    @model_validator(mode="after")
+    def _key_with_cert(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
 
 
 class MqttSettings(Section):
@@ -40,8 +64,16 @@ class MqttSettings(Section):
         description="telemetry topic template, e.g. 'sensors/{device_id}'; default under prefix",
     )
     client_id: str | None = None
-    reconnect_min_delay: float = Field(default=0.5, gt=0)
-    reconnect_max_delay: float = Field(default=30.0, gt=0)
+    reconnect_min_delay: float = Field(default=0.5, gt=0, description="backoff base, seconds")
+    reconnect_max_delay: float = Field(default=30.0, gt=0, description="backoff cap, seconds")
+    reconnect_reset: float = Field(
+        default=60.0, ge=0, description="seconds a connection must last to reset the backoff"
+    )
+    session_expiry: int = Field(
+        default=0, ge=0, description="seconds the broker keeps our session; 0: clean sessions"
+    )
+    max_inflight: int = Field(default=100, ge=1, le=65535, description="unacknowledged QoS 1")
+    tls: TlsSettings | None = None
 
     def topics(self) -> Topics:
         return Topics(prefix=self.prefix, telemetry_template=self.topic)
@@ -64,9 +96,15 @@ class AgentSection(Section):
     )
 
 
+class AgentMqttSettings(MqttSettings):
+    # An agent's session outlives its restarts by default: the broker keeps its subscription
+    # and the messages queued for it while it is away.
+    session_expiry: int = Field(default=86_400, ge=0, description="seconds; 0: clean sessions")
+
+
 class AgentConfig(Section):
     agent: AgentSection
-    mqtt: MqttSettings = MqttSettings()
+    mqtt: AgentMqttSettings = AgentMqttSettings()
     observability: ObservabilitySettings = ObservabilitySettings(service_name="edgetwin-agent")
     sensors: dict[SensorName, SensorSettings] = Field(default_factory=dict)
 

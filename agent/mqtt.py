@@ -1,20 +1,30 @@
 """The only module that touches paho-mqtt.
 
-The rest of edgetwin sees `MqttLink`: connect, publish, subscribe, a birth hook and a message
-callback carrying plain `Message` values. paho's return codes, userdata and types stay here.
+The rest of edgetwin sees `MqttLink`: start, publish, subscribe, a birth hook, a message
+callback carrying plain `Message` values, and a delivery callback for QoS 1 acknowledgements.
+paho's return codes, userdata and types stay here.
+
+The link runs its own network thread instead of paho's `loop_start`, for one reason: paho's
+reconnect delay doubles without jitter, so a broker restart makes a whole fleet reconnect in
+lockstep. Here each wait is drawn uniformly from [0, min(cap, base * 2**attempt)] ("full
+jitter"), and the attempt count resets once a connection has stayed up for a while.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+import ssl
 import threading
+import time
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -22,13 +32,15 @@ from agent.config import MqttSettings
 
 log = logging.getLogger(__name__)
 
+LOOP_TIMEOUT = 0.2  # seconds one network-loop pass may block; bounds how fast close() returns
+
 
 class MqttError(Exception):
     """Root of the MQTT adapter's errors."""
 
 
 class PublishError(MqttError):
-    """A publish that the client refused or could not complete in time."""
+    """A publish that the client refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +49,7 @@ class Message:
     payload: bytes
     retain: bool
     qos: int
+    user_properties: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +69,10 @@ class Delivery:
         self._info = info
 
     @property
+    def mid(self) -> int:
+        return self._info.mid
+
+    @property
     def done(self) -> bool:
         try:
             return self._info.is_published()
@@ -70,15 +87,36 @@ class Delivery:
         return self._info.is_published()
 
 
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff And
+    Jitter"): spreads a fleet's reconnects over the whole window instead of synchronising them."""
+
+    base: float
+    cap: float
+    rng: random.Random = field(default_factory=random.Random)
+    attempt: int = 0
+
+    def next(self) -> float:
+        ceiling = min(self.cap, self.base * (2**self.attempt))
+        self.attempt = min(self.attempt + 1, 32)
+        return self.rng.uniform(0, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
 ConnectHook = Callable[["MqttLink"], None]
 MessageHandler = Callable[[Message], None]
+DeliveryHandler = Callable[[int], None]
 
 
 class MqttLink:
-    """One MQTT connection with automatic reconnect, run on paho's network thread.
+    """One MQTT connection that reconnects until closed.
 
-    `on_connect` runs on every (re)connect, before queued messages flow on: that is where the
-    caller publishes its birth message. Subscriptions are replayed on reconnect.
+    `on_connect` runs on every (re)connect, on the network thread, before queued messages flow
+    on: that is where the caller publishes its birth message. Subscriptions are replayed on
+    every connect. `on_delivered(mid)` runs when the broker acknowledges a QoS 1 publish.
     """
 
     def __init__(
@@ -89,39 +127,54 @@ class MqttLink:
         will: Will | None = None,
         on_connect: ConnectHook | None = None,
         on_message: MessageHandler | None = None,
+        on_delivered: DeliveryHandler | None = None,
         max_queued: int = 0,
     ) -> None:
         self.settings = settings
         self.client_id = client_id or settings.client_id or f"edgetwin-{uuid.uuid4().hex[:12]}"
-        self._protocol = paho.MQTTv5 if settings.protocol == "5" else paho.MQTTv311
+        self._v5 = settings.protocol == "5"
+        persistent = settings.session_expiry > 0
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
-            protocol=self._protocol,
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
             # MQTT 3.1.1 takes the session flag here; MQTT 5 takes clean_start at connect.
-            clean_session=True if self._protocol == paho.MQTTv311 else None,
+            clean_session=None if self._v5 else not persistent,
         )
         if settings.username is not None:
             password = settings.password.get_secret_value() if settings.password else None
             self._client.username_pw_set(settings.username, password)
+        if settings.tls is not None:
+            tls = settings.tls
+            self._client.tls_set(
+                ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                certfile=str(tls.cert_file) if tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+            if tls.insecure_skip_hostname_check:
+                self._client.tls_insecure_set(True)
         if will is not None:
             self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
-        self._client.reconnect_delay_set(
-            min_delay=max(1, round(settings.reconnect_min_delay)),
-            max_delay=max(1, round(settings.reconnect_max_delay)),
-        )
         # Bounded: past this, publish() refuses instead of growing memory without limit.
         self._client.max_queued_messages_set(max_queued)
+        self._client.max_inflight_messages_set(settings.max_inflight)
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
+        self._client.on_publish = self._handle_publish
         self._on_connect = on_connect
         self._on_message = on_message
+        self._on_delivered = on_delivered
         self._subscriptions: dict[str, int] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
-        self._started = False
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._backoff = Backoff(settings.reconnect_min_delay, settings.reconnect_max_delay)
         self.connect_count = 0
+        self.disconnect_count = 0
         self.unsolicited = 0
 
     @property
@@ -130,13 +183,13 @@ class MqttLink:
 
     def start(self) -> None:
         """Connect in the background; returns at once, reconnects for ever until `close`."""
-        if self._started:
+        if self._thread is not None:
             return
-        self._started = True
-        self._client.connect_async(
-            self.settings.host, self.settings.port, keepalive=self.settings.keepalive
+        self._closing.clear()
+        self._thread = threading.Thread(
+            target=self._run, name=f"mqtt-{self.client_id}", daemon=True
         )
-        self._client.loop_start()
+        self._thread.start()
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -149,25 +202,103 @@ class MqttLink:
             self._client.subscribe(list(new.items()))
 
     def publish(
-        self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        user_properties: Mapping[str, str] | None = None,
     ) -> Delivery:
-        """Queue one message. While disconnected, QoS 1 waits in paho's queue; QoS 0 is lost."""
+        """Queue one message. While disconnected, QoS 1 waits in paho's queue; QoS 0 is lost.
+
+        User properties travel only over MQTT 5; on 3.1.1 they are dropped.
+        """
+        properties = None
+        if user_properties and self._v5:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.UserProperty = list(user_properties.items())
         try:
-            info = self._client.publish(topic, payload, qos=qos, retain=retain)
+            info = self._client.publish(
+                topic, payload, qos=qos, retain=retain, properties=properties
+            )
         except ValueError as exc:
             raise PublishError(f"cannot publish to {topic!r}: {exc}") from exc
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             raise PublishError(f"outgoing queue full, message to {topic!r} refused")
         return Delivery(info)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
         """Disconnect cleanly: the broker drops the last will. Wait for deliveries first."""
-        if not self._started:
+        if self._thread is None:
             return
-        self._started = False
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._closing.set()
+        if self.connected:
+            self._client.disconnect()
+        self._thread.join(timeout)
+        self._thread = None
         self._connected.clear()
+        # In case the thread was stuck: the socket must not outlive the link.
+        self._client._sock_close()
+
+    # -- network thread ------------------------------------------------------------------------
+
+    def _connect_once(self, first: bool) -> None:
+        if not first:
+            self._client.reconnect()
+            return
+        properties = None
+        clean_start: paho.CleanStartOption = paho.MQTT_CLEAN_START_FIRST_ONLY
+        if self._v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            if self.settings.session_expiry > 0:
+                properties.SessionExpiryInterval = self.settings.session_expiry
+                # A session that really persists: resume it even on the first connect after a
+                # restart, so subscriptions and messages queued for us while away survive.
+                clean_start = False
+        self._client.connect(
+            self.settings.host,
+            self.settings.port,
+            keepalive=self.settings.keepalive,
+            clean_start=clean_start,
+            properties=properties,
+        )
+
+    def _run(self) -> None:
+        first = True
+        while not self._closing.is_set():
+            try:
+                self._connect_once(first)
+                first = False
+            except (OSError, ssl.SSLError) as exc:
+                delay = self._backoff.next()
+                log.info(
+                    "broker unreachable, retrying",
+                    extra={
+                        "broker": self._broker(),
+                        "error": str(exc),
+                        "retry_in_s": round(delay, 3),
+                    },
+                )
+                self._closing.wait(delay)
+                continue
+            up_since = time.monotonic()
+            while not self._closing.is_set():
+                if self._client.loop(timeout=LOOP_TIMEOUT) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+            if self._closing.is_set():
+                # Let the DISCONNECT packet out before the thread ends.
+                deadline = time.monotonic() + 1.0
+                while self._client.socket() is not None and time.monotonic() < deadline:
+                    if self._client.loop(timeout=LOOP_TIMEOUT) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        break
+                return
+            if time.monotonic() - up_since >= self.settings.reconnect_reset:
+                self._backoff.reset()
+            self._closing.wait(self._backoff.next())
+
+    def _broker(self) -> str:
+        return f"{self.settings.host}:{self.settings.port}"
 
     def _handle_connect(
         self,
@@ -180,18 +311,16 @@ class MqttLink:
         if reason_code.is_failure:
             log.warning(
                 "broker refused connection",
-                extra={
-                    "broker": f"{self.settings.host}:{self.settings.port}",
-                    "reason": str(reason_code),
-                },
+                extra={"broker": self._broker(), "reason": str(reason_code)},
             )
             return
         self.connect_count += 1
         log.info(
             "connected to broker",
             extra={
-                "broker": f"{self.settings.host}:{self.settings.port}",
+                "broker": self._broker(),
                 "client_id": self.client_id,
+                "session_present": bool(flags.session_present),
             },
         )
         with self._lock:
@@ -215,8 +344,24 @@ class MqttLink:
     ) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
-        if was_connected and self._started:
+        if was_connected and not self._closing.is_set():
+            self.disconnect_count += 1
             log.warning("lost broker connection, reconnecting", extra={"reason": str(reason_code)})
+
+    def _handle_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if self._on_delivered is None:
+            return
+        try:
+            self._on_delivered(mid)
+        except Exception:
+            log.exception("delivery handler failed")
 
     def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         if self._on_message is None:
@@ -228,8 +373,13 @@ class MqttLink:
         if not any(paho.topic_matches_sub(f, msg.topic) for f in filters):
             self.unsolicited += 1
             return
+        user_properties: tuple[tuple[str, str], ...] = ()
+        if msg.properties is not None and hasattr(msg.properties, "UserProperty"):
+            user_properties = tuple(msg.properties.UserProperty)
         try:
-            self._on_message(Message(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos))
+            self._on_message(
+                Message(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos, user_properties)
+            )
         except Exception:
-            # One bad message must not kill paho's network thread.
+            # One bad message must not kill the network thread.
             log.exception("message handler failed", extra={"topic": msg.topic})

@@ -19,7 +19,13 @@ from typing import Literal
 
 import uvicorn
 
-from agent.config import AgentConfig, AgentSection, MqttSettings, ObservabilitySettings
+from agent.config import (
+    AgentConfig,
+    AgentMqttSettings,
+    AgentSection,
+    MqttSettings,
+    ObservabilitySettings,
+)
 from agent.contract import SensorSettings
 from agent.logs import configure_logging
 from agent.runtime import Agent
@@ -70,7 +76,7 @@ def run_demo(
         )
         agent_config = AgentConfig(
             agent=AgentSection(device_id=AGENT_DEVICE, state_dir=Path(workdir) / "agent"),
-            mqtt=mqtt,
+            mqtt=AgentMqttSettings.model_validate(mqtt.model_dump()),
             sensors=demo_sensors(2.0),
         )
         server = serve(gateway_config)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from agent.config import AgentConfig, AgentSection, MqttSettings
+from agent.config import AgentConfig, AgentMqttSettings, AgentSection, MqttSettings
 from agent.contract import SensorSettings
 from agent.runtime import Agent
 from tests.mqtt_helpers import Endpoint, Message
@@ -25,6 +25,10 @@ def mqtt_settings(broker: Endpoint, **extra: object) -> MqttSettings:
     return MqttSettings.model_validate(
         {"host": broker.host, "port": broker.port, "protocol": broker.protocol, **extra}
     )
+
+
+def agent_mqtt_settings(broker: Endpoint, **extra: object) -> AgentMqttSettings:
+    return AgentMqttSettings.model_validate(mqtt_settings(broker, **extra).model_dump())
 
 
 def bme280(interval: float, address: int = 0x76) -> SensorSettings:
@@ -98,7 +102,9 @@ def running_agent(
     """An agent on its own thread (faster to start than a process), stopped on exit."""
     config = AgentConfig(
         agent=AgentSection(device_id=device, state_dir=state_dir),
-        mqtt=mqtt_settings(broker, keepalive=2, reconnect_min_delay=0.2, reconnect_max_delay=1),
+        mqtt=agent_mqtt_settings(
+            broker, keepalive=2, reconnect_min_delay=0.2, reconnect_max_delay=1
+        ),
         sensors={"env": bme280(interval)},
     )
     agent = Agent(config)
