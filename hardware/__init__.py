@@ -1,7 +1,11 @@
 """Hardware abstraction: sensor drivers, their emulators, buses, back ends and signal models.
 
-Knows nothing of MQTT, the agent or the gateway; it depends only on the standard library,
-smbus2 (imported only when a real bus is opened) and nothing else.
+Knows nothing of MQTT, the agent or the gateway. Beyond the standard library it uses smbus2 for
+I2C and gpiozero for GPIO, the latter imported only when a GPIO sensor is opened.
+
+Adding a sensor: one module under `hardware/drivers/` (register map or file format, pure
+conversion functions, the driver taking an injected bus, its emulator, `DRIVER = ...`), its
+test under `tests/hardware/`, and one `_register(module.DRIVER)` line in `hardware/registry.py`.
 """
 
 from hardware.backends import Backend, EmulatedBackend, RealBackend, make_backend

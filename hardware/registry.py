@@ -8,7 +8,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from hardware.backends import EmulatedBackend, RealBackend
-from hardware.drivers import DriverInfo, OptionValue, Placement, bme280
+from hardware.drivers import (
+    DriverInfo,
+    OptionValue,
+    Placement,
+    ads1115,
+    bh1750,
+    bme280,
+    button,
+    ds18b20,
+    hcsr04,
+    pir,
+    sht3x,
+    soc_thermal,
+)
 from hardware.errors import SensorSettingsError, UnknownDriverError
 from hardware.sensor import Sensor
 from hardware.signals import SignalModel, default_signal, derive_seed
@@ -27,6 +40,14 @@ def _register(info: DriverInfo) -> None:
 
 
 _register(bme280.DRIVER)
+_register(sht3x.DRIVER)
+_register(bh1750.DRIVER)
+_register(ads1115.DRIVER)
+_register(ds18b20.DRIVER)
+_register(soc_thermal.DRIVER)
+_register(pir.DRIVER)
+_register(button.DRIVER)
+_register(hcsr04.DRIVER)
 
 
 def list_drivers() -> list[DriverInfo]:
@@ -89,4 +110,9 @@ def _signals_for(
         raise SensorSettingsError(
             f"{info.name} measures {', '.join(names)}; no signal for {unknown}"
         )
-    return {name: given[name] if name in given else default_signal(name, seed) for name in names}
+    return {
+        name: given[name]
+        if name in given
+        else default_signal(info.default_signal_kind(name), derive_seed(seed, name))
+        for name in names
+    }

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from hardware.bus import I2CBus, RegisterDevice
+from hardware.bus import I2CBus, I2CDevice
 from hardware.errors import SensorSettingsError
 from hardware.sensor import BackendKind, Clock, Quantity, Sensor
 from hardware.signals import SignalModel
@@ -76,6 +76,12 @@ class DriverInfo:
     """GPIO: the pin roles the sensor needs, in the order `Placement.pins` must name them."""
     default_device: str | None = None
     """sysfs: the device name used when the placement gives none."""
+    default_signals: Mapping[str, str] = field(default_factory=dict)
+    """Quantity -> the `default_signal` kind that plays it when no signal is given, where the
+    two differ: an ADC channel "voltage_2" plays "voltage", a SoC's "temperature" runs warm."""
+
+    def default_signal_kind(self, quantity: str) -> str:
+        return self.default_signals.get(quantity, quantity)
 
     def valid_addresses(self) -> tuple[int, ...]:
         if self.addresses:
@@ -87,7 +93,11 @@ class DriverInfo:
 
 
 class OpenI2CDriver(Protocol):
-    """Construct the driver on a bus and bring the chip up; raises HardwareError on failure."""
+    """Construct the driver on a bus and bring the chip up; raises HardwareError on failure.
+
+    `options` are the placement's driver settings, their names already checked against the
+    driver's list; the driver checks their values (SensorSettingsError naming the option).
+    """
 
     def __call__(
         self,
@@ -97,11 +107,16 @@ class OpenI2CDriver(Protocol):
         backend: BackendKind,
         clock: Clock,
         timer: Timer,
+        options: Mapping[str, OptionValue],
     ) -> Sensor: ...
 
 
 class BuildI2CEmulator(Protocol):
-    """Construct the chip's register-level emulator, its quantities driven by `signals`."""
+    """Construct the chip's emulator, its quantities driven by `signals`.
+
+    It gets the same `options` as the driver, for chips whose wiring they describe; settings
+    the driver sends to the chip over the bus reach the emulator that way instead.
+    """
 
     def __call__(
         self,
@@ -109,7 +124,8 @@ class BuildI2CEmulator(Protocol):
         signals: Mapping[str, SignalModel],
         clock: Clock,
         timer: Timer,
-    ) -> RegisterDevice: ...
+        options: Mapping[str, OptionValue],
+    ) -> I2CDevice: ...
 
 
 def i2c_driver(
@@ -121,8 +137,15 @@ def i2c_driver(
     open_driver: OpenI2CDriver,
     build_emulator: BuildI2CEmulator,
     addresses: tuple[int, ...] = (),
+    options: tuple[str, ...] = (),
+    default_signals: Mapping[str, str] | None = None,
 ) -> DriverInfo:
-    """The DriverInfo of an I2C chip: the same driver code runs on a real or a fake bus."""
+    """The DriverInfo of an I2C chip: the same driver code runs on a real or a fake bus.
+
+    `options` names the settings the driver takes from `Placement.options`; any other name is
+    refused with SensorSettingsError before anything touches a bus, so a typo in a config file
+    stops start-up instead of being silently ignored.
+    """
 
     def open_i2c(
         backend: Backend,
@@ -133,6 +156,12 @@ def i2c_driver(
     ) -> Sensor:
         from hardware.backends import EmulatedBackend
 
+        unknown = sorted(set(placement.options) - set(options))
+        if unknown:
+            accepted = f"options: {', '.join(options)}" if options else "it takes no options"
+            raise SensorSettingsError(
+                f"{name} has no option {', '.join(map(repr, unknown))}; {accepted}"
+            )
         address = default_address if placement.address is None else placement.address
         valid = addresses or (default_address,)
         if address not in valid:
@@ -152,13 +181,23 @@ def i2c_driver(
                 )
             fake.attach_if_free(
                 address,
-                lambda: build_emulator(signals=signals, clock=backend.clock, timer=backend.timer),
+                lambda: build_emulator(
+                    signals=signals,
+                    clock=backend.clock,
+                    timer=backend.timer,
+                    options=placement.options,
+                ),
             )
             bus = fake
         else:
             bus = backend.i2c_bus(placement.bus)
         return open_driver(
-            bus, address=address, backend=backend.kind, clock=backend.clock, timer=backend.timer
+            bus,
+            address=address,
+            backend=backend.kind,
+            clock=backend.clock,
+            timer=backend.timer,
+            options=placement.options,
         )
 
     return DriverInfo(
@@ -169,4 +208,5 @@ def i2c_driver(
         open=open_i2c,
         default_address=default_address,
         addresses=addresses,
+        default_signals=dict(default_signals or {}),
     )

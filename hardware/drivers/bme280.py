@@ -7,6 +7,7 @@ Section numbers refer to the datasheet BST-BME280-DS002.
 
 from __future__ import annotations
 
+import math
 import struct
 import threading
 import time
@@ -14,8 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Self
 
-from hardware.bus import I2CBus, RegisterDevice, bus_errors
-from hardware.drivers import i2c_driver
+from hardware.bus import I2CBus, RegisterDevice, bus_errors, dropout_error
+from hardware.drivers import OptionValue, i2c_driver
 from hardware.errors import ChipIdError, DataError, SensorTimeoutError
 from hardware.sensor import BackendKind, Clock, Quantity, Sensor
 from hardware.signals import Constant, SignalModel
@@ -476,8 +477,10 @@ def open_bme280(
     backend: BackendKind = BackendKind.REAL,
     clock: Clock = time.time,
     timer: Timer | None = None,
+    options: Mapping[str, OptionValue] | None = None,
 ) -> BME280:
-    """Construct and open a BME280: the registry's way in."""
+    """Construct and open a BME280: the registry's way in. It has no `options` (the registry
+    refuses any); the parameter exists because every I2C driver's opener takes it."""
     return BME280(bus, address, backend=backend, clock=clock, timer=timer).open()
 
 
@@ -612,10 +615,12 @@ class BME280Emulator(RegisterDevice):
         chip_id: int = CHIP_ID,
         conversion_time: float | None = None,
         nvm_copy_time: float = 1e-3,
+        options: Mapping[str, OptionValue] | None = None,
     ) -> None:
         """`conversion_time` None means the datasheet's typical time for the oversampling set.
 
         `nvm_copy_time` has no datasheet figure; the default sits inside t_startup (2 ms).
+        `options` (placement settings) mean nothing to this chip and are ignored.
         """
         unknown = set(signals or {}) - set(DEFAULT_ENVIRONMENT)
         if unknown:
@@ -790,6 +795,9 @@ class BME280Emulator(RegisterDevice):
         celsius = self._signals["temperature"].sample(t)
         rh = self._signals["humidity"].sample(t)
         hpa = self._signals["pressure"].sample(t)
+        if math.isnan(celsius) or math.isnan(rh) or math.isnan(hpa):
+            # NaN is a signal's "no measurement now": fail the transfer that started it (EIO).
+            raise dropout_error()
         osrs_t, osrs_p, osrs_h = self._oversampling()
         cal = self._calibration
         adc_t = raw_temperature(celsius, cal, bits=_bits(osrs_t))

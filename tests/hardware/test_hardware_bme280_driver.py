@@ -228,6 +228,7 @@ def test_eio_at_any_step_of_a_measurement_recovers(rig: Rig, failing_transfer: i
     # A measurement is four transfers: ctrl_hum, ctrl_meas, status poll, data burst. Whichever
     # one fails, the driver must report it and recover on the next read.
     device = rig.bus.detach(ADDRESS_PRIMARY)
+    assert isinstance(device, RegisterDevice)
     rig.bus.attach(ADDRESS_PRIMARY, _FailNth(device, failing_transfer))
     with pytest.raises(BusError):
         rig.sensor.read()

@@ -28,7 +28,7 @@ from hardware.backends import make_backend
 from hardware.bus import FakeI2CBus
 from hardware.drivers.bme280 import BME280Emulator
 from hardware.errors import BusError
-from hardware.signals import Constant
+from hardware.signals import PHYSICAL_LIMITS, Constant
 from hardware.timing import ManualClock, VirtualTimer
 
 
@@ -42,8 +42,18 @@ def backend(clock: ManualClock) -> EmulatedBackend:
 
 def test_list_drivers() -> None:
     drivers = list_drivers()
-    assert [d.name for d in drivers] == ["bme280"]
-    info = drivers[0]
+    assert [d.name for d in drivers] == [
+        "ads1115",
+        "bh1750",
+        "bme280",
+        "button",
+        "ds18b20",
+        "hcsr04",
+        "pir",
+        "sht3x",
+        "soc_thermal",
+    ]
+    info = driver_info("bme280")
     assert info.interface == "i2c"
     assert info.default_address == 0x76
     assert info.valid_addresses() == (0x76, 0x77)
@@ -53,6 +63,25 @@ def test_list_drivers() -> None:
         ("pressure", "hPa"),
     ]
     assert "BME280" in info.description
+
+
+@pytest.mark.parametrize("name", [info.name for info in list_drivers()])
+def test_every_driver_reads_emulated_without_any_signal_given(name: str) -> None:
+    """Each quantity of each driver has a default signal, so any sensor can be simulated."""
+    info = driver_info(name)
+    pins = {role: 5 + n for n, role in enumerate(info.pins)}
+    with EmulatedBackend() as backend, open_sensor(name, backend=backend, pins=pins) as sensor:
+        reading = sensor.read()
+    assert set(reading.values) <= {q.name for q in info.quantities}
+    assert reading.values
+    for quantity, measurement in reading.values.items():
+        low, high = PHYSICAL_LIMITS[info.default_signal_kind(quantity)]
+        assert low <= measurement.value <= high, (quantity, measurement)
+
+
+def test_emulated_soc_runs_warmer_than_the_room() -> None:
+    with EmulatedBackend() as backend, open_sensor("soc_thermal", backend=backend) as soc:
+        assert soc.read().values["temperature"].value > 35
 
 
 def test_driver_info_is_frozen() -> None:
