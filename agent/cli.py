@@ -23,7 +23,11 @@ def run_agent(config_path: Path) -> int:
         # Plain text, not JSON: whoever starts the program must read this one at once.
         print(f"edgetwin agent: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.observability.service_name, config.observability.log_level)
+    configure_logging(
+        config.observability.service_name,
+        config.observability.log_level,
+        config_file=config.observability.log_config,
+    )
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:

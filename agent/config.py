@@ -82,6 +82,11 @@ class MqttSettings(Section):
 class ObservabilitySettings(Section):
     service_name: str = "edgetwin"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_config: FilePath | None = Field(
+        default=None,
+        description="TOML file in logging.config.dictConfig form (like the original "
+        "simulator's logger.toml); replaces the default JSON logging",
+    )
     trace_endpoint: str | None = Field(
         default=None, description="OTLP/HTTP traces URL, e.g. http://otel-collector:4318/v1/traces"
     )
@@ -92,7 +97,26 @@ class ObservabilitySettings(Section):
 class AgentSection(Section):
     device_id: DeviceId
     state_dir: Path | None = Field(
-        default=None, description="where boot counter and sequence numbers persist"
+        default=None,
+        description="outbox, boot counter, last applied config; default: systemd's "
+        "StateDirectory, else $XDG_STATE_HOME/edgetwin-agent/DEVICE",
+    )
+    state_interval: float = Field(
+        default=60.0, gt=0, description="seconds between state documents when nothing changes"
+    )
+    shutdown_timeout: float = Field(
+        default=5.0, ge=0, description="seconds to deliver the outbox on a clean stop"
+    )
+
+
+class OutboxSettings(Section):
+    max_messages: int = Field(default=100_000, ge=1, description="readings kept while offline")
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="payload bytes kept")
+    commit_interval: float = Field(
+        default=1.0, ge=0, description="seconds between commits (fsyncs); spares SD cards"
+    )
+    drain_rate: float = Field(
+        default=500.0, ge=0, description="backlog messages per second after an outage; 0: no limit"
     )
 
 
@@ -105,6 +129,7 @@ class AgentMqttSettings(MqttSettings):
 class AgentConfig(Section):
     agent: AgentSection
     mqtt: AgentMqttSettings = AgentMqttSettings()
+    outbox: OutboxSettings = OutboxSettings()
     observability: ObservabilitySettings = ObservabilitySettings(service_name="edgetwin-agent")
     sensors: dict[SensorName, SensorSettings] = Field(default_factory=dict)
 

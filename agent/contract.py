@@ -159,18 +159,28 @@ class DesiredConfig(_Payload):
 
 
 class ReportedConfig(_Payload):
-    """What the agent applied, or why it refused. Retained; only the agent writes it."""
+    """What the agent applied, or why it refused. Retained; only the agent writes it.
+
+    `status` says how the last desired document fared; `applied_version` is what runs either
+    way (a refused document leaves the last good one running). `rejected_version` is absent
+    when the refused document had no readable version.
+    """
 
     device: DeviceId
     ts: Float
+    status: Literal["applied", "rejected"]
     applied_version: Int = Field(ge=0)
-    rejected_version: Int | None = None
-    reason: str | None = None
+    rejected_version: Int | None = Field(default=None, ge=0)
+    reason: Annotated[str, StringConstraints(max_length=1024)] | None = None
 
     @model_validator(mode="after")
     def _rejection_has_reason(self) -> Self:
-        if (self.rejected_version is None) != (self.reason is None):
-            raise ValueError("rejected_version and reason go together")
+        if self.status == "rejected" and self.reason is None:
+            raise ValueError("a rejection carries its reason")
+        if self.status == "applied" and (
+            self.reason is not None or self.rejected_version is not None
+        ):
+            raise ValueError("an applied report carries no rejection")
         return self
 
 

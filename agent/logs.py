@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.config
 import sys
+import tomllib
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final, TextIO
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is logged.
@@ -35,7 +38,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def configure_logging(service_name: str, level: str = "INFO", stream: TextIO | None = None) -> None:
+def configure_logging(
+    service_name: str,
+    level: str = "INFO",
+    stream: TextIO | None = None,
+    config_file: Path | None = None,
+) -> None:
+    """JSON lines on stderr, or whatever a dictConfig-style TOML file says.
+
+    In such a file, a formatter `{"()": "agent.logs.JsonFormatter", "service_name": ...}` gives
+    the same JSON lines.
+    """
+    if config_file is not None:
+        with config_file.open("rb") as handle:
+            logging.config.dictConfig(tomllib.load(handle))
+        return
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter(service_name))
     root = logging.getLogger()

@@ -197,6 +197,7 @@ class Outbox:
         # Committed state, mirrored in memory so that depth and bounds cost no query.
         self._db_count = 0  # rows in the table, acked-but-not-deleted included
         self._db_bytes = 0
+        self._last_id = 0  # newest id ever committed (AUTOINCREMENT's counter)
         self._dropped = 0  # persisted in meta
         self._boot = 0
         self._committed_seq: dict[str, int] = {}
@@ -208,6 +209,7 @@ class Outbox:
         self._acked: dict[int, int] = {}  # id -> payload size, deleted at the next commit
         self._acked_bytes = 0
         self._buffer_dropped = 0  # dropped from the buffer while commits kept failing
+        self._commit_failing = False
 
         self._commits = 0
         # -inf: the first reading after a quiet spell is committed at once, not an interval
@@ -296,6 +298,7 @@ class Outbox:
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox"
         ).fetchone()
         self._db_count, self._db_bytes = int(count), int(size)
+        self._last_id = _last_id(conn)
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         self._dropped = int(meta.get("dropped", 0))
         self._boot = int(meta.get("boot", 0))
@@ -351,10 +354,13 @@ class Outbox:
             self._next_seq[stream] = seq
             self._buffer.append(_Row(stream, seq, topic, payload, qos, time.time()))
             self._buffer_bytes += len(payload)
-            # Normally the buffer holds one commit interval of readings. If commits keep
-            # failing (disk full, card gone), bound it like the table, or memory would grow
-            # until the kernel kills the agent; the drops are counted and persisted later.
-            while len(self._buffer) > self._max_messages or self._buffer_bytes > self._max_bytes:
+            # Normally the buffer holds one commit interval of readings and the bounds are
+            # applied at commit. If commits keep failing (disk full, card gone), bound it here,
+            # or memory would grow until the kernel kills the agent; the drops are counted
+            # now and persisted by the first commit that succeeds.
+            while self._commit_failing and (
+                len(self._buffer) > self._max_messages or self._buffer_bytes > self._max_bytes
+            ):
                 oldest = self._buffer.popleft()
                 self._buffer_bytes -= len(oldest.payload)
                 self._buffer_dropped += 1
@@ -418,44 +424,35 @@ class Outbox:
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany("DELETE FROM outbox WHERE id = ?", ((i,) for i in acked))
-            over_count = count + len(rows) - self._max_messages
-            over_bytes = size + self._buffer_bytes - self._max_bytes
-            gone_count, gone_bytes = 0, 0
-            if over_count > 0 or over_bytes > 0:
-                gone_count, gone_bytes = _drop_oldest(conn, over_count, over_bytes)
-            skip = 0
-            # What the table could not free comes out of the oldest buffered rows: they are
-            # never inserted, but they are dropped all the same and counted.
-            while gone_count < over_count or gone_bytes < over_bytes:
-                gone_count += 1
-                gone_bytes += len(rows[skip].payload)
-                skip += 1
-            db_gone = gone_count - skip
+            db_gone, db_gone_bytes, skip = self._make_room(conn, count, size, rows)
             conn.executemany(
                 "INSERT INTO outbox (stream, seq, topic, payload, qos, created) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 rows[skip:],
             )
+            last_id = _last_id(conn) if rows[skip:] else self._last_id
             changed = {s: q for s, q in self._next_seq.items() if self._committed_seq.get(s) != q}
             conn.executemany(
                 "INSERT INTO streams (stream, last_seq) VALUES (?, ?) "
                 "ON CONFLICT (stream) DO UPDATE SET last_seq = excluded.last_seq",
                 changed.items(),
             )
-            dropped = self._dropped + gone_count + self._buffer_dropped
+            dropped = self._dropped + db_gone + skip + self._buffer_dropped
             conn.execute("UPDATE meta SET value = ? WHERE key = 'dropped'", (dropped,))
             if boot is not None:
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'boot'", (boot,))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             _rollback(conn)
+            self._commit_failing = True
             # Nothing in memory changed: the buffer and acks are retried at the next commit.
             raise OutboxError(f"outbox commit failed: {exc}") from exc
 
-        inserted_bytes = sum(len(row.payload) for row in rows[skip:])
-        self._db_count = count - db_gone + len(rows) - skip
-        self._db_bytes = size - (gone_bytes - sum(len(r.payload) for r in rows[:skip]))
-        self._db_bytes += inserted_bytes
+        kept = rows[skip:]
+        self._db_count = count - db_gone + len(kept)
+        self._db_bytes = size - db_gone_bytes + sum(len(row.payload) for row in kept)
+        self._commit_failing = False
+        self._last_id = last_id
         self._committed_seq.update(changed)
         self._dropped = dropped
         self._buffer_dropped = 0
@@ -466,9 +463,31 @@ class Outbox:
         self._acked.clear()
         self._acked_bytes = 0
         self._commits += 1
-        if gone_count:
-            self._note_dropped(gone_count)
+        if db_gone or skip:
+            self._note_dropped(db_gone + skip)
         return True
+
+    def _make_room(
+        self, conn: sqlite3.Connection, count: int, size: int, rows: list[_Row]
+    ) -> tuple[int, int, int]:
+        """Apply both bounds to the table plus ``rows``, inside the commit's transaction.
+
+        Returns the rows and payload bytes deleted from the table, and how many of the oldest
+        ``rows`` are not to be inserted: when the buffer alone is over a bound, the table is
+        emptied and the buffer's oldest go too, dropped and counted like any other.
+        """
+        over_count = count + len(rows) - self._max_messages
+        over_bytes = size + self._buffer_bytes - self._max_bytes
+        db_gone, db_gone_bytes = _drop_oldest(conn, over_count, over_bytes)
+        over_count -= db_gone
+        over_bytes -= db_gone_bytes
+        skip = 0
+        # put() keeps every payload within max_bytes, so the newest row always survives.
+        while over_count > 0 or over_bytes > 0:
+            over_count -= 1
+            over_bytes -= len(rows[skip].payload)
+            skip += 1
+        return db_gone, db_gone_bytes, skip
 
     def _take_in_acks(self, conn: sqlite3.Connection) -> None:
         """Move acks from paho's thread into `_acked`, keeping only ids of committed rows."""
@@ -553,6 +572,25 @@ class Outbox:
             self._take_in_acks(self._check_open())
             return self._db_count - len(self._acked)
 
+    def last_seq(self, stream: str) -> int:
+        """The last seq handed out to `stream`, committed or not; 0 if none ever was."""
+        with self._lock:
+            return self._next_seq.get(stream, 0)
+
+    @property
+    def last_id(self) -> int:
+        """Id of the newest row ever committed, 0 before the first. It never decreases.
+
+        A publisher can note it at (re)connect to tell the backlog (ids up to it) from rows
+        committed afterwards.
+        """
+        return self._last_id
+
+    @property
+    def uncommitted(self) -> int:
+        """Rows put but not committed yet, which `pending()` does not show."""
+        return len(self._buffer)
+
     @property
     def dropped(self) -> int:
         """Readings ever dropped by the bounds, across restarts."""
@@ -634,12 +672,15 @@ class Outbox:
 
 
 def _drop_oldest(conn: sqlite3.Connection, over_count: int, over_bytes: int) -> tuple[int, int]:
-    """Delete the oldest rows until both excesses are covered (or the table is empty).
+    """Delete the oldest rows until both excesses (which may be <= 0) are covered, or the
+    table is empty.
 
     Returns how many rows and payload bytes went. Runs inside the commit's transaction, so
     the drop, the new rows and the dropped counter are written together.
     """
     gone_count, gone_bytes, last_id = 0, 0, None
+    if over_count <= 0 and over_bytes <= 0:
+        return 0, 0  # the common case: no query at all
     cursor = conn.execute("SELECT id, LENGTH(payload) FROM outbox ORDER BY id")
     try:
         for row_id, size in cursor:
@@ -653,6 +694,12 @@ def _drop_oldest(conn: sqlite3.Connection, over_count: int, over_bytes: int) -> 
     if last_id is not None:
         conn.execute("DELETE FROM outbox WHERE id <= ?", (last_id,))
     return gone_count, gone_bytes
+
+
+def _last_id(conn: sqlite3.Connection) -> int:
+    # AUTOINCREMENT keeps the highest id ever used here, even after every row is gone.
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+    return int(row[0]) if row is not None else 0
 
 
 def _is_corruption(exc: sqlite3.DatabaseError) -> bool:

@@ -1,18 +1,31 @@
-"""The agent's main loop: read sensors on their schedules and publish what they measure."""
+"""The agent's main loop.
+
+One thread reads the sensors on absolute deadlines and writes each reading to the durable
+outbox; the publisher moves committed readings to the broker and removes them once
+acknowledged; desired configuration from the gateway is validated and applied between two
+readings, atomically. paho's network thread only receives: messages and acknowledgements are
+handed over, never acted on there.
+"""
 
 from __future__ import annotations
 
 import heapq
 import logging
+import os
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from agent.config import AgentConfig
 from agent.contract import (
+    DesiredConfig,
     DeviceState,
     Presence,
+    ReportedConfig,
     SensorBackend,
     SensorHealth,
     SensorSettings,
@@ -22,24 +35,32 @@ from agent.contract import (
     Telemetry,
     Value,
 )
-from agent.mqtt import Delivery, MqttLink, Will
-from agent.persist import MemoryFile
+from agent.desired import DesiredStore, Rejection, validate_desired
+from agent.metrics import AgentMetrics, NoMetrics, PrometheusMetrics
+from agent.mqtt import Message, MqttLink, Will
+from agent.outbox import Outbox
+from agent.publisher import OutboxPublisher
 from agent.sensors import open_configured
+from agent.systemd import Notifier
+from agent.tracing import Tracing, setup_tracing
 from hardware import (
     BackendKind,
     EmulatedBackend,
     HardwareError,
     Health,
+    Reading,
     RealBackend,
     Sensor,
 )
 from hardware.sensor import Clock
 from hardware.signals import derive_seed
 
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+
 log = logging.getLogger(__name__)
 
-SHUTDOWN_FLUSH_SECONDS = 3.0
-STATE_REFRESH_SECONDS = 60.0
+IDLE_WAIT = 1.0  # seconds the loop sleeps at most, so shutdown and watchdog stay prompt
 
 
 def agent_version() -> str:
@@ -49,14 +70,26 @@ def agent_version() -> str:
         return "0+unknown"
 
 
+def resolve_state_dir(
+    configured: Path | None, device: str, environ: dict[str, str] | None = None
+) -> Path:
+    """The configured directory, else systemd's StateDirectory, else the user's XDG state."""
+    env = dict(os.environ) if environ is None else environ
+    if configured is not None:
+        return configured
+    if "STATE_DIRECTORY" in env:
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    base = Path(env.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "edgetwin-agent" / device
+
+
 @dataclass
 class SensorSlot:
-    """One configured sensor: its settings, its driver once opened, and its stream counter."""
+    """One configured sensor: its settings and its driver once opened."""
 
     name: str
     settings: SensorSettings
     sensor: Sensor | None = None
-    seq: int = 0
     missing_reason: str | None = "not opened yet"
     backend: BackendKind = BackendKind.EMULATED
 
@@ -72,10 +105,16 @@ class SensorSlot:
             reason=status.reason,
         )
 
+    def close(self) -> None:
+        if self.sensor is not None:
+            self.sensor.close()
+            self.sensor = None
+
 
 @dataclass(order=True)
 class _Due:
     deadline: float
+    generation: int = field(compare=False)
     name: str = field(compare=False)
 
 
@@ -87,69 +126,120 @@ class Agent:
         clock: Clock = time.time,
         emulated_backend: EmulatedBackend | None = None,
         real_backend: RealBackend | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
         self.device = config.agent.device_id
         self.topics = config.mqtt.topics()
         self.clock = clock
         self.version = agent_version()
+        self.notifier = notifier or Notifier()
         self._emulated = emulated_backend or EmulatedBackend(
             clock=clock, seed=derive_seed("agent", self.device)
         )
         self._real = real_backend
-        self._memory_file = MemoryFile(
-            config.agent.state_dir / "agent.json" if config.agent.state_dir else None
+        self.state_dir = resolve_state_dir(config.agent.state_dir, self.device)
+        settings = config.outbox
+        self.outbox = Outbox(
+            self.state_dir / "outbox.db",
+            max_messages=settings.max_messages,
+            max_bytes=settings.max_bytes,
+            commit_interval=settings.commit_interval,
         )
-        self.memory = self._memory_file.load()
-        self.memory.boot += 1
-        self._memory_file.save(self.memory)
+        self.boot = self.outbox.next_boot()
         self.started_at = clock()
-        self.slots = {
-            name: SensorSlot(name, settings, seq=self.memory.seq.get(name, 0))
-            for name, settings in config.sensors.items()
-            if settings.enabled
-        }
-        self._last_health: dict[str, SensorState] = {}
+        self._desired_store = DesiredStore(self.state_dir / "desired.json")
+        self.applied: DesiredConfig | None = self._desired_store.load(self.device)
+        self._reported: ReportedConfig | None = None
+        self.slots: dict[str, SensorSlot] = {}
+        self._schedule: list[_Due] = []
+        self._generation = 0
+        self._inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._last_states: dict[str, SensorState] | None = None
+        self._state_due = 0.0
+        self.metrics: AgentMetrics = NoMetrics()
+        self.tracing: Tracing = setup_tracing(None, config.observability.service_name)
         self.link = MqttLink(
             config.mqtt,
             client_id=config.mqtt.client_id or f"edgetwin-agent-{self.device}",
             will=Will(
                 self.topics.status(self.device), self._status(Presence.OFFLINE, "connection_lost")
             ),
-            on_connect=self._birth,
+            on_connect=self._on_connect,
+            on_message=self._on_message,
+            on_delivered=self._on_delivered,
         )
-        self.published = 0
+        self.publisher = OutboxPublisher(
+            self.outbox,
+            self.link,
+            max_inflight=config.mqtt.max_inflight,
+            drain_rate=settings.drain_rate,
+        )
+        self.readings = 0
 
-    def _status(self, state: Presence, reason: str) -> bytes:
+    # -- identity and documents ----------------------------------------------------------------
+
+    @property
+    def applied_version(self) -> int:
+        return self.applied.version if self.applied else 0
+
+    def sensor_settings(self) -> dict[str, SensorSettings]:
+        """The running sensor set: the gateway's last applied document, else the file's."""
+        return dict(self.applied.sensors if self.applied else self.config.sensors)
+
+    def _status(
+        self, state: Presence, reason: Literal["birth", "shutdown", "connection_lost"]
+    ) -> bytes:
         return Status(
             device=self.device,
             state=state,
             ts=self.clock(),
-            boot=self.memory.boot,
+            boot=self.boot,
             agent_version=self.version,
             reason=reason,
         ).encode()
 
-    def _birth(self, link: MqttLink) -> None:
+    def _states(self) -> dict[str, SensorState]:
+        return {name: slot.state() for name, slot in self.slots.items()}
+
+    def _state_document(self) -> bytes:
+        return DeviceState(
+            device=self.device,
+            ts=self.clock(),
+            agent_version=self.version,
+            uptime_s=max(0.0, self.clock() - self.started_at),
+            sensors=self._states(),
+            outbox_depth=self.outbox.depth,
+            dropped=self.outbox.dropped,
+        ).encode()
+
+    # -- network thread callbacks: hand over, never act ----------------------------------------
+
+    def _on_connect(self, link: MqttLink) -> None:
         link.publish(
             self.topics.status(self.device),
             self._status(Presence.ONLINE, "birth"),
             qos=1,
             retain=True,
         )
-        self._publish_state(link)
+        link.publish(self.topics.state(self.device), self._state_document(), qos=1, retain=True)
+        if self._reported is not None:
+            link.publish(
+                self.topics.reported(self.device), self._reported.encode(), qos=1, retain=True
+            )
+        if link.connect_count > 1:
+            self.metrics.reconnected()
+        self._wake.set()
 
-    def _publish_state(self, link: MqttLink) -> None:
-        states = {name: slot.state() for name, slot in self.slots.items()}
-        self._last_health = states
-        document = DeviceState(
-            device=self.device,
-            ts=self.clock(),
-            agent_version=self.version,
-            uptime_s=max(0.0, self.clock() - self.started_at),
-            sensors=states,
-        )
-        link.publish(self.topics.state(self.device), document.encode(), qos=1, retain=True)
+    def _on_message(self, message: Message) -> None:
+        self._inbox.put(message)
+        self._wake.set()
+
+    def _on_delivered(self, mid: int) -> None:
+        self.publisher.on_delivered(mid)
+
+    # -- sensors --------------------------------------------------------------------------------
 
     def _backends(self, choice: SensorBackend) -> list[EmulatedBackend | RealBackend]:
         if self._real is None and choice is not SensorBackend.EMULATED:
@@ -162,11 +252,10 @@ class Agent:
         return [*real, self._emulated]
 
     def _open(self, slot: SensorSlot) -> None:
-        settings = slot.settings
-        backends = self._backends(settings.backend)
+        backends = self._backends(slot.settings.backend)
         try:
             slot.sensor = open_configured(
-                settings, backends, seed=derive_seed("agent", self.device, slot.name)
+                slot.settings, backends, seed=derive_seed("agent", self.device, slot.name)
             )
         except HardwareError as exc:
             slot.missing_reason = str(exc)
@@ -179,76 +268,245 @@ class Agent:
         slot.missing_reason = None
         log.info(
             "sensor opened",
-            extra={"sensor": slot.name, "driver": settings.driver, "backend": slot.backend.value},
+            extra={
+                "sensor": slot.name,
+                "driver": slot.settings.driver,
+                "backend": slot.backend.value,
+            },
         )
 
-    def _read_and_publish(self, slot: SensorSlot) -> Delivery | None:
+    def _install(self, sensors: dict[str, SensorSettings]) -> None:
+        """Replace the running sensor set; unchanged sensors keep their driver and schedule."""
+        now = self.clock()
+        wanted = {name: s for name, s in sensors.items() if s.enabled}
+        for name in list(self.slots):
+            if name not in wanted or wanted[name] != self.slots[name].settings:
+                self.slots.pop(name).close()
+        self._generation += 1
+        fresh = [name for name in wanted if name not in self.slots]
+        for name in fresh:
+            slot = SensorSlot(name, wanted[name])
+            self.slots[name] = slot
+            self._open(slot)
+        # Rebuild the heap under a new generation; kept sensors keep their next deadline.
+        kept = {
+            due.name: due.deadline
+            for due in self._schedule
+            if due.name in self.slots and due.name not in fresh
+        }
+        self._schedule = [_Due(kept.get(name, now), self._generation, name) for name in self.slots]
+        heapq.heapify(self._schedule)
+
+    def _read(self, slot: SensorSlot) -> None:
         if slot.sensor is None:
             self._open(slot)
             if slot.sensor is None:
-                return None
+                return
+        started = time.perf_counter()
         try:
             reading = slot.sensor.read()
         except HardwareError as exc:
+            self.metrics.sensor_error(slot.name)
             log.warning("sensor read failed", extra={"sensor": slot.name, "error": str(exc)})
             if slot.sensor.status.health is Health.MISSING:
-                slot.sensor.close()
-                slot.sensor = None
+                slot.close()
                 slot.missing_reason = str(exc)
+            return
+        self.metrics.reading(slot.name, time.perf_counter() - started)
+        self._enqueue(slot, reading)
+
+    def _enqueue(self, slot: SensorSlot, reading: Reading) -> None:
+        source = (
+            Source.REAL
+            if slot.sensor and slot.sensor.status.backend is BackendKind.REAL
+            else Source.EMULATED
+        )
+        values = {q: Value(value=m.value, unit=m.unit) for q, m in reading.values.items()}
+
+        def payload(seq: int) -> bytes:
+            return Telemetry(
+                device=self.device,
+                sensor=slot.name,
+                ts=reading.timestamp,
+                seq=seq,
+                source=source,
+                values=values,
+            ).encode()
+
+        self.outbox.put(
+            slot.name, payload, self.topics.telemetry(self.device, slot.name), self.config.mqtt.qos
+        )
+        self.readings += 1
+
+    def _run_due(self) -> None:
+        now = self.clock()
+        while self._schedule and self._schedule[0].deadline <= now:
+            due = heapq.heappop(self._schedule)
+            slot = self.slots.get(due.name)
+            if slot is None or due.generation != self._generation:
+                continue
+            self._read(slot)
+            # Absolute deadlines keep the period exact; a stall skips missed beats rather than
+            # bursting to catch up. A slow sensor delays only the readings queued behind it in
+            # this pass, never the schedule itself.
+            deadline = due.deadline + slot.settings.interval
+            if deadline <= now:
+                deadline = now + slot.settings.interval
+            heapq.heappush(self._schedule, _Due(deadline, due.generation, due.name))
+
+    # -- desired configuration ------------------------------------------------------------------
+
+    def _handle_inbox(self) -> None:
+        while True:
+            try:
+                message = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if message.topic != self.topics.desired(self.device):
+                continue  # the link subscribes to nothing else; belt and braces
+            if not message.payload:
+                continue  # a cleared retained document: nothing is desired, keep what runs
+            self._apply_desired(message)
+
+    def _apply_desired(self, message: Message) -> None:
+        with self.tracing.tracer("edgetwin.agent").start_as_current_span(
+            "config.apply", context=self._trace_context(message), attributes={"device": self.device}
+        ) as span:
+            try:
+                desired = validate_desired(message.payload, self.device, self.applied_version)
+            except Rejection as exc:
+                span.set_attribute("outcome", "rejected")
+                self.metrics.config("rejected")
+                log.warning(
+                    "desired config rejected", extra={"reason": exc.reason, "version": exc.version}
+                )
+                self._report(rejected_version=exc.version, reason=exc.reason)
+                return
+            self._desired_store.save(desired)
+            self.applied = desired
+            self._install(dict(desired.sensors))
+            span.set_attribute("outcome", "applied")
+            span.set_attribute("version", desired.version)
+            self.metrics.config("applied")
+            log.info(
+                "desired config applied",
+                extra={"version": desired.version, "sensors": sorted(self.slots)},
+            )
+            self._report()
+            self._state_due = 0.0
+
+    def _trace_context(self, message: Message) -> Context | None:
+        if not self.tracing.enabled or not message.user_properties:
             return None
-        telemetry = Telemetry(
+        from opentelemetry.propagate import extract
+
+        return extract(dict(message.user_properties))
+
+    def _report(self, *, rejected_version: int | None = None, reason: str | None = None) -> None:
+        self._reported = ReportedConfig(
             device=self.device,
-            sensor=slot.name,
-            ts=reading.timestamp,
-            seq=slot.seq,
-            source=Source.REAL if slot.backend is BackendKind.REAL else Source.EMULATED,
-            values={q: Value(value=m.value, unit=m.unit) for q, m in reading.values.items()},
+            ts=self.clock(),
+            status="applied" if reason is None else "rejected",
+            applied_version=self.applied_version,
+            rejected_version=rejected_version,
+            reason=None if reason is None else reason[:1024],
         )
-        slot.seq += 1
-        self.published += 1
-        return self.link.publish(
-            self.topics.telemetry(self.device, slot.name),
-            telemetry.encode(),
-            qos=self.config.mqtt.qos,
-        )
+        if self.link.connected:
+            self.link.publish(
+                self.topics.reported(self.device), self._reported.encode(), qos=1, retain=True
+            )
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _publish_state_if_due(self) -> None:
+        if not self.link.connected:
+            return
+        states = self._states()
+        now = self.clock()
+        if states != self._last_states or now >= self._state_due:
+            self._last_states = states
+            self._state_due = now + self.config.agent.state_interval
+            self.link.publish(
+                self.topics.state(self.device), self._state_document(), qos=1, retain=True
+            )
+
+    def _next_wait(self) -> float:
+        now = self.clock()
+        wait = IDLE_WAIT
+        if self._schedule:
+            wait = min(wait, self._schedule[0].deadline - now)
+        if self.publisher.backlog and self.link.connected:
+            wait = min(wait, 0.01)
+        if self.outbox.uncommitted:
+            wait = min(wait, self.config.outbox.commit_interval)
+        return max(wait, 0.0)
 
     def run(self, stop: threading.Event) -> int:
         """Run until `stop` is set; returns the process exit code."""
+        observability = self.config.observability
+        if observability.trace_endpoint:
+            self.tracing = setup_tracing(observability.trace_endpoint, observability.service_name)
+        if observability.prometheus_port is not None:
+            self.metrics = PrometheusMetrics(
+                observability.prometheus_port,
+                observability.prometheus_host,
+                outbox_depth=lambda: self.outbox.depth,
+                outbox_dropped=lambda: self.outbox.dropped,
+            )
+            self.publisher.metrics = self.metrics
         log.info(
             "agent starting",
-            extra={"device": self.device, "boot": self.memory.boot, "sensors": list(self.slots)},
+            extra={
+                "device": self.device,
+                "boot": self.boot,
+                "state_dir": str(self.state_dir),
+                "applied_version": self.applied_version,
+            },
         )
-        for slot in self.slots.values():
-            self._open(slot)
+        self._install(self.sensor_settings())
+        if self.applied is not None:
+            self._reported = ReportedConfig(
+                device=self.device,
+                ts=self.clock(),
+                status="applied",
+                applied_version=self.applied_version,
+            )
+        self.link.subscribe([self.topics.desired(self.device)])
         self.link.start()
-        now = self.clock()
-        schedule = [_Due(now, name) for name in self.slots]
-        heapq.heapify(schedule)
-        next_state = now + STATE_REFRESH_SECONDS
+        # Ready once config is loaded and the outbox open: readings are kept from now on,
+        # whether or not the broker answers.
+        self.notifier.ready(f"{len(self.slots)} sensors, outbox depth {self.outbox.depth}")
+        last_watchdog = float("-inf")
         while not stop.is_set():
-            wait = (schedule[0].deadline if schedule else now + 1.0) - self.clock()
-            if wait > 0 and stop.wait(min(wait, 1.0)):
-                break
-            now = self.clock()
-            while schedule and schedule[0].deadline <= now:
-                due = heapq.heappop(schedule)
-                slot = self.slots[due.name]
-                self._read_and_publish(slot)
-                # Absolute deadlines keep the period exact; a stall skips missed beats rather
-                # than bursting to catch up.
-                deadline = due.deadline + slot.settings.interval
-                if deadline <= now:
-                    deadline = now + slot.settings.interval
-                heapq.heappush(schedule, _Due(deadline, due.name))
-            states = {name: slot.state() for name, slot in self.slots.items()}
-            if self.link.connected and (states != self._last_health or now >= next_state):
-                self._publish_state(self.link)
-                next_state = now + STATE_REFRESH_SECONDS
+            self._handle_inbox()
+            self._run_due()
+            self.outbox.maybe_commit()
+            self.publisher.pump()
+            self._publish_state_if_due()
+            interval = self.notifier.watchdog_interval
+            if interval is not None and time.monotonic() - last_watchdog >= interval:
+                # Pinged only from here: a hung loop stops the pings and systemd restarts us.
+                self.notifier.watchdog()
+                last_watchdog = time.monotonic()
+            wait = self._next_wait()
+            if interval is not None:
+                wait = min(wait, interval)
+            if wait > 0:
+                self._wake.wait(wait)
+                self._wake.clear()
         self._shutdown()
         return 0
 
     def _shutdown(self) -> None:
+        self.notifier.stopping()
         log.info("agent stopping", extra={"device": self.device})
+        deadline = time.monotonic() + self.config.agent.shutdown_timeout
+        self.outbox.commit()
+        # Deliver what we can in the time we have; the rest waits in the outbox for next time.
+        while self.link.connected and self.outbox.depth and time.monotonic() < deadline:
+            self.publisher.pump()
+            self._wake.wait(0.05)
+            self._wake.clear()
         if self.link.connected:
             delivery = self.link.publish(
                 self.topics.status(self.device),
@@ -256,11 +514,19 @@ class Agent:
                 qos=1,
                 retain=True,
             )
-            delivery.wait(SHUTDOWN_FLUSH_SECONDS)
+            delivery.wait(max(0.1, deadline - time.monotonic()))
         self.link.close()
         for slot in self.slots.values():
-            if slot.sensor is not None:
-                slot.sensor.close()
-        self.memory.seq = {name: slot.seq for name, slot in self.slots.items()}
-        self._memory_file.save(self.memory)
-        log.info("agent stopped", extra={"device": self.device, "published": self.published})
+            slot.close()
+        self.outbox.close()
+        self.metrics.close()
+        self.tracing.shutdown()
+        self.notifier.close()
+        log.info(
+            "agent stopped",
+            extra={
+                "device": self.device,
+                "readings": self.readings,
+                "delivered": self.publisher.delivered,
+            },
+        )

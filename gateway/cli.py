@@ -60,7 +60,11 @@ def run_gateway(config_path: Path) -> int:
         # Plain text, not JSON: whoever starts the program must read this one at once.
         print(f"edgetwin gateway: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.observability.service_name, config.observability.log_level)
+    configure_logging(
+        config.observability.service_name,
+        config.observability.log_level,
+        config_file=config.observability.log_config,
+    )
     server = serve(config)
     server.run()
     return 0 if server.started else 1

@@ -204,8 +204,8 @@ class SimulationEngine:
             )
             return
         key = (stream.device, stream.name)
-        seq = self._seq.get(key, 0)
-        self._seq[key] = seq + 1
+        seq = self._seq.get(key, 0) + 1
+        self._seq[key] = seq
         payload = Telemetry(
             device=stream.device,
             sensor=stream.name,

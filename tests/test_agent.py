@@ -57,7 +57,7 @@ def test_agent_process_publishes_and_stops_cleanly(
     status = Status.decode(offline[-1].payload)
     assert (status.reason, status.boot) == ("shutdown", 1)
     telemetry = [Telemetry.decode(m.payload) for m in readings]
-    assert [t.seq for t in telemetry] == list(range(len(telemetry)))
+    assert [t.seq for t in telemetry] == list(range(1, len(telemetry) + 1))
     assert all(t.source is Source.EMULATED and t.device == DEVICE for t in telemetry)
     first = telemetry[0].values
     assert set(first) == {"temperature", "humidity", "pressure"}
@@ -106,7 +106,7 @@ def test_boot_counter_and_seq_persist_across_restarts(
             births = sub.wait_for(
                 lambda m: m.topic.endswith("/status") and payload(m)["state"] == "online"
             )
-    assert Telemetry.decode(first_run[0].payload).seq == 0
+    assert Telemetry.decode(first_run[0].payload).seq == 1
     assert Telemetry.decode(second_run[0].payload).seq == last_seq + 1
     assert Status.decode(births[0].payload).boot == 2
 

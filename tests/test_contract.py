@@ -122,15 +122,30 @@ def test_decode_rejects_non_json() -> None:
         Status.decode(b"\xff not json")
 
 
-def test_reported_rejection_needs_reason() -> None:
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"status": "rejected", "applied_version": 3, "rejected_version": 4},
+        {"status": "applied", "applied_version": 3, "reason": "but why"},
+        {"status": "applied", "applied_version": 3, "rejected_version": 2},
+        {"status": "pending", "applied_version": 3},
+    ],
+)
+def test_reported_documents_are_consistent(document: dict[str, object]) -> None:
     with pytest.raises(ContractError):
-        ReportedConfig.decode(
-            json.dumps(
-                {"device": "pi", "ts": 1.0, "applied_version": 3, "rejected_version": 4}
-            ).encode()
-        )
-    ok = ReportedConfig(device="pi", ts=1.0, applied_version=3, rejected_version=4, reason="older")
-    assert ReportedConfig.decode(ok.encode()) == ok
+        ReportedConfig.decode(json.dumps({"device": "pi", "ts": 1.0, **document}).encode())
+
+
+def test_reported_round_trip() -> None:
+    rejected = ReportedConfig(
+        device="pi", ts=1.0, status="rejected", applied_version=3, rejected_version=4, reason="old"
+    )
+    unversioned = ReportedConfig(
+        device="pi", ts=1.0, status="rejected", applied_version=3, reason="not JSON"
+    )
+    applied = ReportedConfig(device="pi", ts=1.0, status="applied", applied_version=4)
+    for document in (rejected, unversioned, applied):
+        assert ReportedConfig.decode(document.encode()) == document
 
 
 def test_other_documents_round_trip() -> None:

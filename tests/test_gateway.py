@@ -84,7 +84,7 @@ def test_gateway_simulates_a_device_without_agent(broker: BrokerUnderTest) -> No
         for device in (DEVICE, "greenhouse-02"):
             readings = sub.wait_for(simulated(device), count=5, timeout=10)
             telemetry = [Telemetry.decode(m.payload) for m in readings]
-            assert [t.seq for t in telemetry] == list(range(len(telemetry)))
+            assert [t.seq for t in telemetry] == list(range(1, len(telemetry) + 1))
             assert all(t.source is Source.SIMULATED for t in telemetry)
             assert set(telemetry[0].values) == {"temperature", "humidity", "pressure"}
         twins = sub.wait_for(lambda m: m.topic == f"edgetwin/{DEVICE}/twin", timeout=5)

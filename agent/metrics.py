@@ -1,0 +1,128 @@
+"""The agent's Prometheus metrics, served on an optional port.
+
+prometheus_client is imported only when a port is configured: an agent nobody scrapes should
+not pay for it in memory.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from prometheus_client import CollectorRegistry
+
+
+class AgentMetrics(Protocol):
+    def reading(self, sensor: str, seconds: float) -> None: ...
+    def sensor_error(self, sensor: str) -> None: ...
+    def published(self, count: int = 1) -> None: ...
+    def publish_failed(self, count: int = 1) -> None: ...
+    def reconnected(self) -> None: ...
+    def config(self, outcome: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class NoMetrics:
+    def reading(self, sensor: str, seconds: float) -> None:
+        pass
+
+    def sensor_error(self, sensor: str) -> None:
+        pass
+
+    def published(self, count: int = 1) -> None:
+        pass
+
+    def publish_failed(self, count: int = 1) -> None:
+        pass
+
+    def reconnected(self) -> None:
+        pass
+
+    def config(self, outcome: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class PrometheusMetrics:
+    def __init__(
+        self,
+        port: int,
+        host: str,
+        *,
+        outbox_depth: Callable[[], float],
+        outbox_dropped: Callable[[], float],
+    ) -> None:
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            Histogram,
+            start_http_server,
+        )
+
+        self.registry: CollectorRegistry = CollectorRegistry()
+        registry = self.registry
+        self._readings = Histogram(
+            "edgetwin_agent_read_seconds",
+            "Sensor read latency; the count is the number of readings",
+            ["sensor"],
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+            registry=registry,
+        )
+        self._sensor_errors = Counter(
+            "edgetwin_agent_sensor_errors", "Failed sensor reads", ["sensor"], registry=registry
+        )
+        self._published = Counter(
+            "edgetwin_agent_published", "Readings acknowledged by the broker", registry=registry
+        )
+        self._failed = Counter(
+            "edgetwin_agent_publish_failed", "Publishes the client refused", registry=registry
+        )
+        self._reconnects = Counter(
+            "edgetwin_agent_reconnects",
+            "Connections to the broker after the first",
+            registry=registry,
+        )
+        self._configs = Counter(
+            "edgetwin_agent_config_messages",
+            "Desired configs by outcome",
+            ["outcome"],
+            registry=registry,
+        )
+        depth = Gauge(
+            "edgetwin_agent_outbox_depth", "Readings waiting in the outbox", registry=registry
+        )
+        depth.set_function(outbox_depth)
+        dropped = Gauge(
+            "edgetwin_agent_outbox_dropped",
+            "Readings dropped at the outbox bound, ever",
+            registry=registry,
+        )
+        dropped.set_function(outbox_dropped)
+        self._server, self._thread = start_http_server(port, host, registry=registry)
+
+    def reading(self, sensor: str, seconds: float) -> None:
+        self._readings.labels(sensor).observe(seconds)
+
+    def sensor_error(self, sensor: str) -> None:
+        self._sensor_errors.labels(sensor).inc()
+
+    def published(self, count: int = 1) -> None:
+        self._published.inc(count)
+
+    def publish_failed(self, count: int = 1) -> None:
+        self._failed.inc(count)
+
+    def reconnected(self) -> None:
+        self._reconnects.inc()
+
+    def config(self, outcome: str) -> None:
+        self._configs.labels(outcome).inc()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

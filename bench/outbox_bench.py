@@ -1,0 +1,472 @@
+"""Benchmark of the agent's outbox (agent/outbox.py): enqueue rate, fsyncs, drain rate.
+
+Run: ``.venv/bin/python bench/outbox_bench.py`` (``--help`` for options). Prints a table;
+asserts nothing. Everything is bounded in time (well under a minute by default).
+
+1. Enqueue: N realistic ~250-byte JSON readings through `Outbox.put` + `maybe_commit`,
+   once with the default commit interval (1 s) and once committing after every put, the
+   way a naive outbox would. fsyncs are counted by re-running each workload in a child
+   process under ``strace -c`` (fsync + fdatasync), when strace is installed, so the timed
+   runs are not slowed by tracing.
+2. Drain: the N readings of step 1, committed, are published to a private mosquitto on
+   127.0.0.1 (`gateway.broker.MosquittoBroker`) by a paho-mqtt 2 client at QoS 1: read
+   `pending()` in batches, publish, `ack()` on PUBACK (on_publish), `maybe_commit()` in the
+   loop. Beside it, raw paho QoS 1 publishing of the same payloads to the same broker with
+   the same max_inflight is the baseline; the ratio is outbox / raw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.outbox import Outbox
+from gateway.broker import MosquittoBroker
+
+DEVICE = "pi-bench"
+STREAMS = ("env", "outdoor", "cpu")
+
+
+def make_payload(stream: str) -> Callable[[int], bytes]:
+    """A reading shaped like agent.contract.Telemetry, about 250 bytes of JSON."""
+
+    def build(seq: int) -> bytes:
+        reading = {
+            "device": DEVICE,
+            "sensor": stream,
+            "ts": round(time.time(), 3),
+            "seq": seq,
+            "source": "agent",
+            "values": {
+                "temperature": {"value": round(21.5 + (seq % 97) / 10, 2), "unit": "°C"},
+                "humidity": {"value": round(40 + (seq % 31) / 3, 2), "unit": "%"},
+                "pressure": {"value": round(1013.25 - (seq % 13) / 7, 2), "unit": "hPa"},
+            },
+            "anomaly": None,
+        }
+        return json.dumps(reading, ensure_ascii=False).encode()
+
+    return build
+
+
+def topic_of(stream: str) -> str:
+    return f"edgetwin/{DEVICE}/telemetry/{stream}"
+
+
+# -- enqueue ---------------------------------------------------------------------------------
+
+
+def enqueue(path: Path, n: int, seconds: float, commit_each: bool) -> dict[str, float]:
+    """Put up to ``n`` readings (or for ``seconds``), the way the agent loop would."""
+    builders = {s: make_payload(s) for s in STREAMS}
+    interval = 0.0 if commit_each else 1.0
+    start = time.perf_counter()
+    deadline = start + seconds
+    puts = 0
+    with Outbox(path, commit_interval=interval) as box:
+        while puts < n and (puts % 100 or time.perf_counter() < deadline):
+            stream = STREAMS[puts % len(STREAMS)]
+            box.put(stream, builders[stream], topic_of(stream))
+            if commit_each:
+                box.commit()
+            else:
+                box.maybe_commit()
+            puts += 1
+        box.commit()
+        elapsed = time.perf_counter() - start
+        commits = box.commits
+    return {"puts": puts, "seconds": elapsed, "commits": commits}
+
+
+def count_fsyncs(n: int, seconds: float, commit_each: bool, workdir: Path) -> dict[str, Any]:
+    """Re-run an enqueue workload in a child under strace; count fsync + fdatasync calls."""
+    strace = shutil.which("strace")
+    if strace is None:
+        return {"fsyncs": None, "note": "strace not installed"}
+    out = workdir / f"strace-{commit_each}.txt"
+    db = workdir / f"strace-{commit_each}.db"
+    args = [sys.executable, __file__, "--child", str(db), str(n), str(seconds)]
+    if commit_each:
+        args.append("--commit-each")
+    # --seccomp-bpf stops the child only at the traced calls, not at every syscall.
+    cmd = [strace, "-f", "-qq", "--seccomp-bpf", "-c", "-e", "trace=fsync,fdatasync", "-o"]
+    try:
+        result = subprocess.run(
+            [*cmd, str(out), *args],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 20,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return {"fsyncs": None, "note": "strace run timed out"}
+    if result.returncode != 0:
+        return {"fsyncs": None, "note": f"strace failed: {result.stderr.strip()[-200:]}"}
+    child = json.loads(result.stdout.strip().splitlines()[-1])
+    calls = sum(
+        int(m.group(1))
+        for m in re.finditer(
+            r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?f(?:data)?sync$",
+            out.read_text(),
+            re.MULTILINE,
+        )
+    )
+    return {"fsyncs": calls, "child": child}
+
+
+# -- drain -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    """A connected paho client with a PUBACK hook; paho stays inside this bench file."""
+
+    broker: MosquittoBroker
+    inflight: int
+    tag: str
+    on_ack: Callable[[int, bool], None] = lambda mid, ok: None
+    client: mqtt.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        protocol = mqtt.MQTTv5 if self.broker.protocol == "5" else mqtt.MQTTv311
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"outbox-bench-{self.tag}", protocol=protocol
+        )
+        self.client.max_inflight_messages_set(self.inflight)
+        connected = threading.Event()
+        self.client.on_connect = lambda *_: connected.set()
+        self.client.on_publish = self._on_publish
+        self.client.connect(self.broker.host, self.broker.port, keepalive=30)
+        self.client.loop_start()
+        if not connected.wait(10):
+            raise RuntimeError(f"no CONNACK from {self.broker.url}")
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self.on_ack(mid, not reason_code.is_failure)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def drain_raw(
+    broker: MosquittoBroker, payloads: list[tuple[str, bytes]], inflight: int, timeout: float
+) -> dict[str, float]:
+    """Baseline: publish every payload at QoS 1 with plain paho; wait for every PUBACK."""
+    done = threading.Event()
+    acked = 0
+    failed = 0
+    lock = threading.Lock()
+
+    def on_ack(mid: int, ok: bool) -> None:
+        nonlocal acked, failed
+        with lock:
+            acked += 1
+            failed += not ok
+            if acked == len(payloads):
+                done.set()
+
+    session = Session(broker, inflight, "raw", on_ack)
+    try:
+        start = time.perf_counter()
+        for topic, payload in payloads:
+            session.client.publish(topic, payload, qos=1)
+        finished = done.wait(timeout)
+        elapsed = time.perf_counter() - start
+    finally:
+        session.close()
+    return {"msgs": acked, "seconds": elapsed, "failed": failed, "complete": finished}
+
+
+def drain_outbox(
+    broker: MosquittoBroker, path: Path, inflight: int, window: int, batch: int, timeout: float
+) -> dict[str, float]:
+    """Drain the outbox the way the agent would: pending -> publish -> ack on PUBACK."""
+    lock = threading.Lock()
+    # Woken when the window has room for a whole batch again, not at every PUBACK: fewer
+    # thread switches (and GIL hand-overs) between paho's network thread and this loop.
+    room = threading.Condition(lock)
+    id_of_mid: dict[int, int] = {}
+    early: dict[int, bool] = {}  # PUBACKs that beat the registration of their mid
+    counts = {"acked": 0, "failed": 0, "handed": 0}
+    window = max(window, inflight)
+    batch = min(batch, window)
+
+    with Outbox(path) as box:
+        total = box.depth
+        all_acked = threading.Event()
+
+        def settled_locked(ok: bool) -> None:
+            counts["acked" if ok else "failed"] += 1
+            counts["handed"] -= 1
+            if counts["handed"] == window - batch:
+                room.notify()
+            if counts["acked"] + counts["failed"] == total:
+                all_acked.set()
+
+        def on_ack(mid: int, ok: bool) -> None:
+            with lock:
+                row_id = id_of_mid.pop(mid, None)
+                if row_id is None:
+                    early[mid] = ok
+                    return
+                settled_locked(ok)
+            if ok:  # a refused publish stays in the outbox for the next round
+                box.ack((row_id,))  # cheap: never waits for the disk
+
+        session = Session(broker, inflight, "outbox", on_ack)
+        start = time.perf_counter()
+        deadline = start + timeout
+        commits_before = box.commits
+        last_id: int | None = None
+        try:
+            while time.perf_counter() < deadline:
+                entries = box.pending(batch, after_id=last_id)
+                if not entries:
+                    if all_acked.wait(0.01) or total == 0:
+                        break
+                    box.maybe_commit()
+                    continue
+                # Hand paho at most `window` unacknowledged rows: its max_inflight of them
+                # on the wire, the rest in its queue, sent by its own thread as PUBACKs come
+                # back. A bounded window, because paho's queue lives in memory only.
+                with room:
+                    while counts["handed"] + len(entries) > window:
+                        if not room.wait(0.5) and time.perf_counter() > deadline:
+                            raise TimeoutError
+                    counts["handed"] += len(entries)
+                for entry in entries:
+                    mid = session.client.publish(entry.topic, entry.payload, qos=entry.qos).mid
+                    with lock:
+                        ok = early.pop(mid, None)
+                        if ok is None:
+                            id_of_mid[mid] = entry.id
+                        else:
+                            settled_locked(ok)
+                    if ok:
+                        box.ack((entry.id,))
+                last_id = entries[-1].id
+                box.maybe_commit()
+        except TimeoutError:
+            pass
+        box.commit()  # the drain is done when the deletions are durable
+        elapsed = time.perf_counter() - start
+        session.close()
+        left = box.depth
+        commits = box.commits - commits_before
+    return {
+        "msgs": counts["acked"],
+        "seconds": elapsed,
+        "failed": counts["failed"],
+        "complete": left == 0,
+        "left": left,
+        "commits": commits,
+    }
+
+
+def drain_local(path: Path, batch: int) -> dict[str, float]:
+    """The outbox's share of a drain: pending, ack and commit, with no network at all."""
+    with Outbox(path) as box:
+        start = time.perf_counter()
+        msgs = 0
+        last_id: int | None = None
+        while entries := box.pending(batch, after_id=last_id):
+            box.ack(e.id for e in entries)
+            msgs += len(entries)
+            last_id = entries[-1].id
+            box.maybe_commit()
+        box.commit()
+        elapsed = time.perf_counter() - start
+    return {"msgs": msgs, "seconds": elapsed}
+
+
+def copy_of(db: Path, name: str) -> Path:
+    # The backlog was closed, so its WAL is checkpointed and the file alone is the database.
+    target = db.with_name(f"{name}.db")
+    shutil.copyfile(db, target)
+    return target
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    return sorted(runs, key=lambda r: r["msgs"] / r["seconds"])[(len(runs) - 1) // 2]
+
+
+def rates(runs: list[dict[str, float]]) -> str:
+    return ", ".join(fmt_rate(r["msgs"], r["seconds"]) for r in runs)
+
+
+def fmt_rate(count: float, seconds: float) -> str:
+    return f"{count / seconds:,.0f}" if seconds > 0 else "n/a"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=int, default=20_000, help="readings (default 20000)")
+    parser.add_argument("--inflight", type=int, default=100, help="paho max_inflight")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=100,
+        help="rows handed to paho and not yet acked (at least --inflight)",
+    )
+    parser.add_argument("--batch", type=int, default=50, help="pending() batch size")
+    parser.add_argument("--dir", type=Path, default=None, help="where the outbox files go")
+    parser.add_argument("--enqueue-seconds", type=float, default=4.0, help="per enqueue run")
+    parser.add_argument("--drain-seconds", type=float, default=6.0, help="per drain run")
+    parser.add_argument("--rounds", type=int, default=3, help="drain runs of each kind")
+    parser.add_argument(
+        "--budget", type=float, default=50.0, help="no new drain round after this many seconds"
+    )
+    parser.add_argument("--child", nargs=3, metavar=("DB", "N", "SECONDS"), help=argparse.SUPPRESS)
+    parser.add_argument("--commit-each", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:  # the strace'd re-run of an enqueue workload
+        db, n, seconds = args.child
+        print(json.dumps(enqueue(Path(db), int(n), float(seconds), args.commit_each)))
+        return
+
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="outbox-bench-", dir=args.dir))
+    rows: list[tuple[str, str, str]] = []
+    try:
+        backlog = workdir / "outbox.db"
+        # 1. Enqueue. The default-interval run builds the backlog that step 2 drains.
+        batched = enqueue(backlog, args.n, args.enqueue_seconds, commit_each=False)
+        each = enqueue(workdir / "each.db", args.n, args.enqueue_seconds, commit_each=True)
+        for label, res, commit_each in (
+            ("enqueue, commit every 1 s (default)", batched, False),
+            ("enqueue, commit after every put", each, True),
+        ):
+            traced = count_fsyncs(int(res["puts"]), args.enqueue_seconds, commit_each, workdir)
+            if traced["fsyncs"] is None:
+                fsyncs = traced["note"]
+            else:
+                fsyncs = f"{traced['fsyncs']} fsyncs for {traced['child']['commits']} commits"
+            rows.append(
+                (
+                    label,
+                    f"{fmt_rate(res['puts'], res['seconds'])} puts/s",
+                    f"{int(res['puts'])} puts, {int(res['commits'])} commits; {fsyncs}",
+                )
+            )
+
+        # 2. Drain the backlog, and the same payloads with raw paho. Runs alternate and the
+        # median of each is reported: on two cores the broker, paho's thread and ours share
+        # them, and a single run is noisy.
+        with sqlite3.connect(backlog) as conn:
+            payloads = [
+                (str(t), bytes(p))
+                for t, p in conn.execute("SELECT topic, payload FROM outbox ORDER BY id")
+            ]
+        conn.close()
+        size = sum(len(p) for _, p in payloads) / max(len(payloads), 1)
+        rows.append(("payload size (mean)", f"{size:.0f} B", "JSON like agent.contract.Telemetry"))
+        local = drain_local(copy_of(backlog, "local"), args.batch)
+        if not MosquittoBroker.available():
+            rows.append(("drain", "skipped", "mosquitto binary not found"))
+            return
+        raws: list[dict[str, float]] = []
+        outs: list[dict[str, float]] = []
+        with MosquittoBroker() as broker:
+            for round_ in range(args.rounds):
+                left = args.budget - (time.monotonic() - started)
+                if round_ and left < 2 * args.drain_seconds:
+                    break  # another round might overrun the time budget
+                raws.append(drain_raw(broker, payloads, args.inflight, args.drain_seconds))
+                copy = copy_of(backlog, f"drain-{round_}")
+                outs.append(
+                    drain_outbox(
+                        broker, copy, args.inflight, args.window, args.batch, args.drain_seconds
+                    )
+                )
+        raw = median_run(raws)
+        out = median_run(outs)
+        raw_rate = raw["msgs"] / raw["seconds"]
+        out_rate = out["msgs"] / out["seconds"]
+        rows.append(
+            (
+                "outbox alone: pending -> ack -> commit",
+                f"{fmt_rate(local['msgs'], local['seconds'])} msgs/s",
+                f"{int(local['msgs'])} rows, no MQTT: the outbox's own cost",
+            )
+        )
+        rows.append(
+            (
+                "raw paho QoS 1 publish (baseline)",
+                f"{raw_rate:,.0f} msgs/s",
+                f"{int(raw['msgs'])}/{len(payloads)} PUBACKs in {raw['seconds']:.2f} s"
+                + ("" if raw["complete"] else " (TIMED OUT)")
+                + f"; runs: {rates(raws)}",
+            )
+        )
+        rows.append(
+            (
+                "outbox drain: pending -> publish -> ack",
+                f"{out_rate:,.0f} msgs/s",
+                f"{int(out['msgs'])}/{len(payloads)} acked in {out['seconds']:.2f} s, "
+                f"{int(out['commits'])} commits, depth left {int(out['left'])}"
+                + ("" if out["complete"] else " (TIMED OUT)")
+                + f"; runs: {rates(outs)}",
+            )
+        )
+        rows.append(("ratio outbox / raw (median runs)", f"{out_rate / raw_rate:.2f}", ""))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        print_table(args, rows, time.monotonic() - started)
+
+
+def print_table(args: argparse.Namespace, rows: list[tuple[str, str, str]], took: float) -> None:
+    print(
+        f"outbox bench: N={args.n}, ~250-byte JSON readings, max_inflight={args.inflight}, "
+        f"outbox window={max(args.window, args.inflight)}, pending batch={args.batch}"
+    )
+    print(
+        f"python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
+        f"{os.cpu_count()} CPUs, files in {args.dir or tempfile.gettempdir()}, took {took:.0f} s"
+    )
+    if not rows:
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    header = ("measurement", "rate", "details")
+    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
+    line = "  ".join("-" * w for w in widths)
+    print(line)
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    print(line)
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
