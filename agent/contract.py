@@ -215,13 +215,31 @@ class Server(StrEnum):
     SIMULATION = "simulation"
 
 
+class StreamServing(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    served_by: Server
+    seq: Int = Field(default=0, ge=0, description="last seq the gateway saw on this stream")
+
+
 class TwinSummary(_Payload):
-    """Who serves each sensor of a device right now. Retained; only the gateway writes it."""
+    """The gateway's record of one manifest device: where it sits, and who serves each of its
+    sensors now. Retained; only the gateway writes it, and a restarted gateway rebuilds its
+    manifest from these.
+
+    When the gateway hands a stream back to the agent, `seq` carries the simulation's last
+    number, so the agent continues after it and consumers see one unbroken stream.
+    """
 
     device: DeviceId
     ts: Float
     presence: Literal["online", "offline", "unknown"]
-    sensors: dict[SensorName, Server]
+    sensors: dict[SensorName, StreamServing]
+    site: Annotated[str, StringConstraints(max_length=64)] | None = None
+    labels: dict[
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")],
+        Annotated[str, StringConstraints(max_length=256)],
+    ] = Field(default_factory=dict)
 
 
 TopicKind = Literal["status", "twin", "telemetry", "desired", "reported", "state"]
@@ -289,6 +307,12 @@ class Topics:
 
     def all_state(self) -> str:
         return f"{self.prefix}/+/state"
+
+    def all_twin(self) -> str:
+        return f"{self.prefix}/+/twin"
+
+    def all_desired(self) -> str:
+        return f"{self.prefix}/+/config/desired"
 
     def all_reported(self) -> str:
         return f"{self.prefix}/+/config/reported"

@@ -27,6 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.config import MqttSettings
 
@@ -167,7 +168,7 @@ class MqttLink:
         self._on_connect = on_connect
         self._on_message = on_message
         self._on_delivered = on_delivered
-        self._subscriptions: dict[str, int] = {}
+        self._subscriptions: dict[str, SubscribeOptions] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._closing = threading.Event()
@@ -194,12 +195,23 @@ class MqttLink:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
-    def subscribe(self, topic_filters: Iterable[str], qos: int = 1) -> None:
+    def subscribe(
+        self, topic_filters: Iterable[str], qos: int = 1, *, no_local: bool = False
+    ) -> None:
+        """Subscribe now and on every reconnect. `no_local` (MQTT 5) keeps the broker from
+        sending back what this client publishes itself; MQTT 3.1.1 cannot, and ignores it."""
+        options = SubscribeOptions(qos=qos, noLocal=no_local and self._v5)
         with self._lock:
-            new = {f: qos for f in topic_filters if f not in self._subscriptions}
+            new = {f: options for f in topic_filters if f not in self._subscriptions}
             self._subscriptions.update(new)
         if new and self.connected:
-            self._client.subscribe(list(new.items()))
+            self._send_subscribe(new)
+
+    def _send_subscribe(self, subscriptions: Mapping[str, SubscribeOptions]) -> None:
+        if self._v5:
+            self._client.subscribe(list(subscriptions.items()))
+        else:
+            self._client.subscribe([(f, o.QoS) for f, o in subscriptions.items()])
 
     def publish(
         self,
@@ -324,9 +336,9 @@ class MqttLink:
             },
         )
         with self._lock:
-            subscriptions = list(self._subscriptions.items())
+            subscriptions = dict(self._subscriptions)
         if subscriptions:
-            client.subscribe(subscriptions)
+            self._send_subscribe(subscriptions)
         if self._on_connect is not None:
             try:
                 self._on_connect(self)

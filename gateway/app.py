@@ -15,7 +15,7 @@ from agent.runtime import agent_version
 from agent.tracing import setup_tracing
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
-from gateway.routers import devices, system
+from gateway.routers import desired, devices, fleet, system
 from gateway.service import GatewayService
 from hardware.sensor import Clock
 
@@ -30,6 +30,7 @@ def create_app(config: GatewayConfig, *, clock: Clock = time.time) -> FastAPI:
         tracing = setup_tracing(observability.trace_endpoint, observability.service_name)
         service = GatewayService(config, metrics, tracing, clock=clock)
         app.state.metrics = metrics
+        app.state.config = config
         app.state.tracer = tracing.tracer("edgetwin.gateway.api")
         app.state.service = service
         exporter = None
@@ -67,6 +68,8 @@ def create_app(config: GatewayConfig, *, clock: Clock = time.time) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(devices.router)
+    app.include_router(desired.router)
+    app.include_router(fleet.router)
     app.include_router(system.router)
 
     @app.middleware("http")

@@ -6,11 +6,12 @@ is valid here unchanged: its `device_count` devices become simulated members of 
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Final, Self
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, SecretStr, StringConstraints, model_validator
 
 from agent.config import ENV_OVERRIDES, MqttSettings, ObservabilitySettings, Section, load
 from agent.contract import DeviceId, SensorName, SensorSettings
@@ -40,6 +41,16 @@ class ServerSection(Section):
     port: int = Field(default=8080, ge=0, le=65535)
 
 
+class ApiSection(Section):
+    token: SecretStr | None = Field(
+        default=None, description="bearer token every write must carry; or EDGETWIN_API_TOKEN"
+    )
+    local_no_auth: bool = Field(
+        default=False,
+        description="accept writes without a token; allowed only with a loopback server.host",
+    )
+
+
 class ManifestDevice(Section):
     id: DeviceId
     sensors: dict[SensorName, SensorSettings] = Field(default_factory=default_sensors)
@@ -59,7 +70,16 @@ class GatewayConfig(Section):
     observability: ObservabilitySettings = ObservabilitySettings(service_name="edgetwin-gateway")
     server: ServerSection = ServerSection()
     presence: PresenceSection = PresenceSection()
+    api: ApiSection = ApiSection()
     devices: list[ManifestDevice] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _no_auth_only_on_loopback(self) -> Self:
+        if self.api.local_no_auth and not _is_loopback(self.server.host):
+            raise ValueError(
+                f"api.local_no_auth needs server.host on loopback, not {self.server.host!r}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _ids_unique(self) -> Self:
@@ -84,7 +104,17 @@ GATEWAY_ENV_OVERRIDES: Final[Mapping[str, tuple[str, str]]] = {
     **ENV_OVERRIDES,
     "EDGETWIN_SERVER_HOST": ("server", "host"),
     "EDGETWIN_SERVER_PORT": ("server", "port"),
+    "EDGETWIN_API_TOKEN": ("api", "token"),
 }
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_gateway_config(path: Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:

@@ -1,14 +1,28 @@
-"""The gateway's view of the fleet: which devices should exist and which agents are live."""
+"""The twin of every device: manifest, desired and reported config, state, presence, streams.
+
+Everything here is a cache of what the broker holds in retained messages (status, state,
+desired, reported, twin) plus what passes by on telemetry, so a restarted gateway, or a second
+one, rebuilds the same view by subscribing.
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
-from agent.contract import SensorSettings, Server, Status
+from agent.contract import (
+    DesiredConfig,
+    DeviceState,
+    ReportedConfig,
+    SensorHealth,
+    SensorSettings,
+    Server,
+    Status,
+    Telemetry,
+)
 from gateway.config import ManifestDevice
 
 
@@ -18,11 +32,24 @@ class PresenceState(StrEnum):
     OFFLINE = "offline"
 
 
+ConfigSync = Literal["in_sync", "pending", "rejected", "no_desired"]
+
+
 @dataclass
-class DeviceRecord:
+class StreamView:
+    """The last reading the gateway saw on one sensor stream, from whichever source."""
+
+    seq: int = 0
+    ts: float | None = None
+    source: str | None = None
+    values: dict[str, tuple[float, str]] = field(default_factory=dict)
+
+
+@dataclass
+class DeviceTwin:
     id: str
-    sensors: dict[str, SensorSettings]
     in_manifest: bool
+    manifest_sensors: dict[str, SensorSettings] = field(default_factory=dict)
     site: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     presence: PresenceState = PresenceState.UNKNOWN
@@ -30,40 +57,119 @@ class DeviceRecord:
     agent_version: str | None = None
     last_seen: float | None = None
     last_reason: str | None = None
+    desired: DesiredConfig | None = None
+    reported: ReportedConfig | None = None
+    state: DeviceState | None = None
+    streams: dict[str, StreamView] = field(default_factory=dict)
 
-    @property
-    def served_by(self) -> Server | None:
-        """Who publishes this device's telemetry now; None for a device we neither own nor see."""
-        if self.presence is PresenceState.ONLINE:
-            return Server.AGENT
-        return Server.SIMULATION if self.in_manifest else None
+    def expected_sensors(self) -> dict[str, SensorSettings]:
+        """The sensors this device should have: its desired config, else its manifest entry."""
+        sensors = self.desired.sensors if self.desired is not None else self.manifest_sensors
+        return {name: s for name, s in sensors.items() if s.enabled}
+
+    def sensors_to_simulate(self, grace_over: bool) -> dict[str, SensorSettings]:
+        """The expected sensors no live agent serves: all of them while the agent is away, else
+        those its state reports faulted or missing, or does not run at all."""
+        if not self.in_manifest:
+            return {}
+        expected = self.expected_sensors()
+        if self.presence is PresenceState.UNKNOWN:
+            return expected if grace_over else {}
+        if self.presence is PresenceState.OFFLINE:
+            return expected
+        if self.state is None:
+            return {}  # online, its first state document is on its way
+        return {
+            name: settings
+            for name, settings in expected.items()
+            if name not in self.state.sensors
+            or self.state.sensors[name].health is not SensorHealth.OK
+        }
+
+    def config_sync(self) -> ConfigSync:
+        if self.desired is None:
+            return "no_desired"
+        if self.reported is None:
+            return "pending"
+        if self.reported.applied_version >= self.desired.version:
+            return "in_sync"
+        if (
+            self.reported.status == "rejected"
+            and self.reported.rejected_version == self.desired.version
+        ):
+            return "rejected"
+        return "pending"
+
+    def delta(self) -> dict[str, object]:
+        """What the agent runs differently from what is desired, by sensor; empty when in sync."""
+        if self.desired is None or self.config_sync() == "in_sync":
+            return {}
+        running = self.state.sensors if self.state is not None else {}
+        wanted = self.expected_sensors()
+        return {
+            "add": sorted(set(wanted) - set(running)),
+            "remove": sorted(set(running) - set(wanted)),
+            "desired_version": self.desired.version,
+            "applied_version": self.reported.applied_version if self.reported else None,
+        }
 
 
-PresenceListener = Callable[[DeviceRecord], None]
+PresenceListener = Callable[[DeviceTwin], None]
 StatusVerdict = Literal["applied", "stale", "unchanged"]
 
 
 class Fleet:
-    """Thread-safe registry; listeners hear every presence change, outside the lock."""
+    """Thread-safe registry of twins; listeners hear every change that may move a stream."""
 
     def __init__(self, manifest: list[ManifestDevice]) -> None:
         self._lock = threading.Lock()
-        self._devices: dict[str, DeviceRecord] = {
-            d.id: DeviceRecord(d.id, dict(d.sensors), True, d.site, dict(d.labels))
-            for d in manifest
+        self._devices: dict[str, DeviceTwin] = {
+            d.id: DeviceTwin(d.id, True, dict(d.sensors), d.site, dict(d.labels)) for d in manifest
         }
         self._listeners: list[PresenceListener] = []
 
     def subscribe(self, listener: PresenceListener) -> None:
         self._listeners.append(listener)
 
-    def get(self, device_id: str) -> DeviceRecord | None:
+    def get(self, device_id: str) -> DeviceTwin | None:
         with self._lock:
             return self._devices.get(device_id)
 
-    def snapshot(self) -> list[DeviceRecord]:
+    def snapshot(self) -> list[DeviceTwin]:
         with self._lock:
             return sorted(self._devices.values(), key=lambda d: d.id)
+
+    def _twin(self, device_id: str) -> DeviceTwin:
+        twin = self._devices.get(device_id)
+        if twin is None:
+            twin = self._devices[device_id] = DeviceTwin(device_id, in_manifest=False)
+        return twin
+
+    def _notify(self, twin: DeviceTwin) -> None:
+        for listener in self._listeners:
+            listener(twin)
+
+    def add(self, device: ManifestDevice) -> DeviceTwin:
+        with self._lock:
+            twin = self._twin(device.id)
+            twin.in_manifest = True
+            twin.manifest_sensors = dict(device.sensors)
+            twin.site = device.site
+            twin.labels = dict(device.labels)
+        self._notify(twin)
+        return twin
+
+    def remove(self, device_id: str) -> DeviceTwin | None:
+        with self._lock:
+            twin = self._devices.get(device_id)
+            if twin is None:
+                return None
+            twin.in_manifest = False
+            twin.desired = None
+            if twin.presence is PresenceState.UNKNOWN:
+                del self._devices[device_id]
+        self._notify(twin)
+        return twin
 
     def apply_status(self, status: Status) -> StatusVerdict:
         """Fold one status message into the registry.
@@ -72,31 +178,89 @@ class Fleet:
         connection and is discarded: without that, it could mark a live agent offline.
         """
         with self._lock:
-            record = self._devices.get(status.device)
-            if record is None:
-                record = DeviceRecord(status.device, {}, in_manifest=False)
-                self._devices[status.device] = record
-            if record.boot is not None and status.boot < record.boot:
+            twin = self._twin(status.device)
+            if twin.boot is not None and status.boot < twin.boot:
                 return "stale"
             presence = PresenceState(status.state.value)
-            changed = presence is not record.presence
-            record.presence = presence
-            record.boot = status.boot
-            record.agent_version = status.agent_version
-            record.last_seen = status.ts
-            record.last_reason = status.reason
+            changed = presence is not twin.presence
+            twin.presence = presence
+            twin.boot = status.boot
+            twin.agent_version = status.agent_version
+            twin.last_seen = status.ts
+            twin.last_reason = status.reason
         if changed:
-            for listener in self._listeners:
-                listener(record)
+            self._notify(twin)
             return "applied"
         return "unchanged"
+
+    def apply_state(self, state: DeviceState) -> None:
+        with self._lock:
+            twin = self._twin(state.device)
+            before = twin.state.sensors if twin.state else None
+            twin.state = state
+            twin.last_seen = max(twin.last_seen or 0.0, state.ts)
+        if before != state.sensors:
+            self._notify(twin)
+
+    def apply_reported(self, reported: ReportedConfig) -> None:
+        with self._lock:
+            self._twin(reported.device).reported = reported
+
+    def apply_desired(self, desired: DesiredConfig | None, device_id: str) -> None:
+        """A desired document seen on the broker (ours, or another replica's), or its removal."""
+        with self._lock:
+            twin = self._twin(device_id)
+            if (
+                desired is not None
+                and twin.desired is not None
+                and desired.version < twin.desired.version
+            ):
+                return
+            twin.desired = desired
+        self._notify(twin)
+
+    def apply_manifest(self, device: ManifestDevice) -> None:
+        """A twin document of another replica (or an earlier run) names a manifest device."""
+        with self._lock:
+            twin = self._devices.get(device.id)
+            if twin is not None and twin.in_manifest:
+                return
+        self.add(device)
+
+    def apply_telemetry(self, telemetry: Telemetry) -> None:
+        with self._lock:
+            twin = self._twin(telemetry.device)
+            stream = twin.streams.setdefault(telemetry.sensor, StreamView())
+            stream.seq = max(stream.seq, telemetry.seq)
+            stream.ts = telemetry.ts
+            stream.source = telemetry.source.value
+            stream.values = {q: (v.value, v.unit) for q, v in telemetry.values.items()}
+
+    def last_seqs(self, device_id: str) -> dict[str, int]:
+        with self._lock:
+            twin = self._devices.get(device_id)
+            return {name: s.seq for name, s in twin.streams.items()} if twin else {}
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Devices by (presence, served_by), for metrics."""
         result: dict[tuple[str, str], int] = {}
         with self._lock:
-            for record in self._devices.values():
-                served = record.served_by.value if record.served_by else "none"
-                key = (record.presence.value, served)
+            for twin in self._devices.values():
+                served = _device_server(twin)
+                key = (twin.presence.value, served)
                 result[key] = result.get(key, 0) + 1
         return result
+
+
+def _device_server(twin: DeviceTwin) -> str:
+    if twin.presence is PresenceState.ONLINE:
+        return Server.AGENT.value
+    return Server.SIMULATION.value if twin.in_manifest else "none"
+
+
+def served_by(twin: DeviceTwin, simulated: Mapping[str, object]) -> dict[str, Server]:
+    """Per expected sensor: the simulation where it runs one, else the agent."""
+    return {
+        name: Server.SIMULATION if name in simulated else Server.AGENT
+        for name in twin.expected_sensors()
+    }

@@ -35,6 +35,12 @@ class GatewayMetrics:
             "1 while the gateway is connected to the broker",
             registry=self.registry,
         )
+        self.config_pushes = Counter(
+            "edgetwin_config_pushes",
+            "Desired config writes, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.http_requests = Histogram(
             "edgetwin_http_request_duration_seconds",
             "API request latency",

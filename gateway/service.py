@@ -1,16 +1,36 @@
-"""The gateway's MQTT side: presence from status topics, failover to simulation and back."""
+"""The gateway's MQTT side: the twin from retained documents, config pushes, and failover.
+
+Every change that can move a stream (presence, an agent's state, a desired document, the
+manifest) ends in `_reconcile`, which makes the simulation play exactly the expected sensors
+no live agent serves, and publishes the device's twin document when that changes.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Mapping
 
-from agent.contract import ContractError, Status, TwinSummary
+from opentelemetry.propagate import inject
+from opentelemetry.trace import Tracer
+
+from agent.contract import (
+    ContractError,
+    DesiredConfig,
+    DeviceState,
+    ReportedConfig,
+    SensorSettings,
+    Server,
+    Status,
+    StreamServing,
+    Telemetry,
+    TwinSummary,
+)
 from agent.mqtt import Message, MqttLink
 from agent.tracing import Tracing
-from gateway.config import GatewayConfig
-from gateway.fleet import DeviceRecord, Fleet, PresenceState
+from gateway.config import GatewayConfig, ManifestDevice
+from gateway.fleet import DeviceTwin, Fleet
 from gateway.metrics import GatewayMetrics
 from gateway.simulation import SimulationEngine
 from hardware.sensor import Clock
@@ -18,8 +38,16 @@ from hardware.sensor import Clock
 log = logging.getLogger(__name__)
 
 
+class ConflictError(Exception):
+    """The caller's view of a desired document is out of date (optimistic concurrency)."""
+
+
+class UnknownDeviceError(LookupError):
+    pass
+
+
 class GatewayService:
-    """Owns the broker link, the fleet registry and the simulation engine, and joins them."""
+    """Owns the broker link, the twin registry and the simulation engine, and joins them."""
 
     def __init__(
         self,
@@ -33,6 +61,7 @@ class GatewayService:
         self.topics = config.mqtt.topics()
         self.metrics = metrics
         self.clock = clock
+        self.tracer: Tracer = tracing.tracer("edgetwin.gateway")
         self.fleet = Fleet(config.manifest())
         self.link = MqttLink(
             config.mqtt,
@@ -49,12 +78,27 @@ class GatewayService:
             on_published=metrics.simulated_messages.inc,
             tracer=tracing.tracer("edgetwin.gateway.simulation") if tracing.enabled else None,
         )
-        self.fleet.subscribe(self._on_presence_change)
+        self.fleet.subscribe(self._reconcile)
+        self._reconcile_lock = threading.RLock()
+        self._published_twins: dict[str, TwinSummary] = {}
         self._grace_timer: threading.Timer | None = None
         self._grace_over = threading.Event()
+        self._desired_lock = threading.Lock()
 
     def start(self) -> None:
-        self.link.subscribe([self.topics.all_status()])
+        topics = self.topics
+        self.link.subscribe(
+            [
+                topics.all_status(),
+                topics.all_state(),
+                topics.all_reported(),
+                topics.all_desired(),
+                topics.all_twin(),
+            ]
+        )
+        # Our own simulated readings need not come back to us; agents' readings tell us their
+        # last seq, so a simulation that takes over a stream continues its numbering.
+        self.link.subscribe([topics.all_telemetry()], qos=0, no_local=True)
         self.link.start()
         self.engine.start()
         self._refresh_metrics()
@@ -65,6 +109,8 @@ class GatewayService:
         self.engine.stop()
         self.link.close()
         self.metrics.mqtt_connected.set(0)
+
+    # -- broker -----------------------------------------------------------------------------
 
     def _publish_telemetry(self, topic: str, payload: bytes) -> None:
         self.link.publish(topic, payload, qos=self.config.mqtt.qos)
@@ -81,61 +127,159 @@ class GatewayService:
 
     def _end_grace(self) -> None:
         self._grace_over.set()
-        for record in self.fleet.snapshot():
-            self._reconcile(record)
+        for twin in self.fleet.snapshot():
+            self._reconcile(twin)
 
     def _on_message(self, message: Message) -> None:
         try:
             parsed = self.topics.parse(message.topic)
-            if parsed.kind != "status":
-                return
-            status = Status.decode(message.payload)
-            if status.device != parsed.device:
-                raise ContractError(
-                    f"status for {status.device!r} on the topic of {parsed.device!r}"
+            if parsed.kind == "telemetry":
+                telemetry = Telemetry.decode(message.payload)
+                _same_device(telemetry.device, parsed.device)
+                self.fleet.apply_telemetry(telemetry)
+            elif parsed.kind == "status":
+                status = Status.decode(message.payload)
+                _same_device(status.device, parsed.device)
+                verdict = self.fleet.apply_status(status)
+                self.metrics.status_messages.labels(verdict).inc()
+                if verdict == "stale":
+                    log.info(
+                        "discarded stale status",
+                        extra={"device": status.device, "boot": status.boot},
+                    )
+            elif parsed.kind == "state":
+                state = DeviceState.decode(message.payload)
+                _same_device(state.device, parsed.device)
+                self.fleet.apply_state(state)
+            elif parsed.kind == "reported":
+                reported = ReportedConfig.decode(message.payload)
+                _same_device(reported.device, parsed.device)
+                self.fleet.apply_reported(reported)
+            elif parsed.kind == "desired":
+                desired = DesiredConfig.decode(message.payload) if message.payload else None
+                if desired is not None:
+                    _same_device(desired.device, parsed.device)
+                self.fleet.apply_desired(desired, parsed.device)
+            elif parsed.kind == "twin" and message.payload:
+                twin = TwinSummary.decode(message.payload)
+                _same_device(twin.device, parsed.device)
+                self.fleet.apply_manifest(
+                    ManifestDevice(id=twin.device, site=twin.site, labels=twin.labels, sensors={})
                 )
         except ContractError as exc:
-            self.metrics.status_messages.labels("rejected").inc()
+            if message.topic.endswith("/status"):
+                self.metrics.status_messages.labels("rejected").inc()
             log.warning(
-                "ignoring malformed status", extra={"topic": message.topic, "error": str(exc)}
+                "ignoring malformed message", extra={"topic": message.topic, "error": str(exc)}
             )
-            return
-        verdict = self.fleet.apply_status(status)
-        self.metrics.status_messages.labels(verdict).inc()
-        if verdict == "stale":
-            log.info("discarded stale status", extra={"device": status.device, "boot": status.boot})
 
-    def _on_presence_change(self, record: DeviceRecord) -> None:
-        log.info("presence changed", extra={"device": record.id, "presence": record.presence.value})
-        self._reconcile(record)
+    # -- failover -----------------------------------------------------------------------------
 
-    def _reconcile(self, record: DeviceRecord) -> None:
-        """Simulate a manifest device exactly when no live agent serves it."""
-        wanted = record.in_manifest and record.presence is not PresenceState.ONLINE
-        if record.presence is PresenceState.UNKNOWN and not self._grace_over.is_set():
-            wanted = False
-        if wanted:
-            self.engine.activate(record.id, record.sensors)
-        else:
-            self.engine.deactivate(record.id)
-        self._publish_twin(record)
+    def _reconcile(self, twin: DeviceTwin) -> None:
+        """Simulate exactly the expected sensors of `twin` that no live agent serves."""
+        with self._reconcile_lock:
+            wanted = twin.sensors_to_simulate(self._grace_over.is_set())
+            seqs = self.fleet.last_seqs(twin.id)
+            self.engine.serve(twin.id, wanted, seqs)
+            self._publish_twin(twin, wanted)
         self._refresh_metrics()
 
-    def _publish_twin(self, record: DeviceRecord) -> None:
-        if not record.in_manifest or not self.link.connected:
+    def _publish_twin(self, twin: DeviceTwin, simulated: Mapping[str, SensorSettings]) -> None:
+        if not self.link.connected:
             return
-        served = record.served_by
-        assert served is not None
+        if not twin.in_manifest:
+            if self._published_twins.pop(twin.id, None) is not None:
+                self.link.publish(self.topics.twin(twin.id), b"", qos=1, retain=True)
+            return
+        seqs = self.fleet.last_seqs(twin.id)
+        sensors = {
+            name: StreamServing(
+                served_by=Server.SIMULATION if name in simulated else Server.AGENT,
+                seq=max(seqs.get(name, 0), self.engine.last_seq(twin.id, name)),
+            )
+            for name in twin.expected_sensors()
+        }
         summary = TwinSummary(
-            device=record.id,
+            device=twin.id,
             ts=self.clock(),
-            presence=record.presence.value,
-            sensors=dict.fromkeys(record.sensors, served),
+            presence=twin.presence.value,
+            sensors=sensors,
+            site=twin.site,
+            labels=twin.labels,
         )
-        self.link.publish(self.topics.twin(record.id), summary.encode(), qos=1, retain=True)
+        previous = self._published_twins.get(twin.id)
+        if previous is not None and _same_twin(previous, summary):
+            return
+        self._published_twins[twin.id] = summary
+        self.link.publish(self.topics.twin(twin.id), summary.encode(), qos=1, retain=True)
+
+    # -- manifest and desired config (the API's write side) -----------------------------------
+
+    def add_device(self, device: ManifestDevice) -> DeviceTwin:
+        twin = self.fleet.add(device)
+        if twin.desired is None and device.sensors:
+            self.set_desired(device.id, dict(device.sensors), expected_version=None)
+        return twin
+
+    def remove_device(self, device_id: str) -> None:
+        if self.fleet.remove(device_id) is None:
+            raise UnknownDeviceError(device_id)
+        # Clearing the retained documents removes the device for every replica and restart.
+        self.link.publish(self.topics.desired(device_id), b"", qos=1, retain=True)
+
+    def set_desired(
+        self,
+        device_id: str,
+        sensors: dict[str, SensorSettings],
+        *,
+        expected_version: int | None,
+    ) -> DesiredConfig:
+        """Publish the next version of a device's desired config, retained.
+
+        `expected_version` is the version the caller based its change on (from the ETag or the
+        body); None skips the check. A mismatch raises ConflictError: another write won.
+        """
+        with self._desired_lock:
+            twin = self.fleet.get(device_id)
+            if twin is None or not twin.in_manifest:
+                raise UnknownDeviceError(device_id)
+            current = twin.desired.version if twin.desired else 0
+            if expected_version is not None and expected_version != current:
+                self.metrics.config_pushes.labels("conflict").inc()
+                raise ConflictError(
+                    f"desired config of {device_id} is at version {current}, not {expected_version}"
+                )
+            desired = DesiredConfig(device=device_id, version=current + 1, sensors=sensors)
+            with self.tracer.start_as_current_span(
+                "config.push", attributes={"device": device_id, "version": desired.version}
+            ):
+                carrier: dict[str, str] = {}
+                inject(carrier)  # traceparent travels to the agent in MQTT 5 user properties
+                self.link.publish(
+                    self.topics.desired(device_id),
+                    desired.encode(),
+                    qos=1,
+                    retain=True,
+                    user_properties=carrier,
+                )
+            self.fleet.apply_desired(desired, device_id)
+            self.metrics.config_pushes.labels("published").inc()
+            log.info(
+                "desired config published", extra={"device": device_id, "version": desired.version}
+            )
+            return desired
 
     def _refresh_metrics(self) -> None:
         self.metrics.devices.clear()
         for (presence, served_by), count in self.fleet.counts().items():
             self.metrics.devices.labels(presence, served_by).set(count)
         self.metrics.simulated_devices.set(len(self.engine.active_devices()))
+
+
+def _same_device(in_payload: str, in_topic: str) -> None:
+    if in_payload != in_topic:
+        raise ContractError(f"payload for {in_payload!r} on the topic of {in_topic!r}")
+
+
+def _same_twin(a: TwinSummary, b: TwinSummary) -> bool:
+    return a.model_dump(exclude={"ts"}) == b.model_dump(exclude={"ts"})

@@ -33,7 +33,7 @@ TRACE_SAMPLE_SECONDS = 10.0
 class _Stream:
     device: str
     name: str
-    interval: float
+    settings: SensorSettings
     sensor: Sensor
     topic: str
 
@@ -66,9 +66,10 @@ class SimulationEngine:
         self._cond = threading.Condition()
         self._heap: list[_Due] = []
         self._streams: dict[str, dict[str, _Stream]] = {}
-        self._generation: dict[str, int] = {}
-        # Sequence numbers survive a device's deactivation, so a stream resumed by simulation
-        # continues where the simulation left it instead of starting over at 0.
+        self._backends: dict[str, EmulatedBackend] = {}
+        self._generation: dict[tuple[str, str], int] = {}
+        # Sequence numbers survive a stream's pause, so a stream resumed by simulation continues
+        # where it left off, or after the agent's last number if that is higher.
         self._seq: dict[tuple[str, str], int] = {}
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -76,21 +77,90 @@ class SimulationEngine:
 
     def active_devices(self) -> set[str]:
         with self._cond:
-            return set(self._streams)
+            return {device for device, streams in self._streams.items() if streams}
 
     def is_active(self, device: str) -> bool:
         with self._cond:
-            return device in self._streams
+            return bool(self._streams.get(device))
+
+    def simulated_streams(self, device: str) -> dict[str, int]:
+        """The streams of `device` the simulation plays now, with their last seq."""
+        with self._cond:
+            return {
+                name: self._seq.get((device, name), 0) for name in self._streams.get(device, {})
+            }
+
+    def last_seq(self, device: str, sensor: str) -> int:
+        with self._cond:
+            return self._seq.get((device, sensor), 0)
+
+    def serve(
+        self,
+        device: str,
+        sensors: Mapping[str, SensorSettings],
+        seq_floor: Mapping[str, int] | None = None,
+    ) -> bool:
+        """Play exactly `sensors` of `device` from now on; returns whether anything changed.
+
+        A stream that starts continues after max(its own last seq, `seq_floor`), so a consumer
+        sees the agent's numbering carry on; its first reading is due at once. A stream whose
+        settings changed restarts with them. Streams not named stop.
+        """
+        floor = seq_floor or {}
+        with self._cond:
+            current = self._streams.get(device, {})
+            stopping = [
+                n for n, st in current.items() if n not in sensors or st.settings != sensors[n]
+            ]
+            starting = {n: st for n, st in sensors.items() if n not in current or n in stopping}
+            if not stopping and not starting:
+                return False
+            for name in stopping:
+                key = (device, name)
+                self._generation[key] = self._generation.get(key, 0) + 1
+            closed = [current.pop(name) for name in stopping]
+        for stream in closed:
+            stream.sensor.close()
+        opened = self._open_streams(device, starting)
+        now = self._clock()
+        with self._cond:
+            streams = self._streams.setdefault(device, {})
+            for name, stream in opened.items():
+                key = (device, name)
+                self._seq[key] = max(self._seq.get(key, 0), floor.get(name, 0))
+                self._generation[key] = self._generation.get(key, 0) + 1
+                streams[name] = stream
+                heapq.heappush(self._heap, _Due(now, self._generation[key], device, name))
+            if not streams:
+                del self._streams[device]
+                backend = self._backends.pop(device, None)
+                if backend is not None:
+                    backend.close()
+            self._cond.notify()
+        if opened:
+            log.info("simulation started", extra={"device": device, "sensors": sorted(opened)})
+        if stopping:
+            log.info("simulation stopped", extra={"device": device, "sensors": sorted(stopping)})
+        return True
 
     def activate(self, device: str, sensors: Mapping[str, SensorSettings]) -> None:
-        """Start playing `device`; its first readings are due at once. Idempotent."""
+        """Play every sensor of `device`."""
+        self.serve(device, sensors)
+
+    def deactivate(self, device: str) -> None:
+        self.serve(device, {})
+
+    def _open_streams(
+        self, device: str, sensors: Mapping[str, SensorSettings]
+    ) -> dict[str, _Stream]:
         with self._cond:
-            if device in self._streams:
-                return
-        backend = EmulatedBackend(
-            clock=self._clock, seed=derive_seed("simulation", self._seed, device)
-        )
-        streams: dict[str, _Stream] = {}
+            backend = self._backends.get(device)
+            if backend is None:
+                backend = EmulatedBackend(
+                    clock=self._clock, seed=derive_seed("simulation", self._seed, device)
+                )
+                self._backends[device] = backend
+        opened: dict[str, _Stream] = {}
         for name, settings in sensors.items():
             if not settings.enabled:
                 continue
@@ -104,33 +174,10 @@ class SimulationEngine:
                     extra={"device": device, "sensor": name, "error": str(exc)},
                 )
                 continue
-            streams[name] = _Stream(
-                device, name, settings.interval, sensor, self._topics.telemetry(device, name)
+            opened[name] = _Stream(
+                device, name, settings, sensor, self._topics.telemetry(device, name)
             )
-        now = self._clock()
-        with self._cond:
-            if device in self._streams:
-                for stream in streams.values():
-                    stream.sensor.close()
-                return
-            generation = self._generation.get(device, 0) + 1
-            self._generation[device] = generation
-            self._streams[device] = streams
-            for name in streams:
-                heapq.heappush(self._heap, _Due(now, generation, device, name))
-            self._cond.notify()
-        log.info("simulation started", extra={"device": device, "sensors": sorted(streams)})
-
-    def deactivate(self, device: str) -> None:
-        with self._cond:
-            streams = self._streams.pop(device, None)
-            if streams is None:
-                return
-            # Heap entries of the old generation are skipped when they come due.
-            self._generation[device] = self._generation.get(device, 0) + 1
-        for stream in streams.values():
-            stream.sensor.close()
-        log.info("simulation stopped", extra={"device": device})
+        return opened
 
     def start(self) -> None:
         if self._thread is not None:
@@ -157,7 +204,7 @@ class SimulationEngine:
                     self._cond.wait()
                     continue
                 head = self._heap[0]
-                if self._generation.get(head.device) != head.generation:
+                if self._generation.get((head.device, head.stream)) != head.generation:
                     heapq.heappop(self._heap)
                     continue
                 delay = head.deadline - self._clock()
@@ -185,11 +232,11 @@ class SimulationEngine:
                     self._emit(stream)
             else:
                 self._emit(stream)
-            deadline = due.deadline + stream.interval
+            deadline = due.deadline + stream.settings.interval
             if deadline <= now:
-                deadline = now + stream.interval
+                deadline = now + stream.settings.interval
             with self._cond:
-                if self._generation.get(due.device) == due.generation:
+                if self._generation.get((due.device, due.stream)) == due.generation:
                     heapq.heappush(
                         self._heap, _Due(deadline, due.generation, due.device, due.stream)
                     )
@@ -204,8 +251,9 @@ class SimulationEngine:
             )
             return
         key = (stream.device, stream.name)
-        seq = self._seq.get(key, 0) + 1
-        self._seq[key] = seq
+        with self._cond:
+            seq = self._seq.get(key, 0) + 1
+            self._seq[key] = seq
         payload = Telemetry(
             device=stream.device,
             sensor=stream.name,

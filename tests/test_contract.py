@@ -164,7 +164,14 @@ def test_other_documents_round_trip() -> None:
             }
         ),
         TwinSummary.model_validate(
-            {"device": "pi", "ts": 1.0, "presence": "offline", "sensors": {"env": "simulation"}}
+            {
+                "device": "pi",
+                "ts": 1.0,
+                "presence": "offline",
+                "sensors": {"env": {"served_by": "simulation", "seq": 41}},
+                "site": "greenhouse",
+                "labels": {"room": "north"},
+            }
         ),
     ]
     for document in documents:

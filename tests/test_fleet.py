@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agent.contract import Presence, Status
 from gateway.config import ManifestDevice
-from gateway.fleet import DeviceRecord, Fleet, PresenceState
+from gateway.fleet import DeviceTwin, Fleet, PresenceState
 
 
 def status(state: Presence, boot: int, reason: str = "birth", device: str = "pi") -> Status:
@@ -46,7 +46,7 @@ def test_late_will_of_an_older_boot_is_discarded() -> None:
 
 def test_repeated_birth_is_unchanged_and_silent() -> None:
     fleet = Fleet([ManifestDevice(id="pi")])
-    heard: list[DeviceRecord] = []
+    heard: list[DeviceTwin] = []
     fleet.subscribe(heard.append)
     fleet.apply_status(status(Presence.ONLINE, 1))
     assert fleet.apply_status(status(Presence.ONLINE, 1)) == "unchanged"
@@ -59,9 +59,9 @@ def test_unknown_device_is_tracked_but_never_simulated() -> None:
     stray = fleet.get("stray")
     assert stray is not None
     assert not stray.in_manifest
-    assert stray.served_by == "agent"
+    assert stray.sensors_to_simulate(grace_over=True) == {}
     fleet.apply_status(status(Presence.OFFLINE, 1, "shutdown", device="stray"))
-    assert stray.served_by is None
+    assert stray.sensors_to_simulate(grace_over=True) == {}
 
 
 def test_counts_by_presence_and_server() -> None:

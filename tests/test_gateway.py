@@ -88,7 +88,7 @@ def test_gateway_simulates_a_device_without_agent(broker: BrokerUnderTest) -> No
             assert all(t.source is Source.SIMULATED for t in telemetry)
             assert set(telemetry[0].values) == {"temperature", "humidity", "pressure"}
         twins = sub.wait_for(lambda m: m.topic == f"edgetwin/{DEVICE}/twin", timeout=5)
-        assert payload(twins[-1])["sensors"] == {"env": "simulation"}
+        assert payload(twins[-1])["sensors"]["env"]["served_by"] == "simulation"
         devices = client.get("/devices").json()
         assert [(d["id"], d["presence"], d["served_by"], d["simulated"]) for d in devices] == [
             (DEVICE, "unknown", "simulation", True),

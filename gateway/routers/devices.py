@@ -1,60 +1,66 @@
-"""/devices: the fleet, one entry per device the gateway knows of."""
+"""/devices: the fleet manifest and each device's twin."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path
-from pydantic import BaseModel
+from fastapi import APIRouter, HTTPException, Path, Response, status
 
-from agent.contract import ID_PATTERN, Server
+from agent.contract import ID_PATTERN
+from gateway.auth import Writer
+from gateway.config import ManifestDevice
 from gateway.deps import ServiceDep
-from gateway.fleet import DeviceRecord
+from gateway.service import UnknownDeviceError
+from gateway.views import DeviceView, TwinView, device_view, twin_view
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
+DeviceIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="device id")]
 
-class DeviceView(BaseModel):
-    id: str
-    in_manifest: bool
-    presence: Literal["online", "offline", "unknown"]
-    served_by: Server | None
-    simulated: bool
-    sensors: list[str]
-    boot: int | None
-    agent_version: str | None
-    last_seen: float | None
-    site: str | None
-    labels: dict[str, str]
-
-    @classmethod
-    def of(cls, record: DeviceRecord, simulated: bool) -> DeviceView:
-        return cls(
-            id=record.id,
-            in_manifest=record.in_manifest,
-            presence=record.presence.value,
-            served_by=record.served_by,
-            simulated=simulated,
-            sensors=sorted(record.sensors),
-            boot=record.boot,
-            agent_version=record.agent_version,
-            last_seen=record.last_seen,
-            site=record.site,
-            labels=record.labels,
-        )
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such device"}}
 
 
-@router.get("", summary="Every device: presence, and whether an agent or the simulation serves it")
+@router.get("", summary="Every device: presence, who serves each sensor, config sync")
 def list_devices(service: ServiceDep) -> list[DeviceView]:
-    active = service.engine.active_devices()
-    return [DeviceView.of(record, record.id in active) for record in service.fleet.snapshot()]
+    return [device_view(twin, service.engine) for twin in service.fleet.snapshot()]
 
 
-@router.get("/{device_id}", responses={404: {"description": "no such device"}})
-def get_device(
-    service: ServiceDep, device_id: str = Path(pattern=ID_PATTERN, description="device id")
-) -> DeviceView:
-    record = service.fleet.get(device_id)
-    if record is None:
-        raise HTTPException(status_code=404, detail=f"device {device_id!r} is not in the fleet")
-    return DeviceView.of(record, service.engine.is_active(device_id))
+@router.get("/{device_id}", responses=NOT_FOUND, summary="One device's twin")
+def get_device(service: ServiceDep, device_id: DeviceIdPath) -> TwinView:
+    twin = service.fleet.get(device_id)
+    if twin is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id!r} is not in the fleet")
+    return twin_view(twin, service.engine)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Writer],
+    responses={409: {"description": "already in the manifest"}, 401: {}, 403: {}},
+    summary="Add a device to the manifest; it is simulated until its agent comes online",
+)
+def add_device(service: ServiceDep, device: ManifestDevice) -> TwinView:
+    existing = service.fleet.get(device.id)
+    if existing is not None and existing.in_manifest:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"device {device.id!r} is already in the manifest"
+        )
+    return twin_view(service.add_device(device), service.engine)
+
+
+@router.delete(
+    "/{device_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[Writer],
+    responses={**NOT_FOUND, 401: {}, 403: {}},
+    summary="Remove a device from the manifest; its simulation stops",
+)
+def remove_device(service: ServiceDep, device_id: DeviceIdPath) -> Response:
+    try:
+        service.remove_device(device_id)
+    except UnknownDeviceError:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"device {device_id!r} is not in the fleet"
+        ) from None
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

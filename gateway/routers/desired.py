@@ -1,0 +1,159 @@
+"""/devices/{id}/desired: the device's desired configuration, versioned, with optimistic locking.
+
+The ETag of a desired document is its version; a write with `If-Match` (or a `version` in the
+body) that no longer matches gets 409, so two operators never overwrite each other unknowingly.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, HTTPException, Response, status
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.contract import DesiredConfig, SensorName, SensorSettings
+from gateway.auth import Writer
+from gateway.deps import ServiceDep
+from gateway.routers.devices import NOT_FOUND, DeviceIdPath
+from gateway.service import ConflictError, GatewayService, UnknownDeviceError
+
+router = APIRouter(prefix="/devices/{device_id}/desired", tags=["desired config"])
+
+WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **NOT_FOUND,
+    401: {"description": "no token"},
+    403: {"description": "wrong token, or writes disabled"},
+    409: {"description": "the document changed since the version given"},
+}
+
+
+class DesiredWrite(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sensors: dict[SensorName, SensorSettings]
+    version: int | None = Field(
+        default=None, ge=0, description="the version this change is based on"
+    )
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def _expected_version(if_match: str | None, body_version: int | None) -> int | None:
+    if if_match is None or if_match.strip() == "*":
+        return body_version
+    match = re.fullmatch(r'\s*(?:W/)?"(\d+)"\s*', if_match)
+    if match is None:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, f'If-Match must be an ETag like "3", not {if_match!r}'
+        )
+    version = int(match[1])
+    if body_version is not None and body_version != version:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "If-Match and body version disagree")
+    return version
+
+
+def _write(
+    service: GatewayService,
+    response: Response,
+    device_id: str,
+    sensors: dict[str, SensorSettings],
+    expected: int | None,
+) -> DesiredConfig:
+    try:
+        desired = service.set_desired(device_id, sensors, expected_version=expected)
+    except UnknownDeviceError:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"device {device_id!r} is not in the manifest"
+        ) from None
+    except ConflictError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    response.headers["ETag"] = etag(desired.version)
+    return desired
+
+
+@router.get("", responses=NOT_FOUND, summary="The desired config and its ETag")
+def get_desired(service: ServiceDep, device_id: DeviceIdPath, response: Response) -> DesiredConfig:
+    twin = service.fleet.get(device_id)
+    if twin is None or twin.desired is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"device {device_id!r} has no desired config"
+        )
+    response.headers["ETag"] = etag(twin.desired.version)
+    return twin.desired
+
+
+@router.put(
+    "", dependencies=[Writer], responses=WRITE_RESPONSES, summary="Replace the desired config"
+)
+def put_desired(
+    service: ServiceDep,
+    device_id: DeviceIdPath,
+    body: DesiredWrite,
+    response: Response,
+    if_match: Annotated[str | None, Header()] = None,
+) -> DesiredConfig:
+    return _write(
+        service, response, device_id, dict(body.sensors), _expected_version(if_match, body.version)
+    )
+
+
+@router.patch(
+    "",
+    dependencies=[Writer],
+    responses=WRITE_RESPONSES,
+    summary="Change the desired config with a JSON merge patch of its sensors",
+    description='{"sensors": {"env": {"interval": 2}, "old": null}} sets fields; null removes.',
+)
+def patch_desired(
+    service: ServiceDep,
+    device_id: DeviceIdPath,
+    response: Response,
+    patch: Annotated[dict[str, Any], Body(examples=[{"sensors": {"env": {"interval": 2}}}])],
+    if_match: Annotated[str | None, Header()] = None,
+) -> DesiredConfig:
+    unknown = set(patch) - {"sensors", "version"}
+    if unknown:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY, f"unknown fields {sorted(unknown)}"
+        )
+    body_version = patch.get("version")
+    if body_version is not None and (
+        not isinstance(body_version, int) or isinstance(body_version, bool)
+    ):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "version must be an integer")
+    changes = patch.get("sensors", {})
+    if not isinstance(changes, dict):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "sensors must be an object")
+    twin = service.fleet.get(device_id)
+    if twin is None or not twin.in_manifest:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"device {device_id!r} is not in the manifest"
+        )
+    current = {name: s.model_dump(mode="json") for name, s in twin.expected_sensors().items()}
+    merged = _merge(current, changes)
+    try:
+        sensors = DesiredWrite.model_validate({"sensors": merged}).sensors
+    except ValidationError as exc:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            exc.errors(include_url=False, include_context=False),
+        ) from None
+    return _write(
+        service, response, device_id, dict(sensors), _expected_version(if_match, body_version)
+    )
+
+
+def _merge(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge(result.get(key), value)
+    return result

@@ -1,0 +1,112 @@
+"""What the API returns: twins as JSON, built from the registry and the simulation engine."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from agent.contract import DesiredConfig, DeviceState, ReportedConfig, Server
+from gateway.fleet import ConfigSync, DeviceTwin
+from gateway.simulation import SimulationEngine
+
+SensorSource = Literal["agent-hardware", "agent-emulation", "simulation", "none"]
+
+
+class LastReading(BaseModel):
+    ts: float | None
+    seq: int
+    source: str | None
+    values: dict[str, tuple[float, str]]
+
+
+class SensorView(BaseModel):
+    served_by: Server
+    source: SensorSource
+    health: str | None
+    last: LastReading | None
+
+
+class DeviceView(BaseModel):
+    id: str
+    in_manifest: bool
+    presence: Literal["online", "offline", "unknown"]
+    served_by: Server | None
+    simulated: bool
+    sensors: dict[str, SensorView]
+    config: ConfigSync
+    desired_version: int | None
+    applied_version: int | None
+    boot: int | None
+    agent_version: str | None
+    last_seen: float | None
+    site: str | None
+    labels: dict[str, str]
+
+
+class TwinView(DeviceView):
+    desired: DesiredConfig | None
+    reported: ReportedConfig | None
+    state: DeviceState | None
+    delta: dict[str, Any]
+
+
+def _sensor_views(twin: DeviceTwin, simulated: set[str]) -> dict[str, SensorView]:
+    names = set(twin.expected_sensors()) | set(twin.state.sensors if twin.state else {})
+    views = {}
+    for name in sorted(names):
+        state = twin.state.sensors.get(name) if twin.state else None
+        source: SensorSource
+        if name in simulated:
+            source = "simulation"
+        elif twin.presence.value == "online" and state is not None:
+            source = "agent-hardware" if state.backend == "real" else "agent-emulation"
+        else:
+            source = "none"
+        stream = twin.streams.get(name)
+        views[name] = SensorView(
+            served_by=Server.SIMULATION if name in simulated else Server.AGENT,
+            source=source,
+            health=state.health.value if state else None,
+            last=LastReading(
+                ts=stream.ts, seq=stream.seq, source=stream.source, values=stream.values
+            )
+            if stream
+            else None,
+        )
+    return views
+
+
+def device_view(twin: DeviceTwin, engine: SimulationEngine) -> DeviceView:
+    simulated = set(engine.simulated_streams(twin.id))
+    served: Server | None
+    if twin.presence.value == "online":
+        served = Server.AGENT
+    else:
+        served = Server.SIMULATION if twin.in_manifest else None
+    return DeviceView(
+        id=twin.id,
+        in_manifest=twin.in_manifest,
+        presence=twin.presence.value,
+        served_by=served,
+        simulated=bool(simulated),
+        sensors=_sensor_views(twin, simulated),
+        config=twin.config_sync(),
+        desired_version=twin.desired.version if twin.desired else None,
+        applied_version=twin.reported.applied_version if twin.reported else None,
+        boot=twin.boot,
+        agent_version=twin.agent_version,
+        last_seen=twin.last_seen,
+        site=twin.site,
+        labels=twin.labels,
+    )
+
+
+def twin_view(twin: DeviceTwin, engine: SimulationEngine) -> TwinView:
+    return TwinView(
+        **device_view(twin, engine).model_dump(),
+        desired=twin.desired,
+        reported=twin.reported,
+        state=twin.state,
+        delta=twin.delta(),
+    )
