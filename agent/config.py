@@ -107,6 +107,12 @@ class AgentSection(Section):
     shutdown_timeout: float = Field(
         default=5.0, ge=0, description="seconds to deliver the outbox on a clean stop"
     )
+    twin_wait: float = Field(
+        default=2.0,
+        ge=0,
+        description="seconds the first readings wait for the gateway's twin document, to carry "
+        "on its seq numbering; 0: do not wait",
+    )
 
 
 class OutboxSettings(Section):

@@ -228,12 +228,16 @@ class TwinSummary(_Payload):
     manifest from these.
 
     When the gateway hands a stream back to the agent, `seq` carries the simulation's last
-    number, so the agent continues after it and consumers see one unbroken stream.
+    number, so the agent continues after it and consumers see one unbroken stream; `boot` tells
+    the agent that this document answers its own birth, not an earlier one.
     """
 
     device: DeviceId
     ts: Float
     presence: Literal["online", "offline", "unknown"]
+    boot: Int | None = Field(
+        default=None, ge=0, description="the agent boot whose status this document answers"
+    )
     sensors: dict[SensorName, StreamServing]
     site: Annotated[str, StringConstraints(max_length=64)] | None = None
     labels: dict[

@@ -35,7 +35,8 @@ def _claimed_version(payload: bytes) -> int | None:
     """The version a refused document claims, for the rejection report, if it has one."""
     try:
         version = json.loads(payload).get("version")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
+        # RecursionError: deeply nested JSON ("[[[[..."), well under MAX_DESIRED_BYTES.
         return None
     return (
         version
@@ -44,8 +45,20 @@ def _claimed_version(payload: bytes) -> int | None:
     )
 
 
-def validate_desired(payload: bytes, device: str, applied_version: int) -> DesiredConfig:
-    """The document, if it is for this device, well formed and newer than what runs now."""
+class AlreadyApplied(Exception):
+    """The document that runs now, delivered again (a retained message on resubscribe)."""
+
+
+def validate_desired(
+    payload: bytes, device: str, applied_version: int, applied: DesiredConfig | None = None
+) -> DesiredConfig:
+    """The document, if it is for this device, well formed and newer than what runs now.
+
+    Raises Rejection for anything else, except AlreadyApplied for the running version itself:
+    the broker hands the retained document over again at every reconnect, and that is no error.
+    Given the `applied` document, the same version with other content is a Rejection: the
+    gateway would otherwise believe the device runs what it does not.
+    """
     if len(payload) > MAX_DESIRED_BYTES:
         raise Rejection(f"document of {len(payload)} bytes exceeds {MAX_DESIRED_BYTES}", None)
     try:
@@ -56,9 +69,17 @@ def validate_desired(payload: bytes, device: str, applied_version: int) -> Desir
         raise Rejection(
             f"document is for device {desired.device!r}, not {device!r}", desired.version
         )
-    if desired.version <= applied_version:
+    if desired.version == applied_version:
+        if applied is not None and desired != applied:
+            raise Rejection(
+                f"version {desired.version} is already applied with other content; "
+                "a change needs a new version",
+                desired.version,
+            )
+        raise AlreadyApplied
+    if desired.version < applied_version:
         raise Rejection(
-            f"version {desired.version} is not newer than applied version {applied_version}",
+            f"version {desired.version} is older than applied version {applied_version}",
             desired.version,
         )
     return desired

@@ -572,6 +572,13 @@ class Outbox:
             self._take_in_acks(self._check_open())
             return self._db_count - len(self._acked)
 
+    def raise_seq(self, stream: str, floor: int) -> None:
+        """Make the next seq of `stream` larger than `floor` (persisted at the next commit):
+        another source numbered the stream while this one was away."""
+        with self._lock:
+            if floor > self._next_seq.get(stream, 0):
+                self._next_seq[stream] = floor
+
     def last_seq(self, stream: str) -> int:
         """The last seq handed out to `stream`, committed or not; 0 if none ever was."""
         with self._lock:

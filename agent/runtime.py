@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 from agent.config import AgentConfig
 from agent.contract import (
+    ContractError,
     DesiredConfig,
     DeviceState,
     Presence,
@@ -33,9 +34,10 @@ from agent.contract import (
     Source,
     Status,
     Telemetry,
+    TwinSummary,
     Value,
 )
-from agent.desired import DesiredStore, Rejection, validate_desired
+from agent.desired import AlreadyApplied, DesiredStore, Rejection, validate_desired
 from agent.metrics import AgentMetrics, NoMetrics, PrometheusMetrics
 from agent.mqtt import Message, MqttLink, Will
 from agent.outbox import Outbox
@@ -61,6 +63,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IDLE_WAIT = 1.0  # seconds the loop sleeps at most, so shutdown and watchdog stay prompt
+RETAINED_GRACE = 0.5  # seconds after connecting by which retained messages have arrived
 
 
 def agent_version() -> str:
@@ -138,6 +141,11 @@ class Agent:
             clock=clock, seed=derive_seed("agent", self.device)
         )
         self._real = real_backend
+        # Back ends made here are closed at shutdown (the emulated sysfs tree is a temporary
+        # directory); injected ones belong to the caller.
+        self._own_backends: list[EmulatedBackend | RealBackend] = (
+            [self._emulated] if emulated_backend is None else []
+        )
         self.state_dir = resolve_state_dir(config.agent.state_dir, self.device)
         settings = config.outbox
         self.outbox = Outbox(
@@ -155,7 +163,10 @@ class Agent:
         self._schedule: list[_Due] = []
         self._generation = 0
         self._inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self._twin_any = threading.Event()  # some twin document, perhaps from an earlier boot
+        self._twin_seen = threading.Event()  # the gateway's answer to this boot's birth
         self._wake = threading.Event()
+        self._last_watchdog = float("-inf")
         self._last_states: dict[str, SensorState] | None = None
         self._state_due = 0.0
         self.metrics: AgentMetrics = NoMetrics()
@@ -244,6 +255,7 @@ class Agent:
     def _backends(self, choice: SensorBackend) -> list[EmulatedBackend | RealBackend]:
         if self._real is None and choice is not SensorBackend.EMULATED:
             self._real = RealBackend(clock=self.clock)
+            self._own_backends.append(self._real)
         real: list[EmulatedBackend | RealBackend] = [self._real] if self._real else []
         if choice is SensorBackend.REAL:
             return real
@@ -362,18 +374,44 @@ class Agent:
                 message = self._inbox.get_nowait()
             except queue.Empty:
                 return
-            if message.topic != self.topics.desired(self.device):
-                continue  # the link subscribes to nothing else; belt and braces
             if not message.payload:
-                continue  # a cleared retained document: nothing is desired, keep what runs
-            self._apply_desired(message)
+                continue  # a cleared retained document: nothing to apply, keep what runs
+            if message.topic == self.topics.desired(self.device):
+                self._apply_desired(message)
+            elif message.topic == self.topics.twin(self.device):
+                self._adopt_twin(message)
+
+    def _adopt_twin(self, message: Message) -> None:
+        """Continue each stream after the last number the gateway's simulation gave it.
+
+        While this agent was away the gateway played its sensors on the same topics; carrying
+        on from the simulation's seq gives consumers one stream without a gap or a repeat.
+        Informational only: a twin document never changes what the agent runs.
+        """
+        try:
+            twin = TwinSummary.decode(message.payload)
+        except ContractError as exc:
+            log.warning("ignoring malformed twin document", extra={"error": str(exc)})
+            return
+        if twin.device != self.device:
+            return
+        for name, serving in twin.sensors.items():
+            self.outbox.raise_seq(name, serving.seq)
+        self._twin_any.set()
+        if twin.boot == self.boot:
+            self._twin_seen.set()
 
     def _apply_desired(self, message: Message) -> None:
         with self.tracing.tracer("edgetwin.agent").start_as_current_span(
             "config.apply", context=self._trace_context(message), attributes={"device": self.device}
         ) as span:
             try:
-                desired = validate_desired(message.payload, self.device, self.applied_version)
+                desired = validate_desired(
+                    message.payload, self.device, self.applied_version, self.applied
+                )
+            except AlreadyApplied:
+                span.set_attribute("outcome", "already_applied")
+                return
             except Rejection as exc:
                 span.set_attribute("outcome", "rejected")
                 self.metrics.config("rejected")
@@ -441,6 +479,43 @@ class Agent:
             wait = min(wait, self.config.outbox.commit_interval)
         return max(wait, 0.0)
 
+    def _watchdog_if_due(self) -> float:
+        """Ping systemd's watchdog once half its timeout has passed; seconds to the next ping.
+
+        Called only from the agent's own loops: a hung loop stops the pings and systemd
+        restarts us. The caller waits no longer than the returned time, else the pings drift
+        towards the full timeout whenever a sensor deadline wakes the loop just before one.
+        """
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            return IDLE_WAIT
+        if time.monotonic() - self._last_watchdog >= interval:
+            self.notifier.watchdog()
+            self._last_watchdog = time.monotonic()
+        return max(0.0, self._last_watchdog + interval - time.monotonic())
+
+    def _await_twin(self, stop: threading.Event) -> None:
+        """Hold the first readings briefly for the gateway's answer to our birth: the twin
+        document in which it stopped simulating us, with the simulation's last seq, so that our
+        readings carry on its numbering. Bounded: with no broker the agent starts reading after
+        `twin_wait`, and with no gateway (no twin document at all) right after connecting."""
+        deadline = time.monotonic() + self.config.agent.twin_wait
+        connected_at: float | None = None
+        while not stop.is_set() and not self._twin_seen.is_set() and time.monotonic() < deadline:
+            self._handle_inbox()
+            self._watchdog_if_due()
+            if self.link.connected and connected_at is None:
+                connected_at = time.monotonic()
+            no_gateway = not self._twin_any.is_set()
+            if (
+                no_gateway
+                and connected_at is not None
+                and time.monotonic() - connected_at > RETAINED_GRACE
+            ):
+                return  # connected, and no twin came with the retained messages: none exists
+            self._wake.wait(0.02)
+            self._wake.clear()
+
     def run(self, stop: threading.Event) -> int:
         """Run until `stop` is set; returns the process exit code."""
         observability = self.config.observability
@@ -471,26 +546,21 @@ class Agent:
                 status="applied",
                 applied_version=self.applied_version,
             )
-        self.link.subscribe([self.topics.desired(self.device)])
+        # Only our own desired document configures us; our twin document tells where the
+        # gateway's simulation left our streams.
+        self.link.subscribe([self.topics.desired(self.device), self.topics.twin(self.device)])
         self.link.start()
         # Ready once config is loaded and the outbox open: readings are kept from now on,
         # whether or not the broker answers.
         self.notifier.ready(f"{len(self.slots)} sensors, outbox depth {self.outbox.depth}")
-        last_watchdog = float("-inf")
+        self._await_twin(stop)
         while not stop.is_set():
             self._handle_inbox()
             self._run_due()
             self.outbox.maybe_commit()
             self.publisher.pump()
             self._publish_state_if_due()
-            interval = self.notifier.watchdog_interval
-            if interval is not None and time.monotonic() - last_watchdog >= interval:
-                # Pinged only from here: a hung loop stops the pings and systemd restarts us.
-                self.notifier.watchdog()
-                last_watchdog = time.monotonic()
-            wait = self._next_wait()
-            if interval is not None:
-                wait = min(wait, interval)
+            wait = min(self._next_wait(), self._watchdog_if_due())
             if wait > 0:
                 self._wake.wait(wait)
                 self._wake.clear()
@@ -518,6 +588,8 @@ class Agent:
         self.link.close()
         for slot in self.slots.values():
             slot.close()
+        for backend in self._own_backends:
+            backend.close()
         self.outbox.close()
         self.metrics.close()
         self.tracing.shutdown()

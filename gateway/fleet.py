@@ -162,7 +162,7 @@ class Fleet:
     def remove(self, device_id: str) -> DeviceTwin | None:
         with self._lock:
             twin = self._devices.get(device_id)
-            if twin is None:
+            if twin is None or not twin.in_manifest:
                 return None
             twin.in_manifest = False
             twin.desired = None

@@ -179,6 +179,18 @@ class GatewayService:
         """Simulate exactly the expected sensors of `twin` that no live agent serves."""
         with self._reconcile_lock:
             wanted = twin.sensors_to_simulate(self._grace_over.is_set())
+            log.debug(
+                "reconcile",
+                extra={
+                    "device": twin.id,
+                    "presence": twin.presence.value,
+                    "boot": twin.boot,
+                    "simulate": sorted(wanted),
+                    "state": {n: s.health.value for n, s in twin.state.sensors.items()}
+                    if twin.state
+                    else None,
+                },
+            )
             seqs = self.fleet.last_seqs(twin.id)
             self.engine.serve(twin.id, wanted, seqs)
             self._publish_twin(twin, wanted)
@@ -203,6 +215,7 @@ class GatewayService:
             device=twin.id,
             ts=self.clock(),
             presence=twin.presence.value,
+            boot=twin.boot,
             sensors=sensors,
             site=twin.site,
             labels=twin.labels,

@@ -38,7 +38,13 @@ def bme280(interval: float, address: int = 0x76) -> SensorSettings:
 
 
 def agent_toml(
-    broker: Endpoint, device: str, state_dir: Path, *, interval: float = 0.2, keepalive: int = 2
+    broker: Endpoint,
+    device: str,
+    state_dir: Path,
+    *,
+    interval: float = 0.2,
+    keepalive: int = 2,
+    outdoor: bool = True,
 ) -> str:
     return f"""
 [agent]
@@ -64,6 +70,7 @@ driver = "bme280"
 address = 0x77
 interval = {interval}
 backend = "emulated"
+enabled = {"true" if outdoor else "false"}
 """
 
 

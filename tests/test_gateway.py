@@ -13,7 +13,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from agent.contract import Source, Telemetry
+from agent.contract import Source, Telemetry, TwinSummary
 from gateway.app import create_app
 from gateway.broker import free_port
 from gateway.config import GatewayConfig, ManifestDevice
@@ -88,7 +88,7 @@ def test_gateway_simulates_a_device_without_agent(broker: BrokerUnderTest) -> No
             assert all(t.source is Source.SIMULATED for t in telemetry)
             assert set(telemetry[0].values) == {"temperature", "humidity", "pressure"}
         twins = sub.wait_for(lambda m: m.topic == f"edgetwin/{DEVICE}/twin", timeout=5)
-        assert payload(twins[-1])["sensors"]["env"]["served_by"] == "simulation"
+        assert TwinSummary.decode(twins[-1].payload).sensors["env"].served_by == "simulation"
         devices = client.get("/devices").json()
         assert [(d["id"], d["presence"], d["served_by"], d["simulated"]) for d in devices] == [
             (DEVICE, "unknown", "simulation", True),

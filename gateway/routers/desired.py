@@ -116,17 +116,15 @@ def patch_desired(
 ) -> DesiredConfig:
     unknown = set(patch) - {"sensors", "version"}
     if unknown:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY, f"unknown fields {sorted(unknown)}"
-        )
+        raise HTTPException(422, f"unknown fields {sorted(unknown)}")
     body_version = patch.get("version")
     if body_version is not None and (
         not isinstance(body_version, int) or isinstance(body_version, bool)
     ):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "version must be an integer")
+        raise HTTPException(422, "version must be an integer")
     changes = patch.get("sensors", {})
     if not isinstance(changes, dict):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "sensors must be an object")
+        raise HTTPException(422, "sensors must be an object")
     twin = service.fleet.get(device_id)
     if twin is None or not twin.in_manifest:
         raise HTTPException(
@@ -138,7 +136,7 @@ def patch_desired(
         sensors = DesiredWrite.model_validate({"sensors": merged}).sensors
     except ValidationError as exc:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            422,
             exc.errors(include_url=False, include_context=False),
         ) from None
     return _write(

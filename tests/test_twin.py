@@ -1,0 +1,384 @@
+"""The gateway twin against a real broker and real agents: config push, failover, restart."""
+
+from __future__ import annotations
+
+import errno
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from agent.config import AgentConfig, AgentSection
+from agent.contract import ReportedConfig, SensorSettings, Telemetry
+from agent.runtime import Agent
+from gateway.app import create_app
+from gateway.config import GatewayConfig, ManifestDevice
+from hardware import EmulatedBackend
+from tests.brokers import BrokerUnderTest
+from tests.fleet_helpers import (
+    agent_mqtt_settings,
+    agent_toml,
+    bme280,
+    mqtt_settings,
+    payload,
+    poll,
+    start_edgetwin,
+    stop_process,
+)
+from tests.mqtt_helpers import Message, Subscriber
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+DEVICE = "greenhouse-01"
+INTERVAL = 0.2
+
+
+def gateway_config(broker: BrokerUnderTest, *devices: ManifestDevice) -> GatewayConfig:
+    return GatewayConfig.model_validate(
+        {
+            "mqtt": mqtt_settings(
+                broker, keepalive=2, reconnect_min_delay=0.1, reconnect_max_delay=0.5
+            ),
+            "presence": {"startup_grace": 0.3},
+            "api": {"token": TOKEN},
+            "devices": list(devices),
+        }
+    )
+
+
+def two_sensors() -> dict[str, SensorSettings]:
+    return {"env": bme280(INTERVAL), "outdoor": bme280(INTERVAL, address=0x77)}
+
+
+@contextmanager
+def gateway(config: GatewayConfig) -> Iterator[TestClient]:
+    with TestClient(create_app(config)) as client:
+        yield client
+
+
+@contextmanager
+def agent_thread(
+    broker: BrokerUnderTest,
+    state_dir: Path,
+    sensors: dict[str, SensorSettings],
+    backend: EmulatedBackend | None = None,
+) -> Iterator[Agent]:
+    config = AgentConfig(
+        agent=AgentSection(device_id=DEVICE, state_dir=state_dir, state_interval=0.5),
+        mqtt=agent_mqtt_settings(
+            broker, keepalive=2, reconnect_min_delay=0.1, reconnect_max_delay=0.5
+        ),
+        sensors=sensors,
+    )
+    agent = Agent(config, emulated_backend=backend)
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield agent
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+        assert not thread.is_alive()
+
+
+def twin(client: TestClient, device: str = DEVICE) -> dict[str, Any]:
+    response = client.get(f"/devices/{device}")
+    assert response.status_code == 200, response.text
+    view: dict[str, Any] = response.json()
+    return view
+
+
+def seq_of(message: Message) -> int:
+    return Telemetry.decode(message.payload).seq
+
+
+def telemetry_from(source: str, sensor: str | None = None) -> Callable[[Message], bool]:
+    def match(message: Message) -> bool:
+        if "/telemetry/" not in message.topic:
+            return False
+        body = payload(message)
+        return body["source"] == source and (sensor is None or body["sensor"] == sensor)
+
+    return match
+
+
+def test_config_push_round_trip_and_conflicts(broker: BrokerUnderTest, tmp_path: Path) -> None:
+    manifest = ManifestDevice(id=DEVICE, sensors={"env": bme280(INTERVAL)})
+    with (
+        gateway(gateway_config(broker, manifest)) as client,
+        agent_thread(broker, tmp_path, {"env": bme280(INTERVAL)}),
+    ):
+        poll(lambda: twin(client)["presence"] == "online", 10, what="agent online")
+        first = client.patch(
+            f"/devices/{DEVICE}/desired",
+            json={
+                "sensors": {"outdoor": {"driver": "bme280", "address": 0x77, "interval": INTERVAL}}
+            },
+            headers={**AUTH, "If-Match": '"0"'},
+        )
+        assert first.status_code == 200, first.text
+        assert first.headers["ETag"] == '"1"'
+        assert sorted(first.json()["sensors"]) == ["env", "outdoor"]
+        poll(lambda: twin(client)["config"] == "in_sync", 10, what="agent applied version 1")
+        view = twin(client)
+        assert view["applied_version"] == 1
+        assert view["delta"] == {}
+        poll(
+            lambda: "outdoor" in (twin(client)["state"] or {}).get("sensors", {}),
+            10,
+            what="new sensor running",
+        )
+
+        stale = client.patch(
+            f"/devices/{DEVICE}/desired",
+            json={"sensors": {"env": {"interval": 1}}},
+            headers={**AUTH, "If-Match": '"0"'},
+        )
+        assert stale.status_code == 409
+        assert "version 1" in stale.json()["detail"]
+        stale_body = client.put(
+            f"/devices/{DEVICE}/desired", json={"sensors": {}, "version": 0}, headers=AUTH
+        )
+        assert stale_body.status_code == 409
+        removed = client.patch(
+            f"/devices/{DEVICE}/desired",
+            json={"sensors": {"outdoor": None}},
+            headers={**AUTH, "If-Match": '"1"'},
+        )
+        assert removed.status_code == 200
+        assert list(removed.json()["sensors"]) == ["env"]
+        poll(lambda: twin(client)["applied_version"] == 2, 10, what="agent applied version 2")
+        invalid = client.patch(
+            f"/devices/{DEVICE}/desired", json={"sensors": {"env": {"interval": -1}}}, headers=AUTH
+        )
+        assert invalid.status_code == 422
+
+
+def test_desired_pushed_while_offline_is_applied_once_on_start(
+    broker: BrokerUnderTest, tmp_path: Path
+) -> None:
+    manifest = ManifestDevice(id=DEVICE, sensors={"env": bme280(INTERVAL)})
+    with gateway(gateway_config(broker, manifest)) as client:
+        for interval in (0.5, 0.3):
+            response = client.put(
+                f"/devices/{DEVICE}/desired",
+                json={"sensors": {"env": {"driver": "bme280", "interval": interval}}},
+                headers=AUTH,
+            )
+            assert response.status_code == 200
+        assert twin(client)["config"] == "pending"
+        # The agent is offline only if version 2 is on the broker before it connects.
+        with Subscriber(broker, f"edgetwin/{DEVICE}/config/desired") as desired:
+            desired.wait_for(lambda m: payload(m)["version"] == 2, timeout=5)
+        with Subscriber(broker, f"edgetwin/{DEVICE}/config/reported") as reports:
+            with agent_thread(broker, tmp_path, {"env": bme280(1.0)}) as agent:
+                poll(lambda: twin(client)["config"] == "in_sync", 10, what="in sync")
+                assert agent.applied_version == 2
+                assert agent.slots["env"].settings.interval == 0.3
+                reports.wait_for(lambda m: bool(m.payload), timeout=5)
+            applied = [ReportedConfig.decode(m.payload) for m in reports.messages() if m.payload]
+    assert [r.applied_version for r in applied if r.status == "applied"] == [2]
+    assert not [r for r in applied if r.status == "rejected"]
+
+
+def test_failover_on_kill_and_failback_keep_one_numbering(
+    broker: BrokerUnderTest, tmp_path: Path
+) -> None:
+    manifest = ManifestDevice(id=DEVICE, sensors={"env": bme280(INTERVAL)})
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        agent_toml(
+            broker, DEVICE, tmp_path / "state", interval=INTERVAL, keepalive=1, outdoor=False
+        )
+    )
+    with (
+        Subscriber(broker, f"edgetwin/{DEVICE}/telemetry/env") as sub,
+        gateway(gateway_config(broker, manifest)) as client,
+    ):
+        first = start_edgetwin(["agent", "--config", str(config)])
+        try:
+            sub.wait_for(telemetry_from("emulated"), count=5, timeout=15)
+            first.kill()
+            killed = time.monotonic()
+            taken_over = sub.wait_for(
+                lambda m: telemetry_from("simulated")(m) and m.received_at > killed,
+                count=5,
+                timeout=10,
+            )
+        finally:
+            stop_process(first, signal.SIGKILL)
+        failover_s = taken_over[0].received_at - killed
+        second = start_edgetwin(["agent", "--config", str(config)])
+        restarted_at = time.monotonic()
+        try:
+            simulated_last = max(
+                seq_of(m) for m in sub.messages() if telemetry_from("simulated")(m)
+            )
+            # New readings of the second run, not the first run's unacknowledged ones again.
+            back = sub.wait_for(
+                lambda m: telemetry_from("emulated")(m) and seq_of(m) > simulated_last,
+                count=5,
+                timeout=15,
+            )
+            poll(
+                lambda: twin(client)["sensors"]["env"]["served_by"] == "agent",
+                5,
+                what="twin shows the agent",
+            )
+        finally:
+            stopped = time.monotonic()  # from here the agent says goodbye and simulation resumes
+            code, stderr = stop_process(second)
+        assert code == 0, stderr
+    messages = sub.messages()
+    seqs = [seq_of(m) for m in messages]
+    assert sorted(set(seqs)) == list(range(min(seqs), max(seqs) + 1)), "a gap in the numbering"
+    # Failback: once the agent's first new reading is out, the simulation is silent within an
+    # interval (a reading may already be on its way).
+    agent_back = back[0].received_at
+    late_simulated = [
+        m
+        for m in messages
+        if telemetry_from("simulated")(m) and agent_back + INTERVAL < m.received_at < stopped
+    ]
+    assert late_simulated == []
+    # The simulation carried on the agent's numbering, and the agent carried on the simulation's.
+    simulated_seqs = [
+        seq_of(m) for m in messages if telemetry_from("simulated")(m) and m.received_at < stopped
+    ]
+    first_of_second_run = min(
+        seq_of(m)
+        for m in messages
+        if telemetry_from("emulated")(m)
+        and m.received_at > restarted_at
+        and seq_of(m) > max(simulated_seqs) - 5
+    )
+    assert first_of_second_run == max(simulated_seqs) + 1, (
+        "the agent did not carry on the numbering"
+    )
+    print(f"failover {failover_s:.2f} s after SIGKILL (keepalive 1 s)")
+    assert failover_s < 5
+
+
+def test_only_the_faulted_sensor_is_simulated(broker: BrokerUnderTest, tmp_path: Path) -> None:
+    manifest = ManifestDevice(id=DEVICE, sensors=two_sensors())
+    backend = EmulatedBackend()
+    with (
+        Subscriber(broker, f"edgetwin/{DEVICE}/telemetry/+") as sub,
+        gateway(gateway_config(broker, manifest)) as client,
+        agent_thread(broker, tmp_path, two_sensors(), backend=backend),
+    ):
+        poll(
+            lambda: twin(client)["presence"] == "online" and not twin(client)["simulated"],
+            10,
+            what="agent serves all",
+        )
+        backend.i2c_bus(1).unplug(0x77)
+        poll(
+            lambda: twin(client)["sensors"]["outdoor"]["served_by"] == "simulation",
+            10,
+            what="outdoor simulated",
+        )
+        unplugged = time.monotonic()
+        sub.wait_for(
+            lambda m: telemetry_from("simulated", "outdoor")(m) and m.received_at > unplugged,
+            count=3,
+            timeout=10,
+        )
+        view = twin(client)
+        assert view["sensors"]["env"]["served_by"] == "agent"
+        assert view["sensors"]["env"]["source"] == "agent-emulation"
+        assert not [m for m in sub.messages() if telemetry_from("simulated", "env")(m)]
+        assert sub.wait_for(
+            lambda m: telemetry_from("emulated", "env")(m) and m.received_at > unplugged, count=3
+        )
+        backend.i2c_bus(1).replug(0x77)
+        poll(
+            lambda: twin(client)["sensors"]["outdoor"]["served_by"] == "agent",
+            10,
+            what="outdoor back with the agent",
+        )
+        replugged = time.monotonic()
+        sub.wait_for(
+            lambda m: telemetry_from("emulated", "outdoor")(m) and m.received_at > replugged,
+            count=2,
+            timeout=10,
+        )
+
+
+def test_restarted_gateway_rebuilds_the_twin_from_the_broker(broker: BrokerUnderTest) -> None:
+    added = {
+        "id": "added-later",
+        "site": "lab",
+        "labels": {"rack": "3"},
+        "sensors": {"env": {"driver": "bme280", "interval": 1}},
+    }
+    with gateway(gateway_config(broker)) as first:
+        response = first.post("/devices", json=added, headers=AUTH)
+        assert response.status_code == 201, response.text
+        assert first.post("/devices", json=added, headers=AUTH).status_code == 409
+        poll(lambda: twin(first, "added-later")["simulated"], 5, what="simulated")
+    with gateway(gateway_config(broker)) as second:
+        poll(
+            lambda: second.get("/devices/added-later").status_code == 200,
+            5,
+            what="device known again",
+        )
+        poll(lambda: twin(second, "added-later")["desired_version"] == 1, 5, what="desired rebuilt")
+        view = twin(second, "added-later")
+        assert view["in_manifest"] is True
+        assert (view["site"], view["labels"]) == ("lab", {"rack": "3"})
+        poll(lambda: twin(second, "added-later")["simulated"], 5, what="simulated again")
+        assert second.delete("/devices/added-later", headers=AUTH).status_code == 204
+        assert second.delete("/devices/added-later", headers=AUTH).status_code == 404
+    with gateway(gateway_config(broker)) as third:
+        poll(lambda: third.get("/health").json()["mqtt_connected"], 5, what="connected")
+        assert third.get("/devices/added-later").status_code == 404
+
+
+def test_writes_need_the_token(broker: BrokerUnderTest) -> None:
+    body = {"id": "x1", "sensors": {}}
+    with gateway(gateway_config(broker)) as client:
+        missing = client.post("/devices", json=body)
+        assert missing.status_code == 401
+        assert missing.headers["WWW-Authenticate"] == "Bearer"
+        assert (
+            client.post("/devices", json=body, headers={"Authorization": "Bearer nope"}).status_code
+            == 403
+        )
+        assert client.get("/devices").status_code == 200  # reads are open
+    no_token = gateway_config(broker).model_copy(
+        update={"api": gateway_config(broker).api.model_copy(update={"token": None})}
+    )
+    with gateway(no_token) as client:
+        refused = client.post("/devices", json=body, headers=AUTH)
+        assert refused.status_code == 403
+        assert "no API token" in refused.json()["detail"]
+
+
+def test_unplugged_chip_reason_reaches_the_twin(broker: BrokerUnderTest, tmp_path: Path) -> None:
+    backend = EmulatedBackend()
+    manifest = ManifestDevice(id=DEVICE, sensors={"env": bme280(INTERVAL)})
+    with (
+        gateway(gateway_config(broker, manifest)) as client,
+        agent_thread(broker, tmp_path, {"env": bme280(INTERVAL)}, backend=backend),
+    ):
+        poll(lambda: twin(client)["presence"] == "online", 10, what="online")
+        backend.i2c_bus(1).inject_error(0x76, errno.EIO, count=1000)
+        poll(
+            lambda: (
+                (twin(client)["state"] or {}).get("sensors", {}).get("env", {}).get("health")
+                == "faulted"
+            ),
+            10,
+            what="faulted",
+        )
+        assert "Input/output error" in twin(client)["state"]["sensors"]["env"]["reason"]
