@@ -228,6 +228,8 @@ class MosquittoBroker:
             "log_type notice",
             "log_type information",
             "connection_messages true",
+            # Small MQTT packets must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+            "set_tcp_nodelay true",
         ]
         if self._persistence:
             lines += [
