@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 
 from agent.contract import ContractError, DesiredConfig
+from hardware import HardwareError
+from hardware.registry import check_settings
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,12 @@ def validate_desired(
             f"version {desired.version} is older than applied version {applied_version}",
             desired.version,
         )
+    for name, settings in desired.sensors.items():
+        try:
+            check_settings(settings.driver, address=settings.address)
+        except HardwareError as exc:
+            # Refused now rather than applied as a sensor that can never come up.
+            raise Rejection(f"sensor {name!r}: {exc}", desired.version) from exc
     return desired
 
 

@@ -27,9 +27,12 @@ class Notifier:
         watchdog_usec = env.get("WATCHDOG_USEC", "")
         watchdog_pid = env.get("WATCHDOG_PID", "")
         self.watchdog_interval: float | None = None
-        if watchdog_usec.isdigit() and (not watchdog_pid or watchdog_pid == str(os.getpid())):
+        # A positive integer only, as sd_watchdog_enabled(3) requires: "0" would make the loop
+        # ping without ever waiting, and str.isdigit() also passes digits int() refuses ("²").
+        usec = int(watchdog_usec) if watchdog_usec.isdecimal() and watchdog_usec.isascii() else 0
+        if usec > 0 and (not watchdog_pid or watchdog_pid == str(os.getpid())):
             # Ping at half the timeout, as sd_watchdog_enabled(3) recommends.
-            self.watchdog_interval = int(watchdog_usec) / 2_000_000
+            self.watchdog_interval = usec / 2_000_000
 
     @property
     def enabled(self) -> bool:

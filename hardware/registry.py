@@ -26,7 +26,15 @@ from hardware.errors import SensorSettingsError, UnknownDriverError
 from hardware.sensor import Sensor
 from hardware.signals import SignalModel, default_signal, derive_seed
 
-__all__ = ["DRIVERS", "DriverInfo", "Placement", "driver_info", "list_drivers", "open_sensor"]
+__all__ = [
+    "DRIVERS",
+    "DriverInfo",
+    "Placement",
+    "check_settings",
+    "driver_info",
+    "list_drivers",
+    "open_sensor",
+]
 
 DRIVERS: dict[str, DriverInfo] = {}
 """Driver name -> DriverInfo. Filled at import by the registration lines below, then read-only
@@ -61,6 +69,18 @@ def driver_info(name: str) -> DriverInfo:
     except KeyError:
         known = ", ".join(sorted(DRIVERS)) or "none"
         raise UnknownDriverError(f"no driver named {name!r}; known drivers: {known}") from None
+
+
+def check_settings(driver: str, *, address: int | None = None) -> DriverInfo:
+    """Refuse, without touching any hardware, settings that can never work: an unknown driver,
+    an address the chip cannot be strapped to. Raises UnknownDriverError or SensorSettingsError."""
+    info = driver_info(driver)
+    if address is not None and info.interface == "i2c" and address not in info.valid_addresses():
+        valid = ", ".join(f"{a:#04x}" for a in info.valid_addresses())
+        raise SensorSettingsError(f"{driver} cannot be at {address:#04x}; valid addresses: {valid}")
+    if address is not None and info.interface != "i2c":
+        raise SensorSettingsError(f"{driver} is a {info.interface} sensor and takes no I2C address")
+    return info
 
 
 def open_sensor(

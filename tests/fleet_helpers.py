@@ -28,7 +28,10 @@ def mqtt_settings(broker: Endpoint, **extra: object) -> MqttSettings:
 
 
 def agent_mqtt_settings(broker: Endpoint, **extra: object) -> AgentMqttSettings:
-    return AgentMqttSettings.model_validate(mqtt_settings(broker, **extra).model_dump())
+    """An agent's settings: its persistent session (session_expiry) stays on, as in production."""
+    return AgentMqttSettings.model_validate(
+        {"host": broker.host, "port": broker.port, "protocol": broker.protocol, **extra}
+    )
 
 
 def bme280(interval: float, address: int = 0x76) -> SensorSettings:
