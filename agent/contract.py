@@ -215,6 +215,11 @@ class Server(StrEnum):
     SIMULATION = "simulation"
 
 
+Site = Annotated[str, StringConstraints(max_length=64)]
+LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+LabelValue = Annotated[str, StringConstraints(max_length=256)]
+
+
 class StreamServing(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -239,11 +244,8 @@ class TwinSummary(_Payload):
         default=None, ge=0, description="the agent boot whose status this document answers"
     )
     sensors: dict[SensorName, StreamServing]
-    site: Annotated[str, StringConstraints(max_length=64)] | None = None
-    labels: dict[
-        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")],
-        Annotated[str, StringConstraints(max_length=256)],
-    ] = Field(default_factory=dict)
+    site: Site | None = None
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
 
 
 TopicKind = Literal["status", "twin", "telemetry", "desired", "reported", "state"]

@@ -15,7 +15,7 @@ from agent.runtime import agent_version
 from agent.tracing import setup_tracing
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
-from gateway.routers import desired, devices, fleet, system
+from gateway.routers import desired, devices, fleet, page, system
 from gateway.service import GatewayService
 from hardware.sensor import Clock
 
@@ -71,6 +71,7 @@ def create_app(config: GatewayConfig, *, clock: Clock = time.time) -> FastAPI:
     app.include_router(desired.router)
     app.include_router(fleet.router)
     app.include_router(system.router)
+    app.include_router(page.router)
 
     @app.middleware("http")
     async def observe(

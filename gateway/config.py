@@ -14,7 +14,7 @@ from typing import Annotated, Final, Self
 from pydantic import Field, SecretStr, StringConstraints, model_validator
 
 from agent.config import ENV_OVERRIDES, MqttSettings, ObservabilitySettings, Section, load
-from agent.contract import DeviceId, SensorName, SensorSettings
+from agent.contract import DeviceId, LabelKey, LabelValue, SensorName, SensorSettings, Site
 
 
 def default_sensors(interval: float = 5.0) -> dict[str, SensorSettings]:
@@ -54,8 +54,9 @@ class ApiSection(Section):
 class ManifestDevice(Section):
     id: DeviceId
     sensors: dict[SensorName, SensorSettings] = Field(default_factory=default_sensors)
-    site: str | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
+    # The twin document carries these on the wire: the contract's limits apply from the start.
+    site: Site | None = None
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
 
 
 class PresenceSection(Section):

@@ -127,6 +127,9 @@ class Fleet:
             d.id: DeviceTwin(d.id, True, dict(d.sensors), d.site, dict(d.labels)) for d in manifest
         }
         self._listeners: list[PresenceListener] = []
+        # Devices removed through this gateway: a twin document of theirs still in flight must
+        # not bring them back.
+        self._removed: set[str] = set()
 
     def subscribe(self, listener: PresenceListener) -> None:
         self._listeners.append(listener)
@@ -139,9 +142,14 @@ class Fleet:
         with self._lock:
             return sorted(self._devices.values(), key=lambda d: d.id)
 
-    def _twin(self, device_id: str) -> DeviceTwin:
+    def _twin(self, device_id: str, *, revive: bool = False) -> DeviceTwin | None:
+        """The twin of `device_id`, created on first news of it; None for a device removed
+        here, whose documents and readings may still be in flight, unless `revive` (an agent
+        announcing itself is news worth a record again)."""
         twin = self._devices.get(device_id)
         if twin is None:
+            if device_id in self._removed and not revive:
+                return None
             twin = self._devices[device_id] = DeviceTwin(device_id, in_manifest=False)
         return twin
 
@@ -151,7 +159,9 @@ class Fleet:
 
     def add(self, device: ManifestDevice) -> DeviceTwin:
         with self._lock:
+            self._removed.discard(device.id)
             twin = self._twin(device.id)
+            assert twin is not None
             twin.in_manifest = True
             twin.manifest_sensors = dict(device.sensors)
             twin.site = device.site
@@ -164,6 +174,7 @@ class Fleet:
             twin = self._devices.get(device_id)
             if twin is None or not twin.in_manifest:
                 return None
+            self._removed.add(device_id)
             twin.in_manifest = False
             twin.desired = None
             if twin.presence is PresenceState.UNKNOWN:
@@ -178,7 +189,8 @@ class Fleet:
         connection and is discarded: without that, it could mark a live agent offline.
         """
         with self._lock:
-            twin = self._twin(status.device)
+            twin = self._twin(status.device, revive=True)
+            assert twin is not None
             if twin.boot is not None and status.boot < twin.boot:
                 return "stale"
             presence = PresenceState(status.state.value)
@@ -196,6 +208,8 @@ class Fleet:
     def apply_state(self, state: DeviceState) -> None:
         with self._lock:
             twin = self._twin(state.device)
+            if twin is None:
+                return
             before = twin.state.sensors if twin.state else None
             twin.state = state
             twin.last_seen = max(twin.last_seen or 0.0, state.ts)
@@ -204,12 +218,16 @@ class Fleet:
 
     def apply_reported(self, reported: ReportedConfig) -> None:
         with self._lock:
-            self._twin(reported.device).reported = reported
+            twin = self._twin(reported.device)
+            if twin is not None:
+                twin.reported = reported
 
     def apply_desired(self, desired: DesiredConfig | None, device_id: str) -> None:
         """A desired document seen on the broker (ours, or another replica's), or its removal."""
         with self._lock:
-            twin = self._twin(device_id)
+            twin = self._twin(device_id) if desired is not None else self._devices.get(device_id)
+            if twin is None:
+                return
             if (
                 desired is not None
                 and twin.desired is not None
@@ -223,13 +241,15 @@ class Fleet:
         """A twin document of another replica (or an earlier run) names a manifest device."""
         with self._lock:
             twin = self._devices.get(device.id)
-            if twin is not None and twin.in_manifest:
+            if device.id in self._removed or (twin is not None and twin.in_manifest):
                 return
         self.add(device)
 
     def apply_telemetry(self, telemetry: Telemetry) -> None:
         with self._lock:
             twin = self._twin(telemetry.device)
+            if twin is None:
+                return
             stream = twin.streams.setdefault(telemetry.sensor, StreamView())
             stream.seq = max(stream.seq, telemetry.seq)
             stream.ts = telemetry.ts

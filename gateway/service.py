@@ -75,7 +75,7 @@ class GatewayService:
             self.topics,
             clock=clock,
             seed=config.simulator.seed,
-            on_published=metrics.simulated_messages.inc,
+            on_published=self._simulated,
             tracer=tracing.tracer("edgetwin.gateway.simulation") if tracing.enabled else None,
         )
         self.fleet.subscribe(self._reconcile)
@@ -111,6 +111,11 @@ class GatewayService:
         self.metrics.mqtt_connected.set(0)
 
     # -- broker -----------------------------------------------------------------------------
+
+    def _simulated(self, telemetry: Telemetry) -> None:
+        # Our own readings do not come back to us (no-local): the twin records them here.
+        self.metrics.simulated_messages.inc()
+        self.fleet.apply_telemetry(telemetry)
 
     def _publish_telemetry(self, topic: str, payload: bytes) -> None:
         self.link.publish(topic, payload, qos=self.config.mqtt.qos)

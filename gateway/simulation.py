@@ -54,7 +54,7 @@ class SimulationEngine:
         *,
         clock: Clock = time.time,
         seed: int = 0,
-        on_published: Callable[[int], None] | None = None,
+        on_published: Callable[[Telemetry], None] | None = None,
         tracer: Tracer | None = None,
     ) -> None:
         self._publish = publish
@@ -254,19 +254,19 @@ class SimulationEngine:
         with self._cond:
             seq = self._seq.get(key, 0) + 1
             self._seq[key] = seq
-        payload = Telemetry(
+        telemetry = Telemetry(
             device=stream.device,
             sensor=stream.name,
             ts=reading.timestamp,
             seq=seq,
             source=Source.SIMULATED,
             values={q: Value(value=m.value, unit=m.unit) for q, m in reading.values.items()},
-        ).encode()
+        )
         try:
-            self._publish(stream.topic, payload)
+            self._publish(stream.topic, telemetry.encode())
         except Exception:
             log.exception("simulated publish failed", extra={"device": stream.device})
             return
         self.published += 1
         if self._on_published is not None:
-            self._on_published(1)
+            self._on_published(telemetry)

@@ -337,11 +337,27 @@ def test_restarted_gateway_rebuilds_the_twin_from_the_broker(broker: BrokerUnder
         assert view["in_manifest"] is True
         assert (view["site"], view["labels"]) == ("lab", {"rack": "3"})
         poll(lambda: twin(second, "added-later")["simulated"], 5, what="simulated again")
+        poll(
+            lambda: twin(second, "added-later")["sensors"]["env"]["last"] is not None,
+            5,
+            what="simulated reading recorded in the twin",
+        )
+        last = twin(second, "added-later")["sensors"]["env"]["last"]
+        assert last["source"] == "simulated"
+        assert last["values"]["temperature"][1] == "°C"
         assert second.delete("/devices/added-later", headers=AUTH).status_code == 204
         assert second.delete("/devices/added-later", headers=AUTH).status_code == 404
+        assert "added-later" not in [d["id"] for d in second.get("/devices").json()]
     with gateway(gateway_config(broker)) as third:
         poll(lambda: third.get("/health").json()["mqtt_connected"], 5, what="connected")
         assert third.get("/devices/added-later").status_code == 404
+
+
+def test_labels_that_do_not_fit_the_twin_document_get_422(broker: BrokerUnderTest) -> None:
+    with gateway(gateway_config(broker)) as client:
+        bad = client.post("/devices", json={"id": "x1", "labels": {"not a key": "v"}}, headers=AUTH)
+        assert bad.status_code == 422
+        assert client.get("/devices/x1").status_code == 404
 
 
 def test_writes_need_the_token(broker: BrokerUnderTest) -> None:
