@@ -398,3 +398,24 @@ def test_unplugged_chip_reason_reaches_the_twin(broker: BrokerUnderTest, tmp_pat
             what="faulted",
         )
         assert "Input/output error" in twin(client)["state"]["sensors"]["env"]["reason"]
+
+
+def test_rejection_reaches_the_api_with_its_reason(broker: BrokerUnderTest, tmp_path: Path) -> None:
+    manifest = ManifestDevice(id=DEVICE, sensors={"env": bme280(INTERVAL)})
+    with (
+        gateway(gateway_config(broker, manifest)) as client,
+        agent_thread(broker, tmp_path, {"env": bme280(INTERVAL)}),
+    ):
+        poll(lambda: twin(client)["presence"] == "online", 10, what="agent online")
+        response = client.put(
+            f"/devices/{DEVICE}/desired",
+            json={"sensors": {"env": {"driver": "bme280", "address": 0x40, "interval": 1}}},
+            headers=AUTH,
+        )
+        assert response.status_code == 200
+        poll(lambda: twin(client)["config"] == "rejected", 10, what="rejection reported")
+        view = twin(client)
+    assert view["reported"]["rejected_version"] == 1
+    assert "cannot be at 0x40" in view["reported"]["reason"]
+    assert view["applied_version"] == 0
+    assert view["delta"]["desired_version"] == 1
