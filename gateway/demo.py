@@ -136,6 +136,7 @@ def _print_banner(
         "",
         "edgetwin demo is running.",
         f"  broker      mqtt://{host}:{broker_port} (MQTT {protocol})",
+        f"  fleet page  http://127.0.0.1:{api_port}/",
         f"  API         http://127.0.0.1:{api_port}/devices   (docs: /docs, metrics: /metrics)",
         f"  devices     {AGENT_DEVICE} (agent on emulated BME280s, joins in {agent_delay:g} s)"
         " and simulated sim-*",
