@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from gpiozero import DistanceSensor, MotionSensor
 from gpiozero.exc import (
@@ -40,7 +40,7 @@ from gpiozero.exc import (
     PinInvalidPull,
     PinInvalidState,
 )
-from gpiozero.pins.mock import MockPin, MockTriggerPin, PinState
+from gpiozero.pins.mock import MockFactory, MockPin, MockTriggerPin, PinState
 
 from hardware.drivers import OptionValue
 from hardware.errors import BusError, HardwareError, SensorMissingError, SensorSettingsError
@@ -263,6 +263,31 @@ class TappedDistanceSensor(DistanceSensor):  # type: ignore[misc]
         return value
 
 
+class TappedDevice:
+    """A tapped gpiozero device (above) and its `SampleTap`, made together: what a PIR or
+    HC-SR04 driver holds from open() to close().
+
+    `build(tap)` makes the device, which claims its pins and starts gpiozero's sampling thread;
+    its errors are translated by `gpio_errors(what)`, and after one nothing is held. Not
+    locked: the driver's lock covers it.
+    """
+
+    def __init__(self, what: str, build: Callable[[SampleTap], Any]) -> None:
+        tap = SampleTap()
+        with gpio_errors(what):
+            self._device = build(tap)
+        self._tap = tap
+
+    def fresh(self, count: int, timeout: float) -> list[float] | None:
+        """The first `count` results of samples that start from now on, waiting up to
+        `timeout` seconds of real time; None if they did not come (`SampleTap.wait_fresh`)."""
+        return self._tap.wait_fresh(self._tap.mark(), count, timeout)
+
+    def close(self) -> None:
+        """Stop the sampling thread and release the pins."""
+        self._device.close()
+
+
 # -- emulated circuits on mock pins ------------------------------------------------------------
 
 
@@ -291,6 +316,23 @@ class DigitalOutputEmulator:
         self.active_low = active_low
         self.what = what
         self._lock = threading.Lock()
+
+    @classmethod
+    def on_pin(
+        cls,
+        factory: MockFactory,
+        pin: int,
+        signal: SignalModel,
+        clock: Clock,
+        *,
+        active_low: bool = False,
+        what: str,
+    ) -> Self:
+        """The emulator driving BCM `pin` of `factory`; a pin gpiozero refuses (in use, no such
+        pin) is a SensorSettingsError, as for a driver."""
+        with gpio_errors(what):
+            mock_pin = factory.pin(pin)
+        return cls(mock_pin, signal, clock, active_low=active_low, what=what)
 
     def __repr__(self) -> str:
         return f"DigitalOutputEmulator({self.what!r}, active_low={self.active_low})"

@@ -5,6 +5,9 @@ the driver class (taking an injected bus, pin factory or sysfs tree) and the chi
 and exports one `DRIVER: DriverInfo`. `hardware.registry` lists those records, one line per
 driver. `DriverInfo` lives here rather than in the registry so that driver modules can build
 theirs without importing the registry, which imports them.
+
+What the I2C chip drivers share is in `hardware.drivers.i2c`, what the GPIO ones share in
+`hardware.gpio`.
 """
 
 from __future__ import annotations

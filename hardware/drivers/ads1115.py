@@ -15,10 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Self
 
-from hardware.bus import I2CBus, I2CDevice, bus_errors, dropout_error
+from hardware.bus import I2CBus, I2CDevice, dropout_error
 from hardware.drivers import OptionValue, i2c_driver
+from hardware.drivers.i2c import I2CSensor, SignalInputs
 from hardware.errors import ChipIdError, DataError, SensorSettingsError, SensorTimeoutError
-from hardware.sensor import BackendKind, Clock, Quantity, Sensor
+from hardware.sensor import BackendKind, Clock, Quantity
 from hardware.signals import Constant, SignalModel
 from hardware.timing import RealTimer, Timer
 
@@ -186,7 +187,7 @@ def _parse_data_rate(value: OptionValue) -> int:
 # -- the driver ------------------------------------------------------------------------------
 
 
-class ADS1115(Sensor):
+class ADS1115(I2CSensor):
     """An ADS1115 on an I2C bus: the configured single-ended channels, one conversion each.
 
     Single-shot mode keeps the ADC powered down between reads and makes each value a fresh
@@ -204,6 +205,8 @@ class ADS1115(Sensor):
 
     driver_name = "ads1115"
     quantities = QUANTITIES
+    addresses = ADDRESSES
+    address_rule = "an ADS1115 answers only at 0x48..0x4B (ADDR strapping)"
 
     def __init__(
         self,
@@ -215,20 +218,10 @@ class ADS1115(Sensor):
         clock: Clock = time.time,
         timer: Timer | None = None,
     ) -> None:
-        if address not in ADDRESSES:
-            raise ValueError(
-                f"an ADS1115 answers only at 0x48..0x4B (ADDR strapping), not {address:#04x}"
-            )
-        super().__init__(backend, clock)
+        super().__init__(bus, address, backend=backend, clock=clock, timer=timer)
         self.settings = settings if settings is not None else Settings()
         # This instance measures only the configured channels, and says so.
         self.quantities = tuple(QUANTITIES[n] for n in self.settings.channels)
-        self.address = address
-        self._bus = bus
-        self._timer: Timer = timer if timer is not None else RealTimer()
-        # Each conversion is a config write, polls and a read; interleaved with another
-        # thread's, one would read the other's channel.
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         s = self.settings
@@ -290,21 +283,18 @@ class ADS1115(Sensor):
         return self._read_signed(REG_CONVERSION, f"read AIN{channel} result")
 
     def _read_register(self, register: int, what: str) -> int:
-        with bus_errors(f"{self._where()}: {what}"):
+        with self._bus_errors(what):
             msb, lsb = self._bus.read_i2c_block_data(self.address, register, 2)
         return (msb << 8) | lsb
 
     def _read_signed(self, register: int, what: str) -> int:
-        with bus_errors(f"{self._where()}: {what}"):
+        with self._bus_errors(what):
             msb, lsb = self._bus.read_i2c_block_data(self.address, register, 2)
         return signed16(msb, lsb)
 
     def _write_register(self, register: int, value: int, what: str) -> None:
-        with bus_errors(f"{self._where()}: {what}"):
+        with self._bus_errors(what):
             self._bus.write_i2c_block_data(self.address, register, [value >> 8, value & 0xFF])
-
-    def _where(self) -> str:
-        return f"ads1115 at {self.address:#04x}"
 
 
 def open_ads1115(
@@ -365,16 +355,7 @@ class ADS1115Emulator(I2CDevice):
     ) -> None:
         """`conversion_time` None means wake-up plus 1 / DR; set it to model a slow or stuck
         oscillator. `options` are ignored: the driver configures the chip over the bus."""
-        unknown = set(signals or {}) - set(DEFAULT_INPUTS)
-        if unknown:
-            raise ValueError(
-                f"ads1115 emulator has no quantity {sorted(unknown)}; "
-                f"known: {sorted(DEFAULT_INPUTS)}"
-            )
-        self._signals: dict[str, SignalModel] = {
-            name: Constant(value) for name, value in DEFAULT_INPUTS.items()
-        }
-        self._signals.update(signals or {})
+        self._signals = SignalInputs("ads1115", DEFAULT_INPUTS, signals)
         self._clock = clock
         self._timer: Timer = timer if timer is not None else RealTimer()
         self.conversion_time = conversion_time
@@ -396,10 +377,8 @@ class ADS1115Emulator(I2CDevice):
         self.set_signal(f"voltage_{channel}", Constant(volts))
 
     def set_signal(self, quantity: str, model: SignalModel) -> None:
-        if quantity not in DEFAULT_INPUTS:
-            raise ValueError(f"ads1115 emulator has no quantity {quantity!r}")
         with self._lock:
-            self._signals[quantity] = model
+            self._signals.set(quantity, model)
 
     def power_on(self) -> None:
         with self._lock:

@@ -16,10 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Self
 
-from hardware.bus import I2CBus, I2CDevice, bus_errors, dropout_error, i2c_read
+from hardware.bus import I2CBus, I2CDevice, dropout_error, i2c_read
 from hardware.drivers import OptionValue, i2c_driver
+from hardware.drivers.i2c import I2CSensor
 from hardware.errors import DataError, SensorSettingsError
-from hardware.sensor import BackendKind, Clock, Quantity, Sensor
+from hardware.sensor import BackendKind, Clock, Quantity
 from hardware.signals import Constant, SignalModel
 from hardware.timing import RealTimer, Timer
 
@@ -130,7 +131,7 @@ def parse_options(options: Mapping[str, OptionValue] | None) -> int:
 # -- the driver ------------------------------------------------------------------------------
 
 
-class BH1750(Sensor):
+class BH1750(I2CSensor):
     """A BH1750 on an I2C bus: one one-time high-resolution measurement per read.
 
     One-time mode leaves the chip powered down (about 1 µA) between reads, and each read
@@ -147,6 +148,8 @@ class BH1750(Sensor):
 
     driver_name = "bh1750"
     quantities = QUANTITIES
+    addresses = ADDRESSES
+    address_rule = "a BH1750 answers only at 0x23 or 0x5C (ADDR strapping)"
 
     def __init__(
         self,
@@ -158,19 +161,9 @@ class BH1750(Sensor):
         clock: Clock = time.time,
         timer: Timer | None = None,
     ) -> None:
-        if address not in ADDRESSES:
-            raise ValueError(
-                f"a BH1750 answers only at 0x23 or 0x5C (ADDR strapping), not {address:#04x}"
-            )
+        super().__init__(bus, address, backend=backend, clock=clock, timer=timer)
         self._mtreg_instructions = mtreg_instructions(mtreg)
-        super().__init__(backend, clock)
-        self.address = address
         self.mtreg = mtreg
-        self._bus = bus
-        self._timer: Timer = timer if timer is not None else RealTimer()
-        # A measurement is five instructions then a read; another thread's instructions in
-        # between would restart or reconfigure it.
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (
@@ -199,7 +192,7 @@ class BH1750(Sensor):
             self._instruction(low, "set MTreg low bits")
             self._instruction(ONE_TIME_H_RES, "start measurement")
             self._timer.sleep(measurement_time_max(self.mtreg))
-            with bus_errors(f"{self._where()}: read result"):
+            with self._bus_errors("read result"):
                 data = i2c_read(self._bus, self.address, 2)
         raw = (data[0] << 8) | data[1]
         if raw == RAW_SATURATED:
@@ -211,11 +204,8 @@ class BH1750(Sensor):
         return {"illuminance": lux_from_raw(raw, self.mtreg)}
 
     def _instruction(self, instruction: int, what: str) -> None:
-        with bus_errors(f"{self._where()}: {what}"):
+        with self._bus_errors(what):
             self._bus.write_byte(self.address, instruction)
-
-    def _where(self) -> str:
-        return f"bh1750 at {self.address:#04x}"
 
 
 def open_bh1750(

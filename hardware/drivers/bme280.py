@@ -15,10 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Self
 
-from hardware.bus import I2CBus, RegisterDevice, bus_errors, dropout_error
+from hardware.bus import I2CBus, RegisterDevice, dropout_error
 from hardware.drivers import OptionValue, i2c_driver
+from hardware.drivers.i2c import I2CSensor, SignalInputs
 from hardware.errors import ChipIdError, DataError, SensorTimeoutError
-from hardware.sensor import BackendKind, Clock, Quantity, Sensor
+from hardware.sensor import BackendKind, Clock, Quantity
 from hardware.signals import Constant, SignalModel
 from hardware.timing import RealTimer, Timer
 
@@ -291,7 +292,7 @@ def measurement_time_max(osrs_t: int, osrs_p: int, osrs_h: int) -> float:
 # -- the driver ------------------------------------------------------------------------------
 
 
-class BME280(Sensor):
+class BME280(I2CSensor):
     """A BME280 on an I2C bus, measured in forced mode: one conversion per `read()`.
 
     Forced mode suits slow polling (an agent reading every few seconds): the chip sleeps between
@@ -306,6 +307,8 @@ class BME280(Sensor):
 
     driver_name = "bme280"
     quantities = QUANTITIES
+    addresses = ADDRESSES
+    address_rule = "a BME280 answers only at 0x76 or 0x77 (SDO strapping)"
 
     def __init__(
         self,
@@ -316,21 +319,8 @@ class BME280(Sensor):
         clock: Clock = time.time,
         timer: Timer | None = None,
     ) -> None:
-        if address not in ADDRESSES:
-            raise ValueError(
-                f"a BME280 answers only at 0x76 or 0x77 (SDO strapping), not {address:#04x}"
-            )
-        super().__init__(backend, clock)
-        self.address = address
-        self._bus = bus
-        self._timer: Timer = timer if timer is not None else RealTimer()
+        super().__init__(bus, address, backend=backend, clock=clock, timer=timer)
         self._calibration: Calibration | None = None
-        # One conversion is a sequence of transfers; two threads interleaving them would read
-        # each other's results or trip each other's polling.
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"BME280(address={self.address:#04x}, backend={self.status.backend.value})"
 
     @property
     def calibration(self) -> Calibration | None:
@@ -415,19 +405,16 @@ class BME280(Sensor):
     # Every transfer goes through these three so OSError is translated in one place.
 
     def _read_byte(self, register: int, what: str) -> int:
-        with bus_errors(f"{self._where()}: {what}"):
+        with self._bus_errors(what):
             return self._bus.read_byte_data(self.address, register)
 
     def _read_block(self, register: int, length: int, what: str) -> list[int]:
-        with bus_errors(f"{self._where()}: {what}"):
+        with self._bus_errors(what):
             return self._bus.read_i2c_block_data(self.address, register, length)
 
     def _write_byte(self, register: int, value: int, what: str) -> None:
-        with bus_errors(f"{self._where()}: {what}"):
+        with self._bus_errors(what):
             self._bus.write_byte_data(self.address, register, value)
-
-    def _where(self) -> str:
-        return f"bme280 at {self.address:#04x}"
 
 
 _CHIP_HINTS: Final = {
@@ -622,16 +609,7 @@ class BME280Emulator(RegisterDevice):
         `nvm_copy_time` has no datasheet figure; the default sits inside t_startup (2 ms).
         `options` (placement settings) mean nothing to this chip and are ignored.
         """
-        unknown = set(signals or {}) - set(DEFAULT_ENVIRONMENT)
-        if unknown:
-            raise ValueError(
-                f"bme280 emulator has no quantity {sorted(unknown)}; "
-                f"known: {sorted(DEFAULT_ENVIRONMENT)}"
-            )
-        self._signals: dict[str, SignalModel] = {
-            name: Constant(value) for name, value in DEFAULT_ENVIRONMENT.items()
-        }
-        self._signals.update(signals or {})
+        self._signals = SignalInputs("bme280", DEFAULT_ENVIRONMENT, signals)
         self._clock = clock
         self._timer: Timer = timer if timer is not None else RealTimer()
         self._calibration = calibration
@@ -673,13 +651,11 @@ class BME280Emulator(RegisterDevice):
                 ("pressure", pressure),
             ):
                 if value is not None:
-                    self._signals[name] = Constant(value)
+                    self._signals.set(name, Constant(value))
 
     def set_signal(self, quantity: str, model: SignalModel) -> None:
-        if quantity not in DEFAULT_ENVIRONMENT:
-            raise ValueError(f"bme280 emulator has no quantity {quantity!r}")
         with self._lock:
-            self._signals[quantity] = model
+            self._signals.set(quantity, model)
 
     # -- power and reset ---------------------------------------------------------------------
 

@@ -246,12 +246,14 @@ def open_button(
     factory = backend.pin_factory()
     before_read: Callable[[], None] | None = None
     if isinstance(backend, EmulatedBackend):
-        what = f"button on GPIO{pin}"
-        with gpio.gpio_errors(what):
-            mock_pin = factory.pin(pin)
         # A closed contact pulls a pulled-up input to GND, a pulled-down one to 3.3 V.
-        emulator = gpio.DigitalOutputEmulator(
-            mock_pin, signals["contact"], backend.clock, active_low=pull_up, what=what
+        emulator = gpio.DigitalOutputEmulator.on_pin(
+            factory,
+            pin,
+            signals["contact"],
+            backend.clock,
+            active_low=pull_up,
+            what=f"button on GPIO{pin}",
         )
         before_read = emulator.drive
     sensor = ContactButton(

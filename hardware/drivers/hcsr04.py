@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from gpiozero import Factory
     from gpiozero.pins.mock import MockFactory
 
-    from hardware.gpio import EchoTriggerPin, SampleTap, TappedDistanceSensor
+    from hardware.gpio import EchoTriggerPin, TappedDevice
 
 RANGE_MIN: Final = 0.02
 """m; the datasheet's shortest range: nearer, the echo returns while the module still rings."""
@@ -110,8 +110,7 @@ class HCSR04(Sensor):
         self.max_distance = max_distance
         self.samples = samples
         self._factory = pin_factory
-        self._device: TappedDistanceSensor | None = None
-        self._tap: SampleTap | None = None
+        self._device: TappedDevice | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -132,33 +131,31 @@ class HCSR04(Sensor):
 
     def close(self) -> None:
         with self._lock:
-            device, self._device, self._tap = self._device, None, None
+            device, self._device = self._device, None
         if device is not None:
             device.close()
 
-    def _open_device(self) -> tuple[TappedDistanceSensor, SampleTap]:
+    def _open_device(self) -> TappedDevice:
         from hardware import gpio
 
-        if self._device is not None and self._tap is not None:
-            return self._device, self._tap
-        tap = gpio.SampleTap()
-        with gpio.gpio_errors(self._where()):
-            device = gpio.TappedDistanceSensor(
-                tap=tap,
-                echo=self.echo,
-                trigger=self.trigger,
-                max_distance=self.max_distance,
-                threshold_distance=self.max_distance / 2,  # unused; must not exceed the max
-                queue_len=self.samples,
-                pin_factory=self._factory,
+        if self._device is None:
+            self._device = gpio.TappedDevice(
+                self._where(),
+                lambda tap: gpio.TappedDistanceSensor(
+                    tap=tap,
+                    echo=self.echo,
+                    trigger=self.trigger,
+                    max_distance=self.max_distance,
+                    threshold_distance=self.max_distance / 2,  # unused; must not exceed the max
+                    queue_len=self.samples,
+                    pin_factory=self._factory,
+                ),
             )
-        self._device, self._tap = device, tap
-        return device, tap
+        return self._device
 
     def _measure(self) -> Mapping[str, float]:
         with self._lock:
-            _, tap = self._open_device()
-            ratios = tap.wait_fresh(tap.mark(), self.samples, self.read_timeout)
+            ratios = self._open_device().fresh(self.samples, self.read_timeout)
         if ratios is None:
             raise SensorTimeoutError(
                 f"{self._where()}: fewer than {self.samples} echoes in {self.read_timeout:.2f} s"

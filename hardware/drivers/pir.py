@@ -27,7 +27,7 @@ from hardware.signals import SignalModel
 if TYPE_CHECKING:
     from gpiozero import Factory
 
-    from hardware.gpio import SampleTap, TappedMotionSensor
+    from hardware.gpio import TappedDevice
 
 DEFAULT_PIN: Final = 17
 """BCM 17 (header pin 11): free of I2C, SPI and UART, next to 3.3 V and GND on pins 1 and 9."""
@@ -75,8 +75,7 @@ class PIRMotion(Sensor):
         self.sample_rate = sample_rate
         self._factory = pin_factory
         self._before_read = before_read
-        self._device: TappedMotionSensor | None = None
-        self._tap: SampleTap | None = None
+        self._device: TappedDevice | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -91,36 +90,34 @@ class PIRMotion(Sensor):
 
     def close(self) -> None:
         with self._lock:
-            device, self._device, self._tap = self._device, None, None
+            device, self._device = self._device, None
         if device is not None:
             device.close()
 
-    def _open_device(self) -> tuple[TappedMotionSensor, SampleTap]:
+    def _open_device(self) -> TappedDevice:
         from hardware import gpio
 
-        if self._device is not None and self._tap is not None:
-            return self._device, self._tap
-        tap = gpio.SampleTap()
-        with gpio.gpio_errors(self._where()):
-            device = gpio.TappedMotionSensor(
-                self.pin,
-                tap=tap,
-                pull_up=False,
-                queue_len=1,
-                sample_rate=self.sample_rate,
-                pin_factory=self._factory,
+        if self._device is None:
+            self._device = gpio.TappedDevice(
+                self._where(),
+                lambda tap: gpio.TappedMotionSensor(
+                    self.pin,
+                    tap=tap,
+                    pull_up=False,
+                    queue_len=1,
+                    sample_rate=self.sample_rate,
+                    pin_factory=self._factory,
+                ),
             )
-        self._device, self._tap = device, tap
-        return device, tap
+        return self._device
 
     def _measure(self) -> Mapping[str, float]:
         with self._lock:
-            _, tap = self._open_device()
+            device = self._open_device()
             if self._before_read is not None:
                 self._before_read()
-            mark = tap.mark()
             timeout = 2.0 / self.sample_rate + READ_SLACK
-            samples = tap.wait_fresh(mark, 1, timeout)
+            samples = device.fresh(1, timeout)
         if samples is None:
             raise SensorTimeoutError(
                 f"{self._where()}: gpiozero took no sample within {timeout:.2f} s"
@@ -152,10 +149,9 @@ def open_pir(
     factory = backend.pin_factory()
     before_read: Callable[[], None] | None = None
     if isinstance(backend, EmulatedBackend):
-        what = f"pir on GPIO{pin}"
-        with gpio.gpio_errors(what):
-            mock_pin = factory.pin(pin)
-        emulator = gpio.DigitalOutputEmulator(mock_pin, signals["motion"], backend.clock, what=what)
+        emulator = gpio.DigitalOutputEmulator.on_pin(
+            factory, pin, signals["motion"], backend.clock, what=f"pir on GPIO{pin}"
+        )
         before_read = emulator.drive
     sensor = PIRMotion(
         factory,

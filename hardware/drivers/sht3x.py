@@ -22,15 +22,15 @@ from hardware.bus import (
     NACK_ERRNO,
     I2CBus,
     I2CDevice,
-    bus_errors,
     dropout_error,
     i2c_read,
     i2c_write,
     translate_os_error,
 )
 from hardware.drivers import OptionValue, i2c_driver
+from hardware.drivers.i2c import I2CSensor, SignalInputs
 from hardware.errors import DataError, HardwareError, SensorTimeoutError
-from hardware.sensor import BackendKind, Clock, Quantity, Sensor
+from hardware.sensor import BackendKind, Clock, Quantity
 from hardware.signals import Constant, SignalModel
 from hardware.timing import RealTimer, Timer
 
@@ -191,7 +191,7 @@ def convert(raw_t: int, raw_rh: int) -> dict[str, float]:
 # -- the driver ------------------------------------------------------------------------------
 
 
-class SHT3x(Sensor):
+class SHT3x(I2CSensor):
     """An SHT30/31/35 on an I2C bus: one single-shot, high-repeatability measurement per read.
 
     Clock stretching is off: stretching would hold SCL for up to 15 ms per read, which some
@@ -207,6 +207,8 @@ class SHT3x(Sensor):
 
     driver_name = "sht3x"
     quantities = QUANTITIES
+    addresses = ADDRESSES
+    address_rule = "an SHT3x answers only at 0x44 or 0x45 (ADDR strapping)"
 
     def __init__(
         self,
@@ -217,22 +219,9 @@ class SHT3x(Sensor):
         clock: Clock = time.time,
         timer: Timer | None = None,
     ) -> None:
-        if address not in ADDRESSES:
-            raise ValueError(
-                f"an SHT3x answers only at 0x44 or 0x45 (ADDR strapping), not {address:#04x}"
-            )
-        super().__init__(backend, clock)
-        self.address = address
-        self._bus = bus
-        self._timer: Timer = timer if timer is not None else RealTimer()
+        super().__init__(bus, address, backend=backend, clock=clock, timer=timer)
         self._ready = False
         self._last_status: int | None = None
-        # A measurement is a command then reads; two threads interleaving them would steal
-        # each other's results.
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"SHT3x(address={self.address:#04x}, backend={self.status.backend.value})"
 
     @property
     def chip_status(self) -> int | None:
@@ -274,7 +263,7 @@ class SHT3x(Sensor):
 
     def _read_status(self) -> int:
         self._command(CMD_READ_STATUS, "read status")
-        with bus_errors(f"{self._where()}: read status"):
+        with self._bus_errors("read status"):
             data = i2c_read(self._bus, self.address, STATUS_LENGTH)
         (status,) = unpack_words(data, f"{self._where()}: status")
         self._last_status = status
@@ -309,11 +298,8 @@ class SHT3x(Sensor):
         return raw_t, raw_rh
 
     def _command(self, command: int, what: str) -> None:
-        with bus_errors(f"{self._where()}: {what}"):
+        with self._bus_errors(what):
             i2c_write(self._bus, self.address, (command >> 8, command & 0xFF))
-
-    def _where(self) -> str:
-        return f"sht3x at {self.address:#04x}"
 
 
 def open_sht3x(
@@ -369,16 +355,7 @@ class SHT3xEmulator(I2CDevice):
     ) -> None:
         """`conversion_time` None means the datasheet's typical duration for the repeatability
         commanded; set it to model a slow or wedged chip. `options` are ignored."""
-        unknown = set(signals or {}) - set(DEFAULT_ENVIRONMENT)
-        if unknown:
-            raise ValueError(
-                f"sht3x emulator has no quantity {sorted(unknown)}; "
-                f"known: {sorted(DEFAULT_ENVIRONMENT)}"
-            )
-        self._signals: dict[str, SignalModel] = {
-            name: Constant(value) for name, value in DEFAULT_ENVIRONMENT.items()
-        }
-        self._signals.update(signals or {})
+        self._signals = SignalInputs("sht3x", DEFAULT_ENVIRONMENT, signals)
         self._clock = clock
         self._timer: Timer = timer if timer is not None else RealTimer()
         self.conversion_time = conversion_time
@@ -398,15 +375,13 @@ class SHT3xEmulator(I2CDevice):
         """Hold quantities at fixed values (°C, %RH) from the next measurement on."""
         with self._lock:
             if temperature is not None:
-                self._signals["temperature"] = Constant(temperature)
+                self._signals.set("temperature", Constant(temperature))
             if humidity is not None:
-                self._signals["humidity"] = Constant(humidity)
+                self._signals.set("humidity", Constant(humidity))
 
     def set_signal(self, quantity: str, model: SignalModel) -> None:
-        if quantity not in DEFAULT_ENVIRONMENT:
-            raise ValueError(f"sht3x emulator has no quantity {quantity!r}")
         with self._lock:
-            self._signals[quantity] = model
+            self._signals.set(quantity, model)
 
     def power_on(self) -> None:
         with self._lock:
