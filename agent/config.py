@@ -75,6 +75,11 @@ class MqttSettings(Section):
     max_inflight: int = Field(default=100, ge=1, le=65535, description="unacknowledged QoS 1")
     tls: TlsSettings | None = None
 
+    @model_validator(mode="after")
+    def _topic_template_valid(self) -> Self:
+        self.topics()  # a ContractError is a ValueError: pydantic reports it against the file
+        return self
+
     def topics(self) -> Topics:
         return Topics(prefix=self.prefix, telemetry_template=self.topic)
 
@@ -169,11 +174,16 @@ def apply_env_overrides(
 def describe_errors(exc: ValidationError, source: str) -> str:
     lines = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        key = ".".join(str(part) for part in error["loc"])
+        message = error["msg"]
+        if error["type"] == "value_error":
+            message = message.removeprefix("Value error, ")  # our own validators' sentences
         if error["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key '{key}'")
+        elif not key:
+            lines.append(f"{source}: {message}")  # a rule across sections
         else:
-            lines.append(f"{source}: key '{key}': {error['msg']}")
+            lines.append(f"{source}: key '{key}': {message}")
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ import re
 import string
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Final, Literal, Self
+from typing import Annotated, ClassVar, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, model_validator
 
@@ -102,6 +102,48 @@ class Telemetry(_Payload):
     source: Source
     values: dict[QuantityName, Value] = Field(min_length=1)
     anomaly: Anomaly | None = None
+
+
+class FlatReading(BaseModel):
+    """The original simulator's payload, for consumers written against it (`[mqtt] payload =
+    "flat"`): one object per device and period, no schema version, sequence or source.
+
+    `timestamp` is seconds since the Unix epoch, as a float, like the original's
+    `time.time()`; temperature (°C) and humidity (%RH) are rounded to two decimals, as the
+    original's were.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device_id: DeviceId
+    timestamp: Float = Field(gt=0)
+    temperature: Float
+    humidity: Float
+
+    QUANTITIES: ClassVar[frozenset[str]] = frozenset({"temperature", "humidity"})
+
+    @classmethod
+    def from_telemetry(cls, telemetry: Telemetry) -> FlatReading | None:
+        """The flat form of a reading that has both quantities; None otherwise."""
+        values = telemetry.values
+        if not values.keys() >= cls.QUANTITIES:
+            return None
+        return cls(
+            device_id=telemetry.device,
+            timestamp=telemetry.ts,
+            temperature=round(values["temperature"].value, 2),
+            humidity=round(values["humidity"].value, 2),
+        )
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> Self:
+        try:
+            return cls.model_validate_json(payload)
+        except ValueError as exc:
+            raise ContractError(f"invalid {cls.__name__} payload: {exc}") from exc
 
 
 class Status(_Payload):
@@ -254,7 +296,9 @@ TopicKind = Literal["status", "twin", "telemetry", "desired", "reported", "state
 @dataclass(frozen=True, slots=True)
 class ParsedTopic:
     kind: TopicKind
-    device: str
+    device: str | None
+    """None only for telemetry on a topic that every device shares (a template without
+    {device_id}, e.g. ``sensors/data``): the payload names the device."""
     sensor: str | None = None
 
 
@@ -268,7 +312,9 @@ class Topics:
     The template (original simulator style, e.g. ``sensors/{device_id}``) moves telemetry only;
     presence, config and state keep their place under the prefix. It may use {prefix},
     {device_id} and {sensor}; without {sensor}, all of a device's sensors share one topic and
-    the payload's `sensor` field tells them apart.
+    the payload's `sensor` field tells them apart. Without {device_id} (the original
+    simulator's code publishes every device on ``sensors/data``), all devices share the topic
+    and the payload's `device` (or a flat payload's `device_id`) tells them apart.
     """
 
     prefix: str = DEFAULT_PREFIX
@@ -280,13 +326,18 @@ class Topics:
         if self.telemetry_template is not None:
             fields = {f for _, f, _, _ in string.Formatter().parse(self.telemetry_template) if f}
             unknown = fields - _TEMPLATE_FIELDS
-            if unknown or "device_id" not in fields:
+            if unknown:
                 raise ContractError(
-                    f"telemetry topic template {self.telemetry_template!r} must contain "
-                    f"{{device_id}} and may use only {sorted(_TEMPLATE_FIELDS)}"
+                    f"telemetry topic template {self.telemetry_template!r} may use only "
+                    f"{sorted('{' + f + '}' for f in _TEMPLATE_FIELDS)}, not "
+                    f"{sorted('{' + f + '}' for f in unknown)}"
                 )
             if any(c in self.telemetry_template for c in "+#"):
                 raise ContractError("telemetry topic template may not contain wildcards")
+            if not self.telemetry_template or self.telemetry_template.startswith("$"):
+                raise ContractError(
+                    f"telemetry topic template {self.telemetry_template!r} is not a topic"
+                )
 
     def status(self, device: str) -> str:
         return f"{self.prefix}/{device}/status"
@@ -333,7 +384,8 @@ class Topics:
         parsed = self._parse_prefixed(topic) or self._parse_template(topic)
         if parsed is None:
             raise ContractError(f"topic {topic!r} is not part of the edgetwin contract")
-        check_id(parsed.device)
+        if parsed.device is not None:
+            check_id(parsed.device)
         if parsed.sensor is not None:
             check_id(parsed.sensor, "sensor name")
         return parsed
@@ -368,4 +420,5 @@ class Topics:
         match = re.fullmatch(pattern, topic)
         if match is None:
             return None
-        return ParsedTopic("telemetry", match["device"], match.groupdict().get("sensor"))
+        groups = match.groupdict()
+        return ParsedTopic("telemetry", groups.get("device"), groups.get("sensor"))

@@ -13,9 +13,10 @@ from prometheus_client import start_http_server
 
 from agent.runtime import agent_version
 from agent.tracing import setup_tracing
+from gateway.compat import SimulatorControl
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
-from gateway.routers import desired, devices, fleet, page, system
+from gateway.routers import compat, desired, devices, fleet, page, system
 from gateway.service import GatewayService
 from hardware.sensor import Clock
 
@@ -33,6 +34,8 @@ def create_app(config: GatewayConfig, *, clock: Clock = time.time) -> FastAPI:
         app.state.config = config
         app.state.tracer = tracing.tracer("edgetwin.gateway.api")
         app.state.service = service
+        control = SimulatorControl(service, config.compat_plan())
+        app.state.control = control
         exporter = None
         if (
             observability.prometheus_port is not None
@@ -55,6 +58,7 @@ def create_app(config: GatewayConfig, *, clock: Clock = time.time) -> FastAPI:
         try:
             yield
         finally:
+            control.shutdown()
             service.stop()
             if exporter is not None:
                 exporter.shutdown()
@@ -71,6 +75,7 @@ def create_app(config: GatewayConfig, *, clock: Clock = time.time) -> FastAPI:
     app.include_router(desired.router)
     app.include_router(fleet.router)
     app.include_router(system.router)
+    app.include_router(compat.router)
     app.include_router(page.router)
 
     @app.middleware("http")

@@ -1,17 +1,21 @@
 """The gateway's configuration file.
 
-A file written for the original sensor simulator (`[simulator]`, `[mqtt]`, `[observability]`)
-is valid here unchanged: its `device_count` devices become simulated members of the fleet.
+Both files of the original sensor simulator are valid here unchanged. Its README's
+(`[simulator]`, `[mqtt]`, `[observability]`): its `device_count` devices become simulated
+members of the fleet. Its code's (`[simulation]`, `[server]`, `[mqtt]`, `[observability]`): no
+device runs at start; its control routes (/start, /scale, /stop) start them, every
+`frequency_sec` seconds, up to `max_devices`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Final, Self
+from typing import Annotated, Final, Literal, Self
 
-from pydantic import Field, SecretStr, StringConstraints, model_validator
+from pydantic import Field, SecretStr, StringConstraints, field_validator, model_validator
 
 from agent.config import ENV_OVERRIDES, MqttSettings, ObservabilitySettings, Section, load
 from agent.contract import DeviceId, LabelKey, LabelValue, SensorName, SensorSettings, Site
@@ -31,9 +35,58 @@ class SimulatorSection(Section):
     )
     seed: int = 0
 
+    @staticmethod
+    def id_width(count: int) -> int:
+        return max(3, len(str(count - 1)))
+
     def device_ids(self) -> list[str]:
-        width = max(3, len(str(self.device_count - 1)))
+        width = self.id_width(self.device_count)
         return [f"{self.device_prefix}{i:0{width}d}" for i in range(self.device_count)]
+
+
+class SimulationSection(Section):
+    """The original simulator's code's section: devices started and scaled through its API."""
+
+    frequency_sec: float = Field(
+        default=1.0, gt=0, le=86_400, description="seconds between a device's readings"
+    )
+    max_devices: int = Field(
+        default=100, ge=1, le=1_000_000, description="cap on /start and /scale counts"
+    )
+
+
+# Devices that the simulator control routes started carry this label in the manifest and in
+# their twin documents: they live as long as the gateway that started them, like the original
+# simulator's, so a twin document of theirs left on the broker never brings them back.
+COMPAT_LABEL: Final = ("edgetwin.origin", "simulator-api")
+
+# The original simulator's code names its devices device_000, device_001, ...
+COMPAT_PREFIX: Final = "device_"
+DEFAULT_COMPAT_CAP: Final = 100
+
+
+@dataclass(frozen=True)
+class CompatPlan:
+    """How the simulator control routes name, pace and cap the devices they run."""
+
+    prefix: str
+    width: int
+    interval: float
+    max_devices: int
+    initial: tuple[str, ...]
+    """devices running from the start: the README-style `[simulator]` ones"""
+
+    def device_id(self, index: int) -> str:
+        return f"{self.prefix}{index:0{self.width}d}"
+
+
+class GatewayMqttSettings(MqttSettings):
+    payload: Literal["edgetwin", "flat"] = Field(
+        default="edgetwin",
+        description="telemetry payload of simulated devices: 'edgetwin' (the contract's "
+        "Telemetry) or 'flat', the original simulator's {device_id, timestamp, temperature, "
+        "humidity}",
+    )
 
 
 class ServerSection(Section):
@@ -67,18 +120,38 @@ class PresenceSection(Section):
 
 class GatewayConfig(Section):
     simulator: SimulatorSection = SimulatorSection()
-    mqtt: MqttSettings = MqttSettings()
+    simulation: SimulationSection | None = None
+    mqtt: GatewayMqttSettings = GatewayMqttSettings()
     observability: ObservabilitySettings = ObservabilitySettings(service_name="edgetwin-gateway")
     server: ServerSection = ServerSection()
     presence: PresenceSection = PresenceSection()
     api: ApiSection = ApiSection()
     devices: list[ManifestDevice] = Field(default_factory=list)
 
+    @field_validator("mqtt", mode="before")
+    @classmethod
+    def _widen_mqtt(cls, value: object) -> object:
+        # Shared MqttSettings (as code and tests build them) become the gateway's, with the
+        # same fields set.
+        if isinstance(value, MqttSettings) and not isinstance(value, GatewayMqttSettings):
+            return {name: getattr(value, name) for name in value.model_fields_set}
+        return value
+
     @model_validator(mode="after")
     def _no_auth_only_on_loopback(self) -> Self:
         if self.api.local_no_auth and not _is_loopback(self.server.host):
             raise ValueError(
                 f"api.local_no_auth needs server.host on loopback, not {self.server.host!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_simulator_format(self) -> Self:
+        if self.simulation is not None and "simulator" in self.model_fields_set:
+            raise ValueError(
+                "[simulator] (the original simulator's README format: device_count, "
+                "publish_interval) and [simulation] (its code's format: frequency_sec, "
+                "max_devices) cannot be used together; keep one of them"
             )
         return self
 
@@ -99,6 +172,28 @@ class GatewayConfig(Section):
         ]
         return [*self.devices, *generated]
 
+    def compat_plan(self) -> CompatPlan:
+        """The simulator control routes' devices: under `[simulation]` the original code's
+        device_000, ... none at start; otherwise the `[simulator]` devices, running from the
+        start, which the routes may stop and scale (capped at 100 or device_count)."""
+        if self.simulation is not None:
+            return CompatPlan(
+                prefix=COMPAT_PREFIX,
+                width=3,
+                interval=self.simulation.frequency_sec,
+                max_devices=self.simulation.max_devices,
+                initial=(),
+            )
+        simulator = self.simulator
+        cap = max(DEFAULT_COMPAT_CAP, simulator.device_count)
+        return CompatPlan(
+            prefix=simulator.device_prefix,
+            width=simulator.id_width(cap),
+            interval=simulator.publish_interval,
+            max_devices=cap,
+            initial=tuple(simulator.device_ids()),
+        )
+
 
 # The API address is not in the original simulator's file; containers and tests set it here.
 GATEWAY_ENV_OVERRIDES: Final[Mapping[str, tuple[str, str]]] = {
@@ -106,6 +201,7 @@ GATEWAY_ENV_OVERRIDES: Final[Mapping[str, tuple[str, str]]] = {
     "EDGETWIN_SERVER_HOST": ("server", "host"),
     "EDGETWIN_SERVER_PORT": ("server", "port"),
     "EDGETWIN_API_TOKEN": ("api", "token"),
+    "EDGETWIN_PROMETHEUS_HOST": ("observability", "prometheus_host"),
 }
 
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from gateway.compat import SimulatorControl
 from gateway.metrics import GatewayMetrics
 from gateway.service import GatewayService
 
@@ -20,5 +21,11 @@ def _metrics(request: Request) -> GatewayMetrics:
     return metrics
 
 
+def _control(request: Request) -> SimulatorControl:
+    control: SimulatorControl = request.app.state.control
+    return control
+
+
 ServiceDep = Annotated[GatewayService, Depends(_service)]
 MetricsDep = Annotated[GatewayMetrics, Depends(_metrics)]
+ControlDep = Annotated[SimulatorControl, Depends(_control)]

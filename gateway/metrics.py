@@ -1,13 +1,56 @@
-"""Prometheus metrics of one gateway, on a registry of its own (no process-wide singleton)."""
+"""Prometheus metrics of one gateway, on a registry of its own (no process-wide singleton).
+
+`mqtt_sent_total{device_id}` and `running_devices` keep the original simulator's names, so its
+dashboards keep working.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+
+class SentByDevice(Collector):
+    """`mqtt_sent_total{device_id}`: messages published per device.
+
+    A plain dict of counts rather than a labelled Counter: `inc` runs once per published
+    message, and a labelled child costs a label lookup and a lock each time (about 1.2 µs
+    against 0.2 µs here, on the engine's only thread). Only the simulation thread writes;
+    a scrape copies the dict in one step under the GIL.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def inc(self, device: str) -> None:
+        counts = self._counts
+        counts[device] = counts.get(device, 0) + 1
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "mqtt_sent",
+            "Telemetry messages the simulation published, by device (the original simulator's)",
+            labels=["device_id"],
+        )
+        for device, count in dict(self._counts).items():
+            family.add_metric([device], count)
+        yield family
 
 
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.mqtt_sent = SentByDevice()
+        self.registry.register(self.mqtt_sent)
+        self.running_devices = Gauge(
+            "running_devices",
+            "Devices the simulation plays now (the original simulator's name for "
+            "edgetwin_simulated_devices)",
+            registry=self.registry,
+        )
         self.devices = Gauge(
             "edgetwin_devices",
             "Devices by presence and by who serves their telemetry",

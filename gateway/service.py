@@ -7,6 +7,7 @@ no live agent serves, and publishes the device's twin document when that changes
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -19,6 +20,7 @@ from agent.contract import (
     ContractError,
     DesiredConfig,
     DeviceState,
+    ParsedTopic,
     ReportedConfig,
     SensorSettings,
     Server,
@@ -29,7 +31,7 @@ from agent.contract import (
 )
 from agent.mqtt import Message, MqttLink
 from agent.tracing import Tracing
-from gateway.config import GatewayConfig, ManifestDevice
+from gateway.config import COMPAT_LABEL, GatewayConfig, ManifestDevice
 from gateway.fleet import DeviceTwin, Fleet
 from gateway.metrics import GatewayMetrics
 from gateway.simulation import SimulationEngine
@@ -77,6 +79,7 @@ class GatewayService:
             seed=config.simulator.seed,
             on_published=self._simulated,
             tracer=tracing.tracer("edgetwin.gateway.simulation") if tracing.enabled else None,
+            payload=config.mqtt.payload,
         )
         self.fleet.subscribe(self._reconcile)
         self._reconcile_lock = threading.RLock()
@@ -115,6 +118,7 @@ class GatewayService:
     def _simulated(self, telemetry: Telemetry) -> None:
         # Our own readings do not come back to us (no-local): the twin records them here.
         self.metrics.simulated_messages.inc()
+        self.metrics.mqtt_sent.inc(telemetry.device)
         self.fleet.apply_telemetry(telemetry)
 
     def _publish_telemetry(self, topic: str, payload: bytes) -> None:
@@ -139,9 +143,7 @@ class GatewayService:
         try:
             parsed = self.topics.parse(message.topic)
             if parsed.kind == "telemetry":
-                telemetry = Telemetry.decode(message.payload)
-                _same_device(telemetry.device, parsed.device)
-                self.fleet.apply_telemetry(telemetry)
+                self._on_telemetry(parsed, message.payload)
             elif parsed.kind == "status":
                 status = Status.decode(message.payload)
                 _same_device(status.device, parsed.device)
@@ -164,10 +166,16 @@ class GatewayService:
                 desired = DesiredConfig.decode(message.payload) if message.payload else None
                 if desired is not None:
                     _same_device(desired.device, parsed.device)
+                assert parsed.device is not None  # only telemetry topics may be shared
                 self.fleet.apply_desired(desired, parsed.device)
             elif parsed.kind == "twin" and message.payload:
                 twin = TwinSummary.decode(message.payload)
                 _same_device(twin.device, parsed.device)
+                key, value = COMPAT_LABEL
+                if twin.labels.get(key) == value:
+                    # Started by some gateway's simulator routes: that gateway's alone, and
+                    # gone with it; a restart must not bring it back.
+                    return
                 self.fleet.apply_manifest(
                     ManifestDevice(id=twin.device, site=twin.site, labels=twin.labels, sensors={})
                 )
@@ -177,6 +185,21 @@ class GatewayService:
             log.warning(
                 "ignoring malformed message", extra={"topic": message.topic, "error": str(exc)}
             )
+
+    def _on_telemetry(self, parsed: ParsedTopic, payload: bytes) -> None:
+        """A reading of an agent (or, where no-local is missing, our own): it tells the twin the
+        stream's last seq. On a topic every device shares, the payload names the device."""
+        try:
+            telemetry = Telemetry.decode(payload)
+        except ContractError:
+            if _is_flat(payload):
+                # The original simulator's payload (ours with `[mqtt] payload = "flat"`, or a
+                # producer written for it): no seq or source, nothing the twin can use.
+                return
+            raise
+        if parsed.device is not None:
+            _same_device(telemetry.device, parsed.device)
+        self.fleet.apply_telemetry(telemetry)
 
     # -- failover -----------------------------------------------------------------------------
 
@@ -233,17 +256,26 @@ class GatewayService:
 
     # -- manifest and desired config (the API's write side) -----------------------------------
 
-    def add_device(self, device: ManifestDevice) -> DeviceTwin:
+    def add_device(self, device: ManifestDevice, *, publish_desired: bool = True) -> DeviceTwin:
+        """Add `device` to the manifest; it is simulated until its agent comes online.
+
+        Its sensors become its first desired config, retained, so that they survive a restart
+        and reach its agent. With `publish_desired=False` they stay in the manifest entry only,
+        as for the devices of the config file: for devices that live as long as this gateway.
+        """
         twin = self.fleet.add(device)
-        if twin.desired is None and device.sensors:
+        if publish_desired and twin.desired is None and device.sensors:
             self.set_desired(device.id, dict(device.sensors), expected_version=None)
         return twin
 
-    def remove_device(self, device_id: str) -> None:
+    def remove_device(self, device_id: str, *, clear_desired: bool = True) -> None:
+        """Take `device_id` out of the manifest: its simulation stops, its twin document is
+        cleared, and (unless `clear_desired` is False) its retained desired document too."""
         if self.fleet.remove(device_id) is None:
             raise UnknownDeviceError(device_id)
-        # Clearing the retained documents removes the device for every replica and restart.
-        self.link.publish(self.topics.desired(device_id), b"", qos=1, retain=True)
+        if clear_desired:
+            # Clearing the retained documents removes the device for every replica and restart.
+            self.link.publish(self.topics.desired(device_id), b"", qos=1, retain=True)
 
     def set_desired(
         self,
@@ -291,10 +323,23 @@ class GatewayService:
         self.metrics.devices.clear()
         for (presence, served_by), count in self.fleet.counts().items():
             self.metrics.devices.labels(presence, served_by).set(count)
-        self.metrics.simulated_devices.set(len(self.engine.active_devices()))
+        simulated = len(self.engine.active_devices())
+        self.metrics.simulated_devices.set(simulated)
+        self.metrics.running_devices.set(simulated)
 
 
-def _same_device(in_payload: str, in_topic: str) -> None:
+def _is_flat(payload: bytes) -> bool:
+    """Whether `payload` has the original simulator's shape: an object naming its `device_id`,
+    without the contract's schema version. The gateway reads nothing from such payloads, so it
+    need not judge the rest of them."""
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and "device_id" in body and "v" not in body
+
+
+def _same_device(in_payload: str, in_topic: str | None) -> None:
     if in_payload != in_topic:
         raise ContractError(f"payload for {in_payload!r} on the topic of {in_topic!r}")
 

@@ -3,6 +3,10 @@
 One thread and one deadline heap serve the whole simulated fleet: no thread or task per
 device. A simulated sensor is the real driver reading an emulated chip, so its payload has the
 same quantities, units and resolution as the real device's; only `source` differs.
+
+With flat payloads (the original simulator's `{device_id, timestamp, temperature, humidity}`),
+each device publishes only its first simulated sensor that measures both temperature and
+humidity; its other sensors stay scheduled but silent.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from opentelemetry.trace import Tracer
 
-from agent.contract import SensorSettings, Source, Telemetry, Topics, Value
+from agent.contract import FlatReading, SensorSettings, Source, Telemetry, Topics, Value
 from agent.sensors import open_configured
 from hardware import EmulatedBackend, HardwareError, Sensor
 from hardware.sensor import Clock
@@ -36,6 +41,7 @@ class _Stream:
     settings: SensorSettings
     sensor: Sensor
     topic: str
+    climate: bool  # measures temperature and humidity: a candidate for flat payloads
 
 
 @dataclass(order=True, frozen=True)
@@ -56,6 +62,7 @@ class SimulationEngine:
         seed: int = 0,
         on_published: Callable[[Telemetry], None] | None = None,
         tracer: Tracer | None = None,
+        payload: Literal["edgetwin", "flat"] = "edgetwin",
     ) -> None:
         self._publish = publish
         self._topics = topics
@@ -71,6 +78,9 @@ class SimulationEngine:
         # Sequence numbers survive a stream's pause, so a stream resumed by simulation continues
         # where it left off, or after the agent's last number if that is higher.
         self._seq: dict[tuple[str, str], int] = {}
+        self._flat = payload == "flat"
+        # With flat payloads: the one stream of each device that goes on the wire.
+        self._flat_stream: dict[str, str] = {}
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.published = 0
@@ -131,6 +141,11 @@ class SimulationEngine:
                 self._generation[key] = self._generation.get(key, 0) + 1
                 streams[name] = stream
                 heapq.heappush(self._heap, _Due(now, self._generation[key], device, name))
+            flat = next((n for n in sensors if n in streams and streams[n].climate), None)
+            if flat is None:
+                self._flat_stream.pop(device, None)
+            else:
+                self._flat_stream[device] = flat
             if not streams:
                 del self._streams[device]
                 backend = self._backends.pop(device, None)
@@ -174,8 +189,14 @@ class SimulationEngine:
                     extra={"device": device, "sensor": name, "error": str(exc)},
                 )
                 continue
+            quantities = {q.name for q in sensor.quantities}
             opened[name] = _Stream(
-                device, name, settings, sensor, self._topics.telemetry(device, name)
+                device,
+                name,
+                settings,
+                sensor,
+                self._topics.telemetry(device, name),
+                climate=quantities >= FlatReading.QUANTITIES,
             )
         return opened
 
@@ -219,10 +240,13 @@ class SimulationEngine:
         while (due := self._next_due()) is not None:
             with self._cond:
                 stream = self._streams.get(due.device, {}).get(due.stream)
+                silent = self._flat and self._flat_stream.get(due.device) != due.stream
             if stream is None:
                 continue
             now = self._clock()
-            if self._tracer is not None and now >= next_trace:
+            if silent:
+                pass  # kept on schedule: it takes over should it become the flat stream
+            elif self._tracer is not None and now >= next_trace:
                 # A span for a sample of publishes, never one per message: per-message spans
                 # cut the original simulator's rate at 10,000 devices to about a ninth.
                 next_trace = now + TRACE_SAMPLE_SECONDS
@@ -262,8 +286,15 @@ class SimulationEngine:
             source=Source.SIMULATED,
             values={q: Value(value=m.value, unit=m.unit) for q, m in reading.values.items()},
         )
+        if self._flat:
+            flat = FlatReading.from_telemetry(telemetry)
+            if flat is None:  # the emulated chip left a quantity out: nothing to send
+                return
+            payload = flat.encode()
+        else:
+            payload = telemetry.encode()
         try:
-            self._publish(stream.topic, telemetry.encode())
+            self._publish(stream.topic, payload)
         except Exception:
             log.exception("simulated publish failed", extra={"device": stream.device})
             return

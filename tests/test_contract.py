@@ -12,6 +12,7 @@ from agent.contract import (
     ContractError,
     DesiredConfig,
     DeviceState,
+    FlatReading,
     ParsedTopic,
     ReportedConfig,
     Source,
@@ -65,8 +66,46 @@ def test_template_with_sensor_and_prefix() -> None:
     assert topics.parse("plant/data/a/b") == ParsedTopic("telemetry", "a", "b")
 
 
+def test_fixed_template_shares_one_topic_and_leaves_the_device_to_the_payload() -> None:
+    """The original simulator's code publishes every device on `sensors/data`."""
+    topics = Topics(telemetry_template="sensors/data")
+    assert topics.telemetry("device_000", "env") == "sensors/data"
+    assert topics.telemetry("device_001", "env") == "sensors/data"
+    assert topics.all_telemetry() == "sensors/data"
+    assert topics.parse("sensors/data") == ParsedTopic("telemetry", None, None)
+    assert topics.parse("edgetwin/device_000/status") == ParsedTopic("status", "device_000")
+    with pytest.raises(ContractError):
+        topics.parse("sensors/other")
+    by_sensor = Topics(telemetry_template="{prefix}/all/{sensor}")
+    assert by_sensor.parse("edgetwin/all/env") == ParsedTopic("telemetry", None, "env")
+
+
+def test_flat_reading_from_telemetry() -> None:
+    reading = Telemetry.model_validate(
+        telemetry(
+            values={
+                "temperature": {"value": 21.23456, "unit": "°C"},
+                "humidity": {"value": 48.0009765625, "unit": "%RH"},
+                "pressure": {"value": 1012.9, "unit": "hPa"},
+            }
+        )
+    )
+    flat = FlatReading.from_telemetry(reading)
+    assert flat is not None
+    assert json.loads(flat.encode()) == {
+        "device_id": "pi-01",
+        "timestamp": 1_790_000_000.25,
+        "temperature": 21.23,
+        "humidity": 48.0,
+    }
+    assert FlatReading.decode(flat.encode()) == flat
+    assert FlatReading.from_telemetry(Telemetry.model_validate(telemetry())) is None
+    with pytest.raises(ContractError):
+        FlatReading.decode(reading.encode())
+
+
 @pytest.mark.parametrize(
-    "template", ["sensors/{device}", "sensors/#/{device_id}", "{device_id}/{what}", "plain"]
+    "template", ["sensors/{device}", "sensors/#/{device_id}", "{device_id}/{what}", "", "$SYS/x"]
 )
 def test_bad_templates_are_refused(template: str) -> None:
     with pytest.raises(ContractError):

@@ -170,9 +170,9 @@ def test_seed_simulator_config_runs_unchanged(broker: BrokerUnderTest, tmp_path:
     text = text.replace("prometheus_port = 8000", f"prometheus_port = {prometheus_port}")
     config = tmp_path / "simulator.toml"
     config.write_text(text)
-    protocol = {"EDGETWIN_SERVER_PORT": str(api_port)}
+    environment = {"EDGETWIN_SERVER_PORT": str(api_port), "EDGETWIN_PROMETHEUS_HOST": "127.0.0.1"}
     with Subscriber(broker, "sensors/#") as sub:
-        process = start_edgetwin(["gateway", "--config", str(config)], env=protocol)
+        process = start_edgetwin(["gateway", "--config", str(config)], env=environment)
         try:
             # Ten devices, every 2 s: two rounds of all ten within a few seconds.
             messages = sub.wait_for("sensors/+", count=20, timeout=15)
