@@ -91,8 +91,12 @@ def test_retained_message_survives_client_reconnect(embedded: EmbeddedBroker) ->
     for _ in range(2):
         # A fresh connection each time: the broker, not the client, must hold the message.
         with Subscriber(embedded, "t/state") as sub:
-            (message,) = sub.wait_for("t/state")
-            assert (message.payload, message.retain) == (b"on", True)
+            messages = sub.wait_for("t/state")
+            assert {(m.payload, m.retain) for m in messages} == {(b"on", True)}
+            if isinstance(embedded, MosquittoBroker):
+                # amqtt now and then hands a new subscription the retained message twice (seen
+                # under load); mosquitto never does, and what we ship relies on neither.
+                assert len(messages) == 1
 
 
 def test_last_will_is_delivered_when_the_socket_drops(embedded: EmbeddedBroker) -> None:
