@@ -15,7 +15,9 @@ from pathlib import Path
 
 from agent.config import AgentConfig, AgentMqttSettings, AgentSection, MqttSettings
 from agent.contract import SensorSettings
+from agent.metrics import AgentMetrics
 from agent.runtime import Agent
+from hardware import EmulatedBackend, RealBackend
 from tests.mqtt_helpers import Endpoint, Message
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,10 +108,36 @@ def stop_process(
 
 
 @contextmanager
+def agent_thread(
+    config: AgentConfig,
+    emulated_backend: EmulatedBackend | None = None,
+    real_backend: RealBackend | None = None,
+    metrics: AgentMetrics | None = None,
+) -> Iterator[Agent]:
+    """An agent on its own thread (faster to start than a process), stopped on exit; fails the
+    test if the agent's loop died on its own meanwhile."""
+    agent = Agent(config, emulated_backend=emulated_backend, real_backend=real_backend)
+    if metrics is not None:
+        agent.metrics = metrics  # before the loop starts: retained documents arrive at once
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=agent.run, args=(stop,), name=f"agent-{config.agent.device_id}", daemon=True
+    )
+    thread.start()
+    try:
+        yield agent
+        assert thread.is_alive(), "the agent loop died"
+    finally:
+        stop.set()
+        thread.join(timeout=20)
+        assert not thread.is_alive(), "agent did not stop"
+
+
+@contextmanager
 def running_agent(
     broker: Endpoint, device: str, state_dir: Path, interval: float = 0.2
 ) -> Iterator[Agent]:
-    """An agent on its own thread (faster to start than a process), stopped on exit."""
+    """An agent with one emulated BME280 on its own thread."""
     config = AgentConfig(
         agent=AgentSection(device_id=device, state_dir=state_dir),
         mqtt=agent_mqtt_settings(
@@ -117,16 +145,8 @@ def running_agent(
         ),
         sensors={"env": bme280(interval)},
     )
-    agent = Agent(config)
-    stop = threading.Event()
-    thread = threading.Thread(target=agent.run, args=(stop,), name=f"agent-{device}", daemon=True)
-    thread.start()
-    try:
+    with agent_thread(config) as agent:
         yield agent
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-        assert not thread.is_alive(), "agent thread did not stop"
 
 
 def payload(message: Message) -> dict[str, object]:

@@ -28,6 +28,7 @@ from agent.desired import (
     validate_desired,
 )
 from agent.runtime import Agent
+from tests import fleet_helpers
 from tests.brokers import BrokerUnderTest
 from tests.conftest import BrokerFactory
 from tests.fleet_helpers import agent_mqtt_settings, bme280, payload, poll
@@ -101,19 +102,9 @@ def agent_config(broker: BrokerUnderTest, state_dir: Path) -> AgentConfig:
 
 @contextmanager
 def agent_thread(config: AgentConfig) -> Iterator[tuple[Agent, RecordingMetrics]]:
-    agent = Agent(config)
     metrics = RecordingMetrics()
-    agent.metrics = metrics
-    stop = threading.Event()
-    thread = threading.Thread(target=agent.run, args=(stop,), name="agent-config", daemon=True)
-    thread.start()
-    try:
+    with fleet_helpers.agent_thread(config, metrics=metrics) as agent:
         yield agent, metrics
-        assert thread.is_alive(), "the agent loop died"
-    finally:
-        stop.set()
-        thread.join(timeout=15)
-        assert not thread.is_alive(), "agent did not stop"
 
 
 def desired(version: int, sensors: dict[str, SensorSettings], device: str = DEVICE) -> bytes:

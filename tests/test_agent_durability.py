@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import signal
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
 from agent.config import AgentConfig, AgentSection, OutboxSettings
 from agent.outbox import Outbox
-from agent.runtime import Agent
 from tests.brokers import BrokerUnderTest
 from tests.conftest import BrokerFactory
 from tests.fleet_helpers import (
     agent_mqtt_settings,
+    agent_thread,
     agent_toml,
     bme280,
     poll,
@@ -41,20 +39,6 @@ def agent_config(broker: BrokerUnderTest, state_dir: Path, **outbox: float) -> A
         outbox=OutboxSettings.model_validate({"commit_interval": 0.05, **outbox}),
         sensors={"env": bme280(0.02), "outdoor": bme280(0.05, address=0x77)},
     )
-
-
-@contextmanager
-def agent_thread(config: AgentConfig) -> Iterator[Agent]:
-    agent = Agent(config)
-    stop = threading.Event()
-    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield agent
-    finally:
-        stop.set()
-        thread.join(timeout=20)
-        assert not thread.is_alive(), "agent did not stop"
 
 
 def test_broker_restarts_lose_nothing_and_backlog_drains_in_order(

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import errno
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +18,10 @@ import pytest
 
 from agent.config import AgentConfig, AgentSection, OutboxSettings, load_agent_config
 from agent.contract import DeviceState, SensorSettings, SensorState, Telemetry
-from agent.runtime import Agent
 from hardware import EmulatedBackend, RealBackend
 from hardware.bus import FakeI2CBus
 from tests.brokers import BrokerUnderTest
-from tests.fleet_helpers import agent_mqtt_settings, bme280
+from tests.fleet_helpers import agent_mqtt_settings, agent_thread, bme280
 from tests.mqtt_helpers import Message, Subscriber
 
 pytestmark = pytest.mark.integration
@@ -58,25 +55,6 @@ def bme280_on(backend: str, address: int = 0x76) -> SensorSettings:
     return SensorSettings.model_validate(
         {"driver": "bme280", "interval": 0.05, "address": address, "backend": backend}
     )
-
-
-@contextmanager
-def agent_thread(
-    config: AgentConfig,
-    emulated_backend: EmulatedBackend | None = None,
-    real_backend: RealBackend | None = None,
-) -> Iterator[Agent]:
-    agent = Agent(config, emulated_backend=emulated_backend, real_backend=real_backend)
-    stop = threading.Event()
-    thread = threading.Thread(target=agent.run, args=(stop,), name="agent-faults", daemon=True)
-    thread.start()
-    try:
-        yield agent
-        assert thread.is_alive(), "the agent loop died"
-    finally:
-        stop.set()
-        thread.join(timeout=15)
-        assert not thread.is_alive(), "agent did not stop"
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from agent.config import AgentConfig, load_agent_config
 from agent.contract import Status, Telemetry
 from agent.runtime import Agent
 from gateway.broker import MosquittoBroker, free_port
-from tests.fleet_helpers import poll
+from tests.fleet_helpers import agent_thread, poll
 from tests.tls_certs import OPENSSL_MISSING, KeyPair, Pki, make_pki, openssl_binary
 
 pytestmark = [
@@ -253,21 +253,6 @@ interval = 0.05
 backend = "emulated"
 """)
     return load_agent_config(path, environ or {})
-
-
-@contextmanager
-def agent_thread(config: AgentConfig) -> Iterator[Agent]:
-    agent = Agent(config)
-    stop = threading.Event()
-    thread = threading.Thread(target=agent.run, args=(stop,), name="agent-tls", daemon=True)
-    thread.start()
-    try:
-        yield agent
-        assert thread.is_alive(), "the agent loop died"
-    finally:
-        stop.set()
-        thread.join(timeout=15)
-        assert not thread.is_alive(), "agent did not stop"
 
 
 def assert_kept_out(agent: Agent, endpoint: TlsBroker, watcher: TlsClient) -> None:

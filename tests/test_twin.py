@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from agent.runtime import Agent
 from gateway.app import create_app
 from gateway.config import GatewayConfig, ManifestDevice
 from hardware import EmulatedBackend
+from tests import fleet_helpers
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import (
     agent_mqtt_settings,
@@ -78,16 +78,8 @@ def agent_thread(
         ),
         sensors=sensors,
     )
-    agent = Agent(config, emulated_backend=backend)
-    stop = threading.Event()
-    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
+    with fleet_helpers.agent_thread(config, emulated_backend=backend) as agent:
         yield agent
-    finally:
-        stop.set()
-        thread.join(timeout=15)
-        assert not thread.is_alive()
 
 
 def twin(client: TestClient, device: str = DEVICE) -> dict[str, Any]:
