@@ -7,8 +7,9 @@ the gateway builds its own file model from them.
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, Self, TypeVar
 
@@ -218,6 +219,19 @@ def load(
     overrides: Mapping[str, tuple[str, str]] = ENV_OVERRIDES,
 ) -> ModelT:
     return validate(model, read_toml(path), str(path), environ, overrides)
+
+
+def load_for_program(loader: Callable[[Path], ModelT], path: Path, program: str) -> ModelT | None:
+    """The program's config, or None after telling the operator on stderr why not.
+
+    Plain text, not JSON: whoever starts the program must read this one at once. The caller
+    exits with status 2, which the systemd unit treats as "do not restart".
+    """
+    try:
+        return loader(path)
+    except ConfigError as exc:
+        print(f"edgetwin {program}: {exc}", file=sys.stderr)
+        return None
 
 
 def load_agent_config(path: Path, environ: Mapping[str, str] | None = None) -> AgentConfig:

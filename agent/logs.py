@@ -9,7 +9,10 @@ import sys
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
+
+if TYPE_CHECKING:
+    from agent.config import ObservabilitySettings
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is logged.
 _STANDARD_ATTRS: Final = frozenset(
@@ -36,6 +39,10 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure_from(settings: ObservabilitySettings) -> None:
+    configure_logging(settings.service_name, settings.log_level, config_file=settings.log_config)
 
 
 def configure_logging(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,8 +11,8 @@ from pathlib import Path
 
 import uvicorn
 
-from agent.config import ConfigError
-from agent.logs import configure_logging
+from agent.config import load_for_program
+from agent.logs import configure_from
 from gateway.app import create_app
 from gateway.config import GatewayConfig, load_gateway_config
 
@@ -54,17 +53,10 @@ def serve(config: GatewayConfig) -> uvicorn.Server:
 
 
 def run_gateway(config_path: Path) -> int:
-    try:
-        config = load_gateway_config(config_path)
-    except ConfigError as exc:
-        # Plain text, not JSON: whoever starts the program must read this one at once.
-        print(f"edgetwin gateway: {exc}", file=sys.stderr)
+    config = load_for_program(load_gateway_config, config_path, "gateway")
+    if config is None:
         return 2
-    configure_logging(
-        config.observability.service_name,
-        config.observability.log_level,
-        config_file=config.observability.log_config,
-    )
+    configure_from(config.observability)
     server = serve(config)
     server.run()
     return 0 if server.started else 1
