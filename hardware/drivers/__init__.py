@@ -92,6 +92,16 @@ class DriverInfo:
         return () if self.default_address is None else (self.default_address,)
 
 
+def refuse_signals_for_present(existing: object | None, where: str, signals_given: bool) -> None:
+    """Opening a sensor where an emulator already sits reuses that emulator; if the caller
+    asked for particular signals, silently measuring something else would be worse."""
+    if existing is not None and signals_given:
+        raise SensorSettingsError(
+            f"signals given, but {existing!r} is already at {where}: detach it first, "
+            "or change the signals on that emulator"
+        )
+
+
 # -- I2C drivers: one generic way to put an emulator on the bus and open the driver -------------
 
 
@@ -175,13 +185,9 @@ def i2c_driver(
         bus: I2CBus
         if isinstance(backend, EmulatedBackend):
             fake = backend.i2c_bus(placement.bus)
-            existing = fake.device_at(address)
-            if existing is not None and signals_given:
-                # Silently measuring something other than the signals asked for would be worse.
-                raise SensorSettingsError(
-                    f"signals given, but {existing!r} is already at {address:#04x} on bus "
-                    f"{placement.bus}: detach it first, or change the signals on that emulator"
-                )
+            refuse_signals_for_present(
+                fake.device_at(address), f"{address:#04x} on bus {placement.bus}", signals_given
+            )
             fake.attach_if_free(
                 address,
                 lambda: build_emulator(

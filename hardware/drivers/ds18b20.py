@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Final, Self
 
 from hardware.backends import Backend, EmulatedBackend
-from hardware.drivers import DriverInfo, Placement
+from hardware.drivers import DriverInfo, Placement, refuse_signals_for_present
 from hardware.errors import DataError, SensorMissingError, SensorSettingsError
 from hardware.sensor import BackendKind, Clock, Quantity, Sensor
 from hardware.signals import Constant, SignalModel
@@ -379,12 +379,7 @@ def _attach_emulator(
     if device is None:
         device = first_device(tree) or EMULATED_DEVICE
     directory = f"{W1_DEVICES}/{device}"
-    existing = tree.device_at(directory)
-    if existing is not None and signals_given:
-        raise SensorSettingsError(
-            f"signals given, but {existing!r} is already at {directory}: detach it first, "
-            "or change the signal on that emulator"
-        )
+    refuse_signals_for_present(tree.device_at(directory), directory, signals_given)
     tree.attach_if_free(directory, lambda: DS18B20Emulator(device, signals=signals, clock=clock))
     return device
 

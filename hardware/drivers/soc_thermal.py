@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Final, Self
 
 from hardware.backends import Backend, EmulatedBackend
-from hardware.drivers import DriverInfo, Placement
+from hardware.drivers import DriverInfo, Placement, refuse_signals_for_present
 from hardware.errors import DataError, SensorSettingsError
 from hardware.sensor import BackendKind, Clock, Quantity, Sensor
 from hardware.signals import Constant, SignalModel
@@ -160,12 +160,7 @@ def open_soc_thermal(
     if isinstance(backend, EmulatedBackend):
         tree = backend.sysfs
         directory = f"{THERMAL}/{zone}"
-        existing = tree.device_at(directory)
-        if existing is not None and signals_given:
-            raise SensorSettingsError(
-                f"signals given, but {existing!r} is already at {directory}: detach it first, "
-                "or change the signal on that emulator"
-            )
+        refuse_signals_for_present(tree.device_at(directory), directory, signals_given)
         model = signals["temperature"]
         tree.attach_if_free(
             directory,
