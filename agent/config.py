@@ -1,149 +1,218 @@
-"""Configuration files: TOML validated by pydantic; broker address and secrets from the environment.
+"""Configuration files: TOML validated by msgspec; broker address and secrets from the environment.
 
 The sections shared by agent and gateway (`[mqtt]`, `[observability]`) are defined here once;
-the gateway builds its own file model from them.
+the gateway builds its own file model from them. Like the wire contract, these are msgspec
+Structs, not pydantic models, to keep the agent light on a Pi.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, Self, TypeVar
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    FilePath,
-    SecretStr,
-    StringConstraints,
-    ValidationError,
-    model_validator,
-)
+import msgspec
 
-from agent.contract import DEFAULT_PREFIX, DeviceId, SensorName, SensorSettings, Topics
+from agent.contract import (
+    DEFAULT_PREFIX,
+    DeviceId,
+    SensorName,
+    SensorSettings,
+    Topics,
+    locate_error,
+)
 
 
 class ConfigError(Exception):
     """A configuration file that cannot be used; the message names the file and the key."""
 
 
-class Section(BaseModel):
-    # A misspelt key must stop start-up rather than be silently ignored.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Secret:
+    """A password or token: kept out of reprs and logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
 
 
-class TlsSettings(Section):
+def _decode_extra(kind: type, value: Any) -> Any:
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    if kind is Secret and isinstance(value, str):
+        return Secret(value)
+    raise NotImplementedError  # msgspec reports the mismatch against the key
+
+
+def _encode_extra(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Secret):
+        return value.get_secret_value()
+    raise NotImplementedError
+
+
+def _must_be_file(path: Path | None, key: str) -> None:
+    if path is not None and not path.is_file():
+        raise ValueError(f"{key}: no such file {str(path)!r}")
+
+
+ModelT = TypeVar("ModelT", bound="Section")
+
+
+class Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A config section. A misspelt key stops start-up rather than being silently ignored.
+
+    Values are converted where TOML or the environment give a string for a number (an
+    environment variable is always a string).
+    """
+
+    @classmethod
+    def from_builtins(cls, data: Mapping[str, Any]) -> Self:
+        """Validate parsed TOML (or any plain data); ConfigError says what is wrong where."""
+        try:
+            return convert(data, cls)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(describe_error(exc, cls.__name__)) from exc
+
+    def to_builtins(self) -> dict[str, Any]:
+        return msgspec.to_builtins(self, enc_hook=_encode_extra)  # type: ignore[no-any-return]
+
+    def replace(self, **changes: Any) -> Self:
+        return msgspec.structs.replace(self, **changes)
+
+    def recast(self, kind: type[ModelT]) -> ModelT:
+        """This section as `kind` (a sibling or subclass), keeping the fields both have."""
+        shared = set(kind.__struct_fields__)
+        return kind(**{f: getattr(self, f) for f in self.__struct_fields__ if f in shared})
+
+
+def convert(data: Any, kind: type[ModelT]) -> ModelT:
+    return msgspec.convert(data, kind, strict=False, from_attributes=True, dec_hook=_decode_extra)
+
+
+def field_default(kind: type[Section], name: str) -> Any:
+    """A field's default value, as the documentation and tests quote it."""
+    for info in msgspec.structs.fields(kind):
+        if info.name == name:
+            if info.default_factory is not msgspec.NODEFAULT:
+                return info.default_factory()
+            return info.default
+    raise KeyError(name)
+
+
+class TlsSettings(Section, frozen=True):
     """MQTT over TLS: the broker's CA, and a client certificate where the broker asks for one."""
 
-    ca_file: FilePath | None = Field(default=None, description="CA bundle; None: system CAs")
-    cert_file: FilePath | None = Field(default=None, description="client certificate (PEM)")
-    key_file: FilePath | None = Field(default=None, description="client private key (PEM)")
+    ca_file: Path | None = None  # CA bundle; None: the system's CAs
+    cert_file: Path | None = None  # client certificate (PEM)
+    key_file: Path | None = None  # client private key (PEM)
     insecure_skip_hostname_check: bool = False
 
-    @model_validator(mode="after")
-    def _key_with_cert(self) -> Self:
+    def __post_init__(self) -> None:
+        for key in ("ca_file", "cert_file", "key_file"):
+            _must_be_file(getattr(self, key), key)
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
-        return self
 
 
-class MqttSettings(Section):
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+SecondsOrZero = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class MqttSettings(Section, frozen=True):
     host: str = "127.0.0.1"
-    port: int = Field(default=1883, ge=1, le=65535)
+    port: Port = 1883
     username: str | None = None
-    password: SecretStr | None = None
+    password: Secret | None = None
     protocol: Literal["5", "3.1.1"] = "5"
-    keepalive: int = Field(default=30, ge=1, le=65535, description="seconds")
+    keepalive: Port = 30  # seconds
     qos: Literal[0, 1] = 1
-    prefix: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-/]{1,64}$")] = DEFAULT_PREFIX
-    topic: str | None = Field(
-        default=None,
-        description="telemetry topic template, e.g. 'sensors/{device_id}'; default under prefix",
-    )
+    prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_\-/]{1,64}$")] = DEFAULT_PREFIX
+    # Telemetry topic template, e.g. 'sensors/{device_id}'; default: under the prefix.
+    topic: str | None = None
     client_id: str | None = None
-    reconnect_min_delay: float = Field(default=0.5, gt=0, description="backoff base, seconds")
-    reconnect_max_delay: float = Field(default=30.0, gt=0, description="backoff cap, seconds")
-    reconnect_reset: float = Field(
-        default=60.0, ge=0, description="seconds a connection must last to reset the backoff"
-    )
-    session_expiry: int = Field(
-        default=0, ge=0, description="seconds the broker keeps our session; 0: clean sessions"
-    )
-    max_inflight: int = Field(default=100, ge=1, le=65535, description="unacknowledged QoS 1")
+    reconnect_min_delay: Seconds = 0.5  # backoff base
+    reconnect_max_delay: Seconds = 30.0  # backoff cap
+    # Seconds a connection must last to reset the backoff.
+    reconnect_reset: SecondsOrZero = 60.0
+    # Seconds the broker keeps our session; 0: clean sessions.
+    session_expiry: Annotated[int, msgspec.Meta(ge=0)] = 0
+    max_inflight: Port = 100  # unacknowledged QoS 1 messages
     tls: TlsSettings | None = None
 
-    @model_validator(mode="after")
-    def _topic_template_valid(self) -> Self:
-        self.topics()  # a ContractError is a ValueError: pydantic reports it against the file
-        return self
+    def __post_init__(self) -> None:
+        self.topics()  # a ContractError is a ValueError: reported against the file
 
     def topics(self) -> Topics:
         return Topics(prefix=self.prefix, telemetry_template=self.topic)
 
 
-class ObservabilitySettings(Section):
+class ObservabilitySettings(Section, frozen=True):
     service_name: str = "edgetwin"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_config: FilePath | None = Field(
-        default=None,
-        description="TOML file in logging.config.dictConfig form (like the original "
-        "simulator's logger.toml); replaces the default JSON logging",
-    )
-    trace_endpoint: str | None = Field(
-        default=None, description="OTLP/HTTP traces URL, e.g. http://otel-collector:4318/v1/traces"
-    )
-    prometheus_port: int | None = Field(default=None, ge=1, le=65535)
+    # A TOML file in logging.config.dictConfig form (like the original simulator's
+    # logger.toml); replaces the default JSON logging.
+    log_config: Path | None = None
+    # OTLP/HTTP traces URL, e.g. http://otel-collector:4318/v1/traces
+    trace_endpoint: str | None = None
+    prometheus_port: Port | None = None
     prometheus_host: str = "0.0.0.0"  # noqa: S104 - scraped from other hosts by design
 
+    def __post_init__(self) -> None:
+        _must_be_file(self.log_config, "log_config")
 
-class AgentSection(Section):
+
+class AgentSection(Section, frozen=True):
     device_id: DeviceId
-    state_dir: Path | None = Field(
-        default=None,
-        description="outbox, boot counter, last applied config; default: systemd's "
-        "StateDirectory, else $XDG_STATE_HOME/edgetwin-agent/DEVICE",
-    )
-    state_interval: float = Field(
-        default=60.0, gt=0, description="seconds between state documents when nothing changes"
-    )
-    shutdown_timeout: float = Field(
-        default=5.0, ge=0, description="seconds to deliver the outbox on a clean stop"
-    )
-    twin_wait: float = Field(
-        default=2.0,
-        ge=0,
-        description="seconds the first readings wait for the gateway's twin document, to carry "
-        "on its seq numbering; 0: do not wait",
-    )
+    # Outbox, boot counter, last applied config; default: systemd's StateDirectory, else
+    # $XDG_STATE_HOME/edgetwin-agent/DEVICE.
+    state_dir: Path | None = None
+    state_interval: Seconds = 60.0  # between state documents when nothing changes
+    shutdown_timeout: SecondsOrZero = 5.0  # to deliver the outbox on a clean stop
+    # Seconds the first readings wait for the gateway's twin document, to carry on its seq
+    # numbering; 0: do not wait.
+    twin_wait: SecondsOrZero = 2.0
 
 
-class OutboxSettings(Section):
-    max_messages: int = Field(default=100_000, ge=1, description="readings kept while offline")
-    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="payload bytes kept")
-    commit_interval: float = Field(
-        default=1.0, ge=0, description="seconds between commits (fsyncs); spares SD cards"
-    )
-    drain_rate: float = Field(
-        default=500.0, ge=0, description="backlog messages per second after an outage; 0: no limit"
-    )
+class OutboxSettings(Section, frozen=True):
+    max_messages: Annotated[int, msgspec.Meta(ge=1)] = 100_000  # readings kept while offline
+    max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024 * 1024  # payload bytes kept
+    commit_interval: SecondsOrZero = 1.0  # between commits (fsyncs); spares SD cards
+    drain_rate: SecondsOrZero = 500.0  # backlog messages per second after an outage; 0: no limit
 
 
-class AgentMqttSettings(MqttSettings):
+class AgentMqttSettings(MqttSettings, frozen=True):
     # An agent's session outlives its restarts by default: the broker keeps its subscription
     # and the messages queued for it while it is away.
-    session_expiry: int = Field(default=86_400, ge=0, description="seconds; 0: clean sessions")
+    session_expiry: Annotated[int, msgspec.Meta(ge=0)] = 86_400
 
 
-class AgentConfig(Section):
+class AgentConfig(Section, frozen=True):
     agent: AgentSection
-    mqtt: AgentMqttSettings = AgentMqttSettings()
-    outbox: OutboxSettings = OutboxSettings()
-    observability: ObservabilitySettings = ObservabilitySettings(service_name="edgetwin-agent")
-    sensors: dict[SensorName, SensorSettings] = Field(default_factory=dict)
+    mqtt: AgentMqttSettings = msgspec.field(default_factory=AgentMqttSettings)
+    outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
+    observability: ObservabilitySettings = msgspec.field(
+        default_factory=lambda: ObservabilitySettings(service_name="edgetwin-agent")
+    )
+    sensors: dict[SensorName, SensorSettings] = msgspec.field(default_factory=dict)
 
 
 # Environment variables win over the file for what differs between machines (broker address)
@@ -154,8 +223,6 @@ ENV_OVERRIDES: Final[Mapping[str, tuple[str, str]]] = {
     "EDGETWIN_MQTT_USERNAME": ("mqtt", "username"),
     "EDGETWIN_MQTT_PASSWORD": ("mqtt", "password"),
 }
-
-ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def apply_env_overrides(
@@ -172,20 +239,17 @@ def apply_env_overrides(
     return merged
 
 
-def describe_errors(exc: ValidationError, source: str) -> str:
-    lines = []
-    for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"])
-        message = error["msg"]
-        if error["type"] == "value_error":
-            message = message.removeprefix("Value error, ")  # our own validators' sentences
-        if error["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key '{key}'")
-        elif not key:
-            lines.append(f"{source}: {message}")  # a rule across sections
-        else:
-            lines.append(f"{source}: key '{key}': {message}")
-    return "\n".join(lines)
+def describe_error(exc: msgspec.ValidationError, source: str) -> str:
+    """msgspec's reason in the file's terms: "FILE: key 'mqtt.port': Expected `int`..."."""
+    message, path = locate_error(exc)
+    where = ".".join(str(part) for part in path)
+    unknown = re.fullmatch(r"Object contains unknown field `(?P<key>[^`]+)`", message)
+    if unknown is not None:
+        key = f"{where}.{unknown['key']}" if where else unknown["key"]
+        return f"{source}: unknown key '{key}'"
+    if not where:
+        return f"{source}: {message}"  # a rule across sections
+    return f"{source}: key '{where}': {message}"
 
 
 def validate(
@@ -197,9 +261,9 @@ def validate(
 ) -> ModelT:
     env = os.environ if environ is None else environ
     try:
-        return model.model_validate(apply_env_overrides(data, env, overrides))
-    except ValidationError as exc:
-        raise ConfigError(describe_errors(exc, source)) from exc
+        return convert(apply_env_overrides(data, env, overrides), model)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(describe_error(exc, source)) from exc
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from agent.contract import ContractError, DesiredConfig
+from agent.contract import ContractError, DesiredConfig, SensorSettings, check_id
 from hardware import HardwareError
 from hardware.registry import check_settings
 
@@ -47,6 +47,23 @@ def _claimed_version(payload: bytes) -> int | None:
     )
 
 
+def _culprit(payload: bytes) -> str | None:
+    """The first sensor entry at fault, by name: the decoder's error gives only its position."""
+    try:
+        sensors = json.loads(payload).get("sensors")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    if not isinstance(sensors, dict):
+        return None
+    for name, settings in sensors.items():
+        try:
+            check_id(name, "sensor name")
+            SensorSettings.from_builtins(settings)
+        except ContractError as exc:
+            return f"sensor {name!r}: {exc}"
+    return None
+
+
 class AlreadyApplied(Exception):
     """The document that runs now, delivered again (a retained message on resubscribe)."""
 
@@ -66,7 +83,7 @@ def validate_desired(
     try:
         desired = DesiredConfig.decode(payload)
     except ContractError as exc:
-        raise Rejection(str(exc), _claimed_version(payload)) from exc
+        raise Rejection(_culprit(payload) or str(exc), _claimed_version(payload)) from exc
     if desired.device != device:
         raise Rejection(
             f"document is for device {desired.device!r}, not {device!r}", desired.version

@@ -16,7 +16,8 @@ nothing. Bounded in time: about 70 s by default (60 s run, start, stop, breakdow
    printing RSS after each, and each package alone on a bare interpreter. The agent imports
    gpiozero only for GPIO sensors and prometheus_client only with a prometheus_port: the floor
    has both, the agent here neither. tracemalloc is no help here: most of the difference is
-   pydantic-core's validators and serializers, allocated in Rust, outside Python's allocator.
+   native code of compiled packages (msgspec; pydantic-core for the gateway), outside Python's
+   allocator.
 
 Bytecode: every child runs with .pyc files, compiled once into a private cache
 (PYTHONPYCACHEPREFIX), as a pip-installed venv has them, even where PYTHONDONTWRITEBYTECODE is
@@ -270,7 +271,7 @@ IMPORT_STEPS: Sequence[tuple[str, str]] = (
     ("paho.mqtt.client (+ ssl, socket, uuid)", "paho.mqtt.client"),
     ("smbus2", "smbus2"),
     ("sqlite3", "sqlite3"),
-    ("pydantic (+ pydantic_core, typing_extensions)", "pydantic"),
+    ("msgspec", "msgspec"),
     ("agent.contract (the wire models)", "agent.contract"),
     ("agent.config (settings models)", "agent.config"),
     ("hardware (drivers, emulators, signal models)", "hardware, hardware.registry"),
@@ -303,6 +304,7 @@ ISOLATED: Sequence[str] = (
     "paho.mqtt.client",
     "ssl",
     "sqlite3",
+    "msgspec",
     "pydantic",
     "agent.contract",
     "hardware",

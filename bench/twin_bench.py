@@ -119,7 +119,7 @@ def main() -> int:
 
     with MosquittoBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         api_port = free_port()
-        config = GatewayConfig.model_validate(
+        config = GatewayConfig.from_builtins(
             {
                 "mqtt": {"host": broker.host, "port": broker.port, "keepalive": args.keepalive},
                 "server": {"host": "127.0.0.1", "port": api_port},

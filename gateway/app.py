@@ -18,6 +18,7 @@ from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
 from gateway.routers import compat, desired, devices, fleet, page, system
 from gateway.service import GatewayService
+from gateway.structs import document_structs
 from hardware.sensor import Clock
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ def create_app(config: GatewayConfig, *, clock: Clock = time.time) -> FastAPI:
     app.include_router(system.router)
     app.include_router(compat.router)
     app.include_router(page.router)
+    document_structs(app)
 
     @app.middleware("http")
     async def observe(

@@ -13,26 +13,45 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Final, Literal, Self
+from typing import Annotated, Final, Literal
 
-from pydantic import Field, SecretStr, StringConstraints, field_validator, model_validator
+import msgspec
 
-from agent.config import ENV_OVERRIDES, MqttSettings, ObservabilitySettings, Section, load
-from agent.contract import DeviceId, LabelKey, LabelValue, SensorName, SensorSettings, Site
+from agent.config import (
+    ENV_OVERRIDES,
+    MqttSettings,
+    ObservabilitySettings,
+    Secret,
+    Section,
+    load,
+)
+from agent.contract import (
+    DeviceId,
+    LabelKey,
+    LabelValue,
+    SensorBackend,
+    SensorName,
+    SensorSettings,
+    Site,
+)
 
 
 def default_sensors(interval: float = 5.0) -> dict[str, SensorSettings]:
-    return {"env": SensorSettings(driver="bme280", interval=interval, backend="emulated")}
+    return {
+        "env": SensorSettings(driver="bme280", interval=interval, backend=SensorBackend.EMULATED)
+    }
 
 
-class SimulatorSection(Section):
+Interval = Annotated[float, msgspec.Meta(gt=0, le=86_400)]
+DeviceCount = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+
+
+class SimulatorSection(Section, frozen=True):
     """The original simulator's section: a fleet of purely simulated devices."""
 
-    device_count: int = Field(default=0, ge=0, le=1_000_000)
-    publish_interval: float = Field(default=2.0, gt=0, le=86_400, description="seconds")
-    device_prefix: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,40}$")] = (
-        "device_"
-    )
+    device_count: DeviceCount = 0
+    publish_interval: Interval = 2.0  # seconds
+    device_prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,40}$")] = "device_"
     seed: int = 0
 
     @staticmethod
@@ -44,15 +63,11 @@ class SimulatorSection(Section):
         return [f"{self.device_prefix}{i:0{width}d}" for i in range(self.device_count)]
 
 
-class SimulationSection(Section):
+class SimulationSection(Section, frozen=True):
     """The original simulator's code's section: devices started and scaled through its API."""
 
-    frequency_sec: float = Field(
-        default=1.0, gt=0, le=86_400, description="seconds between a device's readings"
-    )
-    max_devices: int = Field(
-        default=100, ge=1, le=1_000_000, description="cap on /start and /scale counts"
-    )
+    frequency_sec: Interval = 1.0  # seconds between a device's readings
+    max_devices: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 100  # cap on /start, /scale
 
 
 # Devices that the simulator control routes started carry this label in the manifest and in
@@ -80,95 +95,79 @@ class CompatPlan:
         return f"{self.prefix}{index:0{self.width}d}"
 
 
-class GatewayMqttSettings(MqttSettings):
-    payload: Literal["edgetwin", "flat"] = Field(
-        default="edgetwin",
-        description="telemetry payload of simulated devices: 'edgetwin' (the contract's "
-        "Telemetry) or 'flat', the original simulator's {device_id, timestamp, temperature, "
-        "humidity}",
-    )
+class GatewayMqttSettings(MqttSettings, frozen=True):
+    # Telemetry payload of simulated devices: 'edgetwin' (the contract's Telemetry) or 'flat',
+    # the original simulator's {device_id, timestamp, temperature, humidity}.
+    payload: Literal["edgetwin", "flat"] = "edgetwin"
 
 
-class ServerSection(Section):
+class ServerSection(Section, frozen=True):
     host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
 
 
-class ApiSection(Section):
-    token: SecretStr | None = Field(
-        default=None, description="bearer token every write must carry; or EDGETWIN_API_TOKEN"
-    )
-    local_no_auth: bool = Field(
-        default=False,
-        description="accept writes without a token; allowed only with a loopback server.host",
-    )
+class ApiSection(Section, frozen=True):
+    token: Secret | None = None  # bearer token every write must carry; or EDGETWIN_API_TOKEN
+    # Accept writes without a token; allowed only with a loopback server.host.
+    local_no_auth: bool = False
 
 
-class ManifestDevice(Section):
+class ManifestDevice(Section, frozen=True):
     id: DeviceId
-    sensors: dict[SensorName, SensorSettings] = Field(default_factory=default_sensors)
+    sensors: dict[SensorName, SensorSettings] = msgspec.field(default_factory=default_sensors)
     # The twin document carries these on the wire: the contract's limits apply from the start.
     site: Site | None = None
-    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    labels: dict[LabelKey, LabelValue] = msgspec.field(default_factory=dict)
 
 
-class PresenceSection(Section):
+class PresenceSection(Section, frozen=True):
     # Retained status messages arrive right after subscribing; until then a device's presence is
     # unknown, and simulating it at once would double a live agent's stream for a moment.
-    startup_grace: float = Field(default=1.0, ge=0, le=60, description="seconds")
+    startup_grace: Annotated[float, msgspec.Meta(ge=0, le=60)] = 1.0  # seconds
 
 
-class GatewayConfig(Section):
-    simulator: SimulatorSection = SimulatorSection()
+class GatewayConfig(Section, frozen=True):
+    # None rather than a default section: the README format's section and the code format's
+    # one cannot be used together, and only an absent [simulator] tells that apart.
+    simulator: SimulatorSection | None = None
     simulation: SimulationSection | None = None
-    mqtt: GatewayMqttSettings = GatewayMqttSettings()
-    observability: ObservabilitySettings = ObservabilitySettings(service_name="edgetwin-gateway")
-    server: ServerSection = ServerSection()
-    presence: PresenceSection = PresenceSection()
-    api: ApiSection = ApiSection()
-    devices: list[ManifestDevice] = Field(default_factory=list)
+    mqtt: GatewayMqttSettings = msgspec.field(default_factory=GatewayMqttSettings)
+    observability: ObservabilitySettings = msgspec.field(
+        default_factory=lambda: ObservabilitySettings(service_name="edgetwin-gateway")
+    )
+    server: ServerSection = msgspec.field(default_factory=ServerSection)
+    presence: PresenceSection = msgspec.field(default_factory=PresenceSection)
+    api: ApiSection = msgspec.field(default_factory=ApiSection)
+    devices: list[ManifestDevice] = msgspec.field(default_factory=list)
 
-    @field_validator("mqtt", mode="before")
-    @classmethod
-    def _widen_mqtt(cls, value: object) -> object:
-        # Shared MqttSettings (as code and tests build them) become the gateway's, with the
-        # same fields set.
-        if isinstance(value, MqttSettings) and not isinstance(value, GatewayMqttSettings):
-            return {name: getattr(value, name) for name in value.model_fields_set}
-        return value
-
-    @model_validator(mode="after")
-    def _no_auth_only_on_loopback(self) -> Self:
+    def __post_init__(self) -> None:
         if self.api.local_no_auth and not _is_loopback(self.server.host):
             raise ValueError(
                 f"api.local_no_auth needs server.host on loopback, not {self.server.host!r}"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _one_simulator_format(self) -> Self:
-        if self.simulation is not None and "simulator" in self.model_fields_set:
+        if self.simulation is not None and self.simulator is not None:
             raise ValueError(
                 "[simulator] (the original simulator's README format: device_count, "
                 "publish_interval) and [simulation] (its code's format: frequency_sec, "
                 "max_devices) cannot be used together; keep one of them"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _ids_unique(self) -> Self:
         seen: set[str] = set()
-        for device_id in [d.id for d in self.devices] + self.simulator.device_ids():
+        for device_id in [d.id for d in self.devices] + self.simulator_section.device_ids():
             if device_id in seen:
                 raise ValueError(f"device id {device_id!r} appears twice in the manifest")
             seen.add(device_id)
-        return self
+
+    @property
+    def simulator_section(self) -> SimulatorSection:
+        return self.simulator or SimulatorSection()
 
     def manifest(self) -> list[ManifestDevice]:
         """Every device the fleet should have: listed ones, then the simulator's."""
         generated = [
-            ManifestDevice(id=device_id, sensors=default_sensors(self.simulator.publish_interval))
-            for device_id in self.simulator.device_ids()
+            ManifestDevice(
+                id=device_id, sensors=default_sensors(self.simulator_section.publish_interval)
+            )
+            for device_id in self.simulator_section.device_ids()
         ]
         return [*self.devices, *generated]
 
@@ -184,7 +183,7 @@ class GatewayConfig(Section):
                 max_devices=self.simulation.max_devices,
                 initial=(),
             )
-        simulator = self.simulator
+        simulator = self.simulator_section
         cap = max(DEFAULT_COMPAT_CAP, simulator.device_count)
         return CompatPlan(
             prefix=simulator.device_prefix,

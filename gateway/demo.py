@@ -26,12 +26,18 @@ from agent.config import (
     MqttSettings,
     ObservabilitySettings,
 )
-from agent.contract import SensorSettings
+from agent.contract import SensorBackend, SensorSettings
 from agent.logs import configure_logging
 from agent.runtime import Agent
 from gateway.broker import free_port, start_embedded_broker
 from gateway.cli import serve
-from gateway.config import GatewayConfig, ManifestDevice, ServerSection, SimulatorSection
+from gateway.config import (
+    GatewayConfig,
+    GatewayMqttSettings,
+    ManifestDevice,
+    ServerSection,
+    SimulatorSection,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +46,9 @@ AGENT_DEVICE = "demo-pi"
 
 def demo_sensors(interval: float) -> dict[str, SensorSettings]:
     return {
-        "env": SensorSettings(driver="bme280", interval=interval, backend="emulated"),
+        "env": SensorSettings(driver="bme280", interval=interval, backend=SensorBackend.EMULATED),
         "env-outdoor": SensorSettings(
-            driver="bme280", address=0x77, interval=interval, backend="emulated"
+            driver="bme280", address=0x77, interval=interval, backend=SensorBackend.EMULATED
         ),
     }
 
@@ -69,14 +75,14 @@ def run_demo(
             simulator=SimulatorSection(
                 device_count=simulated_devices, publish_interval=2.0, device_prefix="sim-"
             ),
-            mqtt=mqtt,
+            mqtt=mqtt.recast(GatewayMqttSettings),
             observability=ObservabilitySettings(service_name="edgetwin-gateway"),
             server=ServerSection(host="127.0.0.1", port=port),
             devices=[ManifestDevice(id=AGENT_DEVICE, sensors=demo_sensors(2.0), site="demo")],
         )
         agent_config = AgentConfig(
             agent=AgentSection(device_id=AGENT_DEVICE, state_dir=Path(workdir) / "agent"),
-            mqtt=AgentMqttSettings.model_validate(mqtt.model_dump()),
+            mqtt=mqtt.recast(AgentMqttSettings),
             sensors=demo_sensors(2.0),
         )
         server = serve(gateway_config)

@@ -76,7 +76,7 @@ class GatewayService:
             self._publish_telemetry,
             self.topics,
             clock=clock,
-            seed=config.simulator.seed,
+            seed=config.simulator_section.seed,
             on_published=self._simulated,
             tracer=tracing.tracer("edgetwin.gateway.simulation") if tracing.enabled else None,
             payload=config.mqtt.payload,
@@ -345,4 +345,4 @@ def _same_device(in_payload: str, in_topic: str | None) -> None:
 
 
 def _same_twin(a: TwinSummary, b: TwinSummary) -> bool:
-    return a.model_dump(exclude={"ts"}) == b.model_dump(exclude={"ts"})
+    return a.replace(ts=0.0) == b.replace(ts=0.0)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from agent.contract import DesiredConfig, DeviceState, ReportedConfig, Server
+from agent.contract import Server
 from gateway.fleet import ConfigSync, DeviceTwin
 from gateway.simulation import SimulationEngine
 
@@ -45,9 +45,11 @@ class DeviceView(BaseModel):
 
 
 class TwinView(DeviceView):
-    desired: DesiredConfig | None
-    reported: ReportedConfig | None
-    state: DeviceState | None
+    # The contract's documents as they are on the wire (DesiredConfig, ReportedConfig,
+    # DeviceState in the schemas).
+    desired: dict[str, Any] | None
+    reported: dict[str, Any] | None
+    state: dict[str, Any] | None
     delta: dict[str, Any]
 
 
@@ -105,8 +107,8 @@ def device_view(twin: DeviceTwin, engine: SimulationEngine) -> DeviceView:
 def twin_view(twin: DeviceTwin, engine: SimulationEngine) -> TwinView:
     return TwinView(
         **device_view(twin, engine).model_dump(),
-        desired=twin.desired,
-        reported=twin.reported,
-        state=twin.state,
+        desired=twin.desired.to_builtins() if twin.desired else None,
+        reported=twin.reported.to_builtins() if twin.reported else None,
+        state=twin.state.to_builtins() if twin.state else None,
         delta=twin.delta(),
     )

@@ -24,20 +24,20 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def mqtt_settings(broker: Endpoint, **extra: object) -> MqttSettings:
-    return MqttSettings.model_validate(
+    return MqttSettings.from_builtins(
         {"host": broker.host, "port": broker.port, "protocol": broker.protocol, **extra}
     )
 
 
 def agent_mqtt_settings(broker: Endpoint, **extra: object) -> AgentMqttSettings:
     """An agent's settings: its persistent session (session_expiry) stays on, as in production."""
-    return AgentMqttSettings.model_validate(
+    return AgentMqttSettings.from_builtins(
         {"host": broker.host, "port": broker.port, "protocol": broker.protocol, **extra}
     )
 
 
 def bme280(interval: float, address: int = 0x76) -> SensorSettings:
-    return SensorSettings.model_validate(
+    return SensorSettings.from_builtins(
         {"driver": "bme280", "interval": interval, "address": address, "backend": "emulated"}
     )
 

@@ -36,7 +36,7 @@ def agent_config(broker: BrokerUnderTest, state_dir: Path, **outbox: float) -> A
         mqtt=agent_mqtt_settings(
             broker, keepalive=2, reconnect_min_delay=0.05, reconnect_max_delay=0.5
         ),
-        outbox=OutboxSettings.model_validate({"commit_interval": 0.05, **outbox}),
+        outbox=OutboxSettings.from_builtins({"commit_interval": 0.05, **outbox}),
         sensors={"env": bme280(0.02), "outdoor": bme280(0.05, address=0x77)},
     )
 

@@ -52,7 +52,7 @@ def agent_config(broker: BrokerUnderTest, state_dir: Path) -> AgentConfig:
 
 
 def bme280_on(backend: str, address: int = 0x76) -> SensorSettings:
-    return SensorSettings.model_validate(
+    return SensorSettings.from_builtins(
         {"driver": "bme280", "interval": 0.05, "address": address, "backend": backend}
     )
 
@@ -344,7 +344,7 @@ def test_agent_closes_the_back_ends_it_made(
         mqtt=agent_mqtt_settings(broker, keepalive=2, reconnect_min_delay=0.05),
         outbox=OutboxSettings(commit_interval=0.02),
         sensors={
-            "probe": SensorSettings.model_validate(
+            "probe": SensorSettings.from_builtins(
                 {
                     "driver": "ds18b20",
                     "device": "28-000005e2fdc3",

@@ -46,11 +46,15 @@ fuzz = settings(
 
 
 def config(broker: BrokerUnderTest, **api: Any) -> GatewayConfig:
-    return GatewayConfig(
-        mqtt=mqtt_settings(broker, keepalive=2, reconnect_min_delay=0.2, reconnect_max_delay=1),
-        presence={"startup_grace": 0.3},
-        api=api,
-        devices=[ManifestDevice(id=DEVICE, sensors={"env": bme280(1.0)})],
+    return GatewayConfig.from_builtins(
+        {
+            "mqtt": mqtt_settings(
+                broker, keepalive=2, reconnect_min_delay=0.2, reconnect_max_delay=1
+            ),
+            "presence": {"startup_grace": 0.3},
+            "api": api,
+            "devices": [ManifestDevice(id=DEVICE, sensors={"env": bme280(1.0)})],
+        }
     )
 
 

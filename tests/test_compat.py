@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from agent.config import ConfigError
-from agent.contract import SensorSettings, Telemetry, TwinSummary, Value
+from agent.contract import SensorSettings, Source, Telemetry, TwinSummary, Value
 from gateway.app import create_app
 from gateway.broker import free_port
 from gateway.config import (
@@ -62,7 +62,7 @@ def ids(*indexes: int) -> list[str]:
 
 
 def mqtt(broker: BrokerUnderTest, **extra: Any) -> GatewayMqttSettings:
-    return GatewayMqttSettings.model_validate(
+    return GatewayMqttSettings.from_builtins(
         {
             "host": broker.host,
             "port": broker.port,
@@ -78,7 +78,7 @@ def mqtt(broker: BrokerUnderTest, **extra: Any) -> GatewayMqttSettings:
 def config(
     broker: BrokerUnderTest, mqtt_extra: dict[str, Any] | None = None, **extra: Any
 ) -> GatewayConfig:
-    return GatewayConfig.model_validate(
+    return GatewayConfig.from_builtins(
         {
             "mqtt": mqtt(broker, **(mqtt_extra or {})),
             "presence": {"startup_grace": 0.1},
@@ -318,7 +318,7 @@ def test_flat_payload_from_the_first_climate_sensor(
     to it (no no-local there): they are recognised, not logged as malformed."""
 
     def sensor(driver: str, **extra: Any) -> SensorSettings:
-        return SensorSettings.model_validate(
+        return SensorSettings.from_builtins(
             {"driver": driver, "interval": 0.2, "backend": "emulated", **extra}
         )
 
@@ -377,7 +377,7 @@ def test_agent_readings_on_the_shared_topic_reach_the_twin(
         sensor="env",
         ts=time.time(),
         seq=41,
-        source="real",
+        source=Source.REAL,
         values={"temperature": Value(value=20.5, unit="°C")},
     )
     flat = {"device_id": "flat-07", "timestamp": time.time(), "temperature": 1.0, "humidity": 2.0}

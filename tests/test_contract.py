@@ -9,17 +9,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.contract import (
+    SCHEMA_VERSION,
     ContractError,
     DesiredConfig,
     DeviceState,
     FlatReading,
     ParsedTopic,
+    Presence,
     ReportedConfig,
     Source,
     Status,
     Telemetry,
     Topics,
     TwinSummary,
+    Value,
 )
 
 ids = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,63}", fullmatch=True)
@@ -81,7 +84,7 @@ def test_fixed_template_shares_one_topic_and_leaves_the_device_to_the_payload() 
 
 
 def test_flat_reading_from_telemetry() -> None:
-    reading = Telemetry.model_validate(
+    reading = Telemetry.from_builtins(
         telemetry(
             values={
                 "temperature": {"value": 21.23456, "unit": "°C"},
@@ -99,7 +102,7 @@ def test_flat_reading_from_telemetry() -> None:
         "humidity": 48.0,
     }
     assert FlatReading.decode(flat.encode()) == flat
-    assert FlatReading.from_telemetry(Telemetry.model_validate(telemetry())) is None
+    assert FlatReading.from_telemetry(Telemetry.from_builtins(telemetry())) is None
     with pytest.raises(ContractError):
         FlatReading.decode(reading.encode())
 
@@ -128,7 +131,7 @@ def test_topics_outside_the_contract_are_refused(topic: str) -> None:
 
 
 def test_telemetry_round_trip() -> None:
-    message = Telemetry.model_validate(telemetry())
+    message = Telemetry.from_builtins(telemetry())
     assert Telemetry.decode(message.encode()) == message
     assert message.source is Source.EMULATED
     assert "anomaly" not in json.loads(message.encode())
@@ -189,11 +192,13 @@ def test_reported_round_trip() -> None:
 
 def test_other_documents_round_trip() -> None:
     documents = [
-        Status(device="pi", state="online", ts=1.0, boot=3, agent_version="1.0", reason="birth"),
-        DesiredConfig.model_validate(
+        Status(
+            device="pi", state=Presence.ONLINE, ts=1.0, boot=3, agent_version="1.0", reason="birth"
+        ),
+        DesiredConfig.from_builtins(
             {"device": "pi", "version": 2, "sensors": {"env": {"driver": "bme280", "interval": 5}}}
         ),
-        DeviceState.model_validate(
+        DeviceState.from_builtins(
             {
                 "device": "pi",
                 "ts": 1.0,
@@ -202,7 +207,7 @@ def test_other_documents_round_trip() -> None:
                 "sensors": {"env": {"health": "faulted", "backend": "real", "reason": "EIO"}},
             }
         ),
-        TwinSummary.model_validate(
+        TwinSummary.from_builtins(
             {
                 "device": "pi",
                 "ts": 1.0,
@@ -215,3 +220,20 @@ def test_other_documents_round_trip() -> None:
     ]
     for document in documents:
         assert type(document).decode(document.encode()) == document
+
+
+def test_documents_built_in_code_refuse_what_the_wire_cannot_carry() -> None:
+    """Construction checks only what a decoder would never meet: a NaN would go out as null."""
+    with pytest.raises(ValueError, match="finite"):
+        Value(value=float("nan"), unit="°C")
+    with pytest.raises(ValueError, match="finite"):
+        Telemetry.from_builtins(telemetry()).replace(ts=float("inf"))
+    with pytest.raises(ValueError, match="carries its reason"):
+        ReportedConfig(device="pi", ts=1.0, status="rejected", applied_version=1)
+
+
+def test_optional_fields_stay_off_the_wire_but_state_counters_do_not() -> None:
+    assert "anomaly" not in json.loads(Telemetry.from_builtins(telemetry()).encode())
+    state = DeviceState(device="pi", ts=1.0, agent_version="1", uptime_s=0.0, sensors={})
+    assert json.loads(state.encode())["dropped"] == 0
+    assert json.loads(state.encode())["v"] == SCHEMA_VERSION

@@ -8,7 +8,7 @@ from gateway.fleet import DeviceTwin, Fleet, PresenceState
 
 
 def status(state: Presence, boot: int, reason: str = "birth", device: str = "pi") -> Status:
-    return Status.model_validate(
+    return Status.from_builtins(
         {
             "device": device,
             "state": state,

@@ -56,25 +56,33 @@ CHROMIUM_FLAGS = (
 
 
 def page_config(broker: BrokerUnderTest, *, simulated: int = 0) -> GatewayConfig:
-    return GatewayConfig(
-        mqtt=mqtt_settings(broker, keepalive=2, reconnect_min_delay=0.2, reconnect_max_delay=1),
-        presence={"startup_grace": 0.3},
-        api={"token": TOKEN},
-        simulator={"device_count": simulated, "device_prefix": "sim-", "publish_interval": 0.5},
-        devices=[
-            ManifestDevice(
-                id=AGENT_DEVICE,
-                site="north",
-                labels={"row": "3"},
-                sensors={"env": bme280(0.3)},
+    return GatewayConfig.from_builtins(
+        {
+            "mqtt": mqtt_settings(
+                broker, keepalive=2, reconnect_min_delay=0.2, reconnect_max_delay=1
             ),
-            ManifestDevice(
-                id="greenhouse-02",
-                site="south",
-                labels={"note": HOSTILE_LABEL},
-                sensors={"env": bme280(0.3), "outdoor": bme280(0.3, address=0x77)},
-            ),
-        ],
+            "presence": {"startup_grace": 0.3},
+            "api": {"token": TOKEN},
+            "simulator": {
+                "device_count": simulated,
+                "device_prefix": "sim-",
+                "publish_interval": 0.5,
+            },
+            "devices": [
+                ManifestDevice(
+                    id=AGENT_DEVICE,
+                    site="north",
+                    labels={"row": "3"},
+                    sensors={"env": bme280(0.3)},
+                ),
+                ManifestDevice(
+                    id="greenhouse-02",
+                    site="south",
+                    labels={"note": HOSTILE_LABEL},
+                    sensors={"env": bme280(0.3), "outdoor": bme280(0.3, address=0x77)},
+                ),
+            ],
+        }
     )
 
 
@@ -207,7 +215,7 @@ def test_page_shows_the_fleet_in_chromium(broker: BrokerUnderTest, tmp_path: Pat
     ):
         written = httpx.put(
             f"{base}/devices/greenhouse-02/desired",
-            json={"sensors": {"env": bme280(0.5).model_dump(mode="json")}},
+            json={"sensors": {"env": bme280(0.5).to_builtins()}},
             headers={"Authorization": f"Bearer {TOKEN}"},
             timeout=5,
         )

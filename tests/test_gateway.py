@@ -40,10 +40,14 @@ INTERVAL = 0.2
 def gateway_config(
     broker: BrokerUnderTest, *devices: str, interval: float = INTERVAL
 ) -> GatewayConfig:
-    return GatewayConfig(
-        mqtt=mqtt_settings(broker, keepalive=2, reconnect_min_delay=0.2, reconnect_max_delay=1),
-        presence={"startup_grace": 0.3},
-        devices=[ManifestDevice(id=d, sensors={"env": bme280(interval)}) for d in devices],
+    return GatewayConfig.from_builtins(
+        {
+            "mqtt": mqtt_settings(
+                broker, keepalive=2, reconnect_min_delay=0.2, reconnect_max_delay=1
+            ),
+            "presence": {"startup_grace": 0.3},
+            "devices": [ManifestDevice(id=d, sensors={"env": bme280(interval)}) for d in devices],
+        }
     )
 
 

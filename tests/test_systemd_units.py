@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentSection, load_agent_config
+from agent.config import AgentSection, field_default, load_agent_config
 from agent.runtime import IDLE_WAIT
 from agent.systemd import Notifier
 from gateway.broker import free_port
@@ -291,7 +291,7 @@ def test_agent_stop_timeout_leaves_room_for_the_agents_own_shutdown() -> None:
     unit = load_unit(AGENT_UNIT)
     stop_timeout = timespan(effective(unit, "Service", "TimeoutStopSec"))
     example = load_agent_config(ROOT / "config" / "agent.toml", environ={})
-    default = AgentSection.model_fields["shutdown_timeout"].default
+    default = field_default(AgentSection, "shutdown_timeout")
     for shutdown_timeout in (default, example.agent.shutdown_timeout):
         # shutdown_timeout for the outbox, then the offline status, sockets, the database.
         assert stop_timeout >= shutdown_timeout + 5

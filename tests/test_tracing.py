@@ -94,13 +94,15 @@ def collector() -> Iterator[Collector]:
 def test_api_requests_and_sampled_publishes_are_traced(
     broker: BrokerUnderTest, collector: Collector
 ) -> None:
-    config = GatewayConfig(
-        mqtt=mqtt_settings(broker),
-        observability=ObservabilitySettings(
-            service_name="traced-gateway", trace_endpoint=collector.url
-        ),
-        presence={"startup_grace": 0.1},
-        devices=[ManifestDevice(id="pi", sensors={"env": bme280(0.1)})],
+    config = GatewayConfig.from_builtins(
+        {
+            "mqtt": mqtt_settings(broker),
+            "observability": ObservabilitySettings(
+                service_name="traced-gateway", trace_endpoint=collector.url
+            ),
+            "presence": {"startup_grace": 0.1},
+            "devices": [ManifestDevice(id="pi", sensors={"env": bme280(0.1)})],
+        }
     )
     with TestClient(create_app(config)) as client:
         assert client.get("/devices").status_code == 200
@@ -139,7 +141,7 @@ def test_config_push_and_its_application_share_one_trace(
     """The gateway's config.push span and the agent's config.apply span are one trace: the
     context travels in MQTT 5 user properties of the desired message."""
     token = "trace-token"
-    config = GatewayConfig.model_validate(
+    config = GatewayConfig.from_builtins(
         {
             "mqtt": mqtt_settings(broker),
             "observability": {"service_name": "traced-gateway", "trace_endpoint": collector.url},

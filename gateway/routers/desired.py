@@ -9,18 +9,23 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, HTTPException, Response, status
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import msgspec
+from fastapi import APIRouter, Body, Header, HTTPException, status
 
-from agent.contract import DesiredConfig, SensorName, SensorSettings
+from agent.contract import DesiredConfig, SensorName, SensorSettings, Struct
 from gateway.auth import Writer
 from gateway.deps import ServiceDep
 from gateway.routers.devices import NOT_FOUND, DeviceIdPath
 from gateway.service import ConflictError, GatewayService, UnknownDeviceError
+from gateway.structs import StructResponse, parse_body, request_body, response_schema
 
 router = APIRouter(prefix="/devices/{device_id}/desired", tags=["desired config"])
 
+DESIRED: dict[int | str, dict[str, Any]] = {
+    200: response_schema(DesiredConfig, "the desired config; its version is the ETag")
+}
 WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **DESIRED,
     **NOT_FOUND,
     401: {"description": "no token"},
     403: {"description": "wrong token, or writes disabled"},
@@ -28,13 +33,11 @@ WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-class DesiredWrite(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class DesiredWrite(Struct, frozen=True):
     sensors: dict[SensorName, SensorSettings]
-    version: int | None = Field(
-        default=None, ge=0, description="the version this change is based on"
-    )
+    version: (
+        Annotated[int, msgspec.Meta(ge=0, description="the version this change is based on")] | None
+    ) = None
 
 
 def etag(version: int) -> str:
@@ -55,13 +58,16 @@ def _expected_version(if_match: str | None, body_version: int | None) -> int | N
     return version
 
 
+def _answer(desired: DesiredConfig) -> StructResponse:
+    return StructResponse(desired, headers={"ETag": etag(desired.version)})
+
+
 def _write(
     service: GatewayService,
-    response: Response,
     device_id: str,
     sensors: dict[str, SensorSettings],
     expected: int | None,
-) -> DesiredConfig:
+) -> StructResponse:
     try:
         desired = service.set_desired(device_id, sensors, expected_version=expected)
     except UnknownDeviceError:
@@ -70,39 +76,46 @@ def _write(
         ) from None
     except ConflictError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    response.headers["ETag"] = etag(desired.version)
-    return desired
+    return _answer(desired)
 
 
-@router.get("", responses=NOT_FOUND, summary="The desired config and its ETag")
-def get_desired(service: ServiceDep, device_id: DeviceIdPath, response: Response) -> DesiredConfig:
+@router.get(
+    "",
+    response_model=None,
+    responses={**DESIRED, **NOT_FOUND},
+    summary="The desired config and its ETag",
+)
+def get_desired(service: ServiceDep, device_id: DeviceIdPath) -> StructResponse:
     twin = service.fleet.get(device_id)
     if twin is None or twin.desired is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"device {device_id!r} has no desired config"
         )
-    response.headers["ETag"] = etag(twin.desired.version)
-    return twin.desired
+    return _answer(twin.desired)
 
 
 @router.put(
-    "", dependencies=[Writer], responses=WRITE_RESPONSES, summary="Replace the desired config"
+    "",
+    dependencies=[Writer],
+    response_model=None,
+    responses=WRITE_RESPONSES,
+    openapi_extra=request_body(DesiredWrite),
+    summary="Replace the desired config",
 )
 def put_desired(
     service: ServiceDep,
     device_id: DeviceIdPath,
-    body: DesiredWrite,
-    response: Response,
+    data: Annotated[Any, Body()],
     if_match: Annotated[str | None, Header()] = None,
-) -> DesiredConfig:
-    return _write(
-        service, response, device_id, dict(body.sensors), _expected_version(if_match, body.version)
-    )
+) -> StructResponse:
+    body = parse_body(DesiredWrite, data)
+    return _write(service, device_id, body.sensors, _expected_version(if_match, body.version))
 
 
 @router.patch(
     "",
     dependencies=[Writer],
+    response_model=None,
     responses=WRITE_RESPONSES,
     summary="Change the desired config with a JSON merge patch of its sensors",
     description='{"sensors": {"env": {"interval": 2}, "old": null}} sets fields; null removes.',
@@ -110,10 +123,9 @@ def put_desired(
 def patch_desired(
     service: ServiceDep,
     device_id: DeviceIdPath,
-    response: Response,
     patch: Annotated[dict[str, Any], Body(examples=[{"sensors": {"env": {"interval": 2}}}])],
     if_match: Annotated[str | None, Header()] = None,
-) -> DesiredConfig:
+) -> StructResponse:
     unknown = set(patch) - {"sensors", "version"}
     if unknown:
         raise HTTPException(422, f"unknown fields {sorted(unknown)}")
@@ -130,18 +142,9 @@ def patch_desired(
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"device {device_id!r} is not in the manifest"
         )
-    current = {name: s.model_dump(mode="json") for name, s in twin.expected_sensors().items()}
-    merged = _merge(current, changes)
-    try:
-        sensors = DesiredWrite.model_validate({"sensors": merged}).sensors
-    except ValidationError as exc:
-        raise HTTPException(
-            422,
-            exc.errors(include_url=False, include_context=False),
-        ) from None
-    return _write(
-        service, response, device_id, dict(sensors), _expected_version(if_match, body_version)
-    )
+    current = {name: s.to_builtins() for name, s in twin.expected_sensors().items()}
+    sensors = parse_body(DesiredWrite, {"sensors": _merge(current, changes)}).sensors
+    return _write(service, device_id, sensors, _expected_version(if_match, body_version))
 
 
 def _merge(target: Any, patch: Any) -> Any:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Response, status
+from fastapi import APIRouter, Body, HTTPException, Path, Response, status
 
 from agent.contract import ID_PATTERN
 from gateway.auth import Writer
 from gateway.config import ManifestDevice
 from gateway.deps import ServiceDep
 from gateway.service import UnknownDeviceError
+from gateway.structs import parse_body, request_body
 from gateway.views import DeviceView, TwinView, device_view, twin_view
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -38,9 +39,11 @@ def get_device(service: ServiceDep, device_id: DeviceIdPath) -> TwinView:
     status_code=status.HTTP_201_CREATED,
     dependencies=[Writer],
     responses={409: {"description": "already in the manifest"}, 401: {}, 403: {}},
+    openapi_extra=request_body(ManifestDevice),
     summary="Add a device to the manifest; it is simulated until its agent comes online",
 )
-def add_device(service: ServiceDep, device: ManifestDevice) -> TwinView:
+def add_device(service: ServiceDep, data: Annotated[Any, Body()]) -> TwinView:
+    device = parse_body(ManifestDevice, data)
     existing = service.fleet.get(device.id)
     if existing is not None and existing.in_manifest:
         raise HTTPException(
