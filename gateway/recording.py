@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 
 Format = Literal["csv", "jsonl"]
 Payload = Telemetry | FlatReading
-Publish = Callable[[str, bytes], None]
+Publish = Callable[[str, bytes], object]
 
 SUFFIXES: Final[Mapping[str, Format]] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 HEAD: Final = ("device", "sensor", "ts", "seq", "source")

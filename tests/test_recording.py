@@ -7,6 +7,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -87,7 +88,7 @@ def topic_of(payload: Telemetry | FlatReading) -> str:
     return "sensors/data"
 
 
-def write(path: Path, payloads: list[Telemetry | FlatReading]) -> Path:
+def write(path: Path, payloads: Sequence[Telemetry | FlatReading]) -> Path:
     with Recorder(path) as recorder:
         for i, payload in enumerate(payloads):
             recorder.add(RecordedReading(payload, topic_of(payload), T0 + 100 + i))
@@ -100,7 +101,7 @@ def write(path: Path, payloads: list[Telemetry | FlatReading]) -> Path:
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_a_recording_reads_back_exactly(tmp_path: Path, suffix: str) -> None:
     flat = FlatReading(device_id="device_000", timestamp=T0 + 5.0, temperature=22.5, humidity=41.0)
-    payloads = [*sample_stream(), flat]
+    payloads: list[Telemetry | FlatReading] = [*sample_stream(), flat]
     path = write(tmp_path / f"rec{suffix}", payloads)
 
     readings = read_recording(path)
