@@ -15,8 +15,10 @@ A recording is CSV or JSON lines, chosen by the file's suffix:
 `Recorder` writes readings as they come and flushes them to the operating system every few
 hundred rows or half a second, so a crash loses at most that much. `LiveRecorder` feeds one
 from a broker subscription. `read_recording` reads either format back, `Replayer` publishes a
-recording again as a simulated device, on a timeline shifted to now, and `replay_signals` turns
-one recorded stream into `hardware.signals.Replay` models for emulators and scenarios.
+recording again as a simulated device, on a timeline shifted to now.
+
+A recorded CSV is also a signal source: `hardware.signals.Replay.from_csv(path, "temperature",
+device=..., sensor=...)` (or `replay_csv`) plays one of its streams to an emulator or scenario.
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ from agent.contract import (
     check_id,
 )
 from agent.mqtt import Delivery, Message, MqttLink, PublishError
-from hardware.signals import Interpolation, Replay
 
 log = logging.getLogger(__name__)
 
@@ -652,49 +653,6 @@ class Replayer:
             published += 1
             self.published += 1
         return published
-
-
-def replay_signals(
-    path: str | Path,
-    *,
-    device: str | None = None,
-    sensor: str | None = None,
-    start: float | None = None,
-    loop: bool = False,
-    speed: float = 1.0,
-    interpolation: Interpolation = "hold",
-) -> dict[str, Replay]:
-    """One recorded stream as signal models, a `hardware.signals.Replay` per quantity, for an
-    emulator or a scenario to play back.
-
-    `device` and `sensor` pick the stream when the recording holds several. Readings sharing a
-    timestamp (a duplicate) are kept once; a missing quantity in a reading plays back as NaN.
-    """
-    readings = read_recording(path)
-    picked = [
-        r
-        for r in readings
-        if (device is None or r.device == device) and (sensor is None or r.sensor == sensor)
-    ]
-    streams = sorted({(r.device, r.sensor or "") for r in picked})
-    if not streams:
-        raise RecordingError(f"{path}: no readings of device={device!r} sensor={sensor!r}")
-    if len(streams) > 1:
-        named = ", ".join(f"{d}/{s}" if s else d for d, s in streams[:10])
-        raise RecordingError(
-            f"{path}: {len(streams)} streams ({named}); pick one by device, sensor"
-        )
-    picked.sort(key=lambda r: r.ts)
-    unique = [r for i, r in enumerate(picked) if i == 0 or r.ts > picked[i - 1].ts]
-    names = sorted({name for r in unique for name in r.quantities()})
-    times = [r.ts for r in unique]
-    models: dict[str, Replay] = {}
-    for name in names:
-        values = [r.quantities().get(name, (math.nan, ""))[0] for r in unique]
-        models[name] = Replay(
-            times, values, start=start, loop=loop, speed=speed, interpolation=interpolation
-        )
-    return models
 
 
 # -- command line --------------------------------------------------------------------------------

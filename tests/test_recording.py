@@ -24,8 +24,8 @@ from gateway.recording import (
     Replayer,
     parse_broker,
     read_recording,
-    replay_signals,
 )
+from hardware.signals import Replay, replay_csv
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import start_edgetwin
 from tests.mqtt_helpers import connect_client, disconnect_client
@@ -298,18 +298,20 @@ def test_replay_refuses_what_it_cannot_play() -> None:
     assert sent == ["sensors/data"]
 
 
-def test_a_recorded_stream_is_a_signal_source(tmp_path: Path) -> None:
-    path = write(tmp_path / "rec.csv", sample_stream())
-    with pytest.raises(RecordingError, match="2 streams"):
-        replay_signals(path)
+def test_a_recorded_csv_is_a_signal_source(tmp_path: Path) -> None:
+    duplicate = telemetry(9, T0 + 2.0, temperature=99.0, humidity=1.0)
+    path = write(tmp_path / "rec.csv", [*sample_stream(), duplicate])
+    with pytest.raises(ValueError, match="streams found: dev-1/env, dev-1/light"):
+        Replay.from_csv(path, "temperature")
 
-    models = replay_signals(path, sensor="env", start=0.0)
+    models = replay_csv(path, device="dev-1", sensor="env", start=0.0)
 
-    assert sorted(models) == ["humidity", "pressure", "temperature"]
-    assert models["temperature"].sample(0.0) == 21.25
-    assert models["temperature"].sample(1.5) == 21.5  # held between readings
-    assert models["temperature"].sample(4.0) == 0.1 + 0.2
+    assert sorted(models) == ["humidity", "pressure", "temperature"]  # no illuminance: not env's
+    temperature = models["temperature"]
+    assert [temperature.sample(t) for t in (0.0, 1.5, 2.0, 4.0)] == [21.25, 21.5, 35.1, 0.1 + 0.2]
     assert math.isnan(models["pressure"].sample(1.0))  # not measured then
+    light = Replay.from_csv(path, "illuminance", sensor="light", start=0.0)
+    assert light.sample(0.0) == 312.0
 
 
 def test_parse_broker() -> None:
