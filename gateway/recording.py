@@ -187,9 +187,10 @@ class Recorder:
         except OSError as exc:
             raise RecordingError(f"cannot write {self.path}: {exc}") from exc
         self._columns: list[str] = []  # CSV quantity columns, in order of first appearance
+        self._writer = csv.writer(self._file)
         self._encoder = msgspec.json.Encoder()
         if self.format == "csv":
-            self._write_header()
+            self._writer.writerow([*HEAD, *TAIL])
         self._pending = 0
         self._last_flush = clock()
         self.count = 0
@@ -234,12 +235,7 @@ class Recorder:
                 self._flush_locked()
         self.flush_if_due()
 
-    def _write_header(self) -> None:
-        assert self._file is not None
-        csv.writer(self._file).writerow([*HEAD, *self._columns, *TAIL])
-
     def _write_row(self, reading: RecordedReading) -> None:
-        assert self._file is not None
         quantities = reading.quantities()
         cells = {quantity_column(name, unit): value for name, (value, unit) in quantities.items()}
         new = [column for column in cells if column not in self._columns]
@@ -259,7 +255,7 @@ class Recorder:
             _float(anomaly.start) if anomaly else "",
             _float(anomaly.end) if anomaly else "",
         ]
-        csv.writer(self._file).writerow(row)
+        self._writer.writerow(row)
 
     def _widen(self, new: list[str]) -> None:
         """Rewrite the file with `new` quantity columns: a CSV header cannot grow in place."""
@@ -281,6 +277,7 @@ class Recorder:
             writer.writerows(row[:cut] + padding + row[cut:] for row in rows)
         os.replace(temporary, self.path)
         self._file = self.path.open("a", encoding="utf-8", newline="")
+        self._writer = csv.writer(self._file)
 
     def flush_if_due(self) -> None:
         with self._lock:
@@ -336,6 +333,8 @@ class LiveRecorder:
         self._count = count
         self._lock = threading.Lock()
         self.done = threading.Event()
+        self.error: RecordingError | None = None
+        """Why recording stopped early (the disk is full...); `done` is set with it."""
         self._link = MqttLink(settings, on_message=self._on_message)
         self._link.subscribe(self.topic_filters, qos=qos)
 
@@ -345,9 +344,14 @@ class LiveRecorder:
                 return
             if message.retain:
                 return  # telemetry is never retained; a retained one is old news, not live
-            if self.recorder.add_message(message.topic, message.payload) and (
-                self._count is not None and self.recorder.count >= self._count
-            ):
+            try:
+                recorded = self.recorder.add_message(message.topic, message.payload)
+            except (OSError, RecordingError) as exc:
+                self.error = RecordingError(f"cannot write {self.recorder.path}: {exc}")
+                log.error("recording stopped", extra={"error": str(self.error)})
+                self.done.set()
+                return
+            if recorded and self._count is not None and self.recorder.count >= self._count:
                 self.done.set()
 
     def start(self) -> Self:
@@ -704,6 +708,10 @@ def record_command(
     """`edgetwin record`: returns the exit status; prints the count at the end."""
     stop = threading.Event()
     try:
+        if count is not None and count < 1:
+            raise ValueError(f"--count must be at least 1, got {count}")
+        if duration is not None and not duration > 0:
+            raise ValueError(f"--duration must be positive, got {duration}")
         host, port = parse_broker(broker)
         settings = MqttSettings(host=host, port=port, protocol="3.1.1", prefix=prefix)
         recorder = Recorder(out, overwrite=overwrite)
@@ -725,6 +733,9 @@ def record_command(
             stop.wait(min(0.5, remaining))
             recorder.flush_if_due()
     print(f"recorded {recorder.count} readings to {out} ({recorder.skipped} skipped)")
+    if live.error is not None:
+        print(f"edgetwin record: {live.error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -766,6 +777,8 @@ def replay_command(
     """`edgetwin replay`: returns the exit status; prints the count at the end."""
     stop = threading.Event()
     try:
+        if duration is not None and not duration > 0:
+            raise ValueError(f"--duration must be positive, got {duration}")
         host, port = parse_broker(broker)
         readings = read_recording(path)
         topics = None

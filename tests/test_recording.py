@@ -435,3 +435,29 @@ def _rows(path: Path) -> int:
         return 0
     with path.open(encoding="utf-8", newline="") as file:
         return max(0, sum(1 for _ in csv.reader(file)) - 1)
+
+
+@pytest.mark.integration
+def test_a_recorder_that_cannot_write_stops_with_the_reason(
+    broker: BrokerUnderTest, tmp_path: Path
+) -> None:
+    recorder = Recorder(tmp_path / "rec.jsonl")
+    with LiveRecorder(settings(broker), recorder) as live:
+        assert live.wait_ready(10)
+        recorder.close()  # what a vanished disk looks like from here: every write fails
+        client = connect_client(broker)
+        try:
+            payload = sample_stream()[0]
+            client.publish(Topics().telemetry(payload.device, payload.sensor), payload.encode())
+            assert live.done.wait(10)
+        finally:
+            disconnect_client(client)
+    assert live.error is not None
+    assert "is closed" in str(live.error)
+
+
+def test_the_cli_refuses_bad_bounds(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = str(tmp_path / "x.csv")
+    assert edgetwin_main(["record", "--broker", "127.0.0.1:1", "--out", out, "--count", "0"]) == 2
+    assert "--count must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
