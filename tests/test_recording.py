@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 
 from agent.config import MqttSettings
-from agent.contract import Anomaly, FlatReading, Source, Telemetry, Topics, Value
+from agent.contract import (
+    Anomaly,
+    FlatReading,
+    SensorBackend,
+    SensorSettings,
+    Source,
+    Telemetry,
+    Topics,
+    Value,
+)
 from agent.mqtt import MqttLink
 from edgetwin.cli import main as edgetwin_main
 from gateway.recording import (
@@ -25,6 +34,7 @@ from gateway.recording import (
     parse_broker,
     read_recording,
 )
+from gateway.simulation import SimulationEngine
 from hardware.signals import Replay, replay_csv
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import start_edgetwin
@@ -461,3 +471,39 @@ def test_the_cli_refuses_bad_bounds(capsys: pytest.CaptureFixture[str], tmp_path
     assert edgetwin_main(["record", "--broker", "127.0.0.1:1", "--out", out, "--count", "0"]) == 2
     assert "--count must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.integration
+def test_record_the_gateway_simulation(broker: BrokerUnderTest, tmp_path: Path) -> None:
+    link = MqttLink(settings(broker))
+
+    def publish(topic: str, payload: bytes) -> None:
+        link.publish(topic, payload)
+
+    engine = SimulationEngine(publish, Topics())
+    env = SensorSettings(
+        driver="bme280", address=0x76, interval=0.02, backend=SensorBackend.EMULATED
+    )
+    with LiveRecorder(settings(broker), Recorder(tmp_path / "sim.csv"), count=10) as live:
+        assert live.wait_ready(10)
+        link.start()
+        assert link.wait_connected(10)
+        engine.start()
+        try:
+            engine.activate("sim-1", {"env": env})
+            assert live.done.wait(10)
+        finally:
+            engine.stop()
+            link.close()
+
+    readings = read_recording(tmp_path / "sim.csv")
+    assert len(readings) == 10
+    assert {(r.device, r.sensor) for r in readings} == {("sim-1", "env")}
+    payloads = [r.payload for r in readings if isinstance(r.payload, Telemetry)]
+    assert [p.seq for p in payloads] == list(range(payloads[0].seq, payloads[0].seq + 10))
+    assert {p.source for p in payloads} == {Source.SIMULATED}
+    assert {name: v.unit for name, v in payloads[0].values.items()} == {
+        "temperature": "°C",
+        "humidity": "%RH",
+        "pressure": "hPa",
+    }
