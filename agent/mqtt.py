@@ -167,10 +167,16 @@ class MqttLink:
         self._client.on_message = self._handle_message
         self._client.on_publish = self._handle_publish
         self._client.on_socket_open = self._handle_socket_open
+        self._client.on_subscribe = self._handle_subscribe
         self._on_connect = on_connect
         self._on_message = on_message
         self._on_delivered = on_delivered
         self._subscriptions: dict[str, SubscribeOptions] = {}
+        # SUBSCRIBE packets not yet acknowledged, and SUBACKs that beat `_send_subscribe` to the
+        # lock (a subscribe from another thread), so `wait_subscribed` never misses one.
+        self._pending_subacks: set[int] = set()
+        self._early_subacks: set[int] = set()
+        self._subscribed = threading.Event()
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._closing = threading.Event()
@@ -197,6 +203,11 @@ class MqttLink:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Wait until connected with every subscription acknowledged by the broker: from then
+        on, a message published to a subscribed topic is certain to reach this link."""
+        return self._subscribed.wait(timeout)
+
     def subscribe(
         self, topic_filters: Iterable[str], qos: int = 1, *, no_local: bool = False
     ) -> None:
@@ -210,10 +221,20 @@ class MqttLink:
             self._send_subscribe(new)
 
     def _send_subscribe(self, subscriptions: Mapping[str, SubscribeOptions]) -> None:
+        self._subscribed.clear()
         if self._v5:
-            self._client.subscribe(list(subscriptions.items()))
+            _, mid = self._client.subscribe(list(subscriptions.items()))
         else:
-            self._client.subscribe([(f, o.QoS) for f, o in subscriptions.items()])
+            _, mid = self._client.subscribe([(f, o.QoS) for f, o in subscriptions.items()])
+        if mid is None:
+            return
+        with self._lock:
+            if mid in self._early_subacks:
+                self._early_subacks.discard(mid)
+            else:
+                self._pending_subacks.add(mid)
+            if not self._pending_subacks:
+                self._subscribed.set()
 
     def publish(
         self,
@@ -341,6 +362,8 @@ class MqttLink:
             subscriptions = dict(self._subscriptions)
         if subscriptions:
             self._send_subscribe(subscriptions)
+        else:
+            self._subscribed.set()
         if self._on_connect is not None:
             try:
                 self._on_connect(self)
@@ -358,9 +381,32 @@ class MqttLink:
     ) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
+        self._subscribed.clear()
+        with self._lock:
+            self._pending_subacks.clear()
+            self._early_subacks.clear()
         if was_connected and not self._closing.is_set():
             self.disconnect_count += 1
             log.warning("lost broker connection, reconnecting", extra={"reason": str(reason_code)})
+
+    def _handle_subscribe(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [str(code) for code in reason_codes if code.is_failure]
+        if refused:
+            log.warning("broker refused a subscription", extra={"reasons": refused})
+        with self._lock:
+            if mid in self._pending_subacks:
+                self._pending_subacks.discard(mid)
+            else:
+                self._early_subacks.add(mid)
+            if not self._pending_subacks:
+                self._subscribed.set()
 
     def _handle_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         # paho leaves Nagle's algorithm on: a small PUBLISH then waits for the ACK of the one

@@ -61,7 +61,33 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--port", type=int, default=1883)
     watch.add_argument("--topic", action="append", default=None, help="topic filter (default '#')")
     watch.add_argument("--count", type=int, default=None, help="exit after so many messages")
+    _add_record_replay(commands)
     return parser
+
+
+def _add_record_replay(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    record = commands.add_parser("record", help="record live telemetry to a CSV or JSONL file")
+    record.add_argument("--broker", required=True, metavar="HOST:PORT")
+    record.add_argument(
+        "--topic", action="append", default=None, help="topic filter (default: all telemetry)"
+    )
+    record.add_argument("--prefix", default="edgetwin", help="topic prefix for the default filter")
+    record.add_argument("--out", type=Path, required=True, help="FILE.csv or FILE.jsonl")
+    record.add_argument("--duration", type=float, default=None, help="stop after so many seconds")
+    record.add_argument("--count", type=int, default=None, help="stop after so many readings")
+    record.add_argument("--overwrite", action="store_true", help="replace an existing file")
+
+    replay = commands.add_parser("replay", help="publish a recording as a simulated device")
+    replay.add_argument("file", type=Path, help="a recording (.csv or .jsonl)")
+    replay.add_argument("--broker", required=True, metavar="HOST:PORT")
+    replay.add_argument("--speed", type=float, default=1.0, help="2 plays twice as fast")
+    replay.add_argument("--device", default=None, help="publish as this device id")
+    replay.add_argument("--only", default=None, help="replay only this recorded device")
+    replay.add_argument("--loop", action="store_true", help="repeat until stopped")
+    replay.add_argument("--duration", type=float, default=None, help="stop after so many seconds")
+    replay.add_argument("--prefix", default=None, help="rebuild topics under this prefix")
+    replay.add_argument("--topic-template", default=None, help="e.g. 'sensors/{device_id}'")
+    replay.add_argument("--qos", type=int, choices=[0, 1], default=1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,6 +116,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent.watch import watch
 
         return watch(args.host, args.port, args.topic or ["#"], args.count)
+    if args.command == "record":
+        from gateway.recording import record_command
+
+        return record_command(
+            args.broker,
+            args.out,
+            topic_filters=args.topic,
+            prefix=args.prefix,
+            duration=args.duration,
+            count=args.count,
+            overwrite=args.overwrite,
+        )
+    if args.command == "replay":
+        from gateway.recording import replay_command
+
+        return replay_command(
+            args.file,
+            args.broker,
+            speed=args.speed,
+            device=args.device,
+            only=args.only,
+            loop=args.loop,
+            prefix=args.prefix,
+            topic_template=args.topic_template,
+            duration=args.duration,
+            qos=args.qos,
+        )
     raise AssertionError(f"unhandled command {args.command}")
 
 

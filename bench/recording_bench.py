@@ -1,0 +1,145 @@
+"""Benchmark of record and replay (gateway/recording.py): readings per second.
+
+Run: ``.venv/bin/python bench/recording_bench.py`` (``--help`` for options). Prints a table;
+asserts nothing; bounded in time (well under a minute by default).
+
+1. Live recording: N realistic telemetry messages (~250 bytes of JSON) published at QoS 1 by a
+   paho-mqtt client to a private mosquitto on 127.0.0.1, received by a `LiveRecorder` writing
+   CSV, then JSONL; beside it, a bare `MqttLink` subscriber that only counts is the baseline.
+   Rate = N / (time from the first publish to the last message received).
+   mosquitto's per-client queue is unbounded here, so that nothing is dropped.
+2. Files: `read_recording` of the two files written in step 1.
+3. Replay: `Replayer.run` at a speed so high that nothing waits, into a publish that drops the
+   message: the cost of shifting and re-encoding readings, without the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.config import MqttSettings
+from agent.contract import Source, Telemetry, Topics, Value
+from agent.mqtt import Message, MqttLink
+from gateway.broker import MosquittoBroker
+from gateway.recording import LiveRecorder, Recorder, Replayer, read_recording
+
+TOPICS = Topics()
+
+
+def payloads(n: int) -> list[tuple[str, bytes]]:
+    start = time.time()
+    out = []
+    for seq in range(n):
+        device = f"dev-{seq % 100:03d}"
+        reading = Telemetry(
+            device=device,
+            sensor="env",
+            ts=start + seq * 0.01,
+            seq=seq // 100,
+            source=Source.SIMULATED,
+            values={
+                "temperature": Value(value=21.5 + (seq % 97) / 10, unit="°C"),
+                "humidity": Value(value=40.0 + (seq % 53) / 10, unit="%RH"),
+                "pressure": Value(value=1013.25 - (seq % 31) / 10, unit="hPa"),
+            },
+        )
+        out.append((TOPICS.telemetry(device, "env"), reading.encode()))
+    return out
+
+
+def pump(broker: MosquittoBroker, messages: list[tuple[str, bytes]]) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    client.max_inflight_messages_set(100)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
+        for info in infos:
+            info.wait_for_publish(30)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def timed_live(
+    broker: MosquittoBroker, messages: list[tuple[str, bytes]], out: Path | None
+) -> float:
+    settings = MqttSettings(host=broker.host, port=broker.port, protocol="3.1.1")
+    n = len(messages)
+    if out is None:
+        seen = 0
+        done = threading.Event()
+
+        def count(_: Message) -> None:
+            nonlocal seen
+            seen += 1
+            if seen >= n:
+                done.set()
+
+        link = MqttLink(settings, on_message=count)
+        link.subscribe([TOPICS.all_telemetry()], qos=1)
+        link.start()
+        try:
+            assert link.wait_subscribed(10)
+            began = time.perf_counter()
+            pump(broker, messages)
+            assert done.wait(60), f"only {seen} of {n} received"
+            return n / (time.perf_counter() - began)
+        finally:
+            link.close()
+    with LiveRecorder(settings, Recorder(out, overwrite=True), count=n) as live:
+        assert live.wait_ready(10)
+        began = time.perf_counter()
+        pump(broker, messages)
+        assert live.done.wait(60), f"only {live.recorder.count} of {n} recorded"
+        return n / (time.perf_counter() - began)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--messages", type=int, default=50_000)
+    args = parser.parse_args()
+    messages = payloads(args.messages)
+    size = sum(len(p) for _, p in messages) / len(messages)
+    rows: list[tuple[str, str]] = []
+    # The publisher runs ahead of a subscriber; mosquitto's default queue (1,000 messages per
+    # client) would drop the rest, and the figures would count losses as speed.
+    unbounded = ["max_queued_messages 0"]
+    with MosquittoBroker(extra_config=unbounded) as broker, tempfile.TemporaryDirectory() as tmp:
+        baseline = timed_live(broker, messages, None)
+        rows.append(("live, bare MqttLink subscriber (baseline)", f"{baseline:,.0f} msgs/s"))
+        for suffix in (".csv", ".jsonl"):
+            path = Path(tmp) / f"rec{suffix}"
+            rate = timed_live(broker, messages, path)
+            rows.append(
+                (f"live, LiveRecorder to {suffix}", f"{rate:,.0f} msgs/s ({rate / baseline:.2f} ×)")
+            )
+        for suffix in (".csv", ".jsonl"):
+            path = Path(tmp) / f"rec{suffix}"
+            began = time.perf_counter()
+            readings = read_recording(path)
+            rate = len(readings) / (time.perf_counter() - began)
+            per_row = path.stat().st_size / len(readings)
+            rows.append(
+                (f"read_recording {suffix}", f"{rate:,.0f} readings/s ({per_row:.0f} B/row)")
+            )
+        replayer = Replayer(readings, lambda topic, payload: None, speed=1e12)
+        began = time.perf_counter()
+        published = replayer.run()
+        rate = published / (time.perf_counter() - began)
+        rows.append(("Replayer.run, no network", f"{rate:,.0f} readings/s"))
+    print(f"{args.messages:,} readings of {size:.0f} bytes, QoS 1, mosquitto on 127.0.0.1")
+    width = max(len(name) for name, _ in rows)
+    for name, figure in rows:
+        print(f"{name:<{width}}  {figure}")
+
+
+if __name__ == "__main__":
+    main()

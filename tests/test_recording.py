@@ -1,0 +1,509 @@
+"""Record and replay (gateway/recording.py): files, timelines, and live streams on a real broker."""
+
+from __future__ import annotations
+
+import csv
+import math
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from agent.config import MqttSettings
+from agent.contract import (
+    Anomaly,
+    FlatReading,
+    SensorBackend,
+    SensorSettings,
+    Source,
+    Telemetry,
+    Topics,
+    Value,
+)
+from agent.mqtt import MqttLink
+from edgetwin.cli import main as edgetwin_main
+from gateway.recording import (
+    LiveRecorder,
+    RecordedReading,
+    Recorder,
+    RecordingError,
+    Replayer,
+    parse_broker,
+    read_recording,
+)
+from gateway.simulation import SimulationEngine
+from hardware.signals import Replay, replay_csv
+from tests.brokers import BrokerUnderTest
+from tests.fleet_helpers import start_edgetwin
+from tests.mqtt_helpers import connect_client, disconnect_client
+
+T0 = 1_790_000_000.0  # a fixed recorded epoch, far from now, so shifted times stand out
+
+
+def telemetry(
+    seq: int,
+    ts: float,
+    *,
+    device: str = "dev-1",
+    sensor: str = "env",
+    anomaly: Anomaly | None = None,
+    **values: float,
+) -> Telemetry:
+    units = {"temperature": "°C", "humidity": "%RH", "pressure": "hPa", "illuminance": "lx"}
+    return Telemetry(
+        device=device,
+        sensor=sensor,
+        ts=ts,
+        seq=seq,
+        source=Source.REAL,
+        values={name: Value(value=v, unit=units[name]) for name, v in values.items()},
+        anomaly=anomaly,
+    )
+
+
+def sample_stream() -> list[Telemetry]:
+    """Two streams, a quantity that appears late (widens a CSV), an anomaly, a seq gap."""
+    spike = Anomaly(type="spike", id="a-1", start=T0 + 2.0, end=T0 + 3.0)
+    return [
+        telemetry(7, T0, temperature=21.25, humidity=40.125),
+        telemetry(8, T0 + 1.0, temperature=21.5, humidity=40.0),
+        telemetry(3, T0 + 1.5, sensor="light", illuminance=312.0),
+        telemetry(9, T0 + 2.0, temperature=35.1, humidity=40.5, anomaly=spike),
+        telemetry(11, T0 + 4.0, temperature=0.1 + 0.2, humidity=1e-7, pressure=1013.25),
+    ]
+
+
+class FakeClock:
+    """Virtual time: `wait` moves the clock instead of sleeping."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.waits: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wait(self, seconds: float) -> bool:
+        self.waits.append(seconds)
+        self.now += seconds
+        return False
+
+
+def topic_of(payload: Telemetry | FlatReading) -> str:
+    if isinstance(payload, Telemetry):
+        return Topics().telemetry(payload.device, payload.sensor)
+    return "sensors/data"
+
+
+def write(path: Path, payloads: Sequence[Telemetry | FlatReading]) -> Path:
+    with Recorder(path) as recorder:
+        for i, payload in enumerate(payloads):
+            recorder.add(RecordedReading(payload, topic_of(payload), T0 + 100 + i))
+    return path
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_recording_reads_back_exactly(tmp_path: Path, suffix: str) -> None:
+    flat = FlatReading(device_id="device_000", timestamp=T0 + 5.0, temperature=22.5, humidity=41.0)
+    payloads: list[Telemetry | FlatReading] = [*sample_stream(), flat]
+    path = write(tmp_path / f"rec{suffix}", payloads)
+
+    readings = read_recording(path)
+
+    assert [r.payload for r in readings] == payloads
+    if suffix == ".jsonl":
+        assert [r.topic for r in readings] == [topic_of(p) for p in payloads]
+        assert [r.received for r in readings] == [T0 + 100 + i for i in range(len(payloads))]
+    else:
+        assert {r.topic for r in readings} == {None}
+
+
+def test_csv_columns_name_quantities_with_units_and_grow_as_they_appear(tmp_path: Path) -> None:
+    path = write(tmp_path / "rec.csv", list(sample_stream()))
+    with path.open(encoding="utf-8", newline="") as file:
+        rows = list(csv.reader(file))
+    assert rows[0] == [
+        "device",
+        "sensor",
+        "ts",
+        "seq",
+        "source",
+        "temperature[°C]",
+        "humidity[%RH]",
+        "illuminance[lx]",
+        "pressure[hPa]",
+        "anomaly",
+        "anomaly_id",
+        "anomaly_start",
+        "anomaly_end",
+    ]
+    assert all(len(row) == len(rows[0]) for row in rows)
+    assert rows[1][:7] == ["dev-1", "env", repr(T0), "7", "real", "21.25", "40.125"]
+    assert rows[4][-4:] == ["spike", "a-1", repr(T0 + 2.0), repr(T0 + 3.0)]
+    assert not (tmp_path / "rec.csv.tmp").exists()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_rows_reach_the_file_as_they_come_not_at_close(tmp_path: Path, suffix: str) -> None:
+    clock = FakeClock(T0)
+    path = tmp_path / f"rec{suffix}"
+    recorder = Recorder(path, flush_rows=3, flush_interval=10.0, clock=clock)
+    stream = sample_stream()
+    try:
+        recorder.add(RecordedReading(stream[0]))
+        recorder.add(RecordedReading(stream[1]))
+        before = path.read_bytes()
+        recorder.add(RecordedReading(stream[2]))  # third row: a flush by count
+        assert len(read_recording(path)) == 3
+        recorder.add(RecordedReading(stream[3]))
+        clock.now += 10.0
+        recorder.flush_if_due()  # an idle stream: a flush by time
+        assert len(read_recording(path)) == 4
+    finally:
+        recorder.close()
+    assert b"21.5" not in before  # the second row was still buffered
+
+
+def test_recorder_refuses_to_overwrite_unless_told(tmp_path: Path) -> None:
+    path = write(tmp_path / "rec.jsonl", sample_stream()[:1])
+    with pytest.raises(RecordingError, match="exists"):
+        Recorder(path)
+    with Recorder(path, overwrite=True) as recorder:
+        recorder.add(RecordedReading(sample_stream()[1]))
+    assert [r.payload.seq for r in read_recording(path)] == [8]  # type: ignore[union-attr]
+
+
+def test_messages_that_are_not_readings_are_skipped_and_counted(tmp_path: Path) -> None:
+    with Recorder(tmp_path / "rec.jsonl") as recorder:
+        assert recorder.add_message("t", sample_stream()[0].encode())
+        assert not recorder.add_message("t", b"not json")
+        assert not recorder.add_message("t", b'{"device": "dev-1", "state": "online"}')
+        assert not recorder.add_message("t", b"[1, 2]")
+    assert (recorder.count, recorder.skipped) == (1, 3)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("rec.txt", "x", "unknown recording format '.txt'"),
+        ("rec.csv", "", "empty file"),
+        ("rec.csv", "timestamp,temperature\n1,2\n", "not an edgetwin recording"),
+        (
+            "rec.csv",
+            "device,sensor,ts,seq,source,temperature,anomaly,anomaly_id,anomaly_start,anomaly_end\n",
+            "column 'temperature' is not a quantity",
+        ),
+        (
+            "rec.csv",
+            "device,sensor,ts,seq,source,t[°C],anomaly,anomaly_id,anomaly_start,anomaly_end\n"
+            "dev-1,env,1,0,real,21,,,,\n"
+            "dev-1,env,2,x,real,21,,,,\n",
+            "line 3: invalid literal for int",
+        ),
+        (
+            "rec.csv",
+            "device,sensor,ts,seq,source,t[°C],anomaly,anomaly_id,anomaly_start,anomaly_end\n"
+            "Bad/Device,env,1,0,real,21,,,,\n",
+            "line 2: invalid Telemetry payload",
+        ),
+        (
+            "rec.csv",
+            "device,sensor,ts,seq,source,t[°C],anomaly,anomaly_id,anomaly_start,anomaly_end\n",
+            "no readings",
+        ),
+        ("rec.jsonl", '{"topic": "t", "received": 1, "payload": {"v": 1}}\n', "line 1: invalid"),
+        ("rec.jsonl", "\n{not json\n", "line 2"),
+    ],
+)
+def test_bad_files_are_refused_with_the_reason(
+    tmp_path: Path, name: str, content: str, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(RecordingError, match=message):
+        read_recording(path)
+
+
+def test_a_missing_file_is_a_recording_error(tmp_path: Path) -> None:
+    with pytest.raises(RecordingError, match="cannot read"):
+        read_recording(tmp_path / "absent.csv")
+
+
+# -- replay timeline (virtual time) ----------------------------------------------------------------
+
+
+def test_replay_shifts_time_to_now_and_scales_gaps(tmp_path: Path) -> None:
+    readings = read_recording(write(tmp_path / "rec.jsonl", sample_stream()))
+    clock = FakeClock(2_000_000_000.0)
+    sent: list[tuple[str, bytes]] = []
+    replayer = Replayer(
+        readings, lambda t, p: sent.append((t, p)), speed=4.0, clock=clock, wait=clock.wait
+    )
+
+    assert replayer.run() == 5
+
+    out = [Telemetry.decode(p) for _, p in sent]
+    start = 2_000_000_000.0
+    assert [m.ts for m in out] == [start + (r.ts - T0) / 4.0 for r in readings]
+    assert sum(clock.waits) == pytest.approx(4.0 / 4.0)  # the recording spans 4 s
+    assert [m.seq for m in out] == [7, 8, 3, 9, 11]
+    assert [m.values for m in out] == [r.payload.values for r in readings]  # type: ignore[union-attr]
+    assert {m.source for m in out} == {Source.SIMULATED}
+    assert out[3].anomaly == Anomaly(type="spike", id="a-1", start=start + 0.5, end=start + 0.75)
+    assert [t for t, _ in sent] == [r.topic for r in readings]  # recorded topics kept
+
+
+def test_replay_loops_with_seq_counting_on_and_stops_on_bounds() -> None:
+    readings = [
+        RecordedReading(telemetry(seq, T0 + seq, temperature=float(seq))) for seq in range(3)
+    ]
+    clock = FakeClock(2_000_000_000.0)
+    sent: list[Telemetry] = []
+    replayer = Replayer(
+        readings,
+        lambda t, p: sent.append(Telemetry.decode(p)),
+        loop=True,
+        device="replayed",
+        clock=clock,
+        wait=clock.wait,
+    )
+
+    assert replayer.run(count=7) == 7
+
+    assert [m.seq for m in sent] == list(range(7))
+    assert [m.ts - sent[0].ts for m in sent] == [float(i) for i in range(7)]  # one period: 3 s
+    assert {m.device for m in sent} == {"replayed"}
+    stop = threading.Event()
+    stop.set()
+    assert replayer.run(stop) == 0
+    assert replayer.run(duration=2.5) == 3
+
+
+def test_replay_refuses_what_it_cannot_play() -> None:
+    two_devices = [
+        RecordedReading(telemetry(0, T0, device="a", temperature=1.0)),
+        RecordedReading(telemetry(0, T0 + 1, device="b", temperature=1.0)),
+    ]
+    with pytest.raises(RecordingError, match="2 devices"):
+        Replayer(two_devices, lambda t, p: None, device="x")
+    with pytest.raises(RecordingError, match="no device 'c'"):
+        Replayer(two_devices, lambda t, p: None, only="c")
+    with pytest.raises(RecordingError, match="speed"):
+        Replayer(two_devices, lambda t, p: None, speed=0)
+    with pytest.raises(RecordingError, match="loop"):
+        Replayer(two_devices[:1], lambda t, p: None, loop=True)
+    flat = [RecordedReading(FlatReading(device_id="d", timestamp=T0, temperature=1, humidity=2))]
+    with pytest.raises(RecordingError, match="template"):
+        Replayer(flat, lambda t, p: None)
+    sent: list[str] = []
+    Replayer(
+        flat, lambda t, p: sent.append(t), topics=Topics(telemetry_template="sensors/data")
+    ).run()
+    assert sent == ["sensors/data"]
+
+
+def test_a_recorded_csv_is_a_signal_source(tmp_path: Path) -> None:
+    duplicate = telemetry(9, T0 + 2.0, temperature=99.0, humidity=1.0)
+    path = write(tmp_path / "rec.csv", [*sample_stream(), duplicate])
+    with pytest.raises(ValueError, match="streams found: dev-1/env, dev-1/light"):
+        Replay.from_csv(path, "temperature")
+
+    models = replay_csv(path, device="dev-1", sensor="env", start=0.0)
+
+    assert sorted(models) == ["humidity", "pressure", "temperature"]  # no illuminance: not env's
+    temperature = models["temperature"]
+    assert [temperature.sample(t) for t in (0.0, 1.5, 2.0, 4.0)] == [21.25, 21.5, 35.1, 0.1 + 0.2]
+    assert math.isnan(models["pressure"].sample(1.0))  # not measured then
+    light = Replay.from_csv(path, "illuminance", sensor="light", start=0.0)
+    assert light.sample(0.0) == 312.0
+
+
+def test_parse_broker() -> None:
+    assert parse_broker("127.0.0.1:1884") == ("127.0.0.1", 1884)
+    assert parse_broker("localhost") == ("localhost", 1883)
+    assert parse_broker("[::1]:1885") == ("::1", 1885)
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        parse_broker("host:port")
+
+
+# -- live, on a real broker ----------------------------------------------------------------------
+
+
+def settings(broker: BrokerUnderTest) -> MqttSettings:
+    return MqttSettings(host=broker.host, port=broker.port, protocol=broker.protocol)
+
+
+@pytest.mark.integration
+def test_record_a_live_stream_to_csv_and_jsonl(broker: BrokerUnderTest, tmp_path: Path) -> None:
+    stream = sample_stream()
+    topics = Topics()
+    with (
+        LiveRecorder(settings(broker), Recorder(tmp_path / "rec.csv"), count=5) as as_csv,
+        LiveRecorder(settings(broker), Recorder(tmp_path / "rec.jsonl"), count=5) as as_jsonl,
+    ):
+        assert as_csv.wait_ready(10)
+        assert as_jsonl.wait_ready(10)
+        client = connect_client(broker)
+        try:
+            # Not readings: a status on a telemetry topic is skipped, an agent status unseen.
+            client.publish(topics.telemetry("dev-1", "env"), b'{"state": "online"}', qos=1)
+            client.publish(topics.status("dev-1"), b"{}", qos=1)
+            for payload in stream:
+                client.publish(
+                    topics.telemetry(payload.device, payload.sensor), payload.encode(), qos=1
+                )
+            assert as_csv.done.wait(10)
+            assert as_jsonl.done.wait(10)
+        finally:
+            disconnect_client(client)
+
+    for name in ("rec.csv", "rec.jsonl"):
+        assert [r.payload for r in read_recording(tmp_path / name)] == stream
+    jsonl = read_recording(tmp_path / "rec.jsonl")
+    assert [r.topic for r in jsonl] == [topics.telemetry(p.device, p.sensor) for p in stream]
+    assert all(r.received is not None and r.received > T0 for r in jsonl)
+    assert as_jsonl.recorder.skipped == 1
+
+
+@pytest.mark.integration
+def test_replay_reproduces_the_file_on_the_wire(broker: BrokerUnderTest, tmp_path: Path) -> None:
+    source = write(tmp_path / "source.csv", sample_stream())
+    readings = read_recording(source)
+    link = MqttLink(settings(broker))
+    speed = 8.0
+    with LiveRecorder(settings(broker), Recorder(tmp_path / "replayed.jsonl"), count=5) as live:
+        assert live.wait_ready(10)
+        link.start()
+        try:
+            assert link.wait_connected(10)
+            replayer = Replayer(readings, lambda t, p: link.publish(t, p, qos=1), speed=speed)
+            before = time.time()
+            assert replayer.run() == 5
+            after = time.time()
+            assert live.done.wait(10)
+        finally:
+            link.close()
+
+    replayed = read_recording(tmp_path / "replayed.jsonl")
+    original = [r.payload for r in readings]
+    out = [r.payload for r in replayed]
+    assert all(isinstance(p, Telemetry) for p in out)
+    out_t = [p for p in out if isinstance(p, Telemetry)]
+    orig_t = [p for p in original if isinstance(p, Telemetry)]
+    assert [(p.device, p.sensor, p.seq, p.values) for p in out_t] == [
+        (p.device, p.sensor, p.seq, p.values) for p in orig_t
+    ]
+    assert {p.source for p in out_t} == {Source.SIMULATED}
+    assert before <= out_t[0].ts <= after
+    for got, want in zip(out_t, orig_t, strict=True):
+        assert got.ts - out_t[0].ts == pytest.approx((want.ts - T0) / speed, abs=1e-6)
+    # CSV keeps no topics: the replay builds them from the contract.
+    assert [r.topic for r in replayed] == [Topics().telemetry(p.device, p.sensor) for p in orig_t]
+
+
+@pytest.mark.integration
+def test_the_cli_records_until_stopped_and_replays(broker: BrokerUnderTest, tmp_path: Path) -> None:
+    source = write(tmp_path / "source.jsonl", sample_stream())
+    out = tmp_path / "cli.csv"
+    address = f"{broker.host}:{broker.port}"
+    process = start_edgetwin(["record", "--broker", address, "--out", str(out)])
+    try:
+        assert process.stderr is not None
+        # Printed once the broker has granted the subscription.
+        assert process.stderr.readline().startswith(b"recording edgetwin/+/telemetry/+")
+        status = edgetwin_main(["replay", str(source), "--broker", address, "--speed", "20"])
+        assert status == 0
+        deadline = time.monotonic() + 10
+        while _rows(out) < 5:  # rows are flushed as they come, while the recorder runs
+            assert time.monotonic() < deadline, "recorded rows never reached the file"
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=15)
+    assert process.returncode == 0, stderr.decode()
+    assert stdout.decode().startswith(f"recorded 5 readings to {out}")
+    assert [r.payload.values for r in read_recording(out)] == [  # type: ignore[union-attr]
+        p.values for p in sample_stream()
+    ]
+
+
+def test_the_cli_names_a_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("nonsense\n", encoding="utf-8")
+    assert edgetwin_main(["replay", str(path), "--broker", "127.0.0.1:1"]) == 2
+    assert "not an edgetwin recording" in capsys.readouterr().err
+
+
+def _rows(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with path.open(encoding="utf-8", newline="") as file:
+        return max(0, sum(1 for _ in csv.reader(file)) - 1)
+
+
+@pytest.mark.integration
+def test_a_recorder_that_cannot_write_stops_with_the_reason(
+    broker: BrokerUnderTest, tmp_path: Path
+) -> None:
+    recorder = Recorder(tmp_path / "rec.jsonl")
+    with LiveRecorder(settings(broker), recorder) as live:
+        assert live.wait_ready(10)
+        recorder.close()  # what a vanished disk looks like from here: every write fails
+        client = connect_client(broker)
+        try:
+            payload = sample_stream()[0]
+            client.publish(Topics().telemetry(payload.device, payload.sensor), payload.encode())
+            assert live.done.wait(10)
+        finally:
+            disconnect_client(client)
+    assert live.error is not None
+    assert "is closed" in str(live.error)
+
+
+def test_the_cli_refuses_bad_bounds(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = str(tmp_path / "x.csv")
+    assert edgetwin_main(["record", "--broker", "127.0.0.1:1", "--out", out, "--count", "0"]) == 2
+    assert "--count must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.integration
+def test_record_the_gateway_simulation(broker: BrokerUnderTest, tmp_path: Path) -> None:
+    link = MqttLink(settings(broker))
+
+    def publish(topic: str, payload: bytes) -> None:
+        link.publish(topic, payload)
+
+    engine = SimulationEngine(publish, Topics())
+    env = SensorSettings(
+        driver="bme280", address=0x76, interval=0.02, backend=SensorBackend.EMULATED
+    )
+    with LiveRecorder(settings(broker), Recorder(tmp_path / "sim.csv"), count=10) as live:
+        assert live.wait_ready(10)
+        link.start()
+        assert link.wait_connected(10)
+        engine.start()
+        try:
+            engine.activate("sim-1", {"env": env})
+            assert live.done.wait(10)
+        finally:
+            engine.stop()
+            link.close()
+
+    readings = read_recording(tmp_path / "sim.csv")
+    assert len(readings) == 10
+    assert {(r.device, r.sensor) for r in readings} == {("sim-1", "env")}
+    payloads = [r.payload for r in readings if isinstance(r.payload, Telemetry)]
+    assert [p.seq for p in payloads] == list(range(payloads[0].seq, payloads[0].seq + 10))
+    assert {p.source for p in payloads} == {Source.SIMULATED}
+    assert {name: v.unit for name, v in payloads[0].values.items()} == {
+        "temperature": "°C",
+        "humidity": "%RH",
+        "pressure": "hPa",
+    }
