@@ -37,7 +37,7 @@ from gateway.recording import (
 from gateway.simulation import SimulationEngine
 from hardware.signals import Replay, replay_csv
 from tests.brokers import BrokerUnderTest
-from tests.fleet_helpers import start_edgetwin
+from tests.fleet_helpers import mqtt_settings, start_edgetwin
 from tests.mqtt_helpers import connect_client, disconnect_client
 
 T0 = 1_790_000_000.0  # a fixed recorded epoch, far from now, so shifted times stand out
@@ -336,7 +336,7 @@ def test_parse_broker() -> None:
 
 
 def settings(broker: BrokerUnderTest) -> MqttSettings:
-    return MqttSettings(host=broker.host, port=broker.port, protocol=broker.protocol)
+    return mqtt_settings(broker)
 
 
 @pytest.mark.integration
