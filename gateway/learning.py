@@ -207,10 +207,15 @@ class QuantityStats:
         dt = self.dt_mean if self.dt_n else 0.0
         profile = tuple(self._bin_value(b) for b in range(BINS))
         if v <= 0.0 or dt <= 0.0 or self.lag1_n < 2 or c1 <= 0.0:
-            # No memory from one reading to the next: the deviation is all white noise.
-            return Fit(profile, theta=0.0, sigma_slow=0.0, sigma_white=math.sqrt(v))
-        phi_max = math.exp(-SLOWEST_REVERSION * dt)
+            # No memory from one reading to the next: the deviation is all white noise, and
+            # the last one is forgotten at once (an infinite reversion rate).
+            return Fit(profile, theta=math.inf, sigma_slow=0.0, sigma_white=math.sqrt(v))
         rho1 = c1 / v
+        if rho1 < 2.0 / math.sqrt(min(self.lag1_n, self.horizon / dt)):
+            # Within two standard errors of no autocorrelation: C2 / C1 would be noise over
+            # noise, and could dress white noise up as a slow process.
+            return Fit(profile, theta=math.inf, sigma_slow=0.0, sigma_white=math.sqrt(v))
+        phi_max = math.exp(-SLOWEST_REVERSION * dt)
         phi = c2 / c1 if self.lag2_n >= 2 and c2 > 0.0 else rho1
         phi = min(max(phi, rho1), phi_max)
         slow2 = min(v, c1 / phi)
@@ -262,10 +267,11 @@ class StreamStats:
             stats = self.quantities.get(name)
             if stats is None:
                 stats = self.quantities[name] = QuantityStats(self.horizon)
-            d = stats.observe(t, value)
-            if d is None:
+            if stats.n and t <= stats.last_t:
                 self.skipped += 1
-            else:
+                continue
+            d = stats.observe(t, value)
+            if d is not None:
                 deviations[name] = d
         names = sorted(deviations)
         for i, a in enumerate(names):
