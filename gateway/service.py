@@ -278,6 +278,7 @@ class GatewayService:
         cleared, and (unless `clear_desired` is False) its retained desired document too."""
         if self.fleet.remove(device_id) is None:
             raise UnknownDeviceError(device_id)
+        self.learning.forget(device_id)
         if clear_desired:
             # Clearing the retained documents removes the device for every replica and restart.
             self.link.publish(self.topics.desired(device_id), b"", qos=1, retain=True)

@@ -209,6 +209,16 @@ def test_simulated_readings_teach_nothing() -> None:
     assert learning.signals_for(DEVICE, "env", SETTINGS, seed=1) is None
 
 
+def test_a_removed_device_is_forgotten() -> None:
+    learning = StreamLearning()
+    learning.observe_values(DEVICE, "env", START, {"temperature": 20.0})
+    learning.observe_values(DEVICE, "outdoor", START, {"temperature": 5.0})
+    learning.observe_values("other", "env", START, {"temperature": 20.0})
+    learning.forget(DEVICE)
+    assert len(learning) == 1
+    assert learning.stream("other", "env") is not None
+
+
 # -- the continuation ---------------------------------------------------------------------------
 
 
