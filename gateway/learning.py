@@ -29,6 +29,7 @@ same span.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import threading
@@ -49,6 +50,8 @@ from hardware.signals import (
     derive_seed,
 )
 
+log = logging.getLogger(__name__)
+
 BINS = 24
 HORIZON = 3 * SECONDS_PER_DAY
 """Seconds of history the statistics weigh (the time constant of their forgetting)."""
@@ -57,7 +60,11 @@ MIN_SAMPLES = 30
 estimates of three lags are noise below a few dozen."""
 GAP_FACTOR = 5.0
 """A silence longer than this many typical intervals breaks the chain of lagged products: the
-readings on either side of it are not one interval apart."""
+readings on either side of it are not one interval apart. An interval this many times shorter
+breaks it too (a burst)."""
+NEW_INTERVAL_AFTER = 3
+"""Intervals in a row that far from the typical one mean the stream's interval was changed
+(a new desired config): the interval and the lagged moments, which depend on it, start over."""
 SLOWEST_REVERSION = 1.0 / SECONDS_PER_DAY
 """A deviation reverts to the daily profile with a time constant of at most a day: a walk that
 never reverts cannot be told from one reverting over weeks with a few days of history, and an
@@ -94,6 +101,7 @@ class QuantityStats:
         "last_value",
         "mean",
         "n",
+        "off_interval",
         "prev1",
         "prev2",
         "var",
@@ -120,6 +128,7 @@ class QuantityStats:
         self.prev1 = 0.0
         self.prev2 = 0.0
         self.chain = 0  # how many of prev1, prev2 belong to an unbroken run of readings
+        self.off_interval = 0  # intervals in a row far from the typical one
 
     def profile_at(self, t: float) -> float:
         """The learned daily profile at time `t`, interpolated between bin centres; bins not
@@ -154,9 +163,15 @@ class QuantityStats:
         deviation: float | None = None
         if self.n:
             dt = t - self.last_t
-            if self.dt_n >= 3 and dt > GAP_FACTOR * self.dt_mean:
+            if self.dt_n >= 3 and not (
+                self.dt_mean / GAP_FACTOR <= dt <= GAP_FACTOR * self.dt_mean
+            ):
                 self.chain = 0  # the readings either side of a silence are not one step apart
+                self.off_interval += 1
+                if self.off_interval >= NEW_INTERVAL_AFTER:
+                    self.dt_n = self.lag1_n = self.lag2_n = self.off_interval = 0
             else:
+                self.off_interval = 0
                 self.dt_n += 1
                 self.dt_mean += (dt - self.dt_mean) * _weight(self.dt_n, self.dt_mean, self.horizon)
             deviation = x - self.profile_at(t)
@@ -350,6 +365,16 @@ class StreamLearning:
     ) -> dict[str, SignalModel] | None:
         """Signals continuing the stream `sensor` of `device`, one per quantity of its driver,
         or None when no real reading of it was ever seen (the default signals then apply)."""
+        try:
+            return self._signals_for(device, sensor, settings, seed)
+        except Exception:
+            # Failover must happen, learned or not: a fault here costs the realism only.
+            log.exception("learned signals failed", extra={"device": device, "sensor": sensor})
+            return None
+
+    def _signals_for(
+        self, device: str, sensor: str, settings: SensorSettings, seed: int
+    ) -> dict[str, SignalModel] | None:
         try:
             info = driver_info(settings.driver)
         except HardwareError:

@@ -163,6 +163,22 @@ def test_a_silence_breaks_the_lag_chain_and_old_readings_are_skipped() -> None:
     assert stats.last_value == 21.0
 
 
+def test_a_new_interval_is_adopted_after_a_few_readings() -> None:
+    stats = QuantityStats()
+    rng = random.Random(7)
+    feed(stats, [rng.gauss(0, 1) for _ in range(100)], dt=10.0)
+    assert stats.dt_mean == pytest.approx(10.0)
+    # The desired config moved the stream to one reading a minute: after three such intervals
+    # in a row the typical one starts over from them, as do the moments lagged by it.
+    feed(stats, [rng.gauss(0, 1) for _ in range(10)], dt=60.0, t0=stats.last_t + 60.0)
+    assert stats.dt_mean == pytest.approx(60.0)
+    # The third starts the new chain; each of the seven after it pairs with its predecessor.
+    assert stats.lag1_n == 10 - 3
+    # ... and back to a reading every second.
+    feed(stats, [rng.gauss(0, 1) for _ in range(10)], dt=1.0, t0=stats.last_t + 1.0)
+    assert stats.dt_mean == pytest.approx(1.0)
+
+
 def test_memory_per_stream_does_not_grow_with_readings() -> None:
     learning = StreamLearning()
     rng = random.Random(5)
