@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from agent.contract import SensorSettings
 from hardware import EmulatedBackend, RealBackend, Sensor
 from hardware.probe import open_first
+from hardware.signals import SignalModel
 
 
 def open_configured(
-    settings: SensorSettings, backends: Sequence[EmulatedBackend | RealBackend], *, seed: int
+    settings: SensorSettings,
+    backends: Sequence[EmulatedBackend | RealBackend],
+    *,
+    seed: int,
+    signals: Mapping[str, SignalModel] | None = None,
 ) -> Sensor:
-    """Open the sensor `settings` describe on the first of `backends` where it comes up.
+    """Open the sensor `settings` describe on the first of `backends` where it comes up;
+    an emulated chip measures `signals` (quantity -> model), the default signals otherwise.
 
     Raises HardwareError naming every back end tried when none works.
     """
@@ -25,4 +31,5 @@ def open_configured(
         device=settings.device,
         options=settings.options,
         seed=seed,
+        signals=signals,
     )

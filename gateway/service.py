@@ -33,6 +33,7 @@ from agent.mqtt import Message, MqttLink
 from agent.tracing import Tracing
 from gateway.config import COMPAT_LABEL, GatewayConfig, ManifestDevice
 from gateway.fleet import DeviceTwin, Fleet
+from gateway.learning import StreamLearning
 from gateway.metrics import GatewayMetrics
 from gateway.simulation import SimulationEngine
 from hardware.sensor import Clock
@@ -72,6 +73,8 @@ class GatewayService:
             on_connect=self._on_connect,
             on_message=self._on_message,
         )
+        # What agents report teaches the simulation that stands in for them (issue 6, item 4).
+        self.learning = StreamLearning()
         self.engine = SimulationEngine(
             self._publish_telemetry,
             self.topics,
@@ -80,6 +83,7 @@ class GatewayService:
             on_published=self._simulated,
             tracer=tracing.tracer("edgetwin.gateway.simulation") if tracing.enabled else None,
             payload=config.mqtt.payload,
+            signals=self.learning.signals_for,
         )
         self.fleet.subscribe(self._reconcile)
         self._reconcile_lock = threading.RLock()
@@ -200,6 +204,7 @@ class GatewayService:
         if parsed.device is not None:
             _same_device(telemetry.device, parsed.device)
         self.fleet.apply_telemetry(telemetry)
+        self.learning.observe(telemetry)
 
     # -- failover -----------------------------------------------------------------------------
 
@@ -273,6 +278,7 @@ class GatewayService:
         cleared, and (unless `clear_desired` is False) its retained desired document too."""
         if self.fleet.remove(device_id) is None:
             raise UnknownDeviceError(device_id)
+        self.learning.forget(device_id)
         if clear_desired:
             # Clearing the retained documents removes the device for every replica and restart.
             self.link.publish(self.topics.desired(device_id), b"", qos=1, retain=True)

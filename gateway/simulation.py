@@ -25,11 +25,14 @@ from agent.contract import FlatReading, SensorSettings, Source, Telemetry, Topic
 from agent.sensors import open_configured
 from hardware import EmulatedBackend, HardwareError, Sensor
 from hardware.sensor import Clock
-from hardware.signals import derive_seed
+from hardware.signals import SignalModel, derive_seed
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes], None]
+SignalSource = Callable[[str, str, SensorSettings, int], Mapping[str, SignalModel] | None]
+"""(device, sensor, settings, seed) -> the signals a simulated stream should measure, e.g. the
+continuation of what its agent reported (gateway.learning); None for the default signals."""
 
 TRACE_SAMPLE_SECONDS = 10.0
 
@@ -42,6 +45,9 @@ class _Stream:
     sensor: Sensor
     topic: str
     climate: bool  # measures temperature and humidity: a candidate for flat payloads
+    # A stream measuring signals of its own gets a chip of its own, closed with it: an emulator
+    # left on the device's shared back end by an earlier run would otherwise be reused.
+    backend: EmulatedBackend | None = None
 
 
 @dataclass(order=True, frozen=True)
@@ -63,6 +69,7 @@ class SimulationEngine:
         on_published: Callable[[Telemetry], None] | None = None,
         tracer: Tracer | None = None,
         payload: Literal["edgetwin", "flat"] = "edgetwin",
+        signals: SignalSource | None = None,
     ) -> None:
         self._publish = publish
         self._topics = topics
@@ -70,6 +77,7 @@ class SimulationEngine:
         self._seed = seed
         self._on_published = on_published
         self._tracer = tracer
+        self._signals = signals
         self._cond = threading.Condition()
         self._heap: list[_Due] = []
         self._streams: dict[str, dict[str, _Stream]] = {}
@@ -131,6 +139,8 @@ class SimulationEngine:
             closed = [current.pop(name) for name in stopping]
         for stream in closed:
             stream.sensor.close()
+            if stream.backend is not None:
+                stream.backend.close()
         opened = self._open_streams(device, starting)
         now = self._clock()
         with self._cond:
@@ -179,11 +189,16 @@ class SimulationEngine:
         for name, settings in sensors.items():
             if not settings.enabled:
                 continue
+            seed = derive_seed("simulation", self._seed, device, name)
+            signals = self._signals(device, name, settings, seed) if self._signals else None
+            own = None if signals is None else EmulatedBackend(clock=self._clock, seed=seed)
             try:
                 sensor = open_configured(
-                    settings, [backend], seed=derive_seed("simulation", self._seed, device, name)
+                    settings, [own if own is not None else backend], seed=seed, signals=signals
                 )
             except HardwareError as exc:
+                if own is not None:
+                    own.close()
                 log.error(
                     "cannot simulate sensor",
                     extra={"device": device, "sensor": name, "error": str(exc)},
@@ -197,6 +212,7 @@ class SimulationEngine:
                 sensor,
                 self._topics.telemetry(device, name),
                 climate=quantities >= FlatReading.QUANTITIES,
+                backend=own,
             )
         return opened
 
