@@ -29,8 +29,8 @@ from gateway.scenario.model import (
     DailyPart,
     DefaultPart,
     DriftPart,
-    NoisePart,
     FaultSpec,
+    NoisePart,
     QuantitySpec,
     ReplayPart,
     Scenario,
@@ -102,7 +102,9 @@ class _Active:
             i for i, name in enumerate(stream.names) if wanted is None or name in wanted
         ]
         self.rng = (
-            random.Random(derive_seed(seed, "fault", fault.id, stream.spec.device, stream.spec.sensor))
+            random.Random(
+                derive_seed(seed, "fault", fault.id, stream.spec.device, stream.spec.sensor)
+            )
             if fault.type == "noise"
             else None
         )
@@ -112,6 +114,31 @@ class _Active:
             if fault.type == "stuck"
             else {}
         )
+
+    def apply(self, values: list[float], t: float) -> None:
+        """A value fault's effect on the reading's values, in place."""
+        fault = self.fault
+        kind = fault.type
+        if kind == "spike":
+            magnitude = 10.0 if fault.magnitude is None else fault.magnitude
+            for i in self.quantities:
+                values[i] += magnitude
+        elif kind == "drift":
+            rate = 1.0 if fault.per_hour is None else fault.per_hour
+            for i in self.quantities:
+                values[i] += rate * (t - fault.start) / 3600.0
+        elif kind == "noise":
+            sigma = 1.0 if fault.sigma is None else fault.sigma
+            assert self.rng is not None
+            for i in self.quantities:
+                values[i] += self.rng.gauss(0.0, sigma)
+        elif kind == "stuck":
+            for i in self.quantities:
+                held = self.held.setdefault(i, values[i])
+                if math.isfinite(held):
+                    values[i] = held
+                else:  # nothing measured before: hold the first measurement there is
+                    self.held[i] = values[i]
 
 
 class _Stream:
@@ -283,9 +310,7 @@ class Generator:
 
     def _telemetry_format(self, st: _Stream) -> str:
         spec = st.spec
-        head = _escape(
-            f'{{"v":1,"device":{_json(spec.device)},"sensor":{_json(spec.sensor)},"ts":'
-        )
+        head = _escape(f'{{"v":1,"device":{_json(spec.device)},"sensor":{_json(spec.sensor)},"ts":')
         middle = _escape(f',"source":"{self._source}","values":{{')
         values = ",".join(
             _escape(f'{_json(name)}:{{"value":') + "{}" + _escape(f',"unit":{_json(unit)}}}')
@@ -446,56 +471,34 @@ class Generator:
             return out
         for active in st.active:
             fault = active.fault
-            kind = fault.type
-            if kind == "spike":
-                magnitude = 10.0 if fault.magnitude is None else fault.magnitude
-                for i in active.quantities:
-                    values[i] += magnitude
-            elif kind == "drift":
-                rate = 1.0 if fault.per_hour is None else fault.per_hour
-                for i in active.quantities:
-                    values[i] += rate * (t - fault.start) / 3600.0
-            elif kind == "noise":
-                sigma = 1.0 if fault.sigma is None else fault.sigma
-                assert active.rng is not None
-                for i in active.quantities:
-                    values[i] += active.rng.gauss(0.0, sigma)
-            elif kind == "stuck":
-                for i in active.quantities:
-                    held = active.held.setdefault(i, values[i])
-                    if math.isfinite(held):
-                        values[i] = held
-                    else:  # nothing measured before: hold the first measurement there is
-                        active.held[i] = values[i]
-            elif kind == "clock_skew":
+            if fault.type == "clock_skew":
                 skew += 300.0 if fault.skew is None else fault.skew
-            elif kind == "duplicate":
+            elif fault.type == "duplicate":
                 copies += 1 if fault.copies is None else fault.copies
+            else:
+                active.apply(values, t)
             anomaly = active.anomaly  # the latest started one wins
         if not any(a.fault.type == "stuck" for a in st.active):
             st.last = values
         if not st.publishes:
             return out
         finite = [math.isfinite(v) for v in values]
-        if not any(finite):
-            return out  # no measurement at all: nothing to publish, as an agent would
+        if not any(finite) or (self._flat and not all(finite)):
+            return out  # no measurement (or not both flat ones): nothing, as an agent would
         st.seq += 1
-        ts = round(t + skew, 6)
-        if self._flat:
-            if not all(finite):
-                return out
-            payload = st.fmt.format(ts, st.seq, *(round(v, 2) for v in values)).encode()
-        elif all(finite):
-            rounded = [round(v, d) for v, d in zip(values, st.decimals, strict=True)]
-            if anomaly:
-                payload = st.fmt_anomaly.format(ts, st.seq, *rounded, anomaly).encode()
-            else:
-                payload = st.fmt.format(ts, st.seq, *rounded).encode()
-        else:
-            payload = self._partial(st, ts, values, anomaly)
-        message = (st.topic, payload, False)
+        message = (st.topic, self._payload(st, round(t + skew, 6), values, anomaly), False)
         out.extend([message] * (1 + copies))
         return out
+
+    def _payload(self, st: _Stream, ts: float, values: list[float], anomaly: str) -> bytes:
+        if self._flat:
+            return st.fmt.format(ts, st.seq, *(round(v, 2) for v in values)).encode()
+        if not all(math.isfinite(v) for v in values):
+            return self._partial(st, ts, values, anomaly)
+        rounded = [round(v, d) for v, d in zip(values, st.decimals, strict=True)]
+        if anomaly:
+            return st.fmt_anomaly.format(ts, st.seq, *rounded, anomaly).encode()
+        return st.fmt.format(ts, st.seq, *rounded).encode()
 
     def _partial(self, st: _Stream, ts: float, values: list[float], anomaly: str) -> bytes:
         """A reading without its unmeasured quantities."""
@@ -531,5 +534,5 @@ def _flat_format(device: str, names: list[str]) -> str:
         + f"{{{temperature}}}"
         + _escape(',"humidity":')
         + f"{{{humidity}}}"
-        + "}"
+        + "}}"
     )

@@ -14,6 +14,8 @@ import heapq
 import math
 import re
 import tomllib
+import types
+import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -165,6 +167,13 @@ class StuckSpec(_Spec, kw_only=True):
     after: Duration | None = None
     at: datetime | None = None
     duration: Duration | None = None
+
+    def __post_init__(self) -> None:
+        if (self.after is None) == (self.at is None):
+            raise ValueError("stuck needs exactly one of 'after' (a duration) or 'at'")
+        for value in (self.after, self.duration):
+            if value is not None:
+                parse_duration(value)
 
 
 class QuantitySpec(_Spec, kw_only=True):
@@ -480,25 +489,95 @@ class Scenario(_Spec, kw_only=True):
 
 # -- loading -----------------------------------------------------------------------------------
 
-_UNKNOWN_RE: Final = re.compile(r"Object contains unknown field `(?P<key>[^`]+)`(?: - at `\$(?P<at>[^`]*)`)?")
+_UNKNOWN_RE: Final = re.compile(
+    r"Object contains unknown field `(?P<key>[^`]+)`(?: - at `\$(?P<at>[^`]*)`)?"
+)
 _AT_RE: Final = re.compile(r"^(?P<msg>.*?) - at `\$(?P<at>[^`]*)`$")
 
 
-def _key_path(at: str) -> str:
-    """msgspec's `$.templates.room.sensors[0]` as `templates.room.sensors[0]`."""
-    return at.lstrip(".")
+_STEP_RE: Final = re.compile(r"\.(?P<name>[A-Za-z_]\w*)|\[(?P<index>\.\.\.|\d+)\]")
 
 
-def _explain(exc: msgspec.ValidationError) -> str:
+def _key_path(at: str, document: object) -> str:
+    """msgspec's `$.templates[...].interval` as `templates.room.interval`.
+
+    msgspec does not name dictionary keys in its error paths; the key is found again by
+    converting each entry of that dictionary alone until one fails the same way.
+    """
+    try:
+        return _locate(at, document)
+    except Exception:
+        return at.lstrip(".")
+
+
+def _locate(at: str, document: object) -> str:
+    tp: object = Scenario
+    node = document
+    parts: list[str] = []
+    for step in _STEP_RE.finditer(at):
+        tp = _concrete(tp, node)
+        if step.group("name"):
+            name = step.group("name")
+            assert isinstance(tp, type)
+            hints = typing.get_type_hints(tp, include_extras=True)
+            if name not in hints:  # a tagged union's tag: not a field, and the last step
+                parts.append(f".{name}")
+                break
+            tp = hints[name]
+            node = node.get(name) if isinstance(node, dict) else None
+            parts.append(f".{name}")
+        elif step.group("index") == "...":
+            assert isinstance(node, dict)
+            key = next(k for k, v in node.items() if not _converts({k: v}, tp))
+            node = node[key]
+            tp = typing.get_args(tp)[1]
+            parts.append(f".{key}")
+        else:
+            index = int(step.group("index"))
+            node = node[index] if isinstance(node, list) else None
+            tp = typing.get_args(tp)[0]
+            parts.append(f"[{index}]")
+    return "".join(parts).lstrip(".")
+
+
+def _concrete(tp: object, node: object) -> object:
+    """The member of an annotated or union type that `node` is meant to be."""
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        members = [_concrete(m, node) for m in typing.get_args(tp)]
+        if isinstance(node, list):
+            return next(m for m in members if typing.get_origin(m) is list)
+        if isinstance(node, dict):
+            objects = [m for m in members if typing.get_origin(m) is dict or isinstance(m, type)]
+            tag = node.get("model")
+            for m in objects:
+                config = getattr(m, "__struct_config__", None)
+                if config is not None and config.tag == tag:
+                    return m
+            return next(m for m in objects if m is not type(None))
+        return members[0]
+    return tp
+
+
+def _converts(value: object, tp: object) -> bool:
+    try:
+        msgspec.convert(value, tp)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+def _explain(exc: msgspec.ValidationError, document: object) -> str:
     text = str(exc)
     unknown = _UNKNOWN_RE.fullmatch(text)
     if unknown:
-        at = _key_path(unknown.group("at") or "")
+        at = _key_path(unknown.group("at") or "", document)
         key = f"{at}.{unknown.group('key')}" if at else unknown.group("key")
         return f"unknown key {key!r}"
     located = _AT_RE.fullmatch(text)
     if located:
-        return f"{_key_path(located.group('at'))}: {located.group('msg')}"
+        return f"{_key_path(located.group('at'), document)}: {located.group('msg')}"
     return text
 
 
@@ -507,7 +586,7 @@ def parse_scenario(document: Mapping[str, object], *, where: str = "scenario") -
     try:
         scenario = msgspec.convert(document, Scenario)
     except msgspec.ValidationError as exc:
-        raise ScenarioError(f"{where}: {_explain(exc)}") from exc
+        raise ScenarioError(f"{where}: {_explain(exc, document)}") from exc
     try:
         check_scenario(scenario)
     except ScenarioError as exc:
@@ -547,7 +626,12 @@ def check_scenario(scenario: Scenario) -> None:
             )
         for sensor, spec in template.sensors.items():
             for quantity, q in spec.quantities.items():
-                _check_quantity(scenario, f"templates.{name}.sensors.{sensor}.quantities.{quantity}", quantity, q)
+                _check_quantity(
+                    scenario,
+                    f"templates.{name}.sensors.{sensor}.quantities.{quantity}",
+                    quantity,
+                    q,
+                )
     scenario._check_ids()
     ids: set[str] = set()
     streams = scenario.streams()
@@ -561,7 +645,9 @@ def check_scenario(scenario: Scenario) -> None:
             continue  # resolved when the scenario gets its start
         spec = fault.resolve(i, scenario.origin)
         if not any(matches(spec, s.device, s.sensor) for s in streams):
-            raise ScenarioError(f"{key}.devices: {fault.devices!r} / sensor {fault.sensor!r} match no stream")
+            raise ScenarioError(
+                f"{key}.devices: {fault.devices!r} / sensor {fault.sensor!r} match no stream"
+            )
 
 
 def _check_quantity(scenario: Scenario, key: str, quantity: str, spec: QuantitySpec) -> None:
@@ -571,34 +657,26 @@ def _check_quantity(scenario: Scenario, key: str, quantity: str, spec: QuantityS
         raise ScenarioError(f"{key}.limits: lo must not exceed hi")
     for j, part in enumerate(spec.parts()):
         where = f"{key}.signal" if not isinstance(spec.signal, list) else f"{key}.signal[{j}]"
-        if isinstance(part, DefaultPart) and quantity not in PHYSICAL_LIMITS:
-            raise ScenarioError(
-                f"{where}: no default signal for {quantity!r} "
-                f"(known: {', '.join(sorted(PHYSICAL_LIMITS))}); give a signal"
-            )
-        if isinstance(part, WalkPart) and not part.lo <= part.hi:
-            raise ScenarioError(f"{where}: lo must not exceed hi")
-        if isinstance(part, ReplayPart):
-            path = replay_path(scenario, part)
-            try:
-                recording = read_recording(path)
-            except (OSError, ValueError) as exc:
-                raise ScenarioError(f"{where}.file: {exc}") from exc
-            column = part.column or (next(iter(recording)) if len(recording) == 1 else None)
-            if column not in recording:
-                raise ScenarioError(
-                    f"{where}.column: choose one of {sorted(recording)} in {path}"
-                )
-    if spec.stuck is not None:
-        stuck = spec.stuck
-        if (stuck.after is None) == (stuck.at is None):
-            raise ScenarioError(f"{key}.stuck: needs exactly one of 'after' or 'at'")
+        _check_part(scenario, where, quantity, part)
+
+
+def _check_part(scenario: Scenario, where: str, quantity: str, part: SignalPart) -> None:
+    if isinstance(part, DefaultPart) and quantity not in PHYSICAL_LIMITS:
+        raise ScenarioError(
+            f"{where}: no default signal for {quantity!r} "
+            f"(known: {', '.join(sorted(PHYSICAL_LIMITS))}); give a signal"
+        )
+    if isinstance(part, WalkPart) and not part.lo <= part.hi:
+        raise ScenarioError(f"{where}: lo must not exceed hi")
+    if isinstance(part, ReplayPart):
+        path = replay_path(scenario, part)
         try:
-            for value in (stuck.after, stuck.duration):
-                if value is not None:
-                    parse_duration(value)
-        except ValueError as exc:
-            raise ScenarioError(f"{key}.stuck: {exc}") from exc
+            recording = read_recording(path)
+        except (OSError, ValueError) as exc:
+            raise ScenarioError(f"{where}.file: {exc}") from exc
+        column = part.column or (next(iter(recording)) if len(recording) == 1 else None)
+        if column not in recording:
+            raise ScenarioError(f"{where}.column: choose one of {sorted(recording)} in {path}")
 
 
 def replay_path(scenario: Scenario, part: ReplayPart) -> Path:

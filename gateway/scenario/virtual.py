@@ -21,7 +21,7 @@ import msgspec
 
 from agent.config import MqttSettings
 from agent.contract import Topics
-from agent.mqtt import Delivery, MqttLink, MqttError
+from agent.mqtt import Delivery, MqttError, MqttLink
 from gateway.scenario.generator import Message
 from gateway.scenario.model import Scenario, ScenarioError
 
