@@ -195,7 +195,7 @@ class Generator:
         self._flat = payload == "flat"
         self._plan = scenario.plan()
         if streams is None:
-            ours = range(len(self._plan))
+            ours: Sequence[int] = range(len(self._plan))
         else:
             ours = sorted(set(streams))
             bad = [i for i in ours if not 0 <= i < len(self._plan)]

@@ -97,19 +97,19 @@ class _Spec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
 # -- signals -----------------------------------------------------------------------------------
 
 
-class _Part(_Spec, tag_field="model"):
+class _Part(_Spec, tag_field="model", frozen=True):
     pass
 
 
-class DefaultPart(_Part, tag="default", kw_only=True):
+class DefaultPart(_Part, tag="default", frozen=True, kw_only=True):
     """hardware.signals.default_signal for the quantity: a realistic indoor signal."""
 
 
-class ConstantPart(_Part, tag="constant", kw_only=True):
+class ConstantPart(_Part, tag="constant", frozen=True, kw_only=True):
     value: float
 
 
-class WalkPart(_Part, tag="walk", kw_only=True):
+class WalkPart(_Part, tag="walk", frozen=True, kw_only=True):
     """A random walk reflected into [lo, hi]; `step` is its spread per sqrt(second)."""
 
     lo: float
@@ -118,24 +118,24 @@ class WalkPart(_Part, tag="walk", kw_only=True):
     start: float | None = None
 
 
-class DailyPart(_Part, tag="daily", kw_only=True):
+class DailyPart(_Part, tag="daily", frozen=True, kw_only=True):
     mean: float = 0.0
     amplitude: float
     peak_hour: Annotated[float, msgspec.Meta(ge=0, lt=24)] = 15.0
 
 
-class NoisePart(_Part, tag="noise", kw_only=True):
+class NoisePart(_Part, tag="noise", frozen=True, kw_only=True):
     sigma: NonNegative
 
 
-class DriftPart(_Part, tag="drift", kw_only=True):
+class DriftPart(_Part, tag="drift", frozen=True, kw_only=True):
     """A linear drift from the first sample on, saturating at ±limit."""
 
     per_day: float
     limit: NonNegative | None = None
 
 
-class ReplayPart(_Part, tag="replay", kw_only=True):
+class ReplayPart(_Part, tag="replay", frozen=True, kw_only=True):
     """One column of a CSV recording (a `timestamp` column plus quantity columns), played from
     the stream's first sample on. A relative `file` is relative to the scenario file."""
 
@@ -149,19 +149,19 @@ class ReplayPart(_Part, tag="replay", kw_only=True):
 SignalPart = DefaultPart | ConstantPart | WalkPart | DailyPart | NoisePart | DriftPart | ReplayPart
 
 
-class SpikesSpec(_Spec, kw_only=True):
+class SpikesSpec(_Spec, frozen=True, kw_only=True):
     rate_per_hour: NonNegative
     magnitude: float
     duration: NonNegative = 5.0
     two_sided: bool = False
 
 
-class DropoutsSpec(_Spec, kw_only=True):
+class DropoutsSpec(_Spec, frozen=True, kw_only=True):
     rate_per_hour: NonNegative
     duration: NonNegative = 30.0
 
 
-class StuckSpec(_Spec, kw_only=True):
+class StuckSpec(_Spec, frozen=True, kw_only=True):
     """The value freezes `after` the scenario start (or `at` a moment) for `duration`."""
 
     after: Duration | None = None
@@ -176,7 +176,7 @@ class StuckSpec(_Spec, kw_only=True):
                 parse_duration(value)
 
 
-class QuantitySpec(_Spec, kw_only=True):
+class QuantitySpec(_Spec, frozen=True, kw_only=True):
     """One measured quantity: its unit and signal. Without `signal`, the quantity's
     default_signal (known quantities only). `signal` parts are summed; `spikes`, `dropouts`
     and `stuck` wrap the sum; the result is clamped to the quantity's physical limits (or
@@ -199,12 +199,12 @@ class QuantitySpec(_Spec, kw_only=True):
         return [self.signal]
 
 
-class SensorSpec(_Spec, kw_only=True):
+class SensorSpec(_Spec, frozen=True, kw_only=True):
     quantities: Annotated[dict[QuantityName, QuantitySpec], msgspec.Meta(min_length=1)]
     interval: Interval | None = None
 
 
-class TemplateSpec(_Spec, kw_only=True):
+class TemplateSpec(_Spec, frozen=True, kw_only=True):
     """`count` devices named by `id_format` (a str.format pattern with `{index}` from 0 and
     `{template}`; default "{template}-{index:03d}")."""
 
@@ -246,7 +246,7 @@ FAULT_PARAMS: Final[Mapping[str, tuple[str, float | int] | None]] = {
 VALUE_FAULTS: Final = frozenset({"spike", "drift", "stuck", "noise"})
 
 
-class _FaultFields(_Spec, kw_only=True):
+class _FaultFields(_Spec, frozen=True, kw_only=True):
     type: FaultType
     devices: list[str] | str
     """device ids or glob patterns (`room-0*`)"""
@@ -285,7 +285,7 @@ class _FaultFields(_Spec, kw_only=True):
         return found
 
 
-class FaultSpec(_FaultFields, kw_only=True):
+class FaultSpec(_FaultFields, frozen=True, kw_only=True):
     """A fault on absolute time: from `start` (seconds since the epoch) for `duration`
     seconds, on every stream of `devices` and `sensor`. What `Generator.inject` takes."""
 
@@ -298,7 +298,7 @@ class FaultSpec(_FaultFields, kw_only=True):
         return self.start + self.duration
 
 
-class ScheduledFault(_FaultFields, kw_only=True):
+class ScheduledFault(_FaultFields, frozen=True, kw_only=True):
     """A fault in a scenario file: `after` the scenario's start, or `at` a moment."""
 
     id: FaultId | None = None
@@ -365,7 +365,7 @@ def _phase(seed: int, device: str, sensor: str, interval: float) -> float:
 # -- the scenario ------------------------------------------------------------------------------
 
 
-class Scenario(_Spec, kw_only=True):
+class Scenario(_Spec, frozen=True, kw_only=True):
     """A parsed scenario file. `devices`, when set, scales the templates' counts to that
     total (see `resized`)."""
 
@@ -643,8 +643,8 @@ def check_scenario(scenario: Scenario) -> None:
         ids.add(fault_id)
         if fault.at is None and scenario.start is None:
             continue  # resolved when the scenario gets its start
-        spec = fault.resolve(i, scenario.origin)
-        if not any(matches(spec, s.device, s.sensor) for s in streams):
+        resolved = fault.resolve(i, scenario.origin)
+        if not any(matches(resolved, s.device, s.sensor) for s in streams):
             raise ScenarioError(
                 f"{key}.devices: {fault.devices!r} / sensor {fault.sensor!r} match no stream"
             )
