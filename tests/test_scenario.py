@@ -23,6 +23,7 @@ from gateway.scenario import (
     parse_scenario,
 )
 from gateway.scenario.virtual import run_virtual
+from hardware.signals import LightRandom, default_signal, derive_seed
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "scenario.toml"
@@ -110,6 +111,23 @@ def test_payloads_decode_with_the_contract_and_count_seq_from_one() -> None:
         assert all(r.anomaly is None for r in mine)
     # Each reading's ts is its scheduled time.
     assert all(abs(r.ts - t) < 1e-5 for t, r in readings)
+
+
+def test_values_are_the_hardware_signal_models_own() -> None:
+    """The generator flattens models for speed; the numbers must stay the models' own."""
+    scenario = default_scenario(3, seed=9)
+    stream = scenario.streams()[2]
+    generator = scenario.generator(TOPICS, streams=[2])
+    models = {
+        q: default_signal(q, derive_seed(9, stream.device, "env", q), rng=LightRandom)
+        for q in ("temperature", "humidity", "pressure")
+    }
+    for k in range(50):
+        t = START + stream.phase + k
+        (message,) = generator.emit(2, t)
+        reading = Telemetry.decode(message[1])
+        for quantity, model in models.items():
+            assert reading.values[quantity].value == round(model.sample(t), 2)
 
 
 def test_flat_payload_is_the_original_simulators() -> None:

@@ -15,8 +15,7 @@ Tests decode them with `agent.contract.Telemetry` to keep the two in step.
 from __future__ import annotations
 
 import math
-import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
 
@@ -50,6 +49,7 @@ from hardware.signals import (
     DailyCycle,
     Drift,
     Dropouts,
+    LightRandom,
     Noise,
     RandomWalk,
     Replay,
@@ -66,6 +66,7 @@ Message = tuple[str, bytes, bool]
 """(topic, payload, retain)"""
 
 _INF = math.inf
+_fsum = math.fsum
 _NO_CHANGE = math.inf
 
 
@@ -102,7 +103,7 @@ class _Active:
             i for i, name in enumerate(stream.names) if wanted is None or name in wanted
         ]
         self.rng = (
-            random.Random(
+            LightRandom(
                 derive_seed(seed, "fault", fault.id, stream.spec.device, stream.spec.sensor)
             )
             if fault.type == "noise"
@@ -150,13 +151,14 @@ class _Stream:
         "fmt",
         "fmt_anomaly",
         "last",
-        "models",
+        "leaves",
         "names",
         "next_change",
         "owner",
         "pending",
         "publishes",
         "seq",
+        "spans",
         "spec",
         "topic",
         "units",
@@ -166,7 +168,10 @@ class _Stream:
         self.spec = spec
         self.names: list[str] = []
         self.units: list[str] = []
-        self.models: list[SignalModel] = []
+        # The quantities' models flattened (see `_flatten`): every leaf model's `sample`, and
+        # per quantity the slice of leaves it sums and the bounds it is clamped to.
+        self.leaves: list[Callable[[float], float]] = []
+        self.spans: list[tuple[int, int, float, float]] = []
         self.decimals: list[int] = []
         self.last: list[float] = []
         self.seq = 0
@@ -253,7 +258,16 @@ class Generator:
         out: list[Message] | None = None
         if t >= st.next_change:
             out = self._advance(st, t)
-        values = [m.sample(t) for m in st.models]
+        raw = [sample(t) for sample in st.leaves]
+        values: list[float] = []
+        for a, b, lo, hi in st.spans:
+            value = raw[a] if b - a == 1 else _fsum(raw[a:b])
+            # NaN fails both tests and passes through, as in hardware.signals.Clamp.
+            if value < lo:
+                value = lo
+            elif value > hi:
+                value = hi
+            values.append(value)
         if st.active:
             return self._emit_faulty(st, t, values, out or [])
         st.last = values
@@ -282,7 +296,9 @@ class Generator:
             st.names.append(quantity)
             st.units.append(q.unit or DEFAULT_UNITS[quantity])
             st.decimals.append(2 if self._flat else q.decimals)
-            st.models.append(self._signal(spec, quantity, q))
+            leaves, lo, hi = _flatten(self._signal(spec, quantity, q))
+            st.spans.append((len(st.leaves), len(st.leaves) + len(leaves), lo, hi))
+            st.leaves.extend(leaves)
         st.last = [math.nan] * len(st.names)
         st.topic = self._topics.telemetry(spec.device, spec.sensor)
         st.owner = self._first_of_device[spec.device] == index
@@ -356,9 +372,9 @@ class Generator:
 
     def _part(self, part: SignalPart, quantity: str, seed: int) -> SignalModel:
         if isinstance(part, DefaultPart):
-            return default_signal(quantity, seed)
+            return default_signal(quantity, seed, rng=LightRandom)
         if isinstance(part, WalkPart):
-            return RandomWalk(part.lo, part.hi, part.step, seed, part.start)
+            return RandomWalk(part.lo, part.hi, part.step, seed, part.start, rng=LightRandom)
         if isinstance(part, DriftPart):
             return Drift(part.per_day, limit=part.limit)
         if isinstance(part, ReplayPart):
@@ -380,7 +396,7 @@ class Generator:
         if isinstance(part, DailyPart):
             return DailyCycle(part.mean, part.amplitude, part.peak_hour)
         if isinstance(part, NoisePart):
-            return Noise(part.sigma, seed)
+            return Noise(part.sigma, seed, rng=LightRandom)
         raise AssertionError(f"unhandled signal part {part!r}")
 
     def _anchor(self, key: str) -> float:
@@ -513,6 +529,18 @@ class Generator:
             f'"seq":{st.seq},"source":"{self._source}","values":{{{",".join(parts)}}}'
             f"{anomaly}}}"
         ).encode()
+
+
+def _flatten(model: SignalModel) -> tuple[list[Callable[[float], float]], float, float]:
+    """`Clamp(Sum(a, b, ...))` as ([a.sample, b.sample, ...], lo, hi), to be summed with fsum
+    and clamped by the caller: the same numbers as `model.sample`, without two layers of
+    calls per quantity and reading."""
+    lo, hi = -_INF, _INF
+    if isinstance(model, Clamp):
+        lo, hi, model = model.lo, model.hi, model.model
+    if isinstance(model, Sum) and model.models:
+        return [m.sample for m in model.models], lo, hi
+    return [model.sample], lo, hi
 
 
 def _schedule(st: _Stream, fault: FaultSpec) -> None:
