@@ -173,7 +173,7 @@ def test_same_scenario_and_seed_give_identical_payloads_and_labels() -> None:
     assert labels(one)  # the window holds fault starts: labels are compared too
 
 
-def test_a_different_seed_gives_different_values_and_phases() -> None:
+def test_a_different_seed_gives_different_values() -> None:
     base = load_scenario(EXAMPLE)
     other = msgspec_replace(base, seed=base.seed + 1)
     one = telemetry(play(base, 600.0))
