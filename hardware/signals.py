@@ -114,6 +114,8 @@ class SignalModel(Protocol):
 
 
 class Constant:
+    __slots__ = ("value",)
+
     def __init__(self, value: float) -> None:
         self.value = value
 
@@ -132,6 +134,9 @@ class RandomWalk:
     rather than clamping, keeps the walk from sticking to a bound after a large step. When `t`
     goes backwards (a wall-clock step) the value holds: a clock jump must not kill a sensor loop.
     """
+
+    # Slots: a simulated fleet holds a few of these per stream, tens of thousands at once.
+    __slots__ = ("_last_t", "_rng", "_value", "hi", "lo", "step")
 
     def __init__(
         self,
@@ -170,6 +175,8 @@ class RandomWalk:
 class DailyCycle:
     """A cosine with a 24 h period peaking at `peak_hour` UTC: the sun's effect on a room."""
 
+    __slots__ = ("amplitude", "mean", "peak_hour")
+
     def __init__(self, mean: float, amplitude: float, peak_hour: float = 15.0) -> None:
         self.mean = mean
         self.amplitude = amplitude
@@ -185,6 +192,8 @@ class DailyCycle:
 
 class Noise:
     """White Gaussian noise around zero: a fresh draw at every sample."""
+
+    __slots__ = ("_rng", "sigma")
 
     def __init__(self, sigma: float, seed: int, *, rng: RngFactory = random.Random) -> None:
         if sigma < 0:

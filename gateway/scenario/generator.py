@@ -149,7 +149,6 @@ class _Stream:
         "active",
         "decimals",
         "fmt",
-        "fmt_anomaly",
         "last",
         "leaves",
         "names",
@@ -177,7 +176,6 @@ class _Stream:
         self.seq = 0
         self.topic = ""
         self.fmt = ""
-        self.fmt_anomaly = ""
         self.owner = False  # publishes the device's status and device-level labels
         self.publishes = True  # flat payloads: only one stream per device goes on the wire
         self.pending: list[FaultSpec] = []  # by start, latest first (popped from the end)
@@ -314,9 +312,9 @@ class Generator:
             st.fmt = _flat_format(spec.device, st.names)
         else:
             # The values object closed; then the reading, with or without its anomaly label.
-            body = self._telemetry_format(st)
-            st.fmt = body + "}}"
-            st.fmt_anomaly = body + "{}}}"
+            st.fmt = self._telemetry_format(st) + "}}"
+            # With the anomaly label: `fmt` with one more field before its closing brace,
+            # "{}}" in format terms; rare, so not kept twice.
         for fault in self._faults.get(index, ()):
             _schedule(st, fault)
         self._states[index] = st
@@ -521,7 +519,7 @@ class Generator:
             return self._partial(st, ts, values, anomaly)
         rounded = [round(v, d) for v, d in zip(values, st.decimals, strict=True)]
         if anomaly:
-            return st.fmt_anomaly.format(ts, st.seq, *rounded, anomaly).encode()
+            return (st.fmt[:-2] + "{}}}").format(ts, st.seq, *rounded, anomaly).encode()
         return st.fmt.format(ts, st.seq, *rounded).encode()
 
     def _partial(self, st: _Stream, ts: float, values: list[float], anomaly: str) -> bytes:
