@@ -40,6 +40,27 @@ def _parser() -> argparse.ArgumentParser:
         help="embedded broker: the mosquitto binary when installed (auto), or amqtt in-process",
     )
 
+    simulate = commands.add_parser(
+        "simulate", help="play a scenario: --virtual runs it faster than real time into a file"
+    )
+    simulate.add_argument("--scenario", type=Path, default=None, help="scenario TOML file")
+    simulate.add_argument(
+        "--devices", type=int, default=None, help="resize the fleet (default scenario: 10)"
+    )
+    simulate.add_argument(
+        "--virtual", action="store_true", help="virtual time: as fast as the machine allows"
+    )
+    simulate.add_argument("--start", default=None, help="ISO 8601 start (UTC without offset)")
+    simulate.add_argument("--duration", default="1h", help="e.g. 3600, 90m, 1d (default 1h)")
+    target = simulate.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", type=Path, default=None, help="JSON lines file to write")
+    target.add_argument("--broker", default=None, metavar="HOST:PORT", help="broker to publish to")
+    simulate.add_argument("--prefix", default="edgetwin", help="topic prefix")
+    simulate.add_argument("--topic", default=None, help="telemetry topic template")
+    simulate.add_argument("--payload", choices=["edgetwin", "flat"], default="edgetwin")
+    simulate.add_argument("--qos", type=int, choices=[0, 1], default=1, help="with --broker")
+    simulate.add_argument("--quiet", action="store_true", help="no progress bar")
+
     sensors = commands.add_parser("sensors", help="list drivers, probe I2C buses, read a sensor")
     sensor_commands = sensors.add_subparsers(
         dest="sensors_command", required=True, metavar="ACTION"
@@ -110,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             broker=args.broker,
             agent_delay=args.agent_delay,
         )
+    if args.command == "simulate":
+        return _simulate(args)
     if args.command == "sensors":
         return _sensors(args)
     if args.command == "watch":
@@ -144,6 +167,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             qos=args.qos,
         )
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    if not args.virtual:
+        print(
+            "edgetwin simulate: only --virtual runs are available here; real-time simulation "
+            "runs in the gateway",
+            file=sys.stderr,
+        )
+        return 2
+    from gateway.scenario.virtual import simulate_command
+
+    return simulate_command(
+        args.scenario,
+        devices=args.devices,
+        start=args.start,
+        duration=args.duration,
+        out=args.out,
+        broker=args.broker,
+        prefix=args.prefix,
+        topic=args.topic,
+        payload=args.payload,
+        qos=args.qos,
+        quiet=args.quiet,
+    )
 
 
 def _sensors(args: argparse.Namespace) -> int:

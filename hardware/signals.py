@@ -28,7 +28,7 @@ import math
 import random
 import re
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -55,6 +55,59 @@ PHYSICAL_LIMITS: Mapping[str, tuple[float, float]] = MappingProxyType(
 """The range each quantity can physically take, as (lo, hi) in the quantity's unit."""
 
 
+class Gaussian(Protocol):
+    """The one thing a seeded model asks of its random number generator."""
+
+    def gauss(self, mu: float = 0.0, sigma: float = 1.0) -> float: ...
+
+
+RngFactory = Callable[[int], Gaussian]
+"""Builds a model's generator from its seed: `random.Random` by default, `LightRandom` where
+thousands of models live at once."""
+
+_MASK64 = (1 << 64) - 1
+
+
+class LightRandom:
+    """A small seeded generator (SplitMix64) offering `random` and `gauss`.
+
+    `random.Random` carries 2.5 KB of Mersenne Twister state; a simulated fleet holds a few
+    generators per sensor stream, so fifty thousand devices would spend most of a gigabyte
+    on them and lose the CPU cache too. This one holds an integer and a spare normal draw.
+    Deterministic from its seed in every process, like `random.Random`, with other numbers.
+    """
+
+    __slots__ = ("_spare", "_state")
+
+    def __init__(self, seed: int) -> None:
+        self._state = seed & _MASK64
+        self._spare: float | None = None
+
+    def _next(self) -> int:
+        self._state = state = (self._state + 0x9E3779B97F4A7C15) & _MASK64
+        z = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        return z ^ (z >> 31)
+
+    def random(self) -> float:
+        """Uniform in [0, 1), 53 bits."""
+        return (self._next() >> 11) * (1.0 / 9007199254740992.0)
+
+    def gauss(self, mu: float = 0.0, sigma: float = 1.0) -> float:
+        """Normal: Box-Muller on the two 32-bit halves of one draw, the second value kept
+        for the next call."""
+        spare = self._spare
+        if spare is not None:
+            self._spare = None
+            return mu + sigma * spare
+        z = self._next()
+        u1 = ((z >> 32) + 1) * (1.0 / 4294967297.0)  # in (0, 1): log(u1) is finite
+        u2 = (z & 0xFFFFFFFF) * (2.0 * math.pi / 4294967296.0)
+        radius = math.sqrt(-2.0 * math.log(u1))
+        self._spare = radius * math.sin(u2)
+        return mu + sigma * radius * math.cos(u2)
+
+
 class SignalModel(Protocol):
     def sample(self, t: float) -> float:
         """The signal's value at time `t` (seconds since the epoch, never less than last call)."""
@@ -62,6 +115,8 @@ class SignalModel(Protocol):
 
 
 class Constant:
+    __slots__ = ("value",)
+
     def __init__(self, value: float) -> None:
         self.value = value
 
@@ -81,6 +136,9 @@ class RandomWalk:
     goes backwards (a wall-clock step) the value holds: a clock jump must not kill a sensor loop.
     """
 
+    # Slots: a simulated fleet holds a few of these per stream, tens of thousands at once.
+    __slots__ = ("_last_t", "_rng", "_value", "hi", "lo", "step")
+
     def __init__(
         self,
         lo: float,
@@ -88,6 +146,8 @@ class RandomWalk:
         step: float,
         seed: int,
         start: float | None = None,
+        *,
+        rng: RngFactory = random.Random,
     ) -> None:
         if not lo <= hi:
             raise ValueError(f"RandomWalk needs lo <= hi, got {lo} > {hi}")
@@ -96,7 +156,7 @@ class RandomWalk:
         self.lo = lo
         self.hi = hi
         self.step = step
-        self._rng = random.Random(seed)
+        self._rng = rng(seed)
         self._value = _reflect((lo + hi) / 2 if start is None else start, lo, hi)
         self._last_t: float | None = None
 
@@ -116,6 +176,8 @@ class RandomWalk:
 class DailyCycle:
     """A cosine with a 24 h period peaking at `peak_hour` UTC: the sun's effect on a room."""
 
+    __slots__ = ("amplitude", "mean", "peak_hour")
+
     def __init__(self, mean: float, amplitude: float, peak_hour: float = 15.0) -> None:
         self.mean = mean
         self.amplitude = amplitude
@@ -132,11 +194,13 @@ class DailyCycle:
 class Noise:
     """White Gaussian noise around zero: a fresh draw at every sample."""
 
-    def __init__(self, sigma: float, seed: int) -> None:
+    __slots__ = ("_rng", "sigma")
+
+    def __init__(self, sigma: float, seed: int, *, rng: RngFactory = random.Random) -> None:
         if sigma < 0:
             raise ValueError(f"Noise sigma must not be negative, got {sigma}")
         self.sigma = sigma
-        self._rng = random.Random(seed)
+        self._rng = rng(seed)
 
     def __repr__(self) -> str:
         return f"Noise({self.sigma!r})"
@@ -182,7 +246,7 @@ class Sum:
 
     def sample(self, t: float) -> float:
         # Every part is sampled every time, so stateful parts keep their own time line intact.
-        return math.fsum(model.sample(t) for model in self.models)
+        return math.fsum([model.sample(t) for model in self.models])
 
 
 class Clamp:
@@ -660,12 +724,13 @@ def plausible(quantity: str, model: SignalModel) -> Clamp:
     return Clamp(model, lo, hi)
 
 
-def default_signal(quantity: str, seed: int) -> SignalModel:
+def default_signal(quantity: str, seed: int, *, rng: RngFactory = random.Random) -> SignalModel:
     """A physically plausible indoor signal for `quantity`, reproducible from `seed`.
 
     Each quantity and component draws from its own stream, so that with one seed the humidity
     walk is not a scaled copy of the temperature walk. Every default is clamped to the
-    quantity's `PHYSICAL_LIMITS`. Defaults are healthy: add faults with the wrappers.
+    quantity's `PHYSICAL_LIMITS`. Defaults are healthy: add faults with the wrappers. `rng`
+    builds the generators (`LightRandom` for large simulated fleets).
     """
 
     def sub(component: str) -> int:
@@ -676,38 +741,38 @@ def default_signal(quantity: str, seed: int) -> SignalModel:
         # °C: a room around 21 °C, warmest mid-afternoon, wandering ±2 °C, 0.05 °C of jitter.
         model = Sum(
             DailyCycle(21.0, 3.0, peak_hour=15.0),
-            RandomWalk(-2.0, 2.0, step=0.01, seed=sub("walk"), start=0.0),
-            Noise(0.05, seed=sub("noise")),
+            RandomWalk(-2.0, 2.0, step=0.01, seed=sub("walk"), start=0.0, rng=rng),
+            Noise(0.05, seed=sub("noise"), rng=rng),
         )
     elif quantity == "humidity":
         # %RH: relative humidity falls as the room warms, so the cycle peaks before dawn.
         model = Sum(
-            RandomWalk(35.0, 65.0, step=0.05, seed=sub("walk")),
+            RandomWalk(35.0, 65.0, step=0.05, seed=sub("walk"), rng=rng),
             DailyCycle(0.0, 5.0, peak_hour=5.0),
-            Noise(0.3, seed=sub("noise")),
+            Noise(0.3, seed=sub("noise"), rng=rng),
         )
     elif quantity == "pressure":
         # hPa: weather moves pressure by a few hPa over hours; standard atmosphere in the middle.
-        model = RandomWalk(1008.25, 1018.25, step=0.005, seed=sub("walk"), start=1013.25)
+        model = RandomWalk(1008.25, 1018.25, step=0.005, seed=sub("walk"), start=1013.25, rng=rng)
     elif quantity == "illuminance":
         # lux: daylight through a window, brightest early afternoon, dark from about 21:00 to
         # 05:00 UTC (the cosine below zero is clamped away); clouds move it by ±50 lux.
         model = Sum(
             DailyCycle(-100.0, 400.0, peak_hour=13.0),
-            RandomWalk(-50.0, 50.0, step=0.5, seed=sub("clouds"), start=0.0),
-            Noise(2.0, seed=sub("noise")),
+            RandomWalk(-50.0, 50.0, step=0.5, seed=sub("clouds"), start=0.0, rng=rng),
+            Noise(2.0, seed=sub("noise"), rng=rng),
         )
     elif quantity == "voltage":
         # V: a slowly wandering analogue level on a 3.3 V rail, 0.5 mV of ADC noise.
         model = Sum(
-            RandomWalk(0.0, 3.3, step=0.001, seed=sub("walk"), start=1.65),
-            Noise(0.0005, seed=sub("noise")),
+            RandomWalk(0.0, 3.3, step=0.001, seed=sub("walk"), start=1.65, rng=rng),
+            Noise(0.0005, seed=sub("noise"), rng=rng),
         )
     elif quantity == "distance":
         # m: something moving about in front of a ranger, within its useful range.
         model = Sum(
-            RandomWalk(0.1, 3.5, step=0.01, seed=sub("walk"), start=1.5),
-            Noise(0.003, seed=sub("noise")),
+            RandomWalk(0.1, 3.5, step=0.01, seed=sub("walk"), start=1.5, rng=rng),
+            Noise(0.003, seed=sub("noise"), rng=rng),
         )
     elif quantity == "motion":
         # 0/1: someone passes about six times an hour; the PIR holds its output for 10 s.
@@ -719,8 +784,8 @@ def default_signal(quantity: str, seed: int) -> SignalModel:
         # °C: the board's SoC, warmer than the room and following it, with load bursts.
         model = Sum(
             DailyCycle(48.0, 3.0, peak_hour=15.0),
-            RandomWalk(-5.0, 5.0, step=0.05, seed=sub("load"), start=0.0),
-            Noise(0.2, seed=sub("noise")),
+            RandomWalk(-5.0, 5.0, step=0.05, seed=sub("load"), start=0.0, rng=rng),
+            Noise(0.2, seed=sub("noise"), rng=rng),
         )
     else:
         raise ValueError(

@@ -20,6 +20,7 @@ from hardware.signals import (
     DailyCycle,
     Drift,
     Dropouts,
+    LightRandom,
     Noise,
     Pulses,
     RandomWalk,
@@ -672,3 +673,33 @@ def test_a_simulated_day_runs_in_well_under_a_second() -> None:
     for build in builders:
         samples(build(), times)
     assert time.perf_counter() - began < 0.5
+
+
+def test_light_random_is_seeded_normal_and_small() -> None:
+    draws = [LightRandom(7).gauss(0.0, 1.0) for _ in range(3)]
+    assert len(set(draws)) == 1  # the seed alone fixes the sequence
+    rng = LightRandom(7)
+    values = [rng.gauss(5.0, 2.0) for _ in range(20_000)]
+    assert statistics.fmean(values) == pytest.approx(5.0, abs=0.05)
+    assert statistics.stdev(values) == pytest.approx(2.0, rel=0.03)
+    uniform = [rng.random() for _ in range(20_000)]
+    assert min(uniform) >= 0.0
+    assert max(uniform) < 1.0
+    assert statistics.fmean(uniform) == pytest.approx(0.5, abs=0.01)
+    assert not hasattr(rng, "__dict__")  # an integer and a float, not 2.5 KB of state
+
+
+def test_models_and_defaults_take_a_light_generator() -> None:
+    times = [T0 + i for i in range(100)]
+    light = samples(default_signal("temperature", 3, rng=LightRandom), times)
+    again = samples(default_signal("temperature", 3, rng=LightRandom), times)
+    heavy = samples(default_signal("temperature", 3), times)
+    assert light == again
+    assert light != heavy
+    assert all(15 < v < 30 for v in light)
+    walk = RandomWalk(0.0, 1.0, 0.1, seed=1, rng=LightRandom)
+    noise = Noise(0.5, seed=1, rng=LightRandom)
+    assert samples(walk, times) == samples(
+        RandomWalk(0.0, 1.0, 0.1, seed=1, rng=LightRandom), times
+    )
+    assert statistics.stdev(samples(noise, times)) > 0

@@ -1,0 +1,33 @@
+"""Scenarios: fleets described in TOML, generated deterministically, with labelled faults.
+
+`load_scenario` parses a file into a `Scenario`; `Scenario.generator` gives a `Generator` that
+says what each stream publishes at its scheduled times; `run_virtual` (gateway.scenario.virtual)
+plays a scenario faster than real time into a file or a broker.
+"""
+
+from gateway.scenario.generator import Generator, Message
+from gateway.scenario.model import (
+    FAULT_TYPES,
+    FaultSpec,
+    Scenario,
+    ScenarioError,
+    StreamSpec,
+    default_scenario,
+    load_scenario,
+    parse_duration,
+    parse_scenario,
+)
+
+__all__ = [
+    "FAULT_TYPES",
+    "FaultSpec",
+    "Generator",
+    "Message",
+    "Scenario",
+    "ScenarioError",
+    "StreamSpec",
+    "default_scenario",
+    "load_scenario",
+    "parse_duration",
+    "parse_scenario",
+]

@@ -1,0 +1,572 @@
+"""What each stream of a scenario publishes at its scheduled times, faults and labels included.
+
+A `Generator` holds the state of the streams it was given (sequence numbers, signal models,
+fault progress) and nothing shared between streams, so the fleet can be split over worker
+processes and the payloads of one stream do not depend on when other streams are served. A
+stream's models are stateful (a random walk remembers where it was), so its values are a
+function of the seed, the stream and the times it has been sampled at: the same scheduled
+times give the same bytes, in real or virtual time.
+
+Payloads are formatted from per-stream templates built once, not encoded through the contract
+models: that is most of the difference between a few and a few dozen microseconds a reading.
+Tests decode them with `agent.contract.Telemetry` to keep the two in step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Literal
+
+import msgspec
+
+from agent.contract import Presence, Status, Topics
+from gateway.scenario.model import (
+    DEFAULT_UNITS,
+    ConstantPart,
+    DailyPart,
+    DefaultPart,
+    DriftPart,
+    FaultSpec,
+    NoisePart,
+    QuantitySpec,
+    ReplayPart,
+    Scenario,
+    ScenarioError,
+    SignalPart,
+    StreamSpec,
+    WalkPart,
+    matches,
+    parse_duration,
+    replay_path,
+    utc_seconds,
+)
+from hardware.signals import (
+    PHYSICAL_LIMITS,
+    Clamp,
+    Constant,
+    DailyCycle,
+    Drift,
+    Dropouts,
+    LightRandom,
+    Noise,
+    RandomWalk,
+    Replay,
+    SignalModel,
+    Spikes,
+    Stuck,
+    Sum,
+    default_signal,
+    derive_seed,
+    read_recording,
+)
+
+Message = tuple[str, bytes, bool]
+"""(topic, payload, retain)"""
+
+_INF = math.inf
+_fsum = math.fsum
+_NO_CHANGE = math.inf
+
+
+def _version() -> str:
+    try:
+        return version("edgetwin")
+    except PackageNotFoundError:
+        return "0"
+
+
+def _escape(text: str) -> str:
+    """`text` as a literal inside a str.format template."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _json(value: object) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+class _Active:
+    """A fault in force on one stream."""
+
+    __slots__ = ("anomaly", "fault", "held", "quantities", "rng")
+
+    def __init__(self, fault: FaultSpec, stream: _Stream, seed: int) -> None:
+        self.fault = fault
+        self.anomaly = (
+            f',"anomaly":{{"type":"{fault.type}","id":"{fault.id}","start":{fault.start!r},'
+            f'"end":{fault.end!r}}}'
+        )
+        # Indices of the quantities a value fault hits.
+        wanted = fault.quantities
+        self.quantities = [
+            i for i, name in enumerate(stream.names) if wanted is None or name in wanted
+        ]
+        self.rng = (
+            LightRandom(
+                derive_seed(seed, "fault", fault.id, stream.spec.device, stream.spec.sensor)
+            )
+            if fault.type == "noise"
+            else None
+        )
+        # Stuck: the last values published before the fault, per quantity index.
+        self.held: dict[int, float] = (
+            {i: stream.last[i] for i in self.quantities if math.isfinite(stream.last[i])}
+            if fault.type == "stuck"
+            else {}
+        )
+
+    def apply(self, values: list[float], t: float) -> None:
+        """A value fault's effect on the reading's values, in place."""
+        fault = self.fault
+        kind = fault.type
+        if kind == "spike":
+            magnitude = 10.0 if fault.magnitude is None else fault.magnitude
+            for i in self.quantities:
+                values[i] += magnitude
+        elif kind == "drift":
+            rate = 1.0 if fault.per_hour is None else fault.per_hour
+            for i in self.quantities:
+                values[i] += rate * (t - fault.start) / 3600.0
+        elif kind == "noise":
+            sigma = 1.0 if fault.sigma is None else fault.sigma
+            assert self.rng is not None
+            for i in self.quantities:
+                values[i] += self.rng.gauss(0.0, sigma)
+        elif kind == "stuck":
+            for i in self.quantities:
+                held = self.held.setdefault(i, values[i])
+                if math.isfinite(held):
+                    values[i] = held
+                else:  # nothing measured before: hold the first measurement there is
+                    self.held[i] = values[i]
+
+
+class _Stream:
+    """One stream's state: models, sequence number, payload templates, faults."""
+
+    __slots__ = (
+        "active",
+        "decimals",
+        "fmt",
+        "last",
+        "leaves",
+        "names",
+        "next_change",
+        "owner",
+        "pending",
+        "publishes",
+        "seq",
+        "spans",
+        "spec",
+        "topic",
+        "units",
+    )
+
+    def __init__(self, spec: StreamSpec) -> None:
+        self.spec = spec
+        self.names: list[str] = []
+        self.units: list[str] = []
+        # The quantities' models flattened (see `_flatten`): every leaf model's `sample`, and
+        # per quantity the slice of leaves it sums and the bounds it is clamped to.
+        self.leaves: list[Callable[[float], float]] = []
+        self.spans: list[tuple[int, int, float, float]] = []
+        self.decimals: list[int] = []
+        self.last: list[float] = []
+        self.seq = 0
+        self.topic = ""
+        self.fmt = ""
+        self.owner = False  # publishes the device's status and device-level labels
+        self.publishes = True  # flat payloads: only one stream per device goes on the wire
+        self.pending: list[FaultSpec] = []  # by start, latest first (popped from the end)
+        self.active: list[_Active] = []
+        self.next_change = _NO_CHANGE
+
+
+class Generator:
+    """Readings, labels and statuses of some streams of a scenario (all by default)."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        topics: Topics,
+        streams: Sequence[int] | None = None,
+        payload: Literal["edgetwin", "flat"] = "edgetwin",
+    ) -> None:
+        self._scenario = scenario
+        self._topics = topics
+        self._flat = payload == "flat"
+        self._plan = scenario.plan()
+        if streams is None:
+            ours: Sequence[int] = range(len(self._plan))
+        else:
+            ours = sorted(set(streams))
+            bad = [i for i in ours if not 0 <= i < len(self._plan)]
+            if bad:
+                raise ScenarioError(f"no stream {bad[0]}: the scenario has {len(self._plan)}")
+        self._ours = frozenset(ours)
+        self._by_device: dict[str, list[int]] = {}
+        for i in ours:
+            self._by_device.setdefault(self._plan[i][0].device, []).append(i)
+        self._first_of_device: dict[str, int] = {}
+        for stream, _, _ in self._plan:
+            self._first_of_device.setdefault(stream.device, stream.index)
+        self._states: dict[int, _Stream] = {}
+        self._faults: dict[int, list[FaultSpec]] = {}
+        self._boots: dict[str, int] = {}
+        self._recordings: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+        self._label_topic = f"{topics.prefix}/labels"
+        self._agent_version = f"edgetwin-scenario/{_version()}"
+        self._source = scenario.source
+        self._origin = scenario.origin
+        for fault in scenario.fault_specs():
+            self.inject(fault)
+
+    # -- public face ----------------------------------------------------------------------------
+
+    def label_topic(self) -> str:
+        return self._label_topic
+
+    def streams(self) -> list[StreamSpec]:
+        """The streams this generator serves, in index order."""
+        return [self._plan[i][0] for i in sorted(self._ours)]
+
+    def warm(self) -> None:
+        """Build every stream's state now instead of at its first `emit` (some 75 us a stream,
+        mostly seeding): a worker can pay it before its first deadline rather than late."""
+        for index in sorted(self._ours):
+            if index not in self._states:
+                self._open(index)
+
+    def inject(self, fault: FaultSpec) -> None:
+        """Apply `fault` to every stream of this generator it names, labelled like a scheduled
+        one. A fault whose start has passed takes effect at each stream's next reading."""
+        patterns = fault.device_patterns()
+        if all(not any(c in p for c in "*?[") for p in patterns):
+            candidates = [i for p in patterns for i in self._by_device.get(p, ())]
+        else:
+            candidates = sorted(self._ours)
+        for i in candidates:
+            spec = self._plan[i][0]
+            if not matches(fault, spec.device, spec.sensor):
+                continue
+            self._faults.setdefault(i, []).append(fault)
+            state = self._states.get(i)
+            if state is not None:
+                _schedule(state, fault)
+
+    def emit(self, index: int, t: float) -> list[Message]:
+        """What stream `index` publishes at its scheduled time `t` (seconds since epoch)."""
+        st = self._states.get(index)
+        if st is None:
+            st = self._open(index)
+        out: list[Message] | None = None
+        if t >= st.next_change:
+            out = self._advance(st, t)
+        raw = [sample(t) for sample in st.leaves]
+        values: list[float] = []
+        for a, b, lo, hi in st.spans:
+            value = raw[a] if b - a == 1 else _fsum(raw[a:b])
+            # NaN fails both tests and passes through, as in hardware.signals.Clamp.
+            if value < lo:
+                value = lo
+            elif value > hi:
+                value = hi
+            values.append(value)
+        if st.active:
+            return self._emit_faulty(st, t, values, out or [])
+        st.last = values
+        if not st.publishes:
+            return out or []
+        total = sum(values)
+        if total - total != 0.0:  # NaN or infinity somewhere: the careful path
+            return self._emit_faulty(st, t, values, out or [])
+        st.seq += 1
+        decimals = st.decimals
+        rounded = [round(v, d) for v, d in zip(values, decimals, strict=True)]
+        payload = st.fmt.format(round(t, 6), st.seq, *rounded).encode()
+        if out:
+            out.append((st.topic, payload, False))
+            return out
+        return [(st.topic, payload, False)]
+
+    # -- streams --------------------------------------------------------------------------------
+
+    def _open(self, index: int) -> _Stream:
+        if index not in self._ours:
+            raise ScenarioError(f"stream {index} is not served by this generator")
+        spec, _, sensor = self._plan[index]
+        st = _Stream(spec)
+        for quantity, q in sensor.quantities.items():
+            st.names.append(quantity)
+            st.units.append(q.unit or DEFAULT_UNITS[quantity])
+            st.decimals.append(2 if self._flat else q.decimals)
+            leaves, lo, hi = _flatten(self._signal(spec, quantity, q))
+            st.spans.append((len(st.leaves), len(st.leaves) + len(leaves), lo, hi))
+            st.leaves.extend(leaves)
+        st.last = [math.nan] * len(st.names)
+        st.topic = self._topics.telemetry(spec.device, spec.sensor)
+        st.owner = self._first_of_device[spec.device] == index
+        if self._flat:
+            st.publishes = self._flat_stream(spec.device) == index
+            st.fmt = _flat_format(spec.device, st.names)
+        else:
+            # The values object closed; then the reading, with or without its anomaly label.
+            st.fmt = self._telemetry_format(st) + "}}"
+            # With the anomaly label: `fmt` with one more field before its closing brace,
+            # "{}}" in format terms; rare, so not kept twice.
+        for fault in self._faults.get(index, ()):
+            _schedule(st, fault)
+        self._states[index] = st
+        return st
+
+    def _flat_stream(self, device: str) -> int | None:
+        """The device's first stream measuring temperature and humidity."""
+        first = self._first_of_device[device]
+        for stream, _, sensor in self._plan[first:]:
+            if stream.device != device:
+                break
+            if {"temperature", "humidity"} <= sensor.quantities.keys():
+                return stream.index
+        return None
+
+    def _telemetry_format(self, st: _Stream) -> str:
+        spec = st.spec
+        head = _escape(f'{{"v":1,"device":{_json(spec.device)},"sensor":{_json(spec.sensor)},"ts":')
+        middle = _escape(f',"source":"{self._source}","values":{{')
+        values = ",".join(
+            _escape(f'{_json(name)}:{{"value":') + "{}" + _escape(f',"unit":{_json(unit)}}}')
+            for name, unit in zip(st.names, st.units, strict=True)
+        )
+        return head + "{}" + _escape(',"seq":') + "{}" + middle + values + "}}"
+
+    def _signal(self, spec: StreamSpec, quantity: str, q: QuantitySpec) -> SignalModel:
+        base = derive_seed(self._scenario.seed, spec.device, spec.sensor, quantity)
+        parts = q.parts()
+        built: list[SignalModel] = []
+        for j, part in enumerate(parts):
+            seed = base if j == 0 else derive_seed(base, j)
+            built.append(self._part(part, quantity, seed))
+        model: SignalModel = built[0] if len(built) == 1 else Sum(*built)
+        if q.stuck is not None:
+            stuck = q.stuck
+            if stuck.at is not None:
+                start = utc_seconds(stuck.at)
+            else:
+                start = self._anchor("stuck.after") + parse_duration(stuck.after or 0.0)
+            duration = None if stuck.duration is None else parse_duration(stuck.duration)
+            model = Stuck(model, start, duration)
+        if q.spikes is not None:
+            s = q.spikes
+            model = Spikes(
+                model,
+                s.rate_per_hour,
+                s.magnitude,
+                s.duration,
+                derive_seed(base, "spikes"),
+                two_sided=s.two_sided,
+            )
+        if q.dropouts is not None:
+            d = q.dropouts
+            model = Dropouts(model, d.rate_per_hour, d.duration, derive_seed(base, "dropouts"))
+        plain_default = len(parts) == 1 and isinstance(parts[0], DefaultPart) and model is built[0]
+        if q.clamp and not (plain_default and q.limits is None):
+            limits = q.limits or PHYSICAL_LIMITS.get(quantity)
+            if limits is not None:
+                model = Clamp(model, *limits)
+        return model
+
+    def _part(self, part: SignalPart, quantity: str, seed: int) -> SignalModel:
+        if isinstance(part, DefaultPart):
+            return default_signal(quantity, seed, rng=LightRandom)
+        if isinstance(part, WalkPart):
+            return RandomWalk(part.lo, part.hi, part.step, seed, part.start, rng=LightRandom)
+        if isinstance(part, DriftPart):
+            return Drift(part.per_day, limit=part.limit)
+        if isinstance(part, ReplayPart):
+            path = str(replay_path(self._scenario, part))
+            recording = self._recordings.get(path)
+            if recording is None:
+                recording = self._recordings[path] = read_recording(path)
+            column = part.column or next(iter(recording))
+            times, values = recording[column]
+            return Replay(
+                times,
+                values,
+                loop=part.loop,
+                speed=part.speed,
+                interpolation=part.interpolation,
+            )
+        if isinstance(part, ConstantPart):
+            return Constant(part.value)
+        if isinstance(part, DailyPart):
+            return DailyCycle(part.mean, part.amplitude, part.peak_hour)
+        if isinstance(part, NoisePart):
+            return Noise(part.sigma, seed, rng=LightRandom)
+        raise AssertionError(f"unhandled signal part {part!r}")
+
+    def _anchor(self, key: str) -> float:
+        if self._origin is None:
+            raise ScenarioError(
+                f"{key}: the scenario has no start; set `start` in the file or use "
+                "Scenario.with_start(t) before building generators"
+            )
+        return self._origin
+
+    # -- faults ---------------------------------------------------------------------------------
+
+    def _advance(self, st: _Stream, t: float) -> list[Message]:
+        """Start and end the faults due by `t`; the labels and statuses that go with them."""
+        out: list[Message] = []
+        pending = st.pending
+        while pending and pending[-1].start <= t:
+            fault = pending.pop()
+            active = _Active(fault, st, self._scenario.seed)
+            st.active.append(active)
+            out.extend(self._fault_edge(st, fault, "start", fault.start))
+        still: list[_Active] = []
+        for active in st.active:
+            fault = active.fault
+            if fault.end <= t:
+                out.extend(self._fault_edge(st, fault, "end", fault.end))
+            else:
+                still.append(active)
+        st.active = still
+        ends = [a.fault.end for a in still]
+        starts = [pending[-1].start] if pending else []
+        st.next_change = min(ends + starts, default=_NO_CHANGE)
+        return out
+
+    def _fault_edge(
+        self, st: _Stream, fault: FaultSpec, event: Literal["start", "end"], at: float
+    ) -> list[Message]:
+        device = st.spec.device
+        if fault.type == "offline":
+            if not st.owner:
+                return []  # the device's first stream speaks for the device
+            sensor = None
+        else:
+            sensor = st.spec.sensor
+        label = {
+            "v": 1,
+            "event": event,
+            "id": fault.id,
+            "type": fault.type,
+            "device": device,
+            "sensor": sensor,
+            "start": fault.start,
+            "end": fault.end,
+            "params": fault.params(),
+        }
+        out: list[Message] = []
+        if fault.type == "offline":
+            out.append(self._status(device, event, at))
+        out.append((self._label_topic, msgspec.json.encode(label), False))
+        return out
+
+    def _status(self, device: str, event: str, at: float) -> Message:
+        """The retained status a broker would publish as the device's last will (start), and
+        the birth of its reconnection (end), with the next boot number."""
+        boot = self._boots.get(device, 0)
+        if event == "end":
+            boot += 1
+            self._boots[device] = boot
+        status = Status(
+            device=device,
+            state=Presence.OFFLINE if event == "start" else Presence.ONLINE,
+            ts=at,
+            boot=boot,
+            agent_version=self._agent_version,
+            reason="connection_lost" if event == "start" else "birth",
+        )
+        return (self._topics.status(device), status.encode(), True)
+
+    def _emit_faulty(
+        self, st: _Stream, t: float, values: list[float], out: list[Message]
+    ) -> list[Message]:
+        """The reading with the active faults applied (and any non-finite value left out)."""
+        skew = 0.0
+        copies = 0
+        anomaly = ""
+        if any(a.fault.type in ("offline", "dropout") for a in st.active):
+            st.last = values
+            return out
+        for active in st.active:
+            fault = active.fault
+            if fault.type == "clock_skew":
+                skew += 300.0 if fault.skew is None else fault.skew
+            elif fault.type == "duplicate":
+                copies += 1 if fault.copies is None else fault.copies
+            else:
+                active.apply(values, t)
+            anomaly = active.anomaly  # the latest started one wins
+        if not any(a.fault.type == "stuck" for a in st.active):
+            st.last = values
+        if not st.publishes:
+            return out
+        finite = [math.isfinite(v) for v in values]
+        if not any(finite) or (self._flat and not all(finite)):
+            return out  # no measurement (or not both flat ones): nothing, as an agent would
+        st.seq += 1
+        message = (st.topic, self._payload(st, round(t + skew, 6), values, anomaly), False)
+        out.extend([message] * (1 + copies))
+        return out
+
+    def _payload(self, st: _Stream, ts: float, values: list[float], anomaly: str) -> bytes:
+        if self._flat:
+            return st.fmt.format(ts, st.seq, *(round(v, 2) for v in values)).encode()
+        if not all(math.isfinite(v) for v in values):
+            return self._partial(st, ts, values, anomaly)
+        rounded = [round(v, d) for v, d in zip(values, st.decimals, strict=True)]
+        if anomaly:
+            return (st.fmt[:-2] + "{}}}").format(ts, st.seq, *rounded, anomaly).encode()
+        return st.fmt.format(ts, st.seq, *rounded).encode()
+
+    def _partial(self, st: _Stream, ts: float, values: list[float], anomaly: str) -> bytes:
+        """A reading without its unmeasured quantities."""
+        parts = [
+            f'{_json(name)}:{{"value":{round(v, d)!r},"unit":{_json(unit)}}}'
+            for name, unit, v, d in zip(st.names, st.units, values, st.decimals, strict=True)
+            if math.isfinite(v)
+        ]
+        spec = st.spec
+        return (
+            f'{{"v":1,"device":{_json(spec.device)},"sensor":{_json(spec.sensor)},"ts":{ts!r},'
+            f'"seq":{st.seq},"source":"{self._source}","values":{{{",".join(parts)}}}'
+            f"{anomaly}}}"
+        ).encode()
+
+
+def _flatten(model: SignalModel) -> tuple[list[Callable[[float], float]], float, float]:
+    """`Clamp(Sum(a, b, ...))` as ([a.sample, b.sample, ...], lo, hi), to be summed with fsum
+    and clamped by the caller: the same numbers as `model.sample`, without two layers of
+    calls per quantity and reading."""
+    lo, hi = -_INF, _INF
+    if isinstance(model, Clamp):
+        lo, hi, model = model.lo, model.hi, model.model
+    if isinstance(model, Sum) and model.models:
+        return [m.sample for m in model.models], lo, hi
+    return [model.sample], lo, hi
+
+
+def _schedule(st: _Stream, fault: FaultSpec) -> None:
+    st.pending.append(fault)
+    st.pending.sort(key=lambda f: f.start, reverse=True)
+    st.next_change = min(st.next_change, fault.start)
+
+
+def _flat_format(device: str, names: list[str]) -> str:
+    """The original simulator's payload, formatted with (ts, seq, *values) like telemetry."""
+    if not {"temperature", "humidity"} <= set(names):
+        return ""
+    temperature = names.index("temperature") + 2
+    humidity = names.index("humidity") + 2
+    return (
+        _escape(f'{{"device_id":{_json(device)},"timestamp":')
+        + "{0}"
+        + _escape(',"temperature":')
+        + f"{{{temperature}}}"
+        + _escape(',"humidity":')
+        + f"{{{humidity}}}"
+        + "}}"
+    )

@@ -1,0 +1,146 @@
+"""`edgetwin simulate --virtual`, end to end: the command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.contract import Status, Telemetry
+from tests.brokers import BrokerUnderTest
+from tests.mqtt_helpers import Subscriber
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "config" / "scenario.toml"
+
+
+def simulate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgetwin", "simulate", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_virtual_run_writes_every_message_and_repeats_byte_for_byte(tmp_path: Path) -> None:
+    # Two separate processes: nothing may depend on per-process hashing or wall time.
+    runs = []
+    for name in ("one.jsonl", "two.jsonl"):
+        out = tmp_path / name
+        result = simulate(
+            "--scenario", str(EXAMPLE), "--virtual", "--devices", "30",
+            "--duration", "2h10m", "--out", str(out),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        runs.append((out.read_bytes(), result))
+    (first, result), (second, _) = runs
+    assert first == second
+    lines = [json.loads(line) for line in first.splitlines()]
+    # The final count is printed, and the progress bar went to stderr.
+    summary = result.stdout.strip()
+    assert summary.startswith(f"{len(lines)} messages (")
+    assert "100.0%" in result.stderr
+    kinds = {"telemetry": 0, "labels": 0, "status": 0}
+    for record in lines:
+        payload = json.dumps(record["payload"], ensure_ascii=False)
+        if record["topic"] == "edgetwin/labels":
+            kinds["labels"] += 1
+        elif record["retain"]:
+            kinds["status"] += 1
+            Status.decode(payload)
+        else:
+            kinds["telemetry"] += 1
+            Telemetry.decode(payload)
+    assert summary.startswith(
+        f"{len(lines)} messages ({kinds['telemetry']} telemetry, {kinds['labels']} labels, "
+        f"{kinds['status']} status) from 30 devices"
+    )
+    # The fleet is resized to its first 30 devices; from the file's start, 2 h in, the
+    # example's temperature spike on room-007 starts and ends.
+    devices = {r["payload"]["device"] for r in lines if r["topic"] != "edgetwin/labels"}
+    assert len(devices) == 30
+    events = [
+        (r["payload"]["device"], r["payload"]["event"])
+        for r in lines
+        if r["topic"] == "edgetwin/labels"
+    ]
+    assert events == [("room-007", "start"), ("room-007", "end")]
+    assert kinds["status"] == 0
+
+
+def test_flat_payloads_and_a_topic_template(tmp_path: Path) -> None:
+    out = tmp_path / "flat.jsonl"
+    result = simulate(
+        "--virtual", "--devices", "3", "--start", "2026-01-01T00:00:00Z", "--duration", "10s",
+        "--payload", "flat", "--topic", "sensors/data", "--out", str(out), "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 30
+    assert {r["topic"] for r in records} == {"sensors/data"}
+    assert set(records[0]["payload"]) == {"device_id", "timestamp", "temperature", "humidity"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--virtual", "--duration", "1h"], "--start: required"),
+        (["--virtual", "--start", "2026-01-01", "--duration", "soon"], "not a duration"),
+        (["--start", "2026-01-01"], "only --virtual"),
+    ],
+)
+def test_bad_invocations_exit_2_with_the_reason(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = simulate(*args, "--out", str(tmp_path / "x.jsonl"))
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_a_bad_scenario_file_is_named_with_its_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[templates.room]\ncount = 1\nsensors.env.quantities.temperature.unti = 'C'\n")
+    result = simulate("--scenario", str(path), "--virtual", "--out", str(tmp_path / "x.jsonl"))
+    assert result.returncode == 2
+    assert f"{path}: unknown key 'templates.room.sensors.env.quantities.temperature.unti'" in (
+        result.stderr
+    )
+
+
+@pytest.mark.integration
+def test_a_virtual_run_publishes_to_a_broker(broker: BrokerUnderTest, tmp_path: Path) -> None:
+    scenario = tmp_path / "offline.toml"
+    scenario.write_text(
+        """
+        seed = 3
+        [templates.dev]
+        count = 4
+        [templates.dev.sensors.env.quantities.temperature]
+        [[faults]]
+        type = "offline"
+        devices = "dev-001"
+        after = "10s"
+        duration = "20s"
+        """
+    )
+    with Subscriber(broker, "edgetwin/#") as sub:
+        result = simulate(
+            "--scenario", str(scenario), "--virtual", "--start", "2026-01-01T00:00:00",
+            "--duration", "60s", "--broker", f"{broker.host}:{broker.port}", "--quiet",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("224 messages (220 telemetry, 2 labels, 2 status)")
+        received = sub.wait_for("edgetwin/#", count=224, timeout=15)
+    statuses = [Status.decode(m.payload) for m in received if m.topic.endswith("/status")]
+    assert [s.state for s in statuses] == ["offline", "online"]
+    # The online status is what stays retained for late subscribers.
+    with Subscriber(broker, "edgetwin/dev-001/status") as late:
+        retained = late.wait_for("edgetwin/dev-001/status", timeout=10)
+    assert Status.decode(retained[0].payload).state == "online"
