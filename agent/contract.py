@@ -154,6 +154,21 @@ class Anomaly(Struct, frozen=True, omit_defaults=True):
     end: Float | None = None
 
 
+class FaultLabel(_Payload, frozen=True):
+    """Ground truth on the labels topic: one document when an injected fault starts and one
+    when it ends, so a detector can be scored on the whole fault, not only on the readings
+    that carry its `anomaly`. `sensor` is absent for a fault of the whole device (offline)."""
+
+    event: Literal["start", "end"]
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    type: Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,32}$")]
+    device: DeviceId
+    start: Float
+    sensor: SensorName | None = None
+    end: Float | None = None
+    params: dict[str, float | int | str | list[str]] = msgspec.field(default_factory=dict)
+
+
 class Telemetry(_Payload, frozen=True):
     """One reading of one sensor stream. `seq` counts per (device, sensor) across restarts."""
 
@@ -358,7 +373,7 @@ class TwinSummary(_Payload, frozen=True):
     labels: dict[LabelKey, LabelValue] = msgspec.field(default_factory=dict)
 
 
-TopicKind = Literal["status", "twin", "telemetry", "desired", "reported", "state"]
+TopicKind = Literal["status", "twin", "telemetry", "desired", "reported", "state", "labels"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,6 +442,10 @@ class Topics:
             return f"{self.prefix}/{device}/telemetry/{sensor}"
         return self.telemetry_template.format(prefix=self.prefix, device_id=device, sensor=sensor)
 
+    def labels(self) -> str:
+        """Where simulations publish the ground truth of their injected faults (FaultLabel)."""
+        return f"{self.prefix}/labels"
+
     def all_status(self) -> str:
         return f"{self.prefix}/+/status"
 
@@ -464,6 +483,8 @@ class Topics:
             return None
         parts = topic[len(head) :].split("/")
         match parts:
+            case ["labels"]:
+                return ParsedTopic("labels", None)
             case [device, "status"]:
                 return ParsedTopic("status", device)
             case [device, "twin"]:

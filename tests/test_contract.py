@@ -55,6 +55,12 @@ def test_every_topic_parses_back_to_its_device_and_kind(device: str, sensor: str
     )
 
 
+def test_labels_topic_is_part_of_the_contract() -> None:
+    topics = Topics(prefix="plant")
+    assert topics.labels() == "plant/labels"
+    assert topics.parse("plant/labels") == ParsedTopic("labels", None)
+
+
 def test_seed_template_moves_telemetry_only() -> None:
     topics = Topics(telemetry_template="sensors/{device_id}")
     assert topics.telemetry("device_003", "env") == "sensors/device_003"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agent.contract import FlatReading, Status, Telemetry, Topics
+from agent.contract import FaultLabel, FlatReading, Status, Telemetry, Topics
 from gateway.scenario import (
     FAULT_TYPES,
     FaultSpec,
@@ -63,7 +63,10 @@ def telemetry(messages: list[tuple[float, Message]]) -> list[tuple[float, Teleme
 
 
 def labels(messages: list[tuple[float, Message]]) -> list[dict[str, Any]]:
-    return [json.loads(payload) for _, (topic, payload, _) in messages if topic == LABELS]
+    found = [payload for _, (topic, payload, _) in messages if topic == LABELS]
+    for payload in found:
+        FaultLabel.decode(payload)  # the contract's document, or ContractError
+    return [json.loads(payload) for payload in found]
 
 
 # -- the default fleet and the wire format ------------------------------------------------------
@@ -451,7 +454,7 @@ def test_every_fault_type_is_labelled_on_the_labels_topic(fault_run: dict[str, A
     assert {label["type"] for label in found} == set(FAULT_TYPES)
     by_fault: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
     for label in found:
-        by_fault.setdefault((label["id"], label["sensor"]), []).append(label)
+        by_fault.setdefault((label["id"], label.get("sensor")), []).append(label)
     scenario: Scenario = fault_run["scenario"]
     for spec in scenario.fault_specs():
         sensor = None if spec.type == "offline" else "env"

@@ -21,7 +21,7 @@ from typing import Literal
 
 import msgspec
 
-from agent.contract import Presence, Status, Topics
+from agent.contract import FaultLabel, Presence, Status, Topics
 from gateway.scenario.model import (
     DEFAULT_UNITS,
     ConstantPart,
@@ -215,7 +215,7 @@ class Generator:
         self._faults: dict[int, list[FaultSpec]] = {}
         self._boots: dict[str, int] = {}
         self._recordings: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
-        self._label_topic = f"{topics.prefix}/labels"
+        self._label_topic = topics.labels()
         self._agent_version = f"edgetwin-scenario/{_version()}"
         self._source = scenario.source
         self._origin = scenario.origin
@@ -447,21 +447,20 @@ class Generator:
             sensor = None
         else:
             sensor = st.spec.sensor
-        label = {
-            "v": 1,
-            "event": event,
-            "id": fault.id,
-            "type": fault.type,
-            "device": device,
-            "sensor": sensor,
-            "start": fault.start,
-            "end": fault.end,
-            "params": fault.params(),
-        }
+        label = FaultLabel(
+            event=event,
+            id=fault.id,
+            type=fault.type,
+            device=device,
+            sensor=sensor,
+            start=fault.start,
+            end=fault.end,
+            params=dict(fault.params()),
+        )
         out: list[Message] = []
         if fault.type == "offline":
             out.append(self._status(device, event, at))
-        out.append((self._label_topic, msgspec.json.encode(label), False))
+        out.append((self._label_topic, label.encode(), False))
         return out
 
     def _status(self, device: str, event: str, at: float) -> Message:
