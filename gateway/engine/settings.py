@@ -1,0 +1,36 @@
+"""The engine's settings: one `[engine]` section, validated with msgspec.convert."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class EngineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Defaults for `EngineController.start` and the bounds that keep a worker's memory flat.
+
+    Every bound exists because the broker or the machine may fall behind: the engine then skips
+    and counts ticks rather than queueing them.
+    """
+
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    qos: Literal[0, 1] = 0
+    payload: Literal["edgetwin", "flat"] = "edgetwin"
+    max_devices: PositiveInt = 200_000
+    # A tick this late (wall seconds past its deadline, or one interval if shorter) is skipped
+    # and counted, never published late in a burst.
+    max_lateness: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    # Bytes a worker lets wait for the socket (paho's outgoing packets). Past it, due ticks are
+    # skipped and counted: this is what bounds memory while the broker is stalled.
+    max_backlog_bytes: Annotated[int, msgspec.Meta(ge=65_536)] = 4 * 1024 * 1024
+    # QoS 1: messages sent and not yet acknowledged (paho's in-flight window), and the most
+    # paho may hold on top of it before publish() refuses.
+    max_inflight: Annotated[int, msgspec.Meta(ge=1, le=65_535)] = 1000
+    max_queued: PositiveInt = 10_000
+    # Due ticks handled in one pass before the worker looks at its socket and commands again.
+    batch_limit: PositiveInt = 2000
+    stats_interval: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
+    start_timeout: Annotated[float, msgspec.Meta(gt=0)] = 20.0
