@@ -32,5 +32,9 @@ class EngineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_queued: PositiveInt = 10_000
     # Due ticks handled in one pass before the worker looks at its socket and commands again.
     batch_limit: PositiveInt = 2000
+    # A worker wakes at most this often (seconds): ticks falling due in between go out as one
+    # batch with one send(). Waking for every deadline of a 10,000-device fleet cost ~50 µs a
+    # message in select() and bookkeeping; this adds at most `tick` to the lateness.
+    tick: Annotated[float, msgspec.Meta(ge=0, le=0.1)] = 0.005
     stats_interval: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
     start_timeout: Annotated[float, msgspec.Meta(gt=0)] = 20.0

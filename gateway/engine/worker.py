@@ -216,14 +216,17 @@ class Worker:
             elif link.connected:
                 self.error = None
 
-    def wait(self, more_due: bool) -> None:
+    def wait(self, more_due: bool, woke: float) -> None:
         timeout = _IDLE_WAIT
         if more_due:
             timeout = 0.0
         elif self.timeline is not None and not self.timeline.paused:
             s_next = self.schedule.next_time()
             if s_next is not None:
-                timeout = min(timeout, max(self.timeline.wall_time(s_next) - time.time(), 0.0))
+                now = time.time()
+                until_due = self.timeline.wall_time(s_next) - now
+                until_tick = woke + self.settings.tick - now
+                timeout = min(timeout, max(until_due, until_tick, 0.0))
         readers: list[Any] = [self.conn]
         writers: list[int] = []
         fd = self.link.fileno()
@@ -255,7 +258,7 @@ class Worker:
                 if mono >= self.next_stats:
                     self.next_stats = mono + self.settings.stats_interval
                     self.conn.send(("stats", self.stats(now)))
-                self.wait(more)
+                self.wait(more, now)
         except (EOFError, BrokenPipeError, KeyboardInterrupt):
             return  # the controller is gone: nothing left to report to
         except Exception as exc:
