@@ -42,6 +42,7 @@ class Endpoint(msgspec.Struct, frozen=True):
     keepalive: int = 30
     username: str | None = None
     password: str | None = None
+    tls: bool = False
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
@@ -77,7 +78,7 @@ class EngineLink:
         )
         if endpoint.username is not None:
             client.username_pw_set(endpoint.username, endpoint.password)
-        if endpoint.ca_file or endpoint.cert_file:
+        if endpoint.tls:
             client.tls_set(
                 ca_certs=endpoint.ca_file,
                 certfile=endpoint.cert_file,
