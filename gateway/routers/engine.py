@@ -26,6 +26,8 @@ from gateway.engine.sources import EngineUnavailableError
 
 router = APIRouter(prefix="/engine", tags=["scale engine"])
 T = TypeVar("T")
+# Starlette renamed the 422 constant (…_CONTENT) and deprecates the old name; the number stays.
+_UNPROCESSABLE = 422
 
 
 class StartRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -64,7 +66,7 @@ async def _decode(request: Request, struct: type[T]) -> T:
     try:
         return msgspec.json.decode(await request.body(), type=struct)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"bad body: {exc}") from exc
+        raise HTTPException(_UNPROCESSABLE, f"bad body: {exc}") from exc
 
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -81,7 +83,7 @@ def _answer(stats: EngineStats) -> Response:
 
 def _translate(exc: EngineError) -> HTTPException:
     if isinstance(exc, EngineInputError):
-        return HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc))
+        return HTTPException(_UNPROCESSABLE, str(exc))
     if isinstance(exc, EngineStateError):
         return HTTPException(status.HTTP_409_CONFLICT, str(exc))
     # Not installed, or workers that could not reach the broker.
@@ -103,14 +105,12 @@ def engine_status(engine: EngineDep) -> Response:
 async def start(request: Request, engine: EngineDep, scenarios: ScenariosDep) -> Response:
     body = await _decode(request, StartRequest)
     if (body.devices is None) == (body.scenario is None):
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY, "give exactly one of 'devices' and 'scenario'"
-        )
+        raise HTTPException(_UNPROCESSABLE, "give exactly one of 'devices' and 'scenario'")
     if engine.state != "stopped":
         raise HTTPException(status.HTTP_409_CONFLICT, f"the engine is {engine.state}: stop it")
     if body.devices is not None and body.devices > engine.settings.max_devices:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            _UNPROCESSABLE,
             f"devices must be 1..{engine.settings.max_devices}, not {body.devices}",
         )
     try:
