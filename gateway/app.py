@@ -31,6 +31,7 @@ def create_app(
     *,
     clock: Clock = time.time,
     engine_scenarios: ScenarioSource | None = None,
+    engine_settings: EngineSettings | None = None,
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,7 +46,9 @@ def create_app(
         control = SimulatorControl(service, config.compat_plan())
         app.state.control = control
         # The scale engine starts no process until POST /engine/start.
-        scale_engine = EngineController(endpoint_from_mqtt(config.mqtt), EngineSettings())
+        scale_engine = EngineController(
+            endpoint_from_mqtt(config.mqtt), engine_settings or EngineSettings()
+        )
         metrics.registry.register(EngineCollector(scale_engine))
         app.state.engine = scale_engine
         app.state.engine_scenarios = engine_scenarios or PackageScenarios()

@@ -119,6 +119,10 @@ def test_pause_resume_rate_resize_and_stop_take_effect(engine: EngineController)
         }  # fmt: skip
         assert late == {"device_000", "device_001", "device_002"}
 
+        # Through pause, rate change and resizes, a device's seq never restarted.
+        seqs = [r["seq"] for r in by_device(sub.messages())["device_000"]]
+        assert seqs == list(range(len(seqs)))
+
         pids = engine.worker_pids()
         stats = engine.stop()
     assert stats.state == "stopped"

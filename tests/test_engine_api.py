@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from gateway.app import create_app
 from gateway.config import load_gateway_config
 from gateway.engine import EngineInputError
+from gateway.engine.sources import PackageScenarios
 from tests.brokers import BrokerUnderTest
 from tests.engine_helpers import TestScenario
 
@@ -72,6 +73,7 @@ def test_writes_need_the_token(client: TestClient) -> None:
         (b'{"devices": 2, "payload": "xml"}', "payload"),
         (b'{"devices": 2, "colour": "red"}', "colour"),
         (b'{"devices": 2, "workers": 0}', "workers"),
+        (b'{"devices": 2, "workers": 60}', "workers must be 1..8"),
         (b"{}", "exactly one"),
         (b'{"devices": 2, "scenario": "a.toml"}', "exactly one"),
         (b'{"devices": 100000000}', "devices must be"),
@@ -126,3 +128,18 @@ def test_start_steer_and_stop_through_the_api(client: TestClient) -> None:
     stopped = client.post("/engine/stop", headers=BEARER)
     assert stopped.json()["state"] == "stopped"
     assert client.get("/engine/status").json()["devices"] == 0
+
+
+def test_without_the_scenario_package_start_answers_424(
+    broker: BrokerUnderTest, tmp_path: Path
+) -> None:
+    config_file = tmp_path / "gateway.toml"
+    config_file.write_text(
+        f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n[api]\ntoken = "{TOKEN}"\n'
+    )
+    config = load_gateway_config(config_file, environ={})
+    scenarios = PackageScenarios("gateway.no_such_scenario_package")
+    with TestClient(create_app(config, engine_scenarios=scenarios)) as client:
+        response = client.post("/engine/start", json={"devices": 2}, headers=BEARER)
+    assert response.status_code == 424
+    assert "gateway.no_such_scenario_package" in response.json()["detail"]

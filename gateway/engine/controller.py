@@ -199,8 +199,8 @@ class EngineController:
         workers = self.settings.workers if workers is None else workers
         qos = self.settings.qos if qos is None else qos
         payload = self.settings.payload if payload is None else payload
-        if not 1 <= workers <= 64:
-            raise EngineInputError(f"workers must be 1..64, not {workers}")
+        if not 1 <= workers <= self.settings.max_workers:
+            raise EngineInputError(f"workers must be 1..{self.settings.max_workers}, not {workers}")
         if qos not in (0, 1):
             raise EngineInputError(f"qos must be 0 or 1, not {qos}")
         if payload not in ("edgetwin", "flat"):

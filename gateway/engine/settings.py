@@ -17,6 +17,8 @@ class EngineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """
 
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    # Each worker is a process of ~40 MB: an API call must not be able to start dozens.
+    max_workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
     qos: Literal[0, 1] = 0
     payload: Literal["edgetwin", "flat"] = "edgetwin"
     max_devices: PositiveInt = 200_000

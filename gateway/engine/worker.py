@@ -61,7 +61,10 @@ class Worker:
             max_inflight=spec.settings.max_inflight,
             max_queued=spec.settings.max_queued,
         )
-        self.generator: GeneratorLike | None = None
+        # Which generator serves each stream: after a resize, streams that kept their index
+        # and identity keep their generator (and so their seq counters and fault state).
+        self.generator_of: dict[int, GeneratorLike] = {}
+        self.identity: dict[int, tuple[str, str]] = {}
         self.schedule = Schedule(())
         self.timeline: Timeline | None = None
         self.s_done = -1.0  # schedule time up to which ticks were taken or skipped
@@ -100,9 +103,17 @@ class Worker:
 
     def set_streams(self, scenario: ScenarioLike, indices: Sequence[int]) -> None:
         specs = scenario.streams()
-        self.generator = scenario.generator(
-            self.topics, streams=list(indices), payload=self.spec.payload
-        )
+        identity = {i: (specs[i].device, specs[i].sensor) for i in indices}
+        kept = {
+            i: self.generator_of[i]
+            for i in indices
+            if i in self.generator_of and self.identity.get(i) == identity[i]
+        }
+        fresh = [i for i in indices if i not in kept]
+        if fresh:
+            generator = scenario.generator(self.topics, streams=fresh, payload=self.spec.payload)
+            kept.update(dict.fromkeys(fresh, generator))
+        self.generator_of, self.identity = kept, identity
         self.schedule = Schedule(
             (Entry(i, specs[i].interval, specs[i].phase) for i in indices), after=self.s_done
         )
@@ -116,8 +127,8 @@ class Worker:
 
     def run_due(self, now: float) -> bool:
         """Publish what is due; True when more is due at once (batch limit reached)."""
-        timeline, generator = self.timeline, self.generator
-        if timeline is None or generator is None or timeline.paused:
+        timeline = self.timeline
+        if timeline is None or timeline.paused:
             return False
         s_now = timeline.schedule_time(now)
         if not self.link.connected or self.backlogged():
@@ -127,8 +138,11 @@ class Worker:
         skip_before = s_now - self.settings.max_lateness * timeline.rate
         due, skipped = self.schedule.take_due(s_now, skip_before, self.settings.batch_limit)
         self.late_skipped += skipped
-        self.s_done = max(self.s_done, s_now)
-        emit = generator.emit
+        # Up to where a rebuilt schedule must not replay: s_now, unless the batch limit cut
+        # the pass short.
+        done = due[-1][1] if len(due) >= self.settings.batch_limit else s_now
+        self.s_done = max(self.s_done, done)
+        generator_of = self.generator_of
         wall = timeline.wall_time
         qos1 = self.spec.qos == 1
         publish0 = self.link.publish0
@@ -141,7 +155,7 @@ class Worker:
             for index, s in chunk:
                 t = wall(s)
                 deadlines.append(t)
-                for topic, payload, retain in emit(index, t):
+                for topic, payload, retain in generator_of[index].emit(index, t):
                     if qos1:
                         if publish1(topic, payload, retain):
                             sent += 1

@@ -86,7 +86,11 @@ def _translate(exc: EngineError) -> HTTPException:
         return HTTPException(_UNPROCESSABLE, str(exc))
     if isinstance(exc, EngineStateError):
         return HTTPException(status.HTTP_409_CONFLICT, str(exc))
-    # Not installed, or workers that could not reach the broker.
+    if isinstance(exc, EngineUnavailableError):
+        # 424 Failed Dependency: the request is fine, a package it needs is missing. A 4xx on
+        # purpose: nothing failed on the server's side, and retrying will not help.
+        return HTTPException(status.HTTP_424_FAILED_DEPENDENCY, str(exc))
+    # Workers that could not reach the broker.
     return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc))
 
 
@@ -98,7 +102,11 @@ def engine_status(engine: EngineDep) -> Response:
 @router.post(
     "/start",
     dependencies=[Writer],
-    responses={**RESPONSES, 503: {"description": "no scenario package, or broker unreachable"}},
+    responses={
+        **RESPONSES,
+        424: {"description": "the gateway.scenario package is not installed"},
+        503: {"description": "workers could not connect to the broker"},
+    },
     summary="Start worker processes for a scenario",
     openapi_extra=_body_schema(StartRequest),
 )
@@ -123,7 +131,7 @@ async def start(request: Request, engine: EngineDep, scenarios: ScenariosDep) ->
         stats = await run_in_threadpool(
             engine.start, scenario, body.workers, body.qos, body.payload
         )
-    except (EngineError, EngineUnavailableError) as exc:
+    except EngineError as exc:
         raise _translate(exc) from exc
     return _answer(stats)
 
