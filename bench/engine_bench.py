@@ -125,6 +125,67 @@ RAW = textwrap.dedent(
 )
 
 
+def per_message(broker: MosquittoBroker, args: argparse.Namespace) -> None:
+    """Where a message's time goes, in this process: the generator, paho's publish path, and
+    the engine's link (its own PUBLISH encoding, one send() per batch)."""
+    from gateway.engine.link import EngineLink
+
+    n = 50_000
+    scenario = make_scenario(10_000, args.fake_generator)
+    generator = scenario.generator(Topics(), list(range(10_000)))
+    t0 = time.perf_counter()
+    for i in range(n):
+        messages = generator.emit(i % 10_000, 1.8e9 + i)
+    rows = [("generator emit (payload encoded)", (time.perf_counter() - t0) / n)]
+    topic, payload, _ = messages[0]
+
+    def paho_client(external_loop: bool) -> mqtt.Client:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        if external_loop:
+            client.on_socket_register_write = lambda *_: None
+        client.connect(broker.host, broker.port)
+        client.loop(0.2)
+        return client
+
+    client = paho_client(external_loop=False)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        client.publish(topic, payload)
+    rows.append(
+        ("paho publish(), written at once (no loop thread)", (time.perf_counter() - t0) / n)
+    )
+    client.disconnect()
+    client = paho_client(external_loop=True)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        client.publish(topic, payload)
+    t1 = time.perf_counter()
+    client.loop_write()
+    t2 = time.perf_counter()
+    rows.append(("paho publish(), queued only", (t1 - t0) / n))
+    rows.append(("paho loop_write(), one send() per packet", (t2 - t1) / n))
+    client.disconnect()
+    link = EngineLink(
+        Endpoint(host=broker.host, port=broker.port), worker=0, max_inflight=10, max_queued=10
+    )
+    link.connect()
+    deadline = time.monotonic() + 5
+    while not link.connected and time.monotonic() < deadline:
+        link.on_readable()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        link.publish0(topic, payload, False)
+    t1 = time.perf_counter()
+    link.flush()
+    t2 = time.perf_counter()
+    link.close()
+    rows.append(("engine link publish0() (own PUBLISH encoding)", (t1 - t0) / n))
+    rows.append(("engine link flush(), one send() per batch", (t2 - t1) / n))
+    print(f"\n(0) cost per message in one process, {n} messages of {len(payload)} bytes")
+    for name, seconds in rows:
+        print(f"{name:52} {seconds * 1e6:7.2f} µs")
+
+
 def flat_out(broker: MosquittoBroker, counter: BrokerCounter, args: argparse.Namespace) -> None:
     devices = 10_000
     scenario = make_scenario(devices, args.fake_generator)
@@ -251,6 +312,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, nargs="*", default=[10_000, 50_000])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--qos", type=int, choices=(0, 1), default=0)
+    parser.add_argument("--skip-micro", action="store_true")
     parser.add_argument("--skip-flat", action="store_true")
     parser.add_argument("--skip-held", action="store_true")
     args = parser.parse_args()
@@ -260,6 +322,8 @@ def main() -> None:
             print(
                 f"mosquitto {broker.url}, {os.cpu_count()} cores, python {sys.version.split()[0]}"
             )
+            if not args.skip_micro:
+                per_message(broker, args)
             if not args.skip_flat:
                 flat_out(broker, counter, args)
             if not args.skip_held:
