@@ -33,7 +33,7 @@ from gateway.engine.worker import WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
 
-State = Literal["stopped", "running", "paused"]
+State = Literal["stopped", "starting", "running", "paused"]
 _RATE_WINDOW = 5.0  # seconds of stats history behind a delivered rate
 _START_DELAY = 0.05  # seconds between "go" and the schedule's origin: every worker has it by then
 MAX_RATE = 1000.0
@@ -213,6 +213,10 @@ class EngineController:
         with self._lock:
             if self._state != "stopped":
                 raise EngineStateError(f"the engine is {self._state}: stop it first")
+            # Waiting for the workers below releases the lock: this state keeps a second start
+            # (or a stop) from slipping in meanwhile.
+            self._state = "starting"
+            self._last_handles = []
             parts = partition(scenario, workers)
             handles = []
             for index in range(workers):
@@ -253,6 +257,7 @@ class EngineController:
             for handle in handles:
                 handle.send(("go", origin, 1.0))
             self._state = "running"
+            self._cond.notify_all()
             log.info(
                 "engine started",
                 extra={"devices": devices, "workers": workers, "qos": qos, "payload": payload},
@@ -261,6 +266,8 @@ class EngineController:
 
     def stop(self) -> EngineStats:
         with self._lock:
+            if self._state == "starting":
+                raise EngineStateError("the engine is starting: stop it once it runs")
             if self._state != "stopped":
                 self._shutdown()
                 log.info("engine stopped")
@@ -287,8 +294,8 @@ class EngineController:
                 f"rate multiplier must be in (0, {MAX_RATE:g}], not {multiplier}"
             )
         with self._lock:
-            if self._state == "stopped":
-                raise EngineStateError("the engine is stopped: start it first")
+            if self._state in ("stopped", "starting"):
+                raise EngineStateError(f"the engine is {self._state}: wait until it runs")
             self._broadcast(("rate", multiplier, time.time()))
             self._rate = multiplier
         return self.stats()
@@ -298,8 +305,8 @@ class EngineController:
         if not 1 <= devices <= self.settings.max_devices:
             raise EngineInputError(f"devices must be 1..{self.settings.max_devices}, not {devices}")
         with self._lock:
-            if self._scenario is None or self._state == "stopped":
-                raise EngineStateError("the engine is stopped: start it first")
+            if self._scenario is None or self._state in ("stopped", "starting"):
+                raise EngineStateError(f"the engine is {self._state}: wait until it runs")
             scenario = self._scenario.resized(devices)
             parts = partition(scenario, len(self._workers))
             for handle, indices in zip(self._workers, parts, strict=True):
@@ -308,6 +315,11 @@ class EngineController:
         return self.stats()
 
     def close(self) -> None:
+        """Stop for good (gateway shutdown), after a start in progress has finished."""
+        with self._lock:
+            self._cond.wait_for(
+                lambda: self._state != "starting", timeout=self.settings.start_timeout + 10
+            )
         self.stop()
 
     # -- figures ----------------------------------------------------------------------------
@@ -453,6 +465,7 @@ class EngineController:
                 self.retired.add(handle.last)
         self._state = "stopped"
         self._last_handles = handles
+        self._cond.notify_all()
 
 
 class WorkerTotals:

@@ -210,25 +210,31 @@ class Worker:
         )
 
     def maintain(self, mono: float) -> None:
+        """Connect, reconnect with jittered exponential backoff, and keep the session alive."""
         link = self.link
         if link.fileno() is None:
             if mono >= self.next_connect:
+                # Whatever happens next, the attempt after it waits: a broker that accepts and
+                # drops at once must not make this loop spin.
+                self.lost(mono)
                 try:
                     link.connect()
-                    self.backoff = 0.1
                 except OSError as exc:
                     self.error = (
                         f"cannot connect to {link.endpoint.host}:{link.endpoint.port}: {exc}"
                     )
-                    self.next_connect = mono + random.uniform(0, self.backoff)
-                    self.backoff = min(self.backoff * 2, 5.0)
             return
         if mono >= self.next_tick:
             self.next_tick = mono + 0.5
             if not link.tick():
-                self.next_connect = mono + random.uniform(0, self.backoff)
+                self.lost(mono)
             elif link.connected:
                 self.error = None
+                self.backoff = 0.1  # a session that reached CONNACK resets the backoff
+
+    def lost(self, mono: float) -> None:
+        self.next_connect = mono + random.uniform(0, self.backoff)
+        self.backoff = min(self.backoff * 2, 5.0)
 
     def wait(self, more_due: bool, woke: float) -> None:
         timeout = _IDLE_WAIT
@@ -249,8 +255,8 @@ class Worker:
             if self.link.backlog_bytes():
                 writers.append(fd)
         readable, writable, _ = select.select(readers, writers, [], timeout)
-        if fd is not None and fd in readable:
-            self.link.on_readable()
+        if fd is not None and fd in readable and not self.link.on_readable():
+            self.lost(time.monotonic())
         if fd is not None and fd in writable:
             self.link.flush()
 
