@@ -66,6 +66,7 @@ class WorkerSummary(msgspec.Struct, frozen=True):
     backlog_skipped: int
     refused: int
     backlog_bytes: int
+    qos1_queued: int
     lateness_p50_ms: float | None
     lateness_p99_ms: float | None
     rss_bytes: int
@@ -359,6 +360,7 @@ class EngineController:
                     backlog_skipped=last.backlog_skipped,
                     refused=last.refused,
                     backlog_bytes=last.backlog_bytes,
+                    qos1_queued=last.qos1_queued,
                     lateness_p50_ms=_ms(quantile(last.lateness, 0.5)),
                     lateness_p99_ms=_ms(quantile(last.lateness, 0.99)),
                     rss_bytes=last.rss_bytes,

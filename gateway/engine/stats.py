@@ -64,6 +64,7 @@ class WorkerStats(msgspec.Struct, frozen=True):
     backlog_skipped: int  # ticks skipped: socket backlog full or not connected
     refused: int  # messages paho refused (QoS 1 queue full)
     backlog_bytes: int
+    qos1_queued: int  # QoS 1 messages paho holds unacknowledged or waiting
     lateness: list[int]
     lateness_sum: float
     rss_bytes: int

@@ -202,6 +202,7 @@ class Worker:
             backlog_skipped=self.backlog_skipped,
             refused=self.link.refused,
             backlog_bytes=self.link.backlog_bytes(),
+            qos1_queued=self.link.qos1_queued(),
             lateness=list(self.lateness.counts),
             lateness_sum=self.lateness.total,
             rss_bytes=_rss_bytes(),
