@@ -140,16 +140,22 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_qos1_readings_are_delivered(broker: BrokerUnderTest) -> None:
-    engine = EngineController(endpoint(broker), EngineSettings(workers=1, qos=1))
+def test_qos1_readings_are_delivered_in_the_flat_payload(broker: BrokerUnderTest) -> None:
+    engine = EngineController(endpoint(broker), EngineSettings(workers=1))
     try:
         with Subscriber(broker, TELEMETRY, qos=1) as sub:
-            engine.start(TestScenario(devices=5, interval=0.1))
+            engine.start(TestScenario(devices=5, interval=0.1), qos=1, payload="flat")
             got = sub.wait_for(TELEMETRY, timeout=10, count=20)
             stats = engine.refresh()
     finally:
         engine.close()
     assert {m.qos for m in got} == {1}
+    assert sorted(json.loads(got[0].payload)) == [
+        "device_id",
+        "humidity",
+        "temperature",
+        "timestamp",
+    ]
     assert stats.qos == 1
     assert stats.refused == 0
 
