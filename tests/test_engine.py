@@ -219,3 +219,19 @@ def test_a_stalled_broker_keeps_worker_memory_bounded_and_skips_are_counted(
     finally:
         engine.close()
     assert before.state == "running"
+
+
+def test_a_dead_worker_is_reported_and_stop_still_works(engine: EngineController) -> None:
+    engine.start(TestScenario(devices=6, interval=0.1))
+    victim = engine.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    poll(
+        lambda: any(w.state == "failed" for w in engine.stats().per_worker),
+        10,
+        what="the killed worker reported failed",
+    )
+    failed = [w for w in engine.stats().per_worker if w.state == "failed"]
+    assert [w.pid for w in failed] == [victim]
+    assert failed[0].error is not None
+    assert "exited" in failed[0].error
+    assert engine.stop().state == "stopped"

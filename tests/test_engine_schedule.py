@@ -104,3 +104,19 @@ def test_lateness_quantiles_come_from_bucket_counts() -> None:
     assert p99 is not None
     assert 0.2 <= p99 < 0.23
     assert quantile([0] * (len(LATENESS_EDGES) + 1), 0.5) is None
+
+
+def test_streams_of_different_intervals_each_keep_their_own() -> None:
+    schedule = Schedule([Entry(0, 0.5, 0.0), Entry(1, 2.0, 0.1), Entry(2, 0.5, 0.25)])
+    assert schedule.per_second == pytest.approx(4.5)
+    taken: list[tuple[int, float]] = []
+    s = 0.0
+    while s <= 4.0:
+        due, skipped = schedule.take_due(s, skip_before=-1, limit=100)
+        assert skipped == 0
+        taken += due
+        s = round(s + 0.05, 2)
+    by_stream = {i: [t for j, t in taken if j == i] for i in range(3)}
+    assert by_stream[1] == pytest.approx([0.1, 2.1])
+    assert by_stream[0] == pytest.approx([0.5 * k for k in range(9)])
+    assert by_stream[2] == pytest.approx([0.25 + 0.5 * k for k in range(8)])
