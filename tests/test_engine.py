@@ -235,3 +235,19 @@ def test_a_dead_worker_is_reported_and_stop_still_works(engine: EngineController
     assert failed[0].error is not None
     assert "exited" in failed[0].error
     assert engine.stop().state == "stopped"
+
+
+def test_an_mqtt_311_connection_delivers_too(broker: BrokerUnderTest) -> None:
+    if broker.protocol != "5":
+        pytest.skip("the broker speaks MQTT 3.1.1 only: every test here already uses it")
+    engine = EngineController(
+        Endpoint(host=broker.host, port=broker.port, protocol="3.1.1", keepalive=2),
+        EngineSettings(workers=1),
+    )
+    try:
+        with Subscriber(broker, TELEMETRY, qos=0) as sub:
+            engine.start(TestScenario(devices=3, interval=0.1))
+            got = sub.wait_for(TELEMETRY, timeout=10, count=9)
+    finally:
+        engine.close()
+    assert {json.loads(m.payload)["device"] for m in got} == {f"device_00{i}" for i in range(3)}
