@@ -261,7 +261,12 @@ def held(broker: MosquittoBroker, counter: BrokerCounter, args: argparse.Namespa
     for devices in args.devices:
         engine = EngineController(
             Endpoint(host=broker.host, port=broker.port),
-            EngineSettings(workers=args.workers, qos=args.qos),
+            EngineSettings(
+                workers=args.workers,
+                qos=args.qos,
+                max_inflight=args.max_inflight,
+                max_queued=args.max_queued,
+            ),
         )
         engine.start(make_scenario(devices, args.fake_generator))
         time.sleep(args.warmup)
@@ -312,6 +317,8 @@ def main() -> None:
     parser.add_argument("--devices", type=int, nargs="*", default=[10_000, 50_000])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--qos", type=int, choices=(0, 1), default=0)
+    parser.add_argument("--max-inflight", type=int, default=EngineSettings().max_inflight)
+    parser.add_argument("--max-queued", type=int, default=EngineSettings().max_queued)
     parser.add_argument("--skip-micro", action="store_true")
     parser.add_argument("--skip-flat", action="store_true")
     parser.add_argument("--skip-held", action="store_true")

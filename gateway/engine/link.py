@@ -89,7 +89,7 @@ class EngineLink:
             if endpoint.tls_insecure:
                 client.tls_insecure_set(True)
         client.max_inflight_messages_set(max_inflight)
-        # QoS 1 beyond the in-flight window waits in paho; bounded, publish() then refuses.
+        # Everything paho holds for QoS 1 (in flight or waiting): bounded, publish() then refuses.
         client.max_queued_messages_set(max_queued)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
