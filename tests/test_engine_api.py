@@ -15,6 +15,7 @@ from gateway.engine import EngineInputError
 from gateway.engine.sources import PackageScenarios
 from tests.brokers import BrokerUnderTest
 from tests.engine_helpers import TestScenario
+from tests.fleet_helpers import poll
 
 pytestmark = pytest.mark.integration
 
@@ -125,9 +126,22 @@ def test_start_steer_and_stop_through_the_api(client: TestClient) -> None:
     assert 'edgetwin_engine_skipped_ticks_total{reason="late"}' in metrics
     assert "edgetwin_engine_lateness_seconds_bucket" in metrics
 
+    client.get("/engine/status")
+    poll(lambda: sent_total(client) > 0, 10, what="messages counted")
+    before_stop = sent_total(client)
+
     stopped = client.post("/engine/stop", headers=BEARER)
     assert stopped.json()["state"] == "stopped"
     assert client.get("/engine/status").json()["devices"] == 0
+    # The run's messages stay counted once its workers are gone: a counter never goes down.
+    assert sent_total(client) >= before_stop
+
+
+def sent_total(client: TestClient) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("edgetwin_engine_messages_total "):
+            return float(line.split()[1])
+    raise AssertionError("edgetwin_engine_messages_total missing")
 
 
 def test_without_the_scenario_package_start_answers_424(
