@@ -15,8 +15,11 @@ from agent.runtime import agent_version
 from agent.tracing import setup_tracing
 from gateway.compat import SimulatorControl
 from gateway.config import GatewayConfig
+from gateway.engine import EngineController, EngineSettings
+from gateway.engine.metrics import EngineCollector
+from gateway.engine.sources import PackageScenarios, ScenarioSource, endpoint_from_mqtt
 from gateway.metrics import GatewayMetrics
-from gateway.routers import compat, desired, devices, fleet, page, system
+from gateway.routers import compat, desired, devices, engine, fleet, page, system
 from gateway.service import GatewayService
 from gateway.structs import document_structs
 from hardware.sensor import Clock
@@ -24,7 +27,13 @@ from hardware.sensor import Clock
 log = logging.getLogger(__name__)
 
 
-def create_app(config: GatewayConfig, *, clock: Clock = time.time) -> FastAPI:
+def create_app(
+    config: GatewayConfig,
+    *,
+    clock: Clock = time.time,
+    engine_scenarios: ScenarioSource | None = None,
+    engine_settings: EngineSettings | None = None,
+) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         observability = config.observability
@@ -37,6 +46,13 @@ def create_app(config: GatewayConfig, *, clock: Clock = time.time) -> FastAPI:
         app.state.service = service
         control = SimulatorControl(service, config.compat_plan())
         app.state.control = control
+        # The scale engine starts no process until POST /engine/start.
+        scale_engine = EngineController(
+            endpoint_from_mqtt(config.mqtt), engine_settings or config.engine
+        )
+        metrics.registry.register(EngineCollector(scale_engine))
+        app.state.engine = scale_engine
+        app.state.engine_scenarios = engine_scenarios or PackageScenarios()
         exporter = None
         if (
             observability.prometheus_port is not None
@@ -59,6 +75,7 @@ def create_app(config: GatewayConfig, *, clock: Clock = time.time) -> FastAPI:
         try:
             yield
         finally:
+            scale_engine.close()
             control.shutdown()
             service.stop()
             if exporter is not None:
@@ -77,6 +94,7 @@ def create_app(config: GatewayConfig, *, clock: Clock = time.time) -> FastAPI:
     app.include_router(fleet.router)
     app.include_router(system.router)
     app.include_router(compat.router)
+    app.include_router(engine.router)
     app.include_router(page.router)
     document_structs(app)
 

@@ -34,6 +34,7 @@ from agent.contract import (
     SensorSettings,
     Site,
 )
+from gateway.engine.settings import EngineSettings
 
 
 def default_sensors(interval: float = 5.0) -> dict[str, SensorSettings]:
@@ -138,6 +139,8 @@ class GatewayConfig(Section, frozen=True):
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     presence: PresenceSection = msgspec.field(default_factory=PresenceSection)
     api: ApiSection = msgspec.field(default_factory=ApiSection)
+    # The scale engine for purely simulated fleets (/engine routes).
+    engine: EngineSettings = msgspec.field(default_factory=EngineSettings)
     devices: list[ManifestDevice] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:

@@ -7,6 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from gateway.compat import SimulatorControl
+from gateway.engine import EngineController
+from gateway.engine.sources import ScenarioSource
 from gateway.metrics import GatewayMetrics
 from gateway.service import GatewayService
 
@@ -26,6 +28,18 @@ def _control(request: Request) -> SimulatorControl:
     return control
 
 
+def _engine(request: Request) -> EngineController:
+    engine: EngineController = request.app.state.engine
+    return engine
+
+
+def _engine_scenarios(request: Request) -> ScenarioSource:
+    source: ScenarioSource = request.app.state.engine_scenarios
+    return source
+
+
 ServiceDep = Annotated[GatewayService, Depends(_service)]
 MetricsDep = Annotated[GatewayMetrics, Depends(_metrics)]
 ControlDep = Annotated[SimulatorControl, Depends(_control)]
+EngineDep = Annotated[EngineController, Depends(_engine)]
+ScenariosDep = Annotated[ScenarioSource, Depends(_engine_scenarios)]

@@ -1,0 +1,343 @@
+"""Benchmark of the scale engine (gateway/engine): flat-out rate beside raw paho, and held load.
+
+Run: ``.venv/bin/python bench/engine_bench.py --fake-generator`` (``--help`` for options).
+Prints tables; asserts nothing. Bounded in time: about 2 x duration + 3 x flat seconds plus
+start-up. Only 127.0.0.1: a private mosquitto on a free port (gateway.broker.MosquittoBroker).
+
+Delivered messages are counted on the broker, from ``$SYS/broker/publish/messages/received``
+(``sys_interval 1``): no subscriber receives the fleet's traffic, so none can be the bottleneck.
+Rates are the counter's slope between its first and last update inside the window.
+
+1. Flat-out, QoS 0, 10,000 devices, realistic JSON: the engine with 1 worker at a rate
+   multiplier so high that it is always behind, then raw paho-mqtt (a child process running
+   ``client.publish()`` in a plain loop with ``loop_start()``) publishing pre-built payloads of
+   the same size on the same topics. msgs/s per core = msgs/s / (CPU seconds of the publishing
+   processes / wall seconds).
+2. Held load at 1 Hz for ``--duration`` seconds, per fleet size: delivered rate against target,
+   p50/p99 lateness (publish time minus deadline, from the workers' histograms over the window),
+   and RSS (VmRSS, not PSS) of the controller process, with gateway.app imported so that it
+   weighs what a gateway weighs, plus all workers.
+
+Without ``--fake-generator`` the scenario comes from ``gateway.scenario.default_scenario``
+(briefs/interface.md); with it, from bench/engine_fake.py, which emits the same payloads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from agent.contract import Topics
+from gateway.broker import MosquittoBroker
+from gateway.engine import Endpoint, EngineController, EngineSettings
+from gateway.engine.stats import quantile
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+class BrokerCounter:
+    """Follows mosquitto's count of PUBLISH packets received, as $SYS announces it."""
+
+    TOPIC = "$SYS/broker/publish/messages/received"
+
+    def __init__(self, broker: MosquittoBroker) -> None:
+        self.samples: list[tuple[float, int]] = []
+        self._lock = threading.Lock()
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sys")
+        self._client.on_connect = lambda c, *a: c.subscribe(self.TOPIC)
+        self._client.on_message = self._on_message
+        self._client.connect(broker.host, broker.port)
+        self._client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.samples.append((time.monotonic(), int(msg.payload)))
+
+    def rate(self, start: float, end: float) -> float:
+        with self._lock:
+            inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return float("nan")
+        (t0, v0), (t1, v1) = inside[0], inside[-1]
+        return (v1 - v0) / (t1 - t0)
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def make_scenario(devices: int, fake: bool) -> Any:
+    if fake:
+        from engine_fake import FakeScenario
+
+        return FakeScenario(devices=devices)
+    from gateway.scenario import default_scenario  # type: ignore[import-not-found]
+
+    return default_scenario(devices)
+
+
+RAW = textwrap.dedent(
+    """
+    import sys, time, json
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    host, port = sys.argv[1], int(sys.argv[2])
+    seconds, size, devices = float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    topics = [f"edgetwin/device_{i:04d}/telemetry/env" for i in range(devices)]
+    payloads = [(b'{"seq":%d,' % i).ljust(size - 1, b" ") + b"}" for i in range(1000)]
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-raw")
+    c.connect(host, port)
+    c.loop_start()
+    time.sleep(0.5)
+    sys.stdout.write("go\\n"); sys.stdout.flush()
+    n = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for i in range(1000):
+            c.publish(topics[n % devices], payloads[i])
+            n += 1
+    sys.stdout.write(json.dumps({"queued": n}) + "\\n"); sys.stdout.flush()
+    c.disconnect(); c.loop_stop()
+    """
+)
+
+
+def per_message(broker: MosquittoBroker, args: argparse.Namespace) -> None:
+    """Where a message's time goes, in this process: the generator, paho's publish path, and
+    the engine's link (its own PUBLISH encoding, one send() per batch)."""
+    from gateway.engine.link import EngineLink
+
+    n = 50_000
+    scenario = make_scenario(10_000, args.fake_generator)
+    generator = scenario.generator(Topics(), list(range(10_000)))
+    t0 = time.perf_counter()
+    for i in range(n):
+        messages = generator.emit(i % 10_000, 1.8e9 + i)
+    rows = [("generator emit (payload encoded)", (time.perf_counter() - t0) / n)]
+    topic, payload, _ = messages[0]
+
+    def paho_client(external_loop: bool) -> mqtt.Client:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        if external_loop:
+            client.on_socket_register_write = lambda *_: None
+        client.connect(broker.host, broker.port)
+        client.loop(0.2)
+        return client
+
+    client = paho_client(external_loop=False)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        client.publish(topic, payload)
+    rows.append(
+        ("paho publish(), written at once (no loop thread)", (time.perf_counter() - t0) / n)
+    )
+    client.disconnect()
+    client = paho_client(external_loop=True)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        client.publish(topic, payload)
+    t1 = time.perf_counter()
+    client.loop_write()
+    t2 = time.perf_counter()
+    rows.append(("paho publish(), queued only", (t1 - t0) / n))
+    rows.append(("paho loop_write(), one send() per packet", (t2 - t1) / n))
+    client.disconnect()
+    link = EngineLink(
+        Endpoint(host=broker.host, port=broker.port), worker=0, max_inflight=10, max_queued=10
+    )
+    link.connect()
+    deadline = time.monotonic() + 5
+    while not link.connected and time.monotonic() < deadline:
+        link.on_readable()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        link.publish0(topic, payload, False)
+    t1 = time.perf_counter()
+    link.flush()
+    t2 = time.perf_counter()
+    link.close()
+    rows.append(("engine link publish0() (own PUBLISH encoding)", (t1 - t0) / n))
+    rows.append(("engine link flush(), one send() per batch", (t2 - t1) / n))
+    print(f"\n(0) cost per message in one process, {n} messages of {len(payload)} bytes")
+    for name, seconds in rows:
+        print(f"{name:52} {seconds * 1e6:7.2f} µs")
+
+
+def flat_out(broker: MosquittoBroker, counter: BrokerCounter, args: argparse.Namespace) -> None:
+    devices = 10_000
+    scenario = make_scenario(devices, args.fake_generator)
+    sample = scenario.generator(Topics(), [0]).emit(0, time.time())
+    size = len(sample[0][1])
+    rows = []
+    for workers in args.flat_workers:
+        engine = EngineController(
+            Endpoint(host=broker.host, port=broker.port), EngineSettings(workers=workers)
+        )
+        engine.start(scenario)
+        engine.set_rate(1000.0)  # 10 million ticks/s asked: always behind, always publishing
+        time.sleep(1.5)
+        pids = engine.worker_pids()
+        c0 = sum(cpu_seconds(p) for p in pids)
+        t0 = time.monotonic()
+        time.sleep(args.flat)
+        c1 = sum(cpu_seconds(p) for p in pids)
+        t1 = time.monotonic()
+        engine.stop()
+        rate = counter.rate(t0, t1)
+        cores = (c1 - c0) / (t1 - t0)
+        rows.append((f"engine, {workers} worker(s)", rate, cores))
+    raw = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            RAW,
+            broker.host,
+            str(broker.port),
+            str(args.flat + 1.5),
+            str(size),
+            str(devices),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert raw.stdout is not None
+    raw.stdout.readline()
+    time.sleep(1.0)
+    c0, t0 = cpu_seconds(raw.pid), time.monotonic()
+    time.sleep(args.flat)
+    c1, t1 = cpu_seconds(raw.pid), time.monotonic()
+    raw.communicate(timeout=30)
+    rows.append(("raw paho, pre-built payloads", counter.rate(t0, t1), (c1 - c0) / (t1 - t0)))
+
+    print(
+        f"\n(1) flat-out, QoS 0, {devices} devices, {size}-byte JSON payloads, "
+        f"{args.flat:.0f} s windows"
+    )
+    print(f"{'publisher':34} {'msgs/s':>9} {'cores':>6} {'msgs/s/core':>12}")
+    per_core = {}
+    for name, rate, cores in rows:
+        per_core[name] = rate / cores if cores else float("nan")
+        print(f"{name:34} {rate:9.0f} {cores:6.2f} {per_core[name]:12.0f}")
+    raw_pc = per_core["raw paho, pre-built payloads"]
+    for name, value in per_core.items():
+        if name.startswith("engine"):
+            print(f"{name}: {value / raw_pc:.2f} x raw paho per core (goal >= 0.8)")
+
+
+def held(broker: MosquittoBroker, counter: BrokerCounter, args: argparse.Namespace) -> None:
+    import gateway.app  # noqa: F401  the controller process weighs what a gateway weighs
+
+    print(
+        f"\n(2) held load at 1 Hz, QoS {args.qos}, {args.workers} workers, "
+        f"{args.duration:.0f} s window after {args.warmup:.0f} s warm-up"
+    )
+    print(
+        f"{'devices':>8} {'target/s':>9} {'delivered/s':>12} {'%':>6} {'p50 ms':>7} "
+        f"{'p99 ms':>7} {'skipped':>8} {'RSS MB':>7} {'workers MB':>10} {'CPU %':>6}"
+    )
+    for devices in args.devices:
+        engine = EngineController(
+            Endpoint(host=broker.host, port=broker.port),
+            EngineSettings(
+                workers=args.workers,
+                qos=args.qos,
+                max_inflight=args.max_inflight,
+                max_queued=args.max_queued,
+            ),
+        )
+        engine.start(make_scenario(devices, args.fake_generator))
+        time.sleep(args.warmup)
+        before = engine.refresh()
+        pids = engine.worker_pids()
+        c0 = sum(cpu_seconds(p) for p in pids)
+        t0 = time.monotonic()
+        peak_rss = 0
+        end = t0 + args.duration
+        while time.monotonic() < end:
+            time.sleep(min(1.0, max(end - time.monotonic(), 0)))
+            rss = rss_bytes(os.getpid()) + sum(rss_bytes(p) for p in pids)
+            peak_rss = max(peak_rss, rss)
+        t1 = time.monotonic()
+        c1 = sum(cpu_seconds(p) for p in pids)
+        after = engine.refresh()
+        workers_rss = sum(rss_bytes(p) for p in pids)
+        engine.stop()
+        counts = [b - a for a, b in zip(before.lateness_counts, after.lateness_counts, strict=True)]
+        p50, p99 = quantile(counts, 0.5), quantile(counts, 0.99)
+        rate = counter.rate(t0, t1)
+        skipped = (after.late_skipped + after.backlog_skipped) - (
+            before.late_skipped + before.backlog_skipped
+        )
+        print(
+            f"{devices:8d} {devices:9d} {rate:12.0f} {100 * rate / devices:6.1f} "
+            f"{(p50 or 0) * 1000:7.2f} {(p99 or 0) * 1000:7.2f} {skipped:8d} "
+            f"{peak_rss / 2**20:7.0f} {workers_rss / 2**20:10.0f} "
+            f"{100 * (c1 - c0) / (t1 - t0):6.0f}"
+        )
+    print(
+        "RSS MB: peak VmRSS of the controller process (gateway.app imported) + all workers;"
+        " CPU %: workers, of one core"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--fake-generator",
+        action="store_true",
+        help="use bench/engine_fake.py instead of gateway.scenario",
+    )
+    parser.add_argument("--duration", type=float, default=60.0, help="held-load window, s")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--flat", type=float, default=10.0, help="flat-out window, s")
+    parser.add_argument("--flat-workers", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--devices", type=int, nargs="*", default=[10_000, 50_000])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--qos", type=int, choices=(0, 1), default=0)
+    parser.add_argument("--max-inflight", type=int, default=EngineSettings().max_inflight)
+    parser.add_argument("--max-queued", type=int, default=EngineSettings().max_queued)
+    parser.add_argument("--skip-micro", action="store_true")
+    parser.add_argument("--skip-flat", action="store_true")
+    parser.add_argument("--skip-held", action="store_true")
+    args = parser.parse_args()
+    with MosquittoBroker(extra_config=["sys_interval 1", "max_queued_messages 1000"]) as broker:
+        counter = BrokerCounter(broker)
+        try:
+            print(
+                f"mosquitto {broker.url}, {os.cpu_count()} cores, python {sys.version.split()[0]}"
+            )
+            if not args.skip_micro:
+                per_message(broker, args)
+            if not args.skip_flat:
+                flat_out(broker, counter, args)
+            if not args.skip_held:
+                held(broker, counter, args)
+        finally:
+            counter.close()
+
+
+if __name__ == "__main__":
+    main()

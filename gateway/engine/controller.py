@@ -1,0 +1,490 @@
+"""`EngineController`: the gateway-side owner of the worker processes.
+
+The fleet is split by device (crc32 of the id, so a device keeps its worker across resizes and
+all its sensors share one connection) over N processes started with `spawn` (the gateway runs
+threads; forking them is unsafe). Commands go down one pipe per worker; a reader thread takes
+the workers' periodic `WorkerStats` off the same pipes and `stats()` sums them.
+
+Pause, resume and rate changes carry the wall time at which they take effect, so every worker
+re-anchors its schedule to the same instant and the fleet stays one schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Sequence
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import ForkServerContext, SpawnContext
+from multiprocessing.process import BaseProcess
+from typing import Any, Literal
+
+import msgspec
+
+from gateway.engine.interface import PayloadKind, ScenarioLike
+from gateway.engine.link import Endpoint
+from gateway.engine.settings import EngineSettings
+from gateway.engine.stats import LATENESS_EDGES, WorkerStats, add_counts, quantile
+from gateway.engine.worker import WorkerSpec, worker_main
+
+log = logging.getLogger(__name__)
+
+State = Literal["stopped", "starting", "running", "paused"]
+_RATE_WINDOW = 5.0  # seconds of stats history behind a delivered rate
+_START_DELAY = 0.05  # seconds between "go" and the schedule's origin: every worker has it by then
+MAX_RATE = 1000.0
+
+
+class EngineError(Exception):
+    """Root of the engine's errors."""
+
+
+class EngineInputError(EngineError, ValueError):
+    """A bad argument: a worker count, QoS, payload, rate or size out of range."""
+
+
+class EngineStateError(EngineError):
+    """A command that the engine's current state does not allow (pause while stopped...)."""
+
+
+class WorkerSummary(msgspec.Struct, frozen=True):
+    worker: int
+    pid: int
+    state: str
+    connected: bool
+    streams: int
+    target_per_s: float
+    delivered_per_s: float
+    messages_per_s: float
+    ticks: int
+    sent: int
+    late_skipped: int
+    backlog_skipped: int
+    refused: int
+    backlog_bytes: int
+    qos1_queued: int
+    lateness_p50_ms: float | None
+    lateness_p99_ms: float | None
+    rss_bytes: int
+    cpu_seconds: float
+    error: str | None
+
+
+class EngineStats(msgspec.Struct, frozen=True):
+    """The fleet's figures: counters are totals since `start`, rates over the last seconds."""
+
+    state: State
+    devices: int
+    streams: int
+    workers: int
+    qos: int
+    payload: str
+    rate: float
+    target_per_s: float
+    delivered_per_s: float
+    messages_per_s: float
+    ticks: int
+    sent: int
+    late_skipped: int
+    backlog_skipped: int
+    refused: int
+    lateness_p50_ms: float | None
+    lateness_p99_ms: float | None
+    lateness_counts: list[int]
+    lateness_sum: float
+    rss_bytes: int
+    cpu_seconds: float
+    per_worker: list[WorkerSummary]
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def partition(scenario: ScenarioLike, workers: int) -> list[list[int]]:
+    """Stream indices per worker, by a stable hash of the device id."""
+    parts: list[list[int]] = [[] for _ in range(workers)]
+    for spec in scenario.streams():
+        parts[zlib.crc32(spec.device.encode()) % workers].append(spec.index)
+    return parts
+
+
+class _WorkerHandle:
+    def __init__(self, index: int, process: BaseProcess, conn: Connection) -> None:
+        self.index = index
+        self.process = process
+        self.conn = conn
+        self.history: deque[WorkerStats] = deque()
+        self.dead = False
+
+    @property
+    def last(self) -> WorkerStats | None:
+        return self.history[-1] if self.history else None
+
+    def record(self, stats: WorkerStats) -> None:
+        self.history.append(stats)
+        while len(self.history) > 2 and stats.t - self.history[0].t > _RATE_WINDOW:
+            self.history.popleft()
+
+    def rates(self) -> tuple[float, float]:
+        """Ticks and messages per second over the history window."""
+        if len(self.history) < 2:
+            return 0.0, 0.0
+        first, last = self.history[0], self.history[-1]
+        span = last.t - first.t
+        if span <= 0:
+            return 0.0, 0.0
+        return (last.ticks - first.ticks) / span, (last.sent - first.sent) / span
+
+    def send(self, command: tuple[Any, ...]) -> None:
+        if self.dead:
+            return
+        try:
+            self.conn.send(command)
+        except (BrokenPipeError, OSError):
+            self.dead = True
+
+
+class EngineController:
+    """Start, steer and watch the worker processes of a purely simulated fleet."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        settings: EngineSettings | None = None,
+        *,
+        start_method: Literal["spawn", "forkserver"] = "spawn",
+    ) -> None:
+        self.endpoint = endpoint
+        self.settings = settings or EngineSettings()
+        self._ctx: SpawnContext | ForkServerContext = (
+            multiprocessing.get_context("forkserver")
+            if start_method == "forkserver"
+            else multiprocessing.get_context("spawn")
+        )
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._workers: list[_WorkerHandle] = []
+        self._reader: threading.Thread | None = None
+        self._scenario: ScenarioLike | None = None
+        self._state: State = "stopped"
+        self._rate = 1.0
+        self._qos: int = self.settings.qos
+        self._payload: PayloadKind = self.settings.payload
+        # Totals of runs already stopped, so the Prometheus counters never go down.
+        self.retired = WorkerTotals()
+        self._last_handles: list[_WorkerHandle] = []
+
+    # -- commands ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def scenario(self) -> ScenarioLike | None:
+        return self._scenario
+
+    def start(
+        self,
+        scenario: ScenarioLike,
+        workers: int | None = None,
+        qos: int | None = None,
+        payload: PayloadKind | None = None,
+    ) -> EngineStats:
+        """Start workers for `scenario` and return once every one is connected and running."""
+        workers = self.settings.workers if workers is None else workers
+        qos = self.settings.qos if qos is None else qos
+        payload = self.settings.payload if payload is None else payload
+        if not 1 <= workers <= self.settings.max_workers:
+            raise EngineInputError(f"workers must be 1..{self.settings.max_workers}, not {workers}")
+        if qos not in (0, 1):
+            raise EngineInputError(f"qos must be 0 or 1, not {qos}")
+        if payload not in ("edgetwin", "flat"):
+            raise EngineInputError(f"payload must be 'edgetwin' or 'flat', not {payload!r}")
+        devices = scenario.device_count()
+        if not 1 <= devices <= self.settings.max_devices:
+            raise EngineInputError(
+                f"a scenario of {devices} devices: the engine runs 1..{self.settings.max_devices}"
+            )
+        with self._lock:
+            if self._state != "stopped":
+                raise EngineStateError(f"the engine is {self._state}: stop it first")
+            # Waiting for the workers below releases the lock: this state keeps a second start
+            # (or a stop) from slipping in meanwhile.
+            self._state = "starting"
+            self._last_handles = []
+            parts = partition(scenario, workers)
+            handles = []
+            for index in range(workers):
+                parent, child = self._ctx.Pipe()
+                spec = WorkerSpec(index, self.endpoint, self.settings, qos, payload)
+                process = self._ctx.Process(
+                    target=worker_main,
+                    args=(child, spec),
+                    name=f"edgetwin-engine-{index}",
+                    daemon=True,
+                )
+                process.start()
+                child.close()
+                handles.append(_WorkerHandle(index, process, parent))
+            self._workers = handles
+            self._scenario, self._qos, self._payload, self._rate = scenario, qos, payload, 1.0
+            self._reader = threading.Thread(
+                target=self._read, args=(handles,), name="engine-stats", daemon=True
+            )
+            self._reader.start()
+            for handle, indices in zip(handles, parts, strict=True):
+                handle.send(("streams", scenario, indices))
+            deadline = time.monotonic() + self.settings.start_timeout
+            ready = self._cond.wait_for(
+                lambda: all(
+                    h.dead or (h.last is not None and h.last.state == "ready") for h in handles
+                ),
+                timeout=max(deadline - time.monotonic(), 0),
+            )
+            if not ready or any(h.dead for h in handles):
+                errors = sorted({h.last.error for h in handles if h.last and h.last.error})
+                self._shutdown()
+                why = "; ".join(errors) or "no connection to the broker"
+                raise EngineError(
+                    f"engine workers not ready within {self.settings.start_timeout} s: {why}"
+                )
+            origin = time.time() + _START_DELAY
+            for handle in handles:
+                handle.send(("go", origin, 1.0))
+            self._state = "running"
+            self._cond.notify_all()
+            log.info(
+                "engine started",
+                extra={"devices": devices, "workers": workers, "qos": qos, "payload": payload},
+            )
+        return self.stats()
+
+    def stop(self) -> EngineStats:
+        with self._lock:
+            if self._state == "starting":
+                raise EngineStateError("the engine is starting: stop it once it runs")
+            if self._state != "stopped":
+                self._shutdown()
+                log.info("engine stopped")
+        return self.stats()
+
+    def pause(self) -> EngineStats:
+        with self._lock:
+            self._require("running", "pause")
+            self._broadcast(("pause", time.time()))
+            self._state = "paused"
+        return self.stats()
+
+    def resume(self) -> EngineStats:
+        with self._lock:
+            self._require("paused", "resume")
+            self._broadcast(("resume", time.time()))
+            self._state = "running"
+        return self.stats()
+
+    def set_rate(self, multiplier: float) -> EngineStats:
+        """Every stream publishes `multiplier` times as often (1.0: the scenario's intervals)."""
+        if not 0 < multiplier <= MAX_RATE:
+            raise EngineInputError(
+                f"rate multiplier must be in (0, {MAX_RATE:g}], not {multiplier}"
+            )
+        with self._lock:
+            if self._state in ("stopped", "starting"):
+                raise EngineStateError(f"the engine is {self._state}: wait until it runs")
+            self._broadcast(("rate", multiplier, time.time()))
+            self._rate = multiplier
+        return self.stats()
+
+    def resize(self, devices: int) -> EngineStats:
+        """Run `devices` devices in all, same mix, without a restart; existing ids keep going."""
+        if not 1 <= devices <= self.settings.max_devices:
+            raise EngineInputError(f"devices must be 1..{self.settings.max_devices}, not {devices}")
+        with self._lock:
+            if self._scenario is None or self._state in ("stopped", "starting"):
+                raise EngineStateError(f"the engine is {self._state}: wait until it runs")
+            scenario = self._scenario.resized(devices)
+            parts = partition(scenario, len(self._workers))
+            for handle, indices in zip(self._workers, parts, strict=True):
+                handle.send(("streams", scenario, indices))
+            self._scenario = scenario
+        return self.stats()
+
+    def close(self) -> None:
+        """Stop for good (gateway shutdown), after a start in progress has finished."""
+        with self._lock:
+            self._cond.wait_for(
+                lambda: self._state != "starting", timeout=self.settings.start_timeout + 10
+            )
+        self.stop()
+
+    # -- figures ----------------------------------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        with self._lock:
+            # Once stopped, the figures of the last run stay readable until the next start.
+            handles = list(self._workers or self._last_handles)
+            scenario = self._scenario
+            state = self._state
+        summaries = []
+        counts = [0] * (len(LATENESS_EDGES) + 1)
+        lateness_sum = 0.0
+        for handle in handles:
+            last = handle.last
+            if last is None:
+                continue
+            ticks_rate, messages_rate = handle.rates()
+            counts = add_counts(counts, last.lateness)
+            lateness_sum += last.lateness_sum
+            error = last.error
+            if handle.dead and not error and state != "stopped":
+                error = f"worker {handle.index} exited (code {handle.process.exitcode})"
+            summaries.append(
+                WorkerSummary(
+                    worker=last.worker,
+                    pid=last.pid,
+                    state="failed" if handle.dead and state != "stopped" else last.state,
+                    connected=last.connected,
+                    streams=last.streams,
+                    target_per_s=round(last.target_per_s, 3),
+                    delivered_per_s=round(ticks_rate, 3),
+                    messages_per_s=round(messages_rate, 3),
+                    ticks=last.ticks,
+                    sent=last.sent,
+                    late_skipped=last.late_skipped,
+                    backlog_skipped=last.backlog_skipped,
+                    refused=last.refused,
+                    backlog_bytes=last.backlog_bytes,
+                    qos1_queued=last.qos1_queued,
+                    lateness_p50_ms=_ms(quantile(last.lateness, 0.5)),
+                    lateness_p99_ms=_ms(quantile(last.lateness, 0.99)),
+                    rss_bytes=last.rss_bytes,
+                    cpu_seconds=round(last.cpu_seconds, 3),
+                    error=error,
+                )
+            )
+        return EngineStats(
+            state=state,
+            devices=scenario.device_count() if scenario is not None and state != "stopped" else 0,
+            streams=sum(s.streams for s in summaries),
+            workers=len(handles),
+            qos=self._qos,
+            payload=self._payload,
+            rate=self._rate,
+            target_per_s=round(sum(s.target_per_s for s in summaries), 3),
+            delivered_per_s=round(sum(s.delivered_per_s for s in summaries), 3),
+            messages_per_s=round(sum(s.messages_per_s for s in summaries), 3),
+            ticks=sum(s.ticks for s in summaries),
+            sent=sum(s.sent for s in summaries),
+            late_skipped=sum(s.late_skipped for s in summaries),
+            backlog_skipped=sum(s.backlog_skipped for s in summaries),
+            refused=sum(s.refused for s in summaries),
+            lateness_p50_ms=_ms(quantile(counts, 0.5)),
+            lateness_p99_ms=_ms(quantile(counts, 0.99)),
+            lateness_counts=counts,
+            lateness_sum=lateness_sum,
+            rss_bytes=sum(s.rss_bytes for s in summaries),
+            cpu_seconds=round(sum(s.cpu_seconds for s in summaries), 3),
+            per_worker=summaries,
+        )
+
+    def worker_pids(self) -> list[int]:
+        with self._lock:
+            return [h.process.pid for h in self._workers if h.process.pid is not None]
+
+    def refresh(self, timeout: float = 2.0) -> EngineStats:
+        """Ask every worker for fresh figures and wait until they arrive (or `timeout`)."""
+        with self._lock:
+            handles = list(self._workers)
+            since = {h.index: h.last.t if h.last else 0.0 for h in handles}
+            for handle in handles:
+                handle.send(("stats",))
+            self._cond.wait_for(
+                lambda: all(
+                    h.dead or (h.last is not None and h.last.t > since[h.index]) for h in handles
+                ),
+                timeout,
+            )
+        return self.stats()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _require(self, state: State, verb: str) -> None:
+        if self._state != state:
+            raise EngineStateError(f"cannot {verb}: the engine is {self._state}")
+
+    def _broadcast(self, command: tuple[Any, ...]) -> None:
+        for handle in self._workers:
+            handle.send(command)
+
+    def _read(self, handles: Sequence[_WorkerHandle]) -> None:
+        by_fd = {h.conn.fileno(): h for h in handles}
+        while by_fd:
+            ready = wait([h.conn for h in by_fd.values()], timeout=1.0)
+            for conn in ready:
+                assert isinstance(conn, Connection)
+                handle = by_fd[conn.fileno()]
+                try:
+                    kind, payload = conn.recv()
+                except (EOFError, OSError):
+                    with self._cond:
+                        handle.dead = True
+                        del by_fd[conn.fileno()]
+                        self._cond.notify_all()
+                    continue
+                if kind == "stats" and isinstance(payload, WorkerStats):
+                    with self._cond:
+                        handle.record(payload)
+                        self._cond.notify_all()
+
+    def _shutdown(self) -> None:
+        """Stop every worker; called with the lock held (the waits below release it, so the
+        reader thread can take the final figures and the end of each pipe)."""
+        handles, self._workers = self._workers, []
+        for handle in handles:
+            handle.send(("stop",))
+        self._cond.wait_for(lambda: all(h.dead for h in handles), timeout=5.0)
+        for handle in handles:
+            if handle.process.is_alive() and not handle.dead:
+                log.warning(
+                    "engine worker did not stop; terminating it", extra={"worker": handle.index}
+                )
+                handle.process.terminate()
+        self._cond.wait_for(lambda: all(h.dead for h in handles), timeout=3.0)
+        for handle in handles:
+            handle.process.join(1.0)
+        if self._reader is not None:
+            self._reader.join(2.0)
+            self._reader = None
+        for handle in handles:
+            handle.conn.close()
+            if handle.last is not None:
+                self.retired.add(handle.last)
+        self._state = "stopped"
+        self._last_handles = handles
+        self._cond.notify_all()
+
+
+class WorkerTotals:
+    """Counters of finished runs, folded into the Prometheus totals."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.sent = 0
+        self.late_skipped = 0
+        self.backlog_skipped = 0
+        self.lateness = [0] * (len(LATENESS_EDGES) + 1)
+        self.lateness_sum = 0.0
+
+    def add(self, stats: WorkerStats) -> None:
+        self.ticks += stats.ticks
+        self.sent += stats.sent
+        self.late_skipped += stats.late_skipped
+        self.backlog_skipped += stats.backlog_skipped
+        self.lateness = add_counts(self.lateness, stats.lateness)
+        self.lateness_sum += stats.lateness_sum

@@ -1,0 +1,56 @@
+"""What the engine needs from a scenario: the shape of `gateway.scenario` (briefs/interface.md).
+
+The engine codes against these protocols, not against the scenario package, so either side can
+change its internals freely; `gateway.scenario.Scenario` satisfies `ScenarioLike` structurally.
+A scenario crosses a process boundary (each worker builds its own generator from it), so it
+must be picklable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+from agent.contract import Topics
+
+Message = tuple[str, bytes, bool]  # (topic, payload, retain)
+PayloadKind = Literal["edgetwin", "flat"]
+
+
+class StreamSpecLike(Protocol):
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def sensor(self) -> str: ...
+
+    @property
+    def interval(self) -> float: ...
+
+    @property
+    def phase(self) -> float: ...
+
+
+class GeneratorLike(Protocol):
+    def emit(self, index: int, t: float) -> list[Message]: ...
+
+
+class ScenarioLike(Protocol):
+    @property
+    def seed(self) -> int: ...
+
+    def streams(self) -> Sequence[StreamSpecLike]: ...
+
+    def resized(self, devices: int) -> ScenarioLike: ...
+
+    def device_count(self) -> int: ...
+
+    def generator(
+        self,
+        topics: Topics,
+        streams: Sequence[int] | None = None,
+        payload: PayloadKind = "edgetwin",
+    ) -> GeneratorLike: ...

@@ -1,0 +1,296 @@
+"""One engine worker process: a slice of the fleet, one MQTT connection, one loop.
+
+The loop: read commands from the controller's pipe, take the ticks that are due (a bounded
+batch), ask the generator for their messages, queue them on the link, flush with one send(),
+record lateness, sleep in select() until the next deadline, a command or the socket. Nothing
+here grows with time: ticks the worker cannot send (too late, socket backlog over its bound,
+not connected) are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from agent.contract import Topics
+from gateway.engine.interface import GeneratorLike, PayloadKind, ScenarioLike
+from gateway.engine.link import Endpoint, EngineLink
+from gateway.engine.schedule import Entry, Schedule, Timeline
+from gateway.engine.settings import EngineSettings
+from gateway.engine.stats import Lateness, WorkerStats
+
+_CHUNK = 256  # ticks between two flushes inside a batch: bounds the lateness a batch adds
+_IDLE_WAIT = 0.25  # seconds; the longest select() when nothing is due (keep-alive, commands)
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    worker: int
+    endpoint: Endpoint
+    settings: EngineSettings
+    qos: int
+    payload: PayloadKind
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class Worker:
+    def __init__(self, conn: Connection, spec: WorkerSpec) -> None:
+        self.conn = conn
+        self.spec = spec
+        self.settings = spec.settings
+        self.topics = Topics(
+            prefix=spec.endpoint.prefix, telemetry_template=spec.endpoint.telemetry_template
+        )
+        self.link = EngineLink(
+            spec.endpoint,
+            worker=spec.worker,
+            max_inflight=spec.settings.max_inflight,
+            max_queued=spec.settings.max_queued,
+        )
+        # Which generator serves each stream: after a resize, streams that kept their index
+        # and identity keep their generator (and so their seq counters and fault state).
+        self.generator_of: dict[int, GeneratorLike] = {}
+        self.identity: dict[int, tuple[str, str]] = {}
+        self.schedule = Schedule(())
+        self.timeline: Timeline | None = None
+        self.s_done = -1.0  # schedule time up to which ticks were taken or skipped
+        self.lateness = Lateness()
+        self.ticks = 0
+        self.sent = 0
+        self.late_skipped = 0
+        self.backlog_skipped = 0
+        self.stopping = False
+        self.error: str | None = None
+        self.next_connect = 0.0
+        self.backoff = 0.1
+        self.next_stats = 0.0
+        self.next_tick = 0.0
+        self.reported_connected = False
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def handle(self, command: tuple[Any, ...]) -> None:
+        kind = command[0]
+        if kind == "streams":
+            self.set_streams(command[1], command[2])
+        elif kind == "go":
+            self.timeline = Timeline(command[1], command[2])
+            self.s_done = -1.0
+        elif kind == "pause" and self.timeline is not None:
+            self.timeline.pause(command[1])
+        elif kind == "resume" and self.timeline is not None:
+            self.timeline.resume(command[1])
+        elif kind == "rate" and self.timeline is not None:
+            self.timeline.set_rate(command[1], command[2])
+        elif kind == "stats":
+            self.next_stats = 0.0
+        elif kind == "stop":
+            self.stopping = True
+
+    def set_streams(self, scenario: ScenarioLike, indices: Sequence[int]) -> None:
+        specs = scenario.streams()
+        identity = {i: (specs[i].device, specs[i].sensor) for i in indices}
+        kept = {
+            i: self.generator_of[i]
+            for i in indices
+            if i in self.generator_of and self.identity.get(i) == identity[i]
+        }
+        fresh = [i for i in indices if i not in kept]
+        if fresh:
+            generator = scenario.generator(self.topics, streams=fresh, payload=self.spec.payload)
+            kept.update(dict.fromkeys(fresh, generator))
+        self.generator_of, self.identity = kept, identity
+        self.schedule = Schedule(
+            (Entry(i, specs[i].interval, specs[i].phase) for i in indices), after=self.s_done
+        )
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def backlogged(self) -> bool:
+        if self.link.backlog_bytes() > self.settings.max_backlog_bytes:
+            return True
+        return self.spec.qos == 1 and self.link.qos1_queued() >= self.settings.max_queued
+
+    def run_due(self, now: float) -> bool:
+        """Publish what is due; True when more is due at once (batch limit reached)."""
+        timeline = self.timeline
+        if timeline is None or timeline.paused:
+            return False
+        s_now = timeline.schedule_time(now)
+        if not self.link.connected or self.backlogged():
+            self.backlog_skipped += self.schedule.skip_to(s_now)
+            self.s_done = max(self.s_done, s_now)
+            return False
+        skip_before = s_now - self.settings.max_lateness * timeline.rate
+        due, skipped = self.schedule.take_due(s_now, skip_before, self.settings.batch_limit)
+        self.late_skipped += skipped
+        # Up to where a rebuilt schedule must not replay: s_now, unless the batch limit cut
+        # the pass short.
+        done = due[-1][1] if len(due) >= self.settings.batch_limit else s_now
+        self.s_done = max(self.s_done, done)
+        generator_of = self.generator_of
+        wall = timeline.wall_time
+        qos1 = self.spec.qos == 1
+        publish0 = self.link.publish0
+        publish1 = self.link.publish1
+        add = self.lateness.add
+        sent = 0
+        for start in range(0, len(due), _CHUNK):
+            chunk = due[start : start + _CHUNK]
+            deadlines = []
+            for index, s in chunk:
+                t = wall(s)
+                deadlines.append(t)
+                for topic, payload, retain in generator_of[index].emit(index, t):
+                    if qos1:
+                        if publish1(topic, payload, retain):
+                            sent += 1
+                    else:
+                        publish0(topic, payload, retain)
+                        sent += 1
+            if not self.link.flush():
+                break
+            published = time.time()
+            for t in deadlines:
+                add(published - t)
+            self.ticks += len(chunk)
+            if self.backlogged():
+                self.backlog_skipped += len(due) - start - len(chunk)
+                break
+        self.sent += sent
+        return len(due) >= self.settings.batch_limit
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def stats(self, now: float) -> WorkerStats:
+        timeline = self.timeline
+        running = timeline is not None and not timeline.paused
+        if self.stopping:
+            state = "stopped"
+        elif not self.link.connected:
+            state = "connecting"
+        elif timeline is None:
+            state = "ready"
+        else:
+            state = "running" if running else "paused"
+        target = self.schedule.per_second * timeline.rate if timeline and running else 0.0
+        return WorkerStats(
+            worker=self.spec.worker,
+            pid=os.getpid(),
+            t=now,
+            state=state,
+            connected=self.link.connected,
+            streams=self.schedule.streams,
+            target_per_s=target,
+            ticks=self.ticks,
+            sent=self.sent,
+            late_skipped=self.late_skipped,
+            backlog_skipped=self.backlog_skipped,
+            refused=self.link.refused,
+            backlog_bytes=self.link.backlog_bytes(),
+            qos1_queued=self.link.qos1_queued(),
+            lateness=list(self.lateness.counts),
+            lateness_sum=self.lateness.total,
+            rss_bytes=_rss_bytes(),
+            cpu_seconds=time.process_time(),
+            error=self.error,
+        )
+
+    def maintain(self, mono: float) -> None:
+        """Connect, reconnect with jittered exponential backoff, and keep the session alive."""
+        link = self.link
+        if link.fileno() is None:
+            if mono >= self.next_connect:
+                # Whatever happens next, the attempt after it waits: a broker that accepts and
+                # drops at once must not make this loop spin.
+                self.lost(mono)
+                try:
+                    link.connect()
+                except OSError as exc:
+                    self.error = (
+                        f"cannot connect to {link.endpoint.host}:{link.endpoint.port}: {exc}"
+                    )
+            return
+        if mono >= self.next_tick:
+            self.next_tick = mono + 0.5
+            if not link.tick():
+                self.lost(mono)
+            elif link.connected:
+                self.error = None
+                self.backoff = 0.1  # a session that reached CONNACK resets the backoff
+
+    def lost(self, mono: float) -> None:
+        self.next_connect = mono + random.uniform(0, self.backoff)
+        self.backoff = min(self.backoff * 2, 5.0)
+
+    def wait(self, more_due: bool, woke: float) -> None:
+        timeout = _IDLE_WAIT
+        if more_due:
+            timeout = 0.0
+        elif self.timeline is not None and not self.timeline.paused:
+            s_next = self.schedule.next_time()
+            if s_next is not None:
+                now = time.time()
+                until_due = self.timeline.wall_time(s_next) - now
+                until_tick = woke + self.settings.tick - now
+                timeout = min(timeout, max(until_due, until_tick, 0.0))
+        readers: list[Any] = [self.conn]
+        writers: list[int] = []
+        fd = self.link.fileno()
+        if fd is not None:
+            readers.append(fd)
+            if self.link.backlog_bytes():
+                writers.append(fd)
+        readable, writable, _ = select.select(readers, writers, [], timeout)
+        if fd is not None and fd in readable and not self.link.on_readable():
+            self.lost(time.monotonic())
+        if fd is not None and fd in writable:
+            self.link.flush()
+
+    def run(self) -> None:
+        try:
+            while not self.stopping:
+                while self.conn.poll():
+                    self.handle(self.conn.recv())
+                    if self.stopping:
+                        break
+                mono = time.monotonic()
+                self.maintain(mono)
+                now = time.time()
+                more = self.run_due(now)
+                if self.link.connected != self.reported_connected:
+                    # The controller waits for this to start the clock: report at once.
+                    self.reported_connected = self.link.connected
+                    self.next_stats = 0.0
+                if mono >= self.next_stats:
+                    self.next_stats = mono + self.settings.stats_interval
+                    self.conn.send(("stats", self.stats(now)))
+                self.wait(more, now)
+        except (EOFError, BrokenPipeError, KeyboardInterrupt):
+            return  # the controller is gone: nothing left to report to
+        except Exception as exc:
+            # A generator or scenario bug: tell the controller why before the process ends.
+            self.error = f"worker {self.spec.worker} failed: {type(exc).__name__}: {exc}"
+            self.stopping = True
+        finally:
+            self.link.close()
+        self.conn.send(("stats", self.stats(time.time())))
+
+
+def worker_main(conn: Connection, spec: WorkerSpec) -> None:
+    """Entry point of a worker process (multiprocessing target)."""
+    Worker(conn, spec).run()

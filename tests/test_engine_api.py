@@ -1,0 +1,159 @@
+"""/engine through the gateway's API: token on writes, 4xx with a reason on bad input or a
+command the engine's state refuses, and the commands reaching the workers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.config import load_gateway_config
+from gateway.engine import EngineInputError
+from gateway.engine.sources import PackageScenarios
+from tests.brokers import BrokerUnderTest
+from tests.engine_helpers import TestScenario
+from tests.fleet_helpers import poll
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "engine-test-token"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class TestScenarios:
+    """The gateway's scenario source, backed by tests.engine_helpers."""
+
+    __test__ = False
+
+    def load(self, path: Path) -> TestScenario:
+        raise EngineInputError(f"{path}: no such scenario file")
+
+    def default(self, devices: int, interval: float, seed: int) -> TestScenario:
+        return TestScenario(devices=devices, interval=interval, seed=seed)
+
+
+@pytest.fixture
+def client(broker: BrokerUnderTest, tmp_path: Path) -> Iterator[TestClient]:
+    config_file = tmp_path / "gateway.toml"
+    config_file.write_text(
+        f"""
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+protocol = "{broker.protocol}"
+keepalive = 2
+
+[presence]
+startup_grace = 0.1
+
+[api]
+token = "{TOKEN}"
+"""
+    )
+    config = load_gateway_config(config_file, environ={})
+    with TestClient(create_app(config, engine_scenarios=TestScenarios())) as test_client:
+        yield test_client
+
+
+def test_writes_need_the_token(client: TestClient) -> None:
+    assert client.post("/engine/start", json={"devices": 2}).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert client.post("/engine/pause", headers=wrong).status_code == 403
+    assert client.get("/engine/status").json()["state"] == "stopped"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"not json", "bad body"),
+        (b'{"devices": 0}', ">= 1"),
+        (b'{"devices": 2, "qos": 2}', "qos"),
+        (b'{"devices": 2, "payload": "xml"}', "payload"),
+        (b'{"devices": 2, "colour": "red"}', "colour"),
+        (b'{"devices": 2, "workers": 0}', "workers"),
+        (b'{"devices": 2, "workers": 60}', "workers must be 1..8"),
+        (b"{}", "exactly one"),
+        (b'{"devices": 2, "scenario": "a.toml"}', "exactly one"),
+        (b'{"devices": 100000000}', "devices must be"),
+        (b'{"scenario": "/nowhere/fleet.toml"}', "no such scenario"),
+    ],
+)
+def test_bad_start_bodies_answer_422_with_the_reason(
+    client: TestClient, body: bytes, reason: str
+) -> None:
+    response = client.post("/engine/start", content=body, headers=BEARER)
+    assert response.status_code == 422, response.text
+    assert reason in response.json()["detail"]
+
+
+def test_commands_the_state_refuses_answer_409(client: TestClient) -> None:
+    for path in ("/engine/pause", "/engine/resume"):
+        response = client.post(path, headers=BEARER)
+        assert response.status_code == 409
+        assert "stopped" in response.json()["detail"]
+    assert client.put("/engine/rate", json={"multiplier": 2}, headers=BEARER).status_code == 409
+    assert client.put("/engine/size", json={"devices": 3}, headers=BEARER).status_code == 409
+    assert client.put("/engine/rate", json={"multiplier": 0}, headers=BEARER).status_code == 422
+    assert client.put("/engine/size", json={"devices": -1}, headers=BEARER).status_code == 422
+    # Stopping a stopped engine is harmless.
+    assert client.post("/engine/stop", headers=BEARER).json()["state"] == "stopped"
+
+
+def test_start_steer_and_stop_through_the_api(client: TestClient) -> None:
+    started = client.post(
+        "/engine/start", json={"devices": 5, "interval": 0.5, "workers": 1}, headers=BEARER
+    )
+    assert started.status_code == 200, started.text
+    assert started.json()["state"] == "running"
+    assert started.json()["devices"] == 5
+    again = client.post("/engine/start", json={"devices": 5}, headers=BEARER)
+    assert again.status_code == 409
+
+    assert client.put("/engine/rate", json={"multiplier": 2}, headers=BEARER).json()["rate"] == 2
+    resized = client.put("/engine/size", json={"devices": 8}, headers=BEARER)
+    assert resized.json()["devices"] == 8
+    assert client.post("/engine/pause", headers=BEARER).json()["state"] == "paused"
+    assert client.post("/engine/resume", headers=BEARER).json()["state"] == "running"
+
+    status = client.get("/engine/status").json()
+    assert status["workers"] == 1
+    assert set(status) >= {"target_per_s", "delivered_per_s", "lateness_p99_ms", "per_worker"}
+    metrics = client.get("/metrics").text
+    assert "edgetwin_engine_messages_total" in metrics
+    assert 'edgetwin_engine_skipped_ticks_total{reason="late"}' in metrics
+    assert "edgetwin_engine_lateness_seconds_bucket" in metrics
+
+    client.get("/engine/status")
+    poll(lambda: sent_total(client) > 0, 10, what="messages counted")
+    before_stop = sent_total(client)
+
+    stopped = client.post("/engine/stop", headers=BEARER)
+    assert stopped.json()["state"] == "stopped"
+    assert client.get("/engine/status").json()["devices"] == 0
+    # The run's messages stay counted once its workers are gone: a counter never goes down.
+    assert sent_total(client) >= before_stop
+
+
+def sent_total(client: TestClient) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("edgetwin_engine_messages_total "):
+            return float(line.split()[1])
+    raise AssertionError("edgetwin_engine_messages_total missing")
+
+
+def test_without_the_scenario_package_start_answers_424(
+    broker: BrokerUnderTest, tmp_path: Path
+) -> None:
+    config_file = tmp_path / "gateway.toml"
+    config_file.write_text(
+        f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n[api]\ntoken = "{TOKEN}"\n'
+    )
+    config = load_gateway_config(config_file, environ={})
+    scenarios = PackageScenarios("gateway.no_such_scenario_package")
+    with TestClient(create_app(config, engine_scenarios=scenarios)) as client:
+        response = client.post("/engine/start", json={"devices": 2}, headers=BEARER)
+    assert response.status_code == 424
+    assert "gateway.no_such_scenario_package" in response.json()["detail"]
