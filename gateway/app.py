@@ -17,7 +17,7 @@ from gateway.compat import SimulatorControl
 from gateway.config import GatewayConfig
 from gateway.engine import EngineController, EngineSettings
 from gateway.engine.metrics import EngineCollector
-from gateway.engine.sources import PackageScenarios, ScenarioSource, endpoint_from_mqtt
+from gateway.engine.sources import Scenarios, ScenarioSource, endpoint_from_mqtt
 from gateway.metrics import GatewayMetrics
 from gateway.routers import compat, desired, devices, engine, fleet, page, system
 from gateway.service import GatewayService
@@ -52,7 +52,9 @@ def create_app(
         )
         metrics.registry.register(EngineCollector(scale_engine))
         app.state.engine = scale_engine
-        app.state.engine_scenarios = engine_scenarios or PackageScenarios()
+        app.state.engine_scenarios = engine_scenarios or Scenarios(
+            scale_engine.settings.scenarios_dir
+        )
         exporter = None
         if (
             observability.prometheus_port is not None

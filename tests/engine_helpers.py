@@ -50,6 +50,7 @@ class Generator:
         self._seq = dict.fromkeys(self._specs, 0)
         self._seed = scenario.seed
         self._payload = payload
+        self.injected: list[object] = []
 
     def emit(self, index: int, t: float) -> list[Message]:
         spec = self._specs[index]
@@ -85,6 +86,10 @@ class Generator:
 
     def label_topic(self) -> str:
         return "edgetwin/labels"
+
+    def inject(self, fault: object) -> None:
+        # This fleet has no fault model: an injected fault is kept, for a test to look at.
+        self.injected.append(fault)
 
 
 class TestScenario(msgspec.Struct, frozen=True):

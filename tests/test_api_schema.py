@@ -53,6 +53,8 @@ def config(broker: BrokerUnderTest, **api: Any) -> GatewayConfig:
             ),
             "presence": {"startup_grace": 0.3},
             "api": api,
+            # Fuzzed /engine/start bodies really start workers: keep any such fleet small.
+            "engine": {"workers": 1, "max_workers": 1, "max_devices": 20},
             "devices": [ManifestDevice(id=DEVICE, sensors={"env": bme280(1.0)})],
         }
     )

@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from agent.contract import FaultLabel, Telemetry
 from gateway.app import create_app
 from gateway.config import load_gateway_config
 from gateway.engine import EngineInputError
-from gateway.engine.sources import PackageScenarios
 from tests.brokers import BrokerUnderTest
 from tests.engine_helpers import TestScenario
-from tests.fleet_helpers import poll
+from tests.fleet_helpers import REPO, poll
+from tests.mqtt_helpers import Subscriber
 
 pytestmark = pytest.mark.integration
 
@@ -28,8 +29,8 @@ class TestScenarios:
 
     __test__ = False
 
-    def load(self, path: Path) -> TestScenario:
-        raise EngineInputError(f"{path}: no such scenario file")
+    def load(self, name: str) -> TestScenario:
+        raise EngineInputError(f"{name}: no such scenario file")
 
     def default(self, devices: int, interval: float, seed: int) -> TestScenario:
         return TestScenario(devices=devices, interval=interval, seed=seed)
@@ -68,7 +69,7 @@ def test_writes_need_the_token(client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        (b"not json", "bad body"),
+        (b"not json", "JSON is malformed"),
         (b'{"devices": 0}', ">= 1"),
         (b'{"devices": 2, "qos": 2}', "qos"),
         (b'{"devices": 2, "payload": "xml"}', "payload"),
@@ -86,7 +87,7 @@ def test_bad_start_bodies_answer_422_with_the_reason(
 ) -> None:
     response = client.post("/engine/start", content=body, headers=BEARER)
     assert response.status_code == 422, response.text
-    assert reason in response.json()["detail"]
+    assert reason in str(response.json()["detail"])
 
 
 def test_commands_the_state_refuses_answer_409(client: TestClient) -> None:
@@ -144,16 +145,81 @@ def sent_total(client: TestClient) -> float:
     raise AssertionError("edgetwin_engine_messages_total missing")
 
 
-def test_without_the_scenario_package_start_answers_424(
+def gateway_toml(broker: BrokerUnderTest, directory: Path, engine: str = "") -> Path:
+    config_file = directory / "gateway.toml"
+    config_file.write_text(
+        f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nprotocol = "{broker.protocol}"\n'
+        f'[api]\ntoken = "{TOKEN}"\n[engine]\nworkers = 1\n{engine}'
+    )
+    return config_file
+
+
+def test_scenario_files_only_from_the_scenarios_directory(
     broker: BrokerUnderTest, tmp_path: Path
 ) -> None:
-    config_file = tmp_path / "gateway.toml"
-    config_file.write_text(
-        f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n[api]\ntoken = "{TOKEN}"\n'
+    """The API names scenario files; it must not read any file on the gateway's machine."""
+    outside = tmp_path / "outside.toml"
+    outside.write_text((REPO / "config" / "scenario.toml").read_text())
+    closed = load_gateway_config(gateway_toml(broker, tmp_path), environ={})
+    with TestClient(create_app(closed)) as client:
+        refused = client.post("/engine/start", json={"scenario": "outside.toml"}, headers=BEARER)
+        assert refused.status_code == 422
+        assert "scenarios_dir" in refused.json()["detail"]
+    shelf = tmp_path / "scenarios"
+    shelf.mkdir()
+    opened = load_gateway_config(
+        gateway_toml(broker, tmp_path, f'scenarios_dir = "{shelf}"\n'), environ={}
     )
-    config = load_gateway_config(config_file, environ={})
-    scenarios = PackageScenarios("gateway.no_such_scenario_package")
-    with TestClient(create_app(config, engine_scenarios=scenarios)) as client:
-        response = client.post("/engine/start", json={"devices": 2}, headers=BEARER)
-    assert response.status_code == 424
-    assert "gateway.no_such_scenario_package" in response.json()["detail"]
+    with TestClient(create_app(opened)) as client:
+        for name in ("../outside.toml", str(outside)):
+            refused = client.post("/engine/start", json={"scenario": name}, headers=BEARER)
+            assert refused.status_code == 422, name
+            assert "outside the scenarios directory" in refused.json()["detail"]
+        missing = client.post("/engine/start", json={"scenario": "nope.toml"}, headers=BEARER)
+        assert missing.status_code == 422
+        assert "nope.toml" in missing.json()["detail"]
+        assert client.get("/engine/status").json()["state"] == "stopped"
+
+
+def test_a_fault_injected_through_the_api_is_in_the_stream_and_labelled(
+    broker: BrokerUnderTest, tmp_path: Path
+) -> None:
+    """The real scenario package through the engine's workers: the default fleet's readings
+    decode as the contract's Telemetry, and an on-demand spike on one device carries its
+    `anomaly` while it lasts and a start and an end document on the labels topic."""
+    config = load_gateway_config(gateway_toml(broker, tmp_path), environ={})
+    with (
+        Subscriber(broker, "edgetwin/#") as sub,
+        TestClient(create_app(config)) as client,
+    ):
+        started = client.post("/engine/start", json={"devices": 3, "interval": 0.1}, headers=BEARER)
+        assert started.status_code == 200, started.text
+        sub.wait_for("edgetwin/device_002/telemetry/env", count=3)
+        early = client.post("/engine/faults", json={"type": "spike"}, headers=BEARER)
+        assert early.status_code == 422  # no devices, no duration
+        injected = client.post(
+            "/engine/faults",
+            json={"type": "spike", "devices": "device_001", "duration": 0.5, "magnitude": 50},
+            headers=BEARER,
+        )
+        assert injected.status_code == 200, injected.text
+        fault = injected.json()["fault"]
+        labels = [
+            FaultLabel.decode(m.payload)
+            for m in sub.wait_for("edgetwin/labels", count=2, timeout=10)
+        ]
+        assert [(label.event, label.id, label.device) for label in labels] == [
+            ("start", fault["id"], "device_001"),
+            ("end", fault["id"], "device_001"),
+        ]
+        assert labels[0].params == {"magnitude": 50.0}
+        client.post("/engine/stop", headers=BEARER)
+    readings = [Telemetry.decode(m.payload) for m in sub.messages("edgetwin/+/telemetry/+")]
+    hit = [r for r in readings if r.anomaly is not None]
+    assert hit
+    assert {r.device for r in hit} == {"device_001"}
+    assert all(r.anomaly is not None and r.anomaly.id == fault["id"] for r in hit)
+    assert all(fault["start"] <= r.ts < fault["start"] + 0.5 for r in hit)
+    clean = [r for r in readings if r.device == "device_001" and r.anomaly is None]
+    spiked = hit[0].values["temperature"].value
+    assert spiked > max(r.values["temperature"].value for r in clean) + 40

@@ -315,6 +315,15 @@ class EngineController:
             self._scenario = scenario
         return self.stats()
 
+    def inject(self, fault: Any) -> EngineStats:
+        """Hand an on-demand fault (gateway.scenario.FaultSpec) to every worker; each applies
+        it to the streams it serves, labelled like a scheduled one."""
+        with self._lock:
+            if self._state not in ("running", "paused"):
+                raise EngineStateError(f"the engine is {self._state}: start it first")
+            self._broadcast(("inject", fault))
+        return self.stats()
+
     def close(self) -> None:
         """Stop for good (gateway shutdown), after a start in progress has finished."""
         with self._lock:

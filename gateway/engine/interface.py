@@ -9,7 +9,7 @@ must be picklable.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from agent.contract import Topics
 
@@ -36,6 +36,8 @@ class StreamSpecLike(Protocol):
 
 class GeneratorLike(Protocol):
     def emit(self, index: int, t: float) -> list[Message]: ...
+
+    def inject(self, fault: Any) -> None: ...
 
 
 class ScenarioLike(Protocol):

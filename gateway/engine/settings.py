@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
@@ -19,6 +20,9 @@ class EngineSettings(Section, frozen=True):
     """
 
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    # Scenario files that POST /engine/start may name, relative to this directory; None: the
+    # API starts only the default fleet.
+    scenarios_dir: Path | None = None
     # Each worker is a process of ~40 MB: an API call must not be able to start dozens.
     max_workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
     qos: Literal[0, 1] = 0

@@ -1,67 +1,57 @@
 """Where the engine's inputs come from in a gateway: the broker endpoint from the `[mqtt]`
-section, and scenarios from the `gateway.scenario` package, looked up when first needed."""
+section, and scenarios from `gateway.scenario`."""
 
 from __future__ import annotations
 
-import importlib
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.engine.controller import EngineError, EngineInputError
+from gateway.engine.controller import EngineInputError
 from gateway.engine.interface import ScenarioLike
 from gateway.engine.link import Endpoint
-
-
-class EngineUnavailableError(EngineError):
-    """What the engine needs is not installed (the scenario package)."""
+from gateway.scenario import Scenario, ScenarioError, default_scenario, load_scenario
 
 
 class ScenarioSource(Protocol):
-    def load(self, path: Path) -> ScenarioLike: ...
+    def load(self, name: str) -> ScenarioLike: ...
 
     def default(self, devices: int, interval: float, seed: int) -> ScenarioLike: ...
 
 
-class PackageScenarios:
-    """Scenarios from `gateway.scenario` (briefs/interface.md); its ScenarioError, which names
-    the file and the key, becomes an EngineInputError."""
+class Scenarios:
+    """Scenarios for runs started through the API: the default fleet, or a file from the
+    gateway's scenarios directory (`[engine] scenarios_dir`), named relative to it. The API
+    must not become a way to read any file on the gateway's machine, so a name that leaves the
+    directory is refused, and without a directory no file is read at all."""
 
-    def __init__(self, module: str = "gateway.scenario") -> None:
-        self._name = module
-        self._module: Any = None
+    def __init__(self, directory: Path | None) -> None:
+        self._directory = directory.resolve() if directory is not None else None
 
-    def _package(self) -> Any:
-        if self._module is None:
-            try:
-                self._module = importlib.import_module(self._name)
-            except ImportError as exc:
-                raise EngineUnavailableError(
-                    f"scenarios need the {self._name} package, which is not installed"
-                ) from exc
-        return self._module
-
-    def load(self, path: Path) -> ScenarioLike:
-        package = self._package()
+    def load(self, name: str) -> ScenarioLike:
+        if self._directory is None:
+            raise EngineInputError(
+                "scenario files are off: set [engine] scenarios_dir to the directory they are in"
+            )
+        path = (self._directory / name).resolve()
+        if not path.is_relative_to(self._directory):
+            raise EngineInputError(f"scenario {name!r} is outside the scenarios directory")
         try:
-            return self._anchored(package.load_scenario(path))
-        except (package.ScenarioError, OSError) as exc:
-            raise EngineInputError(str(exc)) from exc
+            return self._anchored(load_scenario(path))
+        except ScenarioError as exc:
+            raise EngineInputError(str(exc).replace(str(self._directory) + "/", "")) from exc
 
     def default(self, devices: int, interval: float, seed: int) -> ScenarioLike:
-        package = self._package()
         try:
-            return self._anchored(package.default_scenario(devices, interval, seed))
-        except package.ScenarioError as exc:
+            return self._anchored(default_scenario(devices, interval, seed))
+        except ScenarioError as exc:
             raise EngineInputError(str(exc)) from exc
 
-    def _anchored(self, scenario: Any) -> ScenarioLike:
+    @staticmethod
+    def _anchored(scenario: Scenario) -> Scenario:
         # Faults given as `after` a duration count from the run's start: the scenario is
         # loaded when the run starts, so now is that start.
-        if scenario.origin is None:
-            scenario = scenario.with_start(time.time())
-        anchored: ScenarioLike = scenario
-        return anchored
+        return scenario if scenario.origin is not None else scenario.with_start(time.time())
 
 
 def endpoint_from_mqtt(mqtt: Any) -> Endpoint:

@@ -96,6 +96,10 @@ class Worker:
             self.timeline.resume(command[1])
         elif kind == "rate" and self.timeline is not None:
             self.timeline.set_rate(command[1], command[2])
+        elif kind == "inject":
+            # Each generator applies the fault to the streams it serves that it names.
+            for generator in {id(g): g for g in self.generator_of.values()}.values():
+                generator.inject(command[1])
         elif kind == "stats":
             self.next_stats = 0.0
         elif kind == "stop":

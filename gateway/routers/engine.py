@@ -1,38 +1,33 @@
 """/engine: the scale engine for purely simulated fleets (gateway/engine).
 
-Writes need the bearer token like every write of this API. Bodies are decoded with msgspec
-against the structs below; a bad body, a value out of range or a command the engine's state
-does not allow answers 4xx with the reason, never 500.
+Writes need the bearer token like every write of this API. Bodies are validated with msgspec
+against the structs below (gateway/structs.py); a bad body, a value out of range or a command
+the engine's state does not allow answers 4xx with the reason, never 500.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+import time
+from typing import Annotated, Any, Literal
 
 import msgspec
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, Body, HTTPException, status
 from starlette.concurrency import run_in_threadpool
 
 from gateway.auth import Writer
 from gateway.deps import EngineDep, ScenariosDep
-from gateway.engine import (
-    EngineError,
-    EngineInputError,
-    EngineStateError,
-    EngineStats,
-)
-from gateway.engine.sources import EngineUnavailableError
+from gateway.engine import EngineError, EngineInputError, EngineStateError, EngineStats
+from gateway.scenario import FaultRequest
+from gateway.structs import StructResponse, parse_body, request_body, response_schema
 
 router = APIRouter(prefix="/engine", tags=["scale engine"])
-T = TypeVar("T")
 # Starlette renamed the 422 constant (…_CONTENT) and deprecates the old name; the number stays.
 _UNPROCESSABLE = 422
 
 
 class StartRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Either `devices` (the default scenario, `interval` seconds apart) or `scenario` (the path
-    of a scenario file on the gateway's machine)."""
+    """Either `devices` (the default scenario, `interval` seconds apart) or `scenario` (a file
+    in the gateway's `[engine] scenarios_dir`, named relative to it)."""
 
     devices: Annotated[int, msgspec.Meta(ge=1)] | None = None
     scenario: str | None = None
@@ -51,25 +46,8 @@ class SizeRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     devices: Annotated[int, msgspec.Meta(ge=1)]
 
 
-def _body_schema(struct: type[msgspec.Struct]) -> dict[str, Any]:
-    schema = msgspec.json.schema(struct)
-    inline: dict[str, Any] = schema["$defs"][struct.__name__]
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": inline}},
-        }
-    }
-
-
-async def _decode(request: Request, struct: type[T]) -> T:
-    try:
-        return msgspec.json.decode(await request.body(), type=struct)
-    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
-        raise HTTPException(_UNPROCESSABLE, f"bad body: {exc}") from exc
-
-
 RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: response_schema(EngineStats, "the engine's state and figures"),
     401: {"description": "no token"},
     403: {"description": "wrong token, or writes disabled"},
     409: {"description": "not allowed in the engine's current state"},
@@ -77,41 +55,37 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _answer(stats: EngineStats) -> Response:
-    return Response(msgspec.json.encode(stats), media_type="application/json")
-
-
 def _translate(exc: EngineError) -> HTTPException:
     if isinstance(exc, EngineInputError):
         return HTTPException(_UNPROCESSABLE, str(exc))
     if isinstance(exc, EngineStateError):
         return HTTPException(status.HTTP_409_CONFLICT, str(exc))
-    if isinstance(exc, EngineUnavailableError):
-        # 424 Failed Dependency: the request is fine, a package it needs is missing. A 4xx on
-        # purpose: nothing failed on the server's side, and retrying will not help.
-        return HTTPException(status.HTTP_424_FAILED_DEPENDENCY, str(exc))
     # Workers that could not reach the broker.
     return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc))
 
 
-@router.get("/status", summary="State and figures of the scale engine")
-def engine_status(engine: EngineDep) -> Response:
-    return _answer(engine.stats())
+@router.get(
+    "/status",
+    response_model=None,
+    responses={200: RESPONSES[200]},
+    summary="State and figures of the scale engine",
+)
+def engine_status(engine: EngineDep) -> StructResponse:
+    return StructResponse(engine.stats())
 
 
 @router.post(
     "/start",
     dependencies=[Writer],
-    responses={
-        **RESPONSES,
-        424: {"description": "the gateway.scenario package is not installed"},
-        503: {"description": "workers could not connect to the broker"},
-    },
+    response_model=None,
+    responses={**RESPONSES, 503: {"description": "workers could not connect to the broker"}},
     summary="Start worker processes for a scenario",
-    openapi_extra=_body_schema(StartRequest),
+    openapi_extra=request_body(StartRequest),
 )
-async def start(request: Request, engine: EngineDep, scenarios: ScenariosDep) -> Response:
-    body = await _decode(request, StartRequest)
+async def start(
+    data: Annotated[Any, Body()], engine: EngineDep, scenarios: ScenariosDep
+) -> StructResponse:
+    body = parse_body(StartRequest, data)
     if (body.devices is None) == (body.scenario is None):
         raise HTTPException(_UNPROCESSABLE, "give exactly one of 'devices' and 'scenario'")
     if engine.state != "stopped":
@@ -123,7 +97,7 @@ async def start(request: Request, engine: EngineDep, scenarios: ScenariosDep) ->
         )
     try:
         if body.scenario is not None:
-            scenario = scenarios.load(Path(body.scenario))
+            scenario = scenarios.load(body.scenario)
         else:
             assert body.devices is not None
             scenario = scenarios.default(body.devices, body.interval, body.seed)
@@ -133,28 +107,44 @@ async def start(request: Request, engine: EngineDep, scenarios: ScenariosDep) ->
         )
     except EngineError as exc:
         raise _translate(exc) from exc
-    return _answer(stats)
+    return StructResponse(stats)
 
 
-@router.post("/stop", dependencies=[Writer], responses=RESPONSES, summary="Stop every worker")
-def stop(engine: EngineDep) -> Response:
-    return _answer(engine.stop())
+@router.post(
+    "/stop",
+    dependencies=[Writer],
+    response_model=None,
+    responses=RESPONSES,
+    summary="Stop every worker",
+)
+def stop(engine: EngineDep) -> StructResponse:
+    return StructResponse(engine.stop())
 
 
-@router.post("/pause", dependencies=[Writer], responses=RESPONSES, summary="Hold every stream")
-def pause(engine: EngineDep) -> Response:
+@router.post(
+    "/pause",
+    dependencies=[Writer],
+    response_model=None,
+    responses=RESPONSES,
+    summary="Hold every stream",
+)
+def pause(engine: EngineDep) -> StructResponse:
     try:
-        return _answer(engine.pause())
+        return StructResponse(engine.pause())
     except EngineError as exc:
         raise _translate(exc) from exc
 
 
 @router.post(
-    "/resume", dependencies=[Writer], responses=RESPONSES, summary="Carry on after a pause"
+    "/resume",
+    dependencies=[Writer],
+    response_model=None,
+    responses=RESPONSES,
+    summary="Carry on after a pause",
 )
-def resume(engine: EngineDep) -> Response:
+def resume(engine: EngineDep) -> StructResponse:
     try:
-        return _answer(engine.resume())
+        return StructResponse(engine.resume())
     except EngineError as exc:
         raise _translate(exc) from exc
 
@@ -162,14 +152,15 @@ def resume(engine: EngineDep) -> Response:
 @router.put(
     "/rate",
     dependencies=[Writer],
+    response_model=None,
     responses=RESPONSES,
     summary="Publish `multiplier` times as often as the scenario says",
-    openapi_extra=_body_schema(RateRequest),
+    openapi_extra=request_body(RateRequest),
 )
-async def rate(request: Request, engine: EngineDep) -> Response:
-    body = await _decode(request, RateRequest)
+def rate(data: Annotated[Any, Body()], engine: EngineDep) -> StructResponse:
+    body = parse_body(RateRequest, data)
     try:
-        return _answer(engine.set_rate(body.multiplier))
+        return StructResponse(engine.set_rate(body.multiplier))
     except EngineError as exc:
         raise _translate(exc) from exc
 
@@ -177,14 +168,37 @@ async def rate(request: Request, engine: EngineDep) -> Response:
 @router.put(
     "/size",
     dependencies=[Writer],
+    response_model=None,
     responses=RESPONSES,
     summary="Run this many devices in all, same mix, without a restart",
-    openapi_extra=_body_schema(SizeRequest),
+    openapi_extra=request_body(SizeRequest),
 )
-async def size(request: Request, engine: EngineDep) -> Response:
-    body = await _decode(request, SizeRequest)
+def size(data: Annotated[Any, Body()], engine: EngineDep) -> StructResponse:
+    body = parse_body(SizeRequest, data)
     try:
-        # Building and sending the resized scenario may take a while for a big fleet.
-        return _answer(await run_in_threadpool(engine.resize, body.devices))
+        # Building and sending the resized scenario may take a while for a big fleet (a sync
+        # route: FastAPI runs it on its thread pool, off the event loop).
+        return StructResponse(engine.resize(body.devices))
     except EngineError as exc:
         raise _translate(exc) from exc
+
+
+@router.post(
+    "/faults",
+    dependencies=[Writer],
+    response_model=None,
+    responses=RESPONSES,
+    summary="Inject a fault now (or `after` seconds) into devices of the running fleet",
+    description="Labelled like a scheduled fault: `anomaly` in the readings it touches and a "
+    "start and an end document on the labels topic.",
+    openapi_extra=request_body(
+        FaultRequest, example={"type": "spike", "devices": "device_00*", "duration": 60}
+    ),
+)
+def inject_fault(data: Annotated[Any, Body()], engine: EngineDep) -> StructResponse:
+    fault = parse_body(FaultRequest, data).at(time.time())
+    try:
+        engine.inject(fault)
+    except EngineError as exc:
+        raise _translate(exc) from exc
+    return StructResponse({"fault": fault, "engine": engine.stats()})

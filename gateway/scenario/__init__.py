@@ -8,6 +8,7 @@ plays a scenario faster than real time into a file or a broker.
 from gateway.scenario.generator import Generator, Message
 from gateway.scenario.model import (
     FAULT_TYPES,
+    FaultRequest,
     FaultSpec,
     Scenario,
     ScenarioError,
@@ -20,6 +21,7 @@ from gateway.scenario.model import (
 
 __all__ = [
     "FAULT_TYPES",
+    "FaultRequest",
     "FaultSpec",
     "Generator",
     "Message",

@@ -298,6 +298,25 @@ class FaultSpec(_FaultFields, frozen=True, kw_only=True):
         return self.start + self.duration
 
 
+class FaultRequest(_FaultFields, frozen=True, kw_only=True):
+    """A fault asked for on demand (POST /engine/faults): from `after` seconds from now, for
+    `duration` seconds. The id defaults to one made of the type and the start."""
+
+    id: FaultId | None = None
+    after: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 0.0
+    duration: Positive
+
+    def at(self, now: float) -> FaultSpec:
+        start = now + self.after
+        fields = {f: getattr(self, f) for f in _FaultFields.__struct_fields__}
+        return FaultSpec(
+            **fields,
+            id=self.id or f"{self.type}-{int(start * 1000)}",
+            start=start,
+            duration=self.duration,
+        )
+
+
 class ScheduledFault(_FaultFields, frozen=True, kw_only=True):
     """A fault in a scenario file: `after` the scenario's start, or `at` a moment."""
 
