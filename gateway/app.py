@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -15,7 +16,7 @@ from agent.runtime import agent_version
 from agent.tracing import setup_tracing
 from gateway.compat import SimulatorControl
 from gateway.config import GatewayConfig
-from gateway.engine import EngineController, EngineSettings
+from gateway.engine import EngineController, EngineError, EngineSettings
 from gateway.engine.metrics import EngineCollector
 from gateway.engine.sources import Scenarios, ScenarioSource, endpoint_from_mqtt
 from gateway.metrics import GatewayMetrics
@@ -25,6 +26,48 @@ from gateway.structs import document_structs
 from hardware.sensor import Clock
 
 log = logging.getLogger(__name__)
+
+
+def _open_engine(
+    app: FastAPI,
+    config: GatewayConfig,
+    metrics: GatewayMetrics,
+    scenarios: ScenarioSource | None,
+    settings: EngineSettings | None,
+) -> EngineController:
+    """The scale engine, idle: it starts no process until asked."""
+    engine = EngineController(endpoint_from_mqtt(config.mqtt), settings or config.engine)
+    metrics.registry.register(EngineCollector(engine))
+    app.state.engine = engine
+    app.state.engine_scenarios = scenarios or Scenarios(engine.settings.scenarios_dir)
+    return engine
+
+
+def _start_engine_fleet(
+    engine: EngineController, scenarios: ScenarioSource
+) -> threading.Thread | None:
+    """Start the configured fleet, if any, without holding up the API: workers may wait for
+    the broker. A failure is logged; POST /engine/start can try again."""
+    settings = engine.settings
+    if settings.start_devices is None and settings.start_scenario is None:
+        return None
+
+    def run() -> None:
+        try:
+            if settings.start_scenario is not None:
+                scenario = scenarios.load(settings.start_scenario)
+            else:
+                assert settings.start_devices is not None
+                scenario = scenarios.default(settings.start_devices, settings.start_interval, 0)
+            stats = engine.start(scenario)
+        except EngineError as exc:
+            log.error("engine fleet did not start", extra={"error": str(exc)})
+            return
+        log.info("engine fleet started", extra={"devices": stats.devices})
+
+    thread = threading.Thread(target=run, name="engine-autostart", daemon=True)
+    thread.start()
+    return thread
 
 
 def create_app(
@@ -46,15 +89,7 @@ def create_app(
         app.state.service = service
         control = SimulatorControl(service, config.compat_plan())
         app.state.control = control
-        # The scale engine starts no process until POST /engine/start.
-        scale_engine = EngineController(
-            endpoint_from_mqtt(config.mqtt), engine_settings or config.engine
-        )
-        metrics.registry.register(EngineCollector(scale_engine))
-        app.state.engine = scale_engine
-        app.state.engine_scenarios = engine_scenarios or Scenarios(
-            scale_engine.settings.scenarios_dir
-        )
+        scale_engine = _open_engine(app, config, metrics, engine_scenarios, engine_settings)
         exporter = None
         if (
             observability.prometheus_port is not None
@@ -66,6 +101,7 @@ def create_app(
                 registry=metrics.registry,
             )
         service.start()
+        autostart = _start_engine_fleet(scale_engine, app.state.engine_scenarios)
         log.info(
             "gateway started",
             extra={
@@ -77,6 +113,8 @@ def create_app(
         try:
             yield
         finally:
+            if autostart is not None:
+                autostart.join()
             scale_engine.close()
             control.shutdown()
             service.stop()

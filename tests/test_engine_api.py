@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from agent.config import ConfigError
 from agent.contract import FaultLabel, Telemetry
 from gateway.app import create_app
 from gateway.config import load_gateway_config
@@ -223,3 +224,37 @@ def test_a_fault_injected_through_the_api_is_in_the_stream_and_labelled(
     clean = [r for r in readings if r.device == "device_001" and r.anomaly is None]
     spiked = hit[0].values["temperature"].value
     assert spiked > max(r.values["temperature"].value for r in clean) + 40
+
+
+def test_a_configured_fleet_starts_with_the_gateway(
+    broker: BrokerUnderTest, tmp_path: Path
+) -> None:
+    """`[engine] start_devices`: the original simulator's job, N devices from the start."""
+    toml = gateway_toml(broker, tmp_path, "start_devices = 4\nstart_interval = 0.2\n")
+    config = load_gateway_config(toml, environ={})
+    with (
+        Subscriber(broker, "edgetwin/+/telemetry/+") as sub,
+        TestClient(create_app(config)) as client,
+    ):
+        for device in ("device_000", "device_003"):
+            sub.wait_for(f"edgetwin/{device}/telemetry/env", count=2)
+        status = client.get("/engine/status").json()
+        assert (status["state"], status["devices"]) == ("running", 4)
+    assert {Telemetry.decode(m.payload).device for m in sub.messages()} == {
+        f"device_{i:03d}" for i in range(4)
+    }
+
+
+@pytest.mark.parametrize(
+    ("engine", "reason"),
+    [
+        ('start_devices = 2\nstart_scenario = "a.toml"\n', "cannot be used together"),
+        ('start_scenario = "a.toml"\n', "needs scenarios_dir"),
+        ("start_devices = 300000\n", "above max_devices"),
+    ],
+)
+def test_contradictory_engine_sections_are_refused(
+    broker: BrokerUnderTest, tmp_path: Path, engine: str, reason: str
+) -> None:
+    with pytest.raises(ConfigError, match=reason):
+        load_gateway_config(gateway_toml(broker, tmp_path, engine), environ={})
