@@ -58,6 +58,15 @@ def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
 
 
+def pss_bytes(pid: int) -> int:
+    """Proportional set size: shared pages (the interpreter, libraries) split among the
+    processes that map them, so a sum over processes counts each page once."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 class BrokerCounter:
     """Follows mosquitto's count of PUBLISH packets received, as $SYS announces it."""
 
@@ -256,7 +265,8 @@ def held(broker: MosquittoBroker, counter: BrokerCounter, args: argparse.Namespa
     )
     print(
         f"{'devices':>8} {'target/s':>9} {'delivered/s':>12} {'%':>6} {'p50 ms':>7} "
-        f"{'p99 ms':>7} {'skipped':>8} {'RSS MB':>7} {'workers MB':>10} {'CPU %':>6}"
+        f"{'p99 ms':>7} {'skipped':>8} {'RSS MB':>7} {'PSS MB':>7} {'workers MB':>10} "
+        f"{'CPU %':>6}"
     )
     for devices in args.devices:
         engine = EngineController(
@@ -274,12 +284,13 @@ def held(broker: MosquittoBroker, counter: BrokerCounter, args: argparse.Namespa
         pids = engine.worker_pids()
         c0 = sum(cpu_seconds(p) for p in pids)
         t0 = time.monotonic()
-        peak_rss = 0
+        peak_rss = peak_pss = 0
         end = t0 + args.duration
         while time.monotonic() < end:
             time.sleep(min(1.0, max(end - time.monotonic(), 0)))
-            rss = rss_bytes(os.getpid()) + sum(rss_bytes(p) for p in pids)
-            peak_rss = max(peak_rss, rss)
+            group = [os.getpid(), *pids]
+            peak_rss = max(peak_rss, sum(rss_bytes(p) for p in group))
+            peak_pss = max(peak_pss, sum(pss_bytes(p) for p in group))
         t1 = time.monotonic()
         c1 = sum(cpu_seconds(p) for p in pids)
         after = engine.refresh()
@@ -294,11 +305,12 @@ def held(broker: MosquittoBroker, counter: BrokerCounter, args: argparse.Namespa
         print(
             f"{devices:8d} {devices:9d} {rate:12.0f} {100 * rate / devices:6.1f} "
             f"{(p50 or 0) * 1000:7.2f} {(p99 or 0) * 1000:7.2f} {skipped:8d} "
-            f"{peak_rss / 2**20:7.0f} {workers_rss / 2**20:10.0f} "
+            f"{peak_rss / 2**20:7.0f} {peak_pss / 2**20:7.0f} {workers_rss / 2**20:10.0f} "
             f"{100 * (c1 - c0) / (t1 - t0):6.0f}"
         )
     print(
-        "RSS MB: peak VmRSS of the controller process (gateway.app imported) + all workers;"
+        "RSS MB, PSS MB: peak sums over the controller process (gateway.app imported) and all"
+        " workers; RSS counts shared pages once per process, PSS once in all; workers MB: RSS;"
         " CPU %: workers, of one core"
     )
 

@@ -87,6 +87,9 @@ class Generator:
     def label_topic(self) -> str:
         return "edgetwin/labels"
 
+    def warm(self) -> None:
+        pass  # every stream's state is built in __init__
+
     def inject(self, fault: object) -> None:
         # This fleet has no fault model: an injected fault is kept, for a test to look at.
         self.injected.append(fault)

@@ -39,6 +39,8 @@ class GeneratorLike(Protocol):
 
     def inject(self, fault: Any) -> None: ...
 
+    def warm(self) -> None: ...
+
 
 class ScenarioLike(Protocol):
     @property

@@ -15,9 +15,9 @@ Tests decode them with `agent.contract.Telemetry` to keep the two in step.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -68,6 +68,8 @@ Message = tuple[str, bytes, bool]
 _INF = math.inf
 _fsum = math.fsum
 _NO_CHANGE = math.inf
+
+T = TypeVar("T")
 
 
 def _version() -> str:
@@ -165,13 +167,15 @@ class _Stream:
 
     def __init__(self, spec: StreamSpec) -> None:
         self.spec = spec
-        self.names: list[str] = []
-        self.units: list[str] = []
-        # The quantities' models flattened (see `_flatten`): every leaf model's `sample`, and
-        # per quantity the slice of leaves it sums and the bounds it is clamped to.
-        self.leaves: list[Callable[[float], float]] = []
-        self.spans: list[tuple[int, int, float, float]] = []
-        self.decimals: list[int] = []
+        # names, units, decimals and spans are the same for every stream of a template's
+        # sensor: the generator shares one tuple of each among them (`Generator._shared`).
+        self.names: tuple[str, ...] = ()
+        self.units: tuple[str, ...] = ()
+        # The quantities' models flattened (see `_flatten`): every leaf model, and per
+        # quantity the slice of leaves it sums and the bounds it is clamped to.
+        self.leaves: tuple[SignalModel, ...] = ()
+        self.spans: tuple[tuple[int, int, float, float], ...] = ()
+        self.decimals: tuple[int, ...] = ()
         self.last: list[float] = []
         self.seq = 0
         self.topic = ""
@@ -196,21 +200,27 @@ class Generator:
         self._scenario = scenario
         self._topics = topics
         self._flat = payload == "flat"
-        self._plan = scenario.plan()
+        plan = scenario.plan()
         if streams is None:
-            ours: Sequence[int] = range(len(self._plan))
+            ours: Sequence[int] = range(len(plan))
         else:
             ours = sorted(set(streams))
-            bad = [i for i in ours if not 0 <= i < len(self._plan)]
+            bad = [i for i in ours if not 0 <= i < len(plan)]
             if bad:
-                raise ScenarioError(f"no stream {bad[0]}: the scenario has {len(self._plan)}")
+                raise ScenarioError(f"no stream {bad[0]}: the scenario has {len(plan)}")
         self._ours = frozenset(ours)
+        # The plan of the devices served here only: a worker of a 100,000-device fleet does
+        # not hold the other workers' streams.
+        our_devices = {plan[i][0].device for i in ours}
+        self._plan = {entry[0].index: entry for entry in plan if entry[0].device in our_devices}
+        del plan
         self._by_device: dict[str, list[int]] = {}
         for i in ours:
             self._by_device.setdefault(self._plan[i][0].device, []).append(i)
         self._first_of_device: dict[str, int] = {}
-        for stream, _, _ in self._plan:
-            self._first_of_device.setdefault(stream.device, stream.index)
+        for index, (stream, _, _) in self._plan.items():
+            self._first_of_device.setdefault(stream.device, index)
+        self._interned: dict[Any, Any] = {}
         self._states: dict[int, _Stream] = {}
         self._faults: dict[int, list[FaultSpec]] = {}
         self._boots: dict[str, int] = {}
@@ -263,7 +273,7 @@ class Generator:
         out: list[Message] | None = None
         if t >= st.next_change:
             out = self._advance(st, t)
-        raw = [sample(t) for sample in st.leaves]
+        raw = [leaf.sample(t) for leaf in st.leaves]
         values: list[float] = []
         for a, b, lo, hi in st.spans:
             value = raw[a] if b - a == 1 else _fsum(raw[a:b])
@@ -297,13 +307,22 @@ class Generator:
             raise ScenarioError(f"stream {index} is not served by this generator")
         spec, _, sensor = self._plan[index]
         st = _Stream(spec)
+        leaves: list[SignalModel] = []
+        spans: list[tuple[int, int, float, float]] = []
         for quantity, q in sensor.quantities.items():
-            st.names.append(quantity)
-            st.units.append(q.unit or DEFAULT_UNITS[quantity])
-            st.decimals.append(2 if self._flat else q.decimals)
-            leaves, lo, hi = _flatten(self._signal(spec, quantity, q))
-            st.spans.append((len(st.leaves), len(st.leaves) + len(leaves), lo, hi))
-            st.leaves.extend(leaves)
+            parts, lo, hi = _flatten(self._signal(spec, quantity, q))
+            spans.append((len(leaves), len(leaves) + len(parts), lo, hi))
+            leaves.extend(parts)
+        st.leaves = tuple(leaves)
+        # A 50,000-device fleet holds 50,000 of each: one copy, not one a stream.
+        st.names = self._shared(tuple(sensor.quantities))
+        st.units = self._shared(
+            tuple(q.unit or DEFAULT_UNITS[name] for name, q in sensor.quantities.items())
+        )
+        st.decimals = self._shared(
+            tuple(2 if self._flat else q.decimals for q in sensor.quantities.values())
+        )
+        st.spans = self._shared(tuple(spans))
         st.last = [math.nan] * len(st.names)
         st.topic = self._topics.telemetry(spec.device, spec.sensor)
         st.owner = self._first_of_device[spec.device] == index
@@ -320,14 +339,17 @@ class Generator:
         self._states[index] = st
         return st
 
+    def _shared(self, value: T) -> T:
+        """One instance of an immutable value for every stream that has an equal one."""
+        return self._interned.setdefault(value, value)  # type: ignore[no-any-return]
+
     def _flat_stream(self, device: str) -> int | None:
         """The device's first stream measuring temperature and humidity."""
-        first = self._first_of_device[device]
-        for stream, _, sensor in self._plan[first:]:
-            if stream.device != device:
-                break
-            if {"temperature", "humidity"} <= sensor.quantities.keys():
-                return stream.index
+        index = self._first_of_device[device]
+        while (entry := self._plan.get(index)) is not None and entry[0].device == device:
+            if {"temperature", "humidity"} <= entry[2].quantities.keys():
+                return index
+            index += 1
         return None
 
     def _telemetry_format(self, st: _Stream) -> str:
@@ -536,16 +558,16 @@ class Generator:
         ).encode()
 
 
-def _flatten(model: SignalModel) -> tuple[list[Callable[[float], float]], float, float]:
-    """`Clamp(Sum(a, b, ...))` as ([a.sample, b.sample, ...], lo, hi), to be summed with fsum
-    and clamped by the caller: the same numbers as `model.sample`, without two layers of
-    calls per quantity and reading."""
+def _flatten(model: SignalModel) -> tuple[list[SignalModel], float, float]:
+    """`Clamp(Sum(a, b, ...))` as ([a, b, ...], lo, hi), to be summed with fsum and clamped
+    by the caller: the same numbers as `model.sample`, without two layers of calls per
+    quantity and reading."""
     lo, hi = -_INF, _INF
     if isinstance(model, Clamp):
         lo, hi, model = model.lo, model.hi, model.model
     if isinstance(model, Sum) and model.models:
-        return [m.sample for m in model.models], lo, hi
-    return [model.sample], lo, hi
+        return list(model.models), lo, hi
+    return [model], lo, hi
 
 
 def _schedule(st: _Stream, fault: FaultSpec) -> None:
@@ -554,7 +576,7 @@ def _schedule(st: _Stream, fault: FaultSpec) -> None:
     st.next_change = min(st.next_change, fault.start)
 
 
-def _flat_format(device: str, names: list[str]) -> str:
+def _flat_format(device: str, names: Sequence[str]) -> str:
     """The original simulator's payload, formatted with (ts, seq, *values) like telemetry."""
     if not {"temperature", "humidity"} <= set(names):
         return ""
