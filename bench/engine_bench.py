@@ -10,8 +10,9 @@ Rates are the counter's slope between its first and last update inside the windo
 
 1. Flat-out, QoS 0, 10,000 devices, realistic JSON: the engine with 1 worker at a rate
    multiplier so high that it is always behind, then raw paho-mqtt (a child process running
-   ``client.publish()`` in a plain loop with ``loop_start()``) publishing pre-built payloads of
-   the same size on the same topics. msgs/s per core = msgs/s / (CPU seconds of the publishing
+   ``client.publish()`` in a plain loop, once with ``loop_start()``, once without a loop
+   thread, where publish() writes at once) publishing pre-built payloads of the same size on
+   the same topics; the ratio is against the better of the two. msgs/s per core = msgs/s /
    processes / wall seconds).
 2. Held load at 1 Hz for ``--duration`` seconds, per fleet size: delivered rate against target,
    p50/p99 lateness (publish time minus deadline, from the workers' histograms over the window),
@@ -115,12 +116,17 @@ RAW = textwrap.dedent(
     from paho.mqtt.enums import CallbackAPIVersion
     host, port = sys.argv[1], int(sys.argv[2])
     seconds, size, devices = float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    threaded = sys.argv[6] == "thread"
     topics = [f"edgetwin/device_{i:04d}/telemetry/env" for i in range(devices)]
     payloads = [(b'{"seq":%d,' % i).ljust(size - 1, b" ") + b"}" for i in range(1000)]
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-raw")
     c.connect(host, port)
-    c.loop_start()
-    time.sleep(0.5)
+    if threaded:
+        c.loop_start()
+        time.sleep(0.5)
+    else:
+        while not c.is_connected():
+            c.loop(timeout=0.1)
     sys.stdout.write("go\\n"); sys.stdout.flush()
     n = 0
     end = time.monotonic() + seconds
@@ -128,10 +134,19 @@ RAW = textwrap.dedent(
         for i in range(1000):
             c.publish(topics[n % devices], payloads[i])
             n += 1
+        if not threaded:
+            c.loop(timeout=0)  # without a loop thread, publish() writes at once
     sys.stdout.write(json.dumps({"queued": n}) + "\\n"); sys.stdout.flush()
-    c.disconnect(); c.loop_stop()
+    c.disconnect()
+    if threaded:
+        c.loop_stop()
     """
 )
+
+RAW_MODES = {
+    "thread": "raw paho, loop_start()",
+    "direct": "raw paho, no loop thread",
+}
 
 
 def per_message(broker: MosquittoBroker, args: argparse.Namespace) -> None:
@@ -218,28 +233,30 @@ def flat_out(broker: MosquittoBroker, counter: BrokerCounter, args: argparse.Nam
         rate = counter.rate(t0, t1)
         cores = (c1 - c0) / (t1 - t0)
         rows.append((f"engine, {workers} worker(s)", rate, cores))
-    raw = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            RAW,
-            broker.host,
-            str(broker.port),
-            str(args.flat + 1.5),
-            str(size),
-            str(devices),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert raw.stdout is not None
-    raw.stdout.readline()
-    time.sleep(1.0)
-    c0, t0 = cpu_seconds(raw.pid), time.monotonic()
-    time.sleep(args.flat)
-    c1, t1 = cpu_seconds(raw.pid), time.monotonic()
-    raw.communicate(timeout=30)
-    rows.append(("raw paho, pre-built payloads", counter.rate(t0, t1), (c1 - c0) / (t1 - t0)))
+    for mode, label in RAW_MODES.items():
+        raw = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                RAW,
+                broker.host,
+                str(broker.port),
+                str(args.flat + 1.5),
+                str(size),
+                str(devices),
+                mode,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert raw.stdout is not None
+        raw.stdout.readline()
+        time.sleep(1.0)
+        c0, t0 = cpu_seconds(raw.pid), time.monotonic()
+        time.sleep(args.flat)
+        c1, t1 = cpu_seconds(raw.pid), time.monotonic()
+        raw.communicate(timeout=30)
+        rows.append((label, counter.rate(t0, t1), (c1 - c0) / (t1 - t0)))
 
     print(
         f"\n(1) flat-out, QoS 0, {devices} devices, {size}-byte JSON payloads, "
@@ -250,10 +267,11 @@ def flat_out(broker: MosquittoBroker, counter: BrokerCounter, args: argparse.Nam
     for name, rate, cores in rows:
         per_core[name] = rate / cores if cores else float("nan")
         print(f"{name:34} {rate:9.0f} {cores:6.2f} {per_core[name]:12.0f}")
-    raw_pc = per_core["raw paho, pre-built payloads"]
+    # Against the better of paho's two ways of running: the engine must beat paho at its best.
+    raw_pc = max(per_core[label] for label in RAW_MODES.values())
     for name, value in per_core.items():
         if name.startswith("engine"):
-            print(f"{name}: {value / raw_pc:.2f} x raw paho per core (goal >= 0.8)")
+            print(f"{name}: {value / raw_pc:.2f} x raw paho's best per core (goal >= 0.8)")
 
 
 def held(broker: MosquittoBroker, counter: BrokerCounter, args: argparse.Namespace) -> None:

@@ -41,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     simulate = commands.add_parser(
-        "simulate", help="play a scenario: --virtual runs it faster than real time into a file"
+        "simulate",
+        help="play a scenario to a broker in real time (the scale engine), or with --virtual "
+        "faster than real time into a file or a broker",
     )
     simulate.add_argument("--scenario", type=Path, default=None, help="scenario TOML file")
     simulate.add_argument(
@@ -51,7 +53,11 @@ def _parser() -> argparse.ArgumentParser:
         "--virtual", action="store_true", help="virtual time: as fast as the machine allows"
     )
     simulate.add_argument("--start", default=None, help="ISO 8601 start (UTC without offset)")
-    simulate.add_argument("--duration", default="1h", help="e.g. 3600, 90m, 1d (default 1h)")
+    simulate.add_argument(
+        "--duration",
+        default=None,
+        help="e.g. 3600, 90m, 1d (virtual: default 1h; real time: until Ctrl-C)",
+    )
     target = simulate.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", type=Path, default=None, help="JSON lines file to write")
     target.add_argument("--broker", default=None, metavar="HOST:PORT", help="broker to publish to")
@@ -59,7 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--topic", default=None, help="telemetry topic template")
     simulate.add_argument("--payload", choices=["edgetwin", "flat"], default="edgetwin")
     simulate.add_argument("--qos", type=int, choices=[0, 1], default=1, help="with --broker")
-    simulate.add_argument("--quiet", action="store_true", help="no progress bar")
+    simulate.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
+    simulate.add_argument(
+        "--workers", type=int, default=2, help="real time: worker processes (default 2)"
+    )
 
     sensors = commands.add_parser("sensors", help="list drivers, probe I2C buses, read a sensor")
     sensor_commands = sensors.add_subparsers(
@@ -171,25 +180,51 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     if not args.virtual:
-        print(
-            "edgetwin simulate: only --virtual runs are available here; real-time simulation "
-            "runs in the gateway",
-            file=sys.stderr,
-        )
-        return 2
+        return _simulate_realtime(args)
     from gateway.scenario.virtual import simulate_command
 
     return simulate_command(
         args.scenario,
         devices=args.devices,
         start=args.start,
-        duration=args.duration,
+        duration=args.duration or "1h",
         out=args.out,
         broker=args.broker,
         prefix=args.prefix,
         topic=args.topic,
         payload=args.payload,
         qos=args.qos,
+        quiet=args.quiet,
+    )
+
+
+def _simulate_realtime(args: argparse.Namespace) -> int:
+    from gateway.engine.link import Endpoint
+    from gateway.engine.realtime import run_realtime
+    from gateway.recording import parse_broker
+    from gateway.scenario.model import ScenarioError, parse_duration, scenario_for
+
+    try:
+        if args.broker is None:
+            raise ValueError("--out: only with --virtual; a real-time run publishes to --broker")
+        if args.start is not None:
+            raise ValueError("--start: only with --virtual; a real-time run starts now")
+        if not 1 <= args.workers <= 64:
+            raise ValueError(f"--workers: 1..64, not {args.workers}")
+        host, port = parse_broker(args.broker)
+        scenario = scenario_for(args.scenario, args.devices)
+        seconds = None if args.duration is None else parse_duration(args.duration)
+    except (ScenarioError, ValueError) as exc:
+        print(f"edgetwin simulate: {exc}", file=sys.stderr)
+        return 2
+    endpoint = Endpoint(host=host, port=port, prefix=args.prefix, telemetry_template=args.topic)
+    return run_realtime(
+        scenario,
+        endpoint,
+        seconds=seconds,
+        workers=args.workers,
+        qos=args.qos,
+        payload=args.payload,
         quiet=args.quiet,
     )
 

@@ -93,7 +93,7 @@ def test_flat_payloads_and_a_topic_template(tmp_path: Path) -> None:
     [
         (["--virtual", "--duration", "1h"], "--start: required"),
         (["--virtual", "--start", "2026-01-01", "--duration", "soon"], "not a duration"),
-        (["--start", "2026-01-01"], "only --virtual"),
+        (["--start", "2026-01-01"], "only with --virtual"),
     ],
 )
 def test_bad_invocations_exit_2_with_the_reason(
@@ -144,3 +144,21 @@ def test_a_virtual_run_publishes_to_a_broker(broker: BrokerUnderTest, tmp_path: 
     with Subscriber(broker, "edgetwin/dev-001/status") as late:
         retained = late.wait_for("edgetwin/dev-001/status", timeout=10)
     assert Status.decode(retained[0].payload).state == "online"
+
+
+@pytest.mark.integration
+def test_a_real_time_run_plays_the_fleet_on_the_broker_until_its_duration(
+    broker: BrokerUnderTest,
+) -> None:
+    """Without --virtual the scale engine plays the scenario now, straight to the broker."""
+    with Subscriber(broker, "edgetwin/+/telemetry/+") as sub:
+        result = simulate(
+            "--devices", "3", "--broker", f"{broker.host}:{broker.port}",
+            "--duration", "2", "--workers", "1", "--qos", "0",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        readings = [Telemetry.decode(m.payload) for m in sub.messages()]
+    assert {r.device for r in readings} == {"device_000", "device_001", "device_002"}
+    # One a second per device for two seconds, give or take the start and stop.
+    assert 3 <= len(readings) <= 12
+    assert result.stdout.startswith("3 devices: ")

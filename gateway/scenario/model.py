@@ -714,6 +714,14 @@ def matches(fault: FaultSpec, device: str, sensor: str) -> bool:
 # -- the default fleet -------------------------------------------------------------------------
 
 
+def scenario_for(path: Path | None, devices: int | None, default_devices: int = 10) -> Scenario:
+    """What the command line asks for: the file resized to `devices`, or the default fleet."""
+    if path is None:
+        return default_scenario(devices or default_devices)
+    scenario = load_scenario(path)
+    return scenario if devices is None else scenario.resized(devices)
+
+
 def default_scenario(devices: int, interval: float = 1.0, seed: int = 0) -> Scenario:
     """`devices` devices device_000... (ids zero-padded to max(3, digits)), each with one sensor
     "env" measuring temperature, humidity and pressure with realistic default signals."""

@@ -197,16 +197,11 @@ def simulate_command(
     from datetime import UTC, datetime
 
     from agent.contract import ContractError
-    from gateway.scenario.model import default_scenario, load_scenario, parse_duration
+    from gateway.recording import parse_broker
+    from gateway.scenario.model import parse_duration, scenario_for
 
     try:
-        scenario = (
-            load_scenario(scenario_path)
-            if scenario_path is not None
-            else default_scenario(devices or 10)
-        )
-        if devices is not None and scenario_path is not None:
-            scenario = scenario.resized(devices)
+        scenario = scenario_for(scenario_path, devices)
         seconds = parse_duration(duration)
         if start is not None:
             moment = datetime.fromisoformat(start)
@@ -221,10 +216,7 @@ def simulate_command(
             sink = JsonLinesSink(out)
         else:
             assert broker is not None
-            host, _, port = broker.rpartition(":")
-            if not host or not port.isdigit():
-                raise ScenarioError(f"--broker: expected HOST:PORT, got {broker!r}")
-            sink = BrokerSink(host, int(port), qos=qos)
+            sink = BrokerSink(*parse_broker(broker), qos=qos)
     except (ScenarioError, ContractError, ValueError, OSError) as exc:
         print(f"edgetwin simulate: {exc}", file=sys.stderr)
         return 2
