@@ -13,7 +13,7 @@ Rates are the counter's slope between its first and last update inside the windo
    ``client.publish()`` in a plain loop, once with ``loop_start()``, once without a loop
    thread, where publish() writes at once) publishing pre-built payloads of the same size on
    the same topics; the ratio is against the better of the two. msgs/s per core = msgs/s /
-   processes / wall seconds).
+   (CPU seconds of the publishing processes / wall seconds).
 2. Held load at 1 Hz for ``--duration`` seconds, per fleet size: delivered rate against target,
    p50/p99 lateness (publish time minus deadline, from the workers' histograms over the window),
    and RSS (VmRSS, not PSS) of the controller process, with gateway.app imported so that it
