@@ -72,6 +72,10 @@ def parse_duration(value: float | str) -> float:
             raise ValueError(f"a duration must be a finite number of seconds >= 0, got {value}")
         return float(value)
     text = value.strip().replace(" ", "")
+    try:
+        return parse_duration(float(text))  # "3600": seconds, as a number would be
+    except ValueError:
+        pass
     pos, total = 0, 0.0
     for match in _DURATION_RE.finditer(text):
         if match.start() != pos:
