@@ -14,24 +14,29 @@ Rates are the counter's slope between its first and last update inside the windo
    thread, where publish() writes at once) publishing pre-built payloads of the same size on
    the same topics; the ratio is against the better of the two. msgs/s per core = msgs/s /
    (CPU seconds of the publishing processes / wall seconds).
-2. Held load at 1 Hz for ``--duration`` seconds, per fleet size: delivered rate against target,
-   p50/p99 lateness (publish time minus deadline, from the workers' histograms over the window),
-   and RSS (VmRSS, not PSS) of the controller process, with gateway.app imported so that it
-   weighs what a gateway weighs, plus all workers.
+2. Held load at 1 Hz for ``--duration`` seconds, per fleet size, of a real ``edgetwin
+   gateway`` process whose ``[engine] start_devices`` starts the fleet: delivered rate against
+   target, p50/p99 lateness (publish time minus deadline, from the workers' histograms over the
+   window, read from GET /engine/status), and the peak memory of the gateway with all its
+   children, as the sum of RSS and as the sum of PSS.
 
-Without ``--fake-generator`` the scenario comes from ``gateway.scenario.default_scenario``
-(briefs/interface.md); with it, from bench/engine_fake.py, which emits the same payloads.
+Without ``--fake-generator`` the scenario comes from ``gateway.scenario.default_scenario``; with
+it (for 0 and 1 only), from bench/engine_fake.py, which emits the same payloads at almost no
+cost: the engine's own share.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from agent.contract import Topics
-from gateway.broker import MosquittoBroker
+from gateway.broker import MosquittoBroker, free_port
 from gateway.engine import Endpoint, EngineController, EngineSettings
 from gateway.engine.stats import quantile
 
@@ -157,6 +162,8 @@ def per_message(broker: MosquittoBroker, args: argparse.Namespace) -> None:
     n = 50_000
     scenario = make_scenario(10_000, args.fake_generator)
     generator = scenario.generator(Topics(), list(range(10_000)))
+    if hasattr(generator, "warm"):
+        generator.warm()  # as a worker does before its first deadline
     t0 = time.perf_counter()
     for i in range(n):
         messages = generator.emit(i % 10_000, 1.8e9 + i)
@@ -274,62 +281,133 @@ def flat_out(broker: MosquittoBroker, counter: BrokerCounter, args: argparse.Nam
             print(f"{name}: {value / raw_pc:.2f} x raw paho's best per core (goal >= 0.8)")
 
 
-def held(broker: MosquittoBroker, counter: BrokerCounter, args: argparse.Namespace) -> None:
-    import gateway.app  # noqa: F401  the controller process weighs what a gateway weighs
+def children(pid: int) -> list[int]:
+    """Every descendant of `pid`: the engine's workers and multiprocessing's helper."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *children(int(child))]
+    return found
 
+
+def gateway_toml(directory: Path, broker: MosquittoBroker, devices: int, args: Any) -> Path:
+    path = directory / f"gateway-{devices}.toml"
+    path.write_text(
+        f"""
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+
+[server]
+port = {free_port()}
+
+[observability]
+log_level = "WARNING"
+
+[engine]
+workers = {args.workers}
+qos = {args.qos}
+max_inflight = {args.max_inflight}
+max_queued = {args.max_queued}
+start_devices = {devices}
+start_interval = 1.0
+"""
+    )
+    return path
+
+
+def engine_status(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/engine/status", timeout=10) as answer:
+        status: dict[str, Any] = json.load(answer)
+        return status
+
+
+def held(broker: MosquittoBroker, counter: BrokerCounter, args: argparse.Namespace) -> None:
     print(
         f"\n(2) held load at 1 Hz, QoS {args.qos}, {args.workers} workers, "
-        f"{args.duration:.0f} s window after {args.warmup:.0f} s warm-up"
+        f"{args.duration:.0f} s window after {args.warmup:.0f} s warm-up; "
+        "`edgetwin gateway` with [engine] start_devices"
     )
     print(
         f"{'devices':>8} {'target/s':>9} {'delivered/s':>12} {'%':>6} {'p50 ms':>7} "
-        f"{'p99 ms':>7} {'skipped':>8} {'RSS MB':>7} {'PSS MB':>7} {'workers MB':>10} "
-        f"{'CPU %':>6}"
+        f"{'p99 ms':>7} {'skipped':>8} {'RSS MB':>7} {'PSS MB':>7} {'gateway MB':>10} "
+        f"{'CPU %':>6} {'gw CPU %':>8}"
     )
     for devices in args.devices:
-        engine = EngineController(
-            Endpoint(host=broker.host, port=broker.port),
-            EngineSettings(
-                workers=args.workers,
-                qos=args.qos,
-                max_inflight=args.max_inflight,
-                max_queued=args.max_queued,
-            ),
-        )
-        engine.start(make_scenario(devices, args.fake_generator))
-        time.sleep(args.warmup)
-        before = engine.refresh()
-        pids = engine.worker_pids()
-        c0 = sum(cpu_seconds(p) for p in pids)
-        t0 = time.monotonic()
-        peak_rss = peak_pss = 0
-        end = t0 + args.duration
-        while time.monotonic() < end:
-            time.sleep(min(1.0, max(end - time.monotonic(), 0)))
-            group = [os.getpid(), *pids]
-            peak_rss = max(peak_rss, sum(rss_bytes(p) for p in group))
-            peak_pss = max(peak_pss, sum(pss_bytes(p) for p in group))
-        t1 = time.monotonic()
-        c1 = sum(cpu_seconds(p) for p in pids)
-        after = engine.refresh()
-        workers_rss = sum(rss_bytes(p) for p in pids)
-        engine.stop()
-        counts = [b - a for a, b in zip(before.lateness_counts, after.lateness_counts, strict=True)]
-        p50, p99 = quantile(counts, 0.5), quantile(counts, 0.99)
-        rate = counter.rate(t0, t1)
-        skipped = (after.late_skipped + after.backlog_skipped) - (
-            before.late_skipped + before.backlog_skipped
-        )
-        print(
-            f"{devices:8d} {devices:9d} {rate:12.0f} {100 * rate / devices:6.1f} "
-            f"{(p50 or 0) * 1000:7.2f} {(p99 or 0) * 1000:7.2f} {skipped:8d} "
-            f"{peak_rss / 2**20:7.0f} {peak_pss / 2**20:7.0f} {workers_rss / 2**20:10.0f} "
-            f"{100 * (c1 - c0) / (t1 - t0):6.0f}"
-        )
+        with tempfile.TemporaryDirectory() as tmp:
+            config = gateway_toml(Path(tmp), broker, devices, args)
+            port = int(config.read_text().split("[server]\nport = ")[1].split()[0])
+            log = (Path(tmp) / "gateway.log").open("w")
+            gateway = subprocess.Popen(
+                [sys.executable, "-m", "edgetwin", "gateway", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                row = _held_row(gateway, port, devices, counter, args)
+            finally:
+                gateway.terminate()
+                gateway.wait(timeout=60)
+                log.close()
+        print(row)
     print(
-        "RSS MB, PSS MB: peak sums over the controller process (gateway.app imported) and all"
-        " workers; RSS counts shared pages once per process, PSS once in all; workers MB: RSS;"
-        " CPU %: workers, of one core"
+        "RSS MB, PSS MB: peak sums over the gateway process and all its children (workers, "
+        "multiprocessing's resource tracker); RSS counts shared pages once per process, PSS "
+        "once in all; gateway MB: the gateway process's own RSS; CPU %: workers, of one core; "
+        "gw CPU %: the gateway process (API, twin, MQTT), of one core"
+    )
+
+
+def _held_row(
+    gateway: subprocess.Popen[bytes],
+    port: int,
+    devices: int,
+    counter: BrokerCounter,
+    args: argparse.Namespace,
+) -> str:
+    deadline = time.monotonic() + 120
+    while True:
+        if gateway.poll() is not None:
+            raise SystemExit(f"the gateway exited with {gateway.returncode}")
+        try:
+            if engine_status(port)["state"] == "running":
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit("the gateway's engine did not start within 120 s")
+        time.sleep(0.5)
+    time.sleep(args.warmup)
+    before = engine_status(port)
+    workers = [w["pid"] for w in before["per_worker"]]
+    c0 = sum(cpu_seconds(p) for p in workers)
+    g0 = cpu_seconds(gateway.pid)
+    t0 = time.monotonic()
+    peak_rss = peak_pss = own = 0
+    end = t0 + args.duration
+    while time.monotonic() < end:
+        time.sleep(min(1.0, max(end - time.monotonic(), 0)))
+        group = [gateway.pid, *children(gateway.pid)]
+        peak_rss = max(peak_rss, sum(rss_bytes(p) for p in group))
+        peak_pss = max(peak_pss, sum(pss_bytes(p) for p in group))
+        own = max(own, rss_bytes(gateway.pid))
+    t1 = time.monotonic()
+    c1 = sum(cpu_seconds(p) for p in workers)
+    g1 = cpu_seconds(gateway.pid)
+    after = engine_status(port)
+    counts = [
+        b - a for a, b in zip(before["lateness_counts"], after["lateness_counts"], strict=True)
+    ]
+    p50, p99 = quantile(counts, 0.5), quantile(counts, 0.99)
+    rate = counter.rate(t0, t1)
+    skipped = (after["late_skipped"] + after["backlog_skipped"]) - (
+        before["late_skipped"] + before["backlog_skipped"]
+    )
+    return (
+        f"{devices:8d} {devices:9d} {rate:12.0f} {100 * rate / devices:6.1f} "
+        f"{(p50 or 0) * 1000:7.2f} {(p99 or 0) * 1000:7.2f} {skipped:8d} "
+        f"{peak_rss / 2**20:7.0f} {peak_pss / 2**20:7.0f} {own / 2**20:10.0f} "
+        f"{100 * (c1 - c0) / (t1 - t0):6.0f} {100 * (g1 - g0) / (t1 - t0):8.0f}"
     )
 
 

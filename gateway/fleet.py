@@ -20,6 +20,7 @@ from agent.contract import (
     SensorHealth,
     SensorSettings,
     Server,
+    Source,
     Status,
     Telemetry,
 )
@@ -246,7 +247,12 @@ class Fleet:
         self.add(device)
 
     def apply_telemetry(self, telemetry: Telemetry) -> None:
+        """A reading updates its device's stream. A real device's reading makes a record of a
+        device not heard of before; a simulated one does not: the scale engine's fleet (or
+        another simulator's) is not part of the twin."""
         with self._lock:
+            if telemetry.source is Source.SIMULATED and telemetry.device not in self._devices:
+                return
             twin = self._twin(telemetry.device)
             if twin is None:
                 return

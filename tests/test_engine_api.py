@@ -240,6 +240,8 @@ def test_a_configured_fleet_starts_with_the_gateway(
             sub.wait_for(f"edgetwin/{device}/telemetry/env", count=2)
         status = client.get("/engine/status").json()
         assert (status["state"], status["devices"]) == ("running", 4)
+        # The engine's fleet is not the twin's: its readings make no device records.
+        assert client.get("/devices").json() == []
     assert {Telemetry.decode(m.payload).device for m in sub.messages()} == {
         f"device_{i:03d}" for i in range(4)
     }
