@@ -186,6 +186,8 @@ class Agent:
             self.link,
             max_inflight=config.mqtt.max_inflight,
             drain_rate=settings.drain_rate,
+            # Half the window free again: the loop refills it at once, not at its next poll.
+            on_room=self._wake.set,
         )
         self.readings = 0
 

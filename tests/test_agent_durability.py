@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig, AgentSection, OutboxSettings
+from agent.mqtt import MqttLink
 from agent.outbox import Outbox
+from agent.publisher import OutboxPublisher
 from tests.brokers import BrokerUnderTest
 from tests.conftest import BrokerFactory
 from tests.fleet_helpers import (
@@ -18,10 +21,12 @@ from tests.fleet_helpers import (
     agent_thread,
     agent_toml,
     bme280,
+    mqtt_settings,
     poll,
     start_edgetwin,
     stop_process,
 )
+from tests.mqtt_helpers import Subscriber
 from tests.session_subscriber import SessionSubscriber
 
 pytestmark = pytest.mark.integration
@@ -136,3 +141,43 @@ def test_full_outbox_drops_oldest_counts_them_and_keeps_running(
     assert dropped >= 50
     first_delivered = min(p["seq"] for p in sub.payloads if p["sensor"] == "env")
     assert first_delivered > 1, "the oldest readings should have been the ones dropped"
+
+
+def test_a_backlog_drains_on_room_signals_alone(broker: BrokerUnderTest, tmp_path: Path) -> None:
+    """The publisher refills its window by halves and says when half is free: a loop that
+    waits for nothing but that signal drains the whole backlog, in order, without stalling."""
+    rows = 1000
+    room = threading.Event()
+    signals = 0
+
+    def on_room() -> None:
+        nonlocal signals
+        signals += 1
+        room.set()
+
+    with Outbox(tmp_path / "outbox.db") as outbox, Subscriber(broker, "drain/#") as sub:
+        for _ in range(rows):
+            outbox.put("s", lambda seq: str(seq).encode(), "drain/s")
+        outbox.commit()
+        publisher: OutboxPublisher | None = None
+
+        def delivered(mid: int) -> None:
+            assert publisher is not None
+            publisher.on_delivered(mid)
+
+        link = MqttLink(mqtt_settings(broker), on_delivered=delivered)
+        publisher = OutboxPublisher(outbox, link, max_inflight=100, drain_rate=0, on_room=on_room)
+        link.start()
+        try:
+            assert link.wait_subscribed(10)
+            deadline = time.monotonic() + 20
+            while publisher.delivered < rows:
+                room.clear()
+                publisher.pump()
+                # Nothing else wakes this loop: a missing signal stalls it to the deadline.
+                assert room.wait(max(deadline - time.monotonic(), 0)), "no room signal"
+            sub.wait_for("drain/s", count=rows)
+        finally:
+            link.close()
+        assert [int(m.payload) for m in sub.messages()] == list(range(1, rows + 1))
+        assert signals > 0
