@@ -17,7 +17,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from importlib.metadata import entry_points
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -242,6 +241,10 @@ PIN_FACTORY_ENV = "GPIOZERO_PIN_FACTORY"
 
 
 def _load_pin_factory() -> Factory:
+    # Imported here: importlib.metadata (with email and zipfile) is ~1 MiB that a process
+    # without real GPIO pins never needs.
+    from importlib.metadata import entry_points
+
     available = {ep.name: ep for ep in entry_points(group="gpiozero_pin_factories")}
     wanted = os.environ.get(PIN_FACTORY_ENV)
     names = (wanted,) if wanted else PIN_FACTORY_PREFERENCE

@@ -14,9 +14,9 @@ Tests decode them with `agent.contract.Telemetry` to keep the two in step.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Final, Literal, TypeVar
 
 import msgspec
@@ -72,7 +72,12 @@ _NO_CHANGE = math.inf
 T = TypeVar("T")
 
 
+@functools.cache
 def _version() -> str:
+    # Imported when a status is first written (offline faults): a worker that never writes
+    # one spares importlib.metadata's memory.
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("edgetwin")
     except PackageNotFoundError:
@@ -226,7 +231,6 @@ class Generator:
         self._boots: dict[str, int] = {}
         self._recordings: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
         self._label_topic = topics.labels()
-        self._agent_version = f"edgetwin-scenario/{_version()}"
         self._source = scenario.source
         self._origin = scenario.origin
         for fault in scenario.fault_specs():
@@ -498,7 +502,7 @@ class Generator:
             state=Presence.OFFLINE if event == "start" else Presence.ONLINE,
             ts=at,
             boot=boot,
-            agent_version=self._agent_version,
+            agent_version=f"edgetwin-scenario/{_version()}",
             reason="connection_lost" if event == "start" else "birth",
         )
         return (self._topics.status(device), status.encode(), True)
