@@ -114,6 +114,10 @@ MessageHandler = Callable[[Message], None]
 DeliveryHandler = Callable[[int], None]
 
 
+def _write_in_the_network_thread(client: paho.Client, userdata: Any, sock: Any) -> None:
+    pass  # the network thread's loop() sees the queued packets and writes them
+
+
 class MqttLink:
     """One MQTT connection that reconnects until closed.
 
@@ -163,6 +167,12 @@ class MqttLink:
         # Bounded: past this, publish() refuses instead of growing memory without limit.
         self._client.max_queued_messages_set(max_queued)
         self._client.max_inflight_messages_set(settings.max_inflight)
+        # Only the network thread writes to the socket. Without a loop thread of its own, paho
+        # writes a message from whichever thread publishes it, and two threads taking packets
+        # off its queue can put them on the wire out of order (seen: seq 667 before 666). With
+        # a write hook registered, publish() only queues and wakes our loop through paho's
+        # socket pair.
+        self._client.on_socket_register_write = _write_in_the_network_thread
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
