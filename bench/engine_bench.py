@@ -21,8 +21,8 @@ Rates are the counter's slope between its first and last update inside the windo
    children, as the sum of RSS and as the sum of PSS.
 
 Without ``--fake-generator`` the scenario comes from ``gateway.scenario.default_scenario``; with
-it (for 0 and 1 only), from bench/engine_fake.py, which emits the same payloads at almost no
-cost: the engine's own share.
+it (for 0 and 1 only), from the engine tests' stand-in (tests/engine_helpers.py), which emits
+payloads of the same shape at almost no cost: the engine's own share.
 """
 
 from __future__ import annotations
@@ -106,10 +106,11 @@ class BrokerCounter:
 
 def make_scenario(devices: int, fake: bool) -> Any:
     if fake:
-        from engine_fake import FakeScenario
+        # The engine tests' stand-in: contract-shaped payloads from a few sines, almost free.
+        from tests.engine_helpers import TestScenario
 
-        return FakeScenario(devices=devices)
-    from gateway.scenario import default_scenario  # type: ignore[import-not-found]
+        return TestScenario(devices=devices)
+    from gateway.scenario import default_scenario
 
     return default_scenario(devices)
 
@@ -162,8 +163,7 @@ def per_message(broker: MosquittoBroker, args: argparse.Namespace) -> None:
     n = 50_000
     scenario = make_scenario(10_000, args.fake_generator)
     generator = scenario.generator(Topics(), list(range(10_000)))
-    if hasattr(generator, "warm"):
-        generator.warm()  # as a worker does before its first deadline
+    generator.warm()  # as a worker does before its first deadline
     t0 = time.perf_counter()
     for i in range(n):
         messages = generator.emit(i % 10_000, 1.8e9 + i)
@@ -416,7 +416,7 @@ def main() -> None:
     parser.add_argument(
         "--fake-generator",
         action="store_true",
-        help="use bench/engine_fake.py instead of gateway.scenario",
+        help="use the engine tests' stand-in (tests/engine_helpers.py) instead of gateway.scenario",
     )
     parser.add_argument("--duration", type=float, default=60.0, help="held-load window, s")
     parser.add_argument("--warmup", type=float, default=3.0)

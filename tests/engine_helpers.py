@@ -1,10 +1,11 @@
-"""A small scenario for engine tests that follows briefs/interface.md exactly.
+"""A small stand-in scenario for the engine's tests and `engine_bench.py --fake-generator`.
 
-The real `gateway.scenario` package belongs to another helper; the engine is coded against
-the interface, and these classes implement it in the simplest honest way: every device one
-sensor "env" with temperature, humidity and pressure, values a smooth function of the seed,
-the stream and `t`, payloads the contract's `Telemetry` JSON (or the flat payload). Picklable
-(a msgspec Struct), since each worker process builds its own generator from it.
+The engine is coded against the scenario protocols of gateway/engine/interface.py; these
+classes implement them in the simplest honest way, so that engine tests can predict every
+payload and the bench can measure the engine's own cost: every device one sensor "env" with
+temperature, humidity and pressure, values a smooth function of the seed, the stream and `t`,
+payloads the contract's `Telemetry` JSON (or the flat payload). Picklable (a msgspec Struct),
+since each worker process builds its own generator from it.
 """
 
 from __future__ import annotations
