@@ -40,7 +40,7 @@ def run_realtime(
     """Run until `seconds` have passed (None: until SIGINT or SIGTERM); the exit code."""
     if scenario.origin is None:
         scenario = scenario.with_start(time.time())
-    settings = EngineSettings(workers=workers, max_workers=max(workers, 1), qos=qos)
+    settings = EngineSettings(workers=workers, max_workers=workers, qos=qos, payload=payload)
     engine = EngineController(endpoint, settings)
     stop = threading.Event()
 
@@ -50,7 +50,7 @@ def run_realtime(
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
-            engine.start(scenario, workers, qos, payload)
+            engine.start(scenario)
         except EngineError as exc:
             print(f"edgetwin simulate: {exc}", file=sys.stderr)
             return 1

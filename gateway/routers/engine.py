@@ -8,6 +8,8 @@ the engine's state does not allow answers 4xx with the reason, never 500.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -55,6 +57,15 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+@contextmanager
+def _http_errors() -> Iterator[None]:
+    """The engine's refusals as 4xx (503 when workers cannot reach the broker), never 500."""
+    try:
+        yield
+    except EngineError as exc:
+        raise _translate(exc) from exc
+
+
 def _translate(exc: EngineError) -> HTTPException:
     if isinstance(exc, EngineInputError):
         return HTTPException(_UNPROCESSABLE, str(exc))
@@ -95,7 +106,7 @@ async def start(
             _UNPROCESSABLE,
             f"devices must be 1..{engine.settings.max_devices}, not {body.devices}",
         )
-    try:
+    with _http_errors():
         if body.scenario is not None:
             scenario = scenarios.load(body.scenario)
         else:
@@ -105,8 +116,6 @@ async def start(
         stats = await run_in_threadpool(
             engine.start, scenario, body.workers, body.qos, body.payload
         )
-    except EngineError as exc:
-        raise _translate(exc) from exc
     return StructResponse(stats)
 
 
@@ -129,10 +138,8 @@ def stop(engine: EngineDep) -> StructResponse:
     summary="Hold every stream",
 )
 def pause(engine: EngineDep) -> StructResponse:
-    try:
+    with _http_errors():
         return StructResponse(engine.pause())
-    except EngineError as exc:
-        raise _translate(exc) from exc
 
 
 @router.post(
@@ -143,10 +150,8 @@ def pause(engine: EngineDep) -> StructResponse:
     summary="Carry on after a pause",
 )
 def resume(engine: EngineDep) -> StructResponse:
-    try:
+    with _http_errors():
         return StructResponse(engine.resume())
-    except EngineError as exc:
-        raise _translate(exc) from exc
 
 
 @router.put(
@@ -159,10 +164,8 @@ def resume(engine: EngineDep) -> StructResponse:
 )
 def rate(data: Annotated[Any, Body()], engine: EngineDep) -> StructResponse:
     body = parse_body(RateRequest, data)
-    try:
+    with _http_errors():
         return StructResponse(engine.set_rate(body.multiplier))
-    except EngineError as exc:
-        raise _translate(exc) from exc
 
 
 @router.put(
@@ -175,12 +178,10 @@ def rate(data: Annotated[Any, Body()], engine: EngineDep) -> StructResponse:
 )
 def size(data: Annotated[Any, Body()], engine: EngineDep) -> StructResponse:
     body = parse_body(SizeRequest, data)
-    try:
+    with _http_errors():
         # Building and sending the resized scenario may take a while for a big fleet (a sync
         # route: FastAPI runs it on its thread pool, off the event loop).
         return StructResponse(engine.resize(body.devices))
-    except EngineError as exc:
-        raise _translate(exc) from exc
 
 
 @router.post(
@@ -197,8 +198,6 @@ def size(data: Annotated[Any, Body()], engine: EngineDep) -> StructResponse:
 )
 def inject_fault(data: Annotated[Any, Body()], engine: EngineDep) -> StructResponse:
     fault = parse_body(FaultRequest, data).at(time.time())
-    try:
+    with _http_errors():
         engine.inject(fault)
-    except EngineError as exc:
-        raise _translate(exc) from exc
     return StructResponse({"fault": fault, "engine": engine.stats()})
