@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from agent.contract import ContractError, DesiredConfig, SensorSettings, check_id
 from hardware import HardwareError
@@ -33,13 +34,19 @@ class Rejection(Exception):
         self.version = version
 
 
-def _claimed_version(payload: bytes) -> int | None:
-    """The version a refused document claims, for the rejection report, if it has one."""
+def _as_object(payload: bytes) -> dict[str, Any]:
+    """A refused document read leniently, for its report: {} when it is no JSON object."""
     try:
-        version = json.loads(payload).get("version")
-    except (ValueError, AttributeError, RecursionError):
+        document = json.loads(payload)
+    except (ValueError, RecursionError):
         # RecursionError: deeply nested JSON ("[[[[..."), well under MAX_DESIRED_BYTES.
-        return None
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def _claimed_version(document: dict[str, Any]) -> int | None:
+    """The version a refused document claims, for the rejection report, if it has one."""
+    version = document.get("version")
     return (
         version
         if isinstance(version, int) and not isinstance(version, bool) and version >= 0
@@ -47,12 +54,9 @@ def _claimed_version(payload: bytes) -> int | None:
     )
 
 
-def _culprit(payload: bytes) -> str | None:
+def _culprit(document: dict[str, Any]) -> str | None:
     """The first sensor entry at fault, by name: the decoder's error gives only its position."""
-    try:
-        sensors = json.loads(payload).get("sensors")
-    except (ValueError, AttributeError, RecursionError):
-        return None
+    sensors = document.get("sensors")
     if not isinstance(sensors, dict):
         return None
     for name, settings in sensors.items():
@@ -83,7 +87,8 @@ def validate_desired(
     try:
         desired = DesiredConfig.decode(payload)
     except ContractError as exc:
-        raise Rejection(_culprit(payload) or str(exc), _claimed_version(payload)) from exc
+        document = _as_object(payload)
+        raise Rejection(_culprit(document) or str(exc), _claimed_version(document)) from exc
     if desired.device != device:
         raise Rejection(
             f"document is for device {desired.device!r}, not {device!r}", desired.version
