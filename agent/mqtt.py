@@ -36,6 +36,7 @@ from agent.config import MqttSettings
 log = logging.getLogger(__name__)
 
 LOOP_TIMEOUT = 0.2  # seconds one network-loop pass may block; bounds how fast close() returns
+_NO_RECEIVE_MAXIMUM = 65_535  # MQTT 5's value when the broker names none, and 3.1.1's in effect
 
 
 class MqttError(Exception):
@@ -136,7 +137,11 @@ class MqttLink:
         on_message: MessageHandler | None = None,
         on_delivered: DeliveryHandler | None = None,
         max_queued: int = 0,
+        max_inflight: int | None = None,
     ) -> None:
+        """`max_inflight` is paho's window of unacknowledged QoS 1 messages, by default the
+        settings'. 0 turns it off, for a caller that keeps a window of its own: paho's looks
+        through every message in flight at each PUBACK, which is most of a fast drain's cost."""
         self.settings = settings
         self.client_id = client_id or settings.client_id or f"edgetwin-{uuid.uuid4().hex[:12]}"
         self._v5 = settings.protocol == "5"
@@ -166,7 +171,9 @@ class MqttLink:
             self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         # Bounded: past this, publish() refuses instead of growing memory without limit.
         self._client.max_queued_messages_set(max_queued)
-        self._client.max_inflight_messages_set(settings.max_inflight)
+        self._client.max_inflight_messages_set(
+            settings.max_inflight if max_inflight is None else max_inflight
+        )
         # Only the network thread writes to the socket. Without a loop thread of its own, paho
         # writes a message from whichever thread publishes it, and two threads taking packets
         # off its queue can put them on the wire out of order (seen: seq 667 before 666). With
@@ -198,6 +205,9 @@ class MqttLink:
         self._backoff = Backoff(settings.reconnect_min_delay, settings.reconnect_max_delay)
         self.connect_count = 0
         self.disconnect_count = 0
+        # The broker's MQTT 5 Receive Maximum: QoS 1 messages it takes unacknowledged from us.
+        # paho does not enforce it, so a caller keeping its own window should.
+        self.receive_maximum = _NO_RECEIVE_MAXIMUM
         self.unsolicited = 0
 
     @property
@@ -365,6 +375,7 @@ class MqttLink:
                 extra={"broker": self._broker(), "reason": str(reason_code)},
             )
             return
+        self.receive_maximum = getattr(properties, "ReceiveMaximum", _NO_RECEIVE_MAXIMUM)
         self.connect_count += 1
         log.info(
             "connected to broker",

@@ -24,11 +24,12 @@ Delivery is at least once. An ack is applied at the next commit too, so after a 
 rows acknowledged since the last commit come back and are published a second time; consumers
 discard duplicates by (stream, seq), which is what seq is for.
 
-Threads: the agent calls `put()` and `maybe_commit()` from its main loop and `ack()` from
-paho's network thread. All methods are thread-safe (one connection, one lock). `ack()` never
-waits for the disk: it only appends the ids to a list under a lock of its own, which the next
-`pending()`, `commit()` or read of `depth` takes in, so paho's thread is never stuck behind a
-fsync on a slow SD card.
+Threads: the agent calls `put()` and `maybe_commit()` from its main loop, `ack()` and
+`try_pending()` from paho's network thread. All methods are thread-safe (one connection, one
+lock). Neither of the network thread's calls waits for the disk: `ack()` only appends the ids
+to a list under a lock of its own, which the next read or commit takes in, and `try_pending()`
+gives up at once while a commit holds the lock, so paho's thread is never stuck behind a fsync
+on a slow SD card.
 
 Only the standard library's sqlite3 is used: the agent must stay light.
 """
@@ -428,7 +429,9 @@ class Outbox:
         size = self._db_bytes - self._acked_bytes
         try:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany("DELETE FROM outbox WHERE id = ?", ((i,) for i in acked))
+            # By runs of consecutive ids, which acks mostly are: a statement per row would
+            # hand the GIL to paho's thread and back at every row of a drain's commit.
+            conn.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?", _runs(acked))
             db_gone, db_gone_bytes, skip = self._make_room(conn, count, size, rows)
             conn.executemany(
                 "INSERT INTO outbox (stream, seq, topic, payload, qos, created) "
@@ -550,35 +553,48 @@ class Outbox:
         Pass the id of the last entry already in flight as ``after_id`` to read the next batch
         while earlier ones await their PUBACK.
         """
+        with self._lock:
+            return self._pending_locked(limit, after_id)
+
+    def try_pending(self, limit: int, after_id: int | None = None) -> list[Entry] | None:
+        """`pending()` for paho's network thread: None at once if a commit holds the outbox,
+        rather than waiting behind its fsync."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._pending_locked(limit, after_id)
+        finally:
+            self._lock.release()
+
+    def _pending_locked(self, limit: int, after_id: int | None) -> list[Entry]:
         if limit < 1:
             return []
-        with self._lock:
-            conn = self._check_open()
-            self._take_in_acks(conn)
-            acked = self._acked
-            # Acked rows are still in the table until the next commit; read enough to skip
-            # them, and stop stepping the cursor as soon as the batch is full.
-            cursor = conn.execute(
-                "SELECT id, stream, seq, topic, payload, qos, created FROM outbox "
-                "WHERE id > ? ORDER BY id LIMIT ?",
-                (after_id if after_id is not None else 0, limit + len(acked)),
-            )
-            entries: list[Entry] = []
-            try:
-                if len(self._handed) > _HANDED_MAX:
-                    self._handed.clear()  # rows lost in flight pile up: queries will do
-                for row in cursor:
-                    if row[0] in acked:
-                        continue
-                    entries.append(Entry(*row))
-                    self._handed[row[0]] = len(row[4])
-                    if len(entries) == limit:
-                        break
-            except sqlite3.Error as exc:
-                raise OutboxError(f"outbox read failed: {exc}") from exc
-            finally:
-                cursor.close()
-            return entries
+        conn = self._check_open()
+        self._take_in_acks(conn)
+        acked = self._acked
+        # Acked rows are still in the table until the next commit; read enough to skip
+        # them, and stop stepping the cursor as soon as the batch is full.
+        cursor = conn.execute(
+            "SELECT id, stream, seq, topic, payload, qos, created FROM outbox "
+            "WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id if after_id is not None else 0, limit + len(acked)),
+        )
+        entries: list[Entry] = []
+        try:
+            if len(self._handed) > _HANDED_MAX:
+                self._handed.clear()  # rows lost in flight pile up: queries will do
+            for row in cursor:
+                if row[0] in acked:
+                    continue
+                entries.append(Entry(*row))
+                self._handed[row[0]] = len(row[4])
+                if len(entries) == limit:
+                    break
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox read failed: {exc}") from exc
+        finally:
+            cursor.close()
+        return entries
 
     @property
     def path(self) -> Path:
@@ -720,6 +736,17 @@ def _drop_oldest(conn: sqlite3.Connection, over_count: int, over_bytes: int) -> 
     if last_id is not None:
         conn.execute("DELETE FROM outbox WHERE id <= ?", (last_id,))
     return gone_count, gone_bytes
+
+
+def _runs(ids: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted runs of consecutive ids, as (first, last) pairs."""
+    runs: list[tuple[int, int]] = []
+    for row_id in sorted(ids):
+        if runs and runs[-1][1] == row_id - 1:
+            runs[-1] = (runs[-1][0], row_id)
+        else:
+            runs.append((row_id, row_id))
+    return runs
 
 
 def _last_id(conn: sqlite3.Connection) -> int:

@@ -180,13 +180,17 @@ class Agent:
             on_connect=self._on_connect,
             on_message=self._on_message,
             on_delivered=self._on_delivered,
+            max_inflight=0,  # the publisher keeps the window
         )
         self.publisher = OutboxPublisher(
             self.outbox,
             self.link,
             max_inflight=config.mqtt.max_inflight,
             drain_rate=settings.drain_rate,
-            # Half the window free again: the loop refills it at once, not at its next poll.
+            # In the broker's Receive Maximum, room for our status, state and reported
+            # documents, which may be in flight at once.
+            reserved=3,
+            # The network thread found the outbox busy: the loop reads once the commit is done.
             on_room=self._wake.set,
         )
         self.readings = 0

@@ -9,10 +9,12 @@ asserts nothing. Everything is bounded in time (well under a minute by default).
    process under ``strace -c`` (fsync + fdatasync), when strace is installed, so the timed
    runs are not slowed by tracing.
 2. Drain: the N readings of step 1, committed, are published to a private mosquitto on
-   127.0.0.1 (`gateway.broker.MosquittoBroker`) by a paho-mqtt 2 client at QoS 1: read
-   `pending()` in batches, publish, `ack()` on PUBACK (on_publish), `maybe_commit()` in the
-   loop. Beside it, raw paho QoS 1 publishing of the same payloads to the same broker with
-   the same max_inflight is the baseline; the ratio is outbox / raw.
+   127.0.0.1 (`gateway.broker.MosquittoBroker`) at QoS 1 by the agent's own path,
+   `agent.publisher.OutboxPublisher` over `agent.mqtt.MqttLink`, built as `agent.runtime`
+   builds them: each row leaves the outbox on its PUBACK. Beside it, raw paho QoS 1
+   publishing of the same payloads to the same broker, with the same window of messages in
+   flight, is the baseline; the ratio is agent / raw. The broker announces that window as
+   its MQTT 5 Receive Maximum, which the agent honours and raw paho ignores.
 """
 
 from __future__ import annotations
@@ -207,98 +209,13 @@ def drain_raw(
     return {"msgs": acked, "seconds": elapsed, "failed": failed, "complete": finished}
 
 
-def drain_outbox(
-    broker: MosquittoBroker, path: Path, inflight: int, window: int, batch: int, timeout: float
-) -> dict[str, float]:
-    """Drain the outbox the way the agent would: pending -> publish -> ack on PUBACK."""
-    lock = threading.Lock()
-    # Woken when the window has room for a whole batch again, not at every PUBACK: fewer
-    # thread switches (and GIL hand-overs) between paho's network thread and this loop.
-    room = threading.Condition(lock)
-    id_of_mid: dict[int, int] = {}
-    early: dict[int, bool] = {}  # PUBACKs that beat the registration of their mid
-    counts = {"acked": 0, "failed": 0, "handed": 0}
-    window = max(window, inflight)
-    batch = min(batch, window)
-
-    with Outbox(path) as box:
-        total = box.depth
-        all_acked = threading.Event()
-
-        def settled_locked(ok: bool) -> None:
-            counts["acked" if ok else "failed"] += 1
-            counts["handed"] -= 1
-            if counts["handed"] == window - batch:
-                room.notify()
-            if counts["acked"] + counts["failed"] == total:
-                all_acked.set()
-
-        def on_ack(mid: int, ok: bool) -> None:
-            with lock:
-                row_id = id_of_mid.pop(mid, None)
-                if row_id is None:
-                    early[mid] = ok
-                    return
-                settled_locked(ok)
-            if ok:  # a refused publish stays in the outbox for the next round
-                box.ack((row_id,))  # cheap: never waits for the disk
-
-        session = Session(broker, inflight, "outbox", on_ack)
-        start = time.perf_counter()
-        deadline = start + timeout
-        commits_before = box.commits
-        last_id: int | None = None
-        try:
-            while time.perf_counter() < deadline:
-                entries = box.pending(batch, after_id=last_id)
-                if not entries:
-                    if all_acked.wait(0.01) or total == 0:
-                        break
-                    box.maybe_commit()
-                    continue
-                # Hand paho at most `window` unacknowledged rows: its max_inflight of them
-                # on the wire, the rest in its queue, sent by its own thread as PUBACKs come
-                # back. A bounded window, because paho's queue lives in memory only.
-                with room:
-                    while counts["handed"] + len(entries) > window:
-                        if not room.wait(0.5) and time.perf_counter() > deadline:
-                            raise TimeoutError
-                    counts["handed"] += len(entries)
-                for entry in entries:
-                    mid = session.client.publish(entry.topic, entry.payload, qos=entry.qos).mid
-                    with lock:
-                        ok = early.pop(mid, None)
-                        if ok is None:
-                            id_of_mid[mid] = entry.id
-                        else:
-                            settled_locked(ok)
-                    if ok:
-                        box.ack((entry.id,))
-                last_id = entries[-1].id
-                box.maybe_commit()
-        except TimeoutError:
-            pass
-        box.commit()  # the drain is done when the deletions are durable
-        elapsed = time.perf_counter() - start
-        session.close()
-        left = box.depth
-        commits = box.commits - commits_before
-    return {
-        "msgs": counts["acked"],
-        "seconds": elapsed,
-        "failed": counts["failed"],
-        "complete": left == 0,
-        "left": left,
-        "commits": commits,
-    }
-
-
 def drain_agent(
     broker: MosquittoBroker, path: Path, inflight: int, timeout: float
 ) -> dict[str, float]:
     """The agent's own path: agent.publisher.OutboxPublisher over agent.mqtt.MqttLink (TCP
-    nodelay, its own network thread), with no drain-rate limit, pumped as agent.runtime's loop
-    pumps it: when the publisher signals that half its window is free."""
+    nodelay, its own network thread, paho's window off), with no drain-rate limit, pumped as
+    agent.runtime's loop pumps it during a backlog: every 10 ms, or when the publisher asks
+    (`on_room`), committing as it goes."""
     room = threading.Event()
     with Outbox(path) as box:
         total = box.depth
@@ -311,7 +228,9 @@ def drain_agent(
         settings = MqttSettings(
             host=broker.host, port=broker.port, protocol=broker.protocol, max_inflight=inflight
         )
-        link = MqttLink(settings, on_delivered=delivered, on_connect=lambda _link: room.set())
+        link = MqttLink(
+            settings, on_delivered=delivered, on_connect=lambda _link: room.set(), max_inflight=0
+        )
         publisher = OutboxPublisher(
             box, link, max_inflight=inflight, drain_rate=0, on_room=room.set
         )
@@ -382,18 +301,14 @@ def fmt_rate(count: float, seconds: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=20_000, help="readings (default 20000)")
-    parser.add_argument("--inflight", type=int, default=100, help="paho max_inflight")
     parser.add_argument(
-        "--window",
-        type=int,
-        default=100,
-        help="rows handed to paho and not yet acked (at least --inflight)",
+        "--inflight", type=int, default=100, help="QoS 1 messages in flight (window)"
     )
-    parser.add_argument("--batch", type=int, default=50, help="pending() batch size")
+    parser.add_argument("--batch", type=int, default=50, help="pending() batch, outbox alone")
     parser.add_argument("--dir", type=Path, default=None, help="where the outbox files go")
     parser.add_argument("--enqueue-seconds", type=float, default=4.0, help="per enqueue run")
     parser.add_argument("--drain-seconds", type=float, default=6.0, help="per drain run")
-    parser.add_argument("--rounds", type=int, default=3, help="drain runs of each kind")
+    parser.add_argument("--rounds", type=int, default=5, help="drain runs of each kind")
     parser.add_argument(
         "--budget", type=float, default=50.0, help="no new drain round after this many seconds"
     )
@@ -447,28 +362,20 @@ def main() -> None:
             rows.append(("drain", "skipped", "mosquitto binary not found"))
             return
         raws: list[dict[str, float]] = []
-        outs: list[dict[str, float]] = []
         agents: list[dict[str, float]] = []
-        with MosquittoBroker() as broker:
+        receive_maximum = [f"max_inflight_messages {args.inflight}"]
+        with MosquittoBroker(extra_config=receive_maximum) as broker:
             for round_ in range(args.rounds):
                 left = args.budget - (time.monotonic() - started)
                 if round_ and left < 2 * args.drain_seconds:
                     break  # another round might overrun the time budget
                 raws.append(drain_raw(broker, payloads, args.inflight, args.drain_seconds))
-                copy = copy_of(backlog, f"drain-{round_}")
-                outs.append(
-                    drain_outbox(
-                        broker, copy, args.inflight, args.window, args.batch, args.drain_seconds
-                    )
-                )
                 agent_copy = copy_of(backlog, f"agent-{round_}")
                 agents.append(drain_agent(broker, agent_copy, args.inflight, args.drain_seconds))
         raw = median_run(raws)
-        out = median_run(outs)
         agent = median_run(agents)
         agent_rate = agent["msgs"] / agent["seconds"]
         raw_rate = raw["msgs"] / raw["seconds"]
-        out_rate = out["msgs"] / out["seconds"]
         rows.append(
             (
                 "outbox alone: pending -> ack -> commit",
@@ -487,21 +394,12 @@ def main() -> None:
         )
         rows.append(
             (
-                "outbox drain: pending -> publish -> ack",
-                f"{out_rate:,.0f} msgs/s",
-                f"{int(out['msgs'])}/{len(payloads)} acked in {out['seconds']:.2f} s, "
-                f"{int(out['commits'])} commits, depth left {int(out['left'])}"
-                + ("" if out["complete"] else " (TIMED OUT)")
-                + f"; runs: {rates(outs)}",
-            )
-        )
-        rows.append(("ratio outbox / raw (median runs)", f"{out_rate / raw_rate:.2f}", ""))
-        rows.append(
-            (
                 "agent: OutboxPublisher + MqttLink",
                 f"{agent_rate:,.0f} msgs/s",
                 f"{int(agent['msgs'])}/{len(payloads)} acked in {agent['seconds']:.2f} s, "
-                f"depth left {int(agent['left'])}; runs: {rates(agents)}",
+                f"{int(agent['commits'])} commits, depth left {int(agent['left'])}"
+                + ("" if agent["complete"] else " (TIMED OUT)")
+                + f"; runs: {rates(agents)}",
             )
         )
         rows.append(("ratio agent / raw (median runs)", f"{agent_rate / raw_rate:.2f}", ""))
@@ -512,8 +410,8 @@ def main() -> None:
 
 def print_table(args: argparse.Namespace, rows: list[tuple[str, str, str]], took: float) -> None:
     print(
-        f"outbox bench: N={args.n}, ~250-byte JSON readings, max_inflight={args.inflight}, "
-        f"outbox window={max(args.window, args.inflight)}, pending batch={args.batch}"
+        f"outbox bench: N={args.n}, ~250-byte JSON readings, {args.inflight} QoS 1 messages "
+        f"in flight, pending batch (outbox alone)={args.batch}"
     )
     print(
         f"python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "

@@ -14,6 +14,7 @@ from agent.config import AgentConfig, AgentSection, OutboxSettings
 from agent.mqtt import MqttLink
 from agent.outbox import Outbox
 from agent.publisher import OutboxPublisher
+from gateway.broker import MosquittoBroker
 from tests.brokers import BrokerUnderTest
 from tests.conftest import BrokerFactory
 from tests.fleet_helpers import (
@@ -26,7 +27,7 @@ from tests.fleet_helpers import (
     start_edgetwin,
     stop_process,
 )
-from tests.mqtt_helpers import Subscriber
+from tests.mqtt_helpers import Endpoint, Subscriber
 from tests.session_subscriber import SessionSubscriber
 
 pytestmark = pytest.mark.integration
@@ -143,41 +144,116 @@ def test_full_outbox_drops_oldest_counts_them_and_keeps_running(
     assert first_delivered > 1, "the oldest readings should have been the ones dropped"
 
 
-def test_a_backlog_drains_on_room_signals_alone(broker: BrokerUnderTest, tmp_path: Path) -> None:
-    """The publisher refills its window by halves and says when half is free: a loop that
-    waits for nothing but that signal drains the whole backlog, in order, without stalling."""
+def committed_backlog(outbox: Outbox, rows: int, topic: str) -> None:
+    for _ in range(rows):
+        outbox.put("s", lambda seq: str(seq).encode(), topic)
+    outbox.commit()
+
+
+class Drain:
+    """An OutboxPublisher over an MqttLink, wired as agent.runtime wires them."""
+
+    def __init__(
+        self, outbox: Outbox, broker: Endpoint, *, max_inflight: int = 100, reserved: int = 0
+    ) -> None:
+        self.room_signals = 0
+        self.room = threading.Event()
+        self.max_seen_inflight = 0
+        self.link = MqttLink(mqtt_settings(broker), on_delivered=self._delivered, max_inflight=0)
+        self.publisher = OutboxPublisher(
+            outbox,
+            self.link,
+            max_inflight=max_inflight,
+            reserved=reserved,
+            drain_rate=0,
+            on_room=self._on_room,
+        )
+
+    def _delivered(self, mid: int) -> None:
+        self.max_seen_inflight = max(self.max_seen_inflight, self.publisher.inflight)
+        self.publisher.on_delivered(mid)
+
+    def _on_room(self) -> None:
+        self.room_signals += 1
+        self.room.set()
+
+    def __enter__(self) -> Drain:
+        self.link.start()
+        assert self.link.wait_subscribed(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.link.close()
+
+
+def test_the_network_thread_drains_a_backlog_without_the_loop(
+    broker: BrokerUnderTest, tmp_path: Path
+) -> None:
+    """One pump starts the drain; PUBACKs alone carry it on, reading the outbox as they go."""
     rows = 1000
-    room = threading.Event()
-    signals = 0
-
-    def on_room() -> None:
-        nonlocal signals
-        signals += 1
-        room.set()
-
     with Outbox(tmp_path / "outbox.db") as outbox, Subscriber(broker, "drain/#") as sub:
-        for _ in range(rows):
-            outbox.put("s", lambda seq: str(seq).encode(), "drain/s")
-        outbox.commit()
-        publisher: OutboxPublisher | None = None
-
-        def delivered(mid: int) -> None:
-            assert publisher is not None
-            publisher.on_delivered(mid)
-
-        link = MqttLink(mqtt_settings(broker), on_delivered=delivered)
-        publisher = OutboxPublisher(outbox, link, max_inflight=100, drain_rate=0, on_room=on_room)
-        link.start()
-        try:
-            assert link.wait_subscribed(10)
-            deadline = time.monotonic() + 20
-            while publisher.delivered < rows:
-                room.clear()
-                publisher.pump()
-                # Nothing else wakes this loop: a missing signal stalls it to the deadline.
-                assert room.wait(max(deadline - time.monotonic(), 0)), "no room signal"
+        committed_backlog(outbox, rows, "drain/s")
+        with Drain(outbox, broker) as drain:
+            drain.publisher.pump()
+            poll(lambda: drain.publisher.delivered == rows, 20, 0.01, "backlog delivered")
             sub.wait_for("drain/s", count=rows)
-        finally:
-            link.close()
         assert [int(m.payload) for m in sub.messages()] == list(range(1, rows + 1))
-        assert signals > 0
+        assert drain.room_signals == 0  # the loop was never needed
+        assert outbox.depth == 0
+
+
+def test_a_busy_outbox_hands_the_read_back_to_the_loop(
+    broker: BrokerUnderTest, tmp_path: Path
+) -> None:
+    """While a commit holds the outbox the network thread does not wait for it: it asks the
+    loop to read, and the loop's pump carries the drain on, in order."""
+    rows = 500
+    with Outbox(tmp_path / "outbox.db") as outbox, Subscriber(broker, "busy/#") as sub:
+        committed_backlog(outbox, rows, "busy/s")
+        holding, release = threading.Event(), threading.Event()
+
+        def slow_payload(seq: int) -> bytes:
+            holding.set()  # the outbox's lock is held while this runs, as during a commit
+            release.wait(20)
+            return b"late"
+
+        with Drain(outbox, broker) as drain:
+            drain.publisher.pump()  # reads and sends the first window
+            writer = threading.Thread(target=outbox.put, args=("w", slow_payload, "busy/w"))
+            writer.start()
+            try:
+                assert holding.wait(10)
+                assert drain.room.wait(10), "the network thread never asked the loop to read"
+            finally:
+                release.set()
+                writer.join(10)
+            deadline = time.monotonic() + 20
+            while drain.publisher.delivered < rows and time.monotonic() < deadline:
+                drain.room.clear()
+                drain.publisher.pump()
+                drain.room.wait(0.05)
+            sub.wait_for("busy/s", count=rows)
+        assert [int(m.payload) for m in sub.messages() if m.topic == "busy/s"] == list(
+            range(1, rows + 1)
+        )
+
+
+@pytest.mark.skipif(not MosquittoBroker.available(), reason="needs the mosquitto binary")
+def test_the_window_stays_within_the_brokers_receive_maximum(tmp_path: Path) -> None:
+    """paho ignores the Receive Maximum a MQTT 5 broker announces; the publisher keeps to it,
+    less the places it leaves for the agent's own documents."""
+    rows = 300
+    with (
+        MosquittoBroker(extra_config=["max_inflight_messages 10"]) as small,
+        Outbox(tmp_path / "outbox.db") as outbox,
+        Subscriber(small, "rm/#") as sub,
+    ):
+        committed_backlog(outbox, rows, "rm/s")
+        with Drain(outbox, small, max_inflight=100, reserved=3) as drain:
+            assert drain.link.receive_maximum == 10
+            drain.publisher.pump()
+            assert drain.publisher.window == 7
+            poll(lambda: drain.publisher.delivered == rows, 20, 0.01, "backlog delivered")
+            sub.wait_for("rm/s", count=rows)
+        assert 0 < drain.max_seen_inflight <= 7
+        assert [int(m.payload) for m in sub.messages()] == list(range(1, rows + 1))

@@ -132,6 +132,43 @@ def test_acked_rows_never_come_back_before_or_after_commit_or_reopen(db: Path) -
         assert box.depth == 1
 
 
+def test_scattered_acks_delete_exactly_the_acked_rows(db: Path) -> None:
+    with Outbox(db) as box:
+        for _ in range(10):
+            box.put("env", reading("env"), "t")
+        box.commit()
+        rows = box.pending(10)
+        box.ack(rows[i].id for i in (0, 1, 2, 4, 7))
+        box.commit()
+    with Outbox(db) as box:
+        assert seqs(box.pending(10)) == [4, 6, 7, 9, 10]
+        assert box.depth == 5
+
+
+def test_try_pending_gives_up_while_the_outbox_is_held_and_reads_once_it_is_free(
+    db: Path,
+) -> None:
+    with Outbox(db) as box:
+        box.put("env", reading("env"), "t")
+        box.commit()
+        holding, release = threading.Event(), threading.Event()
+
+        def slow_payload(seq: int) -> bytes:
+            holding.set()  # put() builds the payload under the outbox's lock, as commit works
+            release.wait(10)
+            return reading("env")(seq)
+
+        writer = threading.Thread(target=box.put, args=("env", slow_payload, "t"))
+        writer.start()
+        try:
+            assert holding.wait(10)
+            assert box.try_pending(10) is None
+        finally:
+            release.set()
+            writer.join(10)
+        assert seqs(box.try_pending(10) or []) == [1]
+
+
 def test_ids_are_not_reused_after_the_newest_row_is_acked(db: Path) -> None:
     with Outbox(db) as box:
         box.put("env", reading("env"), "t")
