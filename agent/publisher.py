@@ -63,8 +63,10 @@ class OutboxPublisher:
         self._max_inflight = max_inflight
         self._reserved = reserved
         self._window = max_inflight
-        # Refilled by halves: one outbox query per half, not one per message.
-        self._read_ahead = max(max_inflight, _MIN_READ_AHEAD)
+        # Four windows, refilled by halves: one outbox query per half, not one per message,
+        # and enough queued for the network thread to keep publishing through a commit
+        # (10-30 ms here) instead of stalling until the loop has read again.
+        self._read_ahead = max(4 * max_inflight, _MIN_READ_AHEAD)
         self._low_water = self._read_ahead // 2
         self._on_room = on_room
         self._drain_rate = drain_rate
@@ -76,6 +78,7 @@ class OutboxPublisher:
         self._inflight_ids: set[int] = set()  # ids given to (or being given to) paho
         self._sender: Thread | None = None
         self._reading = False
+        self._settled_while_reading: set[int] = set()  # not to be queued by that read
         self._generation = 0  # counts connections; a read begun in an earlier one is dropped
         # PUBACKs that beat the recording of their mid: possible only for what the loop
         # publishes, since the network thread itself reads the PUBACKs.
@@ -112,9 +115,8 @@ class OutboxPublisher:
                     self._early_acks.add(mid)
                 # Otherwise not one of ours: a document the caller published itself.
                 return
-            self._inflight_ids.discard(entry_id)
-            self.delivered += 1
-        self._settle(entry_id)
+            self._settle_locked(entry_id)
+        self.metrics.published()
         if self._refill(wait=False) is None and self._on_room is not None:
             self._on_room()  # a commit holds the outbox: the loop reads once it is done
         self._send_ready("network")
@@ -175,6 +177,7 @@ class OutboxPublisher:
                 queued = 0
                 if generation == self._generation:
                     queued = self._queue(live, backlog, boundary)
+                self._settled_while_reading.clear()
         return None if live is None else queued
 
     def _backlog_budget(self) -> int:
@@ -202,8 +205,13 @@ class OutboxPublisher:
                 entries.extend(old)
             if not backlog or len(old) < len(backlog):
                 self._backlog_cursor = boundary  # nothing from before the connection is left
-        # After a reconnect the lanes read from the start again, past what is still in flight.
-        fresh = [e for e in entries if e.id not in self._inflight_ids]
+        # After a reconnect the lanes read from the start again, past what is still in flight
+        # or was delivered while this read went on.
+        fresh = [
+            e
+            for e in entries
+            if e.id not in self._inflight_ids and e.id not in self._settled_while_reading
+        ]
         self._ready.extend(fresh)
         return len(fresh)
 
@@ -253,14 +261,17 @@ class OutboxPublisher:
                 acked_early = delivery.mid in self._early_acks
                 if acked_early:
                     self._early_acks.discard(delivery.mid)
-                    self._inflight_ids.discard(entry.id)
-                    self.delivered += 1
+                    self._settle_locked(entry.id)
                 else:
                     self._inflight[delivery.mid] = entry.id
             if acked_early:
-                self._settle(entry.id)
+                self.metrics.published()
         return True
 
-    def _settle(self, entry_id: int) -> None:
-        self._outbox.ack([entry_id])
-        self.metrics.published()
+    def _settle_locked(self, entry_id: int) -> None:
+        """Delivered: out of the window, and out of the outbox (its ack never waits)."""
+        self._inflight_ids.discard(entry_id)
+        self.delivered += 1
+        if self._reading:
+            self._settled_while_reading.add(entry_id)
+        self._outbox.ack((entry_id,))
