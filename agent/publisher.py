@@ -78,6 +78,7 @@ class OutboxPublisher:
         self._inflight_ids: set[int] = set()  # ids given to (or being given to) paho
         self._sender: Thread | None = None
         self._reading = False
+        self._loop_reads = False  # the network thread found the outbox busy and asks the loop
         self._settled_while_reading: set[int] = set()  # not to be queued by that read
         self._generation = 0  # counts connections; a read begun in an earlier one is dropped
         # PUBACKs that beat the recording of their mid: possible only for what the loop
@@ -117,8 +118,10 @@ class OutboxPublisher:
                 return
             self._settle_locked(entry_id)
         self.metrics.published()
-        if self._refill(wait=False) is None and self._on_room is not None:
-            self._on_room()  # a commit holds the outbox: the loop reads once it is done
+        if self._refill(wait=False) is None:
+            self._loop_reads = True  # a commit holds the outbox: the loop reads once it is done
+            if self._on_room is not None:
+                self._on_room()
         self._send_ready("network")
 
     def pump(self) -> int:
@@ -128,7 +131,12 @@ class OutboxPublisher:
         if self._link.connect_count != self._connects_seen:
             self._connects_seen = self._link.connect_count
             self._new_connection()
-        read = self._refill(wait=True) or 0
+        read = 0
+        # While PUBACKs come in, the network thread reads; the loop reads only when none will,
+        # or when asked. Both at once would pass the GIL between them at every row.
+        if self._loop_reads or not self._inflight_ids:
+            self._loop_reads = False
+            read = self._refill(wait=True) or 0
         self._send_ready("loop")
         return read
 
