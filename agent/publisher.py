@@ -70,6 +70,7 @@ class OutboxPublisher:
         self._low_water = self._read_ahead // 2
         self._on_room = on_room
         self._drain_rate = drain_rate
+        self._min_chunk = max(1, min(self._low_water, int(drain_rate / 20)))
         self.metrics = metrics or NoMetrics()
         self._clock = clock
         self._lock = threading.Lock()
@@ -175,10 +176,15 @@ class OutboxPublisher:
         read = self._outbox.pending if wait else self._outbox.try_pending
         live: list[Entry] | None = None
         backlog: list[Entry] | None = None
+        refused = False
         try:
-            live = read(space, live_cursor)
+            # Nothing committed since the last live read: no query (during a rate-limited
+            # drain this runs at every PUBACK).
+            live = read(space, live_cursor) if self._outbox.last_id > live_cursor else []
+            refused = live is None
             if live is not None and min(budget, space - len(live)) > 0:
                 backlog = read(min(budget, space - len(live)), backlog_cursor)
+                refused = backlog is None
         finally:
             with self._lock:
                 self._reading = False
@@ -186,7 +192,7 @@ class OutboxPublisher:
                 if generation == self._generation:
                     queued = self._queue(live, backlog, boundary)
                 self._settled_while_reading.clear()
-        return None if live is None else queued
+        return None if refused else queued
 
     def _backlog_budget(self) -> int:
         if self._drain_rate <= 0:
@@ -197,7 +203,8 @@ class OutboxPublisher:
             self._drain_rate, self._tokens + (now - self._last_refill) * self._drain_rate
         )
         self._last_refill = now
-        return max(0, int(self._tokens))
+        # Read in chunks of at least 50 ms of drain, not a row at each PUBACK.
+        return int(self._tokens) if self._tokens >= self._min_chunk else 0
 
     def _queue(self, live: list[Entry] | None, backlog: list[Entry] | None, boundary: int) -> int:
         """Under the lock: queue what was read, live lane first, and move the cursors past it."""

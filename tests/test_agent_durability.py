@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -154,7 +154,14 @@ class Drain:
     """An OutboxPublisher over an MqttLink, wired as agent.runtime wires them."""
 
     def __init__(
-        self, outbox: Outbox, broker: Endpoint, *, max_inflight: int = 100, reserved: int = 0
+        self,
+        outbox: Outbox,
+        broker: Endpoint,
+        *,
+        max_inflight: int = 100,
+        reserved: int = 0,
+        drain_rate: float = 0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.room_signals = 0
         self.room = threading.Event()
@@ -165,8 +172,9 @@ class Drain:
             self.link,
             max_inflight=max_inflight,
             reserved=reserved,
-            drain_rate=0,
+            drain_rate=drain_rate,
             on_room=self._on_room,
+            clock=clock,
         )
 
     def _delivered(self, mid: int) -> None:
@@ -236,6 +244,51 @@ def test_a_busy_outbox_hands_the_read_back_to_the_loop(
         assert [int(m.payload) for m in sub.messages() if m.topic == "busy/s"] == list(
             range(1, rows + 1)
         )
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_backlog_drains_at_drain_rate_and_live_readings_go_at_once(
+    broker: BrokerUnderTest, tmp_path: Path
+) -> None:
+    """The backlog gets `drain_rate` messages a second of the clock (here a manual one, so
+    the test never races real time); live readings committed meanwhile do not wait for it."""
+    clock = ManualClock()
+    with Outbox(tmp_path / "outbox.db") as outbox, Subscriber(broker, "rate/#") as sub:
+        committed_backlog(outbox, 200, "rate/old")
+        with Drain(outbox, broker, drain_rate=100, clock=clock) as drain:
+            drain.publisher.pump()  # the connection's boundary: 200 rows of backlog
+            assert drain.publisher.backlog
+            for _ in range(3):
+                outbox.put("live", lambda seq: str(seq).encode(), "rate/live")
+            outbox.commit()
+            drain.publisher.pump()
+            sub.wait_for("rate/live", count=3)
+            assert drain.publisher.delivered == 3, "no clock time passed: no backlog yet"
+
+            clock.now += 0.2  # 20 messages of backlog allowed
+            drain.publisher.pump()
+            poll(lambda: drain.publisher.delivered == 23, 10, 0.01, "20 backlog messages")
+            drain.publisher.pump()  # the clock stood still: nothing more may go
+            assert drain.publisher.inflight == 0
+            assert drain.publisher.delivered == 23
+            assert outbox.depth == 180
+
+            clock.now += 5  # a bucket holds one second of drain, so 100 more at most
+            drain.publisher.pump()
+            poll(lambda: drain.publisher.delivered == 123, 10, 0.01, "100 more")
+            drain.publisher.pump()
+            assert drain.publisher.inflight == 0
+            assert drain.publisher.delivered == 123
+            sub.wait_for("rate/old", count=120)
+        old = [int(m.payload) for m in sub.messages() if m.topic == "rate/old"]
+        assert old == list(range(1, 121))
 
 
 @pytest.mark.skipif(not MosquittoBroker.available(), reason="needs the mosquitto binary")
