@@ -6,14 +6,15 @@ once. So after an outage the backlog arrives in order without holding live readi
 a consumer orders the two by `seq`.
 
 Threads. Readings are read ahead from the outbox into a queue, and published from it while the
-window has room. Both jobs are done by whichever thread gets there: the caller's loop
-(`pump`), or paho's network thread at each PUBACK, which tops the window up the way paho does
-from its own queue. So a backlog drains on the network thread alone, with no hand-over between
-threads per message: with the loop reading and publishing, the two threads passed the GIL to
-and fro at every outbox row and PUBACK and the drain ran at 0.6-0.7 times raw paho; this way
-it runs level with it. The network thread reads only when no commit holds the outbox, so it
-never waits for the disk, and leaves the read to the loop (`on_room`) when one does. One thread
-at a time reads, and one publishes, so messages reach paho, and the wire, in the order read.
+window has room. While PUBACKs come in, paho's network thread does both at each PUBACK, topping
+the window up the way paho does from its own queue; the caller's loop (`pump`) starts the flow
+when nothing is in flight, and reads when asked. So a backlog drains on the network thread
+alone, with no hand-over between threads per message: with the loop reading and publishing,
+the two threads passed the GIL to and fro at every outbox row and PUBACK, and the drain ran at
+0.6-0.7 times raw paho; this way it runs at 0.85-0.9 times (bench/outbox_bench.py). The
+network thread reads only when no commit holds the outbox, so it never waits for the disk; when
+one does, it asks the loop to read (`on_room`). One thread at a time reads, and one publishes,
+so messages reach paho, and the wire, in the order read.
 
 The window is this publisher's, not paho's (the agent's link turns paho's off: paho rescans
 every message in flight at each PUBACK to find the next to send). It is `max_inflight`, within

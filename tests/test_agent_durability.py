@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig, AgentSection, OutboxSettings
-from agent.mqtt import MqttLink
+from agent.mqtt import MqttLink, Will
 from agent.outbox import Outbox
 from agent.publisher import OutboxPublisher
 from gateway.broker import MosquittoBroker
@@ -310,3 +310,36 @@ def test_the_window_stays_within_the_brokers_receive_maximum(tmp_path: Path) -> 
             sub.wait_for("rm/s", count=rows)
         assert 0 < drain.max_seen_inflight <= 7
         assert [int(m.payload) for m in sub.messages()] == list(range(1, rows + 1))
+
+
+def test_a_closing_link_loses_nothing_it_queued_and_sends_no_will(
+    broker: BrokerUnderTest,
+) -> None:
+    """close() right after publishing, with input still unread (the broker echoes our own
+    messages back): every message reaches the broker, and so does the DISCONNECT, so the
+    broker publishes no last will. Closing with unread input used to reset the connection,
+    and the broker dropped what it had not read yet."""
+    rounds, per_round = 10, 20
+    for round_ in range(rounds):
+        link = MqttLink(
+            mqtt_settings(broker),
+            client_id=f"closing-{round_}",
+            will=Will(f"closing/{round_}/will", b"gone"),
+        )
+        link.subscribe(["closing/#"])
+        link.start()
+        assert link.wait_subscribed(10)
+        for k in range(per_round):
+            link.publish(f"closing/{round_}/{k}", b"kept", qos=1, retain=True)
+        link.close()
+    with Subscriber(broker, ["closing/#", "marker"]) as sub:
+        # The broker sends a new subscriber the retained messages (a will among them, if one
+        # went out) before anything published after it subscribed, such as this marker.
+        marker = MqttLink(mqtt_settings(broker))
+        marker.start()
+        assert marker.wait_connected(10)
+        assert marker.publish("marker", b"", qos=1).wait(10)
+        marker.close()
+        sub.wait_for("marker")
+        topics = {m.topic for m in sub.messages("closing/#")}
+    assert topics == {f"closing/{r}/{k}" for r in range(rounds) for k in range(per_round)}

@@ -28,6 +28,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.mqtt import end_gracefully
+
 _PUBLISH = 0x30
 _DISCONNECT = 0xE0
 _SEND_CHUNK = 1 << 20  # bytes per send(): larger gains nothing and holds a big copy
@@ -94,6 +96,7 @@ class EngineLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
         # Setting this is what stops publish() from writing to the socket itself.
         client.on_socket_register_write = self._on_register_write
         self._client = client
@@ -102,6 +105,7 @@ class EngineLink:
         self.connected = False
         self.connecting_since: float | None = None
         self.refused = 0
+        self._closing = False
 
     # -- connection ------------------------------------------------------------------------
 
@@ -127,6 +131,7 @@ class EngineLink:
     def close(self) -> None:
         """DISCONNECT cleanly, written with whatever is still queued, then close."""
         if self._client._sock is not None and self.connected:
+            self._closing = True
             self._client.disconnect()
             self.flush()
             # paho acts on its own DISCONNECT packet only when it writes it.
@@ -288,6 +293,10 @@ class EngineLink:
         properties: Properties | None,
     ) -> None:
         self.connected = False
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if self._closing:
+            end_gracefully(sock)  # else the last batch and the DISCONNECT may be lost
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         # Small packets must not wait for Nagle's algorithm behind delayed ACKs.
