@@ -29,10 +29,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from agent.metrics import AgentMetrics, NoMetrics
-from agent.mqtt import MqttLink, PublishError
+from agent.mqtt import PublishError
 from agent.outbox import Entry, Outbox
 
 log = logging.getLogger(__name__)
@@ -44,11 +44,28 @@ Thread = Literal["loop", "network"]
 _MIN_READ_AHEAD: Final = 64
 
 
+class Sent(Protocol):
+    @property
+    def mid(self) -> int: ...
+
+
+class Link(Protocol):
+    """What the publisher needs of `agent.mqtt.MqttLink`."""
+
+    connect_count: int
+    receive_maximum: int
+
+    @property
+    def connected(self) -> bool: ...
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 0) -> Sent: ...
+
+
 class OutboxPublisher:
     def __init__(
         self,
         outbox: Outbox,
-        link: MqttLink,
+        link: Link,
         *,
         max_inflight: int,
         drain_rate: float,
@@ -120,7 +137,7 @@ class OutboxPublisher:
                 return
             self._settle_locked(entry_id)
         self.metrics.published()
-        if self._refill(wait=False) is None:
+        if len(self._ready) <= self._low_water and self._refill(wait=False) is None:
             self._loop_reads = True  # a commit holds the outbox: the loop reads once it is done
             if self._on_room is not None:
                 self._on_room()
@@ -239,50 +256,64 @@ class OutboxPublisher:
         Whoever holds the sender's role checks again for room and entries before giving it up,
         so what arrived meanwhile is never left waiting.
         """
-        while True:
+        with self._lock:
+            batch = self._take_locked(thread)
+        while batch:
+            mids, refusal = self._publish(batch)
+            early = 0
             with self._lock:
-                if self._sender not in (None, thread):
-                    return
-                room = self._window - len(self._inflight_ids)
-                if room <= 0 or not self._ready:
+                for entry, mid in zip(batch, mids, strict=False):
+                    if mid in self._early_acks:
+                        self._early_acks.discard(mid)
+                        self._settle_locked(entry.id)
+                        early += 1
+                    else:
+                        self._inflight[mid] = entry.id
+                if refusal is None:
+                    batch = self._take_locked(thread)
+                else:
+                    unsent = batch[len(mids) :]
+                    self._inflight_ids.difference_update(e.id for e in unsent)
+                    self._ready.extendleft(reversed(unsent))
                     self._release(thread)
-                    return
-                self._sender = thread
-                batch = [self._ready.popleft() for _ in range(min(room, len(self._ready)))]
-                self._inflight_ids.update(e.id for e in batch)
-            if not self._publish(batch):
-                with self._lock:
-                    self._release(thread)
-                return
+                    batch = []
+            for _ in range(early):
+                self.metrics.published()
+            if refusal is not None:
+                self.metrics.publish_failed()
+                log.warning("publish refused, will retry", extra={"error": str(refusal)})
+
+    def _take_locked(self, thread: Thread) -> list[Entry]:
+        """The next entries to publish, taking the sender's role; none, giving it up, if there
+        is no room or nothing queued, or if the other thread has the role."""
+        if self._sender not in (None, thread):
+            return []
+        room = self._window - len(self._inflight_ids)
+        if room <= 0 or not self._ready:
+            self._release(thread)
+            return []
+        self._sender = thread
+        batch = []
+        for _ in range(min(room, len(self._ready))):
+            entry = self._ready.popleft()
+            self._inflight_ids.add(entry.id)
+            batch.append(entry)
+        return batch
 
     def _release(self, thread: Thread) -> None:
         if self._sender == thread:
             self._sender = None
             self._early_acks.clear()  # unclaimed, so acks of the caller's own documents
 
-    def _publish(self, batch: list[Entry]) -> bool:
-        """Hand `batch` to the link in order; on a refusal, put the rest back and say so."""
-        for index, entry in enumerate(batch):
+    def _publish(self, batch: list[Entry]) -> tuple[list[int], PublishError | None]:
+        """Hand `batch` to the link in order; the mids given, and the refusal that stopped it."""
+        mids: list[int] = []
+        for entry in batch:
             try:
-                delivery = self._link.publish(entry.topic, entry.payload, qos=entry.qos)
+                mids.append(self._link.publish(entry.topic, entry.payload, qos=entry.qos).mid)
             except PublishError as exc:
-                self.metrics.publish_failed()
-                log.warning("publish refused, will retry", extra={"error": str(exc)})
-                unsent = batch[index:]
-                with self._lock:
-                    self._inflight_ids.difference_update(e.id for e in unsent)
-                    self._ready.extendleft(reversed(unsent))
-                return False
-            with self._lock:
-                acked_early = delivery.mid in self._early_acks
-                if acked_early:
-                    self._early_acks.discard(delivery.mid)
-                    self._settle_locked(entry.id)
-                else:
-                    self._inflight[delivery.mid] = entry.id
-            if acked_early:
-                self.metrics.published()
-        return True
+                return mids, exc
+        return mids, None
 
     def _settle_locked(self, entry_id: int) -> None:
         """Delivered: out of the window, and out of the outbox (its ack never waits)."""

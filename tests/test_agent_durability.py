@@ -270,7 +270,9 @@ def test_the_backlog_drains_at_drain_rate_and_live_readings_go_at_once(
             outbox.commit()
             drain.publisher.pump()
             sub.wait_for("rate/live", count=3)
-            assert drain.publisher.delivered == 3, "no clock time passed: no backlog yet"
+            poll(lambda: drain.publisher.delivered == 3, 10, 0.01, "the live readings acked")
+            assert drain.publisher.inflight == 0, "no clock time passed: no backlog yet"
+            assert outbox.depth == 200
 
             clock.now += 0.2  # 20 messages of backlog allowed
             drain.publisher.pump()
