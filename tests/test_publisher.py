@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.metrics import NoMetrics
 from agent.mqtt import PublishError
 from agent.outbox import Outbox
 from agent.publisher import OutboxPublisher
@@ -56,7 +57,7 @@ class MemoryLink:
     _acked = 0
 
 
-class CountingMetrics:
+class CountingMetrics(NoMetrics):
     def __init__(self) -> None:
         self.ok = 0
         self.failed = 0
@@ -66,21 +67,6 @@ class CountingMetrics:
 
     def publish_failed(self, count: int = 1) -> None:
         self.failed += count
-
-    def reading(self, sensor: str, seconds: float) -> None:
-        pass
-
-    def sensor_error(self, sensor: str) -> None:
-        pass
-
-    def reconnected(self) -> None:
-        pass
-
-    def config(self, outcome: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture
