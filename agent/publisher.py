@@ -37,7 +37,7 @@ from agent.outbox import Entry, Outbox
 
 log = logging.getLogger(__name__)
 
-Thread = Literal["loop", "network"]
+ThreadName = Literal["loop", "network"]
 
 # Rows read ahead at least, whatever the window: an outbox query costs per query as well as
 # per row, and the queue holds only references to rows already read.
@@ -95,7 +95,7 @@ class OutboxPublisher:
         self._ready: deque[Entry] = deque()  # read and cleared to go, not yet given to paho
         self._inflight: dict[int, int] = {}  # paho mid -> outbox id
         self._inflight_ids: set[int] = set()  # ids given to (or being given to) paho
-        self._sender: Thread | None = None
+        self._sender: ThreadName | None = None
         self._reading = False
         self._loop_reads = False  # the network thread found the outbox busy and asks the loop
         self._settled_while_reading: set[int] = set()  # not to be queued by that read
@@ -250,7 +250,7 @@ class OutboxPublisher:
 
     # -- sending ------------------------------------------------------------------------------
 
-    def _send_ready(self, thread: Thread) -> None:
+    def _send_ready(self, thread: ThreadName) -> None:
         """Publish from the queue while the window has room, unless the other thread is at it.
 
         Whoever holds the sender's role checks again for room and entries before giving it up,
@@ -283,7 +283,7 @@ class OutboxPublisher:
                 self.metrics.publish_failed()
                 log.warning("publish refused, will retry", extra={"error": str(refusal)})
 
-    def _take_locked(self, thread: Thread) -> list[Entry]:
+    def _take_locked(self, thread: ThreadName) -> list[Entry]:
         """The next entries to publish, taking the sender's role; none, giving it up, if there
         is no room or nothing queued, or if the other thread has the role."""
         if self._sender not in (None, thread):
@@ -300,7 +300,7 @@ class OutboxPublisher:
             batch.append(entry)
         return batch
 
-    def _release(self, thread: Thread) -> None:
+    def _release(self, thread: ThreadName) -> None:
         if self._sender == thread:
             self._sender = None
             self._early_acks.clear()  # unclaimed, so acks of the caller's own documents
