@@ -57,6 +57,10 @@ def test_agent_process_publishes_and_stops_cleanly(
         )
     status = Status.decode(offline[-1].payload)
     assert (status.reason, status.boot) == ("shutdown", 1)
+    # The broker got the DISCONNECT too: it kept the goodbye and sent no last will over it.
+    with Subscriber(broker, f"edgetwin/{DEVICE}/status") as late:
+        kept = late.wait_for(lambda m: m.retain, timeout=5)
+    assert Status.decode(kept[-1].payload).reason == "shutdown"
     telemetry = [Telemetry.decode(m.payload) for m in readings]
     assert [t.seq for t in telemetry] == list(range(1, len(telemetry) + 1))
     assert all(t.source is Source.EMULATED and t.device == DEVICE for t in telemetry)
