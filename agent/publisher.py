@@ -137,7 +137,7 @@ class OutboxPublisher:
                 return
             self._settle_locked(entry_id)
         self.metrics.published()
-        if len(self._ready) <= self._low_water and self._refill(wait=False) is None:
+        if self._queue_low() and self._refill(wait=False) is None:
             self._loop_reads = True  # a commit holds the outbox: the loop reads once it is done
             if self._on_room is not None:
                 self._on_room()
@@ -182,9 +182,9 @@ class OutboxPublisher:
         held by a commit (only with `wait=False`, the network thread's way).
         """
         with self._lock:
-            space = self._read_ahead - len(self._ready)
-            if self._reading or space < self._read_ahead - self._low_water:
+            if self._reading or not self._queue_low():
                 return 0
+            space = self._read_ahead - len(self._ready)
             self._reading = True
             generation = self._generation
             live_cursor = self._live_cursor
@@ -211,6 +211,10 @@ class OutboxPublisher:
                     queued = self._queue(live, backlog, boundary)
                 self._settled_while_reading.clear()
         return None if refused else queued
+
+    def _queue_low(self) -> bool:
+        """Down to half the read-ahead: time to read the next half."""
+        return len(self._ready) <= self._low_water
 
     def _backlog_budget(self) -> int:
         if self._drain_rate <= 0:

@@ -36,6 +36,7 @@ class MemoryLink:
         self.refuse_next = 0
         self.ack_inline: Callable[[int], None] | None = None
         self._mid = 0
+        self._acked = 0
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 0) -> Sent:
         if self.refuse_next:
@@ -53,8 +54,6 @@ class MemoryLink:
         for mid, _ in self.wire[self._acked :]:
             self._acked += 1
             publisher.on_delivered(mid)
-
-    _acked = 0
 
 
 class CountingMetrics(NoMetrics):
