@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
@@ -41,6 +41,31 @@ def _open_engine(
     app.state.engine = engine
     app.state.engine_scenarios = scenarios or Scenarios(engine.settings.scenarios_dir)
     return engine
+
+
+def _open_simulator_group(
+    app: FastAPI, config: GatewayConfig, service: GatewayService, engine: EngineController
+) -> SimulatorControl:
+    """The original simulator's device group, a fleet of the engine, with its metrics."""
+
+    def in_manifest(ids: Iterable[str]) -> list[str]:
+        return [i for i in ids if (twin := service.fleet.get(i)) and twin.in_manifest]
+
+    control = SimulatorControl(
+        engine,
+        config.compat_plan(),
+        taken=in_manifest,
+        qos=config.mqtt.qos,
+        payload=config.mqtt.payload,
+        seed=config.simulator_section.seed,
+    )
+    app.state.control = control
+    metrics = service.metrics
+    metrics.mqtt_sent.add_source(engine.sent_by_device)
+    metrics.running_devices.set_function(
+        lambda: len(service.engine.active_devices()) + control.running_count()
+    )
+    return control
 
 
 def _start_engine_fleet(
@@ -87,9 +112,8 @@ def create_app(
         app.state.config = config
         app.state.tracer = tracing.tracer("edgetwin.gateway.api")
         app.state.service = service
-        control = SimulatorControl(service, config.compat_plan())
-        app.state.control = control
         scale_engine = _open_engine(app, config, metrics, engine_scenarios, engine_settings)
+        control = _open_simulator_group(app, config, service, scale_engine)
         exporter = None
         if (
             observability.prometheus_port is not None
@@ -102,6 +126,7 @@ def create_app(
             )
         service.start()
         autostart = _start_engine_fleet(scale_engine, app.state.engine_scenarios)
+        control.start_initial()
         log.info(
             "gateway started",
             extra={
@@ -115,8 +140,8 @@ def create_app(
         finally:
             if autostart is not None:
                 autostart.join()
-            scale_engine.close()
             control.shutdown()
+            scale_engine.close()
             service.stop()
             if exporter is not None:
                 exporter.shutdown()

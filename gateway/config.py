@@ -1,10 +1,11 @@
 """The gateway's configuration file.
 
-Both files of the original sensor simulator are valid here unchanged. Its README's
-(`[simulator]`, `[mqtt]`, `[observability]`): its `device_count` devices become simulated
-members of the fleet. Its code's (`[simulation]`, `[server]`, `[mqtt]`, `[observability]`): no
-device runs at start; its control routes (/start, /scale, /stop) start them, every
-`frequency_sec` seconds, up to `max_devices`.
+Both files of the original sensor simulator are valid here unchanged, as input formats of one
+model: the simulator's device group (`CompatPlan`), a fleet of the simulation engine. Its
+README's (`[simulator]`, `[mqtt]`, `[observability]`): `device_count` devices run from the
+start. Its code's (`[simulation]`, `[server]`, `[mqtt]`, `[observability]`): no device runs at
+start; its control routes (/start, /scale, /stop) start them, every `frequency_sec` seconds, up
+to `max_devices`. `[engine]` sets how the engine runs any fleet, `[[devices]]` the manifest.
 """
 
 from __future__ import annotations
@@ -154,6 +155,13 @@ class GatewayConfig(Section, frozen=True):
                 "publish_interval) and [simulation] (its code's format: frequency_sec, "
                 "max_devices) cannot be used together; keep one of them"
             )
+        if self.simulator_section.device_count and (
+            self.engine.start_devices is not None or self.engine.start_scenario is not None
+        ):
+            raise ValueError(
+                "[simulator] device_count and [engine] start_devices/start_scenario both start "
+                "a fleet at launch; the simulation engine runs one fleet at a time: keep one"
+            )
         seen: set[str] = set()
         for device_id in [d.id for d in self.devices] + self.simulator_section.device_ids():
             if device_id in seen:
@@ -165,14 +173,9 @@ class GatewayConfig(Section, frozen=True):
         return self.simulator or SimulatorSection()
 
     def manifest(self) -> list[ManifestDevice]:
-        """Every device the fleet should have: listed ones, then the simulator's."""
-        generated = [
-            ManifestDevice(
-                id=device_id, sensors=default_sensors(self.simulator_section.publish_interval)
-            )
-            for device_id in self.simulator_section.device_ids()
-        ]
-        return [*self.devices, *generated]
+        """The devices the twin follows (the `[simulator]` ones are an engine fleet instead,
+        see `compat_plan`)."""
+        return list(self.devices)
 
     def compat_plan(self) -> CompatPlan:
         """The simulator control routes' devices: under `[simulation]` the original code's

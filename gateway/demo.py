@@ -36,7 +36,7 @@ from gateway.config import (
     GatewayMqttSettings,
     ManifestDevice,
     ServerSection,
-    SimulatorSection,
+    default_sensors,
 )
 
 log = logging.getLogger(__name__)
@@ -71,14 +71,20 @@ def run_demo(
             host=embedded.host, port=embedded.port, protocol=embedded.protocol, keepalive=5
         )
         port = api_port or free_port()
+        # The sim-* devices are manifest devices with no agent, so the twin shows them
+        # simulated beside demo-pi, the way a site's missing boards would be.
+        simulated = [
+            ManifestDevice(id=f"sim-{i:03d}", sensors=default_sensors(2.0), site="demo")
+            for i in range(simulated_devices)
+        ]
         gateway_config = GatewayConfig(
-            simulator=SimulatorSection(
-                device_count=simulated_devices, publish_interval=2.0, device_prefix="sim-"
-            ),
             mqtt=mqtt.recast(GatewayMqttSettings),
             observability=ObservabilitySettings(service_name="edgetwin-gateway"),
             server=ServerSection(host="127.0.0.1", port=port),
-            devices=[ManifestDevice(id=AGENT_DEVICE, sensors=demo_sensors(2.0), site="demo")],
+            devices=[
+                ManifestDevice(id=AGENT_DEVICE, sensors=demo_sensors(2.0), site="demo"),
+                *simulated,
+            ],
         )
         agent_config = AgentConfig(
             agent=AgentSection(device_id=AGENT_DEVICE, state_dir=Path(workdir) / "agent"),

@@ -6,7 +6,7 @@ dashboards keep working.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
@@ -24,10 +24,15 @@ class SentByDevice(Collector):
 
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
+        self._sources: list[Callable[[], Mapping[str, int]]] = []
 
     def inc(self, device: str) -> None:
         counts = self._counts
         counts[device] = counts.get(device, 0) + 1
+
+    def add_source(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Counts kept elsewhere (the engine's, per device), added in at each scrape."""
+        self._sources.append(counts)
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(
@@ -35,7 +40,11 @@ class SentByDevice(Collector):
             "Telemetry messages the simulation published, by device (the original simulator's)",
             labels=["device_id"],
         )
-        for device, count in dict(self._counts).items():
+        totals = dict(self._counts)
+        for source in self._sources:
+            for device, count in source().items():
+                totals[device] = totals.get(device, 0) + count
+        for device, count in totals.items():
             family.add_metric([device], count)
         yield family
 

@@ -346,9 +346,7 @@ class GatewayService:
         self.metrics.devices.clear()
         for (presence, served_by), count in self.fleet.counts().items():
             self.metrics.devices.labels(presence, served_by).set(count)
-        simulated = len(self.engine.active_devices())
-        self.metrics.simulated_devices.set(simulated)
-        self.metrics.running_devices.set(simulated)
+        self.metrics.simulated_devices.set(len(self.engine.active_devices()))
 
 
 def _is_flat(payload: bytes) -> bool:

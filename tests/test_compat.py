@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -163,8 +164,10 @@ def test_code_variant_config_runs_via_the_cli(broker: BrokerUnderTest, tmp_path:
                 "count": 3,
                 "devices": ids(0, 1, 2),
             }
-            listed = get("/devices").json()
-            assert [(d["id"], d["simulated"]) for d in listed] == [(i, True) for i in ids(0, 1, 2)]
+            # A fleet of the engine, in the gateway's own process at this size, not twins.
+            assert get("/devices").json() == []
+            engine = get("/engine/status").json()
+            assert (engine["fleet"], engine["devices"], engine["workers"]) == ("simulator", 3, 0)
             for device in ids(0, 1, 2):
                 times = [m.received_at for m in sub.messages() if readings_of(device)(m)]
                 assert all(0.6 < b - a < 1.4 for a, b in itertools.pairwise(times)), times
@@ -416,9 +419,10 @@ def test_readme_format_devices_are_the_routes_group(broker: BrokerUnderTest) -> 
             "added": 2,
             "running": 5,
         }
-        assert [d["id"] for d in client.get("/devices").json()] == ids(0, 1, 2, 3, 4)
+        assert client.get("/status").json()["devices"] == ids(0, 1, 2, 3, 4)
+        assert client.get("/devices").json() == []  # the twin follows the manifest only
         assert client.get("/stop").json() == {"status": "stopped", "running": 0}
-        assert client.get("/devices").json() == []
+        assert client.get("/engine/status").json()["state"] == "stopped"
         assert client.get("/start?count=2").json() == {
             "status": "started",
             "started": 2,
@@ -437,28 +441,57 @@ def test_ids_of_other_manifest_devices_are_not_taken(broker: BrokerUnderTest) ->
         assert [d["id"] for d in client.get("/devices").json()] == ["device_001"]
         assert client.get("/scale?count=1").json()["running"] == 1
         assert client.get("/scale?count=2").status_code == 409
+        # Nor the other way round: a running group's id cannot join the manifest.
+        refused = client.post("/devices", json={"id": "device_000"})
+        assert refused.status_code == 409
+        assert "simulator's group" in refused.json()["detail"]
         assert client.get("/stop").json()["running"] == 0
         assert [d["id"] for d in client.get("/devices").json()] == ["device_001"]
+        assert client.post("/devices", json={"id": "device_000"}).status_code == 201
 
 
 @pytest.mark.integration
-def test_route_devices_do_not_outlive_their_gateway(broker: BrokerUnderTest) -> None:
-    """A clean stop clears their twin documents; one left behind by a crash, or published by
-    another gateway, never enters the manifest."""
+def test_the_group_and_an_api_fleet_share_one_engine(broker: BrokerUnderTest) -> None:
+    """One engine runs one fleet: /start refuses while /engine/start's fleet runs, and the
+    other way round, each with its reason."""
+    with gateway(config(broker, simulation={"frequency_sec": 0.5})) as client:
+        started = client.post("/engine/start", json={"devices": 2, "interval": 0.5})
+        assert started.status_code == 200, started.text
+        assert started.json()["fleet"] == "api"
+        refused = client.get("/start?count=2")
+        assert refused.status_code == 409
+        assert "POST /engine/stop" in refused.json()["detail"]
+        assert client.get("/status").json()["count"] == 0
+        assert client.post("/engine/stop").status_code == 200
+        assert client.get("/start?count=2").json()["running"] == 2
+        poll(
+            lambda: client.get("/engine/status").json()["state"] == "running",
+            timeout=10,
+            what="the group's run",
+        )
+        assert client.post("/engine/start", json={"devices": 2}).status_code == 409
+
+
+@pytest.mark.integration
+def test_route_devices_are_no_twins_and_do_not_outlive_their_gateway(
+    broker: BrokerUnderTest,
+) -> None:
+    """The group is an engine fleet: no twin documents, and it ends with its gateway. A twin
+    document with the group's label (left by an older gateway, or published by another one)
+    never enters the manifest."""
     cfg = config(broker, simulation={"frequency_sec": 0.5})
 
-    def twin_of(device: str, *, cleared: bool) -> Callable[[Message], bool]:
-        return lambda m: m.topic == f"edgetwin/{device}/twin" and (m.payload == b"") == cleared
-
-    with Subscriber(broker, "edgetwin/+/twin") as sub:
+    with Subscriber(broker, "#") as sub:
         with gateway(cfg) as client:
             client.get("/start?count=2")
             for device in ids(0, 1):
-                [document, *_] = sub.wait_for(twin_of(device, cleared=False), timeout=10)
-                labels = TwinSummary.decode(document.payload).labels
-                assert labels == {COMPAT_LABEL[0]: COMPAT_LABEL[1]}
-        for device in ids(0, 1):
-            sub.wait_for(twin_of(device, cleared=True), timeout=5)
+                sub.wait_for(readings_of(device), count=2, timeout=10)
+        stopped = time.monotonic()
+        assert not [t for t in threading.enumerate() if t.name.startswith("engine-worker")]
+        # Two periods of silence: the fleet stopped with the gateway (absence needs a window).
+        with pytest.raises(TimeoutError):
+            sub.wait_for(readings_of("device_000", after=stopped), timeout=1.0)
+    assert not [m for m in sub.messages() if m.topic.endswith("/twin")]
 
     leftover = TwinSummary(
         device="device_007",

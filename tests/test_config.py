@@ -23,20 +23,19 @@ def test_shipped_examples_load() -> None:
     assert agent.agent.device_id == "greenhouse-01"
     assert agent.sensors["env"].address == 0x76
     gateway = load_gateway_config(REPO / "config" / "gateway.toml", environ={})
-    assert [d.id for d in gateway.manifest()] == [
-        "greenhouse-01",
-        "greenhouse-02",
-        "sim-000",
-        "sim-001",
-        "sim-002",
-    ]
+    assert [d.id for d in gateway.manifest()] == ["greenhouse-01", "greenhouse-02"]
+    # The [simulator] devices are the engine's fleet from the start, not twins.
+    plan = gateway.compat_plan()
+    assert plan.initial == ("sim-000", "sim-001", "sim-002")
+    assert plan.interval == 5
 
 
 def test_seed_simulator_config_runs_unchanged() -> None:
     config = load_gateway_config(REPO / "config" / "simulator.toml", environ={})
-    manifest = config.manifest()
-    assert [d.id for d in manifest] == [f"device_{i:03d}" for i in range(10)]
-    assert all(s.interval == 2 for d in manifest for s in d.sensors.values())
+    assert config.manifest() == []
+    plan = config.compat_plan()
+    assert list(plan.initial) == [f"device_{i:03d}" for i in range(10)]
+    assert plan.interval == 2
     assert config.mqtt.topics().telemetry("device_000", "env") == "sensors/device_000"
     assert config.mqtt.qos == 0
     assert config.observability.service_name == "simulator"
@@ -92,6 +91,12 @@ def test_bad_environment_value_is_reported(tmp_path: Path) -> None:
     path = write(tmp_path, '[agent]\ndevice_id = "pi"\n')
     with pytest.raises(ConfigError, match=r"mqtt\.port"):
         load_agent_config(path, environ={"EDGETWIN_MQTT_PORT": "not-a-port"})
+
+
+def test_two_fleets_at_launch_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "[simulator]\ndevice_count = 2\n[engine]\nstart_devices = 5\n")
+    with pytest.raises(ConfigError, match="one fleet at a time"):
+        load_gateway_config(path, environ={})
 
 
 def test_duplicate_manifest_ids_refused(tmp_path: Path) -> None:

@@ -251,3 +251,40 @@ def test_an_mqtt_311_connection_delivers_too(broker: BrokerUnderTest) -> None:
     finally:
         engine.close()
     assert {json.loads(m.payload)["device"] for m in got} == {f"device_00{i}" for i in range(3)}
+
+
+def test_a_small_fleet_runs_in_process_and_moves_out_when_it_grows(
+    broker: BrokerUnderTest,
+) -> None:
+    """With workers chosen from the rate, a fleet under `in_process_rate` costs no process; a
+    resize past it moves the run to worker processes, and back, without losing a device."""
+    settings = EngineSettings(in_process_rate=50, process_rate=1000, stats_interval=0.2)
+    controller = EngineController(endpoint(broker), settings)
+    try:
+        with Subscriber(broker, TELEMETRY, qos=0) as sub:
+            small = controller.start(TestScenario(devices=2, interval=0.1), fleet="test")
+            assert (small.workers, small.fleet) == (0, "test")
+            assert controller.worker_pids() == [os.getpid()]
+            sub.wait_for(TELEMETRY, timeout=10, count=2 * 3)
+
+            grown = controller.resize(8)  # 80 readings/s: past the gateway's thread
+            assert (grown.workers, grown.devices, grown.fleet) == (1, 8, "test")
+            assert controller.worker_pids() != [os.getpid()]
+            moved = time.time()
+
+            def devices_since_the_move() -> set[str]:
+                bodies = [json.loads(m.payload) for m in sub.messages()]
+                return {str(b["device"]) for b in bodies if b["ts"] > moved}
+
+            poll(
+                lambda: devices_since_the_move() == {f"device_{i:03d}" for i in range(8)},
+                timeout=10,
+                what="all eight devices from the worker process",
+            )
+
+            shrunk = controller.resize(3)
+            assert (shrunk.workers, shrunk.devices) == (0, 3)
+            assert controller.worker_pids() == [os.getpid()]
+    finally:
+        controller.close()
+    assert controller.state == "stopped"

@@ -182,6 +182,7 @@ def test_seed_simulator_config_runs_unchanged(broker: BrokerUnderTest, tmp_path:
             messages = sub.wait_for("sensors/+", count=20, timeout=15)
             scrape = httpx.get(f"http://127.0.0.1:{prometheus_port}/metrics", timeout=5)
             devices = httpx.get(f"http://127.0.0.1:{api_port}/devices", timeout=5).json()
+            group = httpx.get(f"http://127.0.0.1:{api_port}/status", timeout=5).json()
         finally:
             code, stderr = stop_process(process)
     assert code == 0, stderr
@@ -192,8 +193,12 @@ def test_seed_simulator_config_runs_unchanged(broker: BrokerUnderTest, tmp_path:
     per_device = [m.received_at for m in messages if m.topic == "sensors/device_000"]
     assert all(1.5 < b - a < 2.5 for a, b in itertools.pairwise(per_device))
     assert scrape.status_code == 200
-    assert "edgetwin_simulated_messages_total" in scrape.text
-    assert len(devices) == 10
+    # The original's metrics: its devices running, and what each one sent.
+    assert "running_devices 10.0" in scrape.text.splitlines()
+    assert 'mqtt_sent_total{device_id="device_009"}' in scrape.text
+    # Its devices are one engine fleet (GET /status), not twins of the manifest.
+    assert group == {"status": "running", "count": 10, "devices": sorted(group["devices"])}
+    assert devices == []
     # The collector at otel-collector:4318 does not exist here: that costs a single warning.
     assert '"service": "simulator"' in stderr
     assert "Traceback" not in stderr

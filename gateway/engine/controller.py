@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 import time
 import zlib
@@ -78,9 +79,10 @@ class EngineStats(msgspec.Struct, frozen=True):
     """The fleet's figures: counters are totals since `start`, rates over the last seconds."""
 
     state: State
+    fleet: str | None  # who started the run: "api" (/engine), "simulator" (/start...)
     devices: int
     streams: int
-    workers: int
+    workers: int  # worker processes; 0 while the fleet runs in the gateway's own process
     qos: int
     payload: str
     rate: float
@@ -105,6 +107,11 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
+def fleet_rate(scenario: ScenarioLike) -> float:
+    """Readings a second the scenario's streams ask for."""
+    return sum(1.0 / spec.interval for spec in scenario.streams())
+
+
 def partition(scenario: ScenarioLike, workers: int) -> list[list[int]]:
     """Stream indices per worker, by a stable hash of the device id."""
     parts: list[list[int]] = [[] for _ in range(workers)]
@@ -113,19 +120,48 @@ def partition(scenario: ScenarioLike, workers: int) -> list[list[int]]:
     return parts
 
 
+class _InProcess:
+    """A worker run as a thread of this process: the face of a `BaseProcess` the handle uses."""
+
+    def __init__(self, conn: Connection, spec: WorkerSpec) -> None:
+        self._thread = threading.Thread(
+            target=worker_main, args=(conn, spec), name=f"engine-worker-{spec.worker}", daemon=True
+        )
+        self.pid: int | None = os.getpid()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def terminate(self) -> None:
+        pass  # a thread cannot be killed: it ends at its next look at the pipe ("stop")
+
+    @property
+    def exitcode(self) -> int | None:
+        return None if self._thread.is_alive() else 0
+
+
 class _WorkerHandle:
-    def __init__(self, index: int, process: BaseProcess, conn: Connection) -> None:
+    def __init__(self, index: int, process: BaseProcess | _InProcess, conn: Connection) -> None:
         self.index = index
         self.process = process
         self.conn = conn
         self.history: deque[WorkerStats] = deque()
         self.dead = False
+        self.by_device: dict[str, int] = {}
 
     @property
     def last(self) -> WorkerStats | None:
         return self.history[-1] if self.history else None
 
     def record(self, stats: WorkerStats) -> None:
+        if stats.sent_by_device is not None:
+            self.by_device = stats.sent_by_device
         self.history.append(stats)
         while len(self.history) > 2 and stats.t - self.history[0].t > _RATE_WINDOW:
             self.history.popleft()
@@ -175,6 +211,10 @@ class EngineController:
         self._rate = 1.0
         self._qos: int = self.settings.qos
         self._payload: PayloadKind = self.settings.payload
+        self._fleet = "api"
+        self._in_process = False
+        self._auto_workers = False
+        self._count_by_device = False
         # Totals of runs already stopped, so the Prometheus counters never go down.
         self.retired = WorkerTotals()
         self._last_handles: list[_WorkerHandle] = []
@@ -189,28 +229,46 @@ class EngineController:
     def scenario(self) -> ScenarioLike | None:
         return self._scenario
 
+    @property
+    def fleet(self) -> str | None:
+        """Who started the current run (see `start`); None while stopped."""
+        return None if self._state == "stopped" else self._fleet
+
+    def sent_by_device(self) -> dict[str, int]:
+        """Messages per device since the controller was made, for runs started with
+        `count_by_device` (reported by the workers every few stats intervals and at stop)."""
+        with self._lock:
+            totals = dict(self.retired.by_device)
+            for handle in self._workers:
+                for device, count in handle.by_device.items():
+                    totals[device] = totals.get(device, 0) + count
+        return totals
+
     def start(
         self,
         scenario: ScenarioLike,
         workers: int | None = None,
         qos: int | None = None,
         payload: PayloadKind | None = None,
+        *,
+        fleet: str = "api",
+        count_by_device: bool = False,
     ) -> EngineStats:
-        """Start workers for `scenario` and return once every one is connected and running."""
-        workers = self.settings.workers if workers is None else workers
+        """Start workers for `scenario` and return once every one is connected and running.
+
+        `workers` processes, or 0 for one worker thread in this process; None chooses from
+        the fleet's rate (`EngineSettings.choose_workers`). `fleet` names who started the run
+        (the API's /engine routes, the original simulator's group...). `count_by_device`
+        keeps a count of messages per device (`sent_by_device`), which the original
+        simulator's per-device metric needs and nothing else pays for.
+        """
+        auto = workers is None
+        if workers is None:
+            workers = self.settings.choose_workers(fleet_rate(scenario))
         qos = self.settings.qos if qos is None else qos
         payload = self.settings.payload if payload is None else payload
-        if not 1 <= workers <= self.settings.max_workers:
-            raise EngineInputError(f"workers must be 1..{self.settings.max_workers}, not {workers}")
-        if qos not in (0, 1):
-            raise EngineInputError(f"qos must be 0 or 1, not {qos}")
-        if payload not in ("edgetwin", "flat"):
-            raise EngineInputError(f"payload must be 'edgetwin' or 'flat', not {payload!r}")
+        self._check_start(scenario, workers, qos, payload)
         devices = scenario.device_count()
-        if not 1 <= devices <= self.settings.max_devices:
-            raise EngineInputError(
-                f"a scenario of {devices} devices: the engine runs 1..{self.settings.max_devices}"
-            )
         with self._lock:
             if self._state != "stopped":
                 raise EngineStateError(f"the engine is {self._state}: stop it first")
@@ -218,22 +276,15 @@ class EngineController:
             # (or a stop) from slipping in meanwhile.
             self._state = "starting"
             self._last_handles = []
-            parts = partition(scenario, workers)
-            handles = []
-            for index in range(workers):
-                parent, child = self._ctx.Pipe()
-                spec = WorkerSpec(index, self.endpoint, self.settings, qos, payload)
-                process = self._ctx.Process(
-                    target=worker_main,
-                    args=(child, spec),
-                    name=f"edgetwin-engine-{index}",
-                    daemon=True,
-                )
-                process.start()
-                child.close()
-                handles.append(_WorkerHandle(index, process, parent))
+            self._in_process = workers == 0
+            parts = partition(scenario, max(workers, 1))
+            handles = [
+                self._spawn(index, qos, payload, count_by_device) for index in range(len(parts))
+            ]
             self._workers = handles
             self._scenario, self._qos, self._payload, self._rate = scenario, qos, payload, 1.0
+            self._fleet = fleet
+            self._auto_workers, self._count_by_device = auto, count_by_device
             self._reader = threading.Thread(
                 target=self._read, args=(handles,), name="engine-stats", daemon=True
             )
@@ -264,6 +315,50 @@ class EngineController:
                 extra={"devices": devices, "workers": workers, "qos": qos, "payload": payload},
             )
         return self.stats()
+
+    def _check_start(
+        self, scenario: ScenarioLike, workers: int, qos: int, payload: PayloadKind
+    ) -> None:
+        if not 0 <= workers <= self.settings.max_workers:
+            raise EngineInputError(
+                f"workers must be 0..{self.settings.max_workers} (0: in the gateway's process), "
+                f"not {workers}"
+            )
+        if qos not in (0, 1):
+            raise EngineInputError(f"qos must be 0 or 1, not {qos}")
+        if payload not in ("edgetwin", "flat"):
+            raise EngineInputError(f"payload must be 'edgetwin' or 'flat', not {payload!r}")
+        devices = scenario.device_count()
+        if not 1 <= devices <= self.settings.max_devices:
+            raise EngineInputError(
+                f"a scenario of {devices} devices: the engine runs 1..{self.settings.max_devices}"
+            )
+
+    def _spawn(
+        self, index: int, qos: int, payload: PayloadKind, count_by_device: bool
+    ) -> _WorkerHandle:
+        """Worker `index`: a process, or a thread of this one while `_in_process`."""
+        parent, child = self._ctx.Pipe()
+        spec = WorkerSpec(
+            index,
+            self.endpoint,
+            self.settings,
+            qos,
+            payload,
+            in_process=self._in_process,
+            count_by_device=count_by_device,
+        )
+        process: BaseProcess | _InProcess
+        if self._in_process:
+            process = _InProcess(child, spec)
+        else:
+            process = self._ctx.Process(
+                target=worker_main, args=(child, spec), name=f"edgetwin-engine-{index}", daemon=True
+            )
+        process.start()
+        if not self._in_process:
+            child.close()  # a thread's end of the pipe is its own: it closes it
+        return _WorkerHandle(index, process, parent)
 
     def stop(self) -> EngineStats:
         with self._lock:
@@ -302,17 +397,46 @@ class EngineController:
         return self.stats()
 
     def resize(self, devices: int) -> EngineStats:
-        """Run `devices` devices in all, same mix, without a restart; existing ids keep going."""
+        """Run `devices` devices in all, same mix; existing ids keep going.
+
+        Without a restart, unless the run's worker count was chosen from its rate and the new
+        rate wants a different kind of run: a fleet grown past what the gateway's thread
+        holds moves to worker processes (and one shrunk below it back into the gateway).
+        That restart begins every stream's `seq` again and keeps the rate and pause.
+        """
         if not 1 <= devices <= self.settings.max_devices:
             raise EngineInputError(f"devices must be 1..{self.settings.max_devices}, not {devices}")
         with self._lock:
             if self._scenario is None or self._state in ("stopped", "starting"):
                 raise EngineStateError(f"the engine is {self._state}: wait until it runs")
             scenario = self._scenario.resized(devices)
+            if self._auto_workers:
+                wanted = self.settings.choose_workers(fleet_rate(scenario))
+                if (wanted == 0) != self._in_process:
+                    return self._restart(scenario, wanted)
             parts = partition(scenario, len(self._workers))
             for handle, indices in zip(self._workers, parts, strict=True):
                 handle.send(("streams", scenario, indices))
             self._scenario = scenario
+        return self.stats()
+
+    def _restart(self, scenario: ScenarioLike, workers: int) -> EngineStats:
+        """The same run on `scenario` with `workers` (lock held)."""
+        rate, paused = self._rate, self._state == "paused"
+        fleet, qos, payload = self._fleet, self._qos, self._payload
+        log.info(
+            "engine moves the fleet",
+            extra={"devices": scenario.device_count(), "workers": workers},
+        )
+        self._shutdown()
+        self.start(
+            scenario, workers, qos, payload, fleet=fleet, count_by_device=self._count_by_device
+        )
+        self._auto_workers = True
+        if rate != 1.0:
+            self.set_rate(rate)
+        if paused:
+            self.pause()
         return self.stats()
 
     def inject(self, fault: Any) -> EngineStats:
@@ -340,6 +464,8 @@ class EngineController:
             handles = list(self._workers or self._last_handles)
             scenario = self._scenario
             state = self._state
+            in_process = self._in_process
+            fleet = None if state == "stopped" else self._fleet
         summaries = []
         counts = [0] * (len(LATENESS_EDGES) + 1)
         lateness_sum = 0.0
@@ -381,7 +507,8 @@ class EngineController:
             state=state,
             devices=scenario.device_count() if scenario is not None and state != "stopped" else 0,
             streams=sum(s.streams for s in summaries),
-            workers=len(handles),
+            workers=0 if in_process else len(handles),
+            fleet=fleet,
             qos=self._qos,
             payload=self._payload,
             rate=self._rate,
@@ -474,6 +601,8 @@ class EngineController:
             handle.conn.close()
             if handle.last is not None:
                 self.retired.add(handle.last)
+            self.retired.add_by_device(handle.by_device)
+            handle.by_device = {}
         self._state = "stopped"
         self._last_handles = handles
         self._cond.notify_all()
@@ -489,6 +618,12 @@ class WorkerTotals:
         self.backlog_skipped = 0
         self.lateness = [0] * (len(LATENESS_EDGES) + 1)
         self.lateness_sum = 0.0
+        self.by_device: dict[str, int] = {}
+
+    def add_by_device(self, counts: dict[str, int]) -> None:
+        by_device = self.by_device
+        for device, count in counts.items():
+            by_device[device] = by_device.get(device, 0) + count
 
     def add(self, stats: WorkerStats) -> None:
         self.ticks += stats.ticks

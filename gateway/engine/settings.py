@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,7 +21,16 @@ class EngineSettings(Section, frozen=True):
     and counts ticks rather than queueing them.
     """
 
-    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    # Worker processes, or 0 to run in the gateway's own process (a thread), or "auto": in
+    # process up to `in_process_rate` readings a second, else one process per
+    # `process_rate` readings a second, at most one per core (see `choose_workers`).
+    workers: Annotated[int, msgspec.Meta(ge=0, le=64)] | Literal["auto"] = "auto"
+    # A thread of the gateway holds this many readings a second beside the API without
+    # pinning its core (about 4 % of a core per 1,000/s: bench/README.md).
+    in_process_rate: Annotated[float, msgspec.Meta(ge=0)] = 2000.0
+    # One worker process held 50,000 readings/s at QoS 0 on ~0.8 core; 30,000 a process
+    # leaves each some headroom for the broker beside it on a small machine.
+    process_rate: Annotated[float, msgspec.Meta(gt=0)] = 30000.0
     # Scenario files that POST /engine/start may name, relative to this directory; None: the
     # API starts only the default fleet.
     scenarios_dir: Path | None = None
@@ -56,10 +67,21 @@ class EngineSettings(Section, frozen=True):
     stats_interval: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
     start_timeout: Annotated[float, msgspec.Meta(gt=0)] = 20.0
 
+    def choose_workers(self, rate: float) -> int:
+        """Worker processes for a fleet asking `rate` readings a second (0: in process)."""
+        if self.workers != "auto":
+            return self.workers
+        if rate <= self.in_process_rate:
+            return 0
+        cores = os.cpu_count() or 1
+        return max(1, min(math.ceil(rate / self.process_rate), cores, self.max_workers))
+
     def __post_init__(self) -> None:
         if self.start_devices is not None and self.start_scenario is not None:
             raise ValueError("engine: start_devices and start_scenario cannot be used together")
         if self.start_scenario is not None and self.scenarios_dir is None:
             raise ValueError("engine: start_scenario needs scenarios_dir, the directory it is in")
+        if isinstance(self.workers, int) and self.workers > self.max_workers:
+            raise ValueError(f"engine: workers is above max_workers ({self.max_workers})")
         if self.start_devices is not None and self.start_devices > self.max_devices:
             raise ValueError(f"engine: start_devices is above max_devices ({self.max_devices})")

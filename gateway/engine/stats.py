@@ -70,3 +70,6 @@ class WorkerStats(msgspec.Struct, frozen=True):
     rss_bytes: int
     cpu_seconds: float
     error: str | None = None
+    # Messages per device since the run started; only with `count_by_device`, and only in
+    # every few reports (a 25,000-device slice is ~0.5 MB to pickle).
+    sent_by_device: dict[str, int] | None = None

@@ -29,6 +29,7 @@ from gateway.engine.stats import Lateness, WorkerStats
 _CHUNK = 256  # ticks between two flushes inside a batch: bounds the lateness a batch adds
 _IDLE_WAIT = 0.25  # seconds; the longest select() when nothing is due (keep-alive, commands)
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+_DEVICE_COUNTS_EVERY = 4  # stats reports between two of the per-device counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,8 @@ class WorkerSpec:
     settings: EngineSettings
     qos: int
     payload: PayloadKind
+    in_process: bool = False  # a thread of the gateway, not a process of its own
+    count_by_device: bool = False
 
 
 def _rss_bytes() -> int:
@@ -81,6 +84,10 @@ class Worker:
         self.next_stats = 0.0
         self.next_tick = 0.0
         self.reported_connected = False
+        # With count_by_device: messages per device, and each stream index's device.
+        self.sent_of: dict[str, int] | None = {} if spec.count_by_device else None
+        self.device_of: dict[int, str] = {}
+        self.reports = 0
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -121,12 +128,16 @@ class Worker:
             # deadline.
             generator.warm()
             kept.update(dict.fromkeys(fresh, generator))
-            # The streams' state lives as long as the run: out of the cyclic collector's
-            # sight. Its full passes over 25,000 streams took ~0.2 s each, which was the p99
-            # lateness at 50,000 devices.
-            gc.collect()
-            gc.freeze()
+            if not self.spec.in_process:
+                # The streams' state lives as long as the run: out of the cyclic collector's
+                # sight. Its full passes over 25,000 streams took ~0.2 s each, which was the
+                # p99 lateness at 50,000 devices. Not in a thread of the gateway: frozen
+                # objects are never collected, and the gateway's are not ours to freeze.
+                gc.collect()
+                gc.freeze()
         self.generator_of, self.identity = kept, identity
+        if self.sent_of is not None:
+            self.device_of = {i: device for i, (device, _) in identity.items()}
         self.schedule = Schedule(
             (Entry(i, specs[i].interval, specs[i].phase) for i in indices), after=self.s_done
         )
@@ -177,6 +188,8 @@ class Worker:
                         sent += 1
             if not self.link.flush():
                 break
+            if self.sent_of is not None:
+                self.count_by_device(chunk)
             published = time.time()
             for t in deadlines:
                 add(published - t)
@@ -187,9 +200,20 @@ class Worker:
         self.sent += sent
         return len(due) >= self.settings.batch_limit
 
+    def count_by_device(self, chunk: Sequence[tuple[int, float]]) -> None:
+        """Count a flushed chunk's readings per device. A tick is one reading here: the
+        per-device count serves the original simulator's fleets, which have no faults that
+        add labels or copies."""
+        sent_of = self.sent_of
+        assert sent_of is not None
+        device_of = self.device_of
+        for index, _ in chunk:
+            device = device_of[index]
+            sent_of[device] = sent_of.get(device, 0) + 1
+
     # -- the loop ---------------------------------------------------------------------------
 
-    def stats(self, now: float) -> WorkerStats:
+    def stats(self, now: float, *, final: bool = False) -> WorkerStats:
         timeline = self.timeline
         running = timeline is not None and not timeline.paused
         if self.stopping:
@@ -201,6 +225,10 @@ class Worker:
         else:
             state = "running" if running else "paused"
         target = self.schedule.per_second * timeline.rate if timeline and running else 0.0
+        by_device = None
+        if self.sent_of is not None and (self.reports % _DEVICE_COUNTS_EVERY == 0 or final):
+            by_device = dict(self.sent_of)
+        self.reports += 1
         return WorkerStats(
             worker=self.spec.worker,
             pid=os.getpid(),
@@ -221,6 +249,7 @@ class Worker:
             rss_bytes=_rss_bytes(),
             cpu_seconds=time.process_time(),
             error=self.error,
+            sent_by_device=by_device,
         )
 
     def maintain(self, mono: float) -> None:
@@ -301,9 +330,14 @@ class Worker:
             self.stopping = True
         finally:
             self.link.close()
-        self.conn.send(("stats", self.stats(time.time())))
+        self.conn.send(("stats", self.stats(time.time(), final=True)))
 
 
 def worker_main(conn: Connection, spec: WorkerSpec) -> None:
-    """Entry point of a worker process (multiprocessing target)."""
-    Worker(conn, spec).run()
+    """Entry point of a worker process (multiprocessing target) or thread."""
+    try:
+        Worker(conn, spec).run()
+    finally:
+        # The controller learns the worker is gone from the end of its pipe; a thread's end
+        # does not close by itself as a process's does when it exits.
+        conn.close()

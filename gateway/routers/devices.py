@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, HTTPException, Path, Response, status
 from agent.contract import ID_PATTERN
 from gateway.auth import Writer
 from gateway.config import ManifestDevice
-from gateway.deps import ServiceDep
+from gateway.deps import ControlDep, ServiceDep
 from gateway.service import UnknownDeviceError
 from gateway.structs import parse_body, request_body
 from gateway.views import DeviceView, TwinView, device_view, twin_view
@@ -38,16 +38,27 @@ def get_device(service: ServiceDep, device_id: DeviceIdPath) -> TwinView:
     "",
     status_code=status.HTTP_201_CREATED,
     dependencies=[Writer],
-    responses={409: {"description": "already in the manifest"}, 401: {}, 403: {}},
+    responses={
+        409: {"description": "already in the manifest, or a device of the simulator's group"},
+        401: {},
+        403: {},
+    },
     openapi_extra=request_body(ManifestDevice),
     summary="Add a device to the manifest; it is simulated until its agent comes online",
 )
-def add_device(service: ServiceDep, data: Annotated[Any, Body()]) -> TwinView:
+def add_device(service: ServiceDep, control: ControlDep, data: Annotated[Any, Body()]) -> TwinView:
     device = parse_body(ManifestDevice, data)
     existing = service.fleet.get(device.id)
     if existing is not None and existing.in_manifest:
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"device {device.id!r} is already in the manifest"
+        )
+    if control.owns(device.id):
+        # Its twin would simulate it beside the engine: two writers of one stream.
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"device {device.id!r} is a device of the simulator's group (/status); "
+            "scale the group below it or stop it first",
         )
     return twin_view(service.add_device(device), service.engine)
 

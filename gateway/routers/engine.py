@@ -35,7 +35,8 @@ class StartRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     scenario: str | None = None
     interval: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 1.0
     seed: int = 0
-    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] | None = None
+    # Worker processes; 0 runs the fleet in the gateway's process; none: chosen from its rate.
+    workers: Annotated[int, msgspec.Meta(ge=0, le=64)] | None = None
     qos: Literal[0, 1] | None = None
     payload: Literal["edgetwin", "flat"] | None = None
 

@@ -726,18 +726,27 @@ def scenario_for(path: Path | None, devices: int | None, default_devices: int = 
     return scenario if devices is None else scenario.resized(devices)
 
 
-def default_scenario(devices: int, interval: float = 1.0, seed: int = 0) -> Scenario:
-    """`devices` devices device_000... (ids zero-padded to max(3, digits)), each with one sensor
-    "env" measuring temperature, humidity and pressure with realistic default signals."""
+def default_scenario(
+    devices: int,
+    interval: float = 1.0,
+    seed: int = 0,
+    *,
+    prefix: str = "device_",
+    width: int | None = None,
+) -> Scenario:
+    """`devices` devices {prefix}000... (ids zero-padded to `width`, default max(3, digits)),
+    each with one sensor "env" measuring temperature, humidity and pressure with realistic
+    default signals: the original simulator's fleet."""
     if devices < 0:
         raise ScenarioError(f"devices: must be >= 0, got {devices}")
     if not 0 < interval <= 86_400:
         raise ScenarioError(f"interval: must be in (0, 86400] seconds, got {interval}")
-    width = max(3, len(str(max(devices - 1, 0))))
+    if width is None:
+        width = max(3, len(str(max(devices - 1, 0))))
     env = SensorSpec(
         quantities={q: QuantitySpec() for q in ("temperature", "humidity", "pressure")}
     )
     template = TemplateSpec(
-        count=devices, sensors={"env": env}, id_format=f"device_{{index:0{width}d}}"
+        count=devices, sensors={"env": env}, id_format=f"{prefix}{{index:0{width}d}}"
     )
     return Scenario(templates={"device": template}, seed=seed, interval=interval)
