@@ -1,6 +1,6 @@
 """The agent's durable, bounded outbox: readings wait here, in SQLite, until the broker has them.
 
-DESIGN.md, "Agent durability": a reading enters the outbox before it is published and leaves
+docs/design.md, "Durable outbox": a reading enters the outbox before it is published and leaves
 it only when the broker acknowledges it (QoS 1 PUBACK). Broker down, network down, agent
 killed: readings wait and are delivered later, in order; past the bound the oldest are
 dropped and counted, never silently.
