@@ -26,9 +26,9 @@ import msgspec
 SCHEMA_VERSION: Final = 1
 DEFAULT_PREFIX: Final = "edgetwin"
 
-# Underscore is allowed beside DESIGN.md's [a-z0-9-] because the original simulator names its
-# devices device_000, device_001, ... and its consumers must keep working. Both characters are
-# inert in MQTT topics; '+', '#', '/' and uppercase stay out.
+# Underscore is allowed beside '-' because the original simulator names its devices
+# device_000, device_001, ... and its consumers must keep working. Both characters are inert
+# in MQTT topics; '+', '#', '/' and uppercase stay out (docs/design.md, 'Wire contract').
 ID_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 _ID_RE: Final = re.compile(ID_PATTERN)
 

@@ -1,6 +1,6 @@
 """The agent's durable, bounded outbox: readings wait here, in SQLite, until the broker has them.
 
-DESIGN.md, "Agent durability": a reading enters the outbox before it is published and leaves
+docs/design.md, "Durable outbox": a reading enters the outbox before it is published and leaves
 it only when the broker acknowledges it (QoS 1 PUBACK). Broker down, network down, agent
 killed: readings wait and are delivered later, in order; past the bound the oldest are
 dropped and counted, never silently.
@@ -211,8 +211,9 @@ class Outbox:
         self._next_seq: dict[str, int] = {}  # last seq handed out, committed or not
         self._acked: dict[int, int] = {}  # id -> payload size, deleted at the next commit
         self._acked_bytes = 0
-        # Payload sizes of rows `pending()` handed out, so that their acks need no query: the
-        # lookup was a sixth of the drain's time. Rows dropped by the bounds leave it at once.
+        # Payload sizes of rows `pending()` handed out, so that their acks need no query: a
+        # lookup per ack costs a sixth of the drain's time. Rows dropped by the bounds leave it
+        # at once.
         self._handed: dict[int, int] = {}
         self._buffer_dropped = 0  # dropped from the buffer while commits kept failing
         self._commit_failing = False

@@ -9,9 +9,9 @@ Threads. Readings are read ahead from the outbox into a queue, and published fro
 window has room. While PUBACKs come in, paho's network thread does both at each PUBACK, topping
 the window up the way paho does from its own queue; the caller's loop (`pump`) starts the flow
 when nothing is in flight, and reads when asked. So a backlog drains on the network thread
-alone, with no hand-over between threads per message: with the loop reading and publishing,
-the two threads passed the GIL to and fro at every outbox row and PUBACK, and the drain ran at
-0.6-0.7 times raw paho; this way it runs at 0.84-0.99 times (bench/outbox_bench.py). The
+alone, with no hand-over between threads per message: were the loop to read and publish, the
+two threads would pass the GIL to and fro at every outbox row and PUBACK. The drain runs at
+0.84-0.99 times raw paho (bench/README.md, outbox_bench; docs/design.md, 'Agent'). The
 network thread reads only when no commit holds the outbox, so it never waits for the disk; when
 one does, it asks the loop to read (`on_room`). One thread at a time reads, and one publishes,
 so messages reach paho, and the wire, in the order read.

@@ -3,8 +3,9 @@
 One thread reads the sensors on absolute deadlines and writes each reading to the durable
 outbox; the publisher moves committed readings to the broker and removes them once
 acknowledged; desired configuration from the gateway is validated and applied between two
-readings, atomically. paho's network thread only receives: messages and acknowledgements are
-handed over, never acted on there.
+readings, atomically. paho's network thread hands incoming messages to the loop and never acts
+on them; it publishes the birth documents on connect, and at each acknowledgement the
+publisher settles the reading and sends the next ones on that thread (agent/publisher.py).
 """
 
 from __future__ import annotations
@@ -231,7 +232,7 @@ class Agent:
             dropped=self.outbox.dropped,
         ).encode()
 
-    # -- network thread callbacks: hand over, never act ----------------------------------------
+    # -- network thread callbacks: messages are handed over; births and acks act here ----------
 
     def _on_connect(self, link: MqttLink) -> None:
         link.publish(

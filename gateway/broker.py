@@ -4,7 +4,7 @@ Two back ends with one face (`start`, `stop`, `kill`, `restart`, `host`, `port`,
 `protocol`, context manager):
 
 - `MosquittoBroker` runs the real `mosquitto` binary as a child process. It is the reference
-  broker of the project (DESIGN.md, Tests) and speaks MQTT 5.
+  broker of the project (docs/design.md, 'Testing') and speaks MQTT 5.
 - `InProcessBroker` runs amqtt inside this process, for machines without mosquitto. amqtt only
   speaks MQTT 3.1.1, so callers must read `protocol` to pick their client protocol.
 

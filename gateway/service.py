@@ -73,7 +73,8 @@ class GatewayService:
             on_connect=self._on_connect,
             on_message=self._on_message,
         )
-        # What agents report teaches the simulation that stands in for them (issue 6, item 4).
+        # What agents report teaches the simulation that stands in for them (docs/design.md,
+        # 'Learned signals').
         self.learning = StreamLearning()
         self.engine = SimulationEngine(
             self._publish_telemetry,

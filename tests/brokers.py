@@ -1,6 +1,6 @@
 """Private MQTT brokers for integration tests, behind one small face (`BrokerUnderTest`).
 
-Back ends, in order of preference (DESIGN.md, Tests):
+Back ends, in order of preference (docs/design.md, 'Testing'):
 
 - ``mosquitto``: the mosquitto binary as a child process (`gateway.broker.MosquittoBroker`);
 - ``docker``: mosquitto in a container through testcontainers (`DockerMosquittoBroker`);

@@ -1,4 +1,4 @@
-"""Project-wide fixtures: a private MQTT broker per test (DESIGN.md, Tests).
+"""Project-wide fixtures: a private MQTT broker per test (docs/design.md, 'Testing').
 
 The broker comes from the mosquitto binary when installed, else from a testcontainers
 mosquitto when a Docker engine answers, else the test is skipped with the reason. Set

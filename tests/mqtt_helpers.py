@@ -1,6 +1,7 @@
 """Real paho-mqtt clients for tests: a message-collecting `Subscriber` and a few one-liners.
 
-Nothing here mocks MQTT (DESIGN.md, Tests): every helper talks to the broker under test.
+Nothing here mocks MQTT (docs/design.md, 'Testing'): every helper talks to the broker under
+test.
 Waiting is done on a `threading.Condition` with a deadline, never with a bare sleep.
 """
 

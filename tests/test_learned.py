@@ -1,5 +1,6 @@
-"""Twin-learned failover (issue 6, item 4): running statistics of real streams, and the
-simulation that continues a stream like its own history when its sensor goes missing."""
+"""Twin-learned failover (docs/design.md, 'Learned signals'): running statistics of real
+streams, and the simulation that continues a stream like its own history when its sensor goes
+missing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""What the engine needs from a scenario: the shape of `gateway.scenario` (briefs/interface.md).
+"""What the engine needs from a scenario: the shape of `gateway.scenario` (docs/design.md,
+'Simulation engine').
 
 The engine codes against these protocols, not against the scenario package, so either side can
 change its internals freely; `gateway.scenario.Scenario` satisfies `ScenarioLike` structurally.
