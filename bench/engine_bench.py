@@ -291,27 +291,50 @@ def children(pid: int) -> list[int]:
 
 
 def gateway_toml(directory: Path, broker: MosquittoBroker, devices: int, args: Any) -> Path:
+    """The gateway's config for one held-load row, in the form `args.form` names: the engine's
+    own section, or one of the original simulator's two formats, as its users would write."""
     path = directory / f"gateway-{devices}.toml"
+    workers = "" if args.workers is None else f"workers = {args.workers}"
+    engine = f"""
+[engine]
+{workers}
+qos = {args.qos}
+max_inflight = {args.max_inflight}
+max_queued = {args.max_queued}
+"""
+    fleet = {
+        "engine": f"{engine}start_devices = {devices}\nstart_interval = 1.0\n",
+        # The original simulator's README format: the fleet runs from the start.
+        "simulator": f"""
+[simulator]
+device_count = {devices}
+publish_interval = 1
+{engine}""",
+        # Its code's format: nothing runs until GET /start?count=N.
+        "simulation": f"""
+[simulation]
+frequency_sec = 1.0
+max_devices = {devices}
+
+[api]
+local_no_auth = true
+{engine}""",
+    }[args.form]
+    topic = {"engine": "", "simulator": "sensors/{device_id}", "simulation": "sensors/data"}
     path.write_text(
         f"""
 [mqtt]
 host = "{broker.host}"
 port = {broker.port}
+qos = {args.qos}
+{f'topic = "{topic[args.form]}"' if topic[args.form] else ""}
 
 [server]
 port = {free_port()}
 
 [observability]
 log_level = "WARNING"
-
-[engine]
-workers = {args.workers}
-qos = {args.qos}
-max_inflight = {args.max_inflight}
-max_queued = {args.max_queued}
-start_devices = {devices}
-start_interval = 1.0
-"""
+{fleet}"""
     )
     return path
 
@@ -322,14 +345,22 @@ def engine_status(port: int) -> dict[str, Any]:
         return status
 
 
+FORMS = {
+    "engine": "[engine] start_devices",
+    "simulator": "the original README's [simulator] device_count, topic sensors/{device_id}",
+    "simulation": "the original code's [simulation] max_devices, then GET /start?count=N",
+}
+
+
 def held(broker: MosquittoBroker, counter: BrokerCounter, args: argparse.Namespace) -> None:
     print(
-        f"\n(2) held load at 1 Hz, QoS {args.qos}, {args.workers} workers, "
+        f"\n(2) held load at 1 Hz, QoS {args.qos}, workers {args.workers or 'auto'}, "
         f"{args.duration:.0f} s window after {args.warmup:.0f} s warm-up; "
-        "`edgetwin gateway` with [engine] start_devices"
+        f"`edgetwin gateway` with {FORMS[args.form]}"
     )
     print(
-        f"{'devices':>8} {'target/s':>9} {'delivered/s':>12} {'%':>6} {'p50 ms':>7} "
+        f"{'devices':>8} {'workers':>7} {'target/s':>9} {'delivered/s':>12} {'%':>6} "
+        f"{'p50 ms':>7} "
         f"{'p99 ms':>7} {'skipped':>8} {'RSS MB':>7} {'PSS MB':>7} {'gateway MB':>10} "
         f"{'CPU %':>6} {'gw CPU %':>8}"
     )
@@ -365,6 +396,9 @@ def _held_row(
     counter: BrokerCounter,
     args: argparse.Namespace,
 ) -> str:
+    started = ""
+    if args.form == "simulation":
+        started = _start_route(port, devices)
     deadline = time.monotonic() + 120
     while True:
         if gateway.poll() is not None:
@@ -379,7 +413,8 @@ def _held_row(
         time.sleep(0.5)
     time.sleep(args.warmup)
     before = engine_status(port)
-    workers = [w["pid"] for w in before["per_worker"]]
+    # A fleet run in the gateway's own process has the gateway's pid: its CPU is in gw CPU %.
+    workers = [w["pid"] for w in before["per_worker"] if w["pid"] != gateway.pid]
     c0 = sum(cpu_seconds(p) for p in workers)
     g0 = cpu_seconds(gateway.pid)
     t0 = time.monotonic()
@@ -404,11 +439,29 @@ def _held_row(
         before["late_skipped"] + before["backlog_skipped"]
     )
     return (
-        f"{devices:8d} {devices:9d} {rate:12.0f} {100 * rate / devices:6.1f} "
+        f"{devices:8d} {after['workers']:7d} {devices:9d} {rate:12.0f} "
+        f"{100 * rate / devices:6.1f} "
         f"{(p50 or 0) * 1000:7.2f} {(p99 or 0) * 1000:7.2f} {skipped:8d} "
         f"{peak_rss / 2**20:7.0f} {peak_pss / 2**20:7.0f} {own / 2**20:10.0f} "
-        f"{100 * (c1 - c0) / (t1 - t0):6.0f} {100 * (g1 - g0) / (t1 - t0):8.0f}"
+        f"{100 * (c1 - c0) / (t1 - t0):6.0f} {100 * (g1 - g0) / (t1 - t0):8.0f}{started}"
     )
+
+
+def _start_route(port: int, devices: int) -> str:
+    """GET /start?count=N as the original's users call it; how long it took to answer."""
+    deadline = time.monotonic() + 60
+    url = f"http://127.0.0.1:{port}/start?count={devices}"
+    while True:
+        t0 = time.monotonic()
+        try:
+            with urllib.request.urlopen(url, timeout=30) as answer:
+                answer.read()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit("the gateway's API did not answer within 60 s") from None
+            time.sleep(0.2)
+            continue
+        return f"  /start answered in {1000 * (time.monotonic() - t0):.0f} ms"
 
 
 def main() -> None:
@@ -423,7 +476,15 @@ def main() -> None:
     parser.add_argument("--flat", type=float, default=10.0, help="flat-out window, s")
     parser.add_argument("--flat-workers", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--devices", type=int, nargs="*", default=[10_000, 50_000])
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default: chosen by rate)"
+    )
+    parser.add_argument(
+        "--form",
+        choices=sorted(FORMS),
+        default="engine",
+        help="held load: which config starts the fleet",
+    )
     parser.add_argument("--qos", type=int, choices=(0, 1), default=0)
     parser.add_argument("--max-inflight", type=int, default=EngineSettings().max_inflight)
     parser.add_argument("--max-queued", type=int, default=EngineSettings().max_queued)

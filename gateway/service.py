@@ -92,6 +92,7 @@ class GatewayService:
         self._grace_timer: threading.Timer | None = None
         self._grace_over = threading.Event()
         self._desired_lock = threading.Lock()
+        self._shared_telemetry_watched = False
 
     def start(self) -> None:
         topics = self.topics
@@ -105,14 +106,11 @@ class GatewayService:
             ]
         )
         # Agents' readings tell us their last seq, so a simulation that takes over a stream
-        # continues its numbering. Where the topic names the device, only the twin's devices
-        # are watched: the scale engine's fleet on the same prefix would otherwise flow through
-        # this process, a core's work at 50,000 readings a second.
-        if self._telemetry_names_device:
-            for twin in self.fleet.snapshot():
-                self._watch_telemetry(twin.id)
-        else:
-            self.link.subscribe([topics.all_telemetry()], qos=0, no_local=True)
+        # continues its numbering. Only the twin's devices are watched: the engine's fleet on
+        # the same topics would otherwise flow through this process, a core's work at 50,000
+        # readings a second.
+        for twin in self.fleet.snapshot():
+            self._watch_telemetry(twin.id)
         self.link.start()
         self.engine.start()
         self._refresh_metrics()
@@ -221,9 +219,17 @@ class GatewayService:
         return "{device_id}" in (self.topics.telemetry_template or "{device_id}")
 
     def _watch_telemetry(self, device: str) -> None:
-        """Receive `device`'s readings (our own simulated ones excepted, MQTT 5 no-local)."""
+        """Receive `device`'s readings (our own simulated ones excepted, MQTT 5 no-local).
+
+        On a topic every device shares (`sensors/data`) that means every reading on it, so it
+        is subscribed to only once the twin has a device: a gateway that runs nothing but the
+        original simulator's fleet there does not receive that fleet back.
+        """
         if self._telemetry_names_device:
             self.link.subscribe([self.topics.telemetry(device, "+")], qos=0, no_local=True)
+        elif not self._shared_telemetry_watched:
+            self._shared_telemetry_watched = True
+            self.link.subscribe([self.topics.all_telemetry()], qos=0, no_local=True)
 
     def _reconcile(self, twin: DeviceTwin) -> None:
         """Simulate exactly the expected sensors of `twin` that no live agent serves."""

@@ -373,7 +373,8 @@ def test_agent_readings_on_the_shared_topic_reach_the_twin(
     broker: BrokerUnderTest, caplog: pytest.LogCaptureFixture
 ) -> None:
     """On `sensors/data` the payload names the device: an edgetwin reading reaches that
-    device's twin, a flat one (no seq, no source) is passed over quietly, garbage is logged."""
+    device's twin, a flat one (no seq, no source) is passed over quietly, garbage is logged.
+    The gateway listens there because its twin has a device (one of the manifest's)."""
     caplog.set_level(logging.WARNING, logger="gateway")
     reading = Telemetry(
         device="greenhouse-09",
@@ -384,7 +385,8 @@ def test_agent_readings_on_the_shared_topic_reach_the_twin(
         values={"temperature": Value(value=20.5, unit="°C")},
     )
     flat = {"device_id": "flat-07", "timestamp": time.time(), "temperature": 1.0, "humidity": 2.0}
-    with gateway(config(broker, simulation={})) as client:
+    listed = ManifestDevice(id="greenhouse-01", sensors={"env": bme280(1.0)})
+    with gateway(config(broker, simulation={}, devices=[listed])) as client:
         poll(lambda: client.get("/health").json()["mqtt_connected"], timeout=10, what="connect")
         publish(broker, "sensors/data", json.dumps(flat))
         publish(broker, "sensors/data", reading.encode())
