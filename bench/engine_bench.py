@@ -197,7 +197,7 @@ def per_message(broker: MosquittoBroker, args: argparse.Namespace) -> None:
     rows.append(("paho loop_write(), one send() per packet", (t2 - t1) / n))
     client.disconnect()
     link = EngineLink(
-        Endpoint(host=broker.host, port=broker.port), worker=0, max_inflight=10, max_queued=10
+        Endpoint(host=broker.host, port=broker.port), worker=0, max_inflight=10
     )
     link.connect()
     deadline = time.monotonic() + 5
@@ -308,7 +308,6 @@ log_level = "WARNING"
 workers = {args.workers}
 qos = {args.qos}
 max_inflight = {args.max_inflight}
-max_queued = {args.max_queued}
 start_devices = {devices}
 start_interval = 1.0
 """
@@ -426,7 +425,6 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--qos", type=int, choices=(0, 1), default=0)
     parser.add_argument("--max-inflight", type=int, default=EngineSettings().max_inflight)
-    parser.add_argument("--max-queued", type=int, default=EngineSettings().max_queued)
     parser.add_argument("--skip-micro", action="store_true")
     parser.add_argument("--skip-flat", action="store_true")
     parser.add_argument("--skip-held", action="store_true")
