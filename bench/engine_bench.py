@@ -196,9 +196,7 @@ def per_message(broker: MosquittoBroker, args: argparse.Namespace) -> None:
     rows.append(("paho publish(), queued only", (t1 - t0) / n))
     rows.append(("paho loop_write(), one send() per packet", (t2 - t1) / n))
     client.disconnect()
-    link = EngineLink(
-        Endpoint(host=broker.host, port=broker.port), worker=0, max_inflight=10
-    )
+    link = EngineLink(Endpoint(host=broker.host, port=broker.port), worker=0, max_inflight=10)
     link.connect()
     deadline = time.monotonic() + 5
     while not link.connected and time.monotonic() < deadline:

@@ -158,6 +158,9 @@ def test_qos1_readings_are_delivered_in_the_flat_payload(broker: BrokerUnderTest
     ]
     assert stats.qos == 1
     assert stats.refused == 0
+    # Counted when the socket took them, acknowledged on PUBACK: never more acked than sent.
+    assert 20 <= stats.acked <= stats.sent
+    assert stats.rejected == stats.lost == 0
 
 
 def _mosquitto_pid(broker: BrokerUnderTest) -> int:
