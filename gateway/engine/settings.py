@@ -37,7 +37,7 @@ class EngineSettings(Section, frozen=True):
     # A tick this late (wall seconds past its deadline, or one interval if shorter) is skipped
     # and counted, never published late in a burst.
     max_lateness: Annotated[float, msgspec.Meta(gt=0)] = 1.0
-    # Bytes a worker lets wait for the socket (paho's outgoing packets). Past it, due ticks are
+    # Bytes a worker lets wait for the socket (encoded, not yet sent). Past it, due ticks are
     # skipped and counted: this is what bounds memory while the broker is stalled.
     max_backlog_bytes: Annotated[int, msgspec.Meta(ge=65_536)] = 4 * 1024 * 1024
     # QoS 1: messages published and not yet acknowledged, per worker, and never more than the
