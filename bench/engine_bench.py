@@ -38,6 +38,7 @@ import textwrap
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -448,21 +449,22 @@ def simulate_cli(broker: MosquittoBroker, counter: BrokerCounter, args: argparse
     )
 
 
-def _wait_sample_after(counter: BrokerCounter, t: float, timeout: float = 5.0) -> int:
-    """The broker's count from the first $SYS update after monotonic time `t`."""
+def _count_when(counter: BrokerCounter, ready: Callable[[int], bool], timeout: float) -> int:
+    """The broker's count once `ready(count)`. mosquitto announces a $SYS counter only when
+    it changed, so an idle broker sends no update to wait for."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         latest = counter.latest()
-        if latest is not None and latest[0] > t:
+        if latest is not None and ready(latest[1]):
             return latest[1]
         time.sleep(0.1)
-    raise SystemExit("no $SYS update from the broker")
+    raise SystemExit(f"the broker's $SYS count did not get there within {timeout} s")
 
 
 def _simulate_row(
     broker: MosquittoBroker, counter: BrokerCounter, devices: int, args: argparse.Namespace
 ) -> str:
-    before = _wait_sample_after(counter, time.monotonic())
+    before = _count_when(counter, lambda _: True, 10)
     run_for = args.warmup + args.duration + 2
     command = [
         sys.executable, "-m", "edgetwin", "simulate", "--devices", str(devices),
@@ -472,10 +474,12 @@ def _simulate_row(
     with tempfile.TemporaryFile("w+") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         # Running once the broker's count moves (start-up builds every stream first).
-        deadline = time.monotonic() + 120
-        while _wait_sample_after(counter, time.monotonic()) == before:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"edgetwin simulate did not start publishing: {command}")
+        try:
+            _count_when(counter, lambda n: n > before or process.poll() is not None, 120)
+        finally:
+            if process.poll() is not None:
+                out.seek(0)
+                raise SystemExit(f"edgetwin simulate ended early:\n{out.read()}")
         time.sleep(args.warmup)
         group = [process.pid, *children(process.pid)]
         c0, t0 = sum(cpu_seconds(p) for p in group), time.monotonic()
@@ -486,7 +490,8 @@ def _simulate_row(
         ended = time.monotonic()
         out.seek(0)
         text = out.read()
-    after = _wait_sample_after(counter, ended)
+    time.sleep(max(ended + 2.5 - time.monotonic(), 0))  # two $SYS periods: the last count
+    after = _count_when(counter, lambda _: True, 10)
     found = FINAL_LINE.search(text)
     if process.returncode != 0 or found is None:
         raise SystemExit(f"edgetwin simulate exited {process.returncode}:\n{text}")

@@ -60,6 +60,7 @@ _PUBLISH1 = 0x32
 _SEND_CHUNK = 1 << 20  # bytes per send(): larger gains nothing and holds a big copy
 _RECV_SIZE = 1 << 16
 _CONNECT_TIMEOUT = 5.0  # seconds for TCP connect and the TLS handshake (blocking, as paho's)
+_CONNACK_TIMEOUT = 30.0  # seconds to wait for CONNACK when keep-alive is off (0)
 _CLOSE_TIMEOUT = 1.0  # seconds close() spends on outstanding bytes and PUBACKs
 
 
@@ -312,9 +313,8 @@ class EngineLink:
         now = time.monotonic()
         keepalive = self._keepalive
         if not self.connected:
-            if self.connecting_since is not None and now - self.connecting_since > max(
-                keepalive, 1
-            ):
+            patience = keepalive if keepalive > 0 else _CONNACK_TIMEOUT
+            if self.connecting_since is not None and now - self.connecting_since > patience:
                 # TCP accepted but no CONNACK: e.g. a stopped broker process.
                 self.drop("no CONNACK from the broker")
                 return False
