@@ -22,7 +22,7 @@ def _p99(stats: EngineStats) -> str:
     return "-" if stats.lateness_p99_ms is None else f"{stats.lateness_p99_ms:.1f}"
 
 
-def _status_line(stats: EngineStats) -> str:
+def status_line(stats: EngineStats) -> str:
     """The last seconds: what reached the socket (QoS 0) or the broker's PUBACKs (QoS 1)
     against the target; the tick rate only as "scheduled"."""
     how = "acknowledged" if stats.qos == 1 else "handed to the socket"
@@ -35,7 +35,7 @@ def _status_line(stats: EngineStats) -> str:
     )
 
 
-def _final_line(running: EngineStats, final: EngineStats, seconds: float) -> str:
+def final_line(running: EngineStats, final: EngineStats, seconds: float) -> str:
     """The whole run: messages handed to the socket over the time since the clock started
     (`running`: the figures just before the stop), then the totals after it (`final`), which
     include the last batch and the PUBACKs that close() waited for."""
@@ -90,7 +90,7 @@ def run_realtime(
                 break
             stop.wait(REPORT_EVERY if left is None else min(REPORT_EVERY, left))
             if not quiet:
-                print(_status_line(engine.refresh()), file=sys.stderr)
+                print(status_line(engine.refresh()), file=sys.stderr)
         running = engine.refresh()
         elapsed = time.monotonic() - started
         engine.close()
@@ -99,5 +99,5 @@ def run_realtime(
         engine.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    print(_final_line(running, final, elapsed))
+    print(final_line(running, final, elapsed))
     return 0
