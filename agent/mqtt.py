@@ -1,4 +1,5 @@
-"""The only module that touches paho-mqtt.
+"""The agent's and gateway's one module that touches paho-mqtt, through its public API only
+(ruff's SLF001 keeps it so; the engine's worker link speaks MQTT itself, gateway/engine/link.py).
 
 The rest of edgetwin sees `MqttLink`: start, publish, subscribe, a birth hook, a message
 callback carrying plain `Message` values, and a delivery callback for QoS 1 acknowledgements.
@@ -12,6 +13,7 @@ jitter"), and the attempt count resets once a connection has stayed up for a whi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import socket
@@ -325,8 +327,14 @@ class MqttLink:
         self._thread.join(timeout)
         self._thread = None
         self._connected.clear()
-        # In case the thread was stuck: the socket must not outlive the link.
-        self._client._sock_close()
+        # In case the thread was stuck: the socket must not outlive the link. Through paho's
+        # public `socket()`: closed under a stuck loop, paho's next select() fails and its loop
+        # returns; a later start() reconnects, and paho closes the old socket first (a second
+        # close() is harmless). No graceful end here: the thread that would do it is stuck.
+        sock = self._client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
 
     # -- network thread ------------------------------------------------------------------------
 

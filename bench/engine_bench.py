@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,7 @@ import textwrap
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,10 @@ class BrokerCounter:
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
             self.samples.append((time.monotonic(), int(msg.payload)))
+
+    def latest(self) -> tuple[float, int] | None:
+        with self._lock:
+            return self.samples[-1] if self.samples else None
 
     def rate(self, start: float, end: float) -> float:
         with self._lock:
@@ -196,9 +202,7 @@ def per_message(broker: MosquittoBroker, args: argparse.Namespace) -> None:
     rows.append(("paho publish(), queued only", (t1 - t0) / n))
     rows.append(("paho loop_write(), one send() per packet", (t2 - t1) / n))
     client.disconnect()
-    link = EngineLink(
-        Endpoint(host=broker.host, port=broker.port), worker=0, max_inflight=10, max_queued=10
-    )
+    link = EngineLink(Endpoint(host=broker.host, port=broker.port), worker=0, max_inflight=10)
     link.connect()
     deadline = time.monotonic() + 5
     while not link.connected and time.monotonic() < deadline:
@@ -300,7 +304,6 @@ def gateway_toml(directory: Path, broker: MosquittoBroker, devices: int, args: A
 {workers}
 qos = {args.qos}
 max_inflight = {args.max_inflight}
-max_queued = {args.max_queued}
 """
     fleet = {
         "engine": f"{engine}start_devices = {devices}\nstart_interval = 1.0\n",
@@ -362,7 +365,7 @@ def held(broker: MosquittoBroker, counter: BrokerCounter, args: argparse.Namespa
         f"{'devices':>8} {'workers':>7} {'target/s':>9} {'delivered/s':>12} {'%':>6} "
         f"{'p50 ms':>7} "
         f"{'p99 ms':>7} {'skipped':>8} {'RSS MB':>7} {'PSS MB':>7} {'gateway MB':>10} "
-        f"{'CPU %':>6} {'gw CPU %':>8}"
+        f"{'CPU %':>6} {'µs/msg':>7} {'gw CPU %':>8}"
     )
     for devices in args.devices:
         with tempfile.TemporaryDirectory() as tmp:
@@ -385,7 +388,8 @@ def held(broker: MosquittoBroker, counter: BrokerCounter, args: argparse.Namespa
         "RSS MB, PSS MB: peak sums over the gateway process and all its children (workers, "
         "multiprocessing's resource tracker); RSS counts shared pages once per process, PSS "
         "once in all; gateway MB: the gateway process's own RSS; CPU %: workers, of one core; "
-        "gw CPU %: the gateway process (API, twin, MQTT), of one core"
+        "µs/msg: their CPU per broker-counted message; gw CPU %: the gateway process (API, "
+        "twin, MQTT), of one core"
     )
 
 
@@ -443,7 +447,105 @@ def _held_row(
         f"{100 * rate / devices:6.1f} "
         f"{(p50 or 0) * 1000:7.2f} {(p99 or 0) * 1000:7.2f} {skipped:8d} "
         f"{peak_rss / 2**20:7.0f} {peak_pss / 2**20:7.0f} {own / 2**20:10.0f} "
-        f"{100 * (c1 - c0) / (t1 - t0):6.0f} {100 * (g1 - g0) / (t1 - t0):8.0f}{started}"
+        f"{100 * (c1 - c0) / (t1 - t0):6.0f} {1e6 * (c1 - c0) / (t1 - t0) / rate:7.1f} "
+        f"{100 * (g1 - g0) / (t1 - t0):8.0f}{started}"
+    )
+
+
+FINAL_LINE = re.compile(
+    r"(?P<devices>\d+) devices: (?P<rate>\d+)/s handed to the socket"
+    r"(?:, (?P<acked_rate>\d+)/s acknowledged)? over (?P<seconds>[\d.]+) s, "
+    r"target (?P<target>\d+)/s; (?P<sent>\d+) sent in all"
+    r"(?:, (?P<acked>\d+) acknowledged, (?P<refused>\d+) refused)?, (?P<lost>\d+) lost, "
+    r"(?P<skipped>\d+) ticks skipped"
+)
+
+
+def simulate_cli(broker: MosquittoBroker, counter: BrokerCounter, args: argparse.Namespace) -> None:
+    """`edgetwin simulate --broker` as a user runs it, in a child process: what the broker
+    counted against what the command printed, and the CPU of its process tree."""
+    print(
+        f"\n(3) `edgetwin simulate --devices N --broker ... --qos {args.qos} --workers "
+        f"{args.workers or 'default'}`, {args.duration:.0f} s window after "
+        f"{args.warmup:.0f} s warm-up"
+    )
+    print(
+        f"{'devices':>8} {'held %':>7} {'broker/s':>9} {'printed/s':>10} {'diff %':>7} "
+        f"{'sent':>9} {'broker n':>9} {'diff %':>7} {'cores':>6} {'µs/msg':>7} "
+        f"{'run CPU s':>9}"
+    )
+    for devices in args.devices:
+        print(_simulate_row(broker, counter, devices, args))
+    print(
+        "held %: broker-counted rate in the window / target; printed/s: the exit line's rate "
+        "(messages handed to the socket from start to stop); broker/s: the broker's count over "
+        "the command's whole run / the exit line's seconds; sent: the exit line's total, "
+        "broker n: the broker's count over the whole run; cores, µs/msg: CPU of the command and "
+        "its workers in the window, per broker-counted message; run CPU s: the whole run, "
+        "start-up (building every stream) included (wait4 rusage)"
+    )
+
+
+def _count_when(counter: BrokerCounter, ready: Callable[[int], bool], timeout: float) -> int:
+    """The broker's count once `ready(count)`. mosquitto announces a $SYS counter only when
+    it changed, so an idle broker sends no update to wait for."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        latest = counter.latest()
+        if latest is not None and ready(latest[1]):
+            return latest[1]
+        time.sleep(0.1)
+    raise SystemExit(f"the broker's $SYS count did not get there within {timeout} s")
+
+
+def _simulate_row(
+    broker: MosquittoBroker, counter: BrokerCounter, devices: int, args: argparse.Namespace
+) -> str:
+    before = _count_when(counter, lambda _: True, 10)
+    run_for = args.warmup + args.duration + 2
+    command = [
+        sys.executable, "-m", "edgetwin", "simulate", "--devices", str(devices),
+        "--broker", f"{broker.host}:{broker.port}", "--qos", str(args.qos),
+        "--duration", str(run_for), "--quiet",
+    ]  # fmt: skip
+    if args.workers is not None:
+        command += ["--workers", str(args.workers)]
+    with tempfile.TemporaryFile("w+") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        # Running once the broker's count moves (start-up builds every stream first).
+        try:
+            _count_when(counter, lambda n: n > before or process.poll() is not None, 120)
+        finally:
+            if process.poll() is not None:
+                out.seek(0)
+                raise SystemExit(f"edgetwin simulate ended early:\n{out.read()}")
+        time.sleep(args.warmup)
+        group = [process.pid, *children(process.pid)]
+        c0, t0 = sum(cpu_seconds(p) for p in group), time.monotonic()
+        time.sleep(args.duration)
+        c1, t1 = sum(cpu_seconds(p) for p in group), time.monotonic()
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        ended = time.monotonic()
+        out.seek(0)
+        text = out.read()
+    time.sleep(max(ended + 2.5 - time.monotonic(), 0))  # two $SYS periods: the last count
+    after = _count_when(counter, lambda _: True, 10)
+    found = FINAL_LINE.search(text)
+    if process.returncode != 0 or found is None:
+        raise SystemExit(f"edgetwin simulate exited {process.returncode}:\n{text}")
+    rate = counter.rate(t0, t1)
+    printed = int(found["rate"] if args.qos == 0 else found["acked_rate"])
+    seconds = float(found["seconds"])
+    broker_total = after - before
+    broker_rate = broker_total / seconds
+    sent = int(found["sent"])
+    cores = (c1 - c0) / (t1 - t0)
+    return (
+        f"{devices:8d} {100 * rate / devices:7.1f} {broker_rate:9.0f} {printed:10d} "
+        f"{100 * (printed - broker_rate) / broker_rate:+7.2f} {sent:9d} {broker_total:9d} "
+        f"{100 * (sent - broker_total) / broker_total:+7.2f} {cores:6.2f} "
+        f"{1e6 * cores / rate:7.1f} {usage.ru_utime + usage.ru_stime:9.1f}"
     )
 
 
@@ -487,12 +589,26 @@ def main() -> None:
     )
     parser.add_argument("--qos", type=int, choices=(0, 1), default=0)
     parser.add_argument("--max-inflight", type=int, default=EngineSettings().max_inflight)
-    parser.add_argument("--max-queued", type=int, default=EngineSettings().max_queued)
+    parser.add_argument(
+        "--broker-inflight",
+        type=int,
+        default=None,
+        help="mosquitto's max_inflight_messages, the MQTT 5 Receive Maximum it announces and "
+        "the engine keeps to (default: mosquitto's own, 20)",
+    )
     parser.add_argument("--skip-micro", action="store_true")
     parser.add_argument("--skip-flat", action="store_true")
     parser.add_argument("--skip-held", action="store_true")
+    parser.add_argument(
+        "--simulate-cli",
+        action="store_true",
+        help="also (3): `edgetwin simulate` in a child process, per --devices, at --qos",
+    )
     args = parser.parse_args()
-    with MosquittoBroker(extra_config=["sys_interval 1", "max_queued_messages 1000"]) as broker:
+    extra = ["sys_interval 1", "max_queued_messages 1000"]
+    if args.broker_inflight is not None:
+        extra.append(f"max_inflight_messages {args.broker_inflight}")
+    with MosquittoBroker(extra_config=extra) as broker:
         counter = BrokerCounter(broker)
         try:
             print(
@@ -504,6 +620,8 @@ def main() -> None:
                 flat_out(broker, counter, args)
             if not args.skip_held:
                 held(broker, counter, args)
+            if args.simulate_cli:
+                simulate_cli(broker, counter, args)
         finally:
             counter.close()
 

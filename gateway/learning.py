@@ -452,6 +452,9 @@ class _Continuation:
         self._values = {name: s.value for name, s in starts.items()}
         self._lock = threading.Lock()
 
+    def fit(self, name: str) -> Fit:
+        return self._starts[name].fit
+
     def value(self, name: str, t: float) -> float:
         with self._lock:
             if t > self._t:
@@ -489,7 +492,7 @@ class LearnedSignal:
         self.quantity = quantity
 
     def __repr__(self) -> str:
-        fit = self._continuation._starts[self.quantity].fit
+        fit = self._continuation.fit(self.quantity)
         return (
             f"LearnedSignal({self.quantity!r}, theta={fit.theta:.3g}/s, "
             f"slow={fit.sigma_slow:.3g}, white={fit.sigma_white:.3g})"

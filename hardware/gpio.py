@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from importlib.metadata import version as distribution_version
 from typing import Any, Final, Self
 
 from gpiozero import DistanceSensor, MotionSensor
@@ -229,6 +230,28 @@ class SampleTap:
                     return None
                 self._cond.wait(remaining)
 
+
+def check_gpiozero(version: str, classes: tuple[type, ...]) -> None:
+    """Refuse a gpiozero whose smoothed devices lost the hook the tapped devices below use.
+
+    They override `_read`: the method gpiozero 2's sampling thread calls for every sample
+    (`GPIOQueue.fill` -> `self.parent._read()`, gpiozero/mixins.py), which its own subclasses
+    override the same way (MotionSensor, DistanceSensor). It is the subclassing point, not
+    public API, so it is checked here, at import, by name: a gpiozero that renamed it fails
+    with this message instead of a tap that never sees a sample.
+    """
+    major = version.split(".", 1)[0]
+    missing = [c.__name__ for c in classes if not callable(getattr(c, "_read", None))]
+    if major != "2" or missing:
+        raise ImportError(
+            f"edgetwin's GPIO drivers need gpiozero 2.x with `_read` on its smoothed devices; "
+            f"found gpiozero {version}"
+            + (f" without `_read` on {', '.join(missing)}" if missing else "")
+            + ": install gpiozero>=2.0,<3"
+        )
+
+
+check_gpiozero(distribution_version("gpiozero"), (MotionSensor, DistanceSensor))
 
 # gpiozero ships no type hints, so its classes are Any to mypy and subclassing them needs the
 # ignore below. Attributes must be set before gpiozero's __init__: it freezes the attribute set.

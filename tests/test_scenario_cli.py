@@ -157,8 +157,13 @@ def test_a_real_time_run_plays_the_fleet_on_the_broker_until_its_duration(
             "--duration", "2", "--workers", "1", "--qos", "0",
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
+        # The exit line reports what reached the socket, never the target as if reached.
+        assert result.stdout.startswith("3 devices: ")
+        assert "/s handed to the socket over " in result.stdout
+        sent = int(result.stdout.split("; ")[1].split(" sent in all")[0])
+        sub.wait_for("edgetwin/+/telemetry/+", count=sent)
         readings = [Telemetry.decode(m.payload) for m in sub.messages()]
+    assert len(readings) == sent
     assert {r.device for r in readings} == {"device_000", "device_001", "device_002"}
     # One a second per device for two seconds, give or take the start and stop.
     assert 3 <= len(readings) <= 12
-    assert result.stdout.startswith("3 devices: ")

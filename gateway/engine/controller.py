@@ -59,10 +59,15 @@ class WorkerSummary(msgspec.Struct, frozen=True):
     connected: bool
     streams: int
     target_per_s: float
+    scheduled_per_s: float
     delivered_per_s: float
     messages_per_s: float
+    acked_per_s: float
     ticks: int
     sent: int
+    acked: int
+    rejected: int
+    lost: int
     late_skipped: int
     backlog_skipped: int
     refused: int
@@ -76,7 +81,15 @@ class WorkerSummary(msgspec.Struct, frozen=True):
 
 
 class EngineStats(msgspec.Struct, frozen=True):
-    """The fleet's figures: counters are totals since `start`, rates over the last seconds."""
+    """The fleet's figures: counters are totals since `start`, rates over the last seconds.
+
+    `target_per_s`: ticks (readings) per second the schedule asks for; `scheduled_per_s`: ticks
+    the workers served (handed to the generator), whether or not their messages got out;
+    `delivered_per_s`: messages whose bytes the socket accepted (QoS 0) or that the broker
+    acknowledged (QoS 1); `messages_per_s`: messages handed to the socket, either QoS;
+    `acked_per_s`: QoS 1 acknowledgements. `sent` counts messages handed to the socket, not
+    queued; `lost`, messages queued or in flight on a connection that dropped (never resent).
+    """
 
     state: State
     fleet: str | None  # who started the run: "api" (/engine), "simulator" (/start...)
@@ -87,10 +100,15 @@ class EngineStats(msgspec.Struct, frozen=True):
     payload: str
     rate: float
     target_per_s: float
+    scheduled_per_s: float
     delivered_per_s: float
     messages_per_s: float
+    acked_per_s: float
     ticks: int
     sent: int
+    acked: int
+    rejected: int
+    lost: int
     late_skipped: int
     backlog_skipped: int
     refused: int
@@ -166,15 +184,20 @@ class _WorkerHandle:
         while len(self.history) > 2 and stats.t - self.history[0].t > _RATE_WINDOW:
             self.history.popleft()
 
-    def rates(self) -> tuple[float, float]:
-        """Ticks and messages per second over the history window."""
+    def rates(self) -> tuple[float, float, float]:
+        """Ticks served, messages handed to the socket and QoS 1 acknowledgements per second
+        over the history window."""
         if len(self.history) < 2:
-            return 0.0, 0.0
+            return 0.0, 0.0, 0.0
         first, last = self.history[0], self.history[-1]
         span = last.t - first.t
         if span <= 0:
-            return 0.0, 0.0
-        return (last.ticks - first.ticks) / span, (last.sent - first.sent) / span
+            return 0.0, 0.0, 0.0
+        return (
+            (last.ticks - first.ticks) / span,
+            (last.sent - first.sent) / span,
+            (last.acked - first.acked) / span,
+        )
 
     def send(self, command: tuple[Any, ...]) -> None:
         if self.dead:
@@ -473,7 +496,7 @@ class EngineController:
             last = handle.last
             if last is None:
                 continue
-            ticks_rate, messages_rate = handle.rates()
+            ticks_rate, messages_rate, acked_rate = handle.rates()
             counts = add_counts(counts, last.lateness)
             lateness_sum += last.lateness_sum
             error = last.error
@@ -487,10 +510,16 @@ class EngineController:
                     connected=last.connected,
                     streams=last.streams,
                     target_per_s=round(last.target_per_s, 3),
-                    delivered_per_s=round(ticks_rate, 3),
+                    scheduled_per_s=round(ticks_rate, 3),
+                    # Never the tick rate: what reached the socket, or the broker at QoS 1.
+                    delivered_per_s=round(acked_rate if self._qos == 1 else messages_rate, 3),
                     messages_per_s=round(messages_rate, 3),
+                    acked_per_s=round(acked_rate, 3),
                     ticks=last.ticks,
                     sent=last.sent,
+                    acked=last.acked,
+                    rejected=last.rejected,
+                    lost=last.lost,
                     late_skipped=last.late_skipped,
                     backlog_skipped=last.backlog_skipped,
                     refused=last.refused,
@@ -513,10 +542,15 @@ class EngineController:
             payload=self._payload,
             rate=self._rate,
             target_per_s=round(sum(s.target_per_s for s in summaries), 3),
+            scheduled_per_s=round(sum(s.scheduled_per_s for s in summaries), 3),
             delivered_per_s=round(sum(s.delivered_per_s for s in summaries), 3),
             messages_per_s=round(sum(s.messages_per_s for s in summaries), 3),
+            acked_per_s=round(sum(s.acked_per_s for s in summaries), 3),
             ticks=sum(s.ticks for s in summaries),
             sent=sum(s.sent for s in summaries),
+            acked=sum(s.acked for s in summaries),
+            rejected=sum(s.rejected for s in summaries),
+            lost=sum(s.lost for s in summaries),
             late_skipped=sum(s.late_skipped for s in summaries),
             backlog_skipped=sum(s.backlog_skipped for s in summaries),
             refused=sum(s.refused for s in summaries),
@@ -614,6 +648,7 @@ class WorkerTotals:
     def __init__(self) -> None:
         self.ticks = 0
         self.sent = 0
+        self.acked = 0
         self.late_skipped = 0
         self.backlog_skipped = 0
         self.lateness = [0] * (len(LATENESS_EDGES) + 1)
@@ -628,6 +663,7 @@ class WorkerTotals:
     def add(self, stats: WorkerStats) -> None:
         self.ticks += stats.ticks
         self.sent += stats.sent
+        self.acked += stats.acked
         self.late_skipped += stats.late_skipped
         self.backlog_skipped += stats.backlog_skipped
         self.lateness = add_counts(self.lateness, stats.lateness)

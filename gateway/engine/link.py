@@ -1,38 +1,67 @@
-"""The engine worker's MQTT connection: paho-mqtt owns the session, the worker owns the loop.
+"""The engine worker's MQTT connection: a small publish-only MQTT client the worker's loop drives.
 
-paho's own network loop costs two system calls per QoS 0 message: `publish()` pokes its
-wake-up socket pair, then `send()`s that one packet. A worker publishing tens of thousands of
-messages a second cannot afford that, so here paho runs in its "external event loop" mode
-(`on_socket_register_write` set: `publish()` only queues) and `flush()` writes everything
-queued with one `send()`. QoS 0 PUBLISH packets are encoded here directly (fixed header, topic,
-an empty MQTT 5 property block, payload) rather than through `Client.publish`, which spends
-about 6 µs per message on checks, a locked message id and an info object nobody reads.
-Everything else (CONNECT, keep-alive, QoS 1 with its PUBACKs, reconnects) stays with paho.
+A worker publishes tens of thousands of messages a second and receives nothing but
+acknowledgements, so it owns its session outright rather than borrowing paho's: paho's own
+loop costs two system calls per QoS 0 message and its `publish()` ~6 µs of checks, and at QoS
+1 it rescans every message it holds at each PUBACK. Here every packet is encoded by
+`mqtt_wire` (PUBLISH inline, the hot path), queued, and written by `flush()` with as few
+`send()` calls as the socket allows; partial writes stay queued, in order.
 
-This reaches into two private members of paho's `Client`: `_out_packet`, the queue of encoded
-packets, and `_sock`. Both are stable across paho 1.6 to 2.1; the test suite runs this module
-against a real broker, so a paho release that changes them fails loudly there.
+What it does: CONNECT (MQTT 5 or 3.1.1, clean start, username and password, keep-alive),
+CONNACK (a refusal ends the connection with the broker's reason in `error`), PINGREQ/PINGRESP,
+PUBLISH at QoS 0 and at QoS 1 with its own packet ids, PUBACK, DISCONNECT, TLS through `ssl`.
+The QoS 1 window is `max_inflight`, and never more than the broker's MQTT 5 Receive Maximum:
+a QoS 1 message past it is refused and counted, never queued.
+
+What it does not: resend. The engine is a simulation whose ticks are skipped, not delayed, when
+they cannot go out, so a session is always started clean, and QoS 1 messages still without a
+PUBACK when the connection drops are counted in `lost`, with every message that was queued and
+never reached the socket, and not sent again.
+
+Counters, cumulative over the link's connections: `sent` counts PUBLISH packets whose last byte
+`send()` accepted (handed to the kernel, not yet known to be delivered), `acked` QoS 1 messages
+the broker acknowledged, `rejected` those it acknowledged with an MQTT 5 failure reason (e.g.
+not authorized), `refused` QoS 1 messages refused for a full window or no connection.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import select
 import socket
 import ssl
 import time
 import uuid
-from typing import Any
+from collections import deque
 
 import msgspec
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.mqtt import end_gracefully
+from gateway.engine.mqtt_wire import (
+    CONNACK,
+    DISCONNECT,
+    DISCONNECT_PACKET,
+    PINGREQ_PACKET,
+    PINGRESP,
+    PUBACK,
+    Connack,
+    PacketReader,
+    ProtocolError,
+    encode_connect,
+    parse_connack,
+    parse_disconnect,
+    parse_puback,
+    reason_name,
+)
 
 _PUBLISH = 0x30
-_DISCONNECT = 0xE0
+_PUBLISH1 = 0x32
 _SEND_CHUNK = 1 << 20  # bytes per send(): larger gains nothing and holds a big copy
+_RECV_SIZE = 1 << 16
+_CONNECT_TIMEOUT = 5.0  # seconds for TCP connect and the TLS handshake (blocking, as paho's)
+_CONNACK_TIMEOUT = 30.0  # seconds to wait for CONNACK when keep-alive is off (0)
+_CLOSE_TIMEOUT = 1.0  # seconds close() spends on outstanding bytes and PUBACKs
 
 
 class Endpoint(msgspec.Struct, frozen=True):
@@ -55,10 +84,12 @@ class Endpoint(msgspec.Struct, frozen=True):
 
 
 def _remaining_length(n: int) -> bytes:
+    # Inlined twin of mqtt_wire.remaining_length without its range check: a PUBLISH the broker
+    # finds too large is its to refuse.
     out = bytearray()
     while True:
-        byte = n % 128
-        n //= 128
+        byte = n & 0x7F
+        n >>= 7
         if n:
             out.append(byte | 0x80)
         else:
@@ -66,123 +97,252 @@ def _remaining_length(n: int) -> bytes:
             return bytes(out)
 
 
-class EngineLink:
-    """One paho client driven by the worker's own select loop."""
+def tls_context(endpoint: Endpoint) -> ssl.SSLContext:
+    """The client side of TLS as paho's `tls_set(cert_reqs=CERT_REQUIRED)` built it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if endpoint.ca_file:
+        context.load_verify_locations(cafile=endpoint.ca_file)
+    else:
+        context.load_default_certs()
+    if endpoint.cert_file:
+        context.load_cert_chain(endpoint.cert_file, endpoint.key_file)
+    if endpoint.tls_insecure:
+        context.check_hostname = False  # the certificate is still verified against the CA
+    return context
 
-    def __init__(self, endpoint: Endpoint, *, worker: int, max_inflight: int, max_queued: int):
+
+class EngineLink:
+    """One MQTT connection driven by the worker's own select loop (see the module docstring)."""
+
+    def __init__(self, endpoint: Endpoint, *, worker: int, max_inflight: int) -> None:
         self.endpoint = endpoint
         self._v5 = endpoint.protocol == "5"
         self.client_id = f"{endpoint.client_id_prefix}-{worker}-{uuid.uuid4().hex[:8]}"
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
-        )
-        if endpoint.username is not None:
-            client.username_pw_set(endpoint.username, endpoint.password)
-        if endpoint.tls:
-            client.tls_set(
-                ca_certs=endpoint.ca_file,
-                certfile=endpoint.cert_file,
-                keyfile=endpoint.key_file,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-            if endpoint.tls_insecure:
-                client.tls_insecure_set(True)
-        client.max_inflight_messages_set(max_inflight)
-        # Everything paho holds for QoS 1 (in flight or waiting): bounded, publish() then refuses.
-        client.max_queued_messages_set(max_queued)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_socket_open = self._on_socket_open
-        client.on_socket_close = self._on_socket_close
-        # Setting this is what stops publish() from writing to the socket itself.
-        client.on_socket_register_write = self._on_register_write
-        self._client = client
+        self._max_inflight = max_inflight
+        self._tls: ssl.SSLContext | None = None
+        self._sock: socket.socket | None = None
+        self._reader = PacketReader()
+        # PUBLISH packets since the last flush, and their bytes.
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        # Encoded and not yet accepted by send(); `_base` is the stream offset of its first
+        # byte, `_ends` the stream offset where each PUBLISH in it ends: a message counts as
+        # sent once send() has taken its last byte.
+        self._out = bytearray()
+        self._base = 0
+        self._ends: deque[int] = deque()
+        # QoS 1 packet id -> stream offset where that PUBLISH ends.
+        self._inflight: dict[int, int] = {}
+        self._next_id = 0
+        self.window = max_inflight
+        self.connack: Connack | None = None
         self.connected = False
         self.connecting_since: float | None = None
+        self.error: str | None = None  # why the last connection ended, or was refused
+        self._keepalive = endpoint.keepalive
+        self._last_in = self._last_out = 0.0
+        self._ping_sent: float | None = None
+        self.sent = 0
+        self.acked = 0
+        self.rejected = 0
         self.refused = 0
-        self._closing = False
+        self.lost = 0
 
     # -- connection ------------------------------------------------------------------------
 
     def connect(self) -> None:
-        """Open the socket and send CONNECT; `connected` turns true on CONNACK. Raises
-        OSError when the broker cannot be reached."""
-        self.connecting_since = time.monotonic()
-        self._pending.clear()
-        self._pending_bytes = 0
-        self._client.connect(
-            self.endpoint.host, self.endpoint.port, keepalive=self.endpoint.keepalive
+        """Open the socket (TLS included; blocking, up to 5 s each) and write CONNACK;
+        `connected` turns true on CONNACK. Raises OSError (ssl.SSLError included) when the
+        broker cannot be reached."""
+        self.drop()
+        endpoint = self.endpoint
+        sock = socket.create_connection((endpoint.host, endpoint.port), timeout=_CONNECT_TIMEOUT)
+        try:
+            # Small packets must not wait for Nagle's algorithm behind delayed ACKs.
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if endpoint.tls:
+                if self._tls is None:
+                    self._tls = tls_context(endpoint)
+                sock = self._tls.wrap_socket(sock, server_hostname=endpoint.host)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._reader = PacketReader()
+        self._keepalive = endpoint.keepalive
+        self.connecting_since = self._last_in = self._last_out = time.monotonic()
+        self._ping_sent = None
+        self.connack = None
+        self._out += encode_connect(
+            self.client_id,
+            v5=self._v5,
+            keepalive=endpoint.keepalive,
+            username=endpoint.username,
+            password=endpoint.password,
         )
         self.flush()
 
-    def drop(self) -> None:
-        """Close the socket without DISCONNECT (lost or hopeless connection)."""
-        self._client._sock_close()
+    def drop(self, reason: str | None = None) -> None:
+        """Close the socket without DISCONNECT (lost or hopeless connection). What was queued
+        and not handed to the socket, and QoS 1 messages without PUBACK, count as lost."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+        if reason is not None:
+            self.error = reason
         self.connected = False
         self.connecting_since = None
+        unsent = len(self._ends) + len(self._pending)
+        unacked = sum(1 for end in self._inflight.values() if end <= self._base)
+        self.lost += unsent + unacked
+        self._inflight.clear()
         self._pending.clear()
         self._pending_bytes = 0
+        self._base += len(self._out)
+        self._out.clear()
+        self._ends.clear()
 
     def close(self) -> None:
-        """DISCONNECT cleanly, written with whatever is still queued, then close."""
-        if self._client._sock is not None and self.connected:
-            self._closing = True
-            self._client.disconnect()
-            self.flush()
-            # paho acts on its own DISCONNECT packet only when it writes it.
-            deadline = time.monotonic() + 1.0
-            while self._client._out_packet and time.monotonic() < deadline:
-                if self._client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    break
+        """Write what is queued, wait (up to about a second) for outstanding PUBACKs, then
+        DISCONNECT and end the connection so that the broker reads all of it first."""
+        deadline = time.monotonic() + _CLOSE_TIMEOUT
+        if self._sock is not None and self.connected:
+            while (self._out or self._pending or self._inflight) and self._wait_io(deadline):
+                pass
+        sock = self._sock
+        if sock is not None and self.connected:
+            self._queue_control(DISCONNECT_PACKET)
+            # Write only: the broker's end of the connection is end_gracefully's to read.
+            while self.flush() and self._out and (left := deadline - time.monotonic()) > 0:
+                select.select([], [sock], [], left)
+            if self._sock is sock and not self._out:
+                self._sock = None  # end_gracefully owns it now; drop() must not close it first
+                end_gracefully(sock)  # else the last batch and the DISCONNECT may be lost
+                with contextlib.suppress(OSError):
+                    sock.close()
         self.drop()
 
+    def _wait_io(self, deadline: float) -> bool:
+        """Write and read once, waiting for the socket up to `deadline`; False when the time
+        is up or the connection is gone."""
+        sock = self._sock
+        left = deadline - time.monotonic()
+        if sock is None or left <= 0 or not self.flush():
+            return False
+        writers = [sock] if self._out else []
+        readable, _, _ = select.select([sock], writers, [], left)
+        return not readable or self.on_readable()
+
     def fileno(self) -> int | None:
-        sock = self._client._sock
+        sock = self._sock
         return None if sock is None else sock.fileno()
 
     def on_readable(self) -> bool:
-        """Let paho read (CONNACK, PUBACK, PINGRESP); False when the connection is lost."""
-        rc = self._client.loop_read()
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._client._sock is None:
-            self.drop()
+        """Read and handle what the broker sent (CONNACK, PUBACK, PINGRESP, DISCONNECT); False
+        when the connection is lost or refused (`error` says why)."""
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            while True:
+                data = sock.recv(_RECV_SIZE)
+                if not data:
+                    self.drop("the broker closed the connection")
+                    return False
+                self._handle(data)
+                if self._sock is None:
+                    return False
+                # TLS may hold decrypted bytes select() cannot see; plain TCP: a short read
+                # emptied the socket.
+                if isinstance(sock, ssl.SSLSocket):
+                    if not sock.pending():
+                        break
+                elif len(data) < _RECV_SIZE:
+                    break
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            pass
+        except (OSError, ProtocolError) as exc:
+            self.drop(f"connection lost: {exc}")
             return False
         return True
 
+    def _handle(self, data: bytes) -> None:
+        self._last_in = time.monotonic()
+        for first, body in self._reader.feed(data):
+            kind = first & 0xF0
+            if kind == PUBACK:
+                packet_id, code = parse_puback(body, v5=self._v5)
+                if self._inflight.pop(packet_id, None) is not None:
+                    if code >= 0x80:
+                        self.rejected += 1
+                    else:
+                        self.acked += 1
+            elif kind == PINGRESP:
+                self._ping_sent = None
+            elif kind == CONNACK:
+                self._on_connack(parse_connack(body, v5=self._v5))
+            elif kind == DISCONNECT:
+                code, reason = parse_disconnect(body, v5=self._v5)
+                why = f"{reason_name(code, v5=True)} (0x{code:02X})"
+                self.drop(f"the broker disconnected: {why}" + (f": {reason}" if reason else ""))
+                return
+            # Nothing else is expected: the engine subscribes to nothing.
+
+    def _on_connack(self, connack: Connack) -> None:
+        if self.connected:
+            raise ProtocolError("a second CONNACK")
+        self.connack = connack
+        if not connack.accepted:
+            self.drop(f"the broker refused the connection: {connack.describe()}")
+            return
+        self.connected = True
+        self.connecting_since = None
+        self.error = None
+        self.window = min(self._max_inflight, connack.receive_maximum)
+        if connack.server_keepalive is not None:
+            self._keepalive = connack.server_keepalive  # the broker's word wins (MQTT 5 3.2.2.3.14)
+
     def tick(self) -> bool:
         """Keep-alive and the CONNACK deadline; False when the connection is lost."""
-        if self._client._sock is None:
+        if self._sock is None:
             self.connected = False
             return False
-        if (
-            not self.connected
-            and self.connecting_since is not None
-            and time.monotonic() - self.connecting_since > self.endpoint.keepalive
-        ):
-            self.drop()  # TCP accepted but no CONNACK: e.g. a stopped broker process
-            return False
-        self._client.loop_misc()
-        if self._client._sock is None:
-            self.connected = False
-            return False
+        now = time.monotonic()
+        keepalive = self._keepalive
+        if not self.connected:
+            patience = keepalive if keepalive > 0 else _CONNACK_TIMEOUT
+            if self.connecting_since is not None and now - self.connecting_since > patience:
+                # TCP accepted but no CONNACK: e.g. a stopped broker process.
+                self.drop("no CONNACK from the broker")
+                return False
+            return True
+        if keepalive <= 0:
+            return True
+        if self._ping_sent is not None:
+            if now - self._ping_sent >= keepalive:
+                self.drop(f"no PINGRESP within {keepalive} s")
+                return False
+        elif now - self._last_out >= keepalive or now - self._last_in >= keepalive:
+            # As paho: a QoS 0 stream gets no answers, so silence from the broker is tested too.
+            self._ping_sent = now
+            self._queue_control(PINGREQ_PACKET)
+            return self.flush()
         return True
 
     # -- publishing -------------------------------------------------------------------------
 
     def publish0(self, topic: str, payload: bytes, retain: bool) -> None:
-        """Queue one QoS 0 PUBLISH, encoded here; `flush` writes it."""
+        """Queue one QoS 0 PUBLISH; `flush` writes it."""
         t = topic.encode()
         header = _PUBLISH | 1 if retain else _PUBLISH
         if self._v5:
-            length = len(t) + 3 + len(payload)
             packet = b"".join(
                 (
                     bytes((header,)),
-                    _remaining_length(length),
+                    _remaining_length(len(t) + 3 + len(payload)),
                     len(t).to_bytes(2, "big"),
                     t,
                     b"\x00",  # no properties
@@ -190,11 +350,10 @@ class EngineLink:
                 )
             )
         else:
-            length = len(t) + 2 + len(payload)
             packet = b"".join(
                 (
                     bytes((header,)),
-                    _remaining_length(length),
+                    _remaining_length(len(t) + 2 + len(payload)),
                     len(t).to_bytes(2, "big"),
                     t,
                     payload,
@@ -204,101 +363,107 @@ class EngineLink:
         self._pending_bytes += len(packet)
 
     def publish1(self, topic: str, payload: bytes, retain: bool) -> bool:
-        """Hand one QoS 1 message to paho (it keeps it until PUBACK); False if refused."""
-        info = self._client.publish(topic, payload, qos=1, retain=retain)
-        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+        """Queue one QoS 1 PUBLISH with a packet id of its own; False (and counted in
+        `refused`) when the window is full or there is no connection."""
+        inflight = self._inflight
+        if len(inflight) >= self.window or not self.connected:
             self.refused += 1
             return False
+        packet_id = self._next_id
+        while True:
+            packet_id = packet_id % 0xFFFF + 1
+            if packet_id not in inflight:
+                break
+        self._next_id = packet_id
+        t = topic.encode()
+        header = _PUBLISH1 | 1 if retain else _PUBLISH1
+        properties = b"\x00" if self._v5 else b""
+        packet = b"".join(
+            (
+                bytes((header,)),
+                _remaining_length(len(t) + 4 + len(properties) + len(payload)),
+                len(t).to_bytes(2, "big"),
+                t,
+                packet_id.to_bytes(2, "big"),
+                properties,
+                payload,
+            )
+        )
+        self._pending.append(packet)
+        self._pending_bytes += len(packet)
+        inflight[packet_id] = self._base + len(self._out) + self._pending_bytes
         return True
 
     def backlog_bytes(self) -> int:
         """Bytes encoded and not yet accepted by the socket."""
-        out = self._client._out_packet
-        return self._pending_bytes + sum(p["to_process"] for p in out)
+        return len(self._out) + self._pending_bytes
 
     def qos1_queued(self) -> int:
-        return len(self._client._out_messages)
+        """QoS 1 messages published and not yet acknowledged (sent or not)."""
+        return len(self._inflight)
+
+    def window_free(self) -> int:
+        """QoS 1 messages that may be published now."""
+        return max(self.window - len(self._inflight), 0) if self.connected else 0
+
+    def _absorb_pending(self) -> None:
+        pending = self._pending
+        if pending:
+            start = self._base + len(self._out)
+            self._ends.extend(
+                itertools.islice(itertools.accumulate(map(len, pending), initial=start), 1, None)
+            )
+            self._out += b"".join(pending)
+            pending.clear()
+            self._pending_bytes = 0
+
+    def _queue_control(self, packet: bytes) -> None:
+        self._absorb_pending()  # behind what was published before it
+        self._out += packet
 
     def flush(self) -> bool:
-        """Write what is queued with as few send() calls as the socket allows; keep the rest
-        for the next call. False when the connection is lost."""
-        client = self._client
-        sock = client._sock
+        """Write what is queued with as few send() calls as the socket allows; keep the rest,
+        in order, for the next call. False when the connection is lost."""
+        sock = self._sock
         if sock is None:
             return False
-        out = client._out_packet
-        if any((p["command"] & 0xF0) == _DISCONNECT for p in out):
-            return client.loop_write() == MQTTErrorCode.MQTT_ERR_SUCCESS
-        parts: list[bytes | bytearray | memoryview] = []
-        while out:
-            p = out.popleft()
-            parts.append(memoryview(p["packet"])[p["pos"] :] if p["pos"] else p["packet"])
-        parts.extend(self._pending)
-        self._pending.clear()
-        self._pending_bytes = 0
-        if not parts:
+        self._absorb_pending()
+        out = self._out
+        if not out:
             return True
-        data = b"".join(parts)
-        sent = 0
+        written = 0
         try:
-            while sent < len(data):
-                n = sock.send(data[sent : sent + _SEND_CHUNK])
+            while written < len(out):
+                with memoryview(out) as view, view[written : written + _SEND_CHUNK] as chunk:
+                    # A TLS write refused with SSLWantWrite must be retried with the same
+                    # bytes: the next call starts at the same offset with at least as many.
+                    n = sock.send(chunk)
                 if n <= 0:
                     break
-                sent += n
-        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                written += n
+        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
             pass
-        except OSError:
-            self.drop()
+        except OSError as exc:
+            self._count_written(written)
+            self.drop(f"connection lost: {exc}")
             return False
-        if sent < len(data):
-            # The rest goes back to paho's queue as one opaque packet (command 0: neither a
-            # PUBLISH nor a DISCONNECT to paho), first in line, so the stream stays in order.
-            rest = data[sent:]
-            out.appendleft(
-                {
-                    "command": 0,
-                    "mid": 0,
-                    "qos": 0,
-                    "pos": 0,
-                    "to_process": len(rest),
-                    "packet": rest,
-                    "info": None,
-                }
-            )
+        self._count_written(written)
         return True
 
-    # -- paho callbacks ---------------------------------------------------------------------
-
-    def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        pass  # the worker flushes after every batch; nothing to register
-
-    def _on_connect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        self.connected = not reason_code.is_failure
-        self.connecting_since = None
-
-    def _on_disconnect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        self.connected = False
-
-    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        if self._closing:
-            end_gracefully(sock)  # else the last batch and the DISCONNECT may be lost
-
-    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        # Small packets must not wait for Nagle's algorithm behind delayed ACKs.
-        if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def _count_written(self, written: int) -> None:
+        if not written:
+            return
+        del self._out[:written]
+        self._base += written
+        self._last_out = time.monotonic()
+        ends = self._ends
+        if not self._out:
+            self.sent += len(ends)
+            ends.clear()
+            return
+        base = self._base
+        sent = 0
+        while ends and ends[0] <= base:
+            ends.popleft()
+            sent += 1
+        self.sent += sent

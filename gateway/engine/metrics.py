@@ -34,16 +34,22 @@ class EngineCollector(Collector):
         live = stats.state != "stopped"
         ticks = retired.ticks + (stats.ticks if live else 0)
         sent = retired.sent + (stats.sent if live else 0)
+        acked = retired.acked + (stats.acked if live else 0)
         late = retired.late_skipped + (stats.late_skipped if live else 0)
         backlog = retired.backlog_skipped + (stats.backlog_skipped if live else 0)
         counts = add_counts(retired.lateness, stats.lateness_counts) if live else retired.lateness
         total = retired.lateness_sum + (stats.lateness_sum if live else 0.0)
 
         messages = CounterMetricFamily(
-            "edgetwin_engine_messages", "Messages the scale engine handed to the broker"
+            "edgetwin_engine_messages", "Messages the scale engine handed to the socket"
         )
         messages.add_metric([], sent)
         yield messages
+        acknowledged = CounterMetricFamily(
+            "edgetwin_engine_acked_messages", "QoS 1 messages of the scale engine the broker acked"
+        )
+        acknowledged.add_metric([], acked)
+        yield acknowledged
         readings = CounterMetricFamily(
             "edgetwin_engine_ticks", "Stream deadlines the scale engine served"
         )
@@ -76,7 +82,16 @@ class EngineCollector(Collector):
             ("edgetwin_engine_devices", "Devices the scale engine simulates", stats.devices),
             ("edgetwin_engine_workers", "Worker processes of the scale engine", stats.workers),
             ("edgetwin_engine_target_rate", "Readings per second asked for", stats.target_per_s),
-            ("edgetwin_engine_rate", "Readings per second delivered", stats.delivered_per_s),
+            (
+                "edgetwin_engine_rate",
+                "Messages per second delivered: handed to the socket (QoS 0) or acked (QoS 1)",
+                stats.delivered_per_s,
+            ),
+            (
+                "edgetwin_engine_scheduled_rate",
+                "Readings per second the workers served, delivered or not",
+                stats.scheduled_per_s,
+            ),
             ("edgetwin_engine_worker_rss_bytes", "Resident memory of all workers", stats.rss_bytes),
         ):
             gauge = GaugeMetricFamily(name, help_text)

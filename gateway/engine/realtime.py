@@ -18,12 +18,40 @@ from gateway.scenario import Scenario
 REPORT_EVERY = 5.0  # seconds between the status lines on stderr
 
 
-def _status_line(stats: EngineStats) -> str:
-    p99 = "-" if stats.lateness_p99_ms is None else f"{stats.lateness_p99_ms:.1f}"
+def _p99(stats: EngineStats) -> str:
+    return "-" if stats.lateness_p99_ms is None else f"{stats.lateness_p99_ms:.1f}"
+
+
+def status_line(stats: EngineStats) -> str:
+    """The last seconds: what reached the socket (QoS 0) or the broker's PUBACKs (QoS 1)
+    against the target; the tick rate only as "scheduled"."""
+    how = "acknowledged" if stats.qos == 1 else "handed to the socket"
+    acked = f", {stats.acked} acknowledged, {stats.lost} lost" if stats.qos == 1 else ""
     return (
-        f"{stats.devices} devices: {stats.delivered_per_s:.0f}/s of {stats.target_per_s:.0f}/s "
-        f"target, {stats.sent} sent, p99 lateness {p99} ms, "
+        f"{stats.devices} devices: {stats.delivered_per_s:.0f}/s {how} of "
+        f"{stats.target_per_s:.0f}/s target ({stats.scheduled_per_s:.0f}/s scheduled), "
+        f"{stats.sent} sent{acked}, p99 lateness {_p99(stats)} ms, "
         f"{stats.late_skipped + stats.backlog_skipped} ticks skipped"
+    )
+
+
+def final_line(running: EngineStats, final: EngineStats, seconds: float) -> str:
+    """The whole run: messages handed to the socket over the time since the clock started
+    (`running`: the figures just before the stop), then the totals after it (`final`), which
+    include the last batch and the PUBACKs that close() waited for."""
+    rate = running.sent / seconds if seconds > 0 else 0.0
+    acked = ""
+    if running.qos == 1:
+        acked_rate = running.acked / seconds if seconds > 0 else 0.0
+        acked = f", {acked_rate:.0f}/s acknowledged"
+    totals = f"{final.sent} sent in all"
+    if final.qos == 1:
+        totals += f", {final.acked} acknowledged, {final.refused} refused"
+    return (
+        f"{running.devices} devices: {rate:.0f}/s handed to the socket{acked} over "
+        f"{seconds:.1f} s, target {running.target_per_s:.0f}/s; {totals}, {final.lost} lost, "
+        f"{final.late_skipped + final.backlog_skipped} ticks skipped, "
+        f"p99 lateness {_p99(final)} ms"
     )
 
 
@@ -54,18 +82,22 @@ def run_realtime(
         except EngineError as exc:
             print(f"edgetwin simulate: {exc}", file=sys.stderr)
             return 1
-        deadline = None if seconds is None else time.monotonic() + seconds
+        started = time.monotonic()
+        deadline = None if seconds is None else started + seconds
         while not stop.is_set():
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 break
             stop.wait(REPORT_EVERY if left is None else min(REPORT_EVERY, left))
             if not quiet:
-                print(_status_line(engine.refresh()), file=sys.stderr)
-        final = engine.refresh()
+                print(status_line(engine.refresh()), file=sys.stderr)
+        running = engine.refresh()
+        elapsed = time.monotonic() - started
+        engine.close()
+        final = engine.stats()  # the stopped run's figures, as each worker reported at its end
     finally:
         engine.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    print(_status_line(final))
+    print(final_line(running, final, elapsed))
     return 0

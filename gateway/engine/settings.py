@@ -48,16 +48,14 @@ class EngineSettings(Section, frozen=True):
     # A tick this late (wall seconds past its deadline, or one interval if shorter) is skipped
     # and counted, never published late in a burst.
     max_lateness: Annotated[float, msgspec.Meta(gt=0)] = 1.0
-    # Bytes a worker lets wait for the socket (paho's outgoing packets). Past it, due ticks are
+    # Bytes a worker lets wait for the socket (encoded, not yet sent). Past it, due ticks are
     # skipped and counted: this is what bounds memory while the broker is stalled.
     max_backlog_bytes: Annotated[int, msgspec.Meta(ge=65_536)] = 4 * 1024 * 1024
-    # QoS 1: messages sent and not yet acknowledged (paho's in-flight window), and the most
-    # paho may hold, in flight included, before the worker skips ticks instead. Equal by
-    # default, so nothing queues behind the window: paho rescans every message it holds at each
-    # PUBACK (`Client._update_inflight`). Measured at 50,000 devices/s on 2 cores: 100/100
-    # delivered ~66 %, 1000/1000 ~35 %, 1000/10000 ~25 % (bench/README.md).
-    max_inflight: Annotated[int, msgspec.Meta(ge=1, le=65_535)] = 100
-    max_queued: PositiveInt = 100
+    # QoS 1: messages published and not yet acknowledged, per worker, and never more than the
+    # broker's MQTT 5 Receive Maximum (mosquitto announces its `max_inflight_messages`, 20 by
+    # default). Nothing queues behind the window: due ticks wait for room up to
+    # `max_lateness`, then are skipped and counted.
+    max_inflight: Annotated[int, msgspec.Meta(ge=1, le=65_535)] = 1000
     # Due ticks handled in one pass before the worker looks at its socket and commands again.
     batch_limit: PositiveInt = 2000
     # A worker wakes at most this often (seconds): ticks falling due in between go out as one

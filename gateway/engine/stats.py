@@ -59,12 +59,15 @@ class WorkerStats(msgspec.Struct, frozen=True):
     streams: int
     target_per_s: float  # ticks per second the schedule asks for now (0 while paused)
     ticks: int  # deadlines handed to the generator
-    sent: int  # messages handed to paho (telemetry, labels, status)
+    sent: int  # messages whose last byte the socket accepted (telemetry, labels, status)
+    acked: int  # QoS 1 messages the broker acknowledged
+    rejected: int  # QoS 1 messages the broker acknowledged with a failure reason (MQTT 5)
+    lost: int  # messages queued on a connection that dropped: unsent, or QoS 1 without PUBACK
     late_skipped: int  # ticks skipped: too late, or coalesced into a later one
-    backlog_skipped: int  # ticks skipped: socket backlog full or not connected
-    refused: int  # messages paho refused (QoS 1 queue full)
+    backlog_skipped: int  # ticks skipped: socket backlog or QoS 1 window full, not connected
+    refused: int  # QoS 1 messages the link refused (window full)
     backlog_bytes: int
-    qos1_queued: int  # QoS 1 messages paho holds unacknowledged or waiting
+    qos1_queued: int  # QoS 1 messages published and not yet acknowledged
     lateness: list[int]
     lateness_sum: float
     rss_bytes: int

@@ -4,7 +4,10 @@ The loop: read commands from the controller's pipe, take the ticks that are due 
 batch), ask the generator for their messages, queue them on the link, flush with one send(),
 record lateness, sleep in select() until the next deadline, a command or the socket. Nothing
 here grows with time: ticks the worker cannot send (too late, socket backlog over its bound,
-not connected) are skipped and counted.
+not connected, QoS 1 window full for longer than `max_lateness`) are skipped and counted.
+
+Messages count as sent when the link has handed their last byte to the socket, and at QoS 1
+as acknowledged on their PUBACK (gateway/engine/link.py), never when they are queued.
 """
 
 from __future__ import annotations
@@ -63,7 +66,6 @@ class Worker:
             spec.endpoint,
             worker=spec.worker,
             max_inflight=spec.settings.max_inflight,
-            max_queued=spec.settings.max_queued,
         )
         # Which generator serves each stream: after a resize, streams that kept their index
         # and identity keep their generator (and so their seq counters and fault state).
@@ -74,7 +76,6 @@ class Worker:
         self.s_done = -1.0  # schedule time up to which ticks were taken or skipped
         self.lateness = Lateness()
         self.ticks = 0
-        self.sent = 0
         self.late_skipped = 0
         self.backlog_skipped = 0
         self.stopping = False
@@ -145,9 +146,7 @@ class Worker:
     # -- publishing -------------------------------------------------------------------------
 
     def backlogged(self) -> bool:
-        if self.link.backlog_bytes() > self.settings.max_backlog_bytes:
-            return True
-        return self.spec.qos == 1 and self.link.qos1_queued() >= self.settings.max_queued
+        return self.link.backlog_bytes() > self.settings.max_backlog_bytes
 
     def run_due(self, now: float) -> bool:
         """Publish what is due; True when more is due at once (batch limit reached)."""
@@ -160,19 +159,21 @@ class Worker:
             self.s_done = max(self.s_done, s_now)
             return False
         skip_before = s_now - self.settings.max_lateness * timeline.rate
-        due, skipped = self.schedule.take_due(s_now, skip_before, self.settings.batch_limit)
+        qos1 = self.spec.qos == 1
+        limit = self._qos1_room(skip_before) if qos1 else self.settings.batch_limit
+        if limit == 0:
+            return False
+        due, skipped = self.schedule.take_due(s_now, skip_before, limit)
         self.late_skipped += skipped
-        # Up to where a rebuilt schedule must not replay: s_now, unless the batch limit cut
-        # the pass short.
-        done = due[-1][1] if len(due) >= self.settings.batch_limit else s_now
+        # Up to where a rebuilt schedule must not replay: s_now, unless the limit cut the pass
+        # short.
+        done = due[-1][1] if len(due) >= limit else s_now
         self.s_done = max(self.s_done, done)
         generator_of = self.generator_of
         wall = timeline.wall_time
-        qos1 = self.spec.qos == 1
         publish0 = self.link.publish0
         publish1 = self.link.publish1
         add = self.lateness.add
-        sent = 0
         for start in range(0, len(due), _CHUNK):
             chunk = due[start : start + _CHUNK]
             deadlines = []
@@ -181,11 +182,9 @@ class Worker:
                 deadlines.append(t)
                 for topic, payload, retain in generator_of[index].emit(index, t):
                     if qos1:
-                        if publish1(topic, payload, retain):
-                            sent += 1
+                        publish1(topic, payload, retain)  # a refusal is counted by the link
                     else:
                         publish0(topic, payload, retain)
-                        sent += 1
             if not self.link.flush():
                 break
             if self.sent_of is not None:
@@ -197,8 +196,20 @@ class Worker:
             if self.backlogged():
                 self.backlog_skipped += len(due) - start - len(chunk)
                 break
-        self.sent += sent
+        # More is due at once only when the batch limit cut the pass; a full QoS 1 window
+        # waits for PUBACKs in select().
         return len(due) >= self.settings.batch_limit
+
+    def _qos1_room(self, skip_before: float) -> int:
+        """Ticks that fit the QoS 1 window now. Due ticks wait for room (PUBACKs wake the
+        loop) rather than being taken and refused; those that waited too long are skipped for
+        the backlog."""
+        room = self.link.window_free()
+        if room == 0:
+            self.backlog_skipped += self.schedule.skip_to(skip_before)
+            self.s_done = max(self.s_done, skip_before)
+            return 0
+        return min(self.settings.batch_limit, room)
 
     def count_by_device(self, chunk: Sequence[tuple[int, float]]) -> None:
         """Count a flushed chunk's readings per device. A tick is one reading here: the
@@ -238,7 +249,10 @@ class Worker:
             streams=self.schedule.streams,
             target_per_s=target,
             ticks=self.ticks,
-            sent=self.sent,
+            sent=self.link.sent,
+            acked=self.link.acked,
+            rejected=self.link.rejected,
+            lost=self.link.lost,
             late_skipped=self.late_skipped,
             backlog_skipped=self.backlog_skipped,
             refused=self.link.refused,
@@ -276,6 +290,8 @@ class Worker:
                 self.backoff = 0.1  # a session that reached CONNACK resets the backoff
 
     def lost(self, mono: float) -> None:
+        if self.link.error is not None:
+            self.error = self.link.error  # e.g. a refused CONNACK, with the broker's reason
         self.next_connect = mono + random.uniform(0, self.backoff)
         self.backoff = min(self.backoff * 2, 5.0)
 

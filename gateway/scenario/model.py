@@ -423,7 +423,7 @@ class Scenario(_Spec, frozen=True, kw_only=True):
         if devices and not any(t.count for t in self.templates.values()):
             raise ScenarioError("templates: every count is 0, so there is no mix to scale")
         resized = msgspec.structs.replace(self, devices=devices)
-        resized._check_ids()
+        resized.check_ids()
         return resized
 
     def _deal(self) -> Iterator[tuple[str, TemplateSpec, int]]:
@@ -494,7 +494,9 @@ class Scenario(_Spec, frozen=True, kw_only=True):
 
     # -- checks --------------------------------------------------------------------------------
 
-    def _check_ids(self) -> None:
+    def check_ids(self) -> None:
+        """Raise ScenarioError when a template deals an invalid device id or one another
+        template deals too (called by the loader and by `resized`)."""
         seen: dict[str, str] = {}
         for name, template, k in self._deal():
             device = template.device_id(name, k)
@@ -655,7 +657,7 @@ def check_scenario(scenario: Scenario) -> None:
                     quantity,
                     q,
                 )
-    scenario._check_ids()
+    scenario.check_ids()
     ids: set[str] = set()
     streams = scenario.streams()
     for i, fault in enumerate(scenario.faults):

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import errno
 import math
+import re
 import time
 from collections.abc import Iterator
 
 import pytest
+from gpiozero import DistanceSensor, MotionSensor
 from gpiozero.pins.mock import MockFactory, MockPin
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,7 +30,7 @@ from hardware.drivers.hcsr04 import (
 )
 from hardware.drivers.pir import PIRMotion
 from hardware.errors import BusError, DataError, SensorSettingsError, SensorTimeoutError
-from hardware.gpio import DriverOptions, SampleTap, resolve_pins
+from hardware.gpio import DriverOptions, SampleTap, check_gpiozero, resolve_pins
 from hardware.sensor import BackendKind
 from hardware.signals import Constant
 from hardware.timing import ManualClock, RealTimer, VirtualTimer
@@ -407,3 +409,18 @@ def test_hcsr04_on_a_plain_pin_cannot_echo() -> None:
         backend.pin_factory().pin(23)  # already a plain MockPin on this board
         with pytest.raises(SensorSettingsError, match="cannot echo"):
             open_sensor("hcsr04", backend=backend, pins={"trigger": 23, "echo": 24})
+
+
+def test_the_gpiozero_hook_the_taps_override_is_checked_at_import() -> None:
+    check_gpiozero("2.0.1.post3", (MotionSensor, DistanceSensor))  # the installed one passes
+
+    class Renamed:
+        def _sample(self) -> float:
+            return 0.0
+
+    with pytest.raises(
+        ImportError, match=re.escape("without `_read` on Renamed: install gpiozero>=2.0,<3")
+    ):
+        check_gpiozero("2.1", (MotionSensor, Renamed))
+    with pytest.raises(ImportError, match=re.escape("found gpiozero 3.0: install")):
+        check_gpiozero("3.0", (MotionSensor,))
