@@ -56,6 +56,7 @@ from agent.contract import (
     check_id,
 )
 from agent.mqtt import Delivery, Message, MqttLink, PublishError
+from hardware.quantities import UNITS
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,6 @@ Publish = Callable[[str, bytes], object]
 SUFFIXES: Final[Mapping[str, Format]] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 HEAD: Final = ("device", "sensor", "ts", "seq", "source")
 TAIL: Final = ("anomaly", "anomaly_id", "anomaly_start", "anomaly_end")
-FLAT_UNITS: Final[Mapping[str, str]] = {"temperature": "°C", "humidity": "%RH"}
-"""Units of the flat payload's quantities (contract.FlatReading documents them)."""
 
 _QUANTITY_COLUMN: Final = re.compile(r"^([a-z][a-z0-9_]{0,31})\[([^\[\]]{1,16})\]$")
 _SKIP_WARNINGS: Final = 5  # skipped messages logged at WARNING; the rest at DEBUG
@@ -106,8 +105,8 @@ class RecordedReading:
         if isinstance(self.payload, Telemetry):
             return {name: (v.value, v.unit) for name, v in self.payload.values.items()}
         return {
-            "temperature": (self.payload.temperature, FLAT_UNITS["temperature"]),
-            "humidity": (self.payload.humidity, FLAT_UNITS["humidity"]),
+            "temperature": (self.payload.temperature, UNITS["temperature"]),
+            "humidity": (self.payload.humidity, UNITS["humidity"]),
         }
 
 
@@ -468,7 +467,8 @@ def _csv_payload(
     document: dict[str, Any]
     if not cell("sensor"):
         document = {"device_id": cell("device"), "timestamp": float(cell("ts"))}
-        for name, unit in FLAT_UNITS.items():
+        for name in ("temperature", "humidity"):  # the flat payload's fields
+            unit = UNITS[name]
             if name not in values or values[name]["unit"] != unit:
                 raise ValueError(f"a flat reading (no sensor) needs {quantity_column(name, unit)}")
             document[name] = values[name]["value"]

@@ -20,6 +20,7 @@ from hardware.errors import (
     SensorTimeoutError,
     UnknownDriverError,
 )
+from hardware.quantities import default_signal
 from hardware.registry import driver_info, list_drivers, open_sensor
 from hardware.sensor import (
     BackendKind,
@@ -31,7 +32,7 @@ from hardware.sensor import (
     Sensor,
     SensorStatus,
 )
-from hardware.signals import SignalModel, default_signal
+from hardware.signals import SignalModel
 from hardware.timing import ManualClock, RealTimer, Timer, VirtualTimer
 
 __all__ = [

@@ -23,8 +23,9 @@ from hardware.drivers import (
     soc_thermal,
 )
 from hardware.errors import SensorSettingsError, UnknownDriverError
+from hardware.quantities import default_signal
 from hardware.sensor import Sensor
-from hardware.signals import SignalModel, default_signal, derive_seed
+from hardware.signals import SignalModel, derive_seed
 
 __all__ = [
     "DRIVERS",

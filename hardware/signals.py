@@ -5,8 +5,9 @@ deterministic given its seed and that sequence of times, so a simulated run can 
 Models are plain functions of `t` on whatever clock the caller injects: a simulated day can run
 in a fraction of a second. Models compose: `Sum` stacks a daily cycle, a slow walk, a `Drift`
 and noise; wrappers such as `Spikes`, `Dropouts` and `Stuck` take an inner model and add a
-fault to it; `Clamp` (or `plausible`) keeps the result physical. Emulators and the gateway's
-simulated devices share these.
+fault to it; `Clamp` keeps the result physical. Emulators and the gateway's simulated devices
+share these. Each quantity's default signal, and the physical limits it is clamped to, are part
+of the quantity vocabulary in `hardware.quantities`.
 
 No measurement is NaN: a model returns NaN when there is no measurement at that instant;
 emulators turn that into a failed transfer (EIO) so the driver reports a fault. NaN passes
@@ -28,31 +29,15 @@ import math
 import random
 import re
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from types import MappingProxyType
 from typing import Literal, Protocol
 
 SECONDS_PER_DAY = 86_400.0
 SECONDS_PER_HOUR = 3_600.0
 
 Interpolation = Literal["hold", "linear"]
-
-PHYSICAL_LIMITS: Mapping[str, tuple[float, float]] = MappingProxyType(
-    {
-        "temperature": (-40.0, 85.0),  # °C, the operating range of the usual sensor chips
-        "humidity": (0.0, 100.0),  # %RH
-        "pressure": (300.0, 1100.0),  # hPa, the BME280's range
-        "illuminance": (0.0, 65535.0),  # lux, a 16-bit light sensor's full scale
-        "voltage": (-4.096, 4.096),  # V, an ADS1115 at its widest gain
-        "distance": (0.02, 4.0),  # m, an ultrasonic ranger
-        "motion": (0.0, 1.0),  # PIR output: 1.0 while motion is seen
-        "contact": (0.0, 1.0),  # reed contact: 1.0 closed
-        "soc_temperature": (20.0, 85.0),  # °C, the board's own SoC: never below the room
-    }
-)
-"""The range each quantity can physically take, as (lo, hi) in the quantity's unit."""
 
 
 class Gaussian(Protocol):
@@ -701,7 +686,7 @@ def _parse_timestamp(text: str) -> float:
     return moment.timestamp()
 
 
-# -- seeds, limits and defaults --------------------------------------------------------------
+# -- seeds -----------------------------------------------------------------------------------
 
 
 def derive_seed(*parts: object) -> int:
@@ -711,88 +696,6 @@ def derive_seed(*parts: object) -> int:
     salted per process), so the same parts always give the same seed.
     """
     return random.Random(":".join(map(str, parts))).getrandbits(64)
-
-
-def plausible(quantity: str, model: SignalModel) -> Clamp:
-    """`model` clamped to the physical range of `quantity` (see `PHYSICAL_LIMITS`)."""
-    if quantity not in PHYSICAL_LIMITS:
-        raise ValueError(
-            f"no physical limits for quantity {quantity!r}; known: "
-            f"{', '.join(sorted(PHYSICAL_LIMITS))}"
-        )
-    lo, hi = PHYSICAL_LIMITS[quantity]
-    return Clamp(model, lo, hi)
-
-
-def default_signal(quantity: str, seed: int, *, rng: RngFactory = random.Random) -> SignalModel:
-    """A physically plausible indoor signal for `quantity`, reproducible from `seed`.
-
-    Each quantity and component draws from its own stream, so that with one seed the humidity
-    walk is not a scaled copy of the temperature walk. Every default is clamped to the
-    quantity's `PHYSICAL_LIMITS`. Defaults are healthy: add faults with the wrappers. `rng`
-    builds the generators (`LightRandom` for large simulated fleets).
-    """
-
-    def sub(component: str) -> int:
-        return derive_seed(seed, quantity, component)
-
-    model: SignalModel
-    if quantity == "temperature":
-        # °C: a room around 21 °C, warmest mid-afternoon, wandering ±2 °C, 0.05 °C of jitter.
-        model = Sum(
-            DailyCycle(21.0, 3.0, peak_hour=15.0),
-            RandomWalk(-2.0, 2.0, step=0.01, seed=sub("walk"), start=0.0, rng=rng),
-            Noise(0.05, seed=sub("noise"), rng=rng),
-        )
-    elif quantity == "humidity":
-        # %RH: relative humidity falls as the room warms, so the cycle peaks before dawn.
-        model = Sum(
-            RandomWalk(35.0, 65.0, step=0.05, seed=sub("walk"), rng=rng),
-            DailyCycle(0.0, 5.0, peak_hour=5.0),
-            Noise(0.3, seed=sub("noise"), rng=rng),
-        )
-    elif quantity == "pressure":
-        # hPa: weather moves pressure by a few hPa over hours; standard atmosphere in the middle.
-        model = RandomWalk(1008.25, 1018.25, step=0.005, seed=sub("walk"), start=1013.25, rng=rng)
-    elif quantity == "illuminance":
-        # lux: daylight through a window, brightest early afternoon, dark from about 21:00 to
-        # 05:00 UTC (the cosine below zero is clamped away); clouds move it by ±50 lux.
-        model = Sum(
-            DailyCycle(-100.0, 400.0, peak_hour=13.0),
-            RandomWalk(-50.0, 50.0, step=0.5, seed=sub("clouds"), start=0.0, rng=rng),
-            Noise(2.0, seed=sub("noise"), rng=rng),
-        )
-    elif quantity == "voltage":
-        # V: a slowly wandering analogue level on a 3.3 V rail, 0.5 mV of ADC noise.
-        model = Sum(
-            RandomWalk(0.0, 3.3, step=0.001, seed=sub("walk"), start=1.65, rng=rng),
-            Noise(0.0005, seed=sub("noise"), rng=rng),
-        )
-    elif quantity == "distance":
-        # m: something moving about in front of a ranger, within its useful range.
-        model = Sum(
-            RandomWalk(0.1, 3.5, step=0.01, seed=sub("walk"), start=1.5, rng=rng),
-            Noise(0.003, seed=sub("noise"), rng=rng),
-        )
-    elif quantity == "motion":
-        # 0/1: someone passes about six times an hour; the PIR holds its output for 10 s.
-        model = Pulses(rate_per_hour=6.0, duration=10.0, seed=sub("events"))
-    elif quantity == "contact":
-        # 0/1: a door opened or closed every five hours or so; closed (1.0) at first.
-        model = Toggle(rate_per_hour=0.2, seed=sub("events"), initial=True)
-    elif quantity == "soc_temperature":
-        # °C: the board's SoC, warmer than the room and following it, with load bursts.
-        model = Sum(
-            DailyCycle(48.0, 3.0, peak_hour=15.0),
-            RandomWalk(-5.0, 5.0, step=0.05, seed=sub("load"), start=0.0, rng=rng),
-            Noise(0.2, seed=sub("noise"), rng=rng),
-        )
-    else:
-        raise ValueError(
-            f"no default signal for quantity {quantity!r}; known: "
-            f"{', '.join(sorted(PHYSICAL_LIMITS))}"
-        )
-    return plausible(quantity, model)
 
 
 def _reflect(x: float, lo: float, hi: float) -> float:

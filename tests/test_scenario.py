@@ -23,7 +23,8 @@ from gateway.scenario import (
     parse_scenario,
 )
 from gateway.scenario.virtual import run_virtual
-from hardware.signals import LightRandom, default_signal, derive_seed
+from hardware.quantities import default_signal
+from hardware.signals import LightRandom, derive_seed
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "scenario.toml"

@@ -23,7 +23,6 @@ import msgspec
 
 from agent.contract import FaultLabel, Presence, Status, Topics
 from gateway.scenario.model import (
-    DEFAULT_UNITS,
     ConstantPart,
     DailyPart,
     DefaultPart,
@@ -42,8 +41,8 @@ from gateway.scenario.model import (
     replay_path,
     utc_seconds,
 )
+from hardware.quantities import PHYSICAL_LIMITS, UNITS, default_signal
 from hardware.signals import (
-    PHYSICAL_LIMITS,
     Clamp,
     Constant,
     DailyCycle,
@@ -57,7 +56,6 @@ from hardware.signals import (
     Spikes,
     Stuck,
     Sum,
-    default_signal,
     derive_seed,
     read_recording,
 )
@@ -320,7 +318,7 @@ class Generator:
         # A 50,000-device fleet holds 50,000 of each: one copy, not one a stream.
         st.names = self._shared(tuple(sensor.quantities))
         st.units = self._shared(
-            tuple(q.unit or DEFAULT_UNITS[name] for name, q in sensor.quantities.items())
+            tuple(q.unit or UNITS[name] for name, q in sensor.quantities.items())
         )
         st.decimals = self._shared(
             tuple(2 if self._flat else q.decimals for q in sensor.quantities.values())

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Annotated, Final, Literal
 import msgspec
 
 from agent.contract import ContractError, check_id
-from hardware.signals import PHYSICAL_LIMITS, read_recording
+from hardware.quantities import PHYSICAL_LIMITS, UNITS
+from hardware.signals import read_recording
 
 if TYPE_CHECKING:
     from agent.contract import Topics
@@ -48,18 +49,6 @@ Unit = Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
 FaultId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 # A duration: seconds, or a string of number-unit pairs such as "1d", "2h30m", "90s".
 Duration = float | str
-
-DEFAULT_UNITS: Final[Mapping[str, str]] = {
-    "temperature": "°C",
-    "humidity": "%RH",
-    "pressure": "hPa",
-    "illuminance": "lx",
-    "voltage": "V",
-    "distance": "m",
-    "motion": "bool",
-    "contact": "bool",
-    "soc_temperature": "°C",
-}
 
 _DURATION_RE: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|d|h|m|s)")
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
@@ -674,7 +663,7 @@ def check_scenario(scenario: Scenario) -> None:
 
 
 def _check_quantity(scenario: Scenario, key: str, quantity: str, spec: QuantitySpec) -> None:
-    if spec.unit is None and quantity not in DEFAULT_UNITS:
+    if spec.unit is None and quantity not in UNITS:
         raise ScenarioError(f"{key}.unit: required for a quantity without a default unit")
     if spec.limits is not None and not spec.limits[0] <= spec.limits[1]:
         raise ScenarioError(f"{key}.limits: lo must not exceed hi")

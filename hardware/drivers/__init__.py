@@ -80,8 +80,8 @@ class DriverInfo:
     default_device: str | None = None
     """sysfs: the device name used when the placement gives none."""
     default_signals: Mapping[str, str] = field(default_factory=dict)
-    """Quantity -> the `default_signal` kind that plays it when no signal is given, where the
-    two differ: an ADC channel "voltage_2" plays "voltage", a SoC's "temperature" runs warm."""
+    """Quantity -> the vocabulary quantity whose `default_signal` plays it when no signal is
+    given, where the two differ: a SoC's "temperature" runs warm, as "soc_temperature"."""
 
     def default_signal_kind(self, quantity: str) -> str:
         return self.default_signals.get(quantity, quantity)

@@ -19,7 +19,8 @@ from hardware.bus import I2CBus, I2CDevice, dropout_error
 from hardware.drivers import OptionValue, i2c_driver
 from hardware.drivers.i2c import I2CSensor, SignalInputs
 from hardware.errors import ChipIdError, DataError, SensorSettingsError, SensorTimeoutError
-from hardware.sensor import BackendKind, Clock, Quantity
+from hardware.quantities import measured
+from hardware.sensor import BackendKind, Clock
 from hardware.signals import Constant, SignalModel
 from hardware.timing import RealTimer, Timer
 
@@ -73,7 +74,7 @@ DEFAULT_DATA_RATE: Final = 128
 CHANNELS: Final = (0, 1, 2, 3)
 OPTIONS: Final = ("gain", "channels", "data_rate")
 
-QUANTITIES: Final = tuple(Quantity(f"voltage_{n}", "V", f"AIN{n} against GND") for n in CHANNELS)
+QUANTITIES: Final = tuple(measured(f"voltage_{n}") for n in CHANNELS)
 
 
 # -- pure functions --------------------------------------------------------------------------
@@ -497,5 +498,4 @@ DRIVER: Final = i2c_driver(
     open_driver=open_ads1115,
     build_emulator=ADS1115Emulator,
     options=OPTIONS,
-    default_signals={q.name: "voltage" for q in QUANTITIES},
 )

@@ -20,7 +20,8 @@ from hardware.bus import I2CBus, I2CDevice, dropout_error, i2c_read
 from hardware.drivers import OptionValue, i2c_driver
 from hardware.drivers.i2c import I2CSensor
 from hardware.errors import DataError, SensorSettingsError
-from hardware.sensor import BackendKind, Clock, Quantity
+from hardware.quantities import measured
+from hardware.sensor import BackendKind, Clock
 from hardware.signals import Constant, SignalModel
 from hardware.timing import RealTimer, Timer
 
@@ -68,7 +69,7 @@ L_RES_TIME_MAX: Final = 24e-3
 
 OPTIONS: Final = ("mtreg",)
 
-QUANTITIES: Final = (Quantity("illuminance", "lx", "ambient light"),)
+QUANTITIES: Final = (measured("illuminance"),)
 
 
 # -- pure functions (p. 7 and p. 11) ---------------------------------------------------------

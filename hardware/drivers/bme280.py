@@ -19,7 +19,8 @@ from hardware.bus import I2CBus, RegisterDevice, dropout_error
 from hardware.drivers import OptionValue, i2c_driver
 from hardware.drivers.i2c import I2CSensor, SignalInputs
 from hardware.errors import ChipIdError, DataError, SensorTimeoutError
-from hardware.sensor import BackendKind, Clock, Quantity
+from hardware.quantities import measured
+from hardware.sensor import BackendKind, Clock
 from hardware.signals import Constant, SignalModel
 from hardware.timing import RealTimer, Timer
 
@@ -83,11 +84,7 @@ POLL_INTERVAL: Final = 1e-3
 """Gap between status polls: one status read costs ~0.2 ms at 100 kHz, so polling every 1 ms
 leaves the bus mostly free for other chips and adds at most 1 ms of latency."""
 
-QUANTITIES: Final = (
-    Quantity("temperature", "°C", "air temperature"),
-    Quantity("humidity", "%RH", "relative humidity"),
-    Quantity("pressure", "hPa", "barometric pressure"),
-)
+QUANTITIES: Final = (measured("temperature"), measured("humidity"), measured("pressure"))
 
 _CTRL_HUM_X1: Final = OSRS_X1
 _CTRL_MEAS_FORCED_X1: Final = (OSRS_X1 << 5) | (OSRS_X1 << 2) | MODE_FORCED

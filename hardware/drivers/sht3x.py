@@ -30,7 +30,8 @@ from hardware.bus import (
 from hardware.drivers import OptionValue, i2c_driver
 from hardware.drivers.i2c import I2CSensor, SignalInputs
 from hardware.errors import DataError, HardwareError, SensorTimeoutError
-from hardware.sensor import BackendKind, Clock, Quantity
+from hardware.quantities import measured
+from hardware.sensor import BackendKind, Clock
 from hardware.signals import Constant, SignalModel
 from hardware.timing import RealTimer, Timer
 
@@ -104,10 +105,7 @@ POLL_INTERVAL: Final = 1e-3
 """Gap between read attempts while the chip NACKs a measurement in progress: a NACKed read
 header costs ~0.1 ms at 100 kHz, so the bus stays mostly free and latency grows by at most 1 ms."""
 
-QUANTITIES: Final = (
-    Quantity("temperature", "°C", "air temperature"),
-    Quantity("humidity", "%RH", "relative humidity"),
-)
+QUANTITIES: Final = (measured("temperature"), measured("humidity"))
 
 # -- pure functions: CRC and conversion (sections 4.12 and 4.13) -----------------------------
 

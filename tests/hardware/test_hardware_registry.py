@@ -28,7 +28,8 @@ from hardware.backends import make_backend
 from hardware.bus import FakeI2CBus
 from hardware.drivers.bme280 import BME280Emulator
 from hardware.errors import BusError
-from hardware.signals import PHYSICAL_LIMITS, Constant
+from hardware.quantities import PHYSICAL_LIMITS
+from hardware.signals import Constant
 from hardware.timing import ManualClock, VirtualTimer
 
 

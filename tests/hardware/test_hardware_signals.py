@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hardware.quantities import PHYSICAL_LIMITS, default_signal, plausible
 from hardware.signals import (
-    PHYSICAL_LIMITS,
     Clamp,
     Constant,
     DailyCycle,
@@ -30,9 +30,7 @@ from hardware.signals import (
     Stuck,
     Sum,
     Toggle,
-    default_signal,
     derive_seed,
-    plausible,
     read_recording,
     replay_csv,
 )
