@@ -21,7 +21,7 @@ from hardware.errors import (
     UnknownDriverError,
 )
 from hardware.quantities import default_signal
-from hardware.registry import driver_info, list_drivers, open_sensor
+from hardware.registry import driver_info, list_drivers, open_sensor, reading_quantities
 from hardware.sensor import (
     BackendKind,
     Clock,
@@ -67,4 +67,5 @@ __all__ = [
     "list_drivers",
     "make_backend",
     "open_sensor",
+    "reading_quantities",
 ]

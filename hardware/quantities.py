@@ -136,12 +136,12 @@ def measured(name: str, *, decimals: int | None = None, description: str | None 
     )
 
 
-def decimals_for(step: float, *, exact_within: int = 6) -> int:
+def decimals_for(step: float, *, exact_within: int = 4) -> int:
     """Decimals that publish a conversion of resolution `step` (in the quantity's unit).
 
     When at most `exact_within` decimals write every multiple of `step` exactly (0.01 °C: 2,
-    1/16 °C: 4, 1 m°C: 3) those are used, so nothing the driver measured is rounded away.
-    Otherwise (1/1024 %RH, 175/65535 °C) the fewest decimals at which two readings one step
+    1/16 °C: 4, 1 m°C: 3), those, so nothing the driver measured is rounded away. Otherwise
+    (1/1024 %RH, 175/65535 °C, 62.5 µV) the fewest decimals at which two readings one step
     apart stay apart: 10**-decimals <= step.
     """
     if not step > 0 or not math.isfinite(step):

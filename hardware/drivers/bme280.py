@@ -19,7 +19,7 @@ from hardware.bus import I2CBus, RegisterDevice, dropout_error
 from hardware.drivers import OptionValue, i2c_driver
 from hardware.drivers.i2c import I2CSensor, SignalInputs
 from hardware.errors import ChipIdError, DataError, SensorTimeoutError
-from hardware.quantities import measured
+from hardware.quantities import decimals_for, measured
 from hardware.sensor import BackendKind, Clock
 from hardware.signals import Constant, SignalModel
 from hardware.timing import RealTimer, Timer
@@ -84,7 +84,13 @@ POLL_INTERVAL: Final = 1e-3
 """Gap between status polls: one status read costs ~0.2 ms at 100 kHz, so polling every 1 ms
 leaves the bus mostly free for other chips and adds at most 1 ms of latency."""
 
-QUANTITIES: Final = (measured("temperature"), measured("humidity"), measured("pressure"))
+QUANTITIES: Final = (
+    # At the resolution of the compensation's integer results (section 4.2.3): 0.01 °C,
+    # 1/1024 %RH and 1/256 Pa, the last in hPa.
+    measured("temperature", decimals=decimals_for(1 / 100)),
+    measured("humidity", decimals=decimals_for(1 / 1024)),
+    measured("pressure", decimals=decimals_for(1 / 25600)),
+)
 
 _CTRL_HUM_X1: Final = OSRS_X1
 _CTRL_MEAS_FORCED_X1: Final = (OSRS_X1 << 5) | (OSRS_X1 << 2) | MODE_FORCED

@@ -68,6 +68,8 @@ DEFAULT_SAMPLES: Final = 3
 """Median of three pings: one stray echo (a second reflector, a missed pulse) cannot move it."""
 MAX_SAMPLES: Final = 15
 
+# The distance comes from timing an echo, with no conversion step of its own: published at
+# the vocabulary's millimetres, about the module's own resolution.
 QUANTITIES: Final = (measured("distance"),)
 
 

@@ -78,7 +78,7 @@ def test_an_adc_channel_plays_the_voltage_signal_within_the_voltage_limits() -> 
         (1 / 25600, 5),  # BME280 pressure in hPa
         (1 / 1.2, 1),  # BH1750 at its default sensitivity
         (2.5, 1),
-        (4.096 / 32768, 6),  # ADS1115 at ±4.096 V: 125 µV exactly
+        (2.048 / 32768, 5),  # ADS1115 at ±2.048 V: 62.5 µV, exact only at 7 decimals
     ],
 )
 def test_decimals_for_a_conversion_step(step: float, decimals: int) -> None:
