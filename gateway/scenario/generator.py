@@ -21,7 +21,7 @@ from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
-from agent.contract import FaultLabel, Presence, Status, Topics
+from agent.contract import FaultLabel, FlatReading, Presence, Status, Topics
 from gateway.scenario.model import (
     ConstantPart,
     DailyPart,
@@ -321,7 +321,10 @@ class Generator:
             tuple(q.unit or UNITS[name] for name, q in sensor.quantities.items())
         )
         st.decimals = self._shared(
-            tuple(2 if self._flat else q.decimals for q in sensor.quantities.values())
+            tuple(
+                FlatReading.DECIMALS if self._flat else q.resolution(name)
+                for name, q in sensor.quantities.items()
+            )
         )
         st.spans = self._shared(tuple(spans))
         st.last = [math.nan] * len(st.names)
@@ -601,8 +604,8 @@ def _flat_format(device: str, names: Sequence[str]) -> str:
         + _TS
         + "}"
         + _escape(',"temperature":')
-        + _number(2, temperature)
+        + _number(FlatReading.DECIMALS, temperature)
         + _escape(',"humidity":')
-        + _number(2, humidity)
+        + _number(FlatReading.DECIMALS, humidity)
         + "}}"
     )

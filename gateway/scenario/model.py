@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Final, Literal
 import msgspec
 
 from agent.contract import ContractError, check_id
-from hardware.quantities import PHYSICAL_LIMITS, UNITS
+from hardware.quantities import PHYSICAL_LIMITS, UNITS, VOCABULARY
 from hardware.signals import read_recording
 
 if TYPE_CHECKING:
@@ -49,6 +49,9 @@ Unit = Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
 FaultId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 # A duration: seconds, or a string of number-unit pairs such as "1d", "2h30m", "90s".
 Duration = float | str
+
+DEFAULT_DECIMALS: Final = 2
+"""Decimals of a quantity the vocabulary does not know, unless its spec says."""
 
 _DURATION_RE: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|d|h|m|s)")
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
@@ -173,7 +176,8 @@ class QuantitySpec(_Spec, frozen=True, kw_only=True):
     """One measured quantity: its unit and signal. Without `signal`, the quantity's
     default_signal (known quantities only). `signal` parts are summed; `spikes`, `dropouts`
     and `stuck` wrap the sum; the result is clamped to the quantity's physical limits (or
-    `limits`) unless `clamp = false`. Values go on the wire rounded to `decimals`."""
+    `limits`) unless `clamp = false`. Values go on the wire rounded to `decimals`. Units,
+    limits and decimals left out are the vocabulary's (`hardware.quantities`)."""
 
     unit: Unit | None = None
     signal: list[SignalPart] | SignalPart | None = None
@@ -182,7 +186,15 @@ class QuantitySpec(_Spec, frozen=True, kw_only=True):
     stuck: StuckSpec | None = None
     clamp: bool = True
     limits: tuple[float, float] | None = None
-    decimals: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
+    decimals: Annotated[int, msgspec.Meta(ge=0, le=10)] | None = None
+
+    def resolution(self, quantity: str) -> int:
+        """Decimals this quantity is published with: `decimals`, or the vocabulary's for a
+        known quantity, or 2."""
+        if self.decimals is not None:
+            return self.decimals
+        known = VOCABULARY.get(quantity)
+        return DEFAULT_DECIMALS if known is None else known.decimals
 
     def parts(self) -> list[SignalPart]:
         if self.signal is None:
