@@ -1,7 +1,11 @@
 """Hardware abstraction: sensor drivers, their emulators, buses, back ends and signal models.
 
 Knows nothing of MQTT, the agent or the gateway. Beyond the standard library it uses smbus2 for
-I2C and gpiozero for GPIO, the latter imported only when a GPIO sensor is opened.
+I2C, gpiozero for GPIO (imported only when a GPIO sensor is opened) and msgspec for recording
+files (imported only when one is read).
+
+What a quantity is (unit, physical limits, default resolution and signal) is defined once, in
+`hardware.quantities`; recording file formats in `hardware.recordings`.
 
 Adding a sensor: one module under `hardware/drivers/` (register map or file format, pure
 conversion functions, the driver taking an injected bus, its emulator, `DRIVER = ...`), its

@@ -23,14 +23,11 @@ same whether a model is sampled every second, every ten seconds, in virtual or i
 from __future__ import annotations
 
 import bisect
-import csv
 import itertools
 import math
 import random
-import re
 import statistics
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -539,10 +536,13 @@ class Replay:
         device: str | None = None,
         sensor: str | None = None,
     ) -> Replay:
-        """One column of a CSV file with a `timestamp` column; `column` may be left out when
-        there is only one other column. See `read_recording` for the format, and for `device`
-        and `sensor`, which pick a stream of an `edgetwin record` CSV."""
-        recording = read_recording(path, device=device, sensor=sensor)
+        """One column of a column table, or one quantity of a stream of a telemetry recording;
+        `column` may be left out when there is only one. See `hardware.recordings.read_columns`
+        for the formats, and for `device` and `sensor`, which pick a recording's stream."""
+        # Imported here: hardware.recordings needs the vocabulary, which is built on this module.
+        from hardware.recordings import read_columns
+
+        recording = read_columns(path, device=device, sensor=sensor)
         if column is None:
             if len(recording) != 1:
                 raise ValueError(f"{path}: choose a column among {sorted(recording)}")
@@ -579,83 +579,6 @@ class Replay:
         return v0 + (v1 - v0) * (offset - t0) / (t1 - t0)
 
 
-def read_recording(
-    path: str | Path, *, device: str | None = None, sensor: str | None = None
-) -> dict[str, tuple[list[float], list[float]]]:
-    """Read a CSV recording: a `timestamp` column plus one column per quantity.
-
-    Timestamps are seconds since the epoch or ISO 8601 (UTC when no offset is given). An empty
-    cell, or one reading `nan`, is a missing measurement. Returns (times, values) per column.
-
-    A CSV written by `edgetwin record` (gateway/recording.py) reads too: its `ts` column gives
-    the times and its `name[unit]` columns the quantities, by name. Such a file may hold several
-    (device, sensor) streams: `device` and `sensor` pick one. Its readings are put in time
-    order and a reading at the same time as the one before (a duplicate) is dropped.
-    """
-    with Path(path).open(newline="", encoding="utf-8") as file:
-        reader = csv.DictReader(file)
-        fields = set(reader.fieldnames or ())
-        if "timestamp" not in fields and fields >= _RECORDED_STREAM:
-            return _read_recorded_stream(path, reader, device, sensor)
-        columns = [name for name in reader.fieldnames or () if name != "timestamp"]
-        if "timestamp" not in (reader.fieldnames or ()) or not columns:
-            raise ValueError(f"{path}: need a 'timestamp' column and at least one other")
-        times: list[float] = []
-        values: dict[str, list[float]] = {name: [] for name in columns}
-        for row in reader:
-            try:
-                times.append(_parse_timestamp(row["timestamp"]))
-                for name in columns:
-                    cell = (row[name] or "").strip()
-                    values[name].append(float(cell) if cell else math.nan)
-            except ValueError as exc:
-                raise ValueError(f"{path}, line {reader.line_num}: {exc}") from exc
-    return {name: (times, values[name]) for name in columns}
-
-
-_RECORDED_STREAM = frozenset({"device", "sensor", "ts"})
-_QUANTITY_COLUMN = re.compile(r"^([a-z][a-z0-9_]{0,31})\[[^\[\]]{1,16}\]$")
-
-
-def _read_recorded_stream(
-    path: str | Path, reader: csv.DictReader[str], device: str | None, sensor: str | None
-) -> dict[str, tuple[list[float], list[float]]]:
-    columns = {
-        field: match[1]
-        for field in reader.fieldnames or ()
-        if (match := _QUANTITY_COLUMN.fullmatch(field))
-    }
-    if not columns:
-        raise ValueError(f"{path}: no quantity columns named 'name[unit]'")
-    rows: list[tuple[float, dict[str, float]]] = []
-    streams: set[tuple[str, str]] = set()
-    for row in reader:
-        if (device is not None and row["device"] != device) or (
-            sensor is not None and row["sensor"] != sensor
-        ):
-            continue
-        streams.add((row["device"], row["sensor"]))
-        measured: dict[str, float] = {}
-        try:
-            # Two unit columns of one quantity (°C and K) never hold a value in the same row.
-            for field, name in columns.items():
-                cell = (row[field] or "").strip()
-                if cell:
-                    measured[name] = float(cell)
-            rows.append((float(row["ts"]), measured))
-        except ValueError as exc:
-            raise ValueError(f"{path}, line {reader.line_num}: {exc}") from exc
-    if len(streams) != 1:
-        found = ", ".join(f"{d}/{s}" if s else d for d, s in sorted(streams)[:10]) or "none"
-        raise ValueError(f"{path}: choose one stream by device and sensor; streams found: {found}")
-    rows.sort(key=lambda row: row[0])
-    rows = [row for i, row in enumerate(rows) if i == 0 or row[0] > rows[i - 1][0]]
-    # Only what this stream measures: the file's other columns belong to other streams.
-    names = [name for name in dict.fromkeys(columns.values()) if any(name in m for _, m in rows)]
-    times = [t for t, _ in rows]
-    return {name: (times, [m.get(name, math.nan) for _, m in rows]) for name in names}
-
-
 def replay_csv(
     path: str | Path,
     *,
@@ -666,24 +589,16 @@ def replay_csv(
     device: str | None = None,
     sensor: str | None = None,
 ) -> dict[str, Replay]:
-    """A `Replay` per quantity column of a CSV recording (see `read_recording`)."""
+    """A `Replay` per column of a column table or telemetry recording stream (see
+    `hardware.recordings.read_columns`)."""
+    from hardware.recordings import read_columns
+
     return {
         name: Replay(
             times, values, start=start, loop=loop, speed=speed, interpolation=interpolation
         )
-        for name, (times, values) in read_recording(path, device=device, sensor=sensor).items()
+        for name, (times, values) in read_columns(path, device=device, sensor=sensor).items()
     }
-
-
-def _parse_timestamp(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    moment = datetime.fromisoformat(text.strip())
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 # -- seeds -----------------------------------------------------------------------------------

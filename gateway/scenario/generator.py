@@ -42,6 +42,7 @@ from gateway.scenario.model import (
     utc_seconds,
 )
 from hardware.quantities import PHYSICAL_LIMITS, UNITS, default_signal
+from hardware.recordings import read_columns
 from hardware.signals import (
     Clamp,
     Constant,
@@ -57,7 +58,6 @@ from hardware.signals import (
     Stuck,
     Sum,
     derive_seed,
-    read_recording,
 )
 
 Message = tuple[str, bytes, bool]
@@ -415,7 +415,7 @@ class Generator:
             path = str(replay_path(self._scenario, part))
             recording = self._recordings.get(path)
             if recording is None:
-                recording = self._recordings[path] = read_recording(path)
+                recording = self._recordings[path] = read_columns(path)
             column = part.column or next(iter(recording))
             times, values = recording[column]
             return Replay(

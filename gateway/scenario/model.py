@@ -26,7 +26,7 @@ import msgspec
 
 from agent.contract import ContractError, check_id
 from hardware.quantities import PHYSICAL_LIMITS, UNITS, VOCABULARY
-from hardware.signals import read_recording
+from hardware.recordings import read_columns
 
 if TYPE_CHECKING:
     from agent.contract import Topics
@@ -132,8 +132,10 @@ class DriftPart(_Part, tag="drift", frozen=True, kw_only=True):
 
 
 class ReplayPart(_Part, tag="replay", frozen=True, kw_only=True):
-    """One column of a CSV recording (a `timestamp` column plus quantity columns), played from
-    the stream's first sample on. A relative `file` is relative to the scenario file."""
+    """One column of a column table (a `timestamp` column plus quantity columns), or one
+    quantity of a telemetry recording's only stream (see `hardware.recordings.read_columns`),
+    played from the stream's first sample on. A relative `file` is relative to the scenario
+    file."""
 
     file: str
     column: str | None = None
@@ -695,7 +697,7 @@ def _check_part(scenario: Scenario, where: str, quantity: str, part: SignalPart)
     if isinstance(part, ReplayPart):
         path = replay_path(scenario, part)
         try:
-            recording = read_recording(path)
+            recording = read_columns(path)
         except (OSError, ValueError) as exc:
             raise ScenarioError(f"{where}.file: {exc}") from exc
         column = part.column or (next(iter(recording)) if len(recording) == 1 else None)
