@@ -98,7 +98,7 @@ class _Part(_Spec, tag_field="model", frozen=True):
 
 
 class DefaultPart(_Part, tag="default", frozen=True, kw_only=True):
-    """hardware.signals.default_signal for the quantity: a realistic indoor signal."""
+    """hardware.quantities.default_signal for the quantity: a realistic indoor signal."""
 
 
 class ConstantPart(_Part, tag="constant", frozen=True, kw_only=True):
