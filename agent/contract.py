@@ -199,6 +199,8 @@ class FlatReading(Struct, frozen=True):
     humidity: Float
 
     QUANTITIES: ClassVar[frozenset[str]] = frozenset({"temperature", "humidity"})
+    DECIMALS: ClassVar[int] = 2
+    """The original's rounding, kept whatever the quantities' own resolution."""
 
     @classmethod
     def from_telemetry(cls, telemetry: Telemetry) -> FlatReading | None:
@@ -209,8 +211,8 @@ class FlatReading(Struct, frozen=True):
         return cls(
             device_id=telemetry.device,
             timestamp=telemetry.ts,
-            temperature=round(values["temperature"].value, 2),
-            humidity=round(values["humidity"].value, 2),
+            temperature=round(values["temperature"].value, cls.DECIMALS),
+            humidity=round(values["humidity"].value, cls.DECIMALS),
         )
 
 

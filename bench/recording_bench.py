@@ -8,7 +8,7 @@ asserts nothing; bounded in time (well under a minute by default).
    CSV, then JSONL; beside it, a bare `MqttLink` subscriber that only counts is the baseline.
    Rate = N / (time from the first publish to the last message received).
    mosquitto's per-client queue is unbounded here, so that nothing is dropped.
-2. Files: `read_recording` of the two files written in step 1.
+2. Files: `read_readings` of the two files written in step 1.
 3. Replay: `Replayer.run` at a speed so high that nothing waits, into a publish that drops the
    message: the cost of shifting and re-encoding readings, without the network.
 """
@@ -28,7 +28,7 @@ from agent.config import MqttSettings
 from agent.contract import Source, Telemetry, Topics, Value
 from agent.mqtt import Message, MqttLink
 from gateway.broker import MosquittoBroker
-from gateway.recording import LiveRecorder, Recorder, Replayer, read_recording
+from gateway.recording import LiveRecorder, Recorder, Replayer, read_readings
 
 TOPICS = Topics()
 
@@ -124,11 +124,11 @@ def main() -> None:
         for suffix in (".csv", ".jsonl"):
             path = Path(tmp) / f"rec{suffix}"
             began = time.perf_counter()
-            readings = read_recording(path)
+            readings = read_readings(path)
             rate = len(readings) / (time.perf_counter() - began)
             per_row = path.stat().st_size / len(readings)
             rows.append(
-                (f"read_recording {suffix}", f"{rate:,.0f} readings/s ({per_row:.0f} B/row)")
+                (f"read_readings {suffix}", f"{rate:,.0f} readings/s ({per_row:.0f} B/row)")
             )
         replayer = Replayer(readings, lambda topic, payload: None, speed=1e12)
         began = time.perf_counter()

@@ -39,16 +39,9 @@ from dataclasses import dataclass
 
 from agent.contract import SensorSettings, Source, Telemetry
 from hardware.errors import HardwareError
+from hardware.quantities import PHYSICAL_LIMITS, default_signal
 from hardware.registry import driver_info
-from hardware.signals import (
-    PHYSICAL_LIMITS,
-    SECONDS_PER_DAY,
-    SECONDS_PER_HOUR,
-    SignalModel,
-    Toggle,
-    default_signal,
-    derive_seed,
-)
+from hardware.signals import SECONDS_PER_DAY, SECONDS_PER_HOUR, SignalModel, Toggle, derive_seed
 
 log = logging.getLogger(__name__)
 

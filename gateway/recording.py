@@ -1,23 +1,18 @@
 """Record live telemetry to a file and replay a file as a simulated device.
 
-A recording is CSV or JSON lines, chosen by the file's suffix:
-
-- **JSON lines** (``.jsonl``): one object per reading, ``{"topic", "received", "payload"}``,
-  with the payload exactly as it came off the wire (an edgetwin `Telemetry` or the original
-  simulator's `FlatReading`), so nothing is lost.
-- **CSV** (``.csv``): columns ``device, sensor, ts, seq, source``, then one column per quantity
-  named ``name[unit]`` (``temperature[°C]``), then ``anomaly`` (the label's type) and
-  ``anomaly_id, anomaly_start, anomaly_end``. Numbers are written with Python's shortest
-  round-trip form, so a replay reproduces them exactly. A flat reading leaves sensor, seq and
-  source empty. Quantity columns appear as quantities first do: when a new one arrives, the
-  file is rewritten once with the wider header (to a temporary file, then renamed).
+A recording is CSV or JSON lines, chosen by the file's suffix; both formats, and the
+`RecordingError` every failure to read, write or replay one raises, are defined in
+`hardware.recordings`. Numbers are written to a CSV in Python's shortest round-trip form, so a
+replay reproduces them exactly. A CSV's quantity columns appear as quantities first do: when a
+new one arrives, the file is rewritten once with the wider header (to a temporary file, then
+renamed).
 
 `Recorder` writes readings as they come and flushes them to the operating system every few
 hundred rows or half a second, so a crash loses at most that much. `LiveRecorder` feeds one
-from a broker subscription. `read_recording` reads either format back, `Replayer` publishes a
-recording again as a simulated device, on a timeline shifted to now.
+from a broker subscription. `read_readings` reads either format back as contract payloads,
+`Replayer` publishes a recording again as a simulated device, on a timeline shifted to now.
 
-A recorded CSV is also a signal source: `hardware.signals.Replay.from_csv(path, "temperature",
+A recording is also a signal source: `hardware.signals.Replay.from_csv(path, "temperature",
 device=..., sensor=...)` (or `replay_csv`) plays one of its streams to an emulator or scenario.
 """
 
@@ -29,18 +24,17 @@ import itertools
 import logging
 import math
 import os
-import re
 import signal
 import statistics
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Self
 
 import msgspec
 
@@ -56,25 +50,24 @@ from agent.contract import (
     check_id,
 )
 from agent.mqtt import Delivery, Message, MqttLink, PublishError
+from hardware.quantities import UNITS
+from hardware.recordings import (
+    HEAD,
+    TAIL,
+    RecordingError,
+    encode_line,
+    quantity_column,
+    read_stored,
+    recording_format,
+)
 
 log = logging.getLogger(__name__)
 
-Format = Literal["csv", "jsonl"]
 Payload = Telemetry | FlatReading
 Publish = Callable[[str, bytes], object]
 
-SUFFIXES: Final[Mapping[str, Format]] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-HEAD: Final = ("device", "sensor", "ts", "seq", "source")
-TAIL: Final = ("anomaly", "anomaly_id", "anomaly_start", "anomaly_end")
-FLAT_UNITS: Final[Mapping[str, str]] = {"temperature": "°C", "humidity": "%RH"}
-"""Units of the flat payload's quantities (contract.FlatReading documents them)."""
 
-_QUANTITY_COLUMN: Final = re.compile(r"^([a-z][a-z0-9_]{0,31})\[([^\[\]]{1,16})\]$")
 _SKIP_WARNINGS: Final = 5  # skipped messages logged at WARNING; the rest at DEBUG
-
-
-class RecordingError(ValueError):
-    """A recording that cannot be read, written or replayed; says which file and line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,20 +99,9 @@ class RecordedReading:
         if isinstance(self.payload, Telemetry):
             return {name: (v.value, v.unit) for name, v in self.payload.values.items()}
         return {
-            "temperature": (self.payload.temperature, FLAT_UNITS["temperature"]),
-            "humidity": (self.payload.humidity, FLAT_UNITS["humidity"]),
+            "temperature": (self.payload.temperature, UNITS["temperature"]),
+            "humidity": (self.payload.humidity, UNITS["humidity"]),
         }
-
-
-def recording_format(path: str | Path) -> Format:
-    suffix = Path(path).suffix.lower()
-    try:
-        return SUFFIXES[suffix]
-    except KeyError:
-        raise RecordingError(
-            f"{path}: unknown recording format {suffix or '(no suffix)'!r}; "
-            f"use one of {', '.join(SUFFIXES)}"
-        ) from None
 
 
 def decode_payload(payload: bytes) -> Payload:
@@ -135,17 +117,7 @@ def decode_payload(payload: bytes) -> Payload:
     return Telemetry.decode(payload)
 
 
-def quantity_column(name: str, unit: str) -> str:
-    return f"{name}[{unit}]"
-
-
 # -- writing -------------------------------------------------------------------------------------
-
-
-class _Line(msgspec.Struct, frozen=True):
-    topic: str | None
-    received: float | None
-    payload: msgspec.Raw
 
 
 def _float(value: float | None) -> str:
@@ -188,7 +160,6 @@ class Recorder:
             raise RecordingError(f"cannot write {self.path}: {exc}") from exc
         self._columns: list[str] = []  # CSV quantity columns, in order of first appearance
         self._writer = csv.writer(self._file)
-        self._encoder = msgspec.json.Encoder()
         if self.format == "csv":
             self._writer.writerow([*HEAD, *TAIL])
         self._pending = 0
@@ -223,9 +194,7 @@ class Recorder:
             if self.format == "jsonl":
                 if raw is None:
                     raw = reading.payload.encode()
-                line = self._encoder.encode(
-                    _Line(reading.topic, reading.received, msgspec.Raw(raw))
-                )
+                line = encode_line(reading.topic, reading.received, raw)
                 self._file.write(line.decode() + "\n")
             else:
                 self._write_row(reading)
@@ -382,114 +351,27 @@ class LiveRecorder:
 # -- reading -------------------------------------------------------------------------------------
 
 
-def read_recording(path: str | Path) -> list[RecordedReading]:
-    """Every reading of a CSV or JSON lines recording, in file order; RecordingError naming
-    the line for anything that does not parse or follow the contract."""
-    path = Path(path)
-    fmt = recording_format(path)
-    try:
-        with path.open(encoding="utf-8", newline="") as file:
-            readings = _read_jsonl(path, file) if fmt == "jsonl" else _read_csv(path, file)
-    except OSError as exc:
-        raise RecordingError(f"cannot read {path}: {exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise RecordingError(f"{path}: not UTF-8 text: {exc}") from exc
-    if not readings:
-        raise RecordingError(f"{path}: no readings")
-    return readings
-
-
-def _read_jsonl(path: Path, file: io.TextIOBase) -> list[RecordedReading]:
-    decoder = msgspec.json.Decoder(_Line)
+def read_readings(path: str | Path) -> list[RecordedReading]:
+    """Every reading of a CSV or JSON lines recording, in file order, held to the contract;
+    RecordingError naming the line for anything that does not parse or follow it."""
     readings = []
-    for number, line in enumerate(file, 1):
-        if not line.strip():
-            continue
+    for stored in read_stored(path):
+        payload = stored.payload
         try:
-            entry = decoder.decode(line)
-            payload = decode_payload(bytes(entry.payload))
-        except (msgspec.DecodeError, ContractError) as exc:
-            raise RecordingError(f"{path}, line {number}: {exc}") from exc
-        readings.append(RecordedReading(payload, entry.topic, entry.received))
+            if isinstance(payload, bytes):
+                reading = decode_payload(payload)
+            else:
+                # Through the contract's own decoder: a CSV is held to the wire's rules.
+                document = msgspec.json.encode(payload)
+                reading = (
+                    Telemetry.decode(document)
+                    if "sensor" in payload
+                    else FlatReading.decode(document)
+                )
+        except ContractError as exc:
+            raise RecordingError(f"{path}, line {stored.line}: {exc}") from exc
+        readings.append(RecordedReading(reading, stored.topic, stored.received))
     return readings
-
-
-def _read_csv(path: Path, file: io.TextIOBase) -> list[RecordedReading]:
-    rows = csv.reader(file)
-    header = next(rows, None)
-    if header is None:
-        raise RecordingError(f"{path}: empty file")
-    missing = [name for name in (*HEAD, *TAIL) if name not in header]
-    if missing:
-        raise RecordingError(
-            f"{path}: not an edgetwin recording, missing columns {missing}; "
-            f"expected {', '.join(HEAD)}, quantity[unit]..., {', '.join(TAIL)}"
-        )
-    quantities: dict[int, tuple[str, str]] = {}
-    for index, name in enumerate(header):
-        if name in HEAD or name in TAIL:
-            continue
-        match = _QUANTITY_COLUMN.fullmatch(name)
-        if match is None:
-            raise RecordingError(f"{path}: column {name!r} is not a quantity named 'name[unit]'")
-        quantities[index] = (match[1], match[2])
-    at = {name: header.index(name) for name in (*HEAD, *TAIL)}
-    readings = []
-    for row in rows:
-        if not any(row):
-            continue
-        if len(row) != len(header):
-            raise RecordingError(
-                f"{path}, line {rows.line_num}: {len(row)} cells, the header has {len(header)}"
-            )
-        try:
-            payload = _csv_payload(row, at, quantities)
-        except (ValueError, msgspec.DecodeError) as exc:
-            raise RecordingError(f"{path}, line {rows.line_num}: {exc}") from exc
-        readings.append(RecordedReading(payload))
-    return readings
-
-
-def _csv_payload(
-    row: list[str], at: Mapping[str, int], quantities: Mapping[int, tuple[str, str]]
-) -> Payload:
-    def cell(name: str) -> str:
-        return row[at[name]].strip()
-
-    values: dict[str, dict[str, Any]] = {}
-    for index, (name, unit) in quantities.items():
-        text = row[index].strip()
-        if not text:
-            continue
-        if name in values:
-            raise ValueError(f"two values for {name!r}")
-        values[name] = {"value": float(text), "unit": unit}
-    # Through the contract's own decoder, so that a CSV is held to the same rules as the wire.
-    document: dict[str, Any]
-    if not cell("sensor"):
-        document = {"device_id": cell("device"), "timestamp": float(cell("ts"))}
-        for name, unit in FLAT_UNITS.items():
-            if name not in values or values[name]["unit"] != unit:
-                raise ValueError(f"a flat reading (no sensor) needs {quantity_column(name, unit)}")
-            document[name] = values[name]["value"]
-        return FlatReading.decode(msgspec.json.encode(document))
-    document = {
-        "device": cell("device"),
-        "sensor": cell("sensor"),
-        "ts": float(cell("ts")),
-        "seq": int(cell("seq")),
-        "source": cell("source"),
-        "values": values,
-    }
-    if cell("anomaly"):
-        document["anomaly"] = {
-            "type": cell("anomaly"),
-            "id": cell("anomaly_id"),
-            "start": float(cell("anomaly_start")),
-        }
-        if cell("anomaly_end"):
-            document["anomaly"]["end"] = float(cell("anomaly_end"))
-    return Telemetry.decode(msgspec.json.encode(document))
 
 
 # -- replaying -----------------------------------------------------------------------------------
@@ -780,7 +662,7 @@ def replay_command(
         if duration is not None and not duration > 0:
             raise ValueError(f"--duration must be positive, got {duration}")
         host, port = parse_broker(broker)
-        readings = read_recording(path)
+        readings = read_readings(path)
         topics = None
         if prefix is not None or topic_template is not None:
             topics = Topics(prefix=prefix or DEFAULT_PREFIX, telemetry_template=topic_template)

@@ -1,7 +1,11 @@
 """Hardware abstraction: sensor drivers, their emulators, buses, back ends and signal models.
 
 Knows nothing of MQTT, the agent or the gateway. Beyond the standard library it uses smbus2 for
-I2C and gpiozero for GPIO, the latter imported only when a GPIO sensor is opened.
+I2C, gpiozero for GPIO (imported only when a GPIO sensor is opened) and msgspec for recording
+files (imported only when one is read).
+
+What a quantity is (unit, physical limits, default resolution and signal) is defined once, in
+`hardware.quantities`; recording file formats in `hardware.recordings`.
 
 Adding a sensor: one module under `hardware/drivers/` (register map or file format, pure
 conversion functions, the driver taking an injected bus, its emulator, `DRIVER = ...`), its
@@ -20,7 +24,8 @@ from hardware.errors import (
     SensorTimeoutError,
     UnknownDriverError,
 )
-from hardware.registry import driver_info, list_drivers, open_sensor
+from hardware.quantities import default_signal
+from hardware.registry import driver_info, list_drivers, open_sensor, reading_quantities
 from hardware.sensor import (
     BackendKind,
     Clock,
@@ -31,7 +36,7 @@ from hardware.sensor import (
     Sensor,
     SensorStatus,
 )
-from hardware.signals import SignalModel, default_signal
+from hardware.signals import SignalModel
 from hardware.timing import ManualClock, RealTimer, Timer, VirtualTimer
 
 __all__ = [
@@ -66,4 +71,5 @@ __all__ = [
     "list_drivers",
     "make_backend",
     "open_sensor",
+    "reading_quantities",
 ]

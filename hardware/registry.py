@@ -23,8 +23,9 @@ from hardware.drivers import (
     soc_thermal,
 )
 from hardware.errors import SensorSettingsError, UnknownDriverError
-from hardware.sensor import Sensor
-from hardware.signals import SignalModel, default_signal, derive_seed
+from hardware.quantities import default_signal
+from hardware.sensor import Quantity, Sensor
+from hardware.signals import SignalModel, derive_seed
 
 __all__ = [
     "DRIVERS",
@@ -34,6 +35,7 @@ __all__ = [
     "driver_info",
     "list_drivers",
     "open_sensor",
+    "reading_quantities",
 ]
 
 DRIVERS: dict[str, DriverInfo] = {}
@@ -69,6 +71,22 @@ def driver_info(name: str) -> DriverInfo:
     except KeyError:
         known = ", ".join(sorted(DRIVERS)) or "none"
         raise UnknownDriverError(f"no driver named {name!r}; known drivers: {known}") from None
+
+
+def reading_quantities(
+    driver: str, options: Mapping[str, OptionValue] | None = None
+) -> tuple[Quantity, ...]:
+    """The quantities a reading of `driver` at `options` holds, in the order the driver lists
+    them, each with its vocabulary unit and the resolution (`decimals`) the driver's own
+    conversion produces: what a stand-in for a missing sensor publishes, learned from the
+    driver's metadata without opening a bus or an emulator.
+
+    Options that change the reading (an ADS1115's `channels` and `gain`, a BH1750's `mtreg`)
+    are taken into account and checked as the driver checks them; an I2C driver also refuses
+    option names it does not take. GPIO and sysfs drivers' options change no quantity and are
+    checked when the sensor is opened. Raises UnknownDriverError or SensorSettingsError.
+    """
+    return driver_info(driver).reading_quantities(dict(options or {}))
 
 
 def check_settings(driver: str, *, address: int | None = None) -> DriverInfo:

@@ -43,9 +43,14 @@ class Reading:
 
 @dataclass(frozen=True, slots=True)
 class Quantity:
+    """One quantity a driver measures. Drivers build theirs with `hardware.quantities.measured`,
+    which takes the unit from the vocabulary."""
+
     name: str
     unit: str
     description: str = ""
+    decimals: int = 2
+    """The resolution the driver's conversion produces, as decimals to publish a value with."""
 
 
 @dataclass(slots=True)

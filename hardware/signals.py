@@ -5,8 +5,9 @@ deterministic given its seed and that sequence of times, so a simulated run can 
 Models are plain functions of `t` on whatever clock the caller injects: a simulated day can run
 in a fraction of a second. Models compose: `Sum` stacks a daily cycle, a slow walk, a `Drift`
 and noise; wrappers such as `Spikes`, `Dropouts` and `Stuck` take an inner model and add a
-fault to it; `Clamp` (or `plausible`) keeps the result physical. Emulators and the gateway's
-simulated devices share these.
+fault to it; `Clamp` keeps the result physical. Emulators and the gateway's simulated devices
+share these. Each quantity's default signal, and the physical limits it is clamped to, are part
+of the quantity vocabulary in `hardware.quantities`.
 
 No measurement is NaN: a model returns NaN when there is no measurement at that instant;
 emulators turn that into a failed transfer (EIO) so the driver reports a fault. NaN passes
@@ -22,37 +23,18 @@ same whether a model is sampled every second, every ten seconds, in virtual or i
 from __future__ import annotations
 
 import bisect
-import csv
 import itertools
 import math
 import random
-import re
 import statistics
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import MappingProxyType
 from typing import Literal, Protocol
 
 SECONDS_PER_DAY = 86_400.0
 SECONDS_PER_HOUR = 3_600.0
 
 Interpolation = Literal["hold", "linear"]
-
-PHYSICAL_LIMITS: Mapping[str, tuple[float, float]] = MappingProxyType(
-    {
-        "temperature": (-40.0, 85.0),  # °C, the operating range of the usual sensor chips
-        "humidity": (0.0, 100.0),  # %RH
-        "pressure": (300.0, 1100.0),  # hPa, the BME280's range
-        "illuminance": (0.0, 65535.0),  # lux, a 16-bit light sensor's full scale
-        "voltage": (-4.096, 4.096),  # V, an ADS1115 at its widest gain
-        "distance": (0.02, 4.0),  # m, an ultrasonic ranger
-        "motion": (0.0, 1.0),  # PIR output: 1.0 while motion is seen
-        "contact": (0.0, 1.0),  # reed contact: 1.0 closed
-        "soc_temperature": (20.0, 85.0),  # °C, the board's own SoC: never below the room
-    }
-)
-"""The range each quantity can physically take, as (lo, hi) in the quantity's unit."""
 
 
 class Gaussian(Protocol):
@@ -554,10 +536,13 @@ class Replay:
         device: str | None = None,
         sensor: str | None = None,
     ) -> Replay:
-        """One column of a CSV file with a `timestamp` column; `column` may be left out when
-        there is only one other column. See `read_recording` for the format, and for `device`
-        and `sensor`, which pick a stream of an `edgetwin record` CSV."""
-        recording = read_recording(path, device=device, sensor=sensor)
+        """One column of a column table, or one quantity of a stream of a telemetry recording;
+        `column` may be left out when there is only one. See `hardware.recordings.read_columns`
+        for the formats, and for `device` and `sensor`, which pick a recording's stream."""
+        # Imported here: hardware.recordings needs the vocabulary, which is built on this module.
+        from hardware.recordings import read_columns
+
+        recording = read_columns(path, device=device, sensor=sensor)
         if column is None:
             if len(recording) != 1:
                 raise ValueError(f"{path}: choose a column among {sorted(recording)}")
@@ -594,83 +579,6 @@ class Replay:
         return v0 + (v1 - v0) * (offset - t0) / (t1 - t0)
 
 
-def read_recording(
-    path: str | Path, *, device: str | None = None, sensor: str | None = None
-) -> dict[str, tuple[list[float], list[float]]]:
-    """Read a CSV recording: a `timestamp` column plus one column per quantity.
-
-    Timestamps are seconds since the epoch or ISO 8601 (UTC when no offset is given). An empty
-    cell, or one reading `nan`, is a missing measurement. Returns (times, values) per column.
-
-    A CSV written by `edgetwin record` (gateway/recording.py) reads too: its `ts` column gives
-    the times and its `name[unit]` columns the quantities, by name. Such a file may hold several
-    (device, sensor) streams: `device` and `sensor` pick one. Its readings are put in time
-    order and a reading at the same time as the one before (a duplicate) is dropped.
-    """
-    with Path(path).open(newline="", encoding="utf-8") as file:
-        reader = csv.DictReader(file)
-        fields = set(reader.fieldnames or ())
-        if "timestamp" not in fields and fields >= _RECORDED_STREAM:
-            return _read_recorded_stream(path, reader, device, sensor)
-        columns = [name for name in reader.fieldnames or () if name != "timestamp"]
-        if "timestamp" not in (reader.fieldnames or ()) or not columns:
-            raise ValueError(f"{path}: need a 'timestamp' column and at least one other")
-        times: list[float] = []
-        values: dict[str, list[float]] = {name: [] for name in columns}
-        for row in reader:
-            try:
-                times.append(_parse_timestamp(row["timestamp"]))
-                for name in columns:
-                    cell = (row[name] or "").strip()
-                    values[name].append(float(cell) if cell else math.nan)
-            except ValueError as exc:
-                raise ValueError(f"{path}, line {reader.line_num}: {exc}") from exc
-    return {name: (times, values[name]) for name in columns}
-
-
-_RECORDED_STREAM = frozenset({"device", "sensor", "ts"})
-_QUANTITY_COLUMN = re.compile(r"^([a-z][a-z0-9_]{0,31})\[[^\[\]]{1,16}\]$")
-
-
-def _read_recorded_stream(
-    path: str | Path, reader: csv.DictReader[str], device: str | None, sensor: str | None
-) -> dict[str, tuple[list[float], list[float]]]:
-    columns = {
-        field: match[1]
-        for field in reader.fieldnames or ()
-        if (match := _QUANTITY_COLUMN.fullmatch(field))
-    }
-    if not columns:
-        raise ValueError(f"{path}: no quantity columns named 'name[unit]'")
-    rows: list[tuple[float, dict[str, float]]] = []
-    streams: set[tuple[str, str]] = set()
-    for row in reader:
-        if (device is not None and row["device"] != device) or (
-            sensor is not None and row["sensor"] != sensor
-        ):
-            continue
-        streams.add((row["device"], row["sensor"]))
-        measured: dict[str, float] = {}
-        try:
-            # Two unit columns of one quantity (°C and K) never hold a value in the same row.
-            for field, name in columns.items():
-                cell = (row[field] or "").strip()
-                if cell:
-                    measured[name] = float(cell)
-            rows.append((float(row["ts"]), measured))
-        except ValueError as exc:
-            raise ValueError(f"{path}, line {reader.line_num}: {exc}") from exc
-    if len(streams) != 1:
-        found = ", ".join(f"{d}/{s}" if s else d for d, s in sorted(streams)[:10]) or "none"
-        raise ValueError(f"{path}: choose one stream by device and sensor; streams found: {found}")
-    rows.sort(key=lambda row: row[0])
-    rows = [row for i, row in enumerate(rows) if i == 0 or row[0] > rows[i - 1][0]]
-    # Only what this stream measures: the file's other columns belong to other streams.
-    names = [name for name in dict.fromkeys(columns.values()) if any(name in m for _, m in rows)]
-    times = [t for t, _ in rows]
-    return {name: (times, [m.get(name, math.nan) for _, m in rows]) for name in names}
-
-
 def replay_csv(
     path: str | Path,
     *,
@@ -681,27 +589,19 @@ def replay_csv(
     device: str | None = None,
     sensor: str | None = None,
 ) -> dict[str, Replay]:
-    """A `Replay` per quantity column of a CSV recording (see `read_recording`)."""
+    """A `Replay` per column of a column table or telemetry recording stream (see
+    `hardware.recordings.read_columns`)."""
+    from hardware.recordings import read_columns
+
     return {
         name: Replay(
             times, values, start=start, loop=loop, speed=speed, interpolation=interpolation
         )
-        for name, (times, values) in read_recording(path, device=device, sensor=sensor).items()
+        for name, (times, values) in read_columns(path, device=device, sensor=sensor).items()
     }
 
 
-def _parse_timestamp(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    moment = datetime.fromisoformat(text.strip())
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-# -- seeds, limits and defaults --------------------------------------------------------------
+# -- seeds -----------------------------------------------------------------------------------
 
 
 def derive_seed(*parts: object) -> int:
@@ -711,88 +611,6 @@ def derive_seed(*parts: object) -> int:
     salted per process), so the same parts always give the same seed.
     """
     return random.Random(":".join(map(str, parts))).getrandbits(64)
-
-
-def plausible(quantity: str, model: SignalModel) -> Clamp:
-    """`model` clamped to the physical range of `quantity` (see `PHYSICAL_LIMITS`)."""
-    if quantity not in PHYSICAL_LIMITS:
-        raise ValueError(
-            f"no physical limits for quantity {quantity!r}; known: "
-            f"{', '.join(sorted(PHYSICAL_LIMITS))}"
-        )
-    lo, hi = PHYSICAL_LIMITS[quantity]
-    return Clamp(model, lo, hi)
-
-
-def default_signal(quantity: str, seed: int, *, rng: RngFactory = random.Random) -> SignalModel:
-    """A physically plausible indoor signal for `quantity`, reproducible from `seed`.
-
-    Each quantity and component draws from its own stream, so that with one seed the humidity
-    walk is not a scaled copy of the temperature walk. Every default is clamped to the
-    quantity's `PHYSICAL_LIMITS`. Defaults are healthy: add faults with the wrappers. `rng`
-    builds the generators (`LightRandom` for large simulated fleets).
-    """
-
-    def sub(component: str) -> int:
-        return derive_seed(seed, quantity, component)
-
-    model: SignalModel
-    if quantity == "temperature":
-        # °C: a room around 21 °C, warmest mid-afternoon, wandering ±2 °C, 0.05 °C of jitter.
-        model = Sum(
-            DailyCycle(21.0, 3.0, peak_hour=15.0),
-            RandomWalk(-2.0, 2.0, step=0.01, seed=sub("walk"), start=0.0, rng=rng),
-            Noise(0.05, seed=sub("noise"), rng=rng),
-        )
-    elif quantity == "humidity":
-        # %RH: relative humidity falls as the room warms, so the cycle peaks before dawn.
-        model = Sum(
-            RandomWalk(35.0, 65.0, step=0.05, seed=sub("walk"), rng=rng),
-            DailyCycle(0.0, 5.0, peak_hour=5.0),
-            Noise(0.3, seed=sub("noise"), rng=rng),
-        )
-    elif quantity == "pressure":
-        # hPa: weather moves pressure by a few hPa over hours; standard atmosphere in the middle.
-        model = RandomWalk(1008.25, 1018.25, step=0.005, seed=sub("walk"), start=1013.25, rng=rng)
-    elif quantity == "illuminance":
-        # lux: daylight through a window, brightest early afternoon, dark from about 21:00 to
-        # 05:00 UTC (the cosine below zero is clamped away); clouds move it by ±50 lux.
-        model = Sum(
-            DailyCycle(-100.0, 400.0, peak_hour=13.0),
-            RandomWalk(-50.0, 50.0, step=0.5, seed=sub("clouds"), start=0.0, rng=rng),
-            Noise(2.0, seed=sub("noise"), rng=rng),
-        )
-    elif quantity == "voltage":
-        # V: a slowly wandering analogue level on a 3.3 V rail, 0.5 mV of ADC noise.
-        model = Sum(
-            RandomWalk(0.0, 3.3, step=0.001, seed=sub("walk"), start=1.65, rng=rng),
-            Noise(0.0005, seed=sub("noise"), rng=rng),
-        )
-    elif quantity == "distance":
-        # m: something moving about in front of a ranger, within its useful range.
-        model = Sum(
-            RandomWalk(0.1, 3.5, step=0.01, seed=sub("walk"), start=1.5, rng=rng),
-            Noise(0.003, seed=sub("noise"), rng=rng),
-        )
-    elif quantity == "motion":
-        # 0/1: someone passes about six times an hour; the PIR holds its output for 10 s.
-        model = Pulses(rate_per_hour=6.0, duration=10.0, seed=sub("events"))
-    elif quantity == "contact":
-        # 0/1: a door opened or closed every five hours or so; closed (1.0) at first.
-        model = Toggle(rate_per_hour=0.2, seed=sub("events"), initial=True)
-    elif quantity == "soc_temperature":
-        # °C: the board's SoC, warmer than the room and following it, with load bursts.
-        model = Sum(
-            DailyCycle(48.0, 3.0, peak_hour=15.0),
-            RandomWalk(-5.0, 5.0, step=0.05, seed=sub("load"), start=0.0, rng=rng),
-            Noise(0.2, seed=sub("noise"), rng=rng),
-        )
-    else:
-        raise ValueError(
-            f"no default signal for quantity {quantity!r}; known: "
-            f"{', '.join(sorted(PHYSICAL_LIMITS))}"
-        )
-    return plausible(quantity, model)
 
 
 def _reflect(x: float, lo: float, hi: float) -> float:

@@ -29,12 +29,12 @@ from gateway.recording import (
     LiveRecorder,
     RecordedReading,
     Recorder,
-    RecordingError,
     Replayer,
     parse_broker,
-    read_recording,
+    read_readings,
 )
 from gateway.simulation import SimulationEngine
+from hardware.recordings import RecordingError
 from hardware.signals import Replay, replay_csv
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import mqtt_settings, start_edgetwin
@@ -114,7 +114,7 @@ def test_a_recording_reads_back_exactly(tmp_path: Path, suffix: str) -> None:
     payloads: list[Telemetry | FlatReading] = [*sample_stream(), flat]
     path = write(tmp_path / f"rec{suffix}", payloads)
 
-    readings = read_recording(path)
+    readings = read_readings(path)
 
     assert [r.payload for r in readings] == payloads
     if suffix == ".jsonl":
@@ -160,11 +160,11 @@ def test_rows_reach_the_file_as_they_come_not_at_close(tmp_path: Path, suffix: s
         recorder.add(RecordedReading(stream[1]))
         before = path.read_bytes()
         recorder.add(RecordedReading(stream[2]))  # third row: a flush by count
-        assert len(read_recording(path)) == 3
+        assert len(read_readings(path)) == 3
         recorder.add(RecordedReading(stream[3]))
         clock.now += 10.0
         recorder.flush_if_due()  # an idle stream: a flush by time
-        assert len(read_recording(path)) == 4
+        assert len(read_readings(path)) == 4
     finally:
         recorder.close()
     assert b"21.5" not in before  # the second row was still buffered
@@ -176,7 +176,7 @@ def test_recorder_refuses_to_overwrite_unless_told(tmp_path: Path) -> None:
         Recorder(path)
     with Recorder(path, overwrite=True) as recorder:
         recorder.add(RecordedReading(sample_stream()[1]))
-    assert [r.payload.seq for r in read_recording(path)] == [8]  # type: ignore[union-attr]
+    assert [r.payload.seq for r in read_readings(path)] == [8]  # type: ignore[union-attr]
 
 
 def test_messages_that_are_not_readings_are_skipped_and_counted(tmp_path: Path) -> None:
@@ -227,19 +227,19 @@ def test_bad_files_are_refused_with_the_reason(
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
     with pytest.raises(RecordingError, match=message):
-        read_recording(path)
+        read_readings(path)
 
 
 def test_a_missing_file_is_a_recording_error(tmp_path: Path) -> None:
     with pytest.raises(RecordingError, match="cannot read"):
-        read_recording(tmp_path / "absent.csv")
+        read_readings(tmp_path / "absent.csv")
 
 
 # -- replay timeline (virtual time) ----------------------------------------------------------------
 
 
 def test_replay_shifts_time_to_now_and_scales_gaps(tmp_path: Path) -> None:
-    readings = read_recording(write(tmp_path / "rec.jsonl", sample_stream()))
+    readings = read_readings(write(tmp_path / "rec.jsonl", sample_stream()))
     clock = FakeClock(2_000_000_000.0)
     sent: list[tuple[str, bytes]] = []
     replayer = Replayer(
@@ -308,9 +308,10 @@ def test_replay_refuses_what_it_cannot_play() -> None:
     assert sent == ["sensors/data"]
 
 
-def test_a_recorded_csv_is_a_signal_source(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_recording_is_a_signal_source(tmp_path: Path, suffix: str) -> None:
     duplicate = telemetry(9, T0 + 2.0, temperature=99.0, humidity=1.0)
-    path = write(tmp_path / "rec.csv", [*sample_stream(), duplicate])
+    path = write(tmp_path / f"rec{suffix}", [*sample_stream(), duplicate])
     with pytest.raises(ValueError, match="streams found: dev-1/env, dev-1/light"):
         Replay.from_csv(path, "temperature")
 
@@ -364,8 +365,8 @@ def test_record_a_live_stream_to_csv_and_jsonl(broker: BrokerUnderTest, tmp_path
             disconnect_client(client)
 
     for name in ("rec.csv", "rec.jsonl"):
-        assert [r.payload for r in read_recording(tmp_path / name)] == stream
-    jsonl = read_recording(tmp_path / "rec.jsonl")
+        assert [r.payload for r in read_readings(tmp_path / name)] == stream
+    jsonl = read_readings(tmp_path / "rec.jsonl")
     assert [r.topic for r in jsonl] == [topics.telemetry(p.device, p.sensor) for p in stream]
     assert all(r.received is not None and r.received > T0 for r in jsonl)
     assert as_jsonl.recorder.skipped == 1
@@ -374,7 +375,7 @@ def test_record_a_live_stream_to_csv_and_jsonl(broker: BrokerUnderTest, tmp_path
 @pytest.mark.integration
 def test_replay_reproduces_the_file_on_the_wire(broker: BrokerUnderTest, tmp_path: Path) -> None:
     source = write(tmp_path / "source.csv", sample_stream())
-    readings = read_recording(source)
+    readings = read_readings(source)
     link = MqttLink(settings(broker))
     speed = 8.0
     with LiveRecorder(settings(broker), Recorder(tmp_path / "replayed.jsonl"), count=5) as live:
@@ -390,7 +391,7 @@ def test_replay_reproduces_the_file_on_the_wire(broker: BrokerUnderTest, tmp_pat
         finally:
             link.close()
 
-    replayed = read_recording(tmp_path / "replayed.jsonl")
+    replayed = read_readings(tmp_path / "replayed.jsonl")
     original = [r.payload for r in readings]
     out = [r.payload for r in replayed]
     assert all(isinstance(p, Telemetry) for p in out)
@@ -428,7 +429,7 @@ def test_the_cli_records_until_stopped_and_replays(broker: BrokerUnderTest, tmp_
         stdout, stderr = process.communicate(timeout=15)
     assert process.returncode == 0, stderr.decode()
     assert stdout.decode().startswith(f"recorded 5 readings to {out}")
-    assert [r.payload.values for r in read_recording(out)] == [  # type: ignore[union-attr]
+    assert [r.payload.values for r in read_readings(out)] == [  # type: ignore[union-attr]
         p.values for p in sample_stream()
     ]
 
@@ -496,7 +497,7 @@ def test_record_the_gateway_simulation(broker: BrokerUnderTest, tmp_path: Path) 
             engine.stop()
             link.close()
 
-    readings = read_recording(tmp_path / "sim.csv")
+    readings = read_readings(tmp_path / "sim.csv")
     assert len(readings) == 10
     assert {(r.device, r.sensor) for r in readings} == {("sim-1", "env")}
     payloads = [r.payload for r in readings if isinstance(r.payload, Telemetry)]

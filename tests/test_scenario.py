@@ -23,7 +23,8 @@ from gateway.scenario import (
     parse_scenario,
 )
 from gateway.scenario.virtual import run_virtual
-from hardware.signals import LightRandom, default_signal, derive_seed
+from hardware.quantities import VOCABULARY, default_signal
+from hardware.signals import LightRandom, derive_seed
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "scenario.toml"
@@ -661,6 +662,28 @@ def test_replayed_and_composed_signals_follow_their_spec(tmp_path: Path) -> None
     readings = [r for _, r in telemetry(play(scenario, 60.0 * 7))]
     assert [r.values["level"].value for r in readings] == [1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 1.0]
     assert {r.values["voltage"].value for r in readings} == {1.0}
+
+
+def test_values_are_published_at_the_vocabularys_decimals_unless_the_spec_says(
+    tmp_path: Path,
+) -> None:
+    scenario = scenario_from(
+        tmp_path,
+        """
+        [templates.box]
+        count = 1
+        [templates.box.sensors.s.quantities]
+        voltage = { signal = { model = "constant", value = 1.23456789 } }
+        motion = { signal = { model = "constant", value = 1.0 } }
+        temperature = { signal = { model = "constant", value = 21.23456789 }, decimals = 4 }
+        level = { unit = "m", signal = { model = "constant", value = 0.123456789 } }
+        """,
+    )
+    (_, reading), *_ = telemetry(play(scenario, 1.0))
+    values = {name: v.value for name, v in reading.values.items()}
+    assert values == {"voltage": 1.235, "motion": 1, "temperature": 21.2346, "level": 0.12}
+    assert VOCABULARY["voltage"].decimals == 3
+    assert VOCABULARY["motion"].decimals == 0
 
 
 # -- resizing ------------------------------------------------------------------------------------

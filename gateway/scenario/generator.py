@@ -21,9 +21,8 @@ from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
-from agent.contract import FaultLabel, Presence, Status, Topics
+from agent.contract import FaultLabel, FlatReading, Presence, Status, Topics
 from gateway.scenario.model import (
-    DEFAULT_UNITS,
     ConstantPart,
     DailyPart,
     DefaultPart,
@@ -42,8 +41,9 @@ from gateway.scenario.model import (
     replay_path,
     utc_seconds,
 )
+from hardware.quantities import PHYSICAL_LIMITS, UNITS, default_signal
+from hardware.recordings import read_columns
 from hardware.signals import (
-    PHYSICAL_LIMITS,
     Clamp,
     Constant,
     DailyCycle,
@@ -57,9 +57,7 @@ from hardware.signals import (
     Spikes,
     Stuck,
     Sum,
-    default_signal,
     derive_seed,
-    read_recording,
 )
 
 Message = tuple[str, bytes, bool]
@@ -320,10 +318,13 @@ class Generator:
         # A 50,000-device fleet holds 50,000 of each: one copy, not one a stream.
         st.names = self._shared(tuple(sensor.quantities))
         st.units = self._shared(
-            tuple(q.unit or DEFAULT_UNITS[name] for name, q in sensor.quantities.items())
+            tuple(q.unit or UNITS[name] for name, q in sensor.quantities.items())
         )
         st.decimals = self._shared(
-            tuple(2 if self._flat else q.decimals for q in sensor.quantities.values())
+            tuple(
+                FlatReading.DECIMALS if self._flat else q.resolution(name)
+                for name, q in sensor.quantities.items()
+            )
         )
         st.spans = self._shared(tuple(spans))
         st.last = [math.nan] * len(st.names)
@@ -414,7 +415,7 @@ class Generator:
             path = str(replay_path(self._scenario, part))
             recording = self._recordings.get(path)
             if recording is None:
-                recording = self._recordings[path] = read_recording(path)
+                recording = self._recordings[path] = read_columns(path)
             column = part.column or next(iter(recording))
             times, values = recording[column]
             return Replay(
@@ -603,8 +604,8 @@ def _flat_format(device: str, names: Sequence[str]) -> str:
         + _TS
         + "}"
         + _escape(',"temperature":')
-        + _number(2, temperature)
+        + _number(FlatReading.DECIMALS, temperature)
         + _escape(',"humidity":')
-        + _number(2, humidity)
+        + _number(FlatReading.DECIMALS, humidity)
         + "}}"
     )

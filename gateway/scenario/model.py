@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Annotated, Final, Literal
 import msgspec
 
 from agent.contract import ContractError, check_id
-from hardware.signals import PHYSICAL_LIMITS, read_recording
+from hardware.quantities import PHYSICAL_LIMITS, UNITS, VOCABULARY
+from hardware.recordings import read_columns
 
 if TYPE_CHECKING:
     from agent.contract import Topics
@@ -49,17 +50,8 @@ FaultId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 # A duration: seconds, or a string of number-unit pairs such as "1d", "2h30m", "90s".
 Duration = float | str
 
-DEFAULT_UNITS: Final[Mapping[str, str]] = {
-    "temperature": "°C",
-    "humidity": "%RH",
-    "pressure": "hPa",
-    "illuminance": "lx",
-    "voltage": "V",
-    "distance": "m",
-    "motion": "bool",
-    "contact": "bool",
-    "soc_temperature": "°C",
-}
+DEFAULT_DECIMALS: Final = 2
+"""Decimals of a quantity the vocabulary does not know, unless its spec says."""
 
 _DURATION_RE: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|d|h|m|s)")
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
@@ -106,7 +98,7 @@ class _Part(_Spec, tag_field="model", frozen=True):
 
 
 class DefaultPart(_Part, tag="default", frozen=True, kw_only=True):
-    """hardware.signals.default_signal for the quantity: a realistic indoor signal."""
+    """hardware.quantities.default_signal for the quantity: a realistic indoor signal."""
 
 
 class ConstantPart(_Part, tag="constant", frozen=True, kw_only=True):
@@ -140,8 +132,10 @@ class DriftPart(_Part, tag="drift", frozen=True, kw_only=True):
 
 
 class ReplayPart(_Part, tag="replay", frozen=True, kw_only=True):
-    """One column of a CSV recording (a `timestamp` column plus quantity columns), played from
-    the stream's first sample on. A relative `file` is relative to the scenario file."""
+    """One column of a column table (a `timestamp` column plus quantity columns), or one
+    quantity of a telemetry recording's only stream (see `hardware.recordings.read_columns`),
+    played from the stream's first sample on. A relative `file` is relative to the scenario
+    file."""
 
     file: str
     column: str | None = None
@@ -184,7 +178,8 @@ class QuantitySpec(_Spec, frozen=True, kw_only=True):
     """One measured quantity: its unit and signal. Without `signal`, the quantity's
     default_signal (known quantities only). `signal` parts are summed; `spikes`, `dropouts`
     and `stuck` wrap the sum; the result is clamped to the quantity's physical limits (or
-    `limits`) unless `clamp = false`. Values go on the wire rounded to `decimals`."""
+    `limits`) unless `clamp = false`. Values go on the wire rounded to `decimals`. Units,
+    limits and decimals left out are the vocabulary's (`hardware.quantities`)."""
 
     unit: Unit | None = None
     signal: list[SignalPart] | SignalPart | None = None
@@ -193,7 +188,15 @@ class QuantitySpec(_Spec, frozen=True, kw_only=True):
     stuck: StuckSpec | None = None
     clamp: bool = True
     limits: tuple[float, float] | None = None
-    decimals: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
+    decimals: Annotated[int, msgspec.Meta(ge=0, le=10)] | None = None
+
+    def resolution(self, quantity: str) -> int:
+        """Decimals this quantity is published with: `decimals`, or the vocabulary's for a
+        known quantity, or 2."""
+        if self.decimals is not None:
+            return self.decimals
+        known = VOCABULARY.get(quantity)
+        return DEFAULT_DECIMALS if known is None else known.decimals
 
     def parts(self) -> list[SignalPart]:
         if self.signal is None:
@@ -676,7 +679,7 @@ def check_scenario(scenario: Scenario) -> None:
 
 
 def _check_quantity(scenario: Scenario, key: str, quantity: str, spec: QuantitySpec) -> None:
-    if spec.unit is None and quantity not in DEFAULT_UNITS:
+    if spec.unit is None and quantity not in UNITS:
         raise ScenarioError(f"{key}.unit: required for a quantity without a default unit")
     if spec.limits is not None and not spec.limits[0] <= spec.limits[1]:
         raise ScenarioError(f"{key}.limits: lo must not exceed hi")
@@ -696,7 +699,7 @@ def _check_part(scenario: Scenario, where: str, quantity: str, part: SignalPart)
     if isinstance(part, ReplayPart):
         path = replay_path(scenario, part)
         try:
-            recording = read_recording(path)
+            recording = read_columns(path)
         except (OSError, ValueError) as exc:
             raise ScenarioError(f"{where}.file: {exc}") from exc
         column = part.column or (next(iter(recording)) if len(recording) == 1 else None)

@@ -12,7 +12,7 @@ What the I2C chip drivers share is in `hardware.drivers.i2c`, what the GPIO ones
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -49,6 +49,11 @@ class Placement:
         return (self.bus, self.address, tuple(sorted(self.pins.items())), self.device)
 
 
+QuantitiesFor = Callable[[Mapping[str, OptionValue]], tuple[Quantity, ...]]
+"""The quantities a reading holds at the given driver options; SensorSettingsError for options
+the driver refuses."""
+
+
 class OpenSensor(Protocol):
     """Bring the sensor up on `backend` at `placement`; with an emulated back end, first put an
     emulator driven by `signals` (one model per quantity) where the real chip would be."""
@@ -80,8 +85,16 @@ class DriverInfo:
     default_device: str | None = None
     """sysfs: the device name used when the placement gives none."""
     default_signals: Mapping[str, str] = field(default_factory=dict)
-    """Quantity -> the `default_signal` kind that plays it when no signal is given, where the
-    two differ: an ADC channel "voltage_2" plays "voltage", a SoC's "temperature" runs warm."""
+    """Quantity -> the vocabulary quantity whose `default_signal` plays it when no signal is
+    given, where the two differ: a SoC's "temperature" runs warm, as "soc_temperature"."""
+    quantities_for: QuantitiesFor | None = None
+    """For a driver whose options change what a reading holds (an ADC's channels and gain):
+    the quantities at those options. None: always `quantities`."""
+
+    def reading_quantities(self, options: Mapping[str, OptionValue]) -> tuple[Quantity, ...]:
+        """The quantities a reading at `options` holds, with the unit and the resolution
+        (decimals) the driver's conversion produces; no bus or emulator is touched."""
+        return self.quantities if self.quantities_for is None else self.quantities_for(options)
 
     def default_signal_kind(self, quantity: str) -> str:
         return self.default_signals.get(quantity, quantity)
@@ -152,6 +165,7 @@ def i2c_driver(
     addresses: tuple[int, ...] = (),
     options: tuple[str, ...] = (),
     default_signals: Mapping[str, str] | None = None,
+    quantities_for: QuantitiesFor | None = None,
 ) -> DriverInfo:
     """The DriverInfo of an I2C chip: the same driver code runs on a real or a fake bus.
 
@@ -169,12 +183,7 @@ def i2c_driver(
     ) -> Sensor:
         from hardware.backends import EmulatedBackend
 
-        unknown = sorted(set(placement.options) - set(options))
-        if unknown:
-            accepted = f"options: {', '.join(options)}" if options else "it takes no options"
-            raise SensorSettingsError(
-                f"{name} has no option {', '.join(map(repr, unknown))}; {accepted}"
-            )
+        _refuse_unknown_options(name, placement.options, options)
         address = default_address if placement.address is None else placement.address
         valid = addresses or (default_address,)
         if address not in valid:
@@ -209,6 +218,10 @@ def i2c_driver(
             options=placement.options,
         )
 
+    def reading_quantities(given: Mapping[str, OptionValue]) -> tuple[Quantity, ...]:
+        _refuse_unknown_options(name, given, options)
+        return quantities if quantities_for is None else quantities_for(given)
+
     return DriverInfo(
         name=name,
         interface="i2c",
@@ -218,4 +231,16 @@ def i2c_driver(
         default_address=default_address,
         addresses=addresses,
         default_signals=dict(default_signals or {}),
+        quantities_for=reading_quantities,
     )
+
+
+def _refuse_unknown_options(
+    driver: str, given: Mapping[str, OptionValue], accepted: tuple[str, ...]
+) -> None:
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        listed = f"options: {', '.join(accepted)}" if accepted else "it takes no options"
+        raise SensorSettingsError(
+            f"{driver} has no option {', '.join(map(repr, unknown))}; {listed}"
+        )

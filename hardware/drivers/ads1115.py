@@ -19,6 +19,7 @@ from hardware.bus import I2CBus, I2CDevice, dropout_error
 from hardware.drivers import OptionValue, i2c_driver
 from hardware.drivers.i2c import I2CSensor, SignalInputs
 from hardware.errors import ChipIdError, DataError, SensorSettingsError, SensorTimeoutError
+from hardware.quantities import decimals_for, measured
 from hardware.sensor import BackendKind, Clock, Quantity
 from hardware.signals import Constant, SignalModel
 from hardware.timing import RealTimer, Timer
@@ -72,8 +73,6 @@ DEFAULT_GAIN: Final = 2.048
 DEFAULT_DATA_RATE: Final = 128
 CHANNELS: Final = (0, 1, 2, 3)
 OPTIONS: Final = ("gain", "channels", "data_rate")
-
-QUANTITIES: Final = tuple(Quantity(f"voltage_{n}", "V", f"AIN{n} against GND") for n in CHANNELS)
 
 
 # -- pure functions --------------------------------------------------------------------------
@@ -143,6 +142,17 @@ def parse_options(options: Mapping[str, OptionValue] | None) -> Settings:
         channels=_parse_channels(options.get("channels", ",".join(map(str, CHANNELS)))),
         data_rate=_parse_data_rate(options.get("data_rate", DEFAULT_DATA_RATE)),
     )
+
+
+def reading_quantities(settings: Settings) -> tuple[Quantity, ...]:
+    """What a reading at these settings holds: one voltage per configured channel, at the
+    resolution of one LSB at the gain."""
+    decimals = decimals_for(volts_from_raw(1, settings.gain))
+    return tuple(measured(f"voltage_{n}", decimals=decimals) for n in settings.channels)
+
+
+QUANTITIES: Final = reading_quantities(Settings())
+"""Every channel at the default gain."""
 
 
 def _parse_gain(value: OptionValue) -> float:
@@ -221,7 +231,7 @@ class ADS1115(I2CSensor):
         super().__init__(bus, address, backend=backend, clock=clock, timer=timer)
         self.settings = settings if settings is not None else Settings()
         # This instance measures only the configured channels, and says so.
-        self.quantities = tuple(QUANTITIES[n] for n in self.settings.channels)
+        self.quantities = reading_quantities(self.settings)
 
     def __repr__(self) -> str:
         s = self.settings
@@ -497,5 +507,5 @@ DRIVER: Final = i2c_driver(
     open_driver=open_ads1115,
     build_emulator=ADS1115Emulator,
     options=OPTIONS,
-    default_signals={q.name: "voltage" for q in QUANTITIES},
+    quantities_for=lambda options: reading_quantities(parse_options(options)),
 )

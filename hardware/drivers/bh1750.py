@@ -20,6 +20,7 @@ from hardware.bus import I2CBus, I2CDevice, dropout_error, i2c_read
 from hardware.drivers import OptionValue, i2c_driver
 from hardware.drivers.i2c import I2CSensor
 from hardware.errors import DataError, SensorSettingsError
+from hardware.quantities import decimals_for, measured
 from hardware.sensor import BackendKind, Clock, Quantity
 from hardware.signals import Constant, SignalModel
 from hardware.timing import RealTimer, Timer
@@ -68,8 +69,6 @@ L_RES_TIME_MAX: Final = 24e-3
 
 OPTIONS: Final = ("mtreg",)
 
-QUANTITIES: Final = (Quantity("illuminance", "lx", "ambient light"),)
-
 
 # -- pure functions (p. 7 and p. 11) ---------------------------------------------------------
 
@@ -88,6 +87,14 @@ def raw_from_lux(lux: float, mtreg: int = MTREG_DEFAULT, *, mode2: bool = False)
     """The 16-bit result nearest `lux`, saturating at 0 and 0xFFFF like the chip's counter."""
     counts = lux / LUX_PER_COUNT * mtreg / MTREG_DEFAULT * (2 if mode2 else 1)
     return min(RAW_SATURATED, max(0, round(counts)))
+
+
+def reading_quantities(mtreg: int = MTREG_DEFAULT) -> tuple[Quantity, ...]:
+    """What a reading at this MTreg holds: illuminance at the resolution of one count."""
+    return (measured("illuminance", decimals=decimals_for(lux_from_raw(1, mtreg))),)
+
+
+QUANTITIES: Final = reading_quantities()
 
 
 def measurement_time_max(mtreg: int = MTREG_DEFAULT) -> float:
@@ -164,6 +171,7 @@ class BH1750(I2CSensor):
         super().__init__(bus, address, backend=backend, clock=clock, timer=timer)
         self._mtreg_instructions = mtreg_instructions(mtreg)
         self.mtreg = mtreg
+        self.quantities = reading_quantities(mtreg)
 
     def __repr__(self) -> str:
         return (
@@ -407,4 +415,5 @@ DRIVER: Final = i2c_driver(
     open_driver=open_bh1750,
     build_emulator=BH1750Emulator,
     options=OPTIONS,
+    quantities_for=lambda options: reading_quantities(parse_options(options)),
 )

@@ -19,7 +19,8 @@ from hardware.bus import I2CBus, RegisterDevice, dropout_error
 from hardware.drivers import OptionValue, i2c_driver
 from hardware.drivers.i2c import I2CSensor, SignalInputs
 from hardware.errors import ChipIdError, DataError, SensorTimeoutError
-from hardware.sensor import BackendKind, Clock, Quantity
+from hardware.quantities import decimals_for, measured
+from hardware.sensor import BackendKind, Clock
 from hardware.signals import Constant, SignalModel
 from hardware.timing import RealTimer, Timer
 
@@ -84,9 +85,11 @@ POLL_INTERVAL: Final = 1e-3
 leaves the bus mostly free for other chips and adds at most 1 ms of latency."""
 
 QUANTITIES: Final = (
-    Quantity("temperature", "°C", "air temperature"),
-    Quantity("humidity", "%RH", "relative humidity"),
-    Quantity("pressure", "hPa", "barometric pressure"),
+    # At the resolution of the compensation's integer results (section 4.2.3): 0.01 °C,
+    # 1/1024 %RH and 1/256 Pa, the last in hPa.
+    measured("temperature", decimals=decimals_for(1 / 100)),
+    measured("humidity", decimals=decimals_for(1 / 1024)),
+    measured("pressure", decimals=decimals_for(1 / 25600)),
 )
 
 _CTRL_HUM_X1: Final = OSRS_X1

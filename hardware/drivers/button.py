@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Final, Self
 from hardware.backends import Backend, EmulatedBackend
 from hardware.drivers import DriverInfo, Placement
 from hardware.errors import DataError
-from hardware.sensor import BackendKind, Clock, Quantity, Sensor
+from hardware.quantities import measured
+from hardware.sensor import BackendKind, Clock, Sensor
 from hardware.signals import SignalModel
 from hardware.timing import RealTimer, Timer
 
@@ -50,7 +51,7 @@ HOLD_TIME: Final = 0.1
 """Seconds; gpiozero's hold events are not used, but Button's hold thread waits this long
 (1 s by default) before it notices close() while the contact is closed."""
 
-QUANTITIES: Final = (Quantity("contact", "bool", "1 while the contact is closed"),)
+QUANTITIES: Final = (measured("contact"),)
 
 
 class Debouncer:

@@ -35,7 +35,8 @@ from typing import Final, Self
 from hardware.backends import Backend, EmulatedBackend
 from hardware.drivers import DriverInfo, Placement, refuse_signals_for_present
 from hardware.errors import DataError, SensorMissingError, SensorSettingsError
-from hardware.sensor import BackendKind, Clock, Quantity, Sensor
+from hardware.quantities import decimals_for, measured
+from hardware.sensor import BackendKind, Clock, Sensor
 from hardware.signals import Constant, SignalModel
 from hardware.sysfs import FakeSysfsTree, SysfsDevice, SysfsTree
 
@@ -75,7 +76,12 @@ TL_DEFAULT: Final = 0x46
 CONVERSION_TIME: Final = 0.75
 """Seconds, 12-bit t_CONV max: how long the kernel's read of w1_slave blocks."""
 
-QUANTITIES: Final = (Quantity("temperature", "°C", "temperature of the DS18B20 probe"),)
+QUANTITIES: Final = (
+    # The 12-bit register counts 1/16 °C.
+    measured(
+        "temperature", decimals=decimals_for(1 / 16), description="temperature of the DS18B20 probe"
+    ),
+)
 
 _LINE_CRC: Final = re.compile(r"((?:[0-9a-f]{2} ){9}): crc=([0-9a-f]{2}) (YES|NO)")
 _LINE_T: Final = re.compile(r"((?:[0-9a-f]{2} ){9})t=(-?[0-9]+)")

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Final, Self
 from hardware.backends import Backend, EmulatedBackend
 from hardware.drivers import DriverInfo, Placement
 from hardware.errors import DataError, SensorSettingsError, SensorTimeoutError
-from hardware.sensor import BackendKind, Clock, Quantity, Sensor
+from hardware.quantities import measured
+from hardware.sensor import BackendKind, Clock, Sensor
 from hardware.signals import Constant, SignalModel
 
 if TYPE_CHECKING:
@@ -67,7 +68,9 @@ DEFAULT_SAMPLES: Final = 3
 """Median of three pings: one stray echo (a second reflector, a missed pulse) cannot move it."""
 MAX_SAMPLES: Final = 15
 
-QUANTITIES: Final = (Quantity("distance", "m", "distance to the nearest reflector"),)
+# The distance comes from timing an echo, with no conversion step of its own: published at
+# the vocabulary's millimetres, about the module's own resolution.
+QUANTITIES: Final = (measured("distance"),)
 
 
 def echo_time(distance: float, speed_of_sound: float = SPEED_OF_SOUND) -> float:

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Final, Self
 from hardware.backends import Backend, EmulatedBackend
 from hardware.drivers import DriverInfo, Placement
 from hardware.errors import SensorTimeoutError
-from hardware.sensor import BackendKind, Clock, Quantity, Sensor
+from hardware.quantities import measured
+from hardware.sensor import BackendKind, Clock, Sensor
 from hardware.signals import SignalModel
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ READ_SLACK: Final = 0.25
 """Seconds added to two sample periods before a read gives up: thread scheduling on a busy
 Pi Zero can delay gpiozero's sampling thread by tens of milliseconds."""
 
-QUANTITIES: Final = (Quantity("motion", "bool", "1 while the PIR output is high"),)
+QUANTITIES: Final = (measured("motion", description="1 while the PIR output is high"),)
 
 
 class PIRMotion(Sensor):

@@ -30,7 +30,8 @@ from hardware.bus import (
 from hardware.drivers import OptionValue, i2c_driver
 from hardware.drivers.i2c import I2CSensor, SignalInputs
 from hardware.errors import DataError, HardwareError, SensorTimeoutError
-from hardware.sensor import BackendKind, Clock, Quantity
+from hardware.quantities import decimals_for, measured
+from hardware.sensor import BackendKind, Clock
 from hardware.signals import Constant, SignalModel
 from hardware.timing import RealTimer, Timer
 
@@ -104,11 +105,6 @@ POLL_INTERVAL: Final = 1e-3
 """Gap between read attempts while the chip NACKs a measurement in progress: a NACKed read
 header costs ~0.1 ms at 100 kHz, so the bus stays mostly free and latency grows by at most 1 ms."""
 
-QUANTITIES: Final = (
-    Quantity("temperature", "°C", "air temperature"),
-    Quantity("humidity", "%RH", "relative humidity"),
-)
-
 # -- pure functions: CRC and conversion (sections 4.12 and 4.13) -----------------------------
 
 CRC_POLYNOMIAL: Final = 0x31
@@ -181,6 +177,15 @@ def unpack_words(data: Sequence[int] | bytes, what: str) -> list[int]:
             )
         words.append((msb << 8) | lsb)
     return words
+
+
+QUANTITIES: Final = (
+    # At the resolution of one count of the 16-bit results (section 4.13).
+    measured(
+        "temperature", decimals=decimals_for(temperature_from_raw(1) - temperature_from_raw(0))
+    ),
+    measured("humidity", decimals=decimals_for(humidity_from_raw(1))),
+)
 
 
 def convert(raw_t: int, raw_rh: int) -> dict[str, float]:

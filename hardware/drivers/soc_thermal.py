@@ -25,7 +25,8 @@ from typing import Final, Self
 from hardware.backends import Backend, EmulatedBackend
 from hardware.drivers import DriverInfo, Placement, refuse_signals_for_present
 from hardware.errors import DataError, SensorSettingsError
-from hardware.sensor import BackendKind, Clock, Quantity, Sensor
+from hardware.quantities import decimals_for, measured
+from hardware.sensor import BackendKind, Clock, Sensor
 from hardware.signals import Constant, SignalModel
 from hardware.sysfs import SysfsDevice, SysfsTree
 
@@ -37,7 +38,14 @@ THERMAL_TEMP_INVALID: Final = -274000
 """m°C; what a zone reports for "no valid temperature" (include/linux/thermal.h)."""
 ABSOLUTE_ZERO_MILLI: Final = -273150
 
-QUANTITIES: Final = (Quantity("temperature", "°C", "SoC die temperature (thermal zone)"),)
+QUANTITIES: Final = (
+    # The kernel reports whole m°C.
+    measured(
+        "temperature",
+        decimals=decimals_for(1 / 1000),
+        description="SoC die temperature (thermal zone)",
+    ),
+)
 
 
 def parse_millicelsius(text: str) -> float:

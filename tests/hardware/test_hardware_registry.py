@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from hardware import (
     Health,
     RealBackend,
     SensorMissingError,
+    SensorSettingsError,
     UnknownDriverError,
     driver_info,
     list_drivers,
@@ -28,7 +30,9 @@ from hardware.backends import make_backend
 from hardware.bus import FakeI2CBus
 from hardware.drivers.bme280 import BME280Emulator
 from hardware.errors import BusError
-from hardware.signals import PHYSICAL_LIMITS, Constant
+from hardware.quantities import PHYSICAL_LIMITS, decimals_for
+from hardware.registry import reading_quantities
+from hardware.signals import Constant
 from hardware.timing import ManualClock, VirtualTimer
 
 
@@ -291,3 +295,112 @@ def test_hardware_imports_nothing_from_upper_layers() -> None:
     )
     # smbus2 too: it is imported only when a real bus is opened.
     assert result.stdout.strip() == ""
+
+
+# -- what a reading holds, from the metadata alone ---------------------------------------------
+
+
+class Staircase:
+    """A signal climbing by a step that starts at `delta` and grows 3 % a sample.
+
+    The first steps are a small fraction of the driver's resolution, so successive readings
+    land on the same or the next value of its conversion and the smallest gap between the
+    distinct values read is one conversion step; the growth carries the climb over many steps
+    even where a driver's step is hundreds of times its stated decimals' (1/16 °C at 4).
+    """
+
+    def __init__(self, start: float, delta: float) -> None:
+        self.value = start
+        self.delta = delta
+
+    def sample(self, t: float) -> float:
+        self.value += self.delta
+        self.delta *= 1.03
+        return self.value
+
+
+# Where each kind of signal starts its climb: inside every driver's range for the quantity.
+STAIRCASE_START = {
+    "temperature": 40.0,
+    "soc_temperature": 40.0,
+    "humidity": 40.0,
+    "pressure": 1000.0,
+    "illuminance": 300.0,
+    "voltage_0": 0.01,  # within ±0.256 V, the narrowest gain
+    "voltage_1": 0.02,
+    "voltage_2": 0.03,
+    "voltage_3": 0.04,
+}
+# No conversion step to observe: an echo's timing, and on/off levels.
+NO_STEP = {"distance", "motion", "contact"}
+
+# Every registered driver at its defaults, and the drivers whose options change the reading.
+DRIVER_SETTINGS: list[tuple[str, dict[str, hardware.drivers.OptionValue]]] = [
+    (info.name, {}) for info in list_drivers()
+] + [
+    ("ads1115", {"gain": 4.096, "channels": "1,3"}),
+    ("ads1115", {"gain": 0.256, "channels": 2}),
+    ("bh1750", {"mtreg": 31}),
+    ("bh1750", {"mtreg": 254}),
+]
+
+
+@pytest.mark.parametrize(("name", "options"), DRIVER_SETTINGS, ids=str)
+def test_reading_quantities_are_what_the_driver_reads_on_its_emulated_chip(
+    name: str, options: dict[str, hardware.drivers.OptionValue]
+) -> None:
+    quantities = reading_quantities(name, options)
+    info = driver_info(name)
+    stepped = [q for q in quantities if q.name not in NO_STEP]
+    signals = {
+        q.name: Staircase(STAIRCASE_START[info.default_signal_kind(q.name)], 0.1 * 10**-q.decimals)
+        for q in stepped
+    }
+    pins = {role: 5 + n for n, role in enumerate(info.pins)}
+    reads = 300 if stepped else 3
+    with (
+        EmulatedBackend() as backend,
+        open_sensor(name, backend=backend, pins=pins, options=options, signals=signals) as sensor,
+    ):
+        readings = [sensor.read() for _ in range(reads)]
+    assert tuple(sensor.quantities) == quantities
+    for reading in readings:
+        assert {n: m.unit for n, m in reading.values.items()} == {
+            q.name: q.unit for q in quantities
+        }
+    for q in stepped:
+        distinct = sorted({r.values[q.name].value for r in readings})
+        assert len(distinct) >= 3, (
+            f"{q.name}: the driver's steps are coarser than {q.decimals} decimals"
+        )
+        step = min(b - a for a, b in itertools.pairwise(distinct))
+        assert decimals_for(step) == q.decimals, (q.name, step)
+        # Published at those decimals, no two readings the driver told apart become one.
+        assert len({round(v, q.decimals) for v in distinct}) == len(distinct)
+        if step * 10**q.decimals == pytest.approx(round(step * 10**q.decimals), abs=1e-6):
+            assert all(round(v, q.decimals) == pytest.approx(v, abs=1e-9) for v in distinct)
+    for q in quantities:
+        if q.name in NO_STEP and q.decimals == 0:
+            assert {r.values[q.name].value for r in readings} <= {0.0, 1.0}
+
+
+def test_reading_quantities_follow_the_options_and_check_them() -> None:
+    assert [q.name for q in reading_quantities("ads1115", {"channels": "3,0"})] == [
+        "voltage_0",
+        "voltage_3",
+    ]
+    assert reading_quantities("ads1115", {"gain": 0.256})[0].decimals == 6  # 7.8125 µV
+    assert reading_quantities("ads1115")[0].decimals == 5  # 62.5 µV at ±2.048 V
+    assert reading_quantities("bh1750", {"mtreg": 31})[0].decimals == 0  # 1.86 lx a count
+    assert [(q.name, q.unit, q.decimals) for q in reading_quantities("bme280")] == [
+        ("temperature", "°C", 2),
+        ("humidity", "%RH", 4),
+        ("pressure", "hPa", 5),
+    ]
+    assert reading_quantities("ds18b20")[0].decimals == 4  # 1/16 °C, exactly
+    with pytest.raises(SensorSettingsError, match="channels"):
+        reading_quantities("ads1115", {"channels": "4"})
+    with pytest.raises(SensorSettingsError, match="no option 'gain'"):
+        reading_quantities("bme280", {"gain": 1})
+    with pytest.raises(UnknownDriverError, match="nope"):
+        reading_quantities("nope")

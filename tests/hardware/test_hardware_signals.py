@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hardware.quantities import PHYSICAL_LIMITS, default_signal, plausible
+from hardware.recordings import read_columns
 from hardware.signals import (
-    PHYSICAL_LIMITS,
     Clamp,
     Constant,
     DailyCycle,
@@ -30,10 +31,7 @@ from hardware.signals import (
     Stuck,
     Sum,
     Toggle,
-    default_signal,
     derive_seed,
-    plausible,
-    read_recording,
     replay_csv,
 )
 
@@ -523,7 +521,7 @@ def test_replay_reads_iso_timestamps(tmp_path: Path) -> None:
         "timestamp,illuminance\n2023-11-14T12:00:00Z,300\n2023-11-14T12:01:00,310\n",
         encoding="utf-8",
     )
-    times, values = read_recording(path)["illuminance"]
+    times, values = read_columns(path)["illuminance"]
     assert times == [MIDNIGHT + 12 * 3600, MIDNIGHT + 12 * 3600 + 60]
     assert values == [300.0, 310.0]
     model = Replay.from_csv(path)  # the only column
@@ -539,10 +537,10 @@ def test_replay_rejects_bad_recordings(tmp_path: Path) -> None:
     path = tmp_path / "bad.csv"
     path.write_text("timestamp,temperature\n0,20\nyesterday,21\n", encoding="utf-8")
     with pytest.raises(ValueError, match="line 3"):
-        read_recording(path)
+        read_columns(path)
     path.write_text("time,temperature\n0,20\n", encoding="utf-8")
     with pytest.raises(ValueError, match="timestamp"):
-        read_recording(path)
+        read_columns(path)
 
 
 # -- composition -----------------------------------------------------------------------------
