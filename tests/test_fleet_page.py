@@ -63,12 +63,12 @@ def page_config(broker: BrokerUnderTest, *, simulated: int = 0) -> GatewayConfig
             ),
             "presence": {"startup_grace": 0.3},
             "api": {"token": TOKEN},
-            "simulator": {
-                "device_count": simulated,
-                "device_prefix": "sim-",
-                "publish_interval": 0.5,
-            },
             "devices": [
+                # Manifest devices without an agent: the twin shows them simulated.
+                *(
+                    ManifestDevice(id=f"sim-{i:03d}", sensors={"env": bme280(0.5)})
+                    for i in range(simulated)
+                ),
                 ManifestDevice(
                     id=AGENT_DEVICE,
                     site="north",
