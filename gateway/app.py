@@ -63,7 +63,7 @@ def _open_simulator_group(
     metrics = service.metrics
     metrics.mqtt_sent.add_source(engine.sent_by_device)
     metrics.running_devices.set_function(
-        lambda: len(service.engine.active_devices()) + control.running_count()
+        lambda: len(service.standins.active_devices()) + control.running_count()
     )
     return control
 

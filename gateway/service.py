@@ -76,7 +76,9 @@ class GatewayService:
         # What agents report teaches the simulation that stands in for them (docs/design.md,
         # 'Learned signals').
         self.learning = StreamLearning()
-        self.engine = SimulationEngine(
+        # Stand-ins for the manifest's missing devices and sensors ("engine" alone names the
+        # simulation engine of gateway/engine, app.state.engine).
+        self.standins = SimulationEngine(
             self._publish_telemetry,
             self.topics,
             clock=clock,
@@ -112,13 +114,13 @@ class GatewayService:
         for twin in self.fleet.snapshot():
             self._watch_telemetry(twin.id)
         self.link.start()
-        self.engine.start()
+        self.standins.start()
         self._refresh_metrics()
 
     def stop(self) -> None:
         if self._grace_timer is not None:
             self._grace_timer.cancel()
-        self.engine.stop()
+        self.standins.stop()
         self.link.close()
         self.metrics.mqtt_connected.set(0)
 
@@ -249,7 +251,7 @@ class GatewayService:
                 },
             )
             seqs = self.fleet.last_seqs(twin.id)
-            self.engine.serve(twin.id, wanted, seqs)
+            self.standins.serve(twin.id, wanted, seqs)
             self._publish_twin(twin, wanted)
         self._refresh_metrics()
 
@@ -264,7 +266,7 @@ class GatewayService:
         sensors = {
             name: StreamServing(
                 served_by=Server.SIMULATION if name in simulated else Server.AGENT,
-                seq=max(seqs.get(name, 0), self.engine.last_seq(twin.id, name)),
+                seq=max(seqs.get(name, 0), self.standins.last_seq(twin.id, name)),
             )
             for name in twin.expected_sensors()
         }
@@ -353,7 +355,7 @@ class GatewayService:
         self.metrics.devices.clear()
         for (presence, served_by), count in self.fleet.counts().items():
             self.metrics.devices.labels(presence, served_by).set(count)
-        self.metrics.simulated_devices.set(len(self.engine.active_devices()))
+        self.metrics.simulated_devices.set(len(self.standins.active_devices()))
 
 
 def _is_flat(payload: bytes) -> bool:

@@ -107,7 +107,7 @@ def test_api_requests_and_sampled_publishes_are_traced(
     with TestClient(create_app(config)) as client:
         assert client.get("/devices").status_code == 200
         assert client.get("/devices/nobody").status_code == 404
-        engine = client.app.state.service.engine  # type: ignore[attr-defined]
+        engine = client.app.state.service.standins  # type: ignore[attr-defined]
         poll(lambda: engine.published >= 3, timeout=10, what="three simulated readings")
     # Leaving the client ran the lifespan's shutdown, which flushes the span processor.
     spans = collector.spans()

@@ -23,7 +23,7 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such devi
 
 @router.get("", summary="Every device: presence, who serves each sensor, config sync")
 def list_devices(service: ServiceDep) -> list[DeviceView]:
-    return [device_view(twin, service.engine) for twin in service.fleet.snapshot()]
+    return [device_view(twin, service.standins) for twin in service.fleet.snapshot()]
 
 
 @router.get("/{device_id}", responses=NOT_FOUND, summary="One device's twin")
@@ -31,7 +31,7 @@ def get_device(service: ServiceDep, device_id: DeviceIdPath) -> TwinView:
     twin = service.fleet.get(device_id)
     if twin is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id!r} is not in the fleet")
-    return twin_view(twin, service.engine)
+    return twin_view(twin, service.standins)
 
 
 @router.post(
@@ -60,7 +60,7 @@ def add_device(service: ServiceDep, control: ControlDep, data: Annotated[Any, Bo
             f"device {device.id!r} is a device of the simulator's group (/status); "
             "scale the group below it or stop it first",
         )
-    return twin_view(service.add_device(device), service.engine)
+    return twin_view(service.add_device(device), service.standins)
 
 
 @router.delete(

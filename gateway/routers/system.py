@@ -24,7 +24,7 @@ def health(service: ServiceDep) -> Health:
         status="ok",
         mqtt_connected=service.link.connected,
         devices=len(service.fleet.snapshot()),
-        simulated=len(service.engine.active_devices()),
+        simulated=len(service.standins.active_devices()),
     )
 
 
