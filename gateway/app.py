@@ -140,7 +140,7 @@ def create_app(
         finally:
             if autostart is not None:
                 autostart.join()
-            control.shutdown()
+            control.stop()  # the group lives as long as the gateway
             scale_engine.close()
             service.stop()
             if exporter is not None:

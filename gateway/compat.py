@@ -89,8 +89,13 @@ class SimulatorControl:
 
     def owns(self, device_id: str) -> bool:
         """Whether `device_id` is a device of the running group."""
-        count = self.running_count()
-        return any(device_id == self._plan.device_id(i) for i in self._index_of(device_id, count))
+        prefix = self._plan.prefix
+        digits = device_id.removeprefix(prefix)
+        if digits == device_id or not digits.isdigit():
+            return False
+        index = int(digits)
+        # The id must be spelled as the group spells it: device_7 is not device_007.
+        return index < self.running_count() and self._plan.device_id(index) == device_id
 
     def start_initial(self) -> None:
         """Start the config file's own devices (`[simulator] device_count`), if any."""
@@ -145,10 +150,6 @@ class SimulatorControl:
                 self._engine.stop()
             self._count = 0
         log.info("simulator devices stopped")
-
-    def shutdown(self) -> None:
-        """On a clean stop of the gateway: the group goes with it."""
-        self.stop()
 
     # -- helpers (with the lock held) ---------------------------------------------------------
 
@@ -208,11 +209,3 @@ class SimulatorControl:
 
     def _ids(self, start: int, stop: int) -> list[str]:
         return [self._plan.device_id(i) for i in range(start, stop)]
-
-    def _index_of(self, device_id: str, count: int) -> list[int]:
-        prefix = self._plan.prefix
-        digits = device_id[len(prefix) :]
-        if not device_id.startswith(prefix) or not digits.isdigit():
-            return []
-        index = int(digits)
-        return [index] if index < count else []

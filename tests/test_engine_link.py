@@ -73,6 +73,15 @@ def seq_payload(i: int) -> bytes:
     return json.dumps({"seq": i, "pad": "x" * 200}).encode()
 
 
+def publish_seq(link: EngineLink, i: int, qos: int) -> None:
+    """Queue reading `i` on TOPIC; at QoS 1, once the window has room for it."""
+    if qos:
+        pump(link, lambda: link.window_free() > 0)
+        assert link.publish1(TOPIC, seq_payload(i), False)
+    else:
+        link.publish0(TOPIC, seq_payload(i), False)
+
+
 # -- against mosquitto ---------------------------------------------------------------------------
 
 
@@ -89,11 +98,7 @@ def test_messages_arrive_in_order_and_are_counted_as_sent_and_acked(
     try:
         with Subscriber(broker, TOPIC, qos=qos) as sub:
             for i in range(n):
-                if qos:
-                    pump(link, lambda: link.window_free() > 0)
-                    assert link.publish1(TOPIC, seq_payload(i), False)
-                else:
-                    link.publish0(TOPIC, seq_payload(i), False)
+                publish_seq(link, i, qos)
                 if i % 50 == 49:
                     link.flush()
             link.publish0(TOPIC + "/retained", b"kept", True)
@@ -200,11 +205,7 @@ def test_tls_with_a_client_certificate(
         link = connected_link(endpoint)
         try:
             for i in range(n):
-                if qos:
-                    pump(link, lambda: link.window_free() > 0)
-                    assert link.publish1(TOPIC, seq_payload(i), False)
-                else:
-                    link.publish0(TOPIC, seq_payload(i), False)
+                publish_seq(link, i, qos)
             link.flush()
             got = watcher.wait_for(TOPIC, count=n, timeout=20)
             pump(link, lambda: link.acked == (n if qos else 0))

@@ -53,6 +53,7 @@ from gateway.engine.mqtt_wire import (
     parse_disconnect,
     parse_puback,
     reason_name,
+    varint,
 )
 
 _PUBLISH = 0x30
@@ -81,20 +82,6 @@ class Endpoint(msgspec.Struct, frozen=True):
     prefix: str = "edgetwin"
     telemetry_template: str | None = None
     client_id_prefix: str = "edgetwin-engine"
-
-
-def _remaining_length(n: int) -> bytes:
-    # Inlined twin of mqtt_wire.remaining_length without its range check: a PUBLISH the broker
-    # finds too large is its to refuse.
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def tls_context(endpoint: Endpoint) -> ssl.SSLContext:
@@ -342,7 +329,7 @@ class EngineLink:
             packet = b"".join(
                 (
                     bytes((header,)),
-                    _remaining_length(len(t) + 3 + len(payload)),
+                    varint(len(t) + 3 + len(payload)),
                     len(t).to_bytes(2, "big"),
                     t,
                     b"\x00",  # no properties
@@ -353,7 +340,7 @@ class EngineLink:
             packet = b"".join(
                 (
                     bytes((header,)),
-                    _remaining_length(len(t) + 2 + len(payload)),
+                    varint(len(t) + 2 + len(payload)),
                     len(t).to_bytes(2, "big"),
                     t,
                     payload,
@@ -381,7 +368,7 @@ class EngineLink:
         packet = b"".join(
             (
                 bytes((header,)),
-                _remaining_length(len(t) + 4 + len(properties) + len(payload)),
+                varint(len(t) + 4 + len(properties) + len(payload)),
                 len(t).to_bytes(2, "big"),
                 t,
                 packet_id.to_bytes(2, "big"),

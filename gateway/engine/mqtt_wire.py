@@ -37,6 +37,12 @@ def remaining_length(n: int) -> bytes:
     """`n` as a variable byte integer (1 to 4 bytes, 7 bits each, low group first)."""
     if not 0 <= n <= MAX_REMAINING_LENGTH:
         raise ValueError(f"remaining length {n} is outside 0..{MAX_REMAINING_LENGTH}")
+    return varint(n)
+
+
+def varint(n: int) -> bytes:
+    """`n` as a variable byte integer, unchecked: the PUBLISH hot path, where a packet the
+    broker finds too large is its to refuse."""
     out = bytearray()
     while True:
         byte = n & 0x7F
