@@ -445,6 +445,16 @@ class _Continuation:
         self._values = {name: s.value for name, s in starts.items()}
         self._lock = threading.Lock()
 
+    # A stand-in's signals go to the engine's worker through a pipe: pickled without the lock.
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def fit(self, name: str) -> Fit:
         return self._starts[name].fit
 
