@@ -74,9 +74,7 @@ def test_a_stand_in_continues_the_numbering_and_hands_back_its_last_seq(
 def test_readings_carry_the_drivers_quantities_units_and_resolution(
     broker: BrokerUnderTest, standins: StandIns
 ) -> None:
-    adc = SensorSettings(
-        driver="ads1115", address=0x48, interval=0.05, options={"channels": "0,2"}
-    )
+    adc = SensorSettings(driver="ads1115", address=0x48, interval=0.05, options={"channels": "0,2"})
     with Subscriber(broker, TELEMETRY, qos=0) as sub:
         standins.serve("lab", {"env": FAST, "adc": adc})
         sub.wait_for("edgetwin/lab/telemetry/adc", timeout=10, count=2)
