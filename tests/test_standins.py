@@ -139,7 +139,7 @@ def test_a_thousand_devices_taken_over_at_once_all_publish(
         for i, device in enumerate(devices):
             standins.serve(device, {"env": one_second}, {"env": i})
         sub.wait_for(TELEMETRY, timeout=20, count=len(devices))
-        first = {}
+        first: dict[str, int] = {}
         for message in sub.messages():
             reading = Telemetry.decode(message.payload)
             first.setdefault(reading.device, reading.seq)
