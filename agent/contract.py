@@ -202,19 +202,6 @@ class FlatReading(Struct, frozen=True):
     DECIMALS: ClassVar[int] = 2
     """The original's rounding, kept whatever the quantities' own resolution."""
 
-    @classmethod
-    def from_telemetry(cls, telemetry: Telemetry) -> FlatReading | None:
-        """The flat form of a reading that has both quantities; None otherwise."""
-        values = telemetry.values
-        if not values.keys() >= cls.QUANTITIES:
-            return None
-        return cls(
-            device_id=telemetry.device,
-            timestamp=telemetry.ts,
-            temperature=round(values["temperature"].value, cls.DECIMALS),
-            humidity=round(values["humidity"].value, cls.DECIMALS),
-        )
-
 
 class Status(_Payload, frozen=True):
     """Presence, retained. Birth on connect, the broker's last will on loss.
