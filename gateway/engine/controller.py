@@ -127,13 +127,13 @@ def _ms(seconds: float | None) -> float | None:
 
 def fleet_rate(scenario: ScenarioLike) -> float:
     """Readings a second the scenario's streams ask for."""
-    return sum(1.0 / spec.interval for spec in scenario.streams())
+    return sum(1.0 / spec.interval for spec in scenario.iter_streams())
 
 
 def partition(scenario: ScenarioLike, workers: int) -> list[list[int]]:
     """Stream indices per worker, by a stable hash of the device id."""
     parts: list[list[int]] = [[] for _ in range(workers)]
-    for spec in scenario.streams():
+    for spec in scenario.iter_streams():
         parts[zlib.crc32(spec.device.encode()) % workers].append(spec.index)
     return parts
 

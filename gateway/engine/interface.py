@@ -9,7 +9,7 @@ must be picklable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from agent.contract import Topics
@@ -66,6 +66,10 @@ class ScenarioLike(Protocol):
     def seed(self) -> int: ...
 
     def streams(self) -> Sequence[StreamSpecLike]: ...
+
+    def iter_streams(self) -> Iterator[StreamSpecLike]: ...
+
+    def streams_at(self, indices: Collection[int]) -> Mapping[int, StreamSpecLike]: ...
 
     def resized(self, devices: int) -> ScenarioLike: ...
 

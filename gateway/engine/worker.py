@@ -127,7 +127,7 @@ class Worker:
             self.stopping = True
 
     def set_streams(self, scenario: ScenarioLike, indices: Sequence[int]) -> None:
-        specs = scenario.streams()
+        specs = scenario.streams_at(indices)
         identity = {i: (specs[i].device, specs[i].sensor) for i in indices}
         kept = {
             i: self.generator_of[i]

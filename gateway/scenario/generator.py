@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal, TypeVar
 
@@ -239,7 +239,7 @@ class _Emitter:
             return self._emit_faulty(st, t, values, out or [])
         st.seq += 1
         # The format rounds (`_number`): no round() and repr() per value.
-        payload = st.fmt.format(t, st.seq, *values).encode()
+        payload = st.fmt.format(st.spec.device, t, st.seq, *values).encode()
         if out:
             out.append((st.topic, payload, False))
             return out
@@ -274,10 +274,10 @@ class _Emitter:
         st.last = [math.nan] * len(st.names)
         st.topic = self._topics.telemetry(st.spec.device, st.spec.sensor)
         if self._flat:
-            st.fmt = _flat_format(st.spec.device, st.names)
+            st.fmt = self._shared(_flat_format(st.names))
         else:
             # The values object closed; then the reading, with or without its anomaly label.
-            st.fmt = self._telemetry_format(st) + "}}"
+            st.fmt = self._shared(self._telemetry_format(st) + "}}")
             # With the anomaly label: `fmt` with one more field before its closing brace,
             # "{}}" in format terms; rare, so not kept twice.
 
@@ -286,8 +286,13 @@ class _Emitter:
         return self._interned.setdefault(value, value)  # type: ignore[no-any-return]
 
     def _telemetry_format(self, st: _Stream) -> str:
-        spec = st.spec
-        head = _escape(f'{{"v":1,"device":{_json(spec.device)},"sensor":{_json(spec.sensor)},"ts":')
+        """The reading's payload as a format of (device, ts, seq, *values), one for every
+        stream of the same sensor and quantities: ids need no JSON escaping (ID_PATTERN)."""
+        head = (
+            _escape('{"v":1,"device":"')
+            + "{}"
+            + _escape(f'","sensor":{_json(st.spec.sensor)},"ts":')
+        )
         middle = _escape(f',"source":"{self._source}","values":{{')
         values = ",".join(
             _escape(f'{_json(name)}:{{"value":')
@@ -397,12 +402,14 @@ class _Emitter:
 
     def _payload(self, st: _Stream, ts: float, values: list[float], anomaly: str) -> bytes:
         if self._flat:
-            return st.fmt.format(ts, st.seq, *values).encode()
+            return st.fmt.format(st.spec.device, ts, st.seq, *values).encode()
         if not all(math.isfinite(v) for v in values):
             return self._partial(st, ts, values, anomaly)
         if anomaly:
-            return (st.fmt[:-2] + "{}}}").format(ts, st.seq, *values, anomaly).encode()
-        return st.fmt.format(ts, st.seq, *values).encode()
+            return (
+                (st.fmt[:-2] + "{}}}").format(st.spec.device, ts, st.seq, *values, anomaly).encode()
+            )
+        return st.fmt.format(st.spec.device, ts, st.seq, *values).encode()
 
     def _partial(self, st: _Stream, ts: float, values: list[float], anomaly: str) -> bytes:
         """A reading without its unmeasured quantities."""
@@ -431,19 +438,23 @@ class Generator(_Emitter):
     ) -> None:
         super().__init__(topics, payload, scenario.source, scenario.seed)
         self._scenario = scenario
-        plan = scenario.plan()
         if streams is None:
+            plan = scenario.plan()
             ours: Sequence[int] = range(len(plan))
         else:
             ours = sorted(set(streams))
-            bad = [i for i in ours if not 0 <= i < len(plan)]
+            # The plan of the devices served here only: a worker of a 100,000-device fleet
+            # neither holds nor ever builds the other workers' streams.
+            wanted = set(ours)
+            our_devices = {s.device for s in scenario.iter_streams() if s.index in wanted}
+            plan = list(scenario.iter_plan(our_devices.__contains__))
+            found = {entry[0].index for entry in plan}
+            bad = [i for i in ours if i not in found]
             if bad:
-                raise ScenarioError(f"no stream {bad[0]}: the scenario has {len(plan)}")
+                total = sum(1 for _ in scenario.iter_streams())
+                raise ScenarioError(f"no stream {bad[0]}: the scenario has {total}")
         self._ours = frozenset(ours)
-        # The plan of the devices served here only: a worker of a 100,000-device fleet does
-        # not hold the other workers' streams.
-        our_devices = {plan[i][0].device for i in ours}
-        self._plan = {entry[0].index: entry for entry in plan if entry[0].device in our_devices}
+        self._plan = {entry[0].index: entry for entry in plan}
         del plan
         self._by_device: dict[str, list[int]] = {}
         for i in ours:
@@ -714,6 +725,12 @@ class PlacedFleet:
     def streams(self) -> list[StreamSpec]:
         return []
 
+    def iter_streams(self) -> Iterator[StreamSpec]:
+        return iter(())
+
+    def streams_at(self, indices: Collection[int]) -> dict[int, StreamSpec]:
+        return {}
+
     def device_count(self) -> int:
         return 0
 
@@ -758,15 +775,18 @@ def _number(decimals: int, position: int | None = None) -> str:
     return "{" + ("" if position is None else str(position)) + f":.{decimals}f" + "}"
 
 
-def _flat_format(device: str, names: Sequence[str]) -> str:
-    """The original simulator's payload, formatted with (ts, seq, *values) like telemetry."""
+def _flat_format(names: Sequence[str]) -> str:
+    """The original simulator's payload, formatted with (device, ts, seq, *values) like
+    telemetry."""
     if not {"temperature", "humidity"} <= set(names):
         return ""
-    temperature = names.index("temperature") + 2
-    humidity = names.index("humidity") + 2
+    temperature = names.index("temperature") + 3
+    humidity = names.index("humidity") + 3
     return (
-        _escape(f'{{"device_id":{_json(device)},"timestamp":')
-        + "{0:"
+        _escape('{"device_id":"')
+        + "{0}"
+        + _escape('","timestamp":')
+        + "{1:"
         + _TS
         + "}"
         + _escape(',"temperature":')
