@@ -996,6 +996,12 @@ def run(args: argparse.Namespace) -> None:
             f"{len(delays)} / {len(devices)}",
         )
         row("  first simulated reading, per device", _fmt_seconds(delays))
+        if delays:
+            marks = (0.5, 1.0, 1.5, 2.0, 3.0)
+            row(
+                "  devices simulated by " + " / ".join(f"{m:g}" for m in marks) + " s",
+                " / ".join(str(sum(1 for d in delays if d <= m)) for m in marks),
+            )
         streams = check_streams(seen_after, last_agent, t_up)
         row(
             "seq at the hand-over: first simulated == agent's last + 1",
@@ -1023,14 +1029,22 @@ def run(args: argparse.Namespace) -> None:
         statuses = Counter(
             f"{state} ({reason})" for at, _, state, reason in after_seen.live_status if at >= t_up
         )
+        arrivals = [at - t_up for at, _, _, _ in after_seen.live_status if at >= t_up]
         row(
             "statuses published live after the failure",
-            ", ".join(f"{k} x{v}" for k, v in sorted(statuses.items())) or "none",
+            ", ".join(f"{k} x{v}" for k, v in sorted(statuses.items()))
+            + (f", seen from +{min(arrivals):.2f} s to +{max(arrivals):.2f} s" if arrivals else "")
+            or "none",
         )
-        twins_after = [d for at, d in after_seen.live_twins if at >= t_up]
+        twins_after = [(at - t_up, d) for at, d in after_seen.live_twins if at >= t_up]
         row(
             "twin documents published after the failure",
-            f"{len(twins_after)} for {len(set(twins_after))} devices",
+            f"{len(twins_after)} for {len({d for _, d in twins_after})} devices"
+            + (
+                f", seen from +{min(twins_after)[0]:.2f} s to +{max(twins_after)[0]:.2f} s"
+                if twins_after
+                else ""
+            ),
         )
         row(f"gateway GET /fleet at +{WITHIN:.0f} s", _fleet(fleet_2s))
         row("gateway GET /fleet at the end", _fleet(fleet_end))
