@@ -1,6 +1,6 @@
 """Failover of a whole fleet at once: N manifest devices whose agents all vanish together.
 
-    .venv/bin/python bench/failover_bench.py                      # ~50 s: 1,000 devices at 1 s
+    .venv/bin/python bench/failover_bench.py                      # ~45 s: 1,000 devices at 1 s
     .venv/bin/python bench/failover_bench.py --persistence off    # a broker that keeps nothing
     .venv/bin/python bench/failover_bench.py --failure agents-killed   # control: wills delivered
     .venv/bin/python bench/failover_bench.py --help               # sizes, timings, broker stop
@@ -28,7 +28,7 @@ wait for their last acknowledgements, the broker is killed with SIGKILL (no last
 delivered: the agents "vanish"), the stand-ins are killed, and the broker is started again on
 the same port; no agent ever comes back. A fresh subscriber connects to the restarted broker.
 For every device: the time from the moment the restarted broker accepts connections to its
-first reading with source `simulated` (p50, p99, max; how many within 2 s and within
+first reading with source `simulated` (min, p50, p99, max; how many within 2 s and within
 `--timeout`), and whether the simulated stream continues the agent's last acknowledged seq
 (first simulated seq == last agent seq + 1), with gaps and duplicates counted at the hand-over
 and inside the simulated stream. Also the gateway's twin as its API shows it (GET /fleet two
