@@ -224,9 +224,9 @@ def test_code_variant_config_runs_via_the_cli(broker: BrokerUnderTest, tmp_path:
 def test_shipped_code_variant_config_loads() -> None:
     config = load_gateway_config(REPO / "config" / "simulator-code.toml", environ={})
     assert config.manifest() == []
-    plan = config.compat_plan()
-    assert (plan.interval, plan.max_devices, plan.initial) == (1.0, 100, ())
-    assert [plan.device_id(i) for i in (0, 7, 99)] == ["device_000", "device_007", "device_099"]
+    plan = config.fleet_plan()
+    assert (plan.interval, plan.max_devices, plan.launch) == (1.0, 100, None)
+    assert [plan.ids.device_id(i) for i in (0, 7, 99)] == ["device_000", "device_007", "device_099"]
     assert (config.server.host, config.server.port) == ("0.0.0.0", 8000)
     assert config.mqtt.topics().telemetry("device_000", "env") == "sensors/data"
     assert (config.mqtt.qos, config.mqtt.payload) == (0, "edgetwin")

@@ -25,16 +25,16 @@ def test_shipped_examples_load() -> None:
     gateway = load_gateway_config(REPO / "config" / "gateway.toml", environ={})
     assert [d.id for d in gateway.manifest()] == ["greenhouse-01", "greenhouse-02"]
     # The [simulator] devices are the engine's fleet from the start, not twins.
-    plan = gateway.compat_plan()
-    assert plan.initial == ("sim-000", "sim-001", "sim-002")
+    plan = gateway.fleet_plan()
+    assert plan.launch_ids() == ["sim-000", "sim-001", "sim-002"]
     assert plan.interval == 5
 
 
 def test_seed_simulator_config_runs_unchanged() -> None:
     config = load_gateway_config(REPO / "config" / "simulator.toml", environ={})
     assert config.manifest() == []
-    plan = config.compat_plan()
-    assert list(plan.initial) == [f"device_{i:03d}" for i in range(10)]
+    plan = config.fleet_plan()
+    assert plan.launch_ids() == [f"device_{i:03d}" for i in range(10)]
     assert plan.interval == 2
     assert config.mqtt.topics().telemetry("device_000", "env") == "sensors/device_000"
     assert config.mqtt.qos == 0
