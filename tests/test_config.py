@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -322,3 +323,21 @@ def test_an_engine_fleet_id_in_the_manifest_is_refused(tmp_path: Path) -> None:
     assert "'device_002' appears twice" in message
     assert "[[devices]]" in message
     assert "[engine] start_devices" in message
+
+
+def test_readme_examples_load_into_the_plans_it_describes(tmp_path: Path) -> None:
+    """The README's section on the one model: each example is the format it says."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[
+        readme.index("## Configuration: one model, three input formats") : readme.index(
+            "## Gateway API"
+        )
+    ]
+    blocks = re.findall(r"```toml\n(.*?)```", section, re.DOTALL)
+    plans = [plan_of(tmp_path, block) for block in blocks]
+    assert [(p.section, p.launch, p.routes) for p in plans] == [
+        ("simulator", StartDevices(10), True),
+        ("simulation", None, True),
+        ("engine", StartDevices(5000), False),
+        ("engine", StartScenario("greenhouse.toml"), False),
+    ]
