@@ -791,7 +791,7 @@ def run(args: argparse.Namespace) -> None:
         api_port = free_port()
         config = Path(tmp) / "gateway.toml"
         gateway_toml(config, broker, api_port, args)
-        log_path = Path(tmp) / "gateway.log"
+        log_path = Path(os.environ.get("FAILOVER_GATEWAY_LOG", Path(tmp) / "gateway.log"))
         log_file = log_path.open("w")
         gateway = subprocess.Popen(
             [sys.executable, "-m", "edgetwin", "gateway", "--config", str(config)],

@@ -22,6 +22,7 @@ from agent.contract import (
     DeviceState,
     FlatReading,
     ParsedTopic,
+    RebirthRequest,
     ReportedConfig,
     SensorSettings,
     Server,
@@ -88,12 +89,14 @@ class GatewayService:
         # engine of its own, beside the fleet the API may run (app.state.engine).
         self.standins = StandIns(
             EngineController(endpoint_from_mqtt(config.mqtt), config.engine),
-            seed=config.simulator_section.seed,
+            seed=config.fleet_plan().seed,
             qos=config.mqtt.qos,
             payload=config.mqtt.payload,
             signals=self.learning.signals_for,
         )
         metrics.count_simulated(lambda: self.standins.stats().sent)
+        metrics.count_devices(self.fleet.counts)
+        metrics.simulated_devices.set_function(lambda: len(self.standins.active_devices()))
         metrics.mqtt_sent.add_source(self.standins.sent_by_device)
         self._tracer_sampled = (
             tracing.tracer("edgetwin.gateway.simulation") if tracing.enabled else None
@@ -102,7 +105,7 @@ class GatewayService:
         self.fleet.subscribe(self._reconcile)
         self._reconcile_lock = threading.RLock()
         self._published_twins: dict[str, TwinSummary] = {}
-        self._grace_timer: threading.Timer | None = None
+        self._confirm_timer: threading.Timer | None = None
         self._grace_over = threading.Event()
         self._desired_lock = threading.Lock()
         self._shared_telemetry_watched = False
@@ -126,11 +129,10 @@ class GatewayService:
             self._watch_telemetry(twin.id)
         self.link.start()
         self.standins.start()
-        self._refresh_metrics()
 
     def stop(self) -> None:
-        if self._grace_timer is not None:
-            self._grace_timer.cancel()
+        if self._confirm_timer is not None:
+            self._confirm_timer.cancel()
         self.standins.stop()
         self.link.close()
         self.metrics.mqtt_connected.set(0)
@@ -138,29 +140,53 @@ class GatewayService:
     # -- broker -----------------------------------------------------------------------------
 
     def _on_connect(self, link: MqttLink) -> None:
+        """After every connection, a retained "online" status is a claim to check: the broker
+        may have crashed and lost the agents' connections and their last wills, or replay
+        the births of agents long gone. Every live agent is asked to publish its birth again;
+        those not heard from within `startup_grace` are taken for gone and simulated (see
+        `_confirm_presence`). Twin documents are published again too: a broker without
+        persistence lost them."""
         self.metrics.mqtt_connected.set(1)
-        if self._grace_over.is_set() or self._grace_timer is not None:
-            return
-        # Only after the retained statuses had their chance to arrive do we decide that an
-        # unknown device has no agent.
-        self._grace_timer = threading.Timer(self.config.presence.startup_grace, self._end_grace)
-        self._grace_timer.daemon = True
-        self._grace_timer.start()
+        connected = time.monotonic()
+        with self._reconcile_lock:
+            self._published_twins.clear()
+        link.publish(
+            self.topics.rebirth(), RebirthRequest(ts=self.clock()).encode(), qos=1, retain=False
+        )
+        if self._confirm_timer is not None:
+            self._confirm_timer.cancel()
+        # Also, at the first connection: only after the retained statuses had their chance to
+        # arrive do we decide that an unknown device has no agent.
+        self._confirm_timer = threading.Timer(
+            self.config.presence.startup_grace, self._confirm_presence, args=(connected,)
+        )
+        self._confirm_timer.daemon = True
+        self._confirm_timer.start()
 
-    def _end_grace(self) -> None:
+    def _confirm_presence(self, connected: float) -> None:
         self._grace_over.set()
-        for twin in self.fleet.snapshot():
-            self._reconcile(twin)
+        silent = self.fleet.silent_since(connected)
+        if silent:
+            log.warning(
+                "agents silent since the gateway connected are taken for gone",
+                extra={"devices": len(silent), "first": sorted(silent)[:5]},
+            )
+        with self.standins.batch():
+            for device in silent:
+                self.fleet.mark_silent(device, connected)
+            for twin in self.fleet.snapshot():
+                self._reconcile(twin)
 
     def _on_message(self, message: Message) -> None:
         try:
             parsed = self.topics.parse(message.topic)
+            heard = None if message.retain else time.monotonic()
             if parsed.kind == "telemetry":
-                self._on_telemetry(parsed, message.payload)
+                self._on_telemetry(parsed, message.payload, heard)
             elif parsed.kind == "status":
                 status = Status.decode(message.payload)
                 _same_device(status.device, parsed.device)
-                verdict = self.fleet.apply_status(status)
+                verdict = self.fleet.apply_status(status, heard)
                 self.metrics.status_messages.labels(verdict).inc()
                 if verdict == "stale":
                     log.info(
@@ -171,6 +197,8 @@ class GatewayService:
                 state = DeviceState.decode(message.payload)
                 _same_device(state.device, parsed.device)
                 self.fleet.apply_state(state)
+                if heard is not None:
+                    self.fleet.heard_live(state.device, heard)
             elif parsed.kind == "reported":
                 reported = ReportedConfig.decode(message.payload)
                 _same_device(reported.device, parsed.device)
@@ -199,7 +227,7 @@ class GatewayService:
                 "ignoring malformed message", extra={"topic": message.topic, "error": str(exc)}
             )
 
-    def _on_telemetry(self, parsed: ParsedTopic, payload: bytes) -> None:
+    def _on_telemetry(self, parsed: ParsedTopic, payload: bytes, heard: float | None) -> None:
         """A reading of an agent or of a stand-in (never one of ours on this connection: MQTT 5
         no-local): it tells the twin the stream's last seq and values. On a topic every device
         shares, the payload names the device."""
@@ -217,6 +245,8 @@ class GatewayService:
             self._trace_standin(telemetry)
         else:
             self.learning.observe(telemetry)
+            if heard is not None:
+                self.fleet.heard_live(telemetry.device, heard)
 
     def _on_flat(self, payload: bytes) -> None:
         """The original simulator's payload (ours with `[mqtt] payload = "flat"`, or a producer
@@ -303,7 +333,6 @@ class GatewayService:
             seqs = self.fleet.last_seqs(twin.id)
             self.standins.serve(twin.id, wanted, seqs)
             self._publish_twin(twin, wanted)
-        self._refresh_metrics()
 
     def _publish_twin(self, twin: DeviceTwin, simulated: Mapping[str, SensorSettings]) -> None:
         if not self.link.connected:
@@ -400,12 +429,6 @@ class GatewayService:
                 "desired config published", extra={"device": device_id, "version": desired.version}
             )
             return desired
-
-    def _refresh_metrics(self) -> None:
-        self.metrics.devices.clear()
-        for (presence, served_by), count in self.fleet.counts().items():
-            self.metrics.devices.labels(presence, served_by).set(count)
-        self.metrics.simulated_devices.set(len(self.standins.active_devices()))
 
 
 def _is_flat(payload: bytes) -> bool:

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 from agent.contract import FlatReading, SensorSettings
 from gateway.engine.controller import EngineController, EngineStats
@@ -169,6 +170,12 @@ class StandIns:
         return self.engine.stats().sent
 
     # -- steering -------------------------------------------------------------------------------
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Serve many devices at once (a fleet failing over): see `EngineController.batch`."""
+        with self.engine.batch():
+            yield
 
     def serve(
         self,

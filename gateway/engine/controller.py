@@ -18,7 +18,8 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
@@ -242,6 +243,7 @@ class EngineController:
         # A placed run's devices and their stream counts; None for a scenario's run.
         self._placed: dict[str, int] | None = None
         self._token = 0
+        self._batch: dict[int, list[tuple[str, list[str], list[Any]]]] | None = None
         # Totals of runs already stopped, so the Prometheus counters never go down.
         self.retired = WorkerTotals()
         self._last_handles: list[_WorkerHandle] = []
@@ -389,11 +391,16 @@ class EngineController:
                 self._placed[device] = len(keep) + len(start)
             else:
                 self._placed.pop(device, None)
+            placement = (device, list(keep), list(start))
+            if self._batch is not None and not wait:
+                self._batch.setdefault(handle.index, []).append(placement)
+                return None
+            self._flush_batch()
             token = None
             if wait:
                 self._token += 1
                 token = self._token
-            handle.send(("place", device, list(keep), list(start), token))
+            handle.send(("place", *placement, token))
             if token is None:
                 return None
             self._cond.wait_for(lambda: token in handle.answers or handle.dead, timeout=1.0)
@@ -652,6 +659,34 @@ class EngineController:
         return self.stats()
 
     # -- internals --------------------------------------------------------------------------
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Placements made meanwhile (without `wait`) go to each worker as one message when
+        the block ends: a thousand devices failing over at once cost one pipe write and one
+        wake-up of the worker, not a thousand. A placement that waits sends the batch first."""
+        with self._lock:
+            outer = self._batch is not None
+            if not outer:
+                self._batch = {}
+        try:
+            yield
+        finally:
+            if not outer:
+                with self._lock:
+                    self._flush_batch()
+                    self._batch = None
+
+    def _flush_batch(self) -> None:
+        """Send the placements batched so far (lock held)."""
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, {}
+        by_index = {h.index: h for h in self._workers}
+        for index, placements in batch.items():
+            handle = by_index.get(index)
+            if handle is not None:
+                handle.send(("place_many", placements))
 
     def _require(self, state: State, verb: str) -> None:
         if self._state != state:

@@ -121,6 +121,9 @@ class Worker:
                 generator.inject(command[1])
         elif kind == "place":
             self.place(*command[1:])
+        elif kind == "place_many":
+            for device, keep, start in command[1]:
+                self.place(device, keep, start, None)
         elif kind == "stats":
             self.next_stats = 0.0
         elif kind == "stop":

@@ -68,6 +68,7 @@ Message = tuple[str, bytes, bool]
 _INF = math.inf
 _fsum = math.fsum
 _NO_CHANGE = math.inf
+_NO_FAULTS: Final[list[Any]] = []  # shared and never appended to: see `_schedule`
 
 T = TypeVar("T")
 
@@ -187,8 +188,9 @@ class _Stream:
         self.fmt = ""
         self.owner = False  # publishes the device's status and device-level labels
         self.publishes = True  # flat payloads: only one stream per device goes on the wire
-        self.pending: list[FaultSpec] = []  # by start, latest first (popped from the end)
-        self.active: list[_Active] = []
+        # Lists once a fault comes (`_schedule`): most streams never have one.
+        self.pending: list[FaultSpec] = _NO_FAULTS  # by start, latest first (popped from the end)
+        self.active: list[_Active] = _NO_FAULTS
         self.next_change = _NO_CHANGE
 
 
@@ -262,7 +264,7 @@ class _Emitter:
         for model in models:
             parts, lo, hi = _flatten(model)
             spans.append((len(leaves), len(leaves) + len(parts), lo, hi))
-            leaves.extend(parts)
+            leaves.extend(self._stateless(part) for part in parts)
         st.leaves = tuple(leaves)
         # A 50,000-device fleet holds 50,000 of each: one copy, not one a stream.
         st.names = self._shared(names)
@@ -280,6 +282,17 @@ class _Emitter:
             st.fmt = self._shared(self._telemetry_format(st) + "}}")
             # With the anomaly label: `fmt` with one more field before its closing brace,
             # "{}}" in format terms; rare, so not kept twice.
+
+    def _stateless(self, model: SignalModel) -> SignalModel:
+        """One instance of a model that keeps no state, for every stream with an equal one:
+        every stream of a 50,000-device fleet has the same daily cycles."""
+        if type(model) is DailyCycle:
+            key: tuple[object, ...] = ("daily", model.mean, model.amplitude, model.peak_hour)
+        elif type(model) is Constant:
+            key = ("constant", model.value)
+        else:
+            return model
+        return self._interned.setdefault(key, model)  # type: ignore[no-any-return]
 
     def _shared(self, value: T) -> T:
         """One instance of an immutable value for every stream that has an equal one."""
@@ -759,6 +772,10 @@ def _flatten(model: SignalModel) -> tuple[list[SignalModel], float, float]:
 
 
 def _schedule(st: _Stream, fault: FaultSpec) -> None:
+    if st.pending is _NO_FAULTS:
+        st.pending = []
+    if st.active is _NO_FAULTS:
+        st.active = []
     st.pending.append(fault)
     st.pending.sort(key=lambda f: f.start, reverse=True)
     st.next_change = min(st.next_change, fault.start)
