@@ -91,6 +91,9 @@ class Generator:
     def warm(self) -> None:
         pass  # every stream's state is built in __init__
 
+    def streams(self) -> list[StreamSpec]:
+        return list(self._specs.values())
+
     def inject(self, fault: object) -> None:
         # This fleet has no fault model: an injected fault is kept, for a test to look at.
         self.injected.append(fault)

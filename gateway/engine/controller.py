@@ -17,6 +17,7 @@ import os
 import threading
 import time
 import zlib
+from array import array
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -172,16 +173,24 @@ class _WorkerHandle:
         self.conn = conn
         self.history: deque[WorkerStats] = deque()
         self.dead = False
-        self.by_device: dict[str, int] = {}
+        # With count_by_device: the worker's device names, and its last counts in their order.
+        self.device_names: list[str] = []
+        self.device_counts: array[int] = array("Q")
         self.answers: dict[int, dict[str, int]] = {}  # placements answered, by token
+
+    def by_device(self) -> dict[str, int]:
+        return dict(zip(self.device_names, self.device_counts, strict=False))
 
     @property
     def last(self) -> WorkerStats | None:
         return self.history[-1] if self.history else None
 
     def record(self, stats: WorkerStats) -> None:
-        if stats.sent_by_device is not None:
-            self.by_device = stats.sent_by_device
+        counts = stats.sent_by_device
+        if counts is not None:
+            del self.device_names[counts.first :]
+            self.device_names.extend(counts.names)
+            self.device_counts = array("Q", counts.counts)
         self.history.append(stats)
         while len(self.history) > 2 and stats.t - self.history[0].t > _RATE_WINDOW:
             self.history.popleft()
@@ -269,7 +278,7 @@ class EngineController:
         with self._lock:
             totals = dict(self.retired.by_device)
             for handle in self._workers:
-                for device, count in handle.by_device.items():
+                for device, count in handle.by_device().items():
                     totals[device] = totals.get(device, 0) + count
         return totals
 
@@ -744,8 +753,8 @@ class EngineController:
             handle.conn.close()
             if handle.last is not None:
                 self.retired.add(handle.last)
-            self.retired.add_by_device(handle.by_device)
-            handle.by_device = {}
+            self.retired.add_by_device(handle.by_device())
+            handle.device_names, handle.device_counts = [], array("Q")
         self._state = "stopped"
         self._last_handles = handles
         self._cond.notify_all()

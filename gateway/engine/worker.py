@@ -17,6 +17,7 @@ import os
 import random
 import select
 import time
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -28,11 +29,12 @@ from gateway.engine.interface import (
     PayloadKind,
     PlacingGeneratorLike,
     ScenarioLike,
+    StreamSpecLike,
 )
 from gateway.engine.link import Endpoint, EngineLink
 from gateway.engine.schedule import Entry, Schedule, Timeline
 from gateway.engine.settings import EngineSettings
-from gateway.engine.stats import Lateness, WorkerStats
+from gateway.engine.stats import DeviceCounts, Lateness, WorkerStats
 
 _CHUNK = 256  # ticks between two flushes inside a batch: bounds the lateness a batch adds
 _IDLE_WAIT = 0.25  # seconds; the longest select() when nothing is due (keep-alive, commands)
@@ -75,7 +77,6 @@ class Worker:
         # Which generator serves each stream: after a resize, streams that kept their index
         # and identity keep their generator (and so their seq counters and fault state).
         self.generator_of: dict[int, GeneratorLike] = {}
-        self.identity: dict[int, tuple[str, str]] = {}
         self.scenario: ScenarioLike | None = None
         self.scenario_entries: list[Entry] = []
         # A placed run's streams (see `place`), and whether the schedule must take them in.
@@ -95,9 +96,13 @@ class Worker:
         self.next_stats = 0.0
         self.next_tick = 0.0
         self.reported_connected = False
-        # With count_by_device: messages per device, and each stream index's device.
-        self.sent_of: dict[str, int] | None = {} if spec.count_by_device else None
-        self.device_of: dict[int, str] = {}
+        # With count_by_device: messages per device, in slots of an array (a device keeps its
+        # slot for the run), each stream index's slot, and how many names were reported.
+        self.sent_of: array[int] | None = array("Q") if spec.count_by_device else None
+        self.device_slot: dict[str, int] = {}
+        self.device_names: list[str] = []
+        self.slot_of: dict[int, int] = {}
+        self.names_reported = 0
         self.reports = 0
 
     # -- commands ---------------------------------------------------------------------------
@@ -130,13 +135,19 @@ class Worker:
             self.stopping = True
 
     def set_streams(self, scenario: ScenarioLike, indices: Sequence[int]) -> None:
-        specs = scenario.streams_at(indices)
-        identity = {i: (specs[i].device, specs[i].sensor) for i in indices}
-        kept = {
-            i: self.generator_of[i]
-            for i in indices
-            if i in self.generator_of and self.identity.get(i) == identity[i]
-        }
+        # After a resize, a stream that kept its index and identity keeps its generator.
+        kept: dict[int, GeneratorLike] = {}
+        if self.scenario_entries:
+            wanted = scenario.streams_at(indices)
+            before = {
+                s.index: (s.device, s.sensor) for s in self._specs(self.scenario_generators())
+            }
+            kept = {
+                i: self.generator_of[i]
+                for i in indices
+                if before.get(i) == (wanted[i].device, wanted[i].sensor)
+            }
+            del wanted, before
         fresh = [i for i in indices if i not in kept]
         if fresh:
             generator = scenario.generator(self.topics, streams=fresh, payload=self.spec.payload)
@@ -152,9 +163,21 @@ class Worker:
                 gc.collect()
                 gc.freeze()
         self.scenario = scenario
-        self.generator_of, self.identity = kept, identity
-        self.scenario_entries = [Entry(i, specs[i].interval, specs[i].phase) for i in indices]
+        self.generator_of = kept
+        self.scenario_entries = [
+            Entry(s.index, s.interval, s.phase)
+            for s in self._specs(self.scenario_generators())
+            if s.index in kept
+        ]
         self.plan()
+
+    def scenario_generators(self) -> list[GeneratorLike]:
+        placed = self.placed
+        return list({id(g): g for g in self.generator_of.values() if g is not placed}.values())
+
+    @staticmethod
+    def _specs(generators: Sequence[GeneratorLike]) -> list[StreamSpecLike]:
+        return [spec for generator in generators for spec in generator.streams()]
 
     def place(
         self, device: str, keep: Sequence[str], start: Sequence[Any], token: int | None
@@ -177,17 +200,17 @@ class Worker:
 
     def plan(self) -> None:
         """The schedule of the scenario's streams and the placed ones, from where it was."""
-        generator_of = {e.index: self.generator_of[e.index] for e in self.scenario_entries}
+        scenario_indices = {e.index for e in self.scenario_entries}
+        generator_of = {i: g for i, g in self.generator_of.items() if i in scenario_indices}
         entries = list(self.scenario_entries)
-        device_of = {i: device for i, (device, _) in self.identity.items()}
         if self.placed is not None:
             for spec in self.placed.streams():
                 generator_of[spec.index] = self.placed
                 entries.append(Entry(spec.index, spec.interval, spec.phase))
-                device_of[spec.index] = spec.device
         self.generator_of = generator_of
         if self.sent_of is not None:
-            self.device_of = device_of
+            generators = list({id(g): g for g in generator_of.values()}.values())
+            self.slot_of = {s.index: self._slot(s.device) for s in self._specs(generators)}
         self.schedule = Schedule(entries, after=self.s_done)
         self.replan = False
 
@@ -259,16 +282,30 @@ class Worker:
             return 0
         return min(self.settings.batch_limit, room)
 
+    def _slot(self, device: str) -> int:
+        slot = self.device_slot.get(device)
+        if slot is None:
+            assert self.sent_of is not None
+            slot = self.device_slot[device] = len(self.device_names)
+            self.device_names.append(device)
+            self.sent_of.append(0)
+        return slot
+
     def count_by_device(self, chunk: Sequence[tuple[int, float]]) -> None:
         """Count a flushed chunk's readings per device. A tick is one reading here: the
         per-device count serves the original simulator's fleets, which have no faults that
         add labels or copies."""
         sent_of = self.sent_of
         assert sent_of is not None
-        device_of = self.device_of
+        slot_of = self.slot_of
         for index, _ in chunk:
-            device = device_of[index]
-            sent_of[device] = sent_of.get(device, 0) + 1
+            sent_of[slot_of[index]] += 1
+
+    def device_counts(self) -> DeviceCounts:
+        assert self.sent_of is not None
+        first = self.names_reported
+        self.names_reported = len(self.device_names)
+        return DeviceCounts(first, self.device_names[first:], self.sent_of.tobytes())
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -286,7 +323,7 @@ class Worker:
         target = self.schedule.per_second * timeline.rate if timeline and running else 0.0
         by_device = None
         if self.sent_of is not None and (self.reports % _DEVICE_COUNTS_EVERY == 0 or final):
-            by_device = dict(self.sent_of)
+            by_device = self.device_counts()
         self.reports += 1
         return WorkerStats(
             worker=self.spec.worker,

@@ -469,12 +469,8 @@ class Generator(_Emitter):
         self._ours = frozenset(ours)
         self._plan = {entry[0].index: entry for entry in plan}
         del plan
-        self._by_device: dict[str, list[int]] = {}
-        for i in ours:
-            self._by_device.setdefault(self._plan[i][0].device, []).append(i)
-        self._first_of_device: dict[str, int] = {}
-        for index, (stream, _, _) in self._plan.items():
-            self._first_of_device.setdefault(stream.device, index)
+        # Our streams by device, for faults naming devices: built at the first fault.
+        self._by_device: dict[str, list[int]] | None = None
         self._faults: dict[int, list[FaultSpec]] = {}
         self._recordings: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
         self._origin = scenario.origin
@@ -488,25 +484,35 @@ class Generator(_Emitter):
 
     def streams(self) -> list[StreamSpec]:
         """The streams this generator serves, in index order."""
-        return [self._plan[i][0] for i in sorted(self._ours)]
+        return [self._spec(i) for i in sorted(self._ours)]
 
     def warm(self) -> None:
         """Build every stream's state now instead of at its first `emit` (some 75 us a stream,
-        mostly seeding): a worker can pay it before its first deadline rather than late."""
+        mostly seeding): a worker can pay it before its first deadline rather than late. The
+        plan they were built from is then let go (some 200 bytes a stream)."""
         for index in sorted(self._ours):
             if index not in self._states:
                 self._open(index)
+        self._plan = {}
+
+    def _spec(self, index: int) -> StreamSpec:
+        state = self._states.get(index)
+        return state.spec if state is not None else self._plan[index][0]
 
     def inject(self, fault: FaultSpec) -> None:
         """Apply `fault` to every stream of this generator it names, labelled like a scheduled
         one. A fault whose start has passed takes effect at each stream's next reading."""
         patterns = fault.device_patterns()
         if all(not any(c in p for c in "*?[") for p in patterns):
+            if self._by_device is None:
+                self._by_device = {}
+                for i in sorted(self._ours):
+                    self._by_device.setdefault(self._spec(i).device, []).append(i)
             candidates = [i for p in patterns for i in self._by_device.get(p, ())]
         else:
             candidates = sorted(self._ours)
         for i in candidates:
-            spec = self._plan[i][0]
+            spec = self._spec(i)
             if not matches(fault, spec.device, spec.sensor):
                 continue
             self._faults.setdefault(i, []).append(fault)
@@ -529,17 +535,27 @@ class Generator(_Emitter):
             tuple(q.resolution(name) for name, q in quantities.items()),
             [self._signal(spec, name, q) for name, q in quantities.items()],
         )
-        st.owner = self._first_of_device[spec.device] == index
+        first = self._first_of_device(index)
+        st.owner = first == index
         if self._flat:
-            st.publishes = self._flat_stream(spec.device) == index
+            st.publishes = self._flat_stream(first) == index
         for fault in self._faults.get(index, ()):
             _schedule(st, fault)
         self._states[index] = st
         return st
 
-    def _flat_stream(self, device: str) -> int | None:
-        """The device's first stream measuring temperature and humidity."""
-        index = self._first_of_device[device]
+    def _first_of_device(self, index: int) -> int:
+        """The first stream of the device of stream `index` (a device's streams are
+        consecutive in the plan)."""
+        device = self._plan[index][0].device
+        while (entry := self._plan.get(index - 1)) is not None and entry[0].device == device:
+            index -= 1
+        return index
+
+    def _flat_stream(self, index: int) -> int | None:
+        """The first stream measuring temperature and humidity of the device whose first
+        stream is `index`."""
+        device = self._plan[index][0].device
         while (entry := self._plan.get(index)) is not None and entry[0].device == device:
             if {"temperature", "humidity"} <= entry[2].quantities.keys():
                 return index
