@@ -34,8 +34,10 @@ from gateway.scenario.model import (
     ReplayPart,
     Scenario,
     ScenarioError,
+    SensorSpec,
     SignalPart,
     StreamSpec,
+    TemplateSpec,
     WalkPart,
     matches,
     parse_duration,
@@ -451,27 +453,24 @@ class Generator(_Emitter):
     ) -> None:
         super().__init__(topics, payload, scenario.source, scenario.seed)
         self._scenario = scenario
+        # The plan of the streams served here, by index: built when first needed. A worker
+        # (streams given, then `warm`) never holds it: its streams are built as the scenario
+        # is dealt, device by device, and a 50,000-stream plan is ~30 MB that a process does
+        # not give back once freed.
+        self._plan: dict[int, tuple[StreamSpec, TemplateSpec, SensorSpec]] | None = None
+        self._our_devices: set[str] | None = None
         if streams is None:
-            plan = scenario.plan()
-            ours: Sequence[int] = range(len(plan))
+            self._plan = {entry[0].index: entry for entry in scenario.iter_plan()}
+            self._ours = frozenset(self._plan)
         else:
-            ours = sorted(set(streams))
-            # The plan of the devices served here only: a worker of a 100,000-device fleet
-            # neither holds nor ever builds the other workers' streams.
-            wanted = set(ours)
-            our_devices = {s.device for s in scenario.iter_streams() if s.index in wanted}
-            plan = list(scenario.iter_plan(our_devices.__contains__))
-            found = {entry[0].index for entry in plan}
-            bad = [i for i in ours if i not in found]
-            if bad:
-                total = sum(1 for _ in scenario.iter_streams())
-                raise ScenarioError(f"no stream {bad[0]}: the scenario has {total}")
-        self._ours = frozenset(ours)
-        self._plan = {entry[0].index: entry for entry in plan}
-        del plan
-        # Our streams by device, for faults naming devices: built at the first fault.
+            self._ours = frozenset(streams)
+            self._our_devices = {s.device for s in scenario.iter_streams() if s.index in self._ours}
+        # Every fault injected so far, in order, by the device it names (None: a pattern):
+        # a stream built later takes those that name it.
+        self._faults: dict[str | None, list[tuple[int, FaultSpec]]] = {}
+        self._fault_count = 0
+        # Our built streams by device, for faults naming devices: made at the first such fault.
         self._by_device: dict[str, list[int]] | None = None
-        self._faults: dict[int, list[FaultSpec]] = {}
         self._recordings: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
         self._origin = scenario.origin
         for fault in scenario.fault_specs():
@@ -484,48 +483,106 @@ class Generator(_Emitter):
 
     def streams(self) -> list[StreamSpec]:
         """The streams this generator serves, in index order."""
-        return [self._spec(i) for i in sorted(self._ours)]
+        if all(i in self._states for i in self._ours):
+            return [self._states[i].spec for i in sorted(self._ours)]
+        plan = self._ensure_plan()
+        return [plan[i][0] for i in sorted(self._ours)]
 
     def warm(self) -> None:
         """Build every stream's state now instead of at its first `emit` (some 75 us a stream,
-        mostly seeding): a worker can pay it before its first deadline rather than late. The
-        plan they were built from is then let go (some 200 bytes a stream)."""
-        for index in sorted(self._ours):
-            if index not in self._states:
-                self._open(index)
-        self._plan = {}
-
-    def _spec(self, index: int) -> StreamSpec:
-        state = self._states.get(index)
-        return state.spec if state is not None else self._plan[index][0]
+        mostly seeding): a worker can pay it before its first deadline rather than late."""
+        if self._plan is not None:
+            for index in sorted(self._ours):
+                if index not in self._states:
+                    self._open(index)
+            return
+        assert self._our_devices is not None
+        device: list[tuple[StreamSpec, TemplateSpec, SensorSpec]] = []
+        for entry in self._scenario.iter_plan(self._our_devices.__contains__):
+            if device and entry[0].device != device[0][0].device:
+                self._open_device(device)
+                device = []
+            device.append(entry)
+        if device:
+            self._open_device(device)
+        self._check_ours_built()
 
     def inject(self, fault: FaultSpec) -> None:
         """Apply `fault` to every stream of this generator it names, labelled like a scheduled
         one. A fault whose start has passed takes effect at each stream's next reading."""
         patterns = fault.device_patterns()
-        if all(not any(c in p for c in "*?[") for p in patterns):
+        exact = all(not any(c in p for c in "*?[") for p in patterns)
+        self._fault_count += 1
+        for key in patterns if exact else [None]:
+            self._faults.setdefault(key, []).append((self._fault_count, fault))
+        if exact:
             if self._by_device is None:
                 self._by_device = {}
-                for i in sorted(self._ours):
-                    self._by_device.setdefault(self._spec(i).device, []).append(i)
+                for i, state in self._states.items():
+                    self._by_device.setdefault(state.spec.device, []).append(i)
             candidates = [i for p in patterns for i in self._by_device.get(p, ())]
         else:
-            candidates = sorted(self._ours)
-        for i in candidates:
-            spec = self._spec(i)
-            if not matches(fault, spec.device, spec.sensor):
-                continue
-            self._faults.setdefault(i, []).append(fault)
-            state = self._states.get(i)
-            if state is not None:
+            candidates = list(self._states)
+        for i in sorted(set(candidates)):
+            state = self._states[i]
+            if matches(fault, state.spec.device, state.spec.sensor):
                 _schedule(state, fault)
 
     # -- streams --------------------------------------------------------------------------------
 
+    def _ensure_plan(self) -> dict[int, tuple[StreamSpec, TemplateSpec, SensorSpec]]:
+        if self._plan is None:
+            assert self._our_devices is not None
+            self._plan = {
+                entry[0].index: entry
+                for entry in self._scenario.iter_plan(self._our_devices.__contains__)
+            }
+            missing = sorted(self._ours - self._plan.keys())
+            if missing:
+                self._no_stream(missing[0])
+        return self._plan
+
+    def _check_ours_built(self) -> None:
+        missing = sorted(self._ours - self._states.keys())
+        if missing:
+            self._no_stream(missing[0])
+
+    def _no_stream(self, index: int) -> None:
+        total = sum(1 for _ in self._scenario.iter_streams())
+        raise ScenarioError(f"no stream {index}: the scenario has {total}")
+
     def _open(self, index: int) -> _Stream:
         if index not in self._ours:
             raise ScenarioError(f"stream {index} is not served by this generator")
-        spec, _, sensor = self._plan[index]
+        plan = self._ensure_plan()
+        spec, _, sensor = plan[index]
+        first = self._first_of_device(index)
+        flat = self._flat_stream(first) if self._flat else None
+        return self._make(spec, sensor, owner=first == index, publishes=flat == index)
+
+    def _open_device(self, entries: list[tuple[StreamSpec, TemplateSpec, SensorSpec]]) -> None:
+        """Build the streams of one device (all its plan entries, in order) that are ours."""
+        flat = next(
+            (
+                spec.index
+                for spec, _, sensor in entries
+                if {"temperature", "humidity"} <= sensor.quantities.keys()
+            ),
+            None,
+        )
+        first = entries[0][0].index
+        for spec, _, sensor in entries:
+            if spec.index in self._ours and spec.index not in self._states:
+                self._make(
+                    spec,
+                    sensor,
+                    owner=spec.index == first,
+                    publishes=not self._flat or spec.index == flat,
+                )
+
+    def _make(
+        self, spec: StreamSpec, sensor: SensorSpec, *, owner: bool, publishes: bool
+    ) -> _Stream:
         st = _Stream(spec)
         quantities = sensor.quantities
         self._build(
@@ -535,28 +592,34 @@ class Generator(_Emitter):
             tuple(q.resolution(name) for name, q in quantities.items()),
             [self._signal(spec, name, q) for name, q in quantities.items()],
         )
-        first = self._first_of_device(index)
-        st.owner = first == index
+        st.owner = owner
         if self._flat:
-            st.publishes = self._flat_stream(first) == index
-        for fault in self._faults.get(index, ()):
-            _schedule(st, fault)
-        self._states[index] = st
+            st.publishes = publishes
+        for _, fault in sorted(
+            self._faults.get(spec.device, []) + self._faults.get(None, []),
+            key=lambda numbered: numbered[0],
+        ):
+            if matches(fault, spec.device, spec.sensor):
+                _schedule(st, fault)
+        self._states[spec.index] = st
+        self._by_device = None
         return st
 
     def _first_of_device(self, index: int) -> int:
         """The first stream of the device of stream `index` (a device's streams are
         consecutive in the plan)."""
-        device = self._plan[index][0].device
-        while (entry := self._plan.get(index - 1)) is not None and entry[0].device == device:
+        plan = self._ensure_plan()
+        device = plan[index][0].device
+        while (entry := plan.get(index - 1)) is not None and entry[0].device == device:
             index -= 1
         return index
 
     def _flat_stream(self, index: int) -> int | None:
         """The first stream measuring temperature and humidity of the device whose first
         stream is `index`."""
-        device = self._plan[index][0].device
-        while (entry := self._plan.get(index)) is not None and entry[0].device == device:
+        plan = self._ensure_plan()
+        device = plan[index][0].device
+        while (entry := plan.get(index)) is not None and entry[0].device == device:
             if {"temperature", "humidity"} <= entry[2].quantities.keys():
                 return index
             index += 1
