@@ -76,14 +76,26 @@ class BrokerSink:
     unacknowledged (QoS 1) or unsent (QoS 0): the run goes at the broker's pace and memory
     stays bounded."""
 
-    def __init__(self, host: str, port: int, qos: Literal[0, 1] = 1, window: int = 1000) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        qos: Literal[0, 1] = 1,
+        window: int = 1000,
+        *,
+        close_timeout: float = 30.0,
+    ) -> None:
         self._qos = qos
         self._window = window
+        self._close_timeout = close_timeout
         self._link = MqttLink(
             MqttSettings(host=host, port=port, max_inflight=min(window, 65535)),
             client_id=None,
         )
         self._pending: deque[Delivery] = deque()
+        # Messages written that the broker did not acknowledge (QoS 1) or that never reached
+        # the socket (QoS 0) by the end of `close`.
+        self.unconfirmed = 0
         self._link.start()
         if not self._link.wait_connected(10.0):
             self._link.close(1.0)
@@ -103,10 +115,15 @@ class BrokerSink:
                 raise ScenarioError("the broker stopped acknowledging messages")
 
     def close(self) -> None:
+        """Wait up to `close_timeout` seconds in all for what is still pending; what did not
+        make it is counted in `unconfirmed`."""
+        deadline = time.monotonic() + self._close_timeout
         try:
             for delivery in self._pending:
-                delivery.wait(30.0)
+                if not delivery.wait(max(deadline - time.monotonic(), 0.0)):
+                    self.unconfirmed += 1
         finally:
+            self._pending.clear()
             self._link.close()
 
 
@@ -265,9 +282,11 @@ def simulate_command(
         bar.update(seconds, counts.total, final=True)
     elapsed = time.monotonic() - started
     where = str(out) if out is not None else f"mqtt://{broker}"
+    unconfirmed = sink.unconfirmed if isinstance(sink, BrokerSink) else 0
     print(
         f"{counts.total} messages ({counts.telemetry} telemetry, {counts.labels} labels, "
         f"{counts.status} status) from {scenario.device_count()} devices over "
         f"{seconds:g} virtual seconds to {where} in {elapsed:.1f} s"
+        + (f"; {unconfirmed} of them not confirmed sent" if unconfirmed else "")
     )
-    return 0
+    return 1 if unconfirmed else 0
