@@ -12,6 +12,7 @@ re-anchors its schedule to the same instant and the fleet stays one schedule.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import threading
@@ -276,6 +277,7 @@ class EngineController:
         *,
         fleet: str = "api",
         count_by_device: bool = False,
+        rate: float = 1.0,
     ) -> EngineStats:
         """Start workers for `scenario` and return once every one is connected and running.
 
@@ -283,11 +285,15 @@ class EngineController:
         the fleet's rate (`EngineSettings.choose_workers`). `fleet` names who started the run
         (the API's /engine routes, the original simulator's group...). `count_by_device`
         keeps a count of messages per device (`sent_by_device`), which the original
-        simulator's per-device metric needs and nothing else pays for.
+        simulator's per-device metric needs and nothing else pays for. `rate` is the
+        schedule's speed from its first tick, as `set_rate` would set it later (a replay's
+        speed; not capped by MAX_RATE, which bounds the API's changes).
         """
+        if not (rate > 0 and math.isfinite(rate)):
+            raise EngineInputError(f"rate must be a positive number, not {rate}")
         auto = workers is None
         if workers is None:
-            workers = self.settings.choose_workers(fleet_rate(scenario))
+            workers = self.settings.choose_workers(fleet_rate(scenario) * rate)
         qos = self.settings.qos if qos is None else qos
         payload = self.settings.payload if payload is None else payload
         self._check_start(scenario, workers, qos, payload)
@@ -330,7 +336,8 @@ class EngineController:
                 )
             origin = time.time() + _START_DELAY
             for handle in handles:
-                handle.send(("go", origin, 1.0))
+                handle.send(("go", origin, rate))
+            self._rate = rate
             self._state = "running"
             self._cond.notify_all()
             log.info(
