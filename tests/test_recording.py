@@ -27,7 +27,7 @@ from agent.contract import (
 )
 from agent.mqtt import MqttLink
 from edgetwin.cli import main as edgetwin_main
-from gateway.engine import EngineController, EngineSettings
+from gateway.engine import EngineController, EngineInputError, EngineSettings
 from gateway.engine.link import Endpoint
 from gateway.engine.schedule import Entry, Schedule, Timeline
 from gateway.recording import (
@@ -415,6 +415,15 @@ def test_a_replay_crosses_to_a_worker_process_intact() -> None:
     replayer = Replayer(jittery_recording(), speed=5.0, only="a", loop=True)
     copy = pickle.loads(pickle.dumps(replayer))
     assert engine_run(copy, 30.0) == engine_run(replayer, 30.0)
+
+
+@pytest.mark.parametrize("rate", [0.0, -1.0, math.inf, math.nan])
+def test_the_engine_refuses_a_starting_rate_that_is_no_speed(rate: float) -> None:
+    engine = EngineController(Endpoint(host="127.0.0.1", port=1))
+    replayer = Replayer([RecordedReading(telemetry(0, T0, temperature=1.0))])
+    with pytest.raises(EngineInputError, match="rate must be a positive number"):
+        engine.start(replayer, workers=0, rate=rate)
+    assert engine.state == "stopped"
 
 
 def test_replay_refuses_what_it_cannot_play() -> None:
