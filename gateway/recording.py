@@ -649,8 +649,9 @@ class ReplayGenerator:
 
     The run's start, the wall time its first reading is due, is taken from the first tick this
     generator serves, which the engine places at the run's origin plus the stream's phase over
-    the speed. Should the engine have coalesced that tick into a later one (a worker more than
-    an interval late at the very start), the replay starts that much later.
+    the speed (each worker process's generator takes its own: the same origin). Should the
+    engine have coalesced that tick into a later one (a worker more than an interval late at
+    the very start), the replay starts that much later, whole: nothing is sent early or lost.
     """
 
     def __init__(self, replayer: Replayer, streams: Sequence[int] | None) -> None:
@@ -851,6 +852,8 @@ def replay_command(
         line += f" of {len(replayer)}"
     if qos == 1:
         line += f", {final.acked} acknowledged"
+    if final.rejected:
+        line += f", {final.rejected} rejected"
     if final.refused or final.lost:
         line += f", {final.refused} refused, {final.lost} lost"
     print(line)
@@ -882,7 +885,7 @@ def _wait_replayed(
         if replayer.loop:
             continue
         stats = engine.refresh()
-        done = stats.acked + stats.refused if qos == 1 else stats.sent
+        done = stats.acked + stats.rejected + stats.refused if qos == 1 else stats.sent
         if done >= total:
             return
         counters = (stats.sent, stats.acked, stats.refused, stats.lost)
