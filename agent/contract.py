@@ -202,19 +202,6 @@ class FlatReading(Struct, frozen=True):
     DECIMALS: ClassVar[int] = 2
     """The original's rounding, kept whatever the quantities' own resolution."""
 
-    @classmethod
-    def from_telemetry(cls, telemetry: Telemetry) -> FlatReading | None:
-        """The flat form of a reading that has both quantities; None otherwise."""
-        values = telemetry.values
-        if not values.keys() >= cls.QUANTITIES:
-            return None
-        return cls(
-            device_id=telemetry.device,
-            timestamp=telemetry.ts,
-            temperature=round(values["temperature"].value, cls.DECIMALS),
-            humidity=round(values["humidity"].value, cls.DECIMALS),
-        )
-
 
 class Status(_Payload, frozen=True):
     """Presence, retained. Birth on connect, the broker's last will on loss.
@@ -375,7 +362,22 @@ class TwinSummary(_Payload, frozen=True):
     labels: dict[LabelKey, LabelValue] = msgspec.field(default_factory=dict)
 
 
-TopicKind = Literal["status", "twin", "telemetry", "desired", "reported", "state", "labels"]
+class RebirthRequest(_Payload, frozen=True):
+    """The gateway's question to every agent, after each of its connections to the broker:
+    who is really online? Each live agent answers by publishing its birth status again.
+
+    A retained "online" status proves nothing after a broker crash: the broker neither kept
+    nor sent the last wills of the connections it lost, and with persistence it replays the
+    births of agents that are gone. Only an answer heard live is proof (Sparkplug's rebirth
+    request does the same for its edge nodes).
+    """
+
+    ts: Float
+
+
+TopicKind = Literal[
+    "status", "twin", "telemetry", "desired", "reported", "state", "labels", "rebirth"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,6 +450,10 @@ class Topics:
         """Where simulations publish the ground truth of their injected faults (FaultLabel)."""
         return f"{self.prefix}/labels"
 
+    def rebirth(self) -> str:
+        """Where the gateway asks every agent to publish its birth again (RebirthRequest)."""
+        return f"{self.prefix}/rebirth"
+
     def all_status(self) -> str:
         return f"{self.prefix}/+/status"
 
@@ -487,6 +493,8 @@ class Topics:
         match parts:
             case ["labels"]:
                 return ParsedTopic("labels", None)
+            case ["rebirth"]:
+                return ParsedTopic("rebirth", None)
             case [device, "status"]:
                 return ParsedTopic("status", device)
             case [device, "twin"]:

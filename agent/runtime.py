@@ -251,6 +251,16 @@ class Agent:
         self._wake.set()
 
     def _on_message(self, message: Message) -> None:
+        if message.topic == self.topics.rebirth():
+            # Answered here, on the network thread, like the birth itself: the gateway counts
+            # an agent that stays silent for a second as gone.
+            self.link.publish(
+                self.topics.status(self.device),
+                self._status(Presence.ONLINE, "birth"),
+                qos=1,
+                retain=True,
+            )
+            return
         self._inbox.put(message)
         self._wake.set()
 
@@ -555,7 +565,9 @@ class Agent:
             )
         # Only our own desired document configures us; our twin document tells where the
         # gateway's simulation left our streams.
-        self.link.subscribe([self.topics.desired(self.device), self.topics.twin(self.device)])
+        self.link.subscribe(
+            [self.topics.desired(self.device), self.topics.twin(self.device), self.topics.rebirth()]
+        )
         self.link.start()
         # Ready once config is loaded and the outbox open: readings are kept from now on,
         # whether or not the broker answers.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -16,7 +15,7 @@ from agent.runtime import agent_version
 from agent.tracing import setup_tracing
 from gateway.compat import SimulatorControl
 from gateway.config import GatewayConfig
-from gateway.engine import EngineController, EngineError, EngineSettings
+from gateway.engine import EngineController, EngineSettings
 from gateway.engine.metrics import EngineCollector
 from gateway.engine.sources import Scenarios, ScenarioSource, endpoint_from_mqtt
 from gateway.metrics import GatewayMetrics
@@ -46,18 +45,14 @@ def _open_engine(
 def _open_simulator_group(
     app: FastAPI, config: GatewayConfig, service: GatewayService, engine: EngineController
 ) -> SimulatorControl:
-    """The original simulator's device group, a fleet of the engine, with its metrics."""
+    """The gateway's fleet (`config.fleet_plan()`, whichever section described it) and the
+    original simulator's routes' group, on the engine, with its metrics."""
 
     def in_manifest(ids: Iterable[str]) -> list[str]:
         return [i for i in ids if (twin := service.fleet.get(i)) and twin.in_manifest]
 
     control = SimulatorControl(
-        engine,
-        config.compat_plan(),
-        taken=in_manifest,
-        qos=config.mqtt.qos,
-        payload=config.mqtt.payload,
-        seed=config.simulator_section.seed,
+        engine, config.fleet_plan(), taken=in_manifest, scenarios=app.state.engine_scenarios
     )
     app.state.control = control
     metrics = service.metrics
@@ -66,33 +61,6 @@ def _open_simulator_group(
         lambda: len(service.standins.active_devices()) + control.running_count()
     )
     return control
-
-
-def _start_engine_fleet(
-    engine: EngineController, scenarios: ScenarioSource
-) -> threading.Thread | None:
-    """Start the configured fleet, if any, without holding up the API: workers may wait for
-    the broker. A failure is logged; POST /engine/start can try again."""
-    settings = engine.settings
-    if settings.start_devices is None and settings.start_scenario is None:
-        return None
-
-    def run() -> None:
-        try:
-            if settings.start_scenario is not None:
-                scenario = scenarios.load(settings.start_scenario)
-            else:
-                assert settings.start_devices is not None
-                scenario = scenarios.default(settings.start_devices, settings.start_interval, 0)
-            stats = engine.start(scenario)
-        except EngineError as exc:
-            log.error("engine fleet did not start", extra={"error": str(exc)})
-            return
-        log.info("engine fleet started", extra={"devices": stats.devices})
-
-    thread = threading.Thread(target=run, name="engine-autostart", daemon=True)
-    thread.start()
-    return thread
 
 
 def create_app(
@@ -125,8 +93,7 @@ def create_app(
                 registry=metrics.registry,
             )
         service.start()
-        autostart = _start_engine_fleet(scale_engine, app.state.engine_scenarios)
-        control.start_initial()
+        control.start_at_launch()
         log.info(
             "gateway started",
             extra={
@@ -138,8 +105,6 @@ def create_app(
         try:
             yield
         finally:
-            if autostart is not None:
-                autostart.join()
             control.stop()  # the group lives as long as the gateway
             scale_engine.close()
             service.stop()

@@ -1,5 +1,7 @@
-"""The original simulator's control model: devices device_000, device_001, ... started, scaled
-and stopped as one group through its routes (gateway/routers/compat.py).
+"""The gateway's fleet on the engine, as its `FleetPlan` describes it: started at launch, and,
+where the plan says so, the original simulator's control model: devices device_000,
+device_001, ... started, scaled and stopped as one group through its routes
+(gateway/routers/compat.py).
 
 The group is a fleet of the simulation engine (gateway/engine), not a set of twins: starting,
 scaling and stopping it is one engine command whatever its size, and the twin keeps records
@@ -15,6 +17,9 @@ group's ids may not be the manifest's: the twin would then have two writers for 
 A start returns once the engine has been asked: workers connect and build their streams in
 the background (a few seconds at 50,000 devices), so /start answers at once as the original's
 did. Commands that follow wait for a start in progress.
+
+A plan from `[engine] start_devices` or `start_scenario` is an /engine fleet instead: it starts
+with the gateway, the /engine routes steer it, and /start and /scale refuse (409).
 """
 
 from __future__ import annotations
@@ -25,15 +30,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.config import CompatPlan
+from gateway.config import FleetPlan, StartDevices, StartScenario
 from gateway.engine import EngineController, EngineError
-from gateway.engine.interface import PayloadKind
+from gateway.engine.interface import ScenarioLike
+from gateway.engine.sources import ScenarioSource
 from gateway.scenario import Scenario, default_scenario
 
 log = logging.getLogger(__name__)
 
 FLEET: Literal["simulator"] = "simulator"
 """The engine's name for a run of this group (EngineStats.fleet)."""
+ENGINE_FLEET: Literal["api"] = "api"
+"""The engine's name for a run the /engine routes steer, POST /engine/start's or the plan's."""
 
 Taken = Callable[[Iterable[str]], list[str]]
 """The ids among these that belong to devices of the manifest."""
@@ -52,27 +60,25 @@ class Scaled:
 
 
 class SimulatorControl:
-    """Start, scale and stop the group on the engine; thread-safe, one change at a time."""
+    """Start the plan's fleet at launch; start, scale and stop the group on the engine where the
+    plan gives it to the routes. Thread-safe, one change at a time."""
 
     def __init__(
         self,
         engine: EngineController,
-        plan: CompatPlan,
+        plan: FleetPlan,
         *,
         taken: Taken,
-        qos: int,
-        payload: PayloadKind,
-        seed: int = 0,
+        scenarios: ScenarioSource,
     ) -> None:
         self._engine = engine
         self._plan = plan
         self._taken = taken
-        self._qos = qos
-        self._payload = payload
-        self._seed = seed
+        self._scenarios = scenarios
         self._lock = threading.Lock()
         self._count = 0  # the group is device ids 0 .. count-1 while it runs
         self._starting: threading.Thread | None = None
+        self._starting_fleet: str = FLEET  # the fleet `_starting` starts
 
     @property
     def max_devices(self) -> int:
@@ -89,21 +95,30 @@ class SimulatorControl:
 
     def owns(self, device_id: str) -> bool:
         """Whether `device_id` is a device of the running group."""
-        prefix = self._plan.prefix
+        prefix = self._plan.ids.prefix
         digits = device_id.removeprefix(prefix)
         if digits == device_id or not digits.isdigit():
             return False
         index = int(digits)
         # The id must be spelled as the group spells it: device_7 is not device_007.
-        return index < self.running_count() and self._plan.device_id(index) == device_id
+        return index < self.running_count() and self._plan.ids.device_id(index) == device_id
 
-    def start_initial(self) -> None:
-        """Start the config file's own devices (`[simulator] device_count`), if any."""
-        if self._plan.initial:
-            self.start(len(self._plan.initial))
+    def start_at_launch(self) -> None:
+        """Start the plan's fleet at launch, if any, without waiting for the workers. A failure
+        is logged; the routes (or POST /engine/start) can try again."""
+        launch = self._plan.launch
+        if launch is None:
+            return
+        if self._plan.routes and isinstance(launch, StartDevices):
+            self.start(launch.count)
+            return
+        with self._lock:
+            self._join_start()
+            self._start_in_background(lambda: self._launch_scenario(launch), ENGINE_FLEET)
 
     def start(self, count: int) -> int:
         """Stop the group, then start its first min(count, max_devices) devices afresh."""
+        self._check_routes()
         target = min(count, self._plan.max_devices)
         with self._lock:
             self._join_start()
@@ -113,12 +128,13 @@ class SimulatorControl:
                 self._engine.stop()
             self._count = target
             if target:
-                self._start_in_background(self._scenario(target))
+                self._start_in_background(lambda: self._scenario(target), FLEET)
         log.info("simulator devices started", extra={"count": target})
         return target
 
     def scale(self, count: int) -> Scaled:
         """Grow or shrink the group to min(count, max_devices) without touching the others."""
+        self._check_routes()
         target = min(count, self._plan.max_devices)
         with self._lock:
             self._join_start()
@@ -131,7 +147,7 @@ class SimulatorControl:
             if target == 0:
                 self._engine.stop()
             elif current == 0:
-                self._start_in_background(self._scenario(target))
+                self._start_in_background(lambda: self._scenario(target), FLEET)
             else:
                 try:
                     self._engine.resize(target)
@@ -144,6 +160,8 @@ class SimulatorControl:
         return Scaled("scaled down", current - target, target)
 
     def stop(self) -> None:
+        """Stop the group if it runs (an /engine fleet runs on: the gateway's shutdown closes
+        the engine)."""
         with self._lock:
             self._join_start()
             if self._ours():
@@ -154,33 +172,42 @@ class SimulatorControl:
     # -- helpers (with the lock held) ---------------------------------------------------------
 
     def _scenario(self, count: int) -> Scenario:
+        plan = self._plan
         return default_scenario(
-            count, self._plan.interval, self._seed, prefix=self._plan.prefix, width=self._plan.width
+            count, plan.interval, plan.seed, prefix=plan.ids.prefix, width=plan.ids.width
         )
+
+    def _launch_scenario(self, launch: StartDevices | StartScenario) -> ScenarioLike:
+        """The /engine fleet the plan starts with the gateway, as POST /engine/start would."""
+        if isinstance(launch, StartScenario):
+            return self._scenarios.load(launch.name)
+        return self._scenarios.default(launch.count, self._plan.interval, self._plan.seed)
 
     def _ours(self) -> bool:
         starting = self._starting is not None and self._starting.is_alive()
-        return starting or self._engine.fleet == FLEET
+        return (starting and self._starting_fleet == FLEET) or self._engine.fleet == FLEET
 
-    def _start_in_background(self, scenario: Scenario) -> None:
+    def _start_in_background(self, scenario: Callable[[], ScenarioLike], fleet: str) -> None:
+        plan = self._plan
+        what = "simulator devices" if fleet == FLEET else "engine fleet"
+
         def run() -> None:
             try:
                 stats = self._engine.start(
-                    scenario,
-                    qos=self._qos,
-                    payload=self._payload,
-                    fleet=FLEET,
-                    count_by_device=True,
+                    scenario(),
+                    qos=plan.qos,
+                    payload=plan.payload,
+                    fleet=fleet,
+                    count_by_device=plan.per_device_metric,
                 )
             except EngineError as exc:
-                log.error("simulator devices did not start", extra={"error": str(exc)})
+                log.error(what + " did not start", extra={"error": str(exc)})
                 return
-            log.info(
-                "simulator devices running",
-                extra={"devices": stats.devices, "workers": stats.workers},
-            )
+            log.info(what + " running", extra={"devices": stats.devices, "workers": stats.workers})
 
-        self._starting = threading.Thread(target=run, name="simulator-start", daemon=True)
+        name = "simulator-start" if fleet == FLEET else "engine-autostart"
+        self._starting = threading.Thread(target=run, name=name, daemon=True)
+        self._starting_fleet = fleet
         self._starting.start()
 
     def _join_start(self) -> None:
@@ -189,6 +216,14 @@ class SimulatorControl:
             self._starting = None
             if self._engine.fleet != FLEET:
                 self._count = 0  # the start failed (logged): nothing runs
+
+    def _check_routes(self) -> None:
+        if not self._plan.routes:
+            raise CompatConflictError(
+                f"this gateway's fleet is {self._plan.describe()}'s, an /engine fleet: "
+                "/start and /scale control the fleet of [simulator] or [simulation] only; "
+                "use POST /engine/start, PUT /engine/size and POST /engine/stop"
+            )
 
     def _check_engine(self) -> None:
         fleet = self._engine.fleet
@@ -208,4 +243,4 @@ class SimulatorControl:
             )
 
     def _ids(self, start: int, stop: int) -> list[str]:
-        return [self._plan.device_id(i) for i in range(start, stop)]
+        return self._plan.ids.device_ids(stop, start)

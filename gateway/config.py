@@ -1,18 +1,27 @@
-"""The gateway's configuration file.
+"""The gateway's configuration file, and the one model of the fleet it runs (`FleetPlan`).
 
-Both files of the original sensor simulator are valid here unchanged, as input formats of one
-model: the simulator's device group (`CompatPlan`), a fleet of the simulation engine. Its
-README's (`[simulator]`, `[mqtt]`, `[observability]`): `device_count` devices run from the
-start. Its code's (`[simulation]`, `[server]`, `[mqtt]`, `[observability]`): no device runs at
-start; its control routes (/start, /scale, /stop) start them, every `frequency_sec` seconds, up
-to `max_devices`. `[engine]` sets how the engine runs any fleet, `[[devices]]` the manifest.
+Three sections describe the purely simulated fleet that the simulation engine runs for the
+gateway, and each loads into one `FleetPlan` (`GatewayConfig.fleet_plan`); the gateway reads that
+plan, never the sections:
+
+- `[simulator]`, the original sensor simulator's README format (`device_count`,
+  `publish_interval`, `device_prefix`, `seed`): `device_count` devices run from the start and
+  the original's routes (/start, /scale, /stop) control them;
+- `[simulation]`, the original's code format (`frequency_sec`, `max_devices`): nothing runs at
+  start, the routes start device_000, ... every `frequency_sec`, up to `max_devices`;
+- `[engine] start_devices` / `start_scenario`: an /engine fleet started with the gateway, which
+  the routes leave alone.
+
+Both of the original simulator's files are valid here unchanged. Two sections that describe a
+fleet cannot be used together. The rest of `[engine]` sets how the engine runs any fleet,
+`[[devices]]` the manifest.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Final, Literal
 
@@ -35,6 +44,7 @@ from agent.contract import (
     SensorSettings,
     Site,
 )
+from gateway.engine.interface import PayloadKind
 from gateway.engine.settings import EngineSettings
 
 
@@ -49,24 +59,17 @@ DeviceCount = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
 
 
 class SimulatorSection(Section, frozen=True):
-    """The original simulator's section: a fleet of purely simulated devices."""
+    """The original simulator's README format: a fleet of purely simulated devices running
+    from the start."""
 
     device_count: DeviceCount = 0
     publish_interval: Interval = 2.0  # seconds
     device_prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,40}$")] = "device_"
     seed: int = 0
 
-    @staticmethod
-    def id_width(count: int) -> int:
-        return max(3, len(str(count - 1)))
-
-    def device_ids(self) -> list[str]:
-        width = self.id_width(self.device_count)
-        return [f"{self.device_prefix}{i:0{width}d}" for i in range(self.device_count)]
-
 
 class SimulationSection(Section, frozen=True):
-    """The original simulator's code's section: devices started and scaled through its API."""
+    """The original simulator's code format: devices started and scaled through its routes."""
 
     frequency_sec: Interval = 1.0  # seconds between a device's readings
     max_devices: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 100  # cap on /start, /scale
@@ -79,22 +82,165 @@ COMPAT_LABEL: Final = ("edgetwin.origin", "simulator-api")
 
 # The original simulator's code names its devices device_000, device_001, ...
 COMPAT_PREFIX: Final = "device_"
+# The routes' cap when no section sets one: the original code's default max_devices.
 DEFAULT_COMPAT_CAP: Final = 100
 
 
-@dataclass(frozen=True)
-class CompatPlan:
-    """How the simulator control routes name, pace and cap the devices they run."""
+# --- the one model: the fleet the engine runs for the gateway --------------------------------
+
+FleetSection = Literal["simulator", "simulation", "engine"]
+"""The section a fleet plan was read from."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IdScheme:
+    """Device ids `{prefix}{index}`, the index zero-padded to `width` digits: device_000, ..."""
 
     prefix: str
     width: int
-    interval: float
-    max_devices: int
-    initial: tuple[str, ...]
-    """devices running from the start: the README-style `[simulator]` ones"""
+
+    @classmethod
+    def for_count(cls, prefix: str, count: int) -> IdScheme:
+        """Wide enough for indexes up to count - 1, and at least three digits, as the
+        original simulator names its devices."""
+        return cls(prefix, max(3, len(str(max(count - 1, 0)))))
 
     def device_id(self, index: int) -> str:
         return f"{self.prefix}{index:0{self.width}d}"
+
+    def device_ids(self, stop: int, start: int = 0) -> list[str]:
+        return [self.device_id(i) for i in range(start, stop)]
+
+
+@dataclasses.dataclass(frozen=True)
+class StartDevices:
+    """At launch: `count` devices of the default scenario (one sensor `env`: temperature,
+    humidity, pressure), named by the plan's `ids`, every `interval` s, from its `seed`."""
+
+    count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class StartScenario:
+    """At launch: the scenario file `name` in `[engine] scenarios_dir`, which names, paces and
+    seeds its own devices."""
+
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetPlan:
+    """The fleet the simulation engine runs for the gateway, whichever section described it.
+
+    The gateway reads this and never the sections: `[simulator]`, `[simulation]` and
+    `[engine] start_devices`/`start_scenario` are input formats of this one model (README,
+    "Configuration: one model, three input formats"). Broker, topic and prefix are `[mqtt]`'s:
+    the engine's connection, shared by every fleet it runs.
+    """
+
+    section: FleetSection | None
+    """where it was read from; None: no section describes a fleet"""
+    launch: StartDevices | StartScenario | None
+    """the fleet started with the gateway; None: nothing runs until asked"""
+    ids: IdScheme
+    """how devices of the default scenario are named"""
+    interval: float
+    """seconds between a default device's readings"""
+    seed: int
+    """the same seed simulates the same values"""
+    max_devices: int
+    """cap on the devices /start and /scale run (larger counts are cut to it)"""
+    routes: bool
+    """whether the original's /start, /scale and /stop control this fleet; otherwise /start
+    and /scale refuse, and the /engine routes steer it"""
+    per_device_metric: bool
+    """keep `mqtt_sent_total{device_id}` for it (the original's metric): only where one of
+    the original's formats describes the fleet, since at 50,000 devices it costs"""
+    qos: Literal[0, 1]
+    payload: PayloadKind
+
+    def launch_ids(self) -> list[str]:
+        """Ids of the devices started with the gateway that the plan names (a scenario file
+        names its own)."""
+        if isinstance(self.launch, StartDevices):
+            return self.ids.device_ids(self.launch.count)
+        return []
+
+    def describe(self) -> str:
+        """The keys that set this fleet, for messages: '[simulator]', '[engine] start_devices'..."""
+        if self.section is None:
+            return "no section"
+        if self.section == "engine":
+            key = "start_scenario" if isinstance(self.launch, StartScenario) else "start_devices"
+            return f"[engine] {key}"
+        return f"[{self.section}]"
+
+
+def plan_from_simulator(simulator: SimulatorSection, mqtt: GatewayMqttSettings) -> FleetPlan:
+    """The README format: `device_count` devices run from the start; the routes stop and scale
+    them, up to 100 or `device_count`, whichever is more."""
+    cap = max(DEFAULT_COMPAT_CAP, simulator.device_count)
+    return FleetPlan(
+        section="simulator",
+        launch=StartDevices(simulator.device_count) if simulator.device_count else None,
+        ids=IdScheme.for_count(simulator.device_prefix, cap),
+        interval=simulator.publish_interval,
+        seed=simulator.seed,
+        max_devices=cap,
+        routes=True,
+        per_device_metric=True,
+        qos=mqtt.qos,
+        payload=mqtt.payload,
+    )
+
+
+def plan_from_simulation(simulation: SimulationSection, mqtt: GatewayMqttSettings) -> FleetPlan:
+    """The code format: nothing at start; /start?count=N starts device_000, ..."""
+    return FleetPlan(
+        section="simulation",
+        launch=None,
+        ids=IdScheme(COMPAT_PREFIX, 3),
+        interval=simulation.frequency_sec,
+        seed=0,
+        max_devices=simulation.max_devices,
+        routes=True,
+        per_device_metric=True,
+        qos=mqtt.qos,
+        payload=mqtt.payload,
+    )
+
+
+def plan_from_engine(engine: EngineSettings) -> FleetPlan | None:
+    """`[engine] start_devices` or `start_scenario`: an /engine fleet from the start, with
+    `[engine]`'s qos and payload, as POST /engine/start's; None without either key."""
+    launch: StartDevices | StartScenario
+    if engine.start_scenario is not None:
+        launch = StartScenario(engine.start_scenario)
+        ids = IdScheme(COMPAT_PREFIX, 3)
+    elif engine.start_devices is not None:
+        launch = StartDevices(engine.start_devices)
+        ids = IdScheme.for_count(COMPAT_PREFIX, engine.start_devices)
+    else:
+        return None
+    return FleetPlan(
+        section="engine",
+        launch=launch,
+        ids=ids,
+        interval=engine.start_interval,
+        seed=0,
+        max_devices=engine.max_devices,
+        routes=False,
+        per_device_metric=False,
+        qos=engine.qos,
+        payload=engine.payload,
+    )
+
+
+def plan_without_section(mqtt: GatewayMqttSettings) -> FleetPlan:
+    """No section: nothing at start; the routes start the README format's default devices
+    (device_000, ... every 2 s, up to 100), without the per-device metric."""
+    default = plan_from_simulator(SimulatorSection(), mqtt)
+    return dataclasses.replace(default, section=None, per_device_metric=False)
 
 
 class GatewayMqttSettings(MqttSettings, frozen=True):
@@ -149,55 +295,53 @@ class GatewayConfig(Section, frozen=True):
             raise ValueError(
                 f"api.local_no_auth needs server.host on loopback, not {self.server.host!r}"
             )
-        if self.simulation is not None and self.simulator is not None:
+        plan = self.fleet_plan()  # refuses two sections that describe a fleet
+        seen: set[str] = set()
+        for device in self.devices:
+            if device.id in seen:
+                raise ValueError(f"device id {device.id!r} appears twice in the manifest")
+            seen.add(device.id)
+        for device_id in plan.launch_ids():
+            if device_id in seen:
+                raise ValueError(
+                    f"device id {device_id!r} appears twice: in [[devices]] and in the fleet "
+                    f"of {plan.describe()}; rename one of them"
+                )
+
+    @property
+    def simulator_section(self) -> SimulatorSection:
+        """The raw `[simulator]` section, defaults if absent. The gateway reads `fleet_plan()`
+        instead (`.seed` is the same value)."""
+        return self.simulator or SimulatorSection()
+
+    def manifest(self) -> list[ManifestDevice]:
+        """The devices the twin follows (the fleet of `fleet_plan` is an engine fleet
+        instead)."""
+        return list(self.devices)
+
+    def fleet_plan(self) -> FleetPlan:
+        """The fleet the engine runs for this gateway, from whichever section describes it;
+        ValueError if two do."""
+        if self.simulator is not None and self.simulation is not None:
             raise ValueError(
                 "[simulator] (the original simulator's README format: device_count, "
                 "publish_interval) and [simulation] (its code's format: frequency_sec, "
                 "max_devices) cannot be used together; keep one of them"
             )
-        if self.simulator_section.device_count and (
-            self.engine.start_devices is not None or self.engine.start_scenario is not None
-        ):
+        original: FleetPlan | None = None
+        if self.simulator is not None:
+            original = plan_from_simulator(self.simulator, self.mqtt)
+        elif self.simulation is not None:
+            original = plan_from_simulation(self.simulation, self.mqtt)
+        engine = plan_from_engine(self.engine)
+        if original is not None and engine is not None:
             raise ValueError(
-                "[simulator] device_count and [engine] start_devices/start_scenario both start "
-                "a fleet at launch; the simulation engine runs one fleet at a time: keep one"
+                f"{original.describe()} (the original simulator's fleet, run by /start, /scale, "
+                f"/stop) and {engine.describe()} (an /engine fleet started with the gateway) "
+                "both describe the gateway's fleet; the simulation engine runs one fleet at a "
+                "time: keep one of them"
             )
-        seen: set[str] = set()
-        for device_id in [d.id for d in self.devices] + self.simulator_section.device_ids():
-            if device_id in seen:
-                raise ValueError(f"device id {device_id!r} appears twice in the manifest")
-            seen.add(device_id)
-
-    @property
-    def simulator_section(self) -> SimulatorSection:
-        return self.simulator or SimulatorSection()
-
-    def manifest(self) -> list[ManifestDevice]:
-        """The devices the twin follows (the `[simulator]` ones are an engine fleet instead,
-        see `compat_plan`)."""
-        return list(self.devices)
-
-    def compat_plan(self) -> CompatPlan:
-        """The simulator control routes' devices: under `[simulation]` the original code's
-        device_000, ... none at start; otherwise the `[simulator]` devices, running from the
-        start, which the routes may stop and scale (capped at 100 or device_count)."""
-        if self.simulation is not None:
-            return CompatPlan(
-                prefix=COMPAT_PREFIX,
-                width=3,
-                interval=self.simulation.frequency_sec,
-                max_devices=self.simulation.max_devices,
-                initial=(),
-            )
-        simulator = self.simulator_section
-        cap = max(DEFAULT_COMPAT_CAP, simulator.device_count)
-        return CompatPlan(
-            prefix=simulator.device_prefix,
-            width=simulator.id_width(cap),
-            interval=simulator.publish_interval,
-            max_devices=cap,
-            initial=tuple(simulator.device_ids()),
-        )
+        return original or engine or plan_without_section(self.mqtt)
 
 
 # The API address is not in the original simulator's file; containers and tests set it here.

@@ -7,6 +7,7 @@ one, rebuilds the same view by subscribing.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -62,6 +63,9 @@ class DeviceTwin:
     reported: ReportedConfig | None = None
     state: DeviceState | None = None
     streams: dict[str, StreamView] = field(default_factory=dict)
+    heard: float = -math.inf
+    """When the agent was last heard live (a message sent now, not a retained one), on the
+    gateway's monotonic clock: see `Fleet.silent_since`."""
 
     def expected_sensors(self) -> dict[str, SensorSettings]:
         """The sensors this device should have: its desired config, else its manifest entry."""
@@ -183,8 +187,9 @@ class Fleet:
         self._notify(twin)
         return twin
 
-    def apply_status(self, status: Status) -> StatusVerdict:
-        """Fold one status message into the registry.
+    def apply_status(self, status: Status, heard: float | None = None) -> StatusVerdict:
+        """Fold one status message into the registry; `heard`: when it was heard live (None
+        for a retained one, replayed by the broker).
 
         A status of an older boot than the one we know is a late last will of a dead
         connection and is discarded: without that, it could mark a live agent offline.
@@ -192,6 +197,8 @@ class Fleet:
         with self._lock:
             twin = self._twin(status.device, revive=True)
             assert twin is not None
+            if heard is not None:
+                twin.heard = max(twin.heard, heard)
             if twin.boot is not None and status.boot < twin.boot:
                 return "stale"
             presence = PresenceState(status.state.value)
@@ -205,6 +212,43 @@ class Fleet:
             self._notify(twin)
             return "applied"
         return "unchanged"
+
+    def heard_live(self, device_id: str, at: float) -> None:
+        """The device's agent spoke just now (a reading or a state document, not a retained
+        document replayed). One taken for gone for its silence is back online: an agent that
+        publishes is there, whatever it failed to answer."""
+        with self._lock:
+            twin = self._devices.get(device_id)
+            if twin is None:
+                return
+            twin.heard = max(twin.heard, at)
+            revived = twin.presence is PresenceState.OFFLINE and twin.last_reason == "silent"
+            if revived:
+                twin.presence = PresenceState.ONLINE
+                twin.last_reason = "heard"
+        if revived:
+            self._notify(twin)
+
+    def silent_since(self, since: float) -> list[str]:
+        """Devices marked online whose agent has not been heard live since `since`."""
+        with self._lock:
+            return [
+                t.id
+                for t in self._devices.values()
+                if t.presence is PresenceState.ONLINE and t.heard < since
+            ]
+
+    def mark_silent(self, device_id: str, since: float) -> bool:
+        """Take a device that is online only by a retained status, and silent since `since`,
+        for gone (reason "silent"); returns whether it was."""
+        with self._lock:
+            twin = self._devices.get(device_id)
+            if twin is None or twin.presence is not PresenceState.ONLINE or twin.heard >= since:
+                return False
+            twin.presence = PresenceState.OFFLINE
+            twin.last_reason = "silent"
+        self._notify(twin)
+        return True
 
     def apply_state(self, state: DeviceState) -> None:
         with self._lock:

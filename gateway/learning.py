@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import threading
 from array import array
 from collections.abc import Mapping
@@ -41,7 +40,14 @@ from agent.contract import SensorSettings, Source, Telemetry
 from hardware.errors import HardwareError
 from hardware.quantities import PHYSICAL_LIMITS, default_signal
 from hardware.registry import driver_info
-from hardware.signals import SECONDS_PER_DAY, SECONDS_PER_HOUR, SignalModel, Toggle, derive_seed
+from hardware.signals import (
+    SECONDS_PER_DAY,
+    SECONDS_PER_HOUR,
+    LightRandom,
+    SignalModel,
+    Toggle,
+    derive_seed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -413,13 +419,15 @@ class StreamLearning:
 def _fallback(kind: str, seed: int, anchor: tuple[float, float] | None) -> SignalModel:
     """The default signal of `kind`, taking over at the last reading `anchor` (t, value)."""
     if anchor is None:
-        return default_signal(kind, seed)
+        return default_signal(kind, seed, rng=LightRandom)
     last_t, last_value = anchor
     if kind == "contact":
         return Toggle(0.2, seed, initial=last_value >= 0.5, origin=last_t)
     if kind in BINARY_KINDS:
-        return default_signal(kind, seed)
-    return Anchored(default_signal(kind, seed), last_t, last_value, PHYSICAL_LIMITS[kind])
+        return default_signal(kind, seed, rng=LightRandom)
+    return Anchored(
+        default_signal(kind, seed, rng=LightRandom), last_t, last_value, PHYSICAL_LIMITS[kind]
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,11 +446,23 @@ class _Continuation:
         self._names = list(starts)
         self._starts = dict(starts)
         self._chol = cholesky
-        self._rng = random.Random(seed)
+        # A light generator: a stand-in crosses a pipe to the engine's worker, and the
+        # Mersenne Twister's 2.5 KB of state a stream made a fleet's failover slow to send.
+        self._rng = LightRandom(seed)
         self._t = max(s.t for s in starts.values())
         # The slow part carries the whole last deviation, so the first value is the last one.
         self._slow = [s.value - s.fit.profile_at(s.t) for s in starts.values()]
         self._values = {name: s.value for name, s in starts.items()}
+        self._lock = threading.Lock()
+
+    # A stand-in's signals go to the engine's worker through a pipe: pickled without the lock.
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
         self._lock = threading.Lock()
 
     def fit(self, name: str) -> Fit:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 
@@ -49,9 +49,44 @@ class SentByDevice(Collector):
         yield family
 
 
+class _DevicesByPresence(Collector):
+    def __init__(self) -> None:
+        self.counts: Callable[[], Mapping[tuple[str, str], int]] = dict
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "edgetwin_devices",
+            "Devices by presence and by who serves their telemetry",
+            labels=["presence", "served_by"],
+        )
+        for (presence, served_by), count in sorted(self.counts().items()):
+            family.add_metric([presence, served_by], count)
+        yield family
+
+
+class CountOf(Collector):
+    """A counter whose total is kept elsewhere (the engine's workers) and read at each scrape."""
+
+    def __init__(self, name: str, documentation: str, total: Callable[[], int]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._total = total
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._documentation, value=self._total())
+
+
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._simulated_sources: list[Callable[[], int]] = []
+        self.registry.register(
+            CountOf(
+                "edgetwin_simulated_messages",
+                "Telemetry messages the stand-ins for missing devices handed to the socket",
+                lambda: sum(source() for source in self._simulated_sources),
+            )
+        )
         self.mqtt_sent = SentByDevice()
         self.registry.register(self.mqtt_sent)
         self.running_devices = Gauge(
@@ -60,17 +95,10 @@ class GatewayMetrics:
             "edgetwin_simulated_devices)",
             registry=self.registry,
         )
-        self.devices = Gauge(
-            "edgetwin_devices",
-            "Devices by presence and by who serves their telemetry",
-            ["presence", "served_by"],
-            registry=self.registry,
-        )
-        self.simulated_messages = Counter(
-            "edgetwin_simulated_messages",
-            "Telemetry messages published by the simulation engine",
-            registry=self.registry,
-        )
+        # Counted at each scrape, not at each change: a thousand devices failing over at once
+        # would otherwise recount the fleet a thousand times.
+        self._devices = _DevicesByPresence()
+        self.registry.register(self._devices)
         self.simulated_devices = Gauge(
             "edgetwin_simulated_devices",
             "Devices the simulation engine plays now",
@@ -99,3 +127,11 @@ class GatewayMetrics:
             ["method", "route", "status"],
             registry=self.registry,
         )
+
+    def count_simulated(self, total: Callable[[], int]) -> None:
+        """Where `edgetwin_simulated_messages_total` comes from (the stand-ins' engine)."""
+        self._simulated_sources.append(total)
+
+    def count_devices(self, counts: Callable[[], Mapping[tuple[str, str], int]]) -> None:
+        """Where `edgetwin_devices{presence, served_by}` comes from (the twin's fleet)."""
+        self._devices.counts = counts

@@ -30,7 +30,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -610,6 +610,12 @@ class Replayer:
 
     def streams(self) -> list[ReplayStream]:
         return self._streams
+
+    def iter_streams(self) -> Iterator[ReplayStream]:
+        return iter(self._streams)
+
+    def streams_at(self, indices: Collection[int]) -> dict[int, ReplayStream]:
+        return {i: self._streams[i] for i in indices}
 
     def device_count(self) -> int:
         return self._devices

@@ -20,25 +20,34 @@ from agent.contract import (
     ContractError,
     DesiredConfig,
     DeviceState,
+    FlatReading,
     ParsedTopic,
+    RebirthRequest,
     ReportedConfig,
     SensorSettings,
     Server,
+    Source,
     Status,
     StreamServing,
     Telemetry,
     TwinSummary,
+    Value,
 )
 from agent.mqtt import Message, MqttLink
 from agent.tracing import Tracing
 from gateway.config import COMPAT_LABEL, GatewayConfig, ManifestDevice
+from gateway.engine.controller import EngineController
+from gateway.engine.sources import endpoint_from_mqtt
 from gateway.fleet import DeviceTwin, Fleet
 from gateway.learning import StreamLearning
 from gateway.metrics import GatewayMetrics
-from gateway.simulation import SimulationEngine
+from gateway.standins import StandIns
+from hardware.quantities import UNITS
 from hardware.sensor import Clock
 
 log = logging.getLogger(__name__)
+
+TRACE_SAMPLE_SECONDS = 10.0
 
 
 class ConflictError(Exception):
@@ -76,22 +85,27 @@ class GatewayService:
         # What agents report teaches the simulation that stands in for them (docs/design.md,
         # 'Learned signals').
         self.learning = StreamLearning()
-        # Stand-ins for the manifest's missing devices and sensors ("engine" alone names the
-        # simulation engine of gateway/engine, app.state.engine).
-        self.standins = SimulationEngine(
-            self._publish_telemetry,
-            self.topics,
-            clock=clock,
-            seed=config.simulator_section.seed,
-            on_published=self._simulated,
-            tracer=tracing.tracer("edgetwin.gateway.simulation") if tracing.enabled else None,
+        # Stand-ins for the manifest's missing devices and sensors: a run of the simulation
+        # engine of its own, beside the fleet the API may run (app.state.engine).
+        self.standins = StandIns(
+            EngineController(endpoint_from_mqtt(config.mqtt), config.engine),
+            seed=config.fleet_plan().seed,
+            qos=config.mqtt.qos,
             payload=config.mqtt.payload,
             signals=self.learning.signals_for,
         )
+        metrics.count_simulated(lambda: self.standins.stats().sent)
+        metrics.count_devices(self.fleet.counts)
+        metrics.simulated_devices.set_function(lambda: len(self.standins.active_devices()))
+        metrics.mqtt_sent.add_source(self.standins.sent_by_device)
+        self._tracer_sampled = (
+            tracing.tracer("edgetwin.gateway.simulation") if tracing.enabled else None
+        )
+        self._next_trace = 0.0
         self.fleet.subscribe(self._reconcile)
         self._reconcile_lock = threading.RLock()
         self._published_twins: dict[str, TwinSummary] = {}
-        self._grace_timer: threading.Timer | None = None
+        self._confirm_timer: threading.Timer | None = None
         self._grace_over = threading.Event()
         self._desired_lock = threading.Lock()
         self._shared_telemetry_watched = False
@@ -115,50 +129,64 @@ class GatewayService:
             self._watch_telemetry(twin.id)
         self.link.start()
         self.standins.start()
-        self._refresh_metrics()
 
     def stop(self) -> None:
-        if self._grace_timer is not None:
-            self._grace_timer.cancel()
+        if self._confirm_timer is not None:
+            self._confirm_timer.cancel()
         self.standins.stop()
         self.link.close()
         self.metrics.mqtt_connected.set(0)
 
     # -- broker -----------------------------------------------------------------------------
 
-    def _simulated(self, telemetry: Telemetry) -> None:
-        # Our own readings do not come back to us (no-local): the twin records them here.
-        self.metrics.simulated_messages.inc()
-        self.metrics.mqtt_sent.inc(telemetry.device)
-        self.fleet.apply_telemetry(telemetry)
-
-    def _publish_telemetry(self, topic: str, payload: bytes) -> None:
-        self.link.publish(topic, payload, qos=self.config.mqtt.qos)
-
     def _on_connect(self, link: MqttLink) -> None:
+        """After every connection, a retained "online" status is a claim to check: the broker
+        may have crashed and lost the agents' connections and their last wills, or replay
+        the births of agents long gone. Every live agent is asked to publish its birth again;
+        those not heard from within `startup_grace` are taken for gone and simulated (see
+        `_confirm_presence`). Twin documents are published again too: a broker without
+        persistence lost them."""
         self.metrics.mqtt_connected.set(1)
-        if self._grace_over.is_set() or self._grace_timer is not None:
-            return
-        # Only after the retained statuses had their chance to arrive do we decide that an
-        # unknown device has no agent.
-        self._grace_timer = threading.Timer(self.config.presence.startup_grace, self._end_grace)
-        self._grace_timer.daemon = True
-        self._grace_timer.start()
+        connected = time.monotonic()
+        with self._reconcile_lock:
+            self._published_twins.clear()
+        link.publish(
+            self.topics.rebirth(), RebirthRequest(ts=self.clock()).encode(), qos=1, retain=False
+        )
+        if self._confirm_timer is not None:
+            self._confirm_timer.cancel()
+        # Also, at the first connection: only after the retained statuses had their chance to
+        # arrive do we decide that an unknown device has no agent.
+        self._confirm_timer = threading.Timer(
+            self.config.presence.startup_grace, self._confirm_presence, args=(connected,)
+        )
+        self._confirm_timer.daemon = True
+        self._confirm_timer.start()
 
-    def _end_grace(self) -> None:
+    def _confirm_presence(self, connected: float) -> None:
         self._grace_over.set()
-        for twin in self.fleet.snapshot():
-            self._reconcile(twin)
+        silent = self.fleet.silent_since(connected)
+        if silent:
+            log.warning(
+                "agents silent since the gateway connected are taken for gone",
+                extra={"devices": len(silent), "first": sorted(silent)[:5]},
+            )
+        with self.standins.batch():
+            for device in silent:
+                self.fleet.mark_silent(device, connected)
+            for twin in self.fleet.snapshot():
+                self._reconcile(twin)
 
     def _on_message(self, message: Message) -> None:
         try:
             parsed = self.topics.parse(message.topic)
+            heard = None if message.retain else time.monotonic()
             if parsed.kind == "telemetry":
-                self._on_telemetry(parsed, message.payload)
+                self._on_telemetry(parsed, message.payload, heard)
             elif parsed.kind == "status":
                 status = Status.decode(message.payload)
                 _same_device(status.device, parsed.device)
-                verdict = self.fleet.apply_status(status)
+                verdict = self.fleet.apply_status(status, heard)
                 self.metrics.status_messages.labels(verdict).inc()
                 if verdict == "stale":
                     log.info(
@@ -169,6 +197,8 @@ class GatewayService:
                 state = DeviceState.decode(message.payload)
                 _same_device(state.device, parsed.device)
                 self.fleet.apply_state(state)
+                if heard is not None:
+                    self.fleet.heard_live(state.device, heard)
             elif parsed.kind == "reported":
                 reported = ReportedConfig.decode(message.payload)
                 _same_device(reported.device, parsed.device)
@@ -197,21 +227,71 @@ class GatewayService:
                 "ignoring malformed message", extra={"topic": message.topic, "error": str(exc)}
             )
 
-    def _on_telemetry(self, parsed: ParsedTopic, payload: bytes) -> None:
-        """A reading of an agent (or, where no-local is missing, our own): it tells the twin the
-        stream's last seq. On a topic every device shares, the payload names the device."""
+    def _on_telemetry(self, parsed: ParsedTopic, payload: bytes, heard: float | None) -> None:
+        """A reading of an agent or of a stand-in (never one of ours on this connection: MQTT 5
+        no-local): it tells the twin the stream's last seq and values. On a topic every device
+        shares, the payload names the device."""
         try:
             telemetry = Telemetry.decode(payload)
         except ContractError:
             if _is_flat(payload):
-                # The original simulator's payload (ours with `[mqtt] payload = "flat"`, or a
-                # producer written for it): no seq or source, nothing the twin can use.
+                self._on_flat(payload)
                 return
             raise
         if parsed.device is not None:
             _same_device(telemetry.device, parsed.device)
         self.fleet.apply_telemetry(telemetry)
-        self.learning.observe(telemetry)
+        if telemetry.source is Source.SIMULATED:
+            self._trace_standin(telemetry)
+        else:
+            self.learning.observe(telemetry)
+            if heard is not None:
+                self.fleet.heard_live(telemetry.device, heard)
+
+    def _on_flat(self, payload: bytes) -> None:
+        """The original simulator's payload (ours with `[mqtt] payload = "flat"`, or a producer
+        written for it): no seq or source. A stand-in's shows the twin its values, on the
+        stream the engine chose to speak for the device; any other is passed over."""
+        try:
+            flat = FlatReading.decode(payload)
+        except ContractError:
+            return
+        sensor = self.standins.flat_sensor(flat.device_id)
+        if sensor is None:
+            return
+        self.fleet.apply_telemetry(
+            Telemetry(
+                device=flat.device_id,
+                sensor=sensor,
+                ts=flat.timestamp,
+                seq=0,
+                source=Source.SIMULATED,
+                values={
+                    "temperature": Value(value=flat.temperature, unit=UNITS["temperature"]),
+                    "humidity": Value(value=flat.humidity, unit=UNITS["humidity"]),
+                },
+            )
+        )
+
+    def _trace_standin(self, telemetry: Telemetry) -> None:
+        """A span for a sample of the stand-ins' readings as the twin sees them come back,
+        never one per message: per-message spans cut the original simulator's rate at 10,000
+        devices to about a ninth."""
+        if self._tracer_sampled is None:
+            return
+        now = self.clock()
+        if now < self._next_trace:
+            return
+        self._next_trace = now + TRACE_SAMPLE_SECONDS
+        with self._tracer_sampled.start_as_current_span(
+            "simulation.publish",
+            attributes={
+                "device": telemetry.device,
+                "sensor": telemetry.sensor,
+                "seq": telemetry.seq,
+            },
+        ):
+            pass
 
     # -- failover -----------------------------------------------------------------------------
 
@@ -253,7 +333,6 @@ class GatewayService:
             seqs = self.fleet.last_seqs(twin.id)
             self.standins.serve(twin.id, wanted, seqs)
             self._publish_twin(twin, wanted)
-        self._refresh_metrics()
 
     def _publish_twin(self, twin: DeviceTwin, simulated: Mapping[str, SensorSettings]) -> None:
         if not self.link.connected:
@@ -350,12 +429,6 @@ class GatewayService:
                 "desired config published", extra={"device": device_id, "version": desired.version}
             )
             return desired
-
-    def _refresh_metrics(self) -> None:
-        self.metrics.devices.clear()
-        for (presence, served_by), count in self.fleet.counts().items():
-            self.metrics.devices.labels(presence, served_by).set(count)
-        self.metrics.simulated_devices.set(len(self.standins.active_devices()))
 
 
 def _is_flat(payload: bytes) -> bool:

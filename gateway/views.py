@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from agent.contract import Server
 from gateway.fleet import ConfigSync, DeviceTwin
-from gateway.simulation import SimulationEngine
+from gateway.standins import StandIns
 
 SensorSource = Literal["agent-hardware", "agent-emulation", "simulation", "none"]
 
@@ -79,7 +79,7 @@ def _sensor_views(twin: DeviceTwin, simulated: set[str]) -> dict[str, SensorView
     return views
 
 
-def device_view(twin: DeviceTwin, engine: SimulationEngine) -> DeviceView:
+def device_view(twin: DeviceTwin, engine: StandIns) -> DeviceView:
     simulated = set(engine.simulated_streams(twin.id))
     served: Server | None
     if twin.presence.value == "online":
@@ -104,7 +104,7 @@ def device_view(twin: DeviceTwin, engine: SimulationEngine) -> DeviceView:
     )
 
 
-def twin_view(twin: DeviceTwin, engine: SimulationEngine) -> TwinView:
+def twin_view(twin: DeviceTwin, engine: StandIns) -> TwinView:
     return TwinView(
         **device_view(twin, engine).model_dump(),
         desired=twin.desired.to_builtins() if twin.desired else None,

@@ -11,7 +11,7 @@ since each worker process builds its own generator from it.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -115,6 +115,13 @@ class TestScenario(msgspec.Struct, frozen=True):
             )
             for i in range(self.devices)
         ]
+
+    def iter_streams(self) -> Iterator[StreamSpec]:
+        return iter(self.streams())
+
+    def streams_at(self, indices: Collection[int]) -> dict[int, StreamSpec]:
+        specs = self.streams()
+        return {i: specs[i] for i in indices}
 
     def resized(self, devices: int) -> TestScenario:
         return TestScenario(devices=devices, interval=self.interval, seed=self.seed)

@@ -224,9 +224,9 @@ def test_code_variant_config_runs_via_the_cli(broker: BrokerUnderTest, tmp_path:
 def test_shipped_code_variant_config_loads() -> None:
     config = load_gateway_config(REPO / "config" / "simulator-code.toml", environ={})
     assert config.manifest() == []
-    plan = config.compat_plan()
-    assert (plan.interval, plan.max_devices, plan.initial) == (1.0, 100, ())
-    assert [plan.device_id(i) for i in (0, 7, 99)] == ["device_000", "device_007", "device_099"]
+    plan = config.fleet_plan()
+    assert (plan.interval, plan.max_devices, plan.launch) == (1.0, 100, None)
+    assert [plan.ids.device_id(i) for i in (0, 7, 99)] == ["device_000", "device_007", "device_099"]
     assert (config.server.host, config.server.port) == ("0.0.0.0", 8000)
     assert config.mqtt.topics().telemetry("device_000", "env") == "sensors/data"
     assert (config.mqtt.qos, config.mqtt.payload) == (0, "edgetwin")
@@ -522,3 +522,55 @@ def test_route_devices_are_no_twins_and_do_not_outlive_their_gateway(
         )
         assert client.get("/devices/device_007").status_code == 404
         assert client.get("/status").json()["count"] == 0
+
+
+# --- the fleet plan decides what the routes control and what is counted per device ---------
+
+
+def sent_by_device(client: TestClient) -> list[str]:
+    return [
+        line
+        for line in client.get("/metrics").text.splitlines()
+        if line.startswith("mqtt_sent_total{")
+    ]
+
+
+@pytest.mark.integration
+def test_routes_leave_an_engine_sections_fleet_alone(broker: BrokerUnderTest) -> None:
+    """`[engine] start_devices`: an /engine fleet from the start, which /start and /scale do
+    not control (409, naming the section), and without the per-device metric."""
+    cfg = config(broker, engine={"start_devices": 2, "start_interval": 0.2, "workers": 0})
+    with Subscriber(broker, "sensors/data") as sub, gateway(cfg) as client:
+        for device in ids(0, 1):
+            sub.wait_for(readings_of(device), count=2, timeout=10)
+        engine = client.get("/engine/status").json()
+        assert (engine["state"], engine["fleet"], engine["devices"]) == ("running", "api", 2)
+        for route in ("/start?count=3", "/scale?count=3"):
+            refused = client.get(route)
+            assert refused.status_code == 409, route
+            assert "[engine] start_devices" in refused.json()["detail"]
+        assert client.get("/status").json() == {"status": "stopped", "count": 0, "devices": []}
+        assert client.post("/engine/stop").status_code == 200
+        # Stopped, still not the routes' to start.
+        assert client.get("/start?count=1").status_code == 409
+        assert sent_by_device(client) == []
+
+
+@pytest.mark.integration
+def test_without_a_fleet_section_the_routes_group_has_no_per_device_metric(
+    broker: BrokerUnderTest,
+) -> None:
+    """No `[simulator]` or `[simulation]`: the routes start the default devices, and only the
+    original's formats pay for `mqtt_sent_total{device_id}`."""
+    with Subscriber(broker, "sensors/data") as sub, gateway(config(broker)) as client:
+        assert client.get("/start?count=2").json() == {
+            "status": "started",
+            "started": 2,
+            "running": 2,
+        }
+        for device in ids(0, 1):
+            sub.wait_for(readings_of(device), count=1, timeout=10)
+        assert client.get("/status").json()["devices"] == ids(0, 1)
+        assert client.get("/stop").json() == {"status": "stopped", "running": 0}
+        assert sent_by_device(client) == []
+        assert metric(client.get("/metrics").text, "running_devices") == 0

@@ -73,3 +73,33 @@ def test_counts_by_presence_and_server() -> None:
         ("offline", "simulation"): 1,
         ("unknown", "simulation"): 1,
     }
+
+
+def test_an_online_device_not_heard_live_since_a_connection_is_taken_for_gone() -> None:
+    fleet = Fleet([ManifestDevice(id="pi"), ManifestDevice(id="ghost")])
+    changes: list[tuple[str, PresenceState]] = []
+    fleet.subscribe(lambda record: changes.append((record.id, record.presence)))
+    fleet.apply_status(status(Presence.ONLINE, 3, device="ghost"))  # replayed: heard=None
+    fleet.apply_status(status(Presence.ONLINE, 1), heard=5.0)  # live, before the connection
+    connected = 10.0
+    fleet.apply_status(status(Presence.ONLINE, 1), heard=10.5)  # its answer to the rebirth
+    assert fleet.silent_since(connected) == ["ghost"]
+    assert fleet.mark_silent("ghost", connected)
+    assert not fleet.mark_silent("pi", connected)
+    ghost = fleet.get("ghost")
+    assert ghost is not None
+    assert (ghost.presence, ghost.last_reason) == (PresenceState.OFFLINE, "silent")
+    # It was alive after all (a reading, heard live): online again, for the twin to hand back.
+    fleet.heard_live("ghost", 11.0)
+    assert ghost.presence is PresenceState.ONLINE
+    # A will is not a silence: a device gone by its will stays gone whatever comes late.
+    fleet.apply_status(status(Presence.OFFLINE, 3, "connection_lost", device="ghost"), heard=12.0)
+    fleet.heard_live("ghost", 13.0)
+    assert ghost.presence is PresenceState.OFFLINE
+    assert changes == [
+        ("ghost", PresenceState.ONLINE),
+        ("pi", PresenceState.ONLINE),
+        ("ghost", PresenceState.OFFLINE),
+        ("ghost", PresenceState.ONLINE),
+        ("ghost", PresenceState.OFFLINE),
+    ]

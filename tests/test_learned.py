@@ -11,11 +11,9 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import tracemalloc
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -31,8 +29,10 @@ from gateway.learning import (
     StreamLearning,
     StreamStats,
 )
-from gateway.simulation import SimulationEngine
+from gateway.scenario.generator import PlacedStream, PlacedStreams
+from gateway.standins import standin_stream
 from hardware import EmulatedBackend, ManualClock, open_sensor
+from hardware.registry import reading_quantities
 from hardware.signals import (
     Constant,
     DailyCycle,
@@ -486,57 +486,61 @@ def test_the_continuation_is_this_sensors_and_not_generic_noise() -> None:
     assert statistics.correlation(deviation["temperature"], deviation["humidity"]) < -0.5
 
 
-# -- the simulation engine ----------------------------------------------------------------------
+# -- the stand-in stream ------------------------------------------------------------------------
 
 
-@contextmanager
-def engine_with(
-    learning: StreamLearning, clock: ManualClock
-) -> Iterator[tuple[SimulationEngine, list[Telemetry], threading.Condition]]:
-    published: list[Telemetry] = []
-    cond = threading.Condition()
-
-    def publish(topic: str, payload: bytes) -> None:
-        with cond:
-            published.append(Telemetry.decode(payload))
-            cond.notify_all()
-
-    engine = SimulationEngine(publish, Topics(), clock=clock, signals=learning.signals_for)
-    engine.start()
-    try:
-        yield engine, published, cond
-    finally:
-        engine.stop()
-
-
-def test_the_engine_plays_the_learned_signals_through_the_driver() -> None:
+def test_a_stand_in_plays_the_learned_signals_at_the_drivers_resolution() -> None:
     clock = ManualClock(START)
     learning = StreamLearning()
     history = record_history(learning, clock, server_room(5), seed=5)
     last = {q: series[-1][1] for q, series in history.items()}
     outdoor = SensorSettings(driver="bme280", interval=10.0, address=0x77)
-    with engine_with(learning, clock) as (engine, published, cond):
-        engine.serve(DEVICE, {"env": SETTINGS, "outdoor": outdoor})
-        with cond:
-            assert cond.wait_for(lambda: len(published) >= 2, timeout=10)
-        first = next(t for t in published if t.sensor == "env")
-        assert first.source is Source.SIMULATED
-        # No time has passed since the last real reading (the clock stands still): the chip
-        # measures exactly the last value, and the driver reads it back within its resolution.
-        assert first.values["temperature"].value == pytest.approx(last["temperature"], abs=0.01)
-        assert first.values["temperature"].unit == "°C"
-        assert first.values["humidity"].value == pytest.approx(last["humidity"], abs=0.01)
-        assert first.values["pressure"].value == pytest.approx(last["pressure"], abs=0.01)
-        # The stream restarts with its learned signals while its neighbour keeps the device's
-        # shared emulated bus: its own chip was closed with it, nothing is left in the way.
-        engine.serve(DEVICE, {"outdoor": outdoor})
-        clock.advance(5.0)
-        engine.serve(DEVICE, {"env": SETTINGS, "outdoor": outdoor})
-        assert set(engine.simulated_streams(DEVICE)) == {"env", "outdoor"}
-        with cond:
-            assert cond.wait_for(lambda: sum(t.sensor == "env" for t in published) >= 2, timeout=10)
-        again = [t for t in published if t.sensor == "env"][1]
-        assert again.values["temperature"].value == pytest.approx(last["temperature"], abs=0.5)
+    streams = PlacedStreams(Topics())
+
+    def stand_in(sensor: str, settings: SensorSettings, seq: int) -> PlacedStream:
+        return standin_stream(
+            DEVICE, sensor, settings, seed=0, seq=seq, signals=learning.signals_for
+        )
+
+    def read(sensor: str) -> Telemetry:
+        index = next(s.index for s in streams.streams() if s.sensor == sensor)
+        [(topic, payload, retain)] = streams.emit(index, clock())
+        assert topic == f"edgetwin/{DEVICE}/telemetry/{sensor}"
+        assert not retain
+        return Telemetry.decode(payload)
+
+    assert (
+        streams.place(
+            DEVICE, [], [stand_in("env", SETTINGS, 41), stand_in("outdoor", outdoor, 0)], clock()
+        )
+        == {}
+    )
+    first = read("env")
+    assert (first.source, first.seq) == (Source.SIMULATED, 42)
+    # No time has passed since the last real reading (the clock stands still): the stand-in
+    # gives exactly the last value, at the driver's resolution and in its units.
+    resolution = {q.name: q.decimals for q in reading_quantities("bme280")}
+    for quantity in ("temperature", "humidity", "pressure"):
+        value = first.values[quantity].value
+        assert value == pytest.approx(last[quantity], abs=10 ** -resolution[quantity])
+        assert value == round(value, resolution[quantity])
+    assert {q: v.unit for q, v in first.values.items()} == {
+        "temperature": "°C",
+        "humidity": "%RH",
+        "pressure": "hPa",
+    }
+    # The device's other sensor has no history: the default signals play it.
+    assert read("outdoor").seq == 1
+    # The stream stops, its numbering handed back, while its neighbour goes on; restarted
+    # later, it continues the learned signals and the numbering.
+    assert streams.place(DEVICE, ["outdoor"], [], clock()) == {"env": 42}
+    clock.advance(5.0)
+    assert streams.place(DEVICE, ["outdoor"], [stand_in("env", SETTINGS, 42)], clock()) == {}
+    assert {s.sensor for s in streams.streams()} == {"env", "outdoor"}
+    again = read("env")
+    assert again.seq == 43
+    assert again.values["temperature"].value == pytest.approx(last["temperature"], abs=0.5)
+    assert read("outdoor").seq == 2
 
 
 # -- end to end: an agent killed, its stream continued by the gateway ---------------------------

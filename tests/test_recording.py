@@ -25,11 +25,11 @@ from agent.contract import (
     Topics,
     Value,
 )
-from agent.mqtt import MqttLink
 from edgetwin.cli import main as edgetwin_main
 from gateway.engine import EngineController, EngineInputError, EngineSettings
 from gateway.engine.link import Endpoint
 from gateway.engine.schedule import Entry, Schedule, Timeline
+from gateway.engine.sources import endpoint_from_mqtt
 from gateway.recording import (
     LiveRecorder,
     RecordedReading,
@@ -38,7 +38,7 @@ from gateway.recording import (
     parse_broker,
     read_readings,
 )
-from gateway.simulation import SimulationEngine
+from gateway.standins import StandIns
 from hardware.recordings import RecordingError
 from hardware.signals import Replay, replay_csv
 from tests.brokers import BrokerUnderTest
@@ -645,26 +645,18 @@ def test_the_cli_refuses_bad_bounds(capsys: pytest.CaptureFixture[str], tmp_path
 
 @pytest.mark.integration
 def test_record_the_gateway_simulation(broker: BrokerUnderTest, tmp_path: Path) -> None:
-    link = MqttLink(settings(broker))
-
-    def publish(topic: str, payload: bytes) -> None:
-        link.publish(topic, payload)
-
-    engine = SimulationEngine(publish, Topics())
+    standins = StandIns(EngineController(endpoint_from_mqtt(settings(broker))))
     env = SensorSettings(
         driver="bme280", address=0x76, interval=0.02, backend=SensorBackend.EMULATED
     )
     with LiveRecorder(settings(broker), Recorder(tmp_path / "sim.csv"), count=10) as live:
         assert live.wait_ready(10)
-        link.start()
-        assert link.wait_connected(10)
-        engine.start()
+        standins.start()
         try:
-            engine.activate("sim-1", {"env": env})
+            standins.serve("sim-1", {"env": env})
             assert live.done.wait(10)
         finally:
-            engine.stop()
-            link.close()
+            standins.stop()
 
     readings = read_readings(tmp_path / "sim.csv")
     assert len(readings) == 10

@@ -14,9 +14,17 @@ import pytest
 from fastapi.testclient import TestClient
 
 from agent.config import AgentConfig, AgentSection
-from agent.contract import ReportedConfig, SensorSettings, Telemetry
+from agent.contract import (
+    Presence,
+    RebirthRequest,
+    ReportedConfig,
+    SensorSettings,
+    Status,
+    Telemetry,
+)
 from agent.runtime import Agent
 from gateway.app import create_app
+from gateway.broker import MosquittoBroker
 from gateway.config import ApiSection, GatewayConfig, ManifestDevice
 from hardware import EmulatedBackend
 from tests import fleet_helpers
@@ -31,7 +39,7 @@ from tests.fleet_helpers import (
     start_edgetwin,
     stop_process,
 )
-from tests.mqtt_helpers import Message, Subscriber
+from tests.mqtt_helpers import Message, Subscriber, publish
 
 pytestmark = pytest.mark.integration
 
@@ -409,3 +417,91 @@ def test_rejection_reaches_the_api_with_its_reason(broker: BrokerUnderTest, tmp_
     assert "cannot be at 0x40" in view["reported"]["reason"]
     assert view["applied_version"] == 0
     assert view["delta"]["desired_version"] == 1
+
+
+# -- presence after a broker crash ---------------------------------------------------------------
+
+
+def test_agents_lost_with_a_broker_crash_are_simulated_after_it(tmp_path: Path) -> None:
+    """The broker dies (SIGKILL) and the agent with it: no last will is ever published, and
+    the restarted broker replays the agent's retained birth. The gateway asks every agent to
+    speak up after it reconnects; this one stays silent, so its sensor is simulated, its
+    numbering carried on from the last reading the gateway saw."""
+    crashing = MosquittoBroker(persistence=True).start()
+    try:
+        manifest = ManifestDevice(id=DEVICE, sensors={"env": bme280(INTERVAL)})
+        with gateway(gateway_config(crashing, manifest)) as client:
+            with agent_thread(crashing, tmp_path, {"env": bme280(INTERVAL)}):
+                poll(
+                    lambda: (twin(client)["sensors"]["env"]["last"] or {}).get("seq", 0) >= 3,
+                    timeout=10,
+                    what="the agent's readings in the twin",
+                )
+                crashing.kill()
+            last_seen = twin(client)["sensors"]["env"]["last"]
+            assert last_seen["source"] == "emulated"
+            assert twin(client)["presence"] == "online"  # nothing has told the gateway yet
+            crashing.start()
+            with Subscriber(crashing, f"edgetwin/{DEVICE}/#") as sub:
+                # The retained birth is back, and no will ever came.
+                [status] = sub.wait_for(f"edgetwin/{DEVICE}/status", timeout=10)
+                assert status.retain
+                assert payload(status)["state"] == "online"
+                [first] = sub.wait_for(telemetry_from("simulated"), timeout=10)[:1]
+            view = twin(client)
+        assert seq_of(first) == last_seen["seq"] + 1
+        assert view["presence"] == "offline"
+        assert view["served_by"] == "simulation"
+    finally:
+        crashing.close()
+
+
+def test_a_live_agent_answers_the_gateways_rebirth_request(
+    broker: BrokerUnderTest, tmp_path: Path
+) -> None:
+    with (
+        agent_thread(broker, tmp_path, {"env": bme280(INTERVAL)}) as agent,
+        Subscriber(broker, f"edgetwin/{DEVICE}/status") as sub,
+    ):
+        sub.wait_for(timeout=10)
+        sub.clear()
+        publish(broker, "edgetwin/rebirth", RebirthRequest(ts=time.time()).encode())
+        [answer] = sub.wait_for(timeout=10)
+        assert not answer.retain  # heard live, not replayed
+        status = Status.decode(answer.payload)
+        assert (status.state, status.boot, status.reason) == ("online", agent.boot, "birth")
+
+
+def test_a_gateway_started_after_a_crash_does_not_trust_a_replayed_birth(
+    broker: BrokerUnderTest, tmp_path: Path
+) -> None:
+    """A retained "online" status whose agent is gone (a crash took its will with it) and one
+    whose agent is live: after start-up only the live one counts as online."""
+    ghost = "ghost-01"
+    stale = Status(
+        device=ghost,
+        state=Presence.ONLINE,
+        ts=time.time() - 60,
+        boot=4,
+        agent_version="x",
+        reason="birth",
+    )
+    publish(broker, f"edgetwin/{ghost}/status", stale.encode(), retain=True)
+    manifest = [
+        ManifestDevice(id=DEVICE, sensors={"env": bme280(INTERVAL)}),
+        ManifestDevice(id=ghost, sensors={"env": bme280(INTERVAL)}),
+    ]
+    try:
+        with agent_thread(broker, tmp_path, {"env": bme280(INTERVAL)}) as agent:
+            poll(lambda: agent.link.connected, timeout=10, what="the agent connected")
+            with (
+                Subscriber(broker, f"edgetwin/{ghost}/telemetry/env") as sub,
+                gateway(gateway_config(broker, *manifest)) as client,
+            ):
+                [first] = sub.wait_for(telemetry_from("simulated"), timeout=10)[:1]
+                assert twin(client, ghost)["presence"] == "offline"
+                assert twin(client, DEVICE)["presence"] == "online"
+                assert twin(client, DEVICE)["served_by"] == "agent"
+        assert seq_of(first) == 1
+    finally:
+        publish(broker, f"edgetwin/{ghost}/status", b"", retain=True)

@@ -19,7 +19,8 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
@@ -128,13 +129,13 @@ def _ms(seconds: float | None) -> float | None:
 
 def fleet_rate(scenario: ScenarioLike) -> float:
     """Readings a second the scenario's streams ask for."""
-    return sum(1.0 / spec.interval for spec in scenario.streams())
+    return sum(1.0 / spec.interval for spec in scenario.iter_streams())
 
 
 def partition(scenario: ScenarioLike, workers: int) -> list[list[int]]:
     """Stream indices per worker, by a stable hash of the device id."""
     parts: list[list[int]] = [[] for _ in range(workers)]
-    for spec in scenario.streams():
+    for spec in scenario.iter_streams():
         parts[zlib.crc32(spec.device.encode()) % workers].append(spec.index)
     return parts
 
@@ -173,6 +174,7 @@ class _WorkerHandle:
         self.history: deque[WorkerStats] = deque()
         self.dead = False
         self.by_device: dict[str, int] = {}
+        self.answers: dict[int, dict[str, int]] = {}  # placements answered, by token
 
     @property
     def last(self) -> WorkerStats | None:
@@ -239,6 +241,10 @@ class EngineController:
         self._in_process = False
         self._auto_workers = False
         self._count_by_device = False
+        # A placed run's devices and their stream counts; None for a scenario's run.
+        self._placed: dict[str, int] | None = None
+        self._token = 0
+        self._batch: dict[int, list[tuple[str, list[str], list[Any]]]] | None = None
         # Totals of runs already stopped, so the Prometheus counters never go down.
         self.retired = WorkerTotals()
         self._last_handles: list[_WorkerHandle] = []
@@ -277,6 +283,7 @@ class EngineController:
         *,
         fleet: str = "api",
         count_by_device: bool = False,
+        placed: bool = False,
         rate: float = 1.0,
     ) -> EngineStats:
         """Start workers for `scenario` and return once every one is connected and running.
@@ -288,6 +295,11 @@ class EngineController:
         simulator's per-device metric needs and nothing else pays for. `rate` is the
         schedule's speed from its first tick, as `set_rate` would set it later (a replay's
         speed; not capped by MAX_RATE, which bounds the API's changes).
+
+        `placed`: a run whose streams are given one device at a time (`place`) by its owner,
+        such as the twin's stand-ins for missing devices; `scenario` only makes their
+        generator (gateway.scenario.PlacedFleet). It returns at once: ticks falling due
+        while the workers connect are skipped and counted, as after any connection loss.
         """
         if not (rate > 0 and math.isfinite(rate)):
             raise EngineInputError(f"rate must be a positive number, not {rate}")
@@ -296,7 +308,7 @@ class EngineController:
             workers = self.settings.choose_workers(fleet_rate(scenario) * rate)
         qos = self.settings.qos if qos is None else qos
         payload = self.settings.payload if payload is None else payload
-        self._check_start(scenario, workers, qos, payload)
+        self._check_start(scenario, workers, qos, payload, placed)
         devices = scenario.device_count()
         with self._lock:
             if self._state != "stopped":
@@ -314,12 +326,15 @@ class EngineController:
             self._scenario, self._qos, self._payload, self._rate = scenario, qos, payload, 1.0
             self._fleet = fleet
             self._auto_workers, self._count_by_device = auto, count_by_device
+            self._placed = {} if placed else None
             self._reader = threading.Thread(
                 target=self._read, args=(handles,), name="engine-stats", daemon=True
             )
             self._reader.start()
             for handle, indices in zip(handles, parts, strict=True):
                 handle.send(("streams", scenario, indices))
+            if placed:
+                return self._go(handles, devices, workers, qos, payload, rate=rate)
             deadline = time.monotonic() + self.settings.start_timeout
             ready = self._cond.wait_for(
                 lambda: all(
@@ -334,20 +349,74 @@ class EngineController:
                 raise EngineError(
                     f"engine workers not ready within {self.settings.start_timeout} s: {why}"
                 )
-            origin = time.time() + _START_DELAY
-            for handle in handles:
-                handle.send(("go", origin, rate))
-            self._rate = rate
-            self._state = "running"
-            self._cond.notify_all()
-            log.info(
-                "engine started",
-                extra={"devices": devices, "workers": workers, "qos": qos, "payload": payload},
-            )
+            return self._go(handles, devices, workers, qos, payload, rate=rate)
+
+    def _go(
+        self,
+        handles: Sequence[_WorkerHandle],
+        devices: int,
+        workers: int,
+        qos: int,
+        payload: PayloadKind,
+        *,
+        rate: float = 1.0,
+    ) -> EngineStats:
+        """Start the schedule's clock on every worker (lock held)."""
+        origin = time.time() + _START_DELAY
+        for handle in handles:
+            handle.send(("go", origin, rate))
+        self._rate = rate
+        self._state = "running"
+        self._cond.notify_all()
+        log.info(
+            "engine started",
+            extra={
+                "fleet": self._fleet,
+                "devices": devices,
+                "workers": workers,
+                "qos": qos,
+                "payload": payload,
+            },
+        )
         return self.stats()
 
+    def place(
+        self,
+        device: str,
+        keep: Sequence[str] = (),
+        start: Sequence[Any] = (),
+        *,
+        wait: bool = False,
+    ) -> dict[str, int] | None:
+        """Give `device` of a placed run exactly the streams `keep` (running already) and
+        `start` (new ones, gateway.scenario.PlacedStream; the first reading due at once); its
+        other streams stop. With `wait`, return the last seq of each stream that stopped, as
+        its worker saw it (None if the worker did not answer within a second)."""
+        with self._lock:
+            if self._placed is None or self._state in ("stopped", "starting"):
+                raise EngineStateError(f"no placed run: the engine is {self._state}")
+            handle = self._workers[zlib.crc32(device.encode()) % len(self._workers)]
+            if keep or start:
+                self._placed[device] = len(keep) + len(start)
+            else:
+                self._placed.pop(device, None)
+            placement = (device, list(keep), list(start))
+            if self._batch is not None and not wait:
+                self._batch.setdefault(handle.index, []).append(placement)
+                return None
+            self._flush_batch()
+            token = None
+            if wait:
+                self._token += 1
+                token = self._token
+            handle.send(("place", *placement, token))
+            if token is None:
+                return None
+            self._cond.wait_for(lambda: token in handle.answers or handle.dead, timeout=1.0)
+            return handle.answers.pop(token, None)
+
     def _check_start(
-        self, scenario: ScenarioLike, workers: int, qos: int, payload: PayloadKind
+        self, scenario: ScenarioLike, workers: int, qos: int, payload: PayloadKind, placed: bool
     ) -> None:
         if not 0 <= workers <= self.settings.max_workers:
             raise EngineInputError(
@@ -359,7 +428,10 @@ class EngineController:
         if payload not in ("edgetwin", "flat"):
             raise EngineInputError(f"payload must be 'edgetwin' or 'flat', not {payload!r}")
         devices = scenario.device_count()
-        if not 1 <= devices <= self.settings.max_devices:
+        if placed:
+            if scenario.streams():
+                raise EngineInputError("a placed run starts with no streams of its own")
+        elif not 1 <= devices <= self.settings.max_devices:
             raise EngineInputError(
                 f"a scenario of {devices} devices: the engine runs 1..{self.settings.max_devices}"
             )
@@ -496,6 +568,12 @@ class EngineController:
             state = self._state
             in_process = self._in_process
             fleet = None if state == "stopped" else self._fleet
+            if state == "stopped" or scenario is None:
+                devices = 0
+            elif self._placed is not None:
+                devices = len(self._placed)
+            else:
+                devices = scenario.device_count()
         summaries = []
         counts = [0] * (len(LATENESS_EDGES) + 1)
         lateness_sum = 0.0
@@ -541,7 +619,7 @@ class EngineController:
             )
         return EngineStats(
             state=state,
-            devices=scenario.device_count() if scenario is not None and state != "stopped" else 0,
+            devices=devices,
             streams=sum(s.streams for s in summaries),
             workers=0 if in_process else len(handles),
             fleet=fleet,
@@ -591,6 +669,34 @@ class EngineController:
 
     # -- internals --------------------------------------------------------------------------
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Placements made meanwhile (without `wait`) go to each worker as one message when
+        the block ends: a thousand devices failing over at once cost one pipe write and one
+        wake-up of the worker, not a thousand. A placement that waits sends the batch first."""
+        with self._lock:
+            outer = self._batch is not None
+            if not outer:
+                self._batch = {}
+        try:
+            yield
+        finally:
+            if not outer:
+                with self._lock:
+                    self._flush_batch()
+                    self._batch = None
+
+    def _flush_batch(self) -> None:
+        """Send the placements batched so far (lock held)."""
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, {}
+        by_index = {h.index: h for h in self._workers}
+        for index, placements in batch.items():
+            handle = by_index.get(index)
+            if handle is not None:
+                handle.send(("place_many", placements))
+
     def _require(self, state: State, verb: str) -> None:
         if self._state != state:
             raise EngineStateError(f"cannot {verb}: the engine is {self._state}")
@@ -617,6 +723,11 @@ class EngineController:
                 if kind == "stats" and isinstance(payload, WorkerStats):
                     with self._cond:
                         handle.record(payload)
+                        self._cond.notify_all()
+                elif kind == "placed":
+                    token, seqs = payload
+                    with self._cond:
+                        handle.answers[token] = seqs
                         self._cond.notify_all()
 
     def _shutdown(self) -> None:

@@ -9,8 +9,8 @@ must be picklable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Literal, Protocol
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from agent.contract import Topics
 
@@ -43,11 +43,33 @@ class GeneratorLike(Protocol):
     def warm(self) -> None: ...
 
 
+@runtime_checkable
+class PlacingGeneratorLike(Protocol):
+    """The generator of a placed run (`EngineController.start(..., placed=True)`): its streams
+    are given one device at a time while the run goes on (gateway.scenario.PlacedStreams)."""
+
+    def emit(self, index: int, t: float) -> list[Message]: ...
+
+    def inject(self, fault: Any) -> None: ...
+
+    def warm(self) -> None: ...
+
+    def place(
+        self, device: str, keep: Sequence[str], start: Sequence[Any], s_first: float
+    ) -> dict[str, int]: ...
+
+    def streams(self) -> Sequence[StreamSpecLike]: ...
+
+
 class ScenarioLike(Protocol):
     @property
     def seed(self) -> int: ...
 
     def streams(self) -> Sequence[StreamSpecLike]: ...
+
+    def iter_streams(self) -> Iterator[StreamSpecLike]: ...
+
+    def streams_at(self, indices: Collection[int]) -> Mapping[int, StreamSpecLike]: ...
 
     def resized(self, devices: int) -> ScenarioLike: ...
 

@@ -23,7 +23,12 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from agent.contract import Topics
-from gateway.engine.interface import GeneratorLike, PayloadKind, ScenarioLike
+from gateway.engine.interface import (
+    GeneratorLike,
+    PayloadKind,
+    PlacingGeneratorLike,
+    ScenarioLike,
+)
 from gateway.engine.link import Endpoint, EngineLink
 from gateway.engine.schedule import Entry, Schedule, Timeline
 from gateway.engine.settings import EngineSettings
@@ -71,6 +76,11 @@ class Worker:
         # and identity keep their generator (and so their seq counters and fault state).
         self.generator_of: dict[int, GeneratorLike] = {}
         self.identity: dict[int, tuple[str, str]] = {}
+        self.scenario: ScenarioLike | None = None
+        self.scenario_entries: list[Entry] = []
+        # A placed run's streams (see `place`), and whether the schedule must take them in.
+        self.placed: PlacingGeneratorLike | None = None
+        self.replan = False
         self.schedule = Schedule(())
         self.timeline: Timeline | None = None
         self.s_done = -1.0  # schedule time up to which ticks were taken or skipped
@@ -109,13 +119,18 @@ class Worker:
             # Each generator applies the fault to the streams it serves that it names.
             for generator in {id(g): g for g in self.generator_of.values()}.values():
                 generator.inject(command[1])
+        elif kind == "place":
+            self.place(*command[1:])
+        elif kind == "place_many":
+            for device, keep, start in command[1]:
+                self.place(device, keep, start, None)
         elif kind == "stats":
             self.next_stats = 0.0
         elif kind == "stop":
             self.stopping = True
 
     def set_streams(self, scenario: ScenarioLike, indices: Sequence[int]) -> None:
-        specs = scenario.streams()
+        specs = scenario.streams_at(indices)
         identity = {i: (specs[i].device, specs[i].sensor) for i in indices}
         kept = {
             i: self.generator_of[i]
@@ -136,12 +151,45 @@ class Worker:
                 # are never collected, and the gateway's are not ours to freeze.
                 gc.collect()
                 gc.freeze()
+        self.scenario = scenario
         self.generator_of, self.identity = kept, identity
+        self.scenario_entries = [Entry(i, specs[i].interval, specs[i].phase) for i in indices]
+        self.plan()
+
+    def place(
+        self, device: str, keep: Sequence[str], start: Sequence[Any], token: int | None
+    ) -> None:
+        """Give `device` exactly the streams `keep` (running) and `start` (new; the first
+        reading due at once); answer with the last seq of the streams that stopped when the
+        controller waits for it (`token`)."""
+        if self.placed is None:
+            assert self.scenario is not None, "a placement before the run's streams"
+            generator = self.scenario.generator(self.topics, streams=(), payload=self.spec.payload)
+            if not isinstance(generator, PlacingGeneratorLike):
+                raise TypeError("this run's scenario takes no placed streams")
+            self.placed = generator
+        s_now = self.timeline.schedule_time(time.time()) if self.timeline is not None else 0.0
+        # Strictly after what was taken: a schedule rebuilt from s_done starts after it.
+        stopped = self.placed.place(device, keep, start, max(s_now, self.s_done + 1e-6))
+        self.replan = True
+        if token is not None:
+            self.conn.send(("placed", (token, stopped)))
+
+    def plan(self) -> None:
+        """The schedule of the scenario's streams and the placed ones, from where it was."""
+        generator_of = {e.index: self.generator_of[e.index] for e in self.scenario_entries}
+        entries = list(self.scenario_entries)
+        device_of = {i: device for i, (device, _) in self.identity.items()}
+        if self.placed is not None:
+            for spec in self.placed.streams():
+                generator_of[spec.index] = self.placed
+                entries.append(Entry(spec.index, spec.interval, spec.phase))
+                device_of[spec.index] = spec.device
+        self.generator_of = generator_of
         if self.sent_of is not None:
-            self.device_of = {i: device for i, (device, _) in identity.items()}
-        self.schedule = Schedule(
-            (Entry(i, specs[i].interval, specs[i].phase) for i in indices), after=self.s_done
-        )
+            self.device_of = device_of
+        self.schedule = Schedule(entries, after=self.s_done)
+        self.replan = False
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -326,6 +374,8 @@ class Worker:
                     self.handle(self.conn.recv())
                     if self.stopping:
                         break
+                if self.replan:  # once for every placement read above, not once each
+                    self.plan()
                 mono = time.monotonic()
                 self.maintain(mono)
                 now = time.time()

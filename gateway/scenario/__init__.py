@@ -2,10 +2,11 @@
 
 `load_scenario` parses a file into a `Scenario`; `Scenario.generator` gives a `Generator` that
 says what each stream publishes at its scheduled times; `run_virtual` (gateway.scenario.virtual)
-plays a scenario faster than real time into a file or a broker.
+plays a scenario faster than real time into a file or a broker. `PlacedFleet` is the scenario
+of a run whose streams are placed one device at a time (`PlacedStream`), the twin's stand-ins.
 """
 
-from gateway.scenario.generator import Generator, Message
+from gateway.scenario.generator import Generator, Message, PlacedFleet, PlacedStream
 from gateway.scenario.model import (
     FAULT_TYPES,
     FaultRequest,
@@ -25,6 +26,8 @@ __all__ = [
     "FaultSpec",
     "Generator",
     "Message",
+    "PlacedFleet",
+    "PlacedStream",
     "Scenario",
     "ScenarioError",
     "StreamSpec",

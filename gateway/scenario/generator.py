@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
-from typing import Any, Final, Literal, TypeVar
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, Literal, TypeVar
 
 import msgspec
 
@@ -43,6 +44,7 @@ from gateway.scenario.model import (
 )
 from hardware.quantities import PHYSICAL_LIMITS, UNITS, default_signal
 from hardware.recordings import read_columns
+from hardware.sensor import Quantity
 from hardware.signals import (
     Clamp,
     Constant,
@@ -66,6 +68,7 @@ Message = tuple[str, bytes, bool]
 _INF = math.inf
 _fsum = math.fsum
 _NO_CHANGE = math.inf
+_NO_FAULTS: Final[list[Any]] = []  # shared and never appended to: see `_schedule`
 
 T = TypeVar("T")
 
@@ -185,87 +188,30 @@ class _Stream:
         self.fmt = ""
         self.owner = False  # publishes the device's status and device-level labels
         self.publishes = True  # flat payloads: only one stream per device goes on the wire
-        self.pending: list[FaultSpec] = []  # by start, latest first (popped from the end)
-        self.active: list[_Active] = []
+        # Lists once a fault comes (`_schedule`): most streams never have one.
+        self.pending: list[FaultSpec] = _NO_FAULTS  # by start, latest first (popped from the end)
+        self.active: list[_Active] = _NO_FAULTS
         self.next_change = _NO_CHANGE
 
 
-class Generator:
-    """Readings, labels and statuses of some streams of a scenario (all by default)."""
+class _Emitter:
+    """The emit path every source of streams shares: a stream's state in, its messages out.
+
+    Subclasses say where a stream's state comes from (`_open`): a scenario's templates
+    (`Generator`) or definitions handed over one device at a time (`PlacedStreams`).
+    """
 
     def __init__(
-        self,
-        scenario: Scenario,
-        topics: Topics,
-        streams: Sequence[int] | None = None,
-        payload: Literal["edgetwin", "flat"] = "edgetwin",
+        self, topics: Topics, payload: Literal["edgetwin", "flat"], source: str, seed: int
     ) -> None:
-        self._scenario = scenario
         self._topics = topics
         self._flat = payload == "flat"
-        plan = scenario.plan()
-        if streams is None:
-            ours: Sequence[int] = range(len(plan))
-        else:
-            ours = sorted(set(streams))
-            bad = [i for i in ours if not 0 <= i < len(plan)]
-            if bad:
-                raise ScenarioError(f"no stream {bad[0]}: the scenario has {len(plan)}")
-        self._ours = frozenset(ours)
-        # The plan of the devices served here only: a worker of a 100,000-device fleet does
-        # not hold the other workers' streams.
-        our_devices = {plan[i][0].device for i in ours}
-        self._plan = {entry[0].index: entry for entry in plan if entry[0].device in our_devices}
-        del plan
-        self._by_device: dict[str, list[int]] = {}
-        for i in ours:
-            self._by_device.setdefault(self._plan[i][0].device, []).append(i)
-        self._first_of_device: dict[str, int] = {}
-        for index, (stream, _, _) in self._plan.items():
-            self._first_of_device.setdefault(stream.device, index)
+        self._source = source
+        self._seed = seed
         self._interned: dict[Any, Any] = {}
         self._states: dict[int, _Stream] = {}
-        self._faults: dict[int, list[FaultSpec]] = {}
         self._boots: dict[str, int] = {}
-        self._recordings: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
         self._label_topic = topics.labels()
-        self._source = scenario.source
-        self._origin = scenario.origin
-        for fault in scenario.fault_specs():
-            self.inject(fault)
-
-    # -- public face ----------------------------------------------------------------------------
-
-    def label_topic(self) -> str:
-        return self._label_topic
-
-    def streams(self) -> list[StreamSpec]:
-        """The streams this generator serves, in index order."""
-        return [self._plan[i][0] for i in sorted(self._ours)]
-
-    def warm(self) -> None:
-        """Build every stream's state now instead of at its first `emit` (some 75 us a stream,
-        mostly seeding): a worker can pay it before its first deadline rather than late."""
-        for index in sorted(self._ours):
-            if index not in self._states:
-                self._open(index)
-
-    def inject(self, fault: FaultSpec) -> None:
-        """Apply `fault` to every stream of this generator it names, labelled like a scheduled
-        one. A fault whose start has passed takes effect at each stream's next reading."""
-        patterns = fault.device_patterns()
-        if all(not any(c in p for c in "*?[") for p in patterns):
-            candidates = [i for p in patterns for i in self._by_device.get(p, ())]
-        else:
-            candidates = sorted(self._ours)
-        for i in candidates:
-            spec = self._plan[i][0]
-            if not matches(fault, spec.device, spec.sensor):
-                continue
-            self._faults.setdefault(i, []).append(fault)
-            state = self._states.get(i)
-            if state is not None:
-                _schedule(state, fault)
 
     def emit(self, index: int, t: float) -> list[Message]:
         """What stream `index` publishes at its scheduled time `t` (seconds since epoch)."""
@@ -295,70 +241,71 @@ class Generator:
             return self._emit_faulty(st, t, values, out or [])
         st.seq += 1
         # The format rounds (`_number`): no round() and repr() per value.
-        payload = st.fmt.format(t, st.seq, *values).encode()
+        payload = st.fmt.format(st.spec.device, t, st.seq, *values).encode()
         if out:
             out.append((st.topic, payload, False))
             return out
         return [(st.topic, payload, False)]
 
-    # -- streams --------------------------------------------------------------------------------
-
     def _open(self, index: int) -> _Stream:
-        if index not in self._ours:
-            raise ScenarioError(f"stream {index} is not served by this generator")
-        spec, _, sensor = self._plan[index]
-        st = _Stream(spec)
+        raise NotImplementedError
+
+    def _build(
+        self,
+        st: _Stream,
+        names: tuple[str, ...],
+        units: tuple[str, ...],
+        decimals: tuple[int, ...],
+        models: Sequence[SignalModel],
+    ) -> None:
+        """Fill in `st`'s models, quantities and payload templates."""
         leaves: list[SignalModel] = []
         spans: list[tuple[int, int, float, float]] = []
-        for quantity, q in sensor.quantities.items():
-            parts, lo, hi = _flatten(self._signal(spec, quantity, q))
+        for model in models:
+            parts, lo, hi = _flatten(model)
             spans.append((len(leaves), len(leaves) + len(parts), lo, hi))
-            leaves.extend(parts)
+            leaves.extend(self._stateless(part) for part in parts)
         st.leaves = tuple(leaves)
         # A 50,000-device fleet holds 50,000 of each: one copy, not one a stream.
-        st.names = self._shared(tuple(sensor.quantities))
-        st.units = self._shared(
-            tuple(q.unit or UNITS[name] for name, q in sensor.quantities.items())
-        )
+        st.names = self._shared(names)
+        st.units = self._shared(units)
         st.decimals = self._shared(
-            tuple(
-                FlatReading.DECIMALS if self._flat else q.resolution(name)
-                for name, q in sensor.quantities.items()
-            )
+            tuple(FlatReading.DECIMALS for _ in decimals) if self._flat else decimals
         )
         st.spans = self._shared(tuple(spans))
         st.last = [math.nan] * len(st.names)
-        st.topic = self._topics.telemetry(spec.device, spec.sensor)
-        st.owner = self._first_of_device[spec.device] == index
+        st.topic = self._topics.telemetry(st.spec.device, st.spec.sensor)
         if self._flat:
-            st.publishes = self._flat_stream(spec.device) == index
-            st.fmt = _flat_format(spec.device, st.names)
+            st.fmt = self._shared(_flat_format(st.names))
         else:
             # The values object closed; then the reading, with or without its anomaly label.
-            st.fmt = self._telemetry_format(st) + "}}"
+            st.fmt = self._shared(self._telemetry_format(st) + "}}")
             # With the anomaly label: `fmt` with one more field before its closing brace,
             # "{}}" in format terms; rare, so not kept twice.
-        for fault in self._faults.get(index, ()):
-            _schedule(st, fault)
-        self._states[index] = st
-        return st
+
+    def _stateless(self, model: SignalModel) -> SignalModel:
+        """One instance of a model that keeps no state, for every stream with an equal one:
+        every stream of a 50,000-device fleet has the same daily cycles."""
+        if type(model) is DailyCycle:
+            key: tuple[object, ...] = ("daily", model.mean, model.amplitude, model.peak_hour)
+        elif type(model) is Constant:
+            key = ("constant", model.value)
+        else:
+            return model
+        return self._interned.setdefault(key, model)  # type: ignore[no-any-return]
 
     def _shared(self, value: T) -> T:
         """One instance of an immutable value for every stream that has an equal one."""
         return self._interned.setdefault(value, value)  # type: ignore[no-any-return]
 
-    def _flat_stream(self, device: str) -> int | None:
-        """The device's first stream measuring temperature and humidity."""
-        index = self._first_of_device[device]
-        while (entry := self._plan.get(index)) is not None and entry[0].device == device:
-            if {"temperature", "humidity"} <= entry[2].quantities.keys():
-                return index
-            index += 1
-        return None
-
     def _telemetry_format(self, st: _Stream) -> str:
-        spec = st.spec
-        head = _escape(f'{{"v":1,"device":{_json(spec.device)},"sensor":{_json(spec.sensor)},"ts":')
+        """The reading's payload as a format of (device, ts, seq, *values), one for every
+        stream of the same sensor and quantities: ids need no JSON escaping (ID_PATTERN)."""
+        head = (
+            _escape('{"v":1,"device":"')
+            + "{}"
+            + _escape(f'","sensor":{_json(st.spec.sensor)},"ts":')
+        )
         middle = _escape(f',"source":"{self._source}","values":{{')
         values = ",".join(
             _escape(f'{_json(name)}:{{"value":')
@@ -368,79 +315,6 @@ class Generator:
         )
         return head + "{:" + _TS + "}" + _escape(',"seq":') + "{}" + middle + values + "}}"
 
-    def _signal(self, spec: StreamSpec, quantity: str, q: QuantitySpec) -> SignalModel:
-        base = derive_seed(self._scenario.seed, spec.device, spec.sensor, quantity)
-        parts = q.parts()
-        built: list[SignalModel] = []
-        for j, part in enumerate(parts):
-            seed = base if j == 0 else derive_seed(base, j)
-            built.append(self._part(part, quantity, seed))
-        model: SignalModel = built[0] if len(built) == 1 else Sum(*built)
-        if q.stuck is not None:
-            stuck = q.stuck
-            if stuck.at is not None:
-                start = utc_seconds(stuck.at)
-            else:
-                start = self._anchor("stuck.after") + parse_duration(stuck.after or 0.0)
-            duration = None if stuck.duration is None else parse_duration(stuck.duration)
-            model = Stuck(model, start, duration)
-        if q.spikes is not None:
-            s = q.spikes
-            model = Spikes(
-                model,
-                s.rate_per_hour,
-                s.magnitude,
-                s.duration,
-                derive_seed(base, "spikes"),
-                two_sided=s.two_sided,
-            )
-        if q.dropouts is not None:
-            d = q.dropouts
-            model = Dropouts(model, d.rate_per_hour, d.duration, derive_seed(base, "dropouts"))
-        plain_default = len(parts) == 1 and isinstance(parts[0], DefaultPart) and model is built[0]
-        if q.clamp and not (plain_default and q.limits is None):
-            limits = q.limits or PHYSICAL_LIMITS.get(quantity)
-            if limits is not None:
-                model = Clamp(model, *limits)
-        return model
-
-    def _part(self, part: SignalPart, quantity: str, seed: int) -> SignalModel:
-        if isinstance(part, DefaultPart):
-            return default_signal(quantity, seed, rng=LightRandom)
-        if isinstance(part, WalkPart):
-            return RandomWalk(part.lo, part.hi, part.step, seed, part.start, rng=LightRandom)
-        if isinstance(part, DriftPart):
-            return Drift(part.per_day, limit=part.limit)
-        if isinstance(part, ReplayPart):
-            path = str(replay_path(self._scenario, part))
-            recording = self._recordings.get(path)
-            if recording is None:
-                recording = self._recordings[path] = read_columns(path)
-            column = part.column or next(iter(recording))
-            times, values = recording[column]
-            return Replay(
-                times,
-                values,
-                loop=part.loop,
-                speed=part.speed,
-                interpolation=part.interpolation,
-            )
-        if isinstance(part, ConstantPart):
-            return Constant(part.value)
-        if isinstance(part, DailyPart):
-            return DailyCycle(part.mean, part.amplitude, part.peak_hour)
-        if isinstance(part, NoisePart):
-            return Noise(part.sigma, seed, rng=LightRandom)
-        raise AssertionError(f"unhandled signal part {part!r}")
-
-    def _anchor(self, key: str) -> float:
-        if self._origin is None:
-            raise ScenarioError(
-                f"{key}: the scenario has no start; set `start` in the file or use "
-                "Scenario.with_start(t) before building generators"
-            )
-        return self._origin
-
     # -- faults ---------------------------------------------------------------------------------
 
     def _advance(self, st: _Stream, t: float) -> list[Message]:
@@ -449,7 +323,7 @@ class Generator:
         pending = st.pending
         while pending and pending[-1].start <= t:
             fault = pending.pop()
-            active = _Active(fault, st, self._scenario.seed)
+            active = _Active(fault, st, self._seed)
             st.active.append(active)
             out.extend(self._fault_edge(st, fault, "start", fault.start))
         still: list[_Active] = []
@@ -541,12 +415,14 @@ class Generator:
 
     def _payload(self, st: _Stream, ts: float, values: list[float], anomaly: str) -> bytes:
         if self._flat:
-            return st.fmt.format(ts, st.seq, *values).encode()
+            return st.fmt.format(st.spec.device, ts, st.seq, *values).encode()
         if not all(math.isfinite(v) for v in values):
             return self._partial(st, ts, values, anomaly)
         if anomaly:
-            return (st.fmt[:-2] + "{}}}").format(ts, st.seq, *values, anomaly).encode()
-        return st.fmt.format(ts, st.seq, *values).encode()
+            return (
+                (st.fmt[:-2] + "{}}}").format(st.spec.device, ts, st.seq, *values, anomaly).encode()
+            )
+        return st.fmt.format(st.spec.device, ts, st.seq, *values).encode()
 
     def _partial(self, st: _Stream, ts: float, values: list[float], anomaly: str) -> bytes:
         """A reading without its unmeasured quantities."""
@@ -563,6 +439,326 @@ class Generator:
         ).encode()
 
 
+class Generator(_Emitter):
+    """Readings, labels and statuses of some streams of a scenario (all by default)."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        topics: Topics,
+        streams: Sequence[int] | None = None,
+        payload: Literal["edgetwin", "flat"] = "edgetwin",
+    ) -> None:
+        super().__init__(topics, payload, scenario.source, scenario.seed)
+        self._scenario = scenario
+        if streams is None:
+            plan = scenario.plan()
+            ours: Sequence[int] = range(len(plan))
+        else:
+            ours = sorted(set(streams))
+            # The plan of the devices served here only: a worker of a 100,000-device fleet
+            # neither holds nor ever builds the other workers' streams.
+            wanted = set(ours)
+            our_devices = {s.device for s in scenario.iter_streams() if s.index in wanted}
+            plan = list(scenario.iter_plan(our_devices.__contains__))
+            found = {entry[0].index for entry in plan}
+            bad = [i for i in ours if i not in found]
+            if bad:
+                total = sum(1 for _ in scenario.iter_streams())
+                raise ScenarioError(f"no stream {bad[0]}: the scenario has {total}")
+        self._ours = frozenset(ours)
+        self._plan = {entry[0].index: entry for entry in plan}
+        del plan
+        self._by_device: dict[str, list[int]] = {}
+        for i in ours:
+            self._by_device.setdefault(self._plan[i][0].device, []).append(i)
+        self._first_of_device: dict[str, int] = {}
+        for index, (stream, _, _) in self._plan.items():
+            self._first_of_device.setdefault(stream.device, index)
+        self._faults: dict[int, list[FaultSpec]] = {}
+        self._recordings: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+        self._origin = scenario.origin
+        for fault in scenario.fault_specs():
+            self.inject(fault)
+
+    # -- public face ----------------------------------------------------------------------------
+
+    def label_topic(self) -> str:
+        return self._label_topic
+
+    def streams(self) -> list[StreamSpec]:
+        """The streams this generator serves, in index order."""
+        return [self._plan[i][0] for i in sorted(self._ours)]
+
+    def warm(self) -> None:
+        """Build every stream's state now instead of at its first `emit` (some 75 us a stream,
+        mostly seeding): a worker can pay it before its first deadline rather than late."""
+        for index in sorted(self._ours):
+            if index not in self._states:
+                self._open(index)
+
+    def inject(self, fault: FaultSpec) -> None:
+        """Apply `fault` to every stream of this generator it names, labelled like a scheduled
+        one. A fault whose start has passed takes effect at each stream's next reading."""
+        patterns = fault.device_patterns()
+        if all(not any(c in p for c in "*?[") for p in patterns):
+            candidates = [i for p in patterns for i in self._by_device.get(p, ())]
+        else:
+            candidates = sorted(self._ours)
+        for i in candidates:
+            spec = self._plan[i][0]
+            if not matches(fault, spec.device, spec.sensor):
+                continue
+            self._faults.setdefault(i, []).append(fault)
+            state = self._states.get(i)
+            if state is not None:
+                _schedule(state, fault)
+
+    # -- streams --------------------------------------------------------------------------------
+
+    def _open(self, index: int) -> _Stream:
+        if index not in self._ours:
+            raise ScenarioError(f"stream {index} is not served by this generator")
+        spec, _, sensor = self._plan[index]
+        st = _Stream(spec)
+        quantities = sensor.quantities
+        self._build(
+            st,
+            tuple(quantities),
+            tuple(q.unit or UNITS[name] for name, q in quantities.items()),
+            tuple(q.resolution(name) for name, q in quantities.items()),
+            [self._signal(spec, name, q) for name, q in quantities.items()],
+        )
+        st.owner = self._first_of_device[spec.device] == index
+        if self._flat:
+            st.publishes = self._flat_stream(spec.device) == index
+        for fault in self._faults.get(index, ()):
+            _schedule(st, fault)
+        self._states[index] = st
+        return st
+
+    def _flat_stream(self, device: str) -> int | None:
+        """The device's first stream measuring temperature and humidity."""
+        index = self._first_of_device[device]
+        while (entry := self._plan.get(index)) is not None and entry[0].device == device:
+            if {"temperature", "humidity"} <= entry[2].quantities.keys():
+                return index
+            index += 1
+        return None
+
+    def _signal(self, spec: StreamSpec, quantity: str, q: QuantitySpec) -> SignalModel:
+        base = derive_seed(self._scenario.seed, spec.device, spec.sensor, quantity)
+        parts = q.parts()
+        built: list[SignalModel] = []
+        for j, part in enumerate(parts):
+            seed = base if j == 0 else derive_seed(base, j)
+            built.append(self._part(part, quantity, seed))
+        model: SignalModel = built[0] if len(built) == 1 else Sum(*built)
+        if q.stuck is not None:
+            stuck = q.stuck
+            if stuck.at is not None:
+                start = utc_seconds(stuck.at)
+            else:
+                start = self._anchor("stuck.after") + parse_duration(stuck.after or 0.0)
+            duration = None if stuck.duration is None else parse_duration(stuck.duration)
+            model = Stuck(model, start, duration)
+        if q.spikes is not None:
+            s = q.spikes
+            model = Spikes(
+                model,
+                s.rate_per_hour,
+                s.magnitude,
+                s.duration,
+                derive_seed(base, "spikes"),
+                two_sided=s.two_sided,
+            )
+        if q.dropouts is not None:
+            d = q.dropouts
+            model = Dropouts(model, d.rate_per_hour, d.duration, derive_seed(base, "dropouts"))
+        plain_default = len(parts) == 1 and isinstance(parts[0], DefaultPart) and model is built[0]
+        if q.clamp and not (plain_default and q.limits is None):
+            limits = q.limits or PHYSICAL_LIMITS.get(quantity)
+            if limits is not None:
+                model = Clamp(model, *limits)
+        return model
+
+    def _part(self, part: SignalPart, quantity: str, seed: int) -> SignalModel:
+        if isinstance(part, DefaultPart):
+            return default_signal(quantity, seed, rng=LightRandom)
+        if isinstance(part, WalkPart):
+            return RandomWalk(part.lo, part.hi, part.step, seed, part.start, rng=LightRandom)
+        if isinstance(part, DriftPart):
+            return Drift(part.per_day, limit=part.limit)
+        if isinstance(part, ReplayPart):
+            path = str(replay_path(self._scenario, part))
+            recording = self._recordings.get(path)
+            if recording is None:
+                recording = self._recordings[path] = read_columns(path)
+            column = part.column or next(iter(recording))
+            times, values = recording[column]
+            return Replay(
+                times,
+                values,
+                loop=part.loop,
+                speed=part.speed,
+                interpolation=part.interpolation,
+            )
+        if isinstance(part, ConstantPart):
+            return Constant(part.value)
+        if isinstance(part, DailyPart):
+            return DailyCycle(part.mean, part.amplitude, part.peak_hour)
+        if isinstance(part, NoisePart):
+            return Noise(part.sigma, seed, rng=LightRandom)
+        raise AssertionError(f"unhandled signal part {part!r}")
+
+    def _anchor(self, key: str) -> float:
+        if self._origin is None:
+            raise ScenarioError(
+                f"{key}: the scenario has no start; set `start` in the file or use "
+                "Scenario.with_start(t) before building generators"
+            )
+        return self._origin
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedStream:
+    """One stream handed to the engine at run time (a stand-in for a missing sensor), with
+    everything its readings need: no scenario file behind it."""
+
+    sensor: str
+    interval: float
+    quantities: tuple[Quantity, ...]
+    """name, unit and decimals of each quantity, in the order the payload lists them"""
+    signals: tuple[SignalModel, ...]
+    """the model of each quantity"""
+    seq: int = 0
+    """the last sequence number already on the wire: the first reading is seq + 1"""
+
+
+class PlacedStreams(_Emitter):
+    """Streams placed and taken away one device at a time while the engine runs.
+
+    `place` gives a device exactly the streams named: new ones are built at once and fall due
+    at the schedule time the caller gives; kept ones go on untouched; the others stop. Stream
+    indices are handed out here and never reused within a run.
+    """
+
+    def __init__(
+        self,
+        topics: Topics,
+        payload: Literal["edgetwin", "flat"] = "edgetwin",
+        source: str = "simulated",
+        first_index: int = 0,
+    ) -> None:
+        super().__init__(topics, payload, source, 0)
+        self._next_index = first_index
+        # device -> sensor -> index, in the order the device's streams were placed
+        self._of_device: dict[str, dict[str, int]] = {}
+
+    def place(
+        self, device: str, keep: Sequence[str], start: Sequence[PlacedStream], s_first: float
+    ) -> dict[str, int]:
+        """Run `keep` (streams of `device` already running) and `start` from now on; every
+        other stream of the device stops. A started stream that replaces one of the same name
+        continues its numbering if that is higher than its own `seq`. Returns the last seq of
+        each stream that stopped."""
+        current = self._of_device.get(device, {})
+        started = {p.sensor for p in start}
+        stopped: dict[str, int] = {}
+        kept: dict[str, int] = {}
+        for sensor, index in current.items():
+            if sensor in keep and sensor not in started:
+                kept[sensor] = index
+            else:
+                stopped[sensor] = self._states.pop(index).seq
+        for placed in start:
+            index = self._next_index
+            self._next_index += 1
+            spec = StreamSpec(
+                index, device, placed.sensor, placed.interval, s_first % placed.interval
+            )
+            st = _Stream(spec)
+            self._build(
+                st,
+                tuple(q.name for q in placed.quantities),
+                tuple(q.unit for q in placed.quantities),
+                tuple(q.decimals for q in placed.quantities),
+                placed.signals,
+            )
+            st.seq = max(placed.seq, stopped.get(placed.sensor, 0))
+            self._states[index] = st
+            kept[placed.sensor] = index
+        if kept:
+            self._of_device[device] = kept
+            self._choose_flat(kept)
+        else:
+            self._of_device.pop(device, None)
+        return {name: seq for name, seq in stopped.items() if name not in started}
+
+    def _choose_flat(self, streams: dict[str, int]) -> None:
+        """With flat payloads, one stream a device goes on the wire: its first placed one
+        measuring temperature and humidity."""
+        if not self._flat:
+            return
+        speaker = next(
+            (i for i in streams.values() if set(self._states[i].names) >= FlatReading.QUANTITIES),
+            None,
+        )
+        for index in streams.values():
+            self._states[index].publishes = index == speaker
+
+    def streams(self) -> list[StreamSpec]:
+        """The streams running now."""
+        return [self._states[i].spec for s in self._of_device.values() for i in s.values()]
+
+    def seqs(self, device: str) -> dict[str, int]:
+        return {name: self._states[i].seq for name, i in self._of_device.get(device, {}).items()}
+
+    def warm(self) -> None:
+        """Nothing to do: placed streams are built when placed."""
+
+    def inject(self, fault: Any) -> None:
+        """Placed streams take no injected faults: they stand in for real sensors."""
+
+    def _open(self, index: int) -> _Stream:
+        raise ScenarioError(f"stream {index} is not placed here")
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedFleet:
+    """The scenario of a placed run (`EngineController.start(..., placed=True)`): no streams
+    of its own, only the generator that takes the streams placed while it runs."""
+
+    source: str = "simulated"
+    seed: int = 0
+
+    # Placed streams' indices start here, clear of any scenario's in the same worker.
+    FIRST_INDEX: ClassVar[int] = 1 << 40
+
+    def streams(self) -> list[StreamSpec]:
+        return []
+
+    def iter_streams(self) -> Iterator[StreamSpec]:
+        return iter(())
+
+    def streams_at(self, indices: Collection[int]) -> dict[int, StreamSpec]:
+        return {}
+
+    def device_count(self) -> int:
+        return 0
+
+    def resized(self, devices: int) -> PlacedFleet:
+        raise ScenarioError("a placed run has no size of its own: its owner places devices")
+
+    def generator(
+        self,
+        topics: Topics,
+        streams: Sequence[int] | None = None,
+        payload: Literal["edgetwin", "flat"] = "edgetwin",
+    ) -> PlacedStreams:
+        return PlacedStreams(topics, payload, self.source, first_index=self.FIRST_INDEX)
+
+
 def _flatten(model: SignalModel) -> tuple[list[SignalModel], float, float]:
     """`Clamp(Sum(a, b, ...))` as ([a, b, ...], lo, hi), to be summed with fsum and clamped
     by the caller: the same numbers as `model.sample`, without two layers of calls per
@@ -576,6 +772,10 @@ def _flatten(model: SignalModel) -> tuple[list[SignalModel], float, float]:
 
 
 def _schedule(st: _Stream, fault: FaultSpec) -> None:
+    if st.pending is _NO_FAULTS:
+        st.pending = []
+    if st.active is _NO_FAULTS:
+        st.active = []
     st.pending.append(fault)
     st.pending.sort(key=lambda f: f.start, reverse=True)
     st.next_change = min(st.next_change, fault.start)
@@ -592,15 +792,18 @@ def _number(decimals: int, position: int | None = None) -> str:
     return "{" + ("" if position is None else str(position)) + f":.{decimals}f" + "}"
 
 
-def _flat_format(device: str, names: Sequence[str]) -> str:
-    """The original simulator's payload, formatted with (ts, seq, *values) like telemetry."""
+def _flat_format(names: Sequence[str]) -> str:
+    """The original simulator's payload, formatted with (device, ts, seq, *values) like
+    telemetry."""
     if not {"temperature", "humidity"} <= set(names):
         return ""
-    temperature = names.index("temperature") + 2
-    humidity = names.index("humidity") + 2
+    temperature = names.index("temperature") + 3
+    humidity = names.index("humidity") + 3
     return (
-        _escape(f'{{"device_id":{_json(device)},"timestamp":')
-        + "{0:"
+        _escape('{"device_id":"')
+        + "{0}"
+        + _escape('","timestamp":')
+        + "{1:"
         + _TS
         + "}"
         + _escape(',"temperature":')

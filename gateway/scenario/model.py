@@ -16,7 +16,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -453,20 +453,38 @@ class Scenario(_Spec, frozen=True, kw_only=True):
     def streams(self) -> list[StreamSpec]:
         """Every stream, devices in fleet order (see `resized`), each device's sensors in the
         file's order."""
-        return [stream for stream, _, _ in self.plan()]
+        return list(self.iter_streams())
+
+    def iter_streams(self) -> Iterator[StreamSpec]:
+        """`streams()` one at a time: a 100,000-device fleet's list is some 25 MB, which a
+        process that only walks it (to split or rate the fleet) need not hold."""
+        return (stream for stream, _, _ in self.iter_plan())
+
+    def streams_at(self, indices: Collection[int]) -> dict[int, StreamSpec]:
+        """The streams at `indices`, by index."""
+        wanted = set(indices)
+        return {s.index: s for s in self.iter_streams() if s.index in wanted}
 
     def plan(self) -> list[tuple[StreamSpec, TemplateSpec, SensorSpec]]:
         """`streams()` with the template and sensor spec each stream comes from."""
-        found: list[tuple[StreamSpec, TemplateSpec, SensorSpec]] = []
+        return list(self.iter_plan())
+
+    def iter_plan(
+        self, keep_device: Callable[[str], bool] | None = None
+    ) -> Iterator[tuple[StreamSpec, TemplateSpec, SensorSpec]]:
+        """`plan()` one stream at a time; with `keep_device`, only the streams of the devices
+        it accepts (their indices stay the fleet's)."""
+        index = 0
         for name, template, k in self._deal():
             device = template.device_id(name, k)
+            if keep_device is not None and not keep_device(device):
+                index += len(template.sensors)
+                continue
             for sensor, spec in template.sensors.items():
                 interval = spec.interval or template.interval or self.interval
                 phase = _phase(self.seed, device, sensor, interval)
-                found.append(
-                    (StreamSpec(len(found), device, sensor, interval, phase), template, spec)
-                )
-        return found
+                yield StreamSpec(index, device, sensor, interval, phase), template, spec
+                index += 1
 
     # -- time ----------------------------------------------------------------------------------
 

@@ -1,0 +1,199 @@
+"""Stand-ins on the simulation engine, against a real mosquitto: streams placed one device at a
+time into a running engine, their numbering carried on and handed back, what the driver's
+metadata says they publish, and many devices taken over at once."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from agent.contract import SensorSettings, Source, Telemetry, Topics
+from gateway.engine import Endpoint, EngineController, EngineSettings
+from gateway.engine.controller import EngineStateError
+from gateway.scenario import PlacedFleet
+from gateway.scenario.generator import PlacedStreams
+from gateway.standins import StandIns, standin_stream
+from hardware.registry import reading_quantities
+from tests.brokers import BrokerUnderTest
+from tests.engine_helpers import TestScenario
+from tests.fleet_helpers import poll
+from tests.mqtt_helpers import Message, Subscriber
+
+TELEMETRY = "edgetwin/+/telemetry/+"
+FAST = SensorSettings(driver="bme280", address=0x76, interval=0.05)
+
+
+def endpoint(broker: BrokerUnderTest) -> Endpoint:
+    return Endpoint(host=broker.host, port=broker.port, protocol=broker.protocol, keepalive=2)
+
+
+@pytest.fixture
+def standins(broker: BrokerUnderTest) -> Iterator[StandIns]:
+    engine = EngineController(endpoint(broker), EngineSettings(stats_interval=0.2))
+    stand_ins = StandIns(engine)
+    stand_ins.start()
+    yield stand_ins
+    stand_ins.stop()
+
+
+def readings(messages: list[Message], device: str, sensor: str = "env") -> list[Telemetry]:
+    topic = f"edgetwin/{device}/telemetry/{sensor}"
+    return [Telemetry.decode(m.payload) for m in messages if m.topic == topic]
+
+
+@pytest.mark.integration
+def test_a_stand_in_continues_the_numbering_and_hands_back_its_last_seq(
+    broker: BrokerUnderTest, standins: StandIns
+) -> None:
+    with Subscriber(broker, TELEMETRY, qos=0) as sub:
+        assert standins.serve("pi", {"env": FAST}, {"env": 100})
+        assert not standins.serve("pi", {"env": FAST}, {"env": 100})  # nothing to change
+        sub.wait_for("edgetwin/pi/telemetry/env", timeout=10, count=5)
+        assert standins.simulated_streams("pi") == {"env": 100}
+        assert standins.serve("pi", {})
+        last = standins.last_seq("pi", "env")
+        # Whatever was handed to the socket before the stop reaches the subscriber; nothing
+        # comes after it.
+        poll(
+            lambda: readings(sub.messages(), "pi")[-1].seq == last,
+            timeout=5,
+            what=f"reading {last}",
+        )
+        sub.clear()
+        # A barrier on the same engine: while another device's readings arrive, none of the
+        # stopped stream's may.
+        standins.serve("barrier", {"env": FAST})
+        sub.wait_for("edgetwin/barrier/telemetry/env", timeout=10, count=3)
+    assert readings(sub.messages(), "pi") == []
+    assert not standins.is_active("pi")
+
+
+@pytest.mark.integration
+def test_readings_carry_the_drivers_quantities_units_and_resolution(
+    broker: BrokerUnderTest, standins: StandIns
+) -> None:
+    adc = SensorSettings(driver="ads1115", address=0x48, interval=0.05, options={"channels": "0,2"})
+    with Subscriber(broker, TELEMETRY, qos=0) as sub:
+        standins.serve("lab", {"env": FAST, "adc": adc})
+        sub.wait_for("edgetwin/lab/telemetry/adc", timeout=10, count=2)
+        sub.wait_for("edgetwin/lab/telemetry/env", timeout=10, count=2)
+        messages = sub.messages()
+    for sensor, settings in (("env", FAST), ("adc", adc)):
+        quantities = reading_quantities(settings.driver, settings.options)
+        for reading in readings(messages, "lab", sensor):
+            assert reading.source is Source.SIMULATED
+            assert list(reading.values) == [q.name for q in quantities]
+            for q in quantities:
+                value = reading.values[q.name]
+                assert value.unit == q.unit
+                assert value.value == round(value.value, q.decimals)
+        body = json.loads(messages[-1].payload)
+        assert body["v"] == 1
+
+
+@pytest.mark.integration
+def test_changed_settings_restart_a_stream_and_its_numbering_goes_on(
+    broker: BrokerUnderTest, standins: StandIns
+) -> None:
+    slow = SensorSettings(driver="bme280", address=0x76, interval=0.1)
+    with Subscriber(broker, "edgetwin/pi/telemetry/env", qos=0) as sub:
+        standins.serve("pi", {"env": FAST})
+        sub.wait_for(timeout=10, count=4)
+        standins.serve("pi", {"env": slow})
+        before = len(sub.messages())
+        sub.wait_for(timeout=10, count=before + 4)
+        standins.serve("pi", {})
+        seqs = [r.seq for r in readings(sub.messages(), "pi")]
+    # One numbering across the restart: no gap, no number twice.
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+@pytest.mark.integration
+def test_a_neighbour_keeps_running_while_one_sensor_is_handed_back(
+    broker: BrokerUnderTest, standins: StandIns
+) -> None:
+    other = SensorSettings(driver="sht3x", interval=0.05)
+    with Subscriber(broker, TELEMETRY, qos=0) as sub:
+        standins.serve("pi", {"env": FAST, "other": other})
+        sub.wait_for("edgetwin/pi/telemetry/other", timeout=10, count=3)
+        standins.serve("pi", {"other": other})
+        assert standins.simulated_streams("pi").keys() == {"other"}
+        count = len(readings(sub.messages(), "pi", "other"))
+        sub.wait_for("edgetwin/pi/telemetry/other", timeout=10, count=count + 3)
+    seqs = [r.seq for r in readings(sub.messages(), "pi", "other")]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+@pytest.mark.integration
+def test_a_thousand_devices_taken_over_at_once_all_publish(
+    broker: BrokerUnderTest, standins: StandIns
+) -> None:
+    """Each placement is one message down a pipe; the worker folds the ones that arrive
+    together into one schedule rebuild, so a whole fleet failing over is no slower per device
+    than one."""
+    one_second = SensorSettings(driver="bme280", address=0x76, interval=1.0)
+    devices = [f"pi-{i:04d}" for i in range(1000)]
+    with Subscriber(broker, TELEMETRY, qos=0) as sub:
+        for i, device in enumerate(devices):
+            standins.serve(device, {"env": one_second}, {"env": i})
+        sub.wait_for(TELEMETRY, timeout=20, count=len(devices))
+        first: dict[str, int] = {}
+        for message in sub.messages():
+            reading = Telemetry.decode(message.payload)
+            first.setdefault(reading.device, reading.seq)
+    assert len(standins.active_devices()) == 1000
+    assert standins.stats().devices == 1000
+    assert first == {device: i + 1 for i, device in enumerate(devices)}
+
+
+def test_placements_wait_for_the_engine_to_run(broker: BrokerUnderTest) -> None:
+    stand_ins = StandIns(EngineController(endpoint(broker)))
+    assert stand_ins.serve("early", {"env": FAST}, {"env": 7})
+    assert stand_ins.is_active("early")
+    with Subscriber(broker, "edgetwin/early/telemetry/env", qos=0) as sub:
+        stand_ins.start()
+        try:
+            [message] = sub.wait_for(timeout=10)[:1]
+        finally:
+            stand_ins.stop()
+    assert Telemetry.decode(message.payload).seq == 8
+
+
+def test_a_placed_run_takes_no_scenario_streams_and_a_scenario_run_no_placements(
+    broker: BrokerUnderTest,
+) -> None:
+    engine = EngineController(endpoint(broker))
+    with pytest.raises(EngineStateError):
+        engine.place("pi", (), ())
+    try:
+        engine.start(TestScenario(devices=1, interval=1.0), workers=0)
+        with pytest.raises(EngineStateError, match="no placed run"):
+            engine.place("pi", (), ())
+    finally:
+        engine.close()
+    with pytest.raises(Exception, match="no size"):
+        PlacedFleet().resized(3)
+
+
+def test_flat_payloads_speak_for_a_device_from_its_first_climate_stream() -> None:
+    streams = PlacedStreams(Topics(), payload="flat")
+    light = SensorSettings(driver="bh1750", interval=1.0)
+    indoor = SensorSettings(driver="sht3x", interval=1.0)
+    placed = [
+        standin_stream("w", "light", light, seed=0),
+        standin_stream("w", "outdoor", FAST, seed=0),
+        standin_stream("w", "indoor", indoor, seed=0),
+    ]
+    streams.place("w", [], placed, 0.0)
+    spoken = {s.sensor: streams.emit(s.index, 1_800_000_000.0) for s in streams.streams()}
+    assert spoken["light"] == []
+    assert spoken["indoor"] == []
+    [(topic, payload, _)] = spoken["outdoor"]
+    assert list(json.loads(payload)) == ["device_id", "timestamp", "temperature", "humidity"]
+    # The speaker handed back: the next climate stream speaks for the device.
+    streams.place("w", ["light", "indoor"], [], 0.0)
+    by_sensor = {s.sensor: s.index for s in streams.streams()}
+    assert streams.emit(by_sensor["indoor"], 1_800_000_001.0) != []
+    assert topic == "edgetwin/w/telemetry/outdoor"
