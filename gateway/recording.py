@@ -10,7 +10,8 @@ renamed).
 `Recorder` writes readings as they come and flushes them to the operating system every few
 hundred rows or half a second, so a crash loses at most that much. `LiveRecorder` feeds one
 from a broker subscription. `read_readings` reads either format back as contract payloads,
-`Replayer` publishes a recording again as a simulated device, on a timeline shifted to now.
+`Replayer` plays a recording again as simulated devices on the simulation engine, on a timeline
+shifted to the run's start (`replay_command` is `edgetwin replay`).
 
 A recording is also a signal source: `hardware.signals.Replay.from_csv(path, "temperature",
 device=..., sensor=...)` (or `replay_csv`) plays one of its streams to an emulator or scenario.
@@ -29,12 +30,11 @@ import statistics
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import msgspec
 
@@ -49,7 +49,7 @@ from agent.contract import (
     Topics,
     check_id,
 )
-from agent.mqtt import Delivery, Message, MqttLink, PublishError
+from agent.mqtt import Message, MqttLink
 from hardware.quantities import UNITS
 from hardware.recordings import (
     HEAD,
@@ -61,10 +61,12 @@ from hardware.recordings import (
     recording_format,
 )
 
+if TYPE_CHECKING:
+    from gateway.engine import EngineController
+
 log = logging.getLogger(__name__)
 
 Payload = Telemetry | FlatReading
-Publish = Callable[[str, bytes], object]
 
 
 _SKIP_WARNINGS: Final = 5  # skipped messages logged at WARNING; the rest at DEBUG
@@ -376,6 +378,15 @@ def read_readings(path: str | Path) -> list[RecordedReading]:
 
 # -- replaying -----------------------------------------------------------------------------------
 
+_EARLY: Final = 1e-5
+"""Seconds: a reading due this little after a tick goes out with it. A reading on its stream's
+grid and the tick meant for it are the same instant computed two ways (the engine's timeline,
+the replay's shift), a few units in the last place apart."""
+
+_MIN_TICK: Final = 0.005
+"""Wall seconds: no stream ticks more often than the engine's workers wake (`EngineSettings
+.tick`); readings closer together than that go out on one tick."""
+
 
 @dataclass(frozen=True, slots=True)
 class Scheduled:
@@ -386,33 +397,70 @@ class Scheduled:
     payload: bytes
 
 
-class Replayer:
-    """Publishes a recording again as a simulated device.
+@dataclass(frozen=True, slots=True)
+class ReplayStream:
+    """One (device, sensor) stream of a replay as the engine schedules it (a StreamSpecLike).
 
-    Readings are played in the order of their `ts`: the first falls on the moment `run`
-    starts, the others follow at their recorded gaps divided by `speed`, and each payload's
-    timestamps (ts, anomaly start and end) are moved to the time it is due. Telemetry goes out
-    with source "simulated". With `loop`, the recording repeats, one period being its span
-    plus its median gap, and each stream's seq goes on counting from pass to pass.
+    `interval` and `phase` are in recorded seconds from the recording's first reading: the
+    engine runs a replay at a rate of `speed`, so schedule time is recording time. `positions`
+    are the stream's readings in the replayer's (time) order, `times` their recorded ts."""
+
+    index: int
+    device: str
+    sensor: str  # "flat" for the original simulator's flat readings, which name none
+    interval: float
+    phase: float
+    positions: tuple[int, ...]
+    times: tuple[float, ...]  # the readings' recorded ts
+
+
+class Replayer:
+    """A recording played again as simulated devices: a scenario of the simulation engine.
+
+    Each message is due where it was recorded, shifted: the first reading falls on the run's
+    start, the others follow at their recorded gaps divided by `speed`, and each payload's
+    timestamps (ts, anomaly start and end) are moved to the time it is due (`schedule` lists
+    them). Telemetry goes out with source "simulated". With `loop`, the recording repeats, one
+    period being its span plus its median gap, and each stream's seq goes on counting from
+    pass to pass.
 
     `device` publishes every reading as that device (a recording of several devices needs
     `only` to pick one); `only` keeps one recorded device. Topics are the recorded ones, unless
     `topics` is given, the device is renamed or the recording (CSV) has none: then they are
     built from `topics` (default: the contract's default prefix).
+
+    It plays on the simulation engine as a scenario (`gateway.engine.interface.ScenarioLike`):
+    `EngineController.start(replayer, rate=replayer.speed)`, as `edgetwin replay` does, so the
+    engine's timeline rate is the replay's speed and schedule time is recorded time. Each
+    recorded (device, sensor) is one stream, ticking at its typical interval: the median
+    spacing of its readings (at least `_MIN_TICK` of wall time; with `loop`, rounded so that a
+    whole number of ticks fills a period). Its ticks are placed just after its readings: at its
+    first reading plus the largest delay, behind the grid that reading starts, of the readings
+    within a quarter interval of it (their jitter). At each tick the generator sends the
+    stream's readings whose due time has come and that have not gone out yet, so a gap in the
+    recording stays a gap and no reading is lost or sent twice, even when the engine coalesces
+    or skips ticks (the next tick served takes their readings).
+
+    Timing resolution: a reading goes out on its stream's first tick at or after its due time
+    (never before it), so, in wall time over the speed, within the spread of its stream's
+    jitter when it sits on the stream's grid (a regularly spaced stream: an agent's, or the
+    engine's own, which has none), and within one interval when it does not (an irregular
+    stream, or readings after an outage that moved an agent's phase); plus the worker's
+    batching tick, 5 ms. Readings of one stream keep their recorded order; between streams,
+    order holds to that resolution.
     """
+
+    seed = 0  # a recording draws no random numbers
 
     def __init__(
         self,
         readings: Sequence[RecordedReading],
-        publish: Publish,
         *,
         speed: float = 1.0,
         device: str | None = None,
         only: str | None = None,
         topics: Topics | None = None,
         loop: bool = False,
-        clock: Callable[[], float] = time.time,
-        wait: Callable[[float], bool] | None = None,
     ) -> None:
         if not (speed > 0 and math.isfinite(speed)):
             raise RecordingError(f"replay speed must be a positive number, got {speed}")
@@ -431,15 +479,13 @@ class Replayer:
                 f"{', ...' if len(devices) > 5 else ''}); pick the one to replay as {device!r}"
             )
         self._readings = sorted(readings, key=lambda r: r.ts)
-        self._publish = publish
         self.speed = speed
         self._device = device
         self._rebuild = topics is not None or device is not None
         self._topics = topics or Topics()
         self.loop = loop
-        self._clock = clock
-        self._wait = wait
         times = [r.ts for r in self._readings]
+        self.first = times[0]  # recorded time of the first reading: the run's start
         span = times[-1] - times[0]
         gaps = [b - a for a, b in itertools.pairwise(times) if b > a]
         self.period = span + (statistics.median(gaps) if gaps else 0.0)
@@ -454,7 +500,12 @@ class Replayer:
                 )
         self._seq_step = {key: max(s) - min(s) + 1 for key, s in seqs.items()}
         self._topic_of = [self._topic(r) for r in self._readings]
-        self.published = 0
+        self._streams = self._plan()
+        self._devices = len({stream.device for stream in self._streams})
+
+    def __len__(self) -> int:
+        """Readings in one pass."""
+        return len(self._readings)
 
     def _topic(self, reading: RecordedReading) -> str:
         if reading.topic is not None and not self._rebuild:
@@ -469,76 +520,195 @@ class Replayer:
             )
         return self._topics.telemetry(device, "flat")
 
-    def schedule(self, start: float) -> Iterator[Scheduled]:
-        """The messages of the replay, in order, for a run starting at `start`; endless with
-        `loop`."""
-        first = self._readings[0].ts
-        for cycle in itertools.count():
-            offset = cycle * self.period
-            for reading, topic in zip(self._readings, self._topic_of, strict=True):
+    # -- the timeline -------------------------------------------------------------------------
 
-                def shift(t: float, offset: float = offset) -> float:
-                    return start + (t - first + offset) / self.speed
+    def shift(self, t: float, start: float, cycle: int = 0) -> float:
+        """Recorded time `t` in pass `cycle` of a run starting at `start`."""
+        offset = cycle * self.period
+        return start + (t - self.first + offset) / self.speed
 
-                due = shift(reading.ts)
-                yield Scheduled(due, topic, self._payload(reading, cycle, shift).encode())
-            if not self.loop:
-                return
+    def topic(self, position: int) -> str:
+        """The topic of reading `position` (in time order)."""
+        return self._topic_of[position]
 
-    def _payload(
-        self, reading: RecordedReading, cycle: int, shift: Callable[[float], float]
-    ) -> Payload:
+    def payload(self, position: int, cycle: int, start: float) -> bytes:
+        """Reading `position` (in time order) as published in pass `cycle` of a run starting
+        at `start`: timestamps shifted, seq moved on by the passes before, source simulated."""
+        reading = self._readings[position]
         payload = reading.payload
         if isinstance(payload, FlatReading):
             return FlatReading(
                 device_id=self._device or payload.device_id,
-                timestamp=shift(payload.timestamp),
+                timestamp=self.shift(payload.timestamp, start, cycle),
                 temperature=payload.temperature,
                 humidity=payload.humidity,
-            )
+            ).encode()
         anomaly = payload.anomaly
         if anomaly is not None:
             anomaly = Anomaly(
                 type=anomaly.type,
                 id=anomaly.id,
-                start=shift(anomaly.start),
-                end=None if anomaly.end is None else shift(anomaly.end),
+                start=self.shift(anomaly.start, start, cycle),
+                end=None if anomaly.end is None else self.shift(anomaly.end, start, cycle),
             )
         step = self._seq_step[(payload.device, payload.sensor)]
         return Telemetry(
             device=self._device or payload.device,
             sensor=payload.sensor,
-            ts=shift(payload.ts),
+            ts=self.shift(payload.ts, start, cycle),
             seq=payload.seq + cycle * step,
             source=Source.SIMULATED,
             values=payload.values,
             anomaly=anomaly,
-        )
+        ).encode()
 
-    def run(
+    def schedule(self, start: float) -> Iterator[Scheduled]:
+        """The messages of the replay, in order, each with the time it is due, for a run
+        starting at `start`; endless with `loop`."""
+        for cycle in itertools.count():
+            for position, reading in enumerate(self._readings):
+                yield Scheduled(
+                    self.shift(reading.ts, start, cycle),
+                    self._topic_of[position],
+                    self.payload(position, cycle, start),
+                )
+            if not self.loop:
+                return
+
+    # -- engine streams (gateway.engine.interface.ScenarioLike) ---------------------------------
+
+    def _plan(self) -> list[ReplayStream]:
+        by_stream: dict[tuple[str, str | None], list[int]] = {}
+        for position, reading in enumerate(self._readings):
+            by_stream.setdefault((reading.device, reading.sensor), []).append(position)
+        streams: list[ReplayStream] = []
+        for (device, sensor), positions in by_stream.items():
+            times = [self._readings[p].ts - self.first for p in positions]
+            interval = self._interval(times)
+            phase = math.fmod(times[0] + _lag(times, interval), interval)
+            streams.append(
+                ReplayStream(
+                    index=len(streams),
+                    device=self._device or device,
+                    sensor=sensor or "flat",
+                    interval=interval,
+                    phase=phase,
+                    positions=tuple(positions),
+                    times=tuple(self._readings[p].ts for p in positions),
+                )
+            )
+        return streams
+
+    def _interval(self, times: Sequence[float]) -> float:
+        """A stream's tick interval in recorded seconds (see the class docstring)."""
+        gaps = [b - a for a, b in itertools.pairwise(times) if b > a]
+        interval = statistics.median(gaps) if gaps else (self.period or 1.0)
+        interval = max(interval, _MIN_TICK * self.speed)
+        if self.loop:
+            interval = self.period / max(1, round(self.period / interval))
+        return interval
+
+    def streams(self) -> list[ReplayStream]:
+        return self._streams
+
+    def iter_streams(self) -> Iterator[ReplayStream]:
+        return iter(self._streams)
+
+    def streams_at(self, indices: Collection[int]) -> dict[int, ReplayStream]:
+        return {i: self._streams[i] for i in indices}
+
+    def device_count(self) -> int:
+        return self._devices
+
+    def resized(self, devices: int) -> Replayer:
+        if devices != self._devices:
+            raise RecordingError(f"a replay plays the {self._devices} devices it recorded")
+        return self
+
+    def generator(
         self,
-        stop: threading.Event | None = None,
-        *,
-        duration: float | None = None,
-        count: int | None = None,
-    ) -> int:
-        """Publish until the recording ends (never, with `loop`), `stop` is set, `duration`
-        seconds have passed or `count` messages are out; returns how many were published."""
-        stop = stop or threading.Event()
-        wait = self._wait or stop.wait
-        start = self._clock()
-        end = math.inf if duration is None else start + duration
-        published = 0
-        for item in self.schedule(start):
-            if stop.is_set() or item.due > end or (count is not None and published >= count):
+        topics: Topics | None = None,
+        streams: Sequence[int] | None = None,
+        payload: str = "edgetwin",
+    ) -> ReplayGenerator:
+        """The generator of `streams` (all by default). `topics` and `payload` are the run's
+        defaults, which a replay does not use: its topics and payloads are the recording's."""
+        return ReplayGenerator(self, streams)
+
+
+def _lag(times: Sequence[float], interval: float) -> float:
+    """How far after the grid of `interval` from the first time the on-grid times fall at
+    most: the largest residual in [0, interval / 4)."""
+    base = times[0]
+    lag = 0.0
+    for t in times:
+        d = t - base
+        residual = d - round(d / interval) * interval
+        if lag < residual < interval / 4:
+            lag = residual
+    return lag
+
+
+class ReplayGenerator:
+    """A replay's messages on the engine's ticks (a GeneratorLike): at each tick of a stream,
+    its readings due by then (wall time) that have not gone out yet.
+
+    The run's start, the wall time its first reading is due, is taken from the first tick this
+    generator serves, which the engine places at the run's origin plus the stream's phase over
+    the speed (each worker process's generator takes its own: the same origin). Should the
+    engine have coalesced that tick into a later one (a worker more than an interval late at
+    the very start), the replay starts that much later, whole: nothing is sent early or lost.
+    """
+
+    def __init__(self, replayer: Replayer, streams: Sequence[int] | None) -> None:
+        self._replayer = replayer
+        specs = replayer.streams()
+        ours = range(len(specs)) if streams is None else sorted(set(streams))
+        bad = [i for i in ours if not 0 <= i < len(specs)]
+        if bad:
+            raise RecordingError(f"no stream {bad[0]}: the replay has {len(specs)}")
+        self._specs = {i: specs[i] for i in ours}
+        # Per stream: the next reading (its place among the stream's) and pass.
+        self._next = {i: [0, 0] for i in ours}
+        self.start: float | None = None
+        self.emitted = 0
+
+    def warm(self) -> None:
+        """Nothing to build ahead: a payload is encoded when it goes out."""
+
+    def inject(self, fault: Any) -> None:
+        """A recording carries its own anomaly labels; injected faults do not apply to it."""
+
+    def emit(self, index: int, t: float) -> list[tuple[str, bytes, bool]]:
+        spec = self._specs.get(index)
+        if spec is None:
+            raise RecordingError(f"stream {index} is not served by this generator")
+        replayer = self._replayer
+        start = self.start
+        if start is None:
+            start = self.start = t - spec.phase / replayer.speed
+        state = self._next[index]
+        at, cycle = state
+        positions, times = spec.positions, spec.times
+        first, period, speed, loop = replayer.first, replayer.period, replayer.speed, replayer.loop
+        topic, payload = replayer.topic, replayer.payload
+        out: list[tuple[str, bytes, bool]] = []
+        limit = t + _EARLY
+        n = len(positions)
+        while True:
+            if at == n:
+                if not loop:
+                    break
+                at, cycle = 0, cycle + 1
+            # Replayer.shift, inline.
+            if start + (times[at] - first + cycle * period) / speed > limit:
                 break
-            delay = item.due - self._clock()
-            if delay > 0 and wait(delay):
-                break
-            self._publish(item.topic, item.payload)
-            published += 1
-            self.published += 1
-        return published
+            position = positions[at]
+            out.append((topic(position), payload(position, cycle, start), False))
+            at += 1
+        state[0], state[1] = at, cycle
+        self.emitted += len(out)
+        return out
 
 
 # -- command line --------------------------------------------------------------------------------
@@ -621,27 +791,6 @@ def record_command(
     return 0
 
 
-class _Window:
-    """Publishes through a link, holding at most `size` unacknowledged messages: a replay at
-    high speed waits for the broker instead of queueing the whole file in memory."""
-
-    def __init__(self, link: MqttLink, qos: int, size: int = 1000, timeout: float = 10.0) -> None:
-        self._link = link
-        self._qos = qos
-        self._size = size
-        self._timeout = timeout
-        self._outstanding: deque[Delivery] = deque()
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        while len(self._outstanding) >= self._size:
-            if not self._outstanding.popleft().wait(self._timeout):
-                raise PublishError(f"broker acknowledged nothing for {self._timeout} s")
-        self._outstanding.append(self._link.publish(topic, payload, qos=self._qos))
-
-    def drain(self) -> bool:
-        return all(delivery.wait(self._timeout) for delivery in self._outstanding)
-
-
 def replay_command(
     path: Path,
     broker: str,
@@ -656,47 +805,96 @@ def replay_command(
     qos: int = 1,
     connect_timeout: float = 10.0,
 ) -> int:
-    """`edgetwin replay`: returns the exit status; prints the count at the end."""
+    """`edgetwin replay`: the recording on the simulation engine (a worker in this process, or
+    processes for a large one: chosen from the rate), at a rate of `speed`. Returns the exit
+    status; prints at the end what reached the socket (and, at QoS 1, the broker's PUBACK)."""
+    from gateway.engine import EngineController, EngineError, EngineInputError, EngineSettings
+    from gateway.engine.link import Endpoint
+
     stop = threading.Event()
     try:
         if duration is not None and not duration > 0:
             raise ValueError(f"--duration must be positive, got {duration}")
+        if qos not in (0, 1):
+            raise ValueError(f"--qos must be 0 or 1, got {qos}")
         host, port = parse_broker(broker)
         readings = read_readings(path)
         topics = None
         if prefix is not None or topic_template is not None:
             topics = Topics(prefix=prefix or DEFAULT_PREFIX, telemetry_template=topic_template)
-        settings = MqttSettings(host=host, port=port, protocol="3.1.1")
-        link = MqttLink(settings)
-        window = _Window(link, qos)
         replayer = Replayer(
-            readings,
-            window.publish,
-            speed=speed,
-            device=device,
-            only=only,
-            topics=topics,
-            loop=loop,
+            readings, speed=speed, device=device, only=only, topics=topics, loop=loop
         )
     except (RecordingError, ContractError, ValueError) as exc:
         print(f"edgetwin replay: {exc}", file=sys.stderr)
         return 2
-    link.start()
-    try:
-        with _StopOnSignal(stop):
-            if not link.wait_connected(connect_timeout):
-                print(f"edgetwin replay: no broker answered on {host}:{port}", file=sys.stderr)
-                return 1
+    endpoint = Endpoint(host=host, port=port, protocol="3.1.1", client_id_prefix="edgetwin-replay")
+    engine = EngineController(
+        endpoint, EngineSettings(qos=1 if qos else 0, start_timeout=connect_timeout)
+    )
+    with _StopOnSignal(stop):
+        try:
+            engine.start(replayer, qos=qos, rate=speed, fleet="replay")
+        except EngineInputError as exc:
+            print(f"edgetwin replay: {exc}", file=sys.stderr)
+            return 2
+        except EngineError as exc:
+            print(f"edgetwin replay: no broker answered on {host}:{port}: {exc}", file=sys.stderr)
+            return 1
+        try:
             print(
-                f"replaying {len(readings)} readings from {path} at {speed}x (Ctrl-C stops)",
+                f"replaying {len(replayer)} readings from {path} at {speed}x (Ctrl-C stops)",
                 file=sys.stderr,
             )
-            published = replayer.run(stop, duration=duration)
-            delivered = window.drain()
-    except PublishError as exc:
-        print(f"edgetwin replay: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        link.close()
-    print(f"replayed {published} readings{'' if delivered else ' (some not acknowledged)'}")
-    return 0
+            _wait_replayed(engine, replayer, stop, duration, qos)
+        finally:
+            engine.close()
+    final = engine.stats()
+    missing = final.refused + final.lost
+    if qos == 1:
+        missing = max(missing, final.sent - final.acked)
+    line = f"replayed {final.sent} readings"
+    if not loop and final.sent < len(replayer):
+        line += f" of {len(replayer)}"
+    if qos == 1:
+        line += f", {final.acked} acknowledged"
+    if final.rejected:
+        line += f", {final.rejected} rejected"
+    if final.refused or final.lost:
+        line += f", {final.refused} refused, {final.lost} lost"
+    print(line)
+    return 1 if missing else 0
+
+
+def _wait_replayed(
+    engine: EngineController,
+    replayer: Replayer,
+    stop: threading.Event,
+    duration: float | None,
+    qos: int,
+) -> None:
+    """Until `stop`, `duration` seconds, or the end of a replay that does not loop: every
+    reading accounted for (handed to the socket, or at QoS 1 acknowledged or refused), or,
+    once the last is past due, nothing moving any more."""
+    began = time.monotonic()
+    deadline = math.inf if duration is None else began + duration
+    # The last reading is due a span over the speed after the start (about now), and goes out
+    # on its stream's next tick at the latest.
+    longest = max(stream.interval for stream in replayer.streams())
+    due_end = began + (replayer.period + longest) / replayer.speed + 0.5
+    total = len(replayer)
+    last: tuple[int, ...] | None = None
+    while not stop.wait(min(0.1, max(deadline - time.monotonic(), 0.0))):
+        now = time.monotonic()
+        if now >= deadline:
+            return
+        if replayer.loop:
+            continue
+        stats = engine.refresh()
+        done = stats.acked + stats.rejected + stats.refused if qos == 1 else stats.sent
+        if done >= total:
+            return
+        counters = (stats.sent, stats.acked, stats.refused, stats.lost)
+        if now >= due_end and counters == last:
+            return
+        last = counters

@@ -120,3 +120,20 @@ def test_streams_of_different_intervals_each_keep_their_own() -> None:
     assert by_stream[1] == pytest.approx([0.1, 2.1])
     assert by_stream[0] == pytest.approx([0.5 * k for k in range(9)])
     assert by_stream[2] == pytest.approx([0.25 + 0.5 * k for k in range(8)])
+
+
+def test_take_through_takes_every_tick_however_far_behind_in_the_runs_own_frame() -> None:
+    entries = [Entry(0, 0.5, 0.0), Entry(1, 2.0, 0.1), Entry(2, 0.5, 0.25), Entry(3, 0.1, 0.05)]
+    origin = 1_795_737_600.0
+    schedule = Schedule(entries)
+    taken = schedule.take_through(10.0, origin) + schedule.take_through(12.0, origin)
+    # Nothing skipped or coalesced: every deadline up to 12 s, once, as virtual time needs.
+    for entry in entries:
+        times = sorted(t for t, i in taken if i == entry.index)
+        ticks = int((12.0 - entry.phase) / entry.interval + 1e-9) + 1
+        # Each time is the stream's first deadline plus k intervals, rounded as such.
+        assert times == [(origin + entry.phase) + k * entry.interval for k in range(ticks)]
+    # The cursors moved as take_due's do: the next tick is the first after 12 s.
+    assert schedule.next_time() == pytest.approx(12.05)
+    due, _ = schedule.take_due(12.1, skip_before=-1, limit=10)
+    assert due == [(3, pytest.approx(12.05)), (1, pytest.approx(12.1))]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import math
+import pickle
+import random
 import signal
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,9 +25,10 @@ from agent.contract import (
     Topics,
     Value,
 )
-from agent.mqtt import MqttLink
 from edgetwin.cli import main as edgetwin_main
-from gateway.engine.controller import EngineController
+from gateway.engine import EngineController, EngineInputError, EngineSettings
+from gateway.engine.link import Endpoint
+from gateway.engine.schedule import Entry, Schedule, Timeline
 from gateway.engine.sources import endpoint_from_mqtt
 from gateway.recording import (
     LiveRecorder,
@@ -40,7 +43,7 @@ from hardware.recordings import RecordingError
 from hardware.signals import Replay, replay_csv
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import mqtt_settings, start_edgetwin
-from tests.mqtt_helpers import connect_client, disconnect_client
+from tests.mqtt_helpers import Subscriber, connect_client, disconnect_client
 
 T0 = 1_790_000_000.0  # a fixed recorded epoch, far from now, so shifted times stand out
 
@@ -237,54 +240,190 @@ def test_a_missing_file_is_a_recording_error(tmp_path: Path) -> None:
         read_readings(tmp_path / "absent.csv")
 
 
-# -- replay timeline (virtual time) ----------------------------------------------------------------
+# -- replay on the engine's schedule (virtual time) -----------------------------------------------
 
 
-def test_replay_shifts_time_to_now_and_scales_gaps(tmp_path: Path) -> None:
+ORIGIN = 2_000_000_000.0
+
+
+def engine_run(
+    replayer: Replayer,
+    seconds: float,
+    *,
+    origin: float = ORIGIN,
+    step: float = 0.005,
+    limit: int | None = None,
+    starts: list[float] | None = None,
+) -> list[tuple[float, str, bytes]]:
+    """What an engine worker publishes for `replayer` over `seconds` of wall time from
+    `origin`: the engine's Schedule and Timeline at a rate of the replay's speed, taking what
+    is due every `step` seconds (the worker's tick) with the worker's coalescing, the
+    generator's messages as (the tick's wall time, topic, payload). No thread, no broker.
+    `starts` receives the start the generator took from its first tick."""
+    schedule = Schedule(Entry(s.index, s.interval, s.phase) for s in replayer.streams())
+    timeline = Timeline(origin, replayer.speed)
+    generator = replayer.generator(Topics())
+    if starts is not None:
+        starts.append(math.nan)
+    out: list[tuple[float, str, bytes]] = []
+    for k in range(int(seconds / step) + 1):
+        due, _ = schedule.take_due(
+            timeline.schedule_time(origin + k * step), skip_before=-math.inf, limit=1_000_000
+        )
+        for index, s in due:
+            t = timeline.wall_time(s)
+            out.extend((t, topic, payload) for topic, payload, _ in generator.emit(index, t))
+            if starts is not None and generator.start is not None:
+                starts[-1] = generator.start
+            if limit is not None and len(out) >= limit:
+                return out[:limit]
+    return out
+
+
+def test_replay_shifts_time_to_the_start_and_scales_gaps(tmp_path: Path) -> None:
     readings = read_readings(write(tmp_path / "rec.jsonl", sample_stream()))
-    clock = FakeClock(2_000_000_000.0)
-    sent: list[tuple[str, bytes]] = []
-    replayer = Replayer(
-        readings, lambda t, p: sent.append((t, p)), speed=4.0, clock=clock, wait=clock.wait
-    )
+    replayer = Replayer(readings, speed=4.0)
 
-    assert replayer.run() == 5
+    sent = engine_run(replayer, 2.0)
 
-    out = [Telemetry.decode(p) for _, p in sent]
-    start = 2_000_000_000.0
-    assert [m.ts for m in out] == [start + (r.ts - T0) / 4.0 for r in readings]
-    assert sum(clock.waits) == pytest.approx(4.0 / 4.0)  # the recording spans 4 s
+    out = [Telemetry.decode(p) for _, _, p in sent]
+    assert len(out) == 5
+    # The first reading falls on the run's origin, the others at their gaps over the speed.
+    assert [m.ts for m in out] == [ORIGIN + (r.ts - T0) / 4.0 for r in readings]
+    assert [t for t, _, _ in sent] == pytest.approx([m.ts for m in out], abs=1e-6)
+    assert sent[-1][0] - ORIGIN == pytest.approx(4.0 / 4.0)  # the recording spans 4 s
     assert [m.seq for m in out] == [7, 8, 3, 9, 11]
     assert [m.values for m in out] == [r.payload.values for r in readings]  # type: ignore[union-attr]
     assert {m.source for m in out} == {Source.SIMULATED}
-    assert out[3].anomaly == Anomaly(type="spike", id="a-1", start=start + 0.5, end=start + 0.75)
-    assert [t for t, _ in sent] == [r.topic for r in readings]  # recorded topics kept
+    assert out[3].anomaly == Anomaly(type="spike", id="a-1", start=ORIGIN + 0.5, end=ORIGIN + 0.75)
+    assert [t for _, t, _ in sent] == [r.topic for r in readings]  # recorded topics kept
 
 
-def test_replay_loops_with_seq_counting_on_and_stops_on_bounds() -> None:
+def test_replay_loops_with_seq_counting_on() -> None:
     readings = [
         RecordedReading(telemetry(seq, T0 + seq, temperature=float(seq))) for seq in range(3)
     ]
-    clock = FakeClock(2_000_000_000.0)
-    sent: list[Telemetry] = []
-    replayer = Replayer(
-        readings,
-        lambda t, p: sent.append(Telemetry.decode(p)),
-        loop=True,
-        device="replayed",
-        clock=clock,
-        wait=clock.wait,
-    )
+    replayer = Replayer(readings, loop=True, device="replayed")
 
-    assert replayer.run(count=7) == 7
+    sent = [Telemetry.decode(p) for _, _, p in engine_run(replayer, 10.0, limit=7)]
 
     assert [m.seq for m in sent] == list(range(7))
     assert [m.ts - sent[0].ts for m in sent] == [float(i) for i in range(7)]  # one period: 3 s
     assert {m.device for m in sent} == {"replayed"}
-    stop = threading.Event()
-    stop.set()
-    assert replayer.run(stop) == 0
-    assert replayer.run(duration=2.5) == 3
+
+
+def jittery_recording() -> list[RecordedReading]:
+    """Two devices: `a/env` every second with up to 40 ms of jitter, a 10 s outage, and one
+    reading recorded twice; `a/light` every 5 s, on another phase; `b/env` every 2 s."""
+    rng = random.Random(7)
+    readings = []
+    for k in range(60):
+        if 20 <= k < 30:
+            continue  # the outage: a gap that must stay one
+        ts = T0 + k + rng.uniform(0.0, 0.04)
+        readings.append(RecordedReading(telemetry(k, ts, device="a", temperature=float(k))))
+        if k == 40:
+            readings.append(RecordedReading(telemetry(k, ts, device="a", temperature=float(k))))
+    for k in range(12):
+        reading = telemetry(k, T0 + 2.5 + 5 * k, device="a", sensor="light", illuminance=1.0)
+        readings.append(RecordedReading(reading))
+    for k in range(30):
+        ts = T0 + 0.7 + 2 * k
+        readings.append(RecordedReading(telemetry(k, ts, device="b", humidity=float(k))))
+    return readings
+
+
+@pytest.mark.parametrize(
+    ("speed", "step", "loop"),
+    [
+        (1.0, 0.005, False),
+        (10.0, 0.005, True),
+        (60.0, 0.5, False),  # a worker far behind its ticks: most are coalesced
+    ],
+)
+def test_the_engine_sends_each_reading_once_on_its_streams_first_tick_after_it_is_due(
+    speed: float, step: float, loop: bool
+) -> None:
+    replayer = Replayer(jittery_recording(), speed=speed, loop=loop)
+    passes = 3 if loop else 1
+    longest = max(s.interval for s in replayer.streams())
+    starts: list[float] = []
+    sent = engine_run(
+        replayer, (passes * replayer.period + longest) / speed + step, step=step, starts=starts
+    )
+    # The replay starts on the first tick the engine serves: the run's origin, unless that
+    # tick was coalesced into a later one (the worker far behind from the start).
+    start = starts[0]
+    assert start == ORIGIN if step == 0.005 else ORIGIN <= start < ORIGIN + step
+
+    # The very messages of the replay's timeline, bytes and all: none lost, none twice.
+    timeline = replayer.schedule(start)
+    expected = list(itertools.islice(timeline, (passes + 1) * len(replayer) if loop else None))
+    due = {(m.topic, m.payload): m.due for m in expected}
+    if loop:  # up to the end of the passes counted; later ones have begun
+        end = start + passes * replayer.period / speed
+        expected = [m for m in expected if m.due < end]
+        sent = [m for m in sent if due[(m[1], m[2])] < end]
+    assert sorted((m.topic, m.payload) for m in expected) == sorted((t, p) for _, t, p in sent)
+    streams = {s.device + "/" + s.sensor: s for s in replayer.streams()}
+    for stream in streams.values():
+        ours = [m for m in sent if f"/{stream.device}/telemetry/{stream.sensor}" in m[1]]
+        mine = [m for m in expected if f"/{stream.device}/telemetry/{stream.sensor}" in m.topic]
+        # Each stream's readings in their recorded order (the duplicate right after itself).
+        assert [p for _, _, p in ours] == [m.payload for m in mine]
+        for tick, topic, payload in ours:
+            lateness = tick - due[(topic, payload)]
+            assert lateness >= -1e-5, "sent before it was due"
+            # The stream's first tick served at or after it is due: the next tick, or, with
+            # ticks coalesced, the worker's next pass.
+            assert lateness <= stream.interval / speed + (step if step > 0.005 else 1e-5)
+    if step == 0.005 and not loop:
+        # A regular stream with jitter (40 ms) goes out within about twice its jitter (the
+        # median spacing, its grid, is a little off a second) and the worker's tick, not an
+        # interval (1 s) late.
+        a_env = [m for m in sent if "/a/telemetry/env" in m[1]]
+        assert max(tick - due[(t, p)] for tick, t, p in a_env) <= 0.1 / speed + step
+    # The outage stays a gap on the wire.
+    a_times = sorted(Telemetry.decode(p).ts for _, t, p in sent if "/a/telemetry/env" in t)
+    gaps = [b - a for a, b in itertools.pairwise(a_times)]
+    assert max(gaps) == pytest.approx(11.0 / speed, abs=0.05 / speed)
+
+
+def test_replay_picks_and_renames_devices() -> None:
+    readings = jittery_recording()
+    only_b = Replayer(readings, only="b", device="bee")
+    sent = [Telemetry.decode(p) for _, _, p in engine_run(only_b, 60.0, step=0.5)]
+    assert len(sent) == 30
+    assert {(m.device, m.sensor) for m in sent} == {("bee", "env")}
+    assert [m.seq for m in sent] == list(range(30))
+    assert only_b.device_count() == 1
+    assert [(s.device, s.sensor) for s in only_b.streams()] == [("bee", "env")]
+    both = Replayer(readings)
+    assert both.device_count() == 2
+    assert [(s.device, s.sensor) for s in both.streams()] == [
+        ("a", "env"),
+        ("b", "env"),
+        ("a", "light"),
+    ]
+    assert both.resized(2) is both
+    with pytest.raises(RecordingError, match="2 devices it recorded"):
+        both.resized(3)
+
+
+def test_a_replay_crosses_to_a_worker_process_intact() -> None:
+    # Engine workers are spawned processes: the scenario they get is pickled.
+    replayer = Replayer(jittery_recording(), speed=5.0, only="a", loop=True)
+    copy = pickle.loads(pickle.dumps(replayer))
+    assert engine_run(copy, 30.0) == engine_run(replayer, 30.0)
+
+
+@pytest.mark.parametrize("rate", [0.0, -1.0, math.inf, math.nan])
+def test_the_engine_refuses_a_starting_rate_that_is_no_speed(rate: float) -> None:
+    engine = EngineController(Endpoint(host="127.0.0.1", port=1))
+    replayer = Replayer([RecordedReading(telemetry(0, T0, temperature=1.0))])
+    with pytest.raises(EngineInputError, match="rate must be a positive number"):
+        engine.start(replayer, workers=0, rate=rate)
+    assert engine.state == "stopped"
 
 
 def test_replay_refuses_what_it_cannot_play() -> None:
@@ -293,21 +432,20 @@ def test_replay_refuses_what_it_cannot_play() -> None:
         RecordedReading(telemetry(0, T0 + 1, device="b", temperature=1.0)),
     ]
     with pytest.raises(RecordingError, match="2 devices"):
-        Replayer(two_devices, lambda t, p: None, device="x")
+        Replayer(two_devices, device="x")
     with pytest.raises(RecordingError, match="no device 'c'"):
-        Replayer(two_devices, lambda t, p: None, only="c")
+        Replayer(two_devices, only="c")
     with pytest.raises(RecordingError, match="speed"):
-        Replayer(two_devices, lambda t, p: None, speed=0)
+        Replayer(two_devices, speed=0)
     with pytest.raises(RecordingError, match="loop"):
-        Replayer(two_devices[:1], lambda t, p: None, loop=True)
+        Replayer(two_devices[:1], loop=True)
     flat = [RecordedReading(FlatReading(device_id="d", timestamp=T0, temperature=1, humidity=2))]
     with pytest.raises(RecordingError, match="template"):
-        Replayer(flat, lambda t, p: None)
-    sent: list[str] = []
-    Replayer(
-        flat, lambda t, p: sent.append(t), topics=Topics(telemetry_template="sensors/data")
-    ).run()
-    assert sent == ["sensors/data"]
+        Replayer(flat)
+    replayer = Replayer(flat, topics=Topics(telemetry_template="sensors/data"))
+    sent = engine_run(replayer, 1.0)
+    assert [t for _, t, _ in sent] == ["sensors/data"]
+    assert FlatReading.decode(sent[0][2]).timestamp == ORIGIN
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
@@ -378,20 +516,19 @@ def test_record_a_live_stream_to_csv_and_jsonl(broker: BrokerUnderTest, tmp_path
 def test_replay_reproduces_the_file_on_the_wire(broker: BrokerUnderTest, tmp_path: Path) -> None:
     source = write(tmp_path / "source.csv", sample_stream())
     readings = read_readings(source)
-    link = MqttLink(settings(broker))
     speed = 8.0
+    endpoint = Endpoint(host=broker.host, port=broker.port, protocol=broker.protocol)
+    engine = EngineController(endpoint, EngineSettings(workers=0))
     with LiveRecorder(settings(broker), Recorder(tmp_path / "replayed.jsonl"), count=5) as live:
         assert live.wait_ready(10)
-        link.start()
+        before = time.time()
+        engine.start(Replayer(readings, speed=speed), qos=1, rate=speed)
         try:
-            assert link.wait_connected(10)
-            replayer = Replayer(readings, lambda t, p: link.publish(t, p, qos=1), speed=speed)
-            before = time.time()
-            assert replayer.run() == 5
-            after = time.time()
             assert live.done.wait(10)
+            after = time.time()
         finally:
-            link.close()
+            engine.close()
+    assert engine.stats().acked == 5
 
     replayed = read_readings(tmp_path / "replayed.jsonl")
     original = [r.payload for r in readings]
@@ -406,6 +543,10 @@ def test_replay_reproduces_the_file_on_the_wire(broker: BrokerUnderTest, tmp_pat
     assert before <= out_t[0].ts <= after
     for got, want in zip(out_t, orig_t, strict=True):
         assert got.ts - out_t[0].ts == pytest.approx((want.ts - T0) / speed, abs=1e-6)
+    # Each went out once due, at its stream's tick: within the worker's 5 ms tick of it.
+    for got, record in zip(out_t, replayed, strict=True):
+        assert record.received is not None
+        assert -0.001 <= record.received - got.ts <= 0.1
     # CSV keeps no topics: the replay builds them from the contract.
     assert [r.topic for r in replayed] == [Topics().telemetry(p.device, p.sensor) for p in orig_t]
 
@@ -434,6 +575,32 @@ def test_the_cli_records_until_stopped_and_replays(broker: BrokerUnderTest, tmp_
     assert [r.payload.values for r in read_readings(out)] == [  # type: ignore[union-attr]
         p.values for p in sample_stream()
     ]
+
+
+@pytest.mark.integration
+def test_the_cli_loops_for_its_duration_and_counts_what_reached_the_socket(
+    broker: BrokerUnderTest, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write(tmp_path / "source.jsonl", sample_stream())
+    address = f"{broker.host}:{broker.port}"
+    args = ["--speed", "10", "--loop", "--duration", "1.2", "--device", "replayed", "--qos", "0"]
+    with Subscriber(broker, "edgetwin/replayed/telemetry/+") as sub:
+        began = time.monotonic()
+        assert edgetwin_main(["replay", str(source), "--broker", address, *args]) == 0
+        took = time.monotonic() - began
+        printed = capsys.readouterr().out
+        sent = int(printed.removeprefix("replayed ").split(" ")[0])
+        received = sub.wait_for("edgetwin/replayed/telemetry/+", count=sent, timeout=10)
+    assert printed == f"replayed {sent} readings\n"
+    assert 1.2 <= took < 5
+    # A pass of the recording (4.75 s with its median gap) takes 0.475 s at 10x: two passes
+    # and a half in 1.2 s, seq counting on from pass to pass, five readings a pass.
+    readings = [Telemetry.decode(m.payload) for m in received]
+    assert len(readings) == sent
+    assert 10 <= sent <= 15
+    env = [r.seq for r in readings if r.sensor == "env"]
+    assert env[:8] == [7, 8, 9, 11, 12, 13, 14, 16]  # seq steps by 5 (7..11) each pass
+    assert {r.device for r in readings} == {"replayed"}
 
 
 def test_the_cli_names_a_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

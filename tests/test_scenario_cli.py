@@ -167,3 +167,15 @@ def test_a_real_time_run_plays_the_fleet_on_the_broker_until_its_duration(
     assert {r.device for r in readings} == {"device_000", "device_001", "device_002"}
     # One a second per device for two seconds, give or take the start and stop.
     assert 3 <= len(readings) <= 12
+
+
+@pytest.mark.integration
+def test_the_broker_sink_counts_what_the_broker_never_confirmed(broker: BrokerUnderTest) -> None:
+    from gateway.scenario.virtual import BrokerSink
+
+    sink = BrokerSink(broker.host, broker.port, qos=1, close_timeout=0.5)
+    broker.kill()
+    sink.write(1.0, ("edgetwin/dev/telemetry/env", b"{}", False))
+    sink.write(2.0, ("edgetwin/dev/telemetry/env", b"{}", False))
+    sink.close()
+    assert sink.unconfirmed == 2

@@ -12,6 +12,7 @@ re-anchors its schedule to the same instant and the fleet stays one schedule.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import threading
@@ -292,6 +293,7 @@ class EngineController:
         fleet: str = "api",
         count_by_device: bool = False,
         placed: bool = False,
+        rate: float = 1.0,
     ) -> EngineStats:
         """Start workers for `scenario` and return once every one is connected and running.
 
@@ -299,16 +301,20 @@ class EngineController:
         the fleet's rate (`EngineSettings.choose_workers`). `fleet` names who started the run
         (the API's /engine routes, the original simulator's group...). `count_by_device`
         keeps a count of messages per device (`sent_by_device`), which the original
-        simulator's per-device metric needs and nothing else pays for.
+        simulator's per-device metric needs and nothing else pays for. `rate` is the
+        schedule's speed from its first tick, as `set_rate` would set it later (a replay's
+        speed; not capped by MAX_RATE, which bounds the API's changes).
 
         `placed`: a run whose streams are given one device at a time (`place`) by its owner,
         such as the twin's stand-ins for missing devices; `scenario` only makes their
         generator (gateway.scenario.PlacedFleet). It returns at once: ticks falling due
         while the workers connect are skipped and counted, as after any connection loss.
         """
+        if not (rate > 0 and math.isfinite(rate)):
+            raise EngineInputError(f"rate must be a positive number, not {rate}")
         auto = workers is None
         if workers is None:
-            workers = self.settings.choose_workers(fleet_rate(scenario))
+            workers = self.settings.choose_workers(fleet_rate(scenario) * rate)
         qos = self.settings.qos if qos is None else qos
         payload = self.settings.payload if payload is None else payload
         self._check_start(scenario, workers, qos, payload, placed)
@@ -337,7 +343,7 @@ class EngineController:
             for handle, indices in zip(handles, parts, strict=True):
                 handle.send(("streams", scenario, indices))
             if placed:
-                return self._go(handles, devices, workers, qos, payload)
+                return self._go(handles, devices, workers, qos, payload, rate=rate)
             deadline = time.monotonic() + self.settings.start_timeout
             ready = self._cond.wait_for(
                 lambda: all(
@@ -352,7 +358,7 @@ class EngineController:
                 raise EngineError(
                     f"engine workers not ready within {self.settings.start_timeout} s: {why}"
                 )
-            return self._go(handles, devices, workers, qos, payload)
+            return self._go(handles, devices, workers, qos, payload, rate=rate)
 
     def _go(
         self,
@@ -361,11 +367,14 @@ class EngineController:
         workers: int,
         qos: int,
         payload: PayloadKind,
+        *,
+        rate: float = 1.0,
     ) -> EngineStats:
         """Start the schedule's clock on every worker (lock held)."""
         origin = time.time() + _START_DELAY
         for handle in handles:
-            handle.send(("go", origin, 1.0))
+            handle.send(("go", origin, rate))
+        self._rate = rate
         self._state = "running"
         self._cond.notify_all()
         log.info(

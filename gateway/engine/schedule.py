@@ -7,7 +7,10 @@ bisect, whatever its size. A fleet has a handful of distinct intervals, so the g
 and scanned linearly.
 
 Schedule time runs at `rate` times wall time (`Timeline`), so pause, resume and a rate change
-re-anchor one mapping and never touch the cursors.
+re-anchor one mapping and never touch the cursors. Virtual time (gateway/scenario/virtual.py)
+runs the same cursors with a clock that jumps ahead instead of following the wall:
+`take_through` takes every tick up to a time, never skipping, and names each tick's time in
+the run's own frame.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ class Timeline:
 
 
 class _Group:
-    __slots__ = ("cycle", "indices", "interval", "n", "phases", "pos")
+    __slots__ = ("anchored", "cycle", "indices", "interval", "n", "phases", "pos")
 
     def __init__(self, interval: float, entries: list[Entry], after: float) -> None:
         entries.sort(key=lambda e: (e.phase, e.index))
@@ -73,6 +76,7 @@ class _Group:
         self.phases = [e.phase for e in entries]
         self.indices = [e.index for e in entries]
         self.n = len(entries)
+        self.anchored: tuple[float, list[float]] | None = None  # see take_through
         # Start strictly after `after`: a rebuilt schedule must not replay a tick already taken.
         self.cycle = 0
         self.pos = 0
@@ -125,6 +129,23 @@ class _Group:
     def skip_to(self, s: float) -> int:
         return self._seek(s, strict=True)
 
+    def take_through(self, s_now: float, origin: float, out: list[tuple[float, int]]) -> None:
+        phases, indices, n, interval = self.phases, self.indices, self.n, self.interval
+        # The first deadline in `origin`'s frame, once per group and origin.
+        if self.anchored is None or self.anchored[0] != origin:
+            self.anchored = (origin, [origin + phase for phase in phases])
+        anchored = self.anchored[1]
+        cycle, pos = self.cycle, self.pos
+        base = cycle * interval
+        while base + phases[pos] <= s_now:
+            out.append((anchored[pos] + base, indices[pos]))
+            pos += 1
+            if pos == n:
+                pos = 0
+                cycle += 1
+                base = cycle * interval
+        self.cycle, self.pos = cycle, pos
+
 
 class Schedule:
     """The deadlines of one worker's streams in schedule time."""
@@ -161,3 +182,19 @@ class Schedule:
     def skip_to(self, s: float) -> int:
         """Drop every tick up to `s` (they could not be sent); return how many."""
         return sum(g.skip_to(s) for g in self._groups)
+
+    def take_through(self, s_now: float, origin: float = 0.0) -> list[tuple[float, int]]:
+        """Every tick due by `s_now`, none skipped or coalesced (virtual time never falls
+        behind), as (time, stream index) so that the list sorts by time as it is, group by
+        group rather than in time order.
+
+        The time is in the frame of `origin` (schedule time 0): `origin + phase` plus
+        `k * interval`, in that order of float operations, so a stream's k-th tick is the same
+        float however the run is cut into steps and never drifts over a long run. It differs
+        from `origin + s` by a few units in the last place: a caller that orders ticks by it
+        must hold back those within that much of `origin + s_now` until the next step.
+        """
+        out: list[tuple[float, int]] = []
+        for group in self._groups:
+            group.take_through(s_now, origin, out)
+        return out

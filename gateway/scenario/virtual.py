@@ -1,14 +1,17 @@
 """Virtual time: play a scenario from a start for a duration as fast as the machine allows.
 
-Every stream's readings fall due at start + phase + k * interval; one heap orders them, so a
-day of a fleet comes out in time order without waiting for it. Messages go to a JSON lines
-file (one object a line: virtual time `t`, `topic`, `retain`, and the `payload` document
-itself) or are published to a broker.
+The engine's schedule (`gateway.engine.schedule`) and the scenario's generator, as a real-time
+run uses them, with a clock that jumps ahead instead of following the wall: every stream's
+readings fall due at start + phase + k * interval, so a day of a fleet comes out in time order
+without waiting for it. Messages go to a JSON lines file (one object a line: virtual time `t`,
+`topic`, `retain`, and the `payload` document itself) or are published to a broker.
 """
 
 from __future__ import annotations
 
-import heapq
+import bisect
+import itertools
+import math
 import sys
 import time
 from collections import deque
@@ -22,8 +25,11 @@ import msgspec
 from agent.config import MqttSettings
 from agent.contract import Topics
 from agent.mqtt import Delivery, MqttError, MqttLink
+from gateway.engine.schedule import Entry, Schedule
 from gateway.scenario.generator import Message
 from gateway.scenario.model import Scenario, ScenarioError
+
+_STEP_TICKS = 4096  # ticks a step of the virtual clock takes, on average
 
 
 class Sink(Protocol):
@@ -70,14 +76,26 @@ class BrokerSink:
     unacknowledged (QoS 1) or unsent (QoS 0): the run goes at the broker's pace and memory
     stays bounded."""
 
-    def __init__(self, host: str, port: int, qos: Literal[0, 1] = 1, window: int = 1000) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        qos: Literal[0, 1] = 1,
+        window: int = 1000,
+        *,
+        close_timeout: float = 30.0,
+    ) -> None:
         self._qos = qos
         self._window = window
+        self._close_timeout = close_timeout
         self._link = MqttLink(
             MqttSettings(host=host, port=port, max_inflight=min(window, 65535)),
             client_id=None,
         )
         self._pending: deque[Delivery] = deque()
+        # Messages written that the broker did not acknowledge (QoS 1) or that never reached
+        # the socket (QoS 0) by the end of `close`.
+        self.unconfirmed = 0
         self._link.start()
         if not self._link.wait_connected(10.0):
             self._link.close(1.0)
@@ -97,10 +115,15 @@ class BrokerSink:
                 raise ScenarioError("the broker stopped acknowledging messages")
 
     def close(self) -> None:
+        """Wait up to `close_timeout` seconds in all for what is still pending; what did not
+        make it is counted in `unconfirmed`."""
+        deadline = time.monotonic() + self._close_timeout
         try:
             for delivery in self._pending:
-                delivery.wait(30.0)
+                if not delivery.wait(max(deadline - time.monotonic(), 0.0)):
+                    self.unconfirmed += 1
         finally:
+            self._pending.clear()
             self._link.close()
 
 
@@ -143,37 +166,52 @@ def run_virtual(
 ) -> Counts:
     """Every message of `scenario` from `start` for `duration` seconds, in time order, into
     `sink`. `progress(virtual seconds done, messages so far)` is called every few thousand
-    messages."""
+    messages.
+
+    The engine's schedule decides what is due; the clock, instead of following the wall,
+    jumps a step of schedule time ahead each time (`_STEP_TICKS` ticks' worth). A step's
+    ticks are sorted by (time, stream index), time being `start + phase + k * interval`
+    (`Schedule.take_through`); those within `slack` of the step's end wait for the next
+    step, since a tick not yet taken may round to an earlier time than they do. The order
+    is therefore exact, step size aside: ties go to the lower stream index.
+    """
     topics = topics or Topics()
     scenario = scenario.with_start(start)
     generator = scenario.generator(topics, payload=payload)
+    schedule = Schedule(Entry(s.index, s.interval, s.phase) for s in generator.streams())
     end = start + duration
     label_topic = generator.label_topic()
     counts = Counts()
-    # (due time, stream index, readings so far); times computed from k, not summed, so they
-    # do not drift over a long run.
-    heap = [(start + s.phase, s.index, 0) for s in generator.streams()]
-    heapq.heapify(heap)
-    intervals = {s.index: (s.interval, start + s.phase) for s in generator.streams()}
+    step = _STEP_TICKS / schedule.per_second if schedule.per_second else 1.0
+    # A tick's time and `start` plus its schedule time are a few units in the last place of
+    # the largest time in play apart (see Schedule.take_through); `slack` is many times that
+    # and still far below any interval.
+    slack = 64 * math.ulp(abs(start) + duration + step)
+    step = max(step, 1024 * slack)
     emit = generator.emit
     write = sink.write
-    since_report = 0
-    while heap and heap[0][0] < end:
-        t, index, k = heap[0]
-        for message in emit(index, t):
-            write(t, message)
-            if message[2]:
-                counts.status += 1
-            elif message[0] == label_topic:
-                counts.labels += 1
-            else:
-                counts.telemetry += 1
-        interval, first = intervals[index]
-        heapq.heapreplace(heap, (first + (k + 1) * interval, index, k + 1))
-        since_report += 1
-        if progress is not None and since_report >= 4096:
-            since_report = 0
-            progress(t - start, counts.total)
+    held: list[tuple[float, int]] = []
+    running = True
+    while running and (s_next := schedule.next_time()) is not None:
+        s_now = s_next + step
+        due = held + schedule.take_through(s_now, start)
+        due.sort()
+        ready = bisect.bisect_left(due, (start + s_now - slack,))
+        held = due[ready:]
+        for t, index in itertools.islice(due, ready):
+            if t >= end:
+                running = False
+                break
+            for message in emit(index, t):
+                write(t, message)
+                if message[2]:
+                    counts.status += 1
+                elif message[0] == label_topic:
+                    counts.labels += 1
+                else:
+                    counts.telemetry += 1
+        if progress is not None and running and ready:
+            progress(due[ready - 1][0] - start, counts.total)
     if progress is not None:
         progress(duration, counts.total)
     return counts
@@ -244,9 +282,11 @@ def simulate_command(
         bar.update(seconds, counts.total, final=True)
     elapsed = time.monotonic() - started
     where = str(out) if out is not None else f"mqtt://{broker}"
+    unconfirmed = sink.unconfirmed if isinstance(sink, BrokerSink) else 0
     print(
         f"{counts.total} messages ({counts.telemetry} telemetry, {counts.labels} labels, "
         f"{counts.status} status) from {scenario.device_count()} devices over "
         f"{seconds:g} virtual seconds to {where} in {elapsed:.1f} s"
+        + (f"; {unconfirmed} of them not confirmed sent" if unconfirmed else "")
     )
-    return 0
+    return 1 if unconfirmed else 0
