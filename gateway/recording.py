@@ -673,6 +673,9 @@ class ReplayGenerator:
         self.start: float | None = None
         self.emitted = 0
 
+    def streams(self) -> list[ReplayStream]:
+        return list(self._specs.values())
+
     def warm(self) -> None:
         """Nothing to build ahead: a payload is encoded when it goes out."""
 
