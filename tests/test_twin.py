@@ -15,12 +15,14 @@ from fastapi.testclient import TestClient
 
 from agent.config import AgentConfig, AgentSection
 from agent.contract import (
+    DesiredConfig,
     Presence,
     RebirthRequest,
     ReportedConfig,
     SensorSettings,
     Status,
     Telemetry,
+    TwinSummary,
 )
 from agent.runtime import Agent
 from gateway.app import create_app
@@ -39,7 +41,7 @@ from tests.fleet_helpers import (
     start_edgetwin,
     stop_process,
 )
-from tests.mqtt_helpers import Message, Subscriber, publish
+from tests.mqtt_helpers import Message, Subscriber, connect_client, disconnect_client, publish
 
 pytestmark = pytest.mark.integration
 
@@ -505,3 +507,38 @@ def test_a_gateway_started_after_a_crash_does_not_trust_a_replayed_birth(
         assert seq_of(first) == 1
     finally:
         publish(broker, f"edgetwin/{ghost}/status", b"", retain=True)
+
+
+def test_a_restarted_gateway_rebuilds_every_twin_on_a_stock_broker() -> None:
+    """More retained documents than a stock mosquitto queues for one QoS 1 subscriber
+    (max_inflight_messages 20 + max_queued_messages 1,000): all of them reach the gateway."""
+    devices = [f"rack-{i:04d}" for i in range(600)]
+    env = {"env": bme280(1.0)}
+    with MosquittoBroker() as stock:
+        client = connect_client(stock)
+        try:
+            deliveries = []
+            for device in devices:
+                twin_doc = TwinSummary(
+                    device=device, ts=time.time(), presence="offline", sensors={}, site="hall"
+                )
+                desired = DesiredConfig(device=device, version=3, sensors=env)
+                for topic, document in (
+                    (f"edgetwin/{device}/twin", twin_doc.encode()),
+                    (f"edgetwin/{device}/config/desired", desired.encode()),
+                ):
+                    deliveries.append(client.publish(topic, document, qos=1, retain=True))
+            for delivery in deliveries:
+                delivery.wait_for_publish(10)
+        finally:
+            disconnect_client(client)
+        with gateway(gateway_config(stock)) as restarted:
+
+            def rebuilt() -> bool:
+                views = restarted.get("/devices").json()
+                return len(views) == len(devices) and all(
+                    v["in_manifest"] and v["desired_version"] == 3 for v in views
+                )
+
+            poll(rebuilt, 20, what=f"{len(devices)} twins rebuilt with their desired versions")
+            assert restarted.get("/fleet").json()["in_manifest"] == len(devices)
