@@ -102,14 +102,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--max-queued",
+        type=int,
+        default=None,
+        help="the broker's max_queued_messages (default: mosquitto's own, 1000)",
+    )
     args = parser.parse_args()
     devices = [f"hall-{i:05d}" for i in range(args.devices)]
-    with MosquittoBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+    extra = [] if args.max_queued is None else [f"max_queued_messages {args.max_queued}"]
+    limits = (
+        "stock limits: 20 in flight, 1,000 queued"
+        if args.max_queued is None
+        else f"max_queued_messages {args.max_queued:,}"
+    )
+    with MosquittoBroker(extra_config=extra) as broker, tempfile.TemporaryDirectory() as tmp:
         started = time.monotonic()
         documents = fill(broker, devices)
         print(
             f"broker filled: {documents:,} retained documents for {len(devices):,} devices "
-            f"in {time.monotonic() - started:.1f} s (stock limits: 20 in flight, 1,000 queued)"
+            f"in {time.monotonic() - started:.1f} s ({limits})"
         )
         api_port = free_port()
         config = Path(tmp) / "gateway.toml"
