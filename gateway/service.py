@@ -139,7 +139,14 @@ class GatewayService:
         for twin in self.fleet.snapshot():
             self._watch_telemetry(twin.id)
         self.link.start()
-        self.standins.start()
+        self.standins.start(
+            sum(
+                1.0 / sensor.interval
+                for twin in self.fleet.snapshot()
+                if twin.in_manifest
+                for sensor in twin.expected_sensors().values()
+            )
+        )
 
     def stop(self) -> None:
         if self._confirm_timer is not None:

@@ -23,6 +23,8 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
+import msgspec
+
 from agent.contract import FlatReading, SensorSettings
 from gateway.engine.controller import EngineController, EngineStats
 from gateway.engine.interface import PayloadKind
@@ -100,13 +102,18 @@ class StandIns:
         # Before `start`: what the engine is to play once it runs, by device and sensor.
         self._pending: dict[str, dict[str, PlacedStream]] | None = {}
 
-    def start(self) -> None:
+    def start(self, rate: float = 0.0) -> None:
+        """Start the engine run the stand-ins are placed on. `rate`: readings a second if
+        every sensor of the manifest were simulated at once; it chooses where the run goes
+        (`EngineSettings.choose_workers`): a thread of the gateway for a manifest of a few
+        thousand readings a second, worker processes beyond, so that a large manifest whose
+        agents all vanish never pins the API's core."""
+        # From the rate alone, whatever `[engine] workers` sets for the API's fleets.
+        workers = msgspec.structs.replace(self.engine.settings, workers="auto").choose_workers(rate)
         with self._lock:
-            # Always in the gateway's process: stand-ins are the manifest's missing sensors (a
-            # few thousand readings a second at most), and the twin reads their numbers back.
             self.engine.start(
                 PlacedFleet(),
-                workers=0,
+                workers=workers,
                 qos=self._qos,
                 payload=self._payload,
                 fleet=FLEET,

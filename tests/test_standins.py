@@ -5,6 +5,7 @@ metadata says they publish, and many devices taken over at once."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -146,6 +147,30 @@ def test_a_thousand_devices_taken_over_at_once_all_publish(
     assert len(standins.active_devices()) == 1000
     assert standins.stats().devices == 1000
     assert first == {device: i + 1 for i, device in enumerate(devices)}
+
+
+@pytest.mark.integration
+def test_a_large_manifest_places_its_stand_ins_in_a_worker_process(
+    broker: BrokerUnderTest,
+) -> None:
+    """Past what a thread of the gateway holds (`in_process_rate`), the stand-ins' run goes to
+    a worker process: placement and hand-back cross a process boundary, learned signals and
+    all, and the numbering still carries on."""
+    stand_ins = StandIns(EngineController(endpoint(broker), EngineSettings(stats_interval=0.2)))
+    stand_ins.start(rate=10_000.0)
+    try:
+        assert stand_ins.stats().workers == 1
+        assert stand_ins.engine.worker_pids() != [os.getpid()]
+        with Subscriber(broker, "edgetwin/far/telemetry/env", qos=0) as sub:
+            stand_ins.serve("far", {"env": FAST}, {"env": 40})
+            sub.wait_for(timeout=20, count=3)
+            stand_ins.serve("far", {})
+            last = stand_ins.last_seq("far", "env")
+            poll(lambda: readings(sub.messages(), "far")[-1].seq == last, 5, what=f"reading {last}")
+        seqs = [r.seq for r in readings(sub.messages(), "far")]
+        assert seqs == list(range(41, last + 1))
+    finally:
+        stand_ins.stop()
 
 
 def test_placements_wait_for_the_engine_to_run(broker: BrokerUnderTest) -> None:
