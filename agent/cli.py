@@ -8,8 +8,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from agent.config import load_agent_config, load_for_program
-from agent.logs import configure_from
+from agent.config import EXIT_CONFIG, load_agent_config, load_for_program
 from agent.runtime import Agent
 
 log = logging.getLogger(__name__)
@@ -18,8 +17,7 @@ log = logging.getLogger(__name__)
 def run_agent(config_path: Path) -> int:
     config = load_for_program(load_agent_config, config_path, "agent")
     if config is None:
-        return 2
-    configure_from(config.observability)
+        return EXIT_CONFIG
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:

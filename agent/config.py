@@ -7,8 +7,10 @@ Structs, not pydantic models, to keep the agent light on a Pi.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import ssl
 import sys
 import tomllib
 from collections.abc import Callable, Mapping
@@ -25,6 +27,14 @@ from agent.contract import (
     Topics,
     locate_error,
 )
+from hardware.errors import HardwareError
+from hardware.registry import check_settings
+
+EXIT_CONFIG: Final = 2
+"""Exit status of a program that cannot start as configured: an invalid file, or (the agent)
+a state directory it cannot use. The systemd units list it in RestartPreventExitStatus=, since
+restarting cannot fix either; every such error ends the process with this status and one line
+on stderr."""
 
 
 class ConfigError(Exception):
@@ -57,7 +67,9 @@ def _decode_extra(kind: type, value: Any) -> Any:
         return Path(value)
     if kind is Secret and isinstance(value, str):
         return Secret(value)
-    raise NotImplementedError  # msgspec reports the mismatch against the key
+    # A TypeError is what msgspec turns into a ValidationError naming the key; anything else
+    # (NotImplementedError included) escapes as a traceback.
+    raise TypeError(f"Expected `str`, got `{type(value).__name__}`")
 
 
 def _encode_extra(value: Any) -> Any:
@@ -71,6 +83,44 @@ def _encode_extra(value: Any) -> Any:
 def _must_be_file(path: Path | None, key: str) -> None:
     if path is not None and not path.is_file():
         raise ValueError(f"{key}: no such file {str(path)!r}")
+
+
+_HOSTNAME: Final = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+def check_host(host: str, key: str) -> None:
+    """Refuse a host that no resolver can answer, so that the file names it rather than a
+    bind or connect failing later with a traceback. Digits and dots only, or a colon, must be
+    an IP address: "999.1.1.1" would otherwise pass for a host name."""
+    if ":" in host or re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{key}: {host!r} is not an IP address") from None
+    elif not _HOSTNAME.fullmatch(host):
+        raise ValueError(f"{key}: {host!r} is neither an IP address nor a host name")
+
+
+def _check_tls_files(ca_file: Path | None, cert_file: Path | None, key_file: Path | None) -> None:
+    # Loaded here as the link will load them, so a file that is not PEM is reported against
+    # its key at start-up instead of as ssl.SSLError from inside paho.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ValueError(f"ca_file: {str(ca_file)!r} is not a PEM CA bundle ({exc})") from None
+    if cert_file is not None and key_file is not None:
+        try:
+            context.load_cert_chain(cert_file, key_file)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ValueError(
+                f"cert_file, key_file: {str(cert_file)!r} and {str(key_file)!r} are not a "
+                f"matching PEM certificate and key ({exc})"
+            ) from None
 
 
 ModelT = TypeVar("ModelT", bound="Section")
@@ -130,6 +180,7 @@ class TlsSettings(Section, frozen=True):
             _must_be_file(getattr(self, key), key)
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
+        _check_tls_files(self.ca_file, self.cert_file, self.key_file)
 
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
@@ -160,6 +211,7 @@ class MqttSettings(Section, frozen=True):
 
     def __post_init__(self) -> None:
         self.topics()  # a ContractError is a ValueError: reported against the file
+        check_host(self.host, "host")
 
     def topics(self) -> Topics:
         return Topics(prefix=self.prefix, telemetry_template=self.topic)
@@ -178,6 +230,7 @@ class ObservabilitySettings(Section, frozen=True):
 
     def __post_init__(self) -> None:
         _must_be_file(self.log_config, "log_config")
+        check_host(self.prometheus_host, "prometheus_host")
 
 
 class AgentSection(Section, frozen=True):
@@ -214,6 +267,15 @@ class AgentConfig(Section, frozen=True):
     )
     sensors: dict[SensorName, SensorSettings] = msgspec.field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # A driver this agent does not have can never run: refused here like any other bad
+        # value, not left to a warning at every start while the agent runs without it.
+        for name, settings in self.sensors.items():
+            try:
+                check_settings(settings.driver, address=settings.address)
+            except HardwareError as exc:
+                raise ValueError(f"sensors.{name}.driver: {exc}") from None
+
 
 # Environment variables win over the file for what differs between machines (broker address)
 # and for what must not sit in a world-readable file (secrets).
@@ -247,6 +309,11 @@ def describe_error(exc: msgspec.ValidationError, source: str) -> str:
     if unknown is not None:
         key = f"{where}.{unknown['key']}" if where else unknown["key"]
         return f"{source}: unknown key '{key}'"
+    # A check of our own names the field it refused as "field: reason": it joins the path.
+    own = re.fullmatch(r"(?P<key>[a-z_][a-z0-9_]*(?:\.[a-z0-9_-]+)*): (?P<reason>.+)", message)
+    if own is not None:
+        where = f"{where}.{own['key']}" if where else own["key"]
+        message = own["reason"]
     if not where:
         return f"{source}: {message}"  # a rule across sections
     return f"{source}: key '{where}': {message}"
@@ -272,6 +339,12 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{path}: is a directory, not a TOML file") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (not UTF-8 at byte {exc.start})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
 
@@ -286,13 +359,20 @@ def load(
 
 
 def load_for_program(loader: Callable[[Path], ModelT], path: Path, program: str) -> ModelT | None:
-    """The program's config, or None after telling the operator on stderr why not.
+    """The program's config, with its logging set up, or None after telling the operator on
+    stderr why not.
 
     Plain text, not JSON: whoever starts the program must read this one at once. The caller
-    exits with status 2, which the systemd unit treats as "do not restart".
+    exits with EXIT_CONFIG, which the systemd unit treats as "do not restart".
     """
+    from agent.logs import configure_from
+
     try:
-        return loader(path)
+        config = loader(path)
+        observability = getattr(config, "observability", None)
+        if isinstance(observability, ObservabilitySettings):
+            configure_from(observability, source=str(path))
+        return config
     except ConfigError as exc:
         print(f"edgetwin {program}: {exc}", file=sys.stderr)
         return None

@@ -41,8 +41,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def configure_from(settings: ObservabilitySettings) -> None:
-    configure_logging(settings.service_name, settings.log_level, config_file=settings.log_config)
+def configure_from(settings: ObservabilitySettings, source: str = "configuration") -> None:
+    """Logging as `settings` say; ConfigError (naming `source`, the file that holds them, and
+    the key) for a `log_config` file that is not a dictConfig TOML file."""
+    try:
+        configure_logging(
+            settings.service_name, settings.log_level, config_file=settings.log_config
+        )
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
+        from agent.config import ConfigError
+
+        raise ConfigError(
+            f"{source}: key 'observability.log_config': {settings.log_config}: "
+            f"not a logging configuration: {exc}"
+        ) from exc
 
 
 def configure_logging(

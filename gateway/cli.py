@@ -11,8 +11,7 @@ from pathlib import Path
 
 import uvicorn
 
-from agent.config import load_for_program
-from agent.logs import configure_from
+from agent.config import EXIT_CONFIG, load_for_program
 from gateway.app import create_app
 from gateway.config import GatewayConfig, load_gateway_config
 
@@ -55,8 +54,7 @@ def serve(config: GatewayConfig) -> uvicorn.Server:
 def run_gateway(config_path: Path) -> int:
     config = load_for_program(load_gateway_config, config_path, "gateway")
     if config is None:
-        return 2
-    configure_from(config.observability)
+        return EXIT_CONFIG
     server = serve(config)
     server.run()
     return 0 if server.started else 1

@@ -33,6 +33,7 @@ from agent.config import (
     ObservabilitySettings,
     Secret,
     Section,
+    check_host,
     load,
 )
 from agent.contract import (
@@ -252,6 +253,9 @@ class GatewayMqttSettings(MqttSettings, frozen=True):
 class ServerSection(Section, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+
+    def __post_init__(self) -> None:
+        check_host(self.host, "host")
 
 
 class ApiSection(Section, frozen=True):

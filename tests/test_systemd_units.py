@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentSection, field_default, load_agent_config
+from agent.config import EXIT_CONFIG, AgentSection, field_default, load_agent_config
 from agent.runtime import IDLE_WAIT
 from agent.systemd import Notifier
 from gateway.broker import free_port
@@ -181,7 +181,7 @@ COMMON_SERVICE: dict[str, str] = {
     "RemoveIPC": YES,
     "SystemCallArchitectures": "native",
     "Restart": "on-failure",
-    "RestartPreventExitStatus": "2",
+    "RestartPreventExitStatus": str(EXIT_CONFIG),
 }
 
 AGENT_SERVICE: dict[str, str] = {
