@@ -41,7 +41,16 @@ Unit = Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
 # refused by the decoder, so every float that arrives is finite.
 Int = int
 Float = float
-NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+# Every integer on the wire is bounded by what every reader can hold exactly: 2**53 - 1, the
+# largest integer a JSON number keeps in a double (JavaScript consumers, jq), and far inside
+# SQLite's INTEGER (int64), where the agent keeps seq and boot. A larger one is refused at
+# decoding: unbounded, a single forged reading with seq 2**64 reached the agent through the
+# twin document and killed it at its next commit (OverflowError), again at every start.
+# At 1,000 readings a second a stream takes 285,000 years to reach the bound.
+MAX_INT: Final = 2**53 - 1
+NonNegative = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
+JsonInt = Annotated[int, msgspec.Meta(ge=-MAX_INT, le=MAX_INT)]
 
 
 class ContractError(ValueError):
@@ -166,7 +175,7 @@ class FaultLabel(_Payload, frozen=True):
     start: Float
     sensor: SensorName | None = None
     end: Float | None = None
-    params: dict[str, float | int | str | list[str]] = msgspec.field(default_factory=dict)
+    params: dict[str, float | JsonInt | str | list[str]] = msgspec.field(default_factory=dict)
 
 
 class Telemetry(_Payload, frozen=True):
@@ -175,7 +184,7 @@ class Telemetry(_Payload, frozen=True):
     device: DeviceId
     sensor: SensorName
     ts: Annotated[float, msgspec.Meta(gt=0, description="seconds since the Unix epoch, UTC")]
-    seq: NonNegative
+    seq: Seq
     source: Source
     values: Annotated[dict[QuantityName, Value], msgspec.Meta(min_length=1)]
     anomaly: Anomaly | None = None
@@ -255,7 +264,7 @@ class SensorSettings(Struct, frozen=True):
         | None
     ) = None
     options: Annotated[
-        dict[PinRole, bool | int | float | str],
+        dict[PinRole, bool | JsonInt | float | str],
         msgspec.Meta(description="driver settings, e.g. an ADC gain"),
     ] = msgspec.field(default_factory=dict)
     backend: SensorBackend = SensorBackend.AUTO
@@ -266,7 +275,7 @@ class DesiredConfig(_Payload, frozen=True):
     """What the gateway wants a device to run. Retained; only the gateway writes it."""
 
     device: DeviceId
-    version: Annotated[int, msgspec.Meta(ge=1)]
+    version: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
     sensors: dict[SensorName, SensorSettings]
 
 
@@ -334,7 +343,7 @@ LabelValue = Annotated[str, msgspec.Meta(max_length=256)]
 class StreamServing(Struct, frozen=True):
     served_by: Server
     seq: Annotated[
-        int, msgspec.Meta(ge=0, description="last seq the gateway saw on this stream")
+        int, msgspec.Meta(ge=0, le=MAX_INT, description="last seq the gateway saw on this stream")
     ] = 0
 
 
@@ -354,7 +363,10 @@ class TwinSummary(_Payload, frozen=True):
     sensors: dict[SensorName, StreamServing]
     boot: (
         Annotated[
-            int, msgspec.Meta(ge=0, description="the agent boot whose status this document answers")
+            int,
+            msgspec.Meta(
+                ge=0, le=MAX_INT, description="the agent boot whose status this document answers"
+            ),
         ]
         | None
     ) = None

@@ -54,6 +54,13 @@ __all__ = ["Entry", "Outbox", "OutboxError", "OutboxStats"]
 logger = logging.getLogger(__name__)
 
 MiB: Final = 1024 * 1024
+# The wire contract's bound on seq (agent.contract.MAX_INT), repeated so that the outbox needs
+# nothing beyond the standard library.
+MAX_SEQ: Final = 2**53 - 1
+# Numbers a stream must have left when another source hands it over: a floor nearer the bound
+# (which only a forged document can carry) would leave the stream nothing to number with.
+# 2**32 readings are 136 years at 1 Hz.
+SEQ_HEADROOM: Final = 2**32
 
 # Bump when the schema changes; an outbox written by a newer agent is refused, not mangled.
 _SCHEMA_VERSION: Final = 1
@@ -451,7 +458,9 @@ class Outbox:
             if boot is not None:
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'boot'", (boot,))
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OverflowError) as exc:
+            # OverflowError: an integer SQLite cannot hold; whatever let it in, it must fail
+            # this commit, not end the agent.
             _rollback(conn)
             self._commit_failing = True
             # Nothing in memory changed: the buffer and acks are retried at the next commit.
@@ -610,7 +619,16 @@ class Outbox:
 
     def raise_seq(self, stream: str, floor: int) -> None:
         """Make the next seq of `stream` larger than `floor` (persisted at the next commit):
-        another source numbered the stream while this one was away."""
+        another source numbered the stream while this one was away.
+
+        ValueError for a floor that leaves less than SEQ_HEADROOM below the contract's bound:
+        accepted, it would make every later commit fail (SQLite holds no integer above
+        2**63 - 1) or every reading invalid on the wire.
+        """
+        if not 0 <= floor <= MAX_SEQ - SEQ_HEADROOM:
+            raise ValueError(
+                f"seq floor {floor} of stream {stream!r} is outside 0..{MAX_SEQ - SEQ_HEADROOM}"
+            )
         with self._lock:
             if floor > self._next_seq.get(stream, 0):
                 self._next_seq[stream] = floor

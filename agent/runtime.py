@@ -405,6 +405,9 @@ class Agent:
         on from the simulation's seq gives consumers one stream without a gap or a repeat.
         Informational only: a twin document never changes what the agent runs.
         """
+        # A document that cannot be used (malformed, out of the contract's bounds: anyone who
+        # may publish on the broker can forge one) is as good as none: one warning, and the
+        # agent carries on with its own numbering. Never fatal.
         try:
             twin = TwinSummary.decode(message.payload)
         except ContractError as exc:
@@ -413,7 +416,11 @@ class Agent:
         if twin.device != self.device:
             return
         for name, serving in twin.sensors.items():
-            self.outbox.raise_seq(name, serving.seq)
+            try:
+                self.outbox.raise_seq(name, serving.seq)
+            except ValueError as exc:
+                log.warning("ignoring unusable twin document", extra={"error": str(exc)})
+                return
         self._twin_any.set()
         if twin.boot == self.boot:
             self._twin_seen.set()

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal
+from typing import Final, Literal
 
 from agent.contract import (
     DesiredConfig,
@@ -118,6 +118,12 @@ class DeviceTwin:
             "applied_version": self.reported.applied_version if self.reported else None,
         }
 
+
+# How far ahead of a stream's seq a reading from a source that does not serve the stream may
+# be. The hand-overs keep one numbering (each side continues the other's), so a legitimate
+# straggler (a reading in flight at a hand-over) is within a few of it; the margin leaves room
+# for a backlog, and refuses a forged number a step of the contract's 2**53 would allow.
+MAX_FOREIGN_SEQ_JUMP: Final = 10_000
 
 PresenceListener = Callable[[DeviceTwin], None]
 StatusVerdict = Literal["applied", "stale", "unchanged"]
@@ -290,21 +296,35 @@ class Fleet:
                 return
         self.add(device)
 
-    def apply_telemetry(self, telemetry: Telemetry) -> None:
+    def apply_telemetry(self, telemetry: Telemetry) -> bool:
         """A reading updates its device's stream. A real device's reading makes a record of a
         device not heard of before; a simulated one does not: the scale engine's fleet (or
-        another simulator's) is not part of the twin."""
+        another simulator's) is not part of the twin.
+
+        Returns False for a reading ignored as implausible: a seq far ahead of the stream's
+        from a source that does not serve it now. The stream's seq is what the simulation and
+        the returning agent continue from, so a forged one would move both far ahead.
+        """
         with self._lock:
             if telemetry.source is Source.SIMULATED and telemetry.device not in self._devices:
-                return
+                return True
             twin = self._twin(telemetry.device)
             if twin is None:
-                return
+                return True
+            stream = twin.streams.get(telemetry.sensor)
+            if (
+                stream is not None
+                and stream.ts is not None
+                and telemetry.seq > stream.seq + MAX_FOREIGN_SEQ_JUMP
+                and not _serves(twin, telemetry)
+            ):
+                return False
             stream = twin.streams.setdefault(telemetry.sensor, StreamView())
             stream.seq = max(stream.seq, telemetry.seq)
             stream.ts = telemetry.ts
             stream.source = telemetry.source.value
             stream.values = {q: (v.value, v.unit) for q, v in telemetry.values.items()}
+        return True
 
     def last_seqs(self, device_id: str) -> dict[str, int]:
         with self._lock:
@@ -320,6 +340,13 @@ class Fleet:
                 key = (twin.presence.value, served)
                 result[key] = result.get(key, 0) + 1
         return result
+
+
+def _serves(twin: DeviceTwin, telemetry: Telemetry) -> bool:
+    """Whether the reading's source serves its stream now: the simulation for the sensors it
+    stands in for, the agent for the rest."""
+    simulated = twin.in_manifest and telemetry.sensor in twin.sensors_to_simulate(grace_over=True)
+    return (telemetry.source is Source.SIMULATED) == simulated
 
 
 def _device_server(twin: DeviceTwin) -> str:

@@ -110,6 +110,13 @@ class GatewayMetrics:
             ["verdict"],
             registry=self.registry,
         )
+        self.telemetry_ignored = Counter(
+            "edgetwin_telemetry_ignored",
+            "Telemetry messages the twin did not take: malformed or out of the contract's "
+            "bounds, or a seq jump from a source that does not serve the stream (seq_jump)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.mqtt_connected = Gauge(
             "edgetwin_mqtt_connected",
             "1 while the gateway is connected to the broker",

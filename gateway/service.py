@@ -257,10 +257,17 @@ class GatewayService:
             if _is_flat(payload):
                 self._on_flat(payload)
                 return
+            self.metrics.telemetry_ignored.labels("malformed").inc()
             raise
         if parsed.device is not None:
             _same_device(telemetry.device, parsed.device)
-        self.fleet.apply_telemetry(telemetry)
+        if not self.fleet.apply_telemetry(telemetry):
+            self.metrics.telemetry_ignored.labels("seq_jump").inc()
+            log.debug(
+                "ignored a seq jump from a source not serving the stream",
+                extra={"device": telemetry.device, "sensor": telemetry.sensor},
+            )
+            return
         if telemetry.source is Source.SIMULATED:
             self._trace_standin(telemetry)
         else:
