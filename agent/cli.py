@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
 
 from agent.config import EXIT_CONFIG, load_agent_config, load_for_program
-from agent.runtime import Agent
+from agent.runtime import Agent, StateDirError
 
 log = logging.getLogger(__name__)
 
@@ -26,4 +27,9 @@ def run_agent(config_path: Path) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    return Agent(config).run(stop)
+    try:
+        agent = Agent(config)
+    except StateDirError as exc:
+        print(f"edgetwin agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return agent.run(stop)

@@ -328,6 +328,11 @@ class DeviceState(_Payload, frozen=True, omit_defaults=False):
     sensors: dict[SensorName, SensorState]
     outbox_depth: NonNegative = 0
     dropped: NonNegative = 0
+    # Why the outbox cannot write (disk full, I/O error), None while it can; and the readings
+    # published since the agent started without reaching it. Defaults: older agents' documents
+    # still decode.
+    storage_error: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
+    unstored: NonNegative = 0
 
 
 class Server(StrEnum):

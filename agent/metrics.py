@@ -55,6 +55,8 @@ class PrometheusMetrics:
         *,
         outbox_depth: Callable[[], float],
         outbox_dropped: Callable[[], float],
+        storage_failing: Callable[[], float] = lambda: 0.0,
+        unstored: Callable[[], float] = lambda: 0.0,
     ) -> None:
         from prometheus_client import (
             CollectorRegistry,
@@ -103,6 +105,19 @@ class PrometheusMetrics:
             registry=registry,
         )
         dropped.set_function(outbox_dropped)
+        failing = Gauge(
+            "edgetwin_agent_storage_failing",
+            "1 while the outbox cannot write to the state directory (disk full, I/O error)",
+            registry=registry,
+        )
+        failing.set_function(storage_failing)
+        not_stored = Gauge(
+            "edgetwin_agent_unstored",
+            "Readings published without reaching the outbox while it could not write, "
+            "since the agent started",
+            registry=registry,
+        )
+        not_stored.set_function(unstored)
         self._server, self._thread = start_http_server(port, host, registry=registry)
 
     def reading(self, sensor: str, seconds: float) -> None:

@@ -648,6 +648,23 @@ class Outbox:
         return self._last_id
 
     @property
+    def failing(self) -> bool:
+        """Whether the last commit failed (disk full, I/O error); cleared by the next success."""
+        return self._commit_failing
+
+    def take_uncommitted(self) -> list[tuple[str, bytes]]:
+        """Hand over the rows put but not committed, as (topic, payload), and forget them.
+
+        For a caller that cannot commit (disk full) and sends them on without a durable copy.
+        Their seq numbers stay taken, and are committed with the next success.
+        """
+        with self._lock:
+            rows = [(row.topic, row.payload) for row in self._buffer]
+            self._buffer.clear()
+            self._buffer_bytes = 0
+            return rows
+
+    @property
     def uncommitted(self) -> int:
         """Rows put but not committed yet, which `pending()` does not show."""
         return len(self._buffer)
@@ -707,6 +724,13 @@ class Outbox:
                 # Closing the last connection checkpoints the WAL into the database file.
                 conn, self._conn = self._conn, None
                 conn.close()
+
+    def close_quietly(self) -> None:
+        """Close without committing: for an outbox given up on at start-up."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
     def __enter__(self) -> Self:
         return self

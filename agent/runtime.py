@@ -10,10 +10,12 @@ publisher settles the reading and sends the next ones on that thread (agent/publ
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import os
 import queue
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,8 +42,8 @@ from agent.contract import (
 )
 from agent.desired import AlreadyApplied, DesiredStore, Rejection, validate_desired
 from agent.metrics import AgentMetrics, NoMetrics, PrometheusMetrics
-from agent.mqtt import Message, MqttLink, Will
-from agent.outbox import Outbox
+from agent.mqtt import Message, MqttLink, PublishError, Will
+from agent.outbox import Outbox, OutboxError
 from agent.publisher import OutboxPublisher
 from agent.sensors import open_configured
 from agent.systemd import Notifier
@@ -65,6 +67,38 @@ log = logging.getLogger(__name__)
 
 IDLE_WAIT = 1.0  # seconds the loop sleeps at most, so shutdown and watchdog stay prompt
 RETAINED_GRACE = 0.5  # seconds after connecting by which retained messages have arrived
+# Longest wait between two commit attempts while the state directory refuses writes: a full
+# disk is retried often enough to notice soon that space came back, and not so often that a
+# failing card is hammered.
+STORAGE_RETRY_MAX = 10.0
+
+
+class StateDirError(Exception):
+    """The state directory cannot be used at start-up: read-only, not a directory, full."""
+
+
+def check_state_dir(path: Path) -> None:
+    """Make the directory and prove it takes a byte, or say why not in one StateDirError.
+
+    At start-up, a read-only mount, a path under a regular file or a full disk is not
+    something a restart cures; the agent stops with the path and the cause instead of a
+    traceback from deep inside SQLite.
+    """
+    try:
+        if path.exists() and not path.is_dir():
+            raise StateDirError(f"state directory {path}: not a directory")
+        path.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=path, prefix=".write-probe-")
+        try:
+            os.write(handle, b"\0")
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+            os.unlink(probe)
+    except OSError as exc:
+        cause = exc.strerror or str(exc)
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+        raise StateDirError(f"state directory {path}: {cause}{where}") from exc
 
 
 def agent_version() -> str:
@@ -138,6 +172,23 @@ class Agent:
         self.clock = clock
         self.version = agent_version()
         self.notifier = notifier or Notifier()
+        # The state directory first: nothing else (the emulated back end writes files too)
+        # may fail before it is known to be usable.
+        self.state_dir = resolve_state_dir(config.agent.state_dir, self.device)
+        check_state_dir(self.state_dir)
+        settings = config.outbox
+        try:
+            self.outbox = Outbox(
+                self.state_dir / "outbox.db",
+                max_messages=settings.max_messages,
+                max_bytes=settings.max_bytes,
+                commit_interval=settings.commit_interval,
+            )
+            self.boot = self.outbox.next_boot()
+        except OutboxError as exc:
+            if hasattr(self, "outbox"):
+                self.outbox.close_quietly()
+            raise StateDirError(f"state directory {self.state_dir}: {exc}") from exc
         self._emulated = emulated_backend or EmulatedBackend(
             clock=clock, seed=derive_seed("agent", self.device)
         )
@@ -147,15 +198,6 @@ class Agent:
         self._own_backends: list[EmulatedBackend | RealBackend] = (
             [self._emulated] if emulated_backend is None else []
         )
-        self.state_dir = resolve_state_dir(config.agent.state_dir, self.device)
-        settings = config.outbox
-        self.outbox = Outbox(
-            self.state_dir / "outbox.db",
-            max_messages=settings.max_messages,
-            max_bytes=settings.max_bytes,
-            commit_interval=settings.commit_interval,
-        )
-        self.boot = self.outbox.next_boot()
         self.started_at = clock()
         self._desired_store = DesiredStore(self.state_dir / "desired.json")
         self.applied: DesiredConfig | None = self._desired_store.load(self.device)
@@ -195,6 +237,12 @@ class Agent:
             on_room=self._wake.set,
         )
         self.readings = 0
+        # Riding out a state directory that refuses writes (see `_commit`).
+        self.storage_error: str | None = None
+        self.unstored = 0
+        self._storage_failures = 0
+        self._storage_retry_at = 0.0
+        self._depth = 0
 
     # -- identity and documents ----------------------------------------------------------------
 
@@ -228,9 +276,18 @@ class Agent:
             agent_version=self.version,
             uptime_s=max(0.0, self.clock() - self.started_at),
             sensors=self._states(),
-            outbox_depth=self.outbox.depth,
+            outbox_depth=self._outbox_depth(),
             dropped=self.outbox.dropped,
+            storage_error=self.storage_error,
+            unstored=self.unstored,
         ).encode()
+
+    def _outbox_depth(self) -> int:
+        # Counting takes in acks, which may read the disk: a failing card must not turn a
+        # state document, or the birth that sends one, into an exception.
+        with contextlib.suppress(OutboxError):
+            self._depth = self.outbox.depth
+        return self._depth
 
     # -- network thread callbacks: messages are handed over; births and acks act here ----------
 
@@ -549,8 +606,10 @@ class Agent:
             self.metrics = PrometheusMetrics(
                 observability.prometheus_port,
                 observability.prometheus_host,
-                outbox_depth=lambda: self.outbox.depth,
+                outbox_depth=self._outbox_depth,
                 outbox_dropped=lambda: self.outbox.dropped,
+                storage_failing=lambda: float(self.storage_error is not None),
+                unstored=lambda: self.unstored,
             )
             self.publisher.metrics = self.metrics
         log.info(
@@ -583,8 +642,11 @@ class Agent:
         while not stop.is_set():
             self._handle_inbox()
             self._run_due()
-            self.outbox.maybe_commit()
-            self.publisher.pump()
+            self._commit()
+            try:
+                self.publisher.pump()
+            except OutboxError as exc:
+                self._storage_failed(exc)
             self._publish_state_if_due()
             wait = min(self._next_wait(), self._watchdog_if_due())
             if wait > 0:
@@ -593,14 +655,83 @@ class Agent:
         self._shutdown()
         return 0
 
+    # -- a state directory that refuses writes ---------------------------------------------------
+
+    def _commit(self) -> None:
+        """Commit the outbox when due; ride out a disk that refuses (full, failing card).
+
+        While commits fail, readings still go to the broker when it is there, unstored
+        (counted in `unstored`, QoS 0: with no durable copy there is nothing to deliver again)
+        and, with no broker, wait in memory within the outbox's bounds; commits are retried
+        with exponential backoff, and the first that succeeds ends the condition. The state
+        document and the metrics report it meanwhile.
+        """
+        if self.storage_error is None:
+            try:
+                self.outbox.maybe_commit()
+            except OutboxError as exc:
+                self._storage_failed(exc)
+        elif time.monotonic() >= self._storage_retry_at:
+            try:
+                self.outbox.commit()
+            except OutboxError as exc:
+                self._storage_failed(exc)
+            else:
+                self._storage_recovered()
+        if self.storage_error is not None:
+            self._send_unstored()
+
+    def _storage_failed(self, exc: OutboxError) -> None:
+        first = self.storage_error is None
+        self.storage_error = str(exc)[:1024]
+        base = max(self.config.outbox.commit_interval, 0.1)
+        delay = min(STORAGE_RETRY_MAX, base * 2 ** min(self._storage_failures, 16))
+        self._storage_failures += 1
+        self._storage_retry_at = time.monotonic() + delay
+        if first:
+            # One line for the whole condition, however long it lasts: the retries are in the
+            # state document and the metrics, not in the journal (which may share the disk).
+            log.warning(
+                "outbox cannot write; readings go to the broker unstored until it can",
+                extra={"path": str(self.outbox.path), "error": self.storage_error},
+            )
+            self._state_due = 0.0
+
+    def _storage_recovered(self) -> None:
+        log.info(
+            "outbox writes again",
+            extra={"path": str(self.outbox.path), "unstored": self.unstored},
+        )
+        self.storage_error = None
+        self._storage_failures = 0
+        self._state_due = 0.0
+
+    def _send_unstored(self) -> None:
+        if not self.link.connected:
+            return  # they wait in memory, bounded by the outbox, for the broker or the disk
+        rows = self.outbox.take_uncommitted()
+        for topic, payload in rows:
+            try:
+                self.link.publish(topic, payload, qos=0)
+            except PublishError:
+                self.metrics.publish_failed()
+        self.unstored += len(rows)
+
     def _shutdown(self) -> None:
         self.notifier.stopping()
         log.info("agent stopping", extra={"device": self.device})
         deadline = time.monotonic() + self.config.agent.shutdown_timeout
-        self.outbox.commit()
+        try:
+            self.outbox.commit()
+        except OutboxError as exc:
+            self._storage_failed(exc)
+            self._send_unstored()
         # Deliver what we can in the time we have; the rest waits in the outbox for next time.
-        while self.link.connected and self.outbox.depth and time.monotonic() < deadline:
-            self.publisher.pump()
+        while self.link.connected and self._outbox_depth() and time.monotonic() < deadline:
+            try:
+                self.publisher.pump()
+            except OutboxError:
+                break
             self._wake.wait(0.05)
             self._wake.clear()
         if self.link.connected:
@@ -616,7 +747,13 @@ class Agent:
             slot.close()
         for backend in self._own_backends:
             backend.close()
-        self.outbox.close()
+        try:
+            self.outbox.close()
+        except OutboxError as exc:
+            log.warning(
+                "outbox could not store its last readings",
+                extra={"path": str(self.outbox.path), "error": str(exc)},
+            )
         self.metrics.close()
         self.tracing.shutdown()
         self.notifier.close()
