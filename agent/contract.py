@@ -212,11 +212,19 @@ class FlatReading(Struct, frozen=True):
     """The original's rounding, kept whatever the quantities' own resolution."""
 
 
+# A random id an agent draws at every start. Unlike `boot`, which lives on the device's disk,
+# no wiped or replaced disk can make a new life repeat an old one's.
+SessionId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{16,32}$")]
+
+
 class Status(_Payload, frozen=True):
     """Presence, retained. Birth on connect, the broker's last will on loss.
 
     `boot` grows by one at every agent start, so a reader can discard a late last will of an
-    earlier connection that arrives after a fresh birth.
+    earlier connection that arrives after a fresh birth. `session` is drawn at random at every
+    start: a session not seen before is a new life of the device, whatever its boot (a wiped
+    state directory, a re-imaged or replaced board start again at boot 1). Absent in the
+    statuses of agents older than it, which boot alone orders.
     """
 
     device: DeviceId
@@ -225,6 +233,7 @@ class Status(_Payload, frozen=True):
     boot: NonNegative
     agent_version: str
     reason: Literal["birth", "shutdown", "connection_lost"]
+    session: SessionId | None = None
 
 
 class SensorBackend(StrEnum):
@@ -377,6 +386,9 @@ class TwinSummary(_Payload, frozen=True):
     ) = None
     site: Site | None = None
     labels: dict[LabelKey, LabelValue] = msgspec.field(default_factory=dict)
+    session: SessionId | None = None
+    """The agent session whose status this document answers; `boot` alone is ambiguous once a
+    wiped disk restarts the count."""
 
 
 class RebirthRequest(_Payload, frozen=True):

@@ -15,6 +15,7 @@ import heapq
 import logging
 import os
 import queue
+import secrets
 import tempfile
 import threading
 import time
@@ -185,6 +186,9 @@ class Agent:
                 commit_interval=settings.commit_interval,
             )
             self.boot = self.outbox.next_boot()
+            # This life's id: the boot counter above starts again at 1 on a wiped disk, this
+            # never repeats (docs/design.md, '`boot`, `session` and stale last wills').
+            self.session = secrets.token_hex(8)
         except OutboxError as exc:
             if hasattr(self, "outbox"):
                 self.outbox.close_quietly()
@@ -207,7 +211,7 @@ class Agent:
         self._generation = 0
         self._inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self._twin_any = threading.Event()  # some twin document, perhaps from an earlier boot
-        self._twin_seen = threading.Event()  # the gateway's answer to this boot's birth
+        self._twin_seen = threading.Event()  # the gateway's answer to this session's birth
         self._wake = threading.Event()
         self._last_watchdog = float("-inf")
         self._last_states: dict[str, SensorState] | None = None
@@ -264,6 +268,7 @@ class Agent:
             boot=self.boot,
             agent_version=self.version,
             reason=reason,
+            session=self.session,
         ).encode()
 
     def _states(self) -> dict[str, SensorState]:
@@ -479,7 +484,8 @@ class Agent:
                 log.warning("ignoring unusable twin document", extra={"error": str(exc)})
                 return
         self._twin_any.set()
-        if twin.boot == self.boot:
+        answers = twin.boot == self.boot if twin.session is None else twin.session == self.session
+        if answers:
             self._twin_seen.set()
 
     def _apply_desired(self, message: Message) -> None:
@@ -617,6 +623,7 @@ class Agent:
             extra={
                 "device": self.device,
                 "boot": self.boot,
+                "session": self.session,
                 "state_dir": str(self.state_dir),
                 "applied_version": self.applied_version,
             },

@@ -17,6 +17,7 @@ from typing import Final, Literal
 from agent.contract import (
     DesiredConfig,
     DeviceState,
+    Presence,
     ReportedConfig,
     SensorHealth,
     SensorSettings,
@@ -56,6 +57,9 @@ class DeviceTwin:
     labels: dict[str, str] = field(default_factory=dict)
     presence: PresenceState = PresenceState.UNKNOWN
     boot: int | None = None
+    session: str | None = None
+    past_sessions: list[str] = field(default_factory=list)
+    """Sessions of this device's earlier lives, newest last: their statuses are stale."""
     agent_version: str | None = None
     last_seen: float | None = None
     last_reason: str | None = None
@@ -118,6 +122,9 @@ class DeviceTwin:
             "applied_version": self.reported.applied_version if self.reported else None,
         }
 
+
+# Ended sessions remembered per device: enough for the late wills of a few quick restarts.
+_PAST_SESSIONS: Final = 8
 
 # How far ahead of a stream's seq a reading from a source that does not serve the stream may
 # be. The hand-overs keep one numbering (each side continues the other's), so a legitimate
@@ -198,15 +205,21 @@ class Fleet:
         for a retained one, replayed by the broker).
 
         A status of an older boot than the one we know is a late last will of a dead
-        connection and is discarded: without that, it could mark a live agent offline.
+        connection and is discarded: without that, it could mark a live agent offline. A
+        session not seen before is a new life whatever its boot (a wiped disk counts boots
+        from 1 again), and one seen before but ended is stale.
         """
         with self._lock:
             twin = self._twin(status.device, revive=True)
             assert twin is not None
             if heard is not None:
                 twin.heard = max(twin.heard, heard)
-            if twin.boot is not None and status.boot < twin.boot:
+            if _stale(twin, status):
                 return "stale"
+            if status.session is not None and status.session != twin.session:
+                if twin.session is not None:
+                    twin.past_sessions = [*twin.past_sessions, twin.session][-_PAST_SESSIONS:]
+                twin.session = status.session
             presence = PresenceState(status.state.value)
             changed = presence is not twin.presence
             twin.presence = presence
@@ -340,6 +353,21 @@ class Fleet:
                 key = (twin.presence.value, served)
                 result[key] = result.get(key, 0) + 1
         return result
+
+
+def _stale(twin: DeviceTwin, status: Status) -> bool:
+    if status.session is None or status.session == twin.session:
+        return twin.boot is not None and status.boot < twin.boot
+    if status.session in twin.past_sessions:
+        return True
+    # A session never met: a new life, unless it is the last will of one that ended before
+    # the one we know began (the gateway started between them).
+    return (
+        status.state is Presence.OFFLINE
+        and twin.presence is PresenceState.ONLINE
+        and twin.last_seen is not None
+        and status.ts < twin.last_seen
+    )
 
 
 def _serves(twin: DeviceTwin, telemetry: Telemetry) -> bool:

@@ -383,6 +383,7 @@ class GatewayService:
             ts=self.clock(),
             presence=twin.presence.value,
             boot=twin.boot,
+            session=twin.session,
             sensors=sensors,
             site=twin.site,
             labels=twin.labels,

@@ -103,3 +103,42 @@ def test_an_online_device_not_heard_live_since_a_connection_is_taken_for_gone() 
         ("ghost", PresenceState.ONLINE),
         ("ghost", PresenceState.OFFLINE),
     ]
+
+
+def session_status(
+    state: Presence, boot: int, session: str, reason: str = "birth", ts: float = 1.0
+) -> Status:
+    return Status.from_builtins(
+        {
+            "device": "pi",
+            "state": state,
+            "ts": ts,
+            "boot": boot,
+            "agent_version": "1",
+            "reason": reason,
+            "session": session,
+        }
+    )
+
+
+def test_a_new_session_is_a_new_life_whatever_its_boot() -> None:
+    """A wiped state directory (re-flashed card, replaced board, corrupt outbox set aside)
+    starts the boot count again at 1; its birth must not be discarded as stale."""
+    fleet = Fleet([ManifestDevice(id="pi")])
+    old, new = "a" * 16, "b" * 16
+    assert fleet.apply_status(session_status(Presence.ONLINE, 14, old, ts=10)) == "applied"
+    assert fleet.apply_status(session_status(Presence.OFFLINE, 14, old, "shutdown", 20)) == (
+        "applied"
+    )
+    assert fleet.apply_status(session_status(Presence.ONLINE, 1, new, ts=30)) == "applied"
+    record = fleet.get("pi")
+    assert record is not None
+    assert (record.presence, record.boot, record.session) == (PresenceState.ONLINE, 1, new)
+    # The old life's late will, of a higher boot, is stale all the same: its session ended.
+    late = session_status(Presence.OFFLINE, 14, old, "connection_lost", 10)
+    assert fleet.apply_status(late) == "stale"
+    assert record.presence is PresenceState.ONLINE
+    # A will of a life this gateway never met, older than the life it knows: stale too.
+    unmet = session_status(Presence.OFFLINE, 3, "c" * 16, "connection_lost", 5)
+    assert fleet.apply_status(unmet) == "stale"
+    assert record.presence is PresenceState.ONLINE
