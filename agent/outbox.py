@@ -652,16 +652,19 @@ class Outbox:
         """Whether the last commit failed (disk full, I/O error); cleared by the next success."""
         return self._commit_failing
 
-    def take_uncommitted(self) -> list[tuple[str, bytes]]:
-        """Hand over the rows put but not committed, as (topic, payload), and forget them.
+    def take_uncommitted(self, limit: int) -> list[tuple[str, bytes]]:
+        """Hand over up to `limit` of the rows put but not committed, oldest first, as
+        (topic, payload), and forget them.
 
         For a caller that cannot commit (disk full) and sends them on without a durable copy.
         Their seq numbers stay taken, and are committed with the next success.
         """
         with self._lock:
-            rows = [(row.topic, row.payload) for row in self._buffer]
-            self._buffer.clear()
-            self._buffer_bytes = 0
+            rows: list[tuple[str, bytes]] = []
+            while self._buffer and len(rows) < limit:
+                row = self._buffer.popleft()
+                self._buffer_bytes -= len(row.payload)
+                rows.append((row.topic, row.payload))
             return rows
 
     @property

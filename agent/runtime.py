@@ -43,7 +43,7 @@ from agent.contract import (
 )
 from agent.desired import AlreadyApplied, DesiredStore, Rejection, validate_desired
 from agent.metrics import AgentMetrics, NoMetrics, PrometheusMetrics
-from agent.mqtt import Message, MqttLink, PublishError, Will
+from agent.mqtt import Delivery, Message, MqttLink, PublishError, Will
 from agent.outbox import Outbox, OutboxError
 from agent.publisher import OutboxPublisher
 from agent.sensors import open_configured
@@ -72,6 +72,12 @@ RETAINED_GRACE = 0.5  # seconds after connecting by which retained messages have
 # disk is retried often enough to notice soon that space came back, and not so often that a
 # failing card is hammered.
 STORAGE_RETRY_MAX = 10.0
+# QoS 1 readings sent unstored (see `Agent._commit`) that may await their PUBACK at once. The
+# publisher leaves these places free in the broker's Receive Maximum, beside those of the
+# agent's own documents: mosquitto refuses a publish beyond it (quota exceeded), others
+# disconnect. One: a reading per round trip is more than live readings need, and each place
+# is taken from the backlog drain's window (17 of mosquitto's default 20, now 16).
+UNSTORED_INFLIGHT = 1
 
 
 class StateDirError(Exception):
@@ -235,8 +241,8 @@ class Agent:
             max_inflight=config.mqtt.max_inflight,
             drain_rate=settings.drain_rate,
             # In the broker's Receive Maximum, room for our status, state and reported
-            # documents, which may be in flight at once.
-            reserved=3,
+            # documents, which may be in flight at once, and for readings sent unstored.
+            reserved=3 + UNSTORED_INFLIGHT,
             # The network thread found the outbox busy: the loop reads once the commit is done.
             on_room=self._wake.set,
         )
@@ -246,6 +252,7 @@ class Agent:
         self.unstored = 0
         self._storage_failures = 0
         self._storage_retry_at = 0.0
+        self._unstored_inflight: list[Delivery] = []
         self._depth = 0
 
     # -- identity and documents ----------------------------------------------------------------
@@ -328,6 +335,8 @@ class Agent:
 
     def _on_delivered(self, mid: int) -> None:
         self.publisher.on_delivered(mid)
+        if self._unstored_inflight:
+            self._wake.set()  # a place for the next unstored reading may be free
 
     # -- sensors --------------------------------------------------------------------------------
 
@@ -668,8 +677,9 @@ class Agent:
         """Commit the outbox when due; ride out a disk that refuses (full, failing card).
 
         While commits fail, readings still go to the broker when it is there, unstored
-        (counted in `unstored`, QoS 0: with no durable copy there is nothing to deliver again)
-        and, with no broker, wait in memory within the outbox's bounds; commits are retried
+        (counted in `unstored`; at QoS 1 at most UNSTORED_INFLIGHT unacknowledged, the rest
+        wait their turn) and, with no broker, wait in memory within the outbox's bounds; in
+        both cases oldest first. Commits are retried
         with exponential backoff, and the first that succeeds ends the condition. The state
         document and the metrics report it meanwhile.
         """
@@ -716,13 +726,20 @@ class Agent:
     def _send_unstored(self) -> None:
         if not self.link.connected:
             return  # they wait in memory, bounded by the outbox, for the broker or the disk
-        rows = self.outbox.take_uncommitted()
-        for topic, payload in rows:
+        qos = self.config.mqtt.qos
+        room = self.outbox.uncommitted
+        if qos:
+            self._unstored_inflight = [d for d in self._unstored_inflight if not d.done]
+            room = min(room, UNSTORED_INFLIGHT - len(self._unstored_inflight))
+        for topic, payload in self.outbox.take_uncommitted(room):
             try:
-                self.link.publish(topic, payload, qos=0)
+                delivery = self.link.publish(topic, payload, qos=qos)
             except PublishError:
                 self.metrics.publish_failed()
-        self.unstored += len(rows)
+            else:
+                if qos:
+                    self._unstored_inflight.append(delivery)
+            self.unstored += 1
 
     def _shutdown(self) -> None:
         self.notifier.stopping()

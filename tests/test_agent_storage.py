@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,9 +23,12 @@ import pytest
 
 from agent.config import EXIT_CONFIG
 from agent.contract import DeviceState, Telemetry
+from gateway.broker import free_port
 from tests.brokers import BrokerUnderTest
-from tests.fleet_helpers import REPO, start_edgetwin, stop_process
+from tests.conftest import BrokerFactory
+from tests.fleet_helpers import REPO, poll, start_edgetwin, stop_process
 from tests.mqtt_helpers import Message, Subscriber
+from tests.session_subscriber import SessionSubscriber
 
 DEVICE = "pi-full-disk"
 AS_ROOT = os.geteuid() == 0
@@ -132,6 +137,79 @@ def test_a_disk_that_fills_up_is_ridden_out_and_recovered_from(
             assert values[reading.seq] == message.payload, f"seq {reading.seq} sent twice"
     first_of_restart = min(seq_of(m) for m in sub.messages() if is_reading(m) and seq_of(m) > last)
     assert first_of_restart == last + 1
+
+
+def agent_metric(port: int, name: str) -> float | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    return float(match[1]) if match else None
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fill", ["file_size_limit", "real_tmpfs"])
+def test_a_disk_that_fills_while_the_broker_is_away_loses_nothing_it_buffered(
+    broker_factory: BrokerFactory, tmp_path: Path, fill: str
+) -> None:
+    """The tester's case: broker away, disk then full. The agent used to exit 1 and lose what
+    it held in memory; now it keeps it, sends it when the broker is back, and stores again
+    when space is back, without a gap in the numbering."""
+    with contextlib.ExitStack() as stack:
+        if fill == "real_tmpfs":
+            state_dir = stack.enter_context(tmpfs(tmp_path / "small", "size=2m")) / "state"
+        else:
+            state_dir = tmp_path / "state"
+        broker = broker_factory(persistence=True)
+        port = free_port()
+        config = tmp_path / "agent.toml"
+        config.write_text(
+            agent_toml(broker, state_dir)
+            + f'\n[observability]\nprometheus_port = {port}\nprometheus_host = "127.0.0.1"\n'
+        )
+        sub = stack.enter_context(SessionSubscriber(broker, f"edgetwin/{DEVICE}/telemetry/+"))
+        agent = start_edgetwin(["agent", "--config", str(config)])
+        try:
+            sub.wait(lambda: len(sub.payloads) >= 5, 15, "first readings")
+            broker.stop()
+            filler = state_dir.parent / "filler"
+            if fill == "real_tmpfs":
+                with contextlib.suppress(OSError), filler.open("wb") as handle:
+                    while True:
+                        handle.write(b"\0" * 65536)
+                        handle.flush()
+            else:
+                limit_file_size(agent.pid, 4096)
+            poll(
+                lambda: agent_metric(port, "edgetwin_agent_storage_failing") == 1.0,
+                15,
+                what="the agent reporting the full disk",
+            )
+            assert agent.poll() is None, "the agent died on a full disk with no broker"
+            broker.start()
+            heard = len(sub.payloads)
+            sub.wait(lambda: len(sub.payloads) >= heard + 20, 20, "readings after the outage")
+            assert (agent_metric(port, "edgetwin_agent_unstored") or 0) > 0
+            if fill == "real_tmpfs":
+                filler.unlink()
+            else:
+                limit_file_size(agent.pid, resource.RLIM_INFINITY)
+            poll(
+                lambda: agent_metric(port, "edgetwin_agent_storage_failing") == 0.0,
+                20,
+                what="the agent storing again",
+            )
+            heard = len(sub.payloads)
+            sub.wait(lambda: len(sub.payloads) >= heard + 5, 15, "readings after recovery")
+        finally:
+            code, stderr = stop_process(agent)
+        assert code == 0, stderr
+        seqs = sub.distinct("env")
+
+    # Nothing the agent held while it could neither store nor send was lost.
+    assert seqs == set(range(1, max(seqs) + 1)), sorted(set(range(1, max(seqs) + 1)) - seqs)
 
 
 def run_agent(config: Path, preexec: Callable[[], None] | None = None) -> tuple[int, str]:
