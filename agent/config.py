@@ -27,7 +27,7 @@ from agent.contract import (
     Topics,
     locate_error,
 )
-from hardware.errors import HardwareError
+from hardware.errors import HardwareError, UnknownDriverError
 from hardware.registry import check_settings
 
 EXIT_CONFIG: Final = 2
@@ -273,8 +273,10 @@ class AgentConfig(Section, frozen=True):
         for name, settings in self.sensors.items():
             try:
                 check_settings(settings.driver, address=settings.address)
-            except HardwareError as exc:
+            except UnknownDriverError as exc:
                 raise ValueError(f"sensors.{name}.driver: {exc}") from None
+            except HardwareError as exc:
+                raise ValueError(f"sensors.{name}.address: {exc}") from None
 
 
 # Environment variables win over the file for what differs between machines (broker address)

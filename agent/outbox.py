@@ -647,11 +647,6 @@ class Outbox:
         """
         return self._last_id
 
-    @property
-    def failing(self) -> bool:
-        """Whether the last commit failed (disk full, I/O error); cleared by the next success."""
-        return self._commit_failing
-
     def take_uncommitted(self, limit: int) -> list[tuple[str, bytes]]:
         """Hand over up to `limit` of the rows put but not committed, oldest first, as
         (topic, payload), and forget them.

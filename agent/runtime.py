@@ -184,21 +184,23 @@ class Agent:
         self.state_dir = resolve_state_dir(config.agent.state_dir, self.device)
         check_state_dir(self.state_dir)
         settings = config.outbox
+        outbox: Outbox | None = None
         try:
-            self.outbox = Outbox(
+            outbox = Outbox(
                 self.state_dir / "outbox.db",
                 max_messages=settings.max_messages,
                 max_bytes=settings.max_bytes,
                 commit_interval=settings.commit_interval,
             )
-            self.boot = self.outbox.next_boot()
-            # This life's id: the boot counter above starts again at 1 on a wiped disk, this
-            # never repeats (docs/design.md, '`boot`, `session` and stale last wills').
-            self.session = secrets.token_hex(8)
+            self.boot = outbox.next_boot()
         except OutboxError as exc:
-            if hasattr(self, "outbox"):
-                self.outbox.close_quietly()
+            if outbox is not None:
+                outbox.close_quietly()
             raise StateDirError(f"state directory {self.state_dir}: {exc}") from exc
+        self.outbox = outbox
+        # This life's id: the boot counter above starts again at 1 on a wiped disk, this never
+        # repeats (docs/design.md, '`boot`, `session` and stale last wills').
+        self.session = secrets.token_hex(8)
         self._emulated = emulated_backend or EmulatedBackend(
             clock=clock, seed=derive_seed("agent", self.device)
         )
@@ -679,9 +681,9 @@ class Agent:
         While commits fail, readings still go to the broker when it is there, unstored
         (counted in `unstored`; at QoS 1 at most UNSTORED_INFLIGHT unacknowledged, the rest
         wait their turn) and, with no broker, wait in memory within the outbox's bounds; in
-        both cases oldest first. Commits are retried
-        with exponential backoff, and the first that succeeds ends the condition. The state
-        document and the metrics report it meanwhile.
+        both cases oldest first. Commits are retried with exponential backoff, and the first
+        that succeeds ends the condition. The state document and the metrics report it
+        meanwhile.
         """
         if self.storage_error is None:
             try:
