@@ -38,7 +38,7 @@ from agent.tracing import Tracing
 from gateway.config import COMPAT_LABEL, GatewayConfig, ManifestDevice
 from gateway.engine.controller import EngineController
 from gateway.engine.sources import endpoint_from_mqtt
-from gateway.fleet import DeviceTwin, Fleet
+from gateway.fleet import MAX_VERSION, DeviceTwin, Fleet
 from gateway.learning import StreamLearning
 from gateway.metrics import GatewayMetrics
 from gateway.standins import StandIns
@@ -395,6 +395,11 @@ class GatewayService:
         and reach its agent. With `publish_desired=False` they stay in the manifest entry only,
         as for the devices of the config file: for devices that live as long as this gateway.
         """
+        if publish_desired and device.sensors and self.fleet.next_version(device.id) > MAX_VERSION:
+            # Refused before the twin exists: a device added without its config would run none.
+            raise ConflictError(
+                f"desired config of {device.id} has used every version up to {MAX_VERSION}"
+            )
         twin = self.fleet.add(device)
         if publish_desired and twin.desired is None and device.sensors:
             self.set_desired(device.id, dict(device.sensors), expected_version=None)
@@ -432,7 +437,13 @@ class GatewayService:
                 raise ConflictError(
                     f"desired config of {device_id} is at version {current}, not {expected_version}"
                 )
-            desired = DesiredConfig(device=device_id, version=current + 1, sensors=sensors)
+            version = self.fleet.next_version(device_id)
+            if version > MAX_VERSION:
+                self.metrics.config_pushes.labels("conflict").inc()
+                raise ConflictError(
+                    f"desired config of {device_id} has used every version up to {MAX_VERSION}"
+                )
+            desired = DesiredConfig(device=device_id, version=version, sensors=sensors)
             with self.tracer.start_as_current_span(
                 "config.push", attributes={"device": device_id, "version": desired.version}
             ):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from agent.contract import Presence, Status
+from agent.contract import DesiredConfig, Presence, ReportedConfig, Status
 from gateway.config import ManifestDevice
-from gateway.fleet import DeviceTwin, Fleet, PresenceState
+from gateway.fleet import MAX_VERSION, DeviceTwin, Fleet, PresenceState
 
 
 def status(state: Presence, boot: int, reason: str = "birth", device: str = "pi") -> Status:
@@ -103,3 +103,50 @@ def test_an_online_device_not_heard_live_since_a_connection_is_taken_for_gone() 
         ("ghost", PresenceState.ONLINE),
         ("ghost", PresenceState.OFFLINE),
     ]
+
+
+def test_a_rejected_version_below_the_applied_one_is_rejected_not_in_sync() -> None:
+    """Issue 12: an agent at version 4 refuses a version 2 (a device deleted and added again);
+    the twin said in_sync because 4 >= 2."""
+    twin = DeviceTwin("pi", True)
+    twin.desired = DesiredConfig(device="pi", version=2, sensors={})
+    twin.reported = ReportedConfig(
+        device="pi",
+        ts=1.0,
+        status="rejected",
+        applied_version=4,
+        rejected_version=2,
+        reason="version 2 is older than applied version 4",
+    )
+    assert twin.config_sync() == "rejected"
+    assert twin.delta()["desired_version"] == 2
+    twin.reported = ReportedConfig(device="pi", ts=1.0, status="applied", applied_version=4)
+    assert twin.config_sync() == "pending"  # runs another version than the desired one
+
+
+def test_a_new_version_is_above_every_version_seen_even_after_removal() -> None:
+    fleet = Fleet([ManifestDevice(id="pi")])
+    fleet.apply_desired(DesiredConfig(device="pi", version=3, sensors={}), "pi")
+    fleet.apply_reported(
+        ReportedConfig(
+            device="pi",
+            ts=1.0,
+            status="rejected",
+            applied_version=2,
+            rejected_version=7,
+            reason="no",
+        )
+    )
+    assert fleet.next_version("pi") == 8
+    fleet.remove("pi")
+    fleet.apply_desired(None, "pi")
+    fleet.add(ManifestDevice(id="pi"))
+    assert fleet.next_version("pi") == 8
+    # A retained report of a device never in the manifest counts too.
+    fleet.apply_reported(
+        ReportedConfig(device="other", ts=1.0, status="applied", applied_version=5)
+    )
+    assert fleet.next_version("other") == 6
+    # One beyond the contract's integers does not use the version space up.
+    fleet.apply_desired(DesiredConfig(device="pi", version=MAX_VERSION + 1, sensors={}), "pi")
+    assert fleet.next_version("pi") == 8

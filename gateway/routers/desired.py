@@ -15,6 +15,7 @@ from fastapi import APIRouter, Body, Header, HTTPException, status
 from agent.contract import DesiredConfig, SensorName, SensorSettings, Struct
 from gateway.auth import Writer
 from gateway.deps import ServiceDep
+from gateway.fleet import MAX_VERSION
 from gateway.routers.devices import NOT_FOUND, DeviceIdPath
 from gateway.service import ConflictError, GatewayService, UnknownDeviceError
 from gateway.structs import StructResponse, parse_body, request_body, response_schema
@@ -36,7 +37,11 @@ WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
 class DesiredWrite(Struct, frozen=True):
     sensors: dict[SensorName, SensorSettings]
     version: (
-        Annotated[int, msgspec.Meta(ge=0, description="the version this change is based on")] | None
+        Annotated[
+            int,
+            msgspec.Meta(ge=0, le=MAX_VERSION, description="the version this change is based on"),
+        ]
+        | None
     ) = None
 
 
@@ -53,6 +58,10 @@ def _expected_version(if_match: str | None, body_version: int | None) -> int | N
             status.HTTP_400_BAD_REQUEST, f'If-Match must be an ETag like "3", not {if_match!r}'
         )
     version = int(match[1])
+    if version > MAX_VERSION:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, f"If-Match names a version above {MAX_VERSION}"
+        )
     if body_version is not None and body_version != version:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "If-Match and body version disagree")
     return version
@@ -134,6 +143,8 @@ def patch_desired(
         not isinstance(body_version, int) or isinstance(body_version, bool)
     ):
         raise HTTPException(422, "version must be an integer")
+    if body_version is not None and not 0 <= body_version <= MAX_VERSION:
+        raise HTTPException(422, f"version must be between 0 and {MAX_VERSION}")
     changes = patch.get("sensors", {})
     if not isinstance(changes, dict):
         raise HTTPException(422, "sensors must be an object")

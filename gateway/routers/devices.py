@@ -10,7 +10,7 @@ from agent.contract import ID_PATTERN
 from gateway.auth import Writer
 from gateway.config import ManifestDevice
 from gateway.deps import ControlDep, ServiceDep
-from gateway.service import UnknownDeviceError
+from gateway.service import ConflictError, UnknownDeviceError
 from gateway.structs import parse_body, request_body
 from gateway.views import DeviceView, TwinView, device_view, twin_view
 
@@ -60,7 +60,11 @@ def add_device(service: ServiceDep, control: ControlDep, data: Annotated[Any, Bo
             f"device {device.id!r} is a device of the simulator's group (/status); "
             "scale the group below it or stop it first",
         )
-    return twin_view(service.add_device(device), service.standins)
+    try:
+        added = service.add_device(device)
+    except ConflictError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    return twin_view(added, service.standins)
 
 
 @router.delete(
