@@ -21,7 +21,7 @@ from gateway.engine.sources import Scenarios, ScenarioSource, endpoint_from_mqtt
 from gateway.metrics import GatewayMetrics
 from gateway.routers import compat, desired, devices, engine, fleet, page, system
 from gateway.service import GatewayService
-from gateway.structs import document_structs
+from gateway.structs import answer_bad_requests, document_structs
 from hardware.sensor import Clock
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,7 @@ def create_app(
     app.include_router(engine.router)
     app.include_router(page.router)
     document_structs(app)
+    answer_bad_requests(app)
 
     @app.middleware("http")
     async def observe(
