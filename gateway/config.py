@@ -258,6 +258,11 @@ class ApiSection(Section, frozen=True):
     token: Secret | None = None  # bearer token every write must carry; or EDGETWIN_API_TOKEN
     # Accept writes without a token; allowed only with a loopback server.host.
     local_no_auth: bool = False
+    # What a request may ask of the gateway, token or not: a larger body gets 413 unread, and
+    # a device of more sensors, or polled faster, gets 422.
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
+    max_sensors: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64  # per device
+    min_interval: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 0.05  # seconds
 
 
 class ManifestDevice(Section, frozen=True):

@@ -16,6 +16,7 @@ from agent.contract import DesiredConfig, SensorName, SensorSettings, Struct
 from gateway.auth import Writer
 from gateway.deps import ServiceDep
 from gateway.fleet import MAX_VERSION
+from gateway.limits import check_sensors
 from gateway.routers.devices import NOT_FOUND, DeviceIdPath
 from gateway.service import ConflictError, GatewayService, UnknownDeviceError
 from gateway.structs import StructResponse, parse_body, request_body, response_schema
@@ -31,6 +32,7 @@ WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "no token"},
     403: {"description": "wrong token, or writes disabled"},
     409: {"description": "the document changed since the version given"},
+    413: {"description": "body above [api] max_body_bytes"},
 }
 
 
@@ -77,6 +79,7 @@ def _write(
     sensors: dict[str, SensorSettings],
     expected: int | None,
 ) -> StructResponse:
+    check_sensors(service.config.api, sensors)
     try:
         desired = service.set_desired(device_id, sensors, expected_version=expected)
     except UnknownDeviceError:

@@ -10,6 +10,7 @@ from agent.contract import ID_PATTERN
 from gateway.auth import Writer
 from gateway.config import ManifestDevice
 from gateway.deps import ControlDep, ServiceDep
+from gateway.limits import check_sensors
 from gateway.service import ConflictError, UnknownDeviceError
 from gateway.structs import parse_body, request_body
 from gateway.views import DeviceView, TwinView, device_view, twin_view
@@ -42,12 +43,15 @@ def get_device(service: ServiceDep, device_id: DeviceIdPath) -> TwinView:
         409: {"description": "already in the manifest, or a device of the simulator's group"},
         401: {},
         403: {},
+        413: {"description": "body above [api] max_body_bytes"},
+        422: {"description": "bad body, or sensors beyond [api] max_sensors or min_interval"},
     },
     openapi_extra=request_body(ManifestDevice),
     summary="Add a device to the manifest; it is simulated until its agent comes online",
 )
 def add_device(service: ServiceDep, control: ControlDep, data: Annotated[Any, Body()]) -> TwinView:
     device = parse_body(ManifestDevice, data)
+    check_sensors(service.config.api, device.sensors)
     existing = service.fleet.get(device.id)
     if existing is not None and existing.in_manifest:
         raise HTTPException(
