@@ -279,15 +279,19 @@ class PresenceSection(Section, frozen=True):
     startup_grace: Annotated[float, msgspec.Meta(ge=0, le=60)] = 1.0  # seconds
 
 
+class GatewayObservability(ObservabilitySettings, frozen=True):
+    # The program's own name when the section is there without one (the inherited default
+    # would log every gateway as the agent's generic "edgetwin").
+    service_name: str = "edgetwin-gateway"
+
+
 class GatewayConfig(Section, frozen=True):
     # None rather than a default section: the README format's section and the code format's
     # one cannot be used together, and only an absent [simulator] tells that apart.
     simulator: SimulatorSection | None = None
     simulation: SimulationSection | None = None
     mqtt: GatewayMqttSettings = msgspec.field(default_factory=GatewayMqttSettings)
-    observability: ObservabilitySettings = msgspec.field(
-        default_factory=lambda: ObservabilitySettings(service_name="edgetwin-gateway")
-    )
+    observability: GatewayObservability = msgspec.field(default_factory=GatewayObservability)
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     presence: PresenceSection = msgspec.field(default_factory=PresenceSection)
     api: ApiSection = msgspec.field(default_factory=ApiSection)

@@ -25,7 +25,7 @@ from schemathesis.python import asgi
 from gateway.app import create_app
 from gateway.config import GatewayConfig, ManifestDevice
 from tests.brokers import BrokerUnderTest
-from tests.fleet_helpers import bme280, mqtt_settings
+from tests.fleet_helpers import bme280, mqtt_settings, poll
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +78,8 @@ def app(broker: BrokerUnderTest) -> Iterator[FastAPI]:
     app = create_app(config(broker, token=TOKEN))
     # Entering the client starts the lifespan; it stays up until shut down.
     with asgi.get_client(cast(asgi.ASGIApp, app)) as client:
-        assert client.get("/health").status_code == 200
+        # /health answers 503 until the broker connection is up: fuzzing starts after that.
+        poll(lambda: client.get("/health").status_code == 200, 10, what="broker connection")
     try:
         yield app
     finally:
