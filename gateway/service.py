@@ -97,7 +97,7 @@ class GatewayService:
         metrics.count_simulated(lambda: self.standins.stats().sent)
         metrics.count_devices(self.fleet.counts)
         metrics.simulated_devices.set_function(lambda: len(self.standins.active_devices()))
-        metrics.mqtt_sent.add_source(self.standins.sent_by_device)
+        metrics.mqtt_sent.add_source(self._standin_counts)
         self._tracer_sampled = (
             tracing.tracer("edgetwin.gateway.simulation") if tracing.enabled else None
         )
@@ -114,6 +114,15 @@ class GatewayService:
         self._settling = threading.Event()
         self._desired_lock = threading.Lock()
         self._shared_telemetry_watched = False
+
+    def _standin_counts(self) -> dict[str, int]:
+        """The stand-ins' counts of devices still in the manifest: the engine keeps a count
+        for its run's life, and a deleted device's series must go with it."""
+        return {
+            device: count
+            for device, count in self.standins.sent_by_device().items()
+            if (twin := self.fleet.get(device)) is not None and twin.in_manifest
+        }
 
     def start(self) -> None:
         topics = self.topics

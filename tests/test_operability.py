@@ -52,3 +52,16 @@ def test_health_is_503_with_the_reason_while_the_broker_is_away(broker: BrokerUn
         broker.start()
         poll(lambda: client.get("/health").status_code == 200, 15, what="back")
         assert client.get("/health").json()["reason"] is None
+
+
+def test_a_deleted_device_leaves_metrics(broker: BrokerUnderTest) -> None:
+    series = 'mqtt_sent_total{device_id="gone-01"}'
+    with gateway(gateway_config(broker)) as client:
+        added = client.post(
+            "/devices",
+            json={"id": "gone-01", "sensors": {"env": {"driver": "bme280", "interval": 0.1}}},
+        )
+        assert added.status_code == 201, added.text
+        poll(lambda: series in client.get("/metrics").text, 10, what="its series")
+        assert client.delete("/devices/gone-01").status_code == 204
+        poll(lambda: series not in client.get("/metrics").text, 10, what="series removed")
