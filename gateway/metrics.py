@@ -115,6 +115,13 @@ class GatewayMetrics:
             "1 while the gateway is connected to the broker",
             registry=self.registry,
         )
+        self.malformed_messages = Counter(
+            "edgetwin_malformed_messages",
+            "Messages on the gateway's topics that break the contract, by topic kind "
+            "(telemetry, status, state, reported, desired, twin, unknown)",
+            ["kind"],
+            registry=self.registry,
+        )
         self.config_pushes = Counter(
             "edgetwin_config_pushes",
             "Desired config writes, by outcome",

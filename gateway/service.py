@@ -40,6 +40,7 @@ from gateway.engine.controller import EngineController
 from gateway.engine.sources import endpoint_from_mqtt
 from gateway.fleet import MAX_VERSION, DeviceTwin, Fleet
 from gateway.learning import StreamLearning
+from gateway.lograte import LogLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.standins import StandIns
 from hardware.quantities import UNITS
@@ -48,6 +49,7 @@ from hardware.sensor import Clock
 log = logging.getLogger(__name__)
 
 TRACE_SAMPLE_SECONDS = 10.0
+MALFORMED_LOG_INTERVAL = 60.0  # seconds between log lines on one device's malformed messages
 
 
 class ConflictError(Exception):
@@ -114,6 +116,7 @@ class GatewayService:
         self._settling = threading.Event()
         self._desired_lock = threading.Lock()
         self._shared_telemetry_watched = False
+        self._malformed_log = LogLimiter(MALFORMED_LOG_INTERVAL)
 
     def _standin_counts(self) -> dict[str, int]:
         """The stand-ins' counts of devices still in the manifest: the engine keeps a count
@@ -249,12 +252,33 @@ class GatewayService:
                 self.fleet.apply_manifest(
                     ManifestDevice(id=twin.device, site=twin.site, labels=twin.labels, sensors={})
                 )
-        except ContractError as exc:
+        except (ContractError, ValueError, RecursionError) as exc:
+            # ValueError, RecursionError: the lenient JSON reads (`_is_flat`) of any payload.
             if message.topic.endswith("/status"):
                 self.metrics.status_messages.labels("rejected").inc()
-            log.warning(
-                "ignoring malformed message", extra={"topic": message.topic, "error": str(exc)}
-            )
+            self._malformed(message.topic, exc)
+
+    def _malformed(self, topic: str, error: Exception) -> None:
+        """Any client of the broker can publish garbage on our topics as fast as it likes: it
+        is counted, and logged in one line per device and minute, never with a traceback."""
+        try:
+            parsed = self.topics.parse(topic)
+            kind, device = parsed.kind, parsed.device
+        except ContractError:
+            kind, device = "unknown", None
+        self.metrics.malformed_messages.labels(kind).inc()
+        held_back = self._malformed_log.allow(device or topic)
+        if held_back is None:
+            return
+        log.warning(
+            "ignoring malformed message",
+            extra={
+                "topic": topic,
+                "device": device,
+                "error": str(error)[:300],
+                "held_back": held_back,
+            },
+        )
 
     def _on_telemetry(self, parsed: ParsedTopic, payload: bytes, heard: float | None) -> None:
         """A reading of an agent or of a stand-in (never one of ours on this connection: MQTT 5
@@ -479,7 +503,7 @@ def _is_flat(payload: bytes) -> bool:
     need not judge the rest of them."""
     try:
         body = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the stack
         return False
     return isinstance(body, dict) and "device_id" in body and "v" not in body
 

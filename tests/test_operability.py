@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -9,10 +10,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from agent.contract import Source, Telemetry
 from gateway.app import create_app
 from gateway.config import GatewayConfig
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import mqtt_settings, poll
+from tests.mqtt_helpers import connect_client, disconnect_client, publish
 
 pytestmark = pytest.mark.integration
 
@@ -65,3 +68,77 @@ def test_a_deleted_device_leaves_metrics(broker: BrokerUnderTest) -> None:
         poll(lambda: series in client.get("/metrics").text, 10, what="its series")
         assert client.delete("/devices/gone-01").status_code == 204
         poll(lambda: series not in client.get("/metrics").text, 10, what="series removed")
+
+
+def metric(client: TestClient, series: str) -> float:
+    """The value of one series (name and labels as exposed), 0 when absent."""
+    for line in client.get("/metrics").text.splitlines():
+        key, _, value = line.rpartition(" ")
+        if key == series:
+            return float(value)
+    return 0.0
+
+
+MALFORMED = [
+    b"[" * 100_000,  # nested past Python's recursion limit: was an ERROR with a traceback
+    b"\xff\xfe",
+    b"not json",
+    b'{"v": 1}',
+    b'{"v": 1, "device": "noisy-01", "sensor": "env", "ts": 1e999}',
+]
+
+
+def test_malformed_telemetry_is_counted_and_logged_once_per_device(
+    broker: BrokerUnderTest, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    device = {"id": "noisy-01", "sensors": {"env": {"driver": "bme280", "interval": 1}}}
+    rounds = 10
+    with gateway(gateway_config(broker)) as client:
+        assert client.post("/devices", json=device).status_code == 201
+        # A good reading first: once the twin shows it, the gateway reads the device's topics.
+        reading = Telemetry(
+            device="noisy-01", sensor="env", ts=1.0, seq=7, source=Source.EMULATED, values={}
+        )
+        publish(broker, "edgetwin/noisy-01/telemetry/env", reading.encode())
+        poll(
+            lambda: (
+                (client.get("/devices/noisy-01").json()["sensors"]["env"]["last"] or {}).get("seq")
+                == 7
+            ),
+            10,
+            what="the good reading in the twin",
+        )
+        flooder = connect_client(broker)
+        try:
+            sent = [
+                flooder.publish(f"edgetwin/noisy-01/{topic}", payload, qos=1)
+                for _ in range(rounds)
+                for payload in MALFORMED
+                for topic in ("telemetry/env", "status")
+            ]
+            for info in sent:
+                info.wait_for_publish(10)
+        finally:
+            disconnect_client(flooder)
+        total = rounds * len(MALFORMED)
+        name = "edgetwin_malformed_messages_total"
+        poll(
+            lambda: (
+                metric(client, name + '{kind="telemetry"}') == total
+                and metric(client, name + '{kind="status"}') == total
+            ),
+            15,
+            what="every malformed message counted: "
+            + str(
+                [line for line in client.get("/metrics").text.splitlines() if "malformed" in line]
+            ),
+        )
+    lines = [r for r in caplog.records if r.getMessage() == "ignoring malformed message"]
+    assert len(lines) == 1, [r.__dict__.get("topic") for r in lines]
+    assert lines[0].levelno == logging.WARNING
+    assert lines[0].exc_info is None
+    assert getattr(lines[0], "device", None) == "noisy-01"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR
+    ]
