@@ -261,11 +261,13 @@ class GatewayService:
     def _malformed(self, topic: str, error: Exception) -> None:
         """Any client of the broker can publish garbage on our topics as fast as it likes: it
         is counted, and logged in one line per device and minute, never with a traceback."""
+        kind: str = "unknown"
+        device: str | None = None
         try:
             parsed = self.topics.parse(topic)
             kind, device = parsed.kind, parsed.device
         except ContractError:
-            kind, device = "unknown", None
+            pass
         self.metrics.malformed_messages.labels(kind).inc()
         held_back = self._malformed_log.allow(device or topic)
         if held_back is None:
