@@ -71,6 +71,13 @@ class DeviceTwin:
     heard: float = -math.inf
     """When the agent was last heard live (a message sent now, not a retained one), on the
     gateway's monotonic clock: see `Fleet.silent_since`."""
+    duplicate_id: str | None = None
+    """Why more than one agent seems to use this id (gateway/duplicates.py), until the
+    monotonic time `duplicate_until`."""
+    duplicate_until: float = -math.inf
+
+    def duplicate_suspected(self, now: float) -> str | None:
+        return self.duplicate_id if now < self.duplicate_until else None
 
     def expected_sensors(self) -> dict[str, SensorSettings]:
         """The sensors this device should have: its desired config, else its manifest entry."""

@@ -122,6 +122,12 @@ class GatewayMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.duplicate_ids = Gauge(
+            "edgetwin_duplicate_device_ids",
+            "Devices whose id more than one agent seems to use (births of other boots, or "
+            "too many births, in the last ten minutes)",
+            registry=self.registry,
+        )
         self.config_pushes = Counter(
             "edgetwin_config_pushes",
             "Desired config writes, by outcome",

@@ -22,6 +22,7 @@ from agent.contract import (
     DeviceState,
     FlatReading,
     ParsedTopic,
+    Presence,
     RebirthRequest,
     ReportedConfig,
     SensorSettings,
@@ -36,6 +37,7 @@ from agent.contract import (
 from agent.mqtt import Message, MqttLink
 from agent.tracing import Tracing
 from gateway.config import COMPAT_LABEL, GatewayConfig, ManifestDevice
+from gateway.duplicates import DuplicateWatch
 from gateway.engine.controller import EngineController
 from gateway.engine.sources import endpoint_from_mqtt
 from gateway.fleet import MAX_VERSION, DeviceTwin, Fleet
@@ -117,6 +119,14 @@ class GatewayService:
         self._desired_lock = threading.Lock()
         self._shared_telemetry_watched = False
         self._malformed_log = LogLimiter(MALFORMED_LOG_INTERVAL)
+        self.duplicates = DuplicateWatch()
+        metrics.duplicate_ids.set_function(
+            lambda: sum(
+                1
+                for twin in self.fleet.snapshot()
+                if twin.duplicate_suspected(time.monotonic()) is not None
+            )
+        )
 
     def _standin_counts(self) -> dict[str, int]:
         """The stand-ins' counts of devices still in the manifest: the engine keeps a count
@@ -216,15 +226,7 @@ class GatewayService:
             if parsed.kind == "telemetry":
                 self._on_telemetry(parsed, message.payload, heard)
             elif parsed.kind == "status":
-                status = Status.decode(message.payload)
-                _same_device(status.device, parsed.device)
-                verdict = self.fleet.apply_status(status, heard)
-                self.metrics.status_messages.labels(verdict).inc()
-                if verdict == "stale":
-                    log.info(
-                        "discarded stale status",
-                        extra={"device": status.device, "boot": status.boot},
-                    )
+                self._on_status(parsed, message.payload, heard)
             elif parsed.kind == "state":
                 state = DeviceState.decode(message.payload)
                 _same_device(state.device, parsed.device)
@@ -257,6 +259,29 @@ class GatewayService:
             if message.topic.endswith("/status"):
                 self.metrics.status_messages.labels("rejected").inc()
             self._malformed(message.topic, exc)
+
+    def _on_status(self, parsed: ParsedTopic, payload: bytes, heard: float | None) -> None:
+        status = Status.decode(payload)
+        _same_device(status.device, parsed.device)
+        verdict = self.fleet.apply_status(status, heard)
+        self.metrics.status_messages.labels(verdict).inc()
+        if heard is not None and status.state is Presence.ONLINE:
+            self._note_birth(status, heard)
+        if verdict == "stale":
+            log.info("discarded stale status", extra={"device": status.device, "boot": status.boot})
+
+    def _note_birth(self, status: Status, heard: float) -> None:
+        suspicion = self.duplicates.birth(status.device, status.boot, heard)
+        twin = self.fleet.get(status.device)
+        if suspicion is None or twin is None:
+            return
+        twin.duplicate_id = suspicion.reason
+        twin.duplicate_until = suspicion.until
+        if suspicion.new:
+            log.warning(
+                "device id used by more than one agent",
+                extra={"device": status.device, "boot": status.boot, "reason": suspicion.reason},
+            )
 
     def _malformed(self, topic: str, error: Exception) -> None:
         """Any client of the broker can publish garbage on our topics as fast as it likes: it
@@ -446,6 +471,7 @@ class GatewayService:
         if self.fleet.remove(device_id) is None:
             raise UnknownDeviceError(device_id)
         self.learning.forget(device_id)
+        self.duplicates.forget(device_id)
         if clear_desired:
             # Clearing the retained documents removes the device for every replica and restart.
             self.link.publish(self.topics.desired(device_id), b"", qos=1, retain=True)

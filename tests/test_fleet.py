@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from agent.contract import DesiredConfig, Presence, ReportedConfig, Status
 from gateway.config import ManifestDevice
+from gateway.duplicates import FLAP_BIRTHS, FLAP_WINDOW, DuplicateWatch
 from gateway.fleet import MAX_VERSION, DeviceTwin, Fleet, PresenceState
 
 
@@ -150,3 +151,27 @@ def test_a_new_version_is_above_every_version_seen_even_after_removal() -> None:
     # One beyond the contract's integers does not use the version space up.
     fleet.apply_desired(DesiredConfig(device="pi", version=MAX_VERSION + 1, sensors={}), "pi")
     assert fleet.next_version("pi") == 8
+
+
+def test_births_that_no_single_agent_gives_raise_a_duplicate_suspicion() -> None:
+    watch = DuplicateWatch()
+    # One agent: restarts raise the boot, reconnects keep it, a few of them are no alarm.
+    for at, boot in [(0.0, 3), (1.0, 4), (2.0, 4), (3.0, 4)]:
+        assert watch.birth("pi", boot, at) is None
+    # Another process with an older counter is alive.
+    first = watch.birth("pi", 3, 4.0)
+    assert first is not None
+    assert first.new
+    assert "boots [3, 4]" in first.reason
+    assert watch.birth("pi", 4, 5.0) is None
+    again = watch.birth("pi", 3, 6.0)
+    assert again is not None
+    assert not again.new  # one log line per suspicion
+    # Same boot, but more births than a backoff allows (identical fresh agents).
+    flapping = [watch.birth("fresh", 1, i * 0.5) for i in range(FLAP_BIRTHS)]
+    assert flapping[:-1] == [None] * (FLAP_BIRTHS - 1)
+    assert flapping[-1] is not None
+    assert f"{FLAP_BIRTHS} births" in flapping[-1].reason
+    # Births spread wider than the window are a flaky link, not a duplicate.
+    for i in range(3 * FLAP_BIRTHS):
+        assert watch.birth("slow", 1, i * FLAP_WINDOW / (FLAP_BIRTHS - 2)) is None

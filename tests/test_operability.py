@@ -5,16 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from agent.config import AgentConfig, AgentSection
 from agent.contract import Source, Telemetry
 from gateway.app import create_app
 from gateway.config import GatewayConfig
 from tests.brokers import BrokerUnderTest
-from tests.fleet_helpers import mqtt_settings, poll
+from tests.fleet_helpers import agent_mqtt_settings, agent_thread, bme280, mqtt_settings, poll
 from tests.mqtt_helpers import connect_client, disconnect_client, publish
 
 pytestmark = pytest.mark.integration
@@ -142,3 +144,44 @@ def test_malformed_telemetry_is_counted_and_logged_once_per_device(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [
         r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR
     ]
+
+
+def twin_agent(broker: BrokerUnderTest, state_dir: Path) -> AgentConfig:
+    return AgentConfig(
+        agent=AgentSection(device_id="twin-01", state_dir=state_dir, twin_wait=0),
+        mqtt=agent_mqtt_settings(
+            broker, keepalive=2, reconnect_min_delay=0.1, reconnect_max_delay=0.3
+        ),
+        sensors={"env": bme280(1.0)},
+    )
+
+
+def test_two_agents_with_one_device_id_are_reported(
+    broker: BrokerUnderTest, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 12: 50 agents with one id flapped 374 times in 25 s and nothing said why."""
+    caplog.set_level(logging.INFO)
+    device = {"id": "twin-01", "sensors": {"env": {"driver": "bme280", "interval": 1}}}
+    with gateway(gateway_config(broker)) as client:
+        assert client.post("/devices", json=device).status_code == 201
+        assert client.get("/devices/twin-01").json()["duplicate_id"] is None
+        with (
+            agent_thread(twin_agent(broker, tmp_path / "a")),
+            agent_thread(twin_agent(broker, tmp_path / "b")),
+        ):
+            poll(
+                lambda: client.get("/devices/twin-01").json()["duplicate_id"] is not None,
+                20,
+                what="the duplicate id flagged",
+            )
+            assert metric(client, "edgetwin_duplicate_device_ids") == 1
+        reason = client.get("/devices/twin-01").json()["duplicate_id"]
+        assert "more than one agent" in reason
+        listed = {d["id"]: d for d in client.get("/devices").json()}
+        assert listed["twin-01"]["duplicate_id"] == reason
+        assert client.delete("/devices/twin-01").status_code == 204
+    warnings = [
+        r for r in caplog.records if r.getMessage() == "device id used by more than one agent"
+    ]
+    assert len(warnings) == 1, [r.__dict__.get("reason") for r in warnings]
+    assert getattr(warnings[0], "device", None) == "twin-01"
