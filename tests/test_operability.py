@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,8 +13,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from agent.config import AgentConfig, AgentSection
+from agent.config import AgentConfig, AgentSection, MqttSettings
 from agent.contract import Source, Telemetry
+from agent.mqtt import MqttLink
 from gateway.app import create_app
 from gateway.config import GatewayConfig
 from tests.brokers import BrokerUnderTest
@@ -185,3 +188,71 @@ def test_two_agents_with_one_device_id_are_reported(
     ]
     assert len(warnings) == 1, [r.__dict__.get("reason") for r in warnings]
     assert getattr(warnings[0], "device", None) == "twin-01"
+
+
+@contextmanager
+def silent_broker() -> Iterator[tuple[str, int, list[socket.socket]]]:
+    """A TCP listener that takes connections and never says a word (no CONNACK)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield "127.0.0.1", server.getsockname()[1], accepted
+    finally:
+        server.close()
+        for sock in accepted:
+            sock.close()
+
+
+def link_logs(caplog: pytest.LogCaptureFixture, message: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "agent.mqtt" and message in r.getMessage()]
+
+
+def test_a_broker_that_never_answers_is_logged_once_per_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    with silent_broker() as (host, port, accepted):
+        settings = MqttSettings(
+            host=host, port=port, keepalive=1, reconnect_min_delay=0.05, reconnect_max_delay=0.1
+        )
+        link = MqttLink(settings, client_id="edgetwin-gateway-test")
+        link.start()
+        try:
+            poll(lambda: len(accepted) >= 3, 15, what="three connection attempts")
+        finally:
+            link.close()
+    lines = link_logs(caplog, "no CONNACK")
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert lines[0].levelno == logging.WARNING
+    assert getattr(lines[0], "broker", None) == f"{host}:{port}"
+    assert getattr(lines[0], "timeout_s", None) == 1
+
+
+def test_a_session_taken_over_says_so(
+    broker: BrokerUnderTest, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    settings = mqtt_settings(broker, keepalive=5, reconnect_min_delay=0.5, reconnect_max_delay=1)
+    first = MqttLink(settings, client_id="edgetwin-gateway-same")
+    second = MqttLink(settings, client_id="edgetwin-gateway-same")
+    first.start()
+    try:
+        assert first.wait_connected(10)
+        second.start()
+        poll(lambda: link_logs(caplog, "lost broker connection"), 10, what="the loss logged")
+    finally:
+        second.close()
+        first.close()
+    reason = getattr(link_logs(caplog, "lost broker connection")[0], "reason", "")
+    assert "Unspecified error" not in reason
+    assert "another client connected with client id 'edgetwin-gateway-same'" in reason
