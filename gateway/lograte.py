@@ -38,6 +38,11 @@ class LogLimiter:
             self._last[key] = now
             return self._suppressed.pop(key, 0)
 
+    def __len__(self) -> int:
+        """Keys remembered now."""
+        with self._lock:
+            return len(self._last)
+
     def _forget_stale(self, now: float) -> None:
         stale = [k for k, t in self._last.items() if now - t >= self.interval]
         for key in stale or list(self._last)[: self.max_keys // 2]:

@@ -18,6 +18,7 @@ from agent.contract import Source, Telemetry
 from agent.mqtt import MqttLink
 from gateway.app import create_app
 from gateway.config import GatewayConfig
+from gateway.lograte import LogLimiter
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import agent_mqtt_settings, agent_thread, bme280, mqtt_settings, poll
 from tests.mqtt_helpers import connect_client, disconnect_client, publish
@@ -256,3 +257,16 @@ def test_a_session_taken_over_says_so(
     reason = getattr(link_logs(caplog, "lost broker connection")[0], "reason", "")
     assert "Unspecified error" not in reason
     assert "another client connected with client id 'edgetwin-gateway-same'" in reason
+
+
+def test_the_log_limiter_holds_lines_back_and_keeps_few_keys() -> None:
+    now = [0.0]
+    limiter = LogLimiter(60.0, max_keys=4, clock=lambda: now[0])
+    assert limiter.allow("a") == 0
+    assert [limiter.allow("a") for _ in range(3)] == [None, None, None]
+    now[0] = 61.0
+    assert limiter.allow("a") == 3  # the next line says how many were held back
+    # Devices named by the network: the table stays bounded.
+    for i in range(100):
+        limiter.allow(f"flood-{i}")
+    assert len(limiter) <= 4
