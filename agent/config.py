@@ -258,13 +258,16 @@ class AgentMqttSettings(MqttSettings, frozen=True):
     session_expiry: Annotated[int, msgspec.Meta(ge=0)] = 86_400
 
 
+class AgentObservability(ObservabilitySettings, frozen=True):
+    # The program's documented name also when the section is there without one.
+    service_name: str = "edgetwin-agent"
+
+
 class AgentConfig(Section, frozen=True):
     agent: AgentSection
     mqtt: AgentMqttSettings = msgspec.field(default_factory=AgentMqttSettings)
     outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
-    observability: ObservabilitySettings = msgspec.field(
-        default_factory=lambda: ObservabilitySettings(service_name="edgetwin-agent")
-    )
+    observability: AgentObservability = msgspec.field(default_factory=AgentObservability)
     sensors: dict[SensorName, SensorSettings] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 LOOP_TIMEOUT = 0.2  # seconds one network-loop pass may block; bounds how fast close() returns
 _CLOSE_DRAIN_TIMEOUT = 1.0  # seconds close() waits for the broker to end the connection
 _NO_RECEIVE_MAXIMUM = 65_535  # MQTT 5's value when the broker names none, and 3.1.1's in effect
+# MQTT 5 reason codes, as paho also reports its own socket events.
+_UNSPECIFIED = 0x80  # paho: the peer closed the socket
+_KEEPALIVE_TIMEOUT = 0x8D  # paho: nothing heard within keepalive
+_SESSION_TAKEN_OVER = 0x8E
 
 
 class MqttError(Exception):
@@ -236,6 +240,8 @@ class MqttLink:
         # paho does not enforce it, so a caller keeping its own window should.
         self.receive_maximum = _NO_RECEIVE_MAXIMUM
         self.unsolicited = 0
+        self._connack_seen = False
+        self._connack_missing_logged = False
 
     @property
     def connected(self) -> bool:
@@ -403,6 +409,7 @@ class MqttLink:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        self._connack_seen = True
         if reason_code.is_failure:
             log.warning(
                 "broker refused connection",
@@ -411,6 +418,7 @@ class MqttLink:
             return
         self.receive_maximum = getattr(properties, "ReceiveMaximum", _NO_RECEIVE_MAXIMUM)
         self.connect_count += 1
+        self._connack_missing_logged = False
         log.info(
             "connected to broker",
             extra={
@@ -446,9 +454,47 @@ class MqttLink:
         with self._lock:
             self._pending_subacks.clear()
             self._early_subacks.clear()
-        if was_connected and not self._closing.is_set():
+        if self._closing.is_set():
+            return
+        if was_connected:
             self.disconnect_count += 1
-            log.warning("lost broker connection, reconnecting", extra={"reason": str(reason_code)})
+            log.warning(
+                "lost broker connection, reconnecting",
+                extra={
+                    "broker": self._broker(),
+                    "reason": self._why_lost(flags, reason_code),
+                    "mqtt_reason": str(reason_code),
+                },
+            )
+        elif not self._connack_seen and not self._connack_missing_logged:
+            # Once per outage: a broker (or a proxy, or a wrong port) that takes the TCP
+            # connection and never answers would otherwise leave no trace at all.
+            self._connack_missing_logged = True
+            timed_out = reason_code.value == _KEEPALIVE_TIMEOUT
+            log.warning(
+                f"broker sent no CONNACK within {self.settings.keepalive} s, retrying"
+                if timed_out
+                else "broker closed the connection before its CONNACK, retrying",
+                extra={
+                    "broker": self._broker(),
+                    "timeout_s": self.settings.keepalive,
+                    "mqtt_reason": str(reason_code),
+                },
+            )
+
+    def _why_lost(self, flags: paho.DisconnectFlags, reason_code: ReasonCode) -> str:
+        if reason_code.value == _SESSION_TAKEN_OVER:
+            return f"session taken over: another client connected with client id {self.client_id!r}"
+        if flags.is_disconnect_packet_from_server:
+            return f"disconnected by the broker: {reason_code}"
+        if reason_code.value == _UNSPECIFIED:
+            # paho's name for a socket the peer closed. Mosquitto closes a taken-over session's
+            # socket this way too, without a DISCONNECT to say so.
+            return (
+                "the broker closed the connection without a reason: it stopped, or another "
+                f"client connected with client id {self.client_id!r}"
+            )
+        return str(reason_code)
 
     def _handle_subscribe(
         self,
@@ -470,6 +516,7 @@ class MqttLink:
                 self._subscribed.set()
 
     def _handle_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._connack_seen = False
         # paho leaves Nagle's algorithm on: a small PUBLISH then waits for the ACK of the one
         # before, and with the peer's delayed ACKs a config round trip takes ~90 ms, not ~4.
         if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):

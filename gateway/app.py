@@ -18,10 +18,11 @@ from gateway.config import GatewayConfig
 from gateway.engine import EngineController, EngineSettings
 from gateway.engine.metrics import EngineCollector
 from gateway.engine.sources import Scenarios, ScenarioSource, endpoint_from_mqtt
+from gateway.limits import RequestGuard
 from gateway.metrics import GatewayMetrics
 from gateway.routers import compat, desired, devices, engine, fleet, page, system
 from gateway.service import GatewayService
-from gateway.structs import document_structs
+from gateway.structs import answer_bad_requests, document_structs
 from hardware.sensor import Clock
 
 log = logging.getLogger(__name__)
@@ -119,14 +120,22 @@ def create_app(
         description="Digital twin of an MQTT sensor fleet; simulates every device that is missing.",
         lifespan=lifespan,
     )
-    app.include_router(devices.router)
-    app.include_router(desired.router)
-    app.include_router(fleet.router)
-    app.include_router(system.router)
-    app.include_router(compat.router)
-    app.include_router(engine.router)
-    app.include_router(page.router)
+    routers = [
+        devices.router,
+        desired.router,
+        fleet.router,
+        system.router,
+        compat.router,
+        engine.router,
+        page.router,
+    ]
+    for router in routers:
+        app.include_router(router)
     document_structs(app)
+    answer_bad_requests(app)
+
+    # Inside `observe`, so refused requests are counted too.
+    app.add_middleware(RequestGuard, routers=routers, api=config.api)
 
     @app.middleware("http")
     async def observe(

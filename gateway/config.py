@@ -262,6 +262,11 @@ class ApiSection(Section, frozen=True):
     token: Secret | None = None  # bearer token every write must carry; or EDGETWIN_API_TOKEN
     # Accept writes without a token; allowed only with a loopback server.host.
     local_no_auth: bool = False
+    # What a request may ask of the gateway, token or not: a larger body gets 413 unread, and
+    # a device of more sensors, or polled faster, gets 422.
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
+    max_sensors: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64  # per device
+    min_interval: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 0.05  # seconds
 
 
 class ManifestDevice(Section, frozen=True):
@@ -278,15 +283,19 @@ class PresenceSection(Section, frozen=True):
     startup_grace: Annotated[float, msgspec.Meta(ge=0, le=60)] = 1.0  # seconds
 
 
+class GatewayObservability(ObservabilitySettings, frozen=True):
+    # The program's own name when the section is there without one (the inherited default
+    # would log every gateway as the agent's generic "edgetwin").
+    service_name: str = "edgetwin-gateway"
+
+
 class GatewayConfig(Section, frozen=True):
     # None rather than a default section: the README format's section and the code format's
     # one cannot be used together, and only an absent [simulator] tells that apart.
     simulator: SimulatorSection | None = None
     simulation: SimulationSection | None = None
     mqtt: GatewayMqttSettings = msgspec.field(default_factory=GatewayMqttSettings)
-    observability: ObservabilitySettings = msgspec.field(
-        default_factory=lambda: ObservabilitySettings(service_name="edgetwin-gateway")
-    )
+    observability: GatewayObservability = msgspec.field(default_factory=GatewayObservability)
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     presence: PresenceSection = msgspec.field(default_factory=PresenceSection)
     api: ApiSection = msgspec.field(default_factory=ApiSection)

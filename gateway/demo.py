@@ -24,7 +24,6 @@ from agent.config import (
     AgentMqttSettings,
     AgentSection,
     MqttSettings,
-    ObservabilitySettings,
 )
 from agent.contract import SensorBackend, SensorSettings
 from agent.logs import configure_logging
@@ -34,6 +33,7 @@ from gateway.cli import serve
 from gateway.config import (
     GatewayConfig,
     GatewayMqttSettings,
+    GatewayObservability,
     ManifestDevice,
     ServerSection,
     default_sensors,
@@ -79,7 +79,7 @@ def run_demo(
         ]
         gateway_config = GatewayConfig(
             mqtt=mqtt.recast(GatewayMqttSettings),
-            observability=ObservabilitySettings(service_name="edgetwin-gateway"),
+            observability=GatewayObservability(),
             server=ServerSection(host="127.0.0.1", port=port),
             devices=[
                 ManifestDevice(id=AGENT_DEVICE, sensors=demo_sensors(2.0), site="demo"),

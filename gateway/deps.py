@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from gateway.compat import SimulatorControl
+from gateway.config import ApiSection
 from gateway.engine import EngineController
 from gateway.engine.sources import ScenarioSource
 from gateway.metrics import GatewayMetrics
@@ -33,6 +34,11 @@ def _engine(request: Request) -> EngineController:
     return engine
 
 
+def _api(request: Request) -> ApiSection:
+    api: ApiSection = request.app.state.config.api
+    return api
+
+
 def _engine_scenarios(request: Request) -> ScenarioSource:
     source: ScenarioSource = request.app.state.engine_scenarios
     return source
@@ -43,3 +49,4 @@ MetricsDep = Annotated[GatewayMetrics, Depends(_metrics)]
 ControlDep = Annotated[SimulatorControl, Depends(_control)]
 EngineDep = Annotated[EngineController, Depends(_engine)]
 ScenariosDep = Annotated[ScenarioSource, Depends(_engine_scenarios)]
+ApiDep = Annotated[ApiSection, Depends(_api)]

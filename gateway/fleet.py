@@ -37,6 +37,11 @@ class PresenceState(StrEnum):
 
 ConfigSync = Literal["in_sync", "pending", "rejected", "no_desired"]
 
+MAX_VERSION: Final = 2**53 - 1
+"""The highest desired config version: above it JSON numbers lose integers in many decoders.
+The same bound as the wire contract's integers (agent/contract.py), kept here so the twin does
+not depend on when that lands."""
+
 
 @dataclass
 class StreamView:
@@ -70,6 +75,13 @@ class DeviceTwin:
     heard: float = -math.inf
     """When the agent was last heard live (a message sent now, not a retained one), on the
     gateway's monotonic clock: see `Fleet.silent_since`."""
+    duplicate_id: str | None = None
+    """Why more than one agent seems to use this id (gateway/duplicates.py), until the
+    monotonic time `duplicate_until`."""
+    duplicate_until: float = -math.inf
+
+    def duplicate_suspected(self, now: float) -> str | None:
+        return self.duplicate_id if now < self.duplicate_until else None
 
     def expected_sensors(self) -> dict[str, SensorSettings]:
         """The sensors this device should have: its desired config, else its manifest entry."""
@@ -100,13 +112,15 @@ class DeviceTwin:
             return "no_desired"
         if self.reported is None:
             return "pending"
-        if self.reported.applied_version >= self.desired.version:
-            return "in_sync"
+        # The rejection first: an agent that refuses a version runs an older one, or one of a
+        # higher number (a device deleted and added again), and that is not the desired one.
         if (
             self.reported.status == "rejected"
             and self.reported.rejected_version == self.desired.version
         ):
             return "rejected"
+        if self.reported.applied_version == self.desired.version:
+            return "in_sync"
         return "pending"
 
     def delta(self) -> dict[str, object]:
@@ -148,6 +162,10 @@ class Fleet:
         # Devices removed through this gateway: a twin document of theirs still in flight must
         # not bring them back.
         self._removed: set[str] = set()
+        # The highest config version seen per device id (desired, applied or rejected), kept
+        # past a removal: an agent refuses any version below the one it runs, and a retained
+        # report outlives the DELETE that cleared the desired document.
+        self._versions: dict[str, int] = {}
 
     def subscribe(self, listener: PresenceListener) -> None:
         self._listeners.append(listener)
@@ -280,8 +298,21 @@ class Fleet:
         if before != state.sensors:
             self._notify(twin)
 
+    def _saw_version(self, device_id: str, *versions: int | None) -> None:
+        """Caller holds the lock. Versions beyond MAX_VERSION are outside the contract and are
+        not counted: one rogue document must not use up the device's version space."""
+        seen = [v for v in versions if v is not None and v <= MAX_VERSION]
+        if seen:
+            self._versions[device_id] = max(self._versions.get(device_id, 0), *seen)
+
+    def next_version(self, device_id: str) -> int:
+        """The version a new desired document of `device_id` needs: above every one seen."""
+        with self._lock:
+            return self._versions.get(device_id, 0) + 1
+
     def apply_reported(self, reported: ReportedConfig) -> None:
         with self._lock:
+            self._saw_version(reported.device, reported.applied_version, reported.rejected_version)
             twin = self._twin(reported.device)
             if twin is not None:
                 twin.reported = reported
@@ -289,6 +320,8 @@ class Fleet:
     def apply_desired(self, desired: DesiredConfig | None, device_id: str) -> None:
         """A desired document seen on the broker (ours, or another replica's), or its removal."""
         with self._lock:
+            if desired is not None:
+                self._saw_version(device_id, desired.version)
             twin = self._twin(device_id) if desired is not None else self._devices.get(device_id)
             if twin is None:
                 return

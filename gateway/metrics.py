@@ -122,6 +122,19 @@ class GatewayMetrics:
             "1 while the gateway is connected to the broker",
             registry=self.registry,
         )
+        self.malformed_messages = Counter(
+            "edgetwin_malformed_messages",
+            "Messages on the gateway's topics that break the contract, by topic kind "
+            "(telemetry, status, state, reported, desired, twin, unknown)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.duplicate_ids = Gauge(
+            "edgetwin_duplicate_device_ids",
+            "Devices whose id more than one agent seems to use (births of other boots, or "
+            "too many births, in the last ten minutes)",
+            registry=self.registry,
+        )
         self.config_pushes = Counter(
             "edgetwin_config_pushes",
             "Desired config writes, by outcome",

@@ -22,6 +22,7 @@ from agent.contract import (
     DeviceState,
     FlatReading,
     ParsedTopic,
+    Presence,
     RebirthRequest,
     ReportedConfig,
     SensorSettings,
@@ -36,10 +37,12 @@ from agent.contract import (
 from agent.mqtt import Message, MqttLink
 from agent.tracing import Tracing
 from gateway.config import COMPAT_LABEL, GatewayConfig, ManifestDevice
+from gateway.duplicates import DuplicateWatch
 from gateway.engine.controller import EngineController
 from gateway.engine.sources import endpoint_from_mqtt
-from gateway.fleet import DeviceTwin, Fleet
+from gateway.fleet import MAX_VERSION, DeviceTwin, Fleet
 from gateway.learning import StreamLearning
+from gateway.lograte import LogLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.standins import StandIns
 from hardware.quantities import UNITS
@@ -48,6 +51,7 @@ from hardware.sensor import Clock
 log = logging.getLogger(__name__)
 
 TRACE_SAMPLE_SECONDS = 10.0
+MALFORMED_LOG_INTERVAL = 60.0  # seconds between log lines on one device's malformed messages
 
 
 class ConflictError(Exception):
@@ -97,7 +101,7 @@ class GatewayService:
         metrics.count_simulated(lambda: self.standins.stats().sent)
         metrics.count_devices(self.fleet.counts)
         metrics.simulated_devices.set_function(lambda: len(self.standins.active_devices()))
-        metrics.mqtt_sent.add_source(self.standins.sent_by_device)
+        metrics.mqtt_sent.add_source(self._standin_counts)
         self._tracer_sampled = (
             tracing.tracer("edgetwin.gateway.simulation") if tracing.enabled else None
         )
@@ -114,6 +118,24 @@ class GatewayService:
         self._settling = threading.Event()
         self._desired_lock = threading.Lock()
         self._shared_telemetry_watched = False
+        self._malformed_log = LogLimiter(MALFORMED_LOG_INTERVAL)
+        self.duplicates = DuplicateWatch()
+        metrics.duplicate_ids.set_function(
+            lambda: sum(
+                1
+                for twin in self.fleet.snapshot()
+                if twin.duplicate_suspected(time.monotonic()) is not None
+            )
+        )
+
+    def _standin_counts(self) -> dict[str, int]:
+        """The stand-ins' counts of devices still in the manifest: the engine keeps a count
+        for its run's life, and a deleted device's series must go with it."""
+        return {
+            device: count
+            for device, count in self.standins.sent_by_device().items()
+            if (twin := self.fleet.get(device)) is not None and twin.in_manifest
+        }
 
     def start(self) -> None:
         topics = self.topics
@@ -204,15 +226,7 @@ class GatewayService:
             if parsed.kind == "telemetry":
                 self._on_telemetry(parsed, message.payload, heard)
             elif parsed.kind == "status":
-                status = Status.decode(message.payload)
-                _same_device(status.device, parsed.device)
-                verdict = self.fleet.apply_status(status, heard)
-                self.metrics.status_messages.labels(verdict).inc()
-                if verdict == "stale":
-                    log.info(
-                        "discarded stale status",
-                        extra={"device": status.device, "boot": status.boot},
-                    )
+                self._on_status(parsed, message.payload, heard)
             elif parsed.kind == "state":
                 state = DeviceState.decode(message.payload)
                 _same_device(state.device, parsed.device)
@@ -240,12 +254,58 @@ class GatewayService:
                 self.fleet.apply_manifest(
                     ManifestDevice(id=twin.device, site=twin.site, labels=twin.labels, sensors={})
                 )
-        except ContractError as exc:
+        except (ContractError, ValueError, RecursionError) as exc:
+            # ValueError, RecursionError: the lenient JSON reads (`_is_flat`) of any payload.
             if message.topic.endswith("/status"):
                 self.metrics.status_messages.labels("rejected").inc()
+            self._malformed(message.topic, exc)
+
+    def _on_status(self, parsed: ParsedTopic, payload: bytes, heard: float | None) -> None:
+        status = Status.decode(payload)
+        _same_device(status.device, parsed.device)
+        verdict = self.fleet.apply_status(status, heard)
+        self.metrics.status_messages.labels(verdict).inc()
+        if heard is not None and status.state is Presence.ONLINE:
+            self._note_birth(status, heard)
+        if verdict == "stale":
+            log.info("discarded stale status", extra={"device": status.device, "boot": status.boot})
+
+    def _note_birth(self, status: Status, heard: float) -> None:
+        suspicion = self.duplicates.birth(status.device, status.boot, heard, status.session)
+        twin = self.fleet.get(status.device)
+        if suspicion is None or twin is None:
+            return
+        twin.duplicate_id = suspicion.reason
+        twin.duplicate_until = suspicion.until
+        if suspicion.new:
             log.warning(
-                "ignoring malformed message", extra={"topic": message.topic, "error": str(exc)}
+                "device id used by more than one agent",
+                extra={"device": status.device, "boot": status.boot, "reason": suspicion.reason},
             )
+
+    def _malformed(self, topic: str, error: Exception) -> None:
+        """Any client of the broker can publish garbage on our topics as fast as it likes: it
+        is counted, and logged in one line per device and minute, never with a traceback."""
+        kind: str = "unknown"
+        device: str | None = None
+        try:
+            parsed = self.topics.parse(topic)
+            kind, device = parsed.kind, parsed.device
+        except ContractError:
+            pass
+        self.metrics.malformed_messages.labels(kind).inc()
+        held_back = self._malformed_log.allow(device or topic)
+        if held_back is None:
+            return
+        log.warning(
+            "ignoring malformed message",
+            extra={
+                "topic": topic,
+                "device": device,
+                "error": str(error)[:300],
+                "held_back": held_back,
+            },
+        )
 
     def _on_telemetry(self, parsed: ParsedTopic, payload: bytes, heard: float | None) -> None:
         """A reading of an agent or of a stand-in (never one of ours on this connection: MQTT 5
@@ -403,6 +463,11 @@ class GatewayService:
         and reach its agent. With `publish_desired=False` they stay in the manifest entry only,
         as for the devices of the config file: for devices that live as long as this gateway.
         """
+        if publish_desired and device.sensors and self.fleet.next_version(device.id) > MAX_VERSION:
+            # Refused before the twin exists: a device added without its config would run none.
+            raise ConflictError(
+                f"desired config of {device.id} has used every version up to {MAX_VERSION}"
+            )
         twin = self.fleet.add(device)
         if publish_desired and twin.desired is None and device.sensors:
             self.set_desired(device.id, dict(device.sensors), expected_version=None)
@@ -414,6 +479,7 @@ class GatewayService:
         if self.fleet.remove(device_id) is None:
             raise UnknownDeviceError(device_id)
         self.learning.forget(device_id)
+        self.duplicates.forget(device_id)
         if clear_desired:
             # Clearing the retained documents removes the device for every replica and restart.
             self.link.publish(self.topics.desired(device_id), b"", qos=1, retain=True)
@@ -440,7 +506,13 @@ class GatewayService:
                 raise ConflictError(
                     f"desired config of {device_id} is at version {current}, not {expected_version}"
                 )
-            desired = DesiredConfig(device=device_id, version=current + 1, sensors=sensors)
+            version = self.fleet.next_version(device_id)
+            if version > MAX_VERSION:
+                self.metrics.config_pushes.labels("conflict").inc()
+                raise ConflictError(
+                    f"desired config of {device_id} has used every version up to {MAX_VERSION}"
+                )
+            desired = DesiredConfig(device=device_id, version=version, sensors=sensors)
             with self.tracer.start_as_current_span(
                 "config.push", attributes={"device": device_id, "version": desired.version}
             ):
@@ -467,7 +539,7 @@ def _is_flat(payload: bytes) -> bool:
     need not judge the rest of them."""
     try:
         body = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the stack
         return False
     return isinstance(body, dict) and "device_id" in body and "v" not in body
 

@@ -8,11 +8,14 @@ document describes both with msgspec's JSON schema of those same types.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Final, TypeVar
 
 import msgspec
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from agent.contract import locate_error
 
@@ -53,6 +56,20 @@ def parse_body(kind: type[T], data: Any) -> T:
     try:
         if isinstance(data, bytes | str):
             return msgspec.json.decode(data, type=kind)
+        # FastAPI's json.loads takes NaN, Infinity and numbers too large for a float (1e999);
+        # JSON has none of them, and no field of the API means them.
+        where = _non_finite(data)
+        if where is not None:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "value_error",
+                        "loc": ("body", *where),
+                        "msg": "NaN and Infinity are not JSON numbers",
+                        "input": None,
+                    }
+                ]
+            )
         return msgspec.convert(data, kind)
     except msgspec.ValidationError as exc:
         message, path = locate_error(exc)
@@ -63,6 +80,44 @@ def parse_body(kind: type[T], data: Any) -> T:
         raise RequestValidationError(
             [{"type": "json_invalid", "loc": ("body",), "msg": str(exc), "input": None}]
         ) from None
+
+
+def _non_finite(data: Any) -> tuple[str | int, ...] | None:
+    """The path of the first NaN or infinite number in decoded JSON, if any. Iterative: the
+    body may nest as deep as the JSON decoder allowed."""
+    pending: list[tuple[tuple[str | int, ...], Any]] = [((), data)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return path
+        if isinstance(value, dict):
+            pending.extend(((*path, str(k)), v) for k, v in value.items())
+        elif isinstance(value, list):
+            pending.extend(((*path, i), v) for i, v in enumerate(value))
+    return None
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` with NaN and infinities as strings: the standard JSON encoder refuses them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, but one that echoes a NaN it was given is still an answer, not a 500."""
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse(
+        status_code=422, content={"detail": _json_safe(jsonable_encoder(exc.errors()))}
+    )
+
+
+def answer_bad_requests(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _invalid_request)
 
 
 class StructResponse(Response):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -42,6 +43,8 @@ class DeviceView(BaseModel):
     last_seen: float | None
     site: str | None
     labels: dict[str, str]
+    # Why more than one agent seems to run with this id, while that lasts; else null.
+    duplicate_id: str | None = None
 
 
 class TwinView(DeviceView):
@@ -101,6 +104,7 @@ def device_view(twin: DeviceTwin, engine: StandIns) -> DeviceView:
         last_seen=twin.last_seen,
         site=twin.site,
         labels=twin.labels,
+        duplicate_id=twin.duplicate_suspected(time.monotonic()),
     )
 
 

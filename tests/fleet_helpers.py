@@ -13,10 +13,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import uvicorn
+from fastapi import FastAPI
+
 from agent.config import AgentConfig, AgentMqttSettings, AgentSection, MqttSettings
 from agent.contract import SensorSettings
 from agent.metrics import AgentMetrics
 from agent.runtime import Agent
+from gateway.broker import free_port
 from hardware import EmulatedBackend, RealBackend
 from tests.mqtt_helpers import Endpoint, Message
 
@@ -165,3 +169,29 @@ def poll(
             return
         time.sleep(interval)
     raise TimeoutError(f"{what} not reached within {timeout} s")
+
+
+@contextmanager
+def serving(app: FastAPI, attempts: int = 3) -> Iterator[str]:
+    """Run `app` on uvicorn in a thread on a free port; yield its base URL."""
+    for _ in range(attempts):
+        port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 15
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if server.started:
+            break
+        server.should_exit = True
+        thread.join(timeout=15)  # the port was taken in between: try another
+    else:
+        raise AssertionError(f"uvicorn did not start in {attempts} attempts")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        assert not thread.is_alive(), "uvicorn did not stop"

@@ -8,7 +8,10 @@ check is that nothing answers with a server error: a 500 is a bug, whatever the 
 
 from __future__ import annotations
 
+import json
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -22,7 +25,7 @@ from schemathesis.python import asgi
 from gateway.app import create_app
 from gateway.config import GatewayConfig, ManifestDevice
 from tests.brokers import BrokerUnderTest
-from tests.fleet_helpers import bme280, mqtt_settings
+from tests.fleet_helpers import bme280, mqtt_settings, poll
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +48,10 @@ fuzz = settings(
 )
 
 
+# An empty scenarios directory: fuzzed scenario names reach the file name checks.
+SCENARIOS = Path(tempfile.mkdtemp(prefix="edgetwin-scenarios-"))
+
+
 def config(broker: BrokerUnderTest, **api: Any) -> GatewayConfig:
     return GatewayConfig.from_builtins(
         {
@@ -54,7 +61,12 @@ def config(broker: BrokerUnderTest, **api: Any) -> GatewayConfig:
             "presence": {"startup_grace": 0.3},
             "api": api,
             # Fuzzed /engine/start bodies really start workers: keep any such fleet small.
-            "engine": {"workers": 1, "max_workers": 1, "max_devices": 20},
+            "engine": {
+                "workers": 1,
+                "max_workers": 1,
+                "max_devices": 20,
+                "scenarios_dir": str(SCENARIOS),
+            },
             "devices": [ManifestDevice(id=DEVICE, sensors={"env": bme280(1.0)})],
         }
     )
@@ -66,7 +78,8 @@ def app(broker: BrokerUnderTest) -> Iterator[FastAPI]:
     app = create_app(config(broker, token=TOKEN))
     # Entering the client starts the lifespan; it stays up until shut down.
     with asgi.get_client(cast(asgi.ASGIApp, app)) as client:
-        assert client.get("/health").status_code == 200
+        # /health answers 503 until the broker connection is up: fuzzing starts after that.
+        poll(lambda: client.get("/health").status_code == 200, 10, what="broker connection")
     try:
         yield app
     finally:
@@ -90,6 +103,89 @@ def test_no_server_error_on_a_device_in_the_manifest(case: Case, app: FastAPI) -
     """Random ids almost never name a device: here every request names the manifest's one."""
     case.path_parameters = {**(case.path_parameters or {}), "device_id": DEVICE}
     call_and_check(case, app)
+
+
+# --- values JSON has not got ----------------------------------------------------------------
+
+NOT_JSON_NUMBERS = ("NaN", "Infinity", "-Infinity", "1e999")
+
+
+def _number_paths(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int | float):
+        yield path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _number_paths(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _number_paths(item, (*path, index))
+
+
+def _with_marker(value: Any, path: tuple[Any, ...], marker: str) -> Any:
+    if not path:
+        return marker
+    copy = dict(value) if isinstance(value, dict) else list(value)
+    copy[path[0]] = _with_marker(value[path[0]], path[1:], marker)
+    return copy
+
+
+@schema.include(method=["POST", "PUT", "PATCH"]).parametrize()
+@fuzz
+def test_nan_and_infinity_in_any_number_of_a_body_get_a_4xx(case: Case, app: FastAPI) -> None:
+    """Python's JSON decoder, which FastAPI uses, takes NaN and Infinity; such bodies gave 500
+    where they reached a handler. Each number of a generated body is replaced in turn."""
+    if not isinstance(case.body, dict | list):
+        return
+    client = TestClient(app)  # the lifespan is the fixture's
+    path = case.formatted_path
+    for index, where in enumerate(list(_number_paths(case.body))[:6]):
+        marker = f"__not_json_{index}__"
+        text = json.dumps(_with_marker(case.body, where, marker))
+        raw = text.replace(f'"{marker}"', NOT_JSON_NUMBERS[index % len(NOT_JSON_NUMBERS)])
+        response = client.request(
+            case.method,
+            path,
+            content=raw,
+            headers={**BEARER, "Content-Type": "application/json"},
+        )
+        assert 400 <= response.status_code < 500, (case.method, path, raw, response.text)
+        assert response.json()["detail"], response.text
+
+
+def test_the_reported_bad_values_get_a_4xx_with_a_reason(broker: BrokerUnderTest) -> None:
+    """Issue 12: each of these answered 500."""
+    nan_bodies = [
+        (
+            "POST",
+            "/devices",
+            '{"id": "d", "sensors": {"env": {"driver": "bme280", "interval": NaN}}}',
+        ),
+        ("PUT", "/engine/rate", '{"multiplier": NaN}'),
+        ("PUT", "/engine/rate", '{"multiplier": Infinity}'),
+        ("POST", "/engine/start", '{"devices": 1, "interval": Infinity}'),
+        ("POST", "/engine/start", '{"devices": 1, "interval": 1e999}'),
+        ("POST", "/engine/faults", '{"type": "spike", "devices": "*", "magnitude": -Infinity}'),
+        (
+            "PUT",
+            f"/devices/{DEVICE}/desired",
+            '{"sensors": {"env": {"driver": "bme280", "interval": NaN}}}',
+        ),
+        ("PATCH", f"/devices/{DEVICE}/desired", '{"sensors": {"env": {"interval": NaN}}}'),
+    ]
+    with TestClient(create_app(config(broker, token=TOKEN)), headers=BEARER) as client:
+        for method, path, body in nan_bodies:
+            response = client.request(
+                method, path, content=body, headers={"Content-Type": "application/json"}
+            )
+            assert response.status_code == 422, (method, path, response.text)
+            assert "NaN and Infinity" in response.text, response.text
+        for name in ("a\x00b.toml", "\x00", "x\ny.toml", ""):
+            response = client.post("/engine/start", json={"scenario": name})
+            assert response.status_code == 422, (name, response.text)
+            assert "control characters" in response.json()["detail"], response.text
+        assert client.get("/engine/status").json()["state"] == "stopped"
 
 
 # --- the token -----------------------------------------------------------------------------

@@ -341,3 +341,23 @@ def test_readme_examples_load_into_the_plans_it_describes(tmp_path: Path) -> Non
         ("engine", StartDevices(5000), False),
         ("engine", StartScenario("greenhouse.toml"), False),
     ]
+
+
+def test_an_observability_section_without_service_name_keeps_the_programs_name(
+    tmp_path: Path,
+) -> None:
+    """Issue 12: with an [observability] section that did not name the service, logs and
+    traces said "edgetwin", not the documented edgetwin-agent / edgetwin-gateway."""
+    gateway = tmp_path / "gateway.toml"
+    gateway.write_text('[observability]\nlog_level = "DEBUG"\n')
+    assert load_gateway_config(gateway, environ={}).observability.service_name == (
+        "edgetwin-gateway"
+    )
+    agent = tmp_path / "agent.toml"
+    agent.write_text('[agent]\ndevice_id = "pi"\n\n[observability]\nlog_level = "DEBUG"\n')
+    assert load_agent_config(agent, environ={}).observability.service_name == "edgetwin-agent"
+    # Without the section, as before.
+    gateway.write_text("")
+    assert load_gateway_config(gateway, environ={}).observability.service_name == (
+        "edgetwin-gateway"
+    )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from agent.contract import Presence, Status
+from agent.contract import DesiredConfig, Presence, ReportedConfig, Status
 from gateway.config import ManifestDevice
-from gateway.fleet import DeviceTwin, Fleet, PresenceState
+from gateway.duplicates import FLAP_BIRTHS, FLAP_WINDOW, DuplicateWatch
+from gateway.fleet import MAX_VERSION, DeviceTwin, Fleet, PresenceState
 
 
 def status(state: Presence, boot: int, reason: str = "birth", device: str = "pi") -> Status:
@@ -142,3 +143,89 @@ def test_a_new_session_is_a_new_life_whatever_its_boot() -> None:
     unmet = session_status(Presence.OFFLINE, 3, "c" * 16, "connection_lost", 5)
     assert fleet.apply_status(unmet) == "stale"
     assert record.presence is PresenceState.ONLINE
+
+
+def test_a_rejected_version_below_the_applied_one_is_rejected_not_in_sync() -> None:
+    """Issue 12: an agent at version 4 refuses a version 2 (a device deleted and added again);
+    the twin said in_sync because 4 >= 2."""
+    twin = DeviceTwin("pi", True)
+    twin.desired = DesiredConfig(device="pi", version=2, sensors={})
+    twin.reported = ReportedConfig(
+        device="pi",
+        ts=1.0,
+        status="rejected",
+        applied_version=4,
+        rejected_version=2,
+        reason="version 2 is older than applied version 4",
+    )
+    assert twin.config_sync() == "rejected"
+    assert twin.delta()["desired_version"] == 2
+    twin.reported = ReportedConfig(device="pi", ts=1.0, status="applied", applied_version=4)
+    assert twin.config_sync() == "pending"  # runs another version than the desired one
+
+
+def test_a_new_version_is_above_every_version_seen_even_after_removal() -> None:
+    fleet = Fleet([ManifestDevice(id="pi")])
+    fleet.apply_desired(DesiredConfig(device="pi", version=3, sensors={}), "pi")
+    fleet.apply_reported(
+        ReportedConfig(
+            device="pi",
+            ts=1.0,
+            status="rejected",
+            applied_version=2,
+            rejected_version=7,
+            reason="no",
+        )
+    )
+    assert fleet.next_version("pi") == 8
+    fleet.remove("pi")
+    fleet.apply_desired(None, "pi")
+    fleet.add(ManifestDevice(id="pi"))
+    assert fleet.next_version("pi") == 8
+    # A retained report of a device never in the manifest counts too.
+    fleet.apply_reported(
+        ReportedConfig(device="other", ts=1.0, status="applied", applied_version=5)
+    )
+    assert fleet.next_version("other") == 6
+    # One beyond the contract's integers does not use the version space up.
+    fleet.apply_desired(DesiredConfig(device="pi", version=MAX_VERSION + 1, sensors={}), "pi")
+    assert fleet.next_version("pi") == 8
+
+
+def test_births_that_no_single_agent_gives_raise_a_duplicate_suspicion() -> None:
+    watch = DuplicateWatch()
+    # One agent: restarts raise the boot, reconnects keep it, a few of them are no alarm.
+    for at, boot in [(0.0, 3), (1.0, 4), (2.0, 4), (3.0, 4)]:
+        assert watch.birth("pi", boot, at) is None
+    # Another process with an older counter is alive.
+    first = watch.birth("pi", 3, 4.0)
+    assert first is not None
+    assert first.new
+    assert "boots [3, 4]" in first.reason
+    assert watch.birth("pi", 4, 5.0) is None
+    again = watch.birth("pi", 3, 6.0)
+    assert again is not None
+    assert not again.new  # one log line per suspicion
+    # Same boot, but more births than a backoff allows (identical fresh agents).
+    flapping = [watch.birth("fresh", 1, i * 0.5) for i in range(FLAP_BIRTHS)]
+    assert flapping[:-1] == [None] * (FLAP_BIRTHS - 1)
+    assert flapping[-1] is not None
+    assert f"{FLAP_BIRTHS} births" in flapping[-1].reason
+    # Births spread wider than the window are a flaky link, not a duplicate.
+    for i in range(3 * FLAP_BIRTHS):
+        assert watch.birth("slow", 1, i * FLAP_WINDOW / (FLAP_BIRTHS - 2)) is None
+
+
+def test_sessions_taking_turns_are_a_duplicate_and_a_reimaged_board_is_not() -> None:
+    watch = DuplicateWatch()
+    a, b, c = "a" * 16, "b" * 16, "c" * 16
+    # One agent reconnecting keeps its session; a re-imaged board comes back with boot 1 in a
+    # new session: neither is a second agent.
+    for at, boot, session in [(0.0, 14, a), (1.0, 14, a), (2.0, 1, b), (3.0, 1, b)]:
+        assert watch.birth("pi", boot, at, session) is None
+    # Two processes, each taking the connection over in turn: an old session comes back.
+    assert watch.birth("twins", 1, 0.0, a) is None
+    assert watch.birth("twins", 1, 1.0, c) is None
+    suspicion = watch.birth("twins", 1, 2.0, a)
+    assert suspicion is not None
+    assert "2 agent sessions taking turns" in suspicion.reason

@@ -14,23 +14,17 @@ import re
 import shutil
 import signal
 import subprocess
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.broker import free_port
 from gateway.config import GatewayConfig, ManifestDevice
 from tests.brokers import BrokerUnderTest
-from tests.fleet_helpers import bme280, mqtt_settings, poll, running_agent
+from tests.fleet_helpers import bme280, mqtt_settings, poll, running_agent, serving
 
 pytestmark = pytest.mark.integration
 
@@ -132,32 +126,6 @@ def chromium_binary() -> str | None:
         if found:
             return found
     return None
-
-
-@contextlib.contextmanager
-def serving(app: FastAPI, attempts: int = 3) -> Iterator[str]:
-    """Run `app` on uvicorn in a thread on a free port; yield its base URL."""
-    for _ in range(attempts):
-        port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 15
-        while not server.started and thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if server.started:
-            break
-        server.should_exit = True
-        thread.join(timeout=15)  # the port was taken in between: try another
-    else:
-        raise AssertionError(f"uvicorn did not start in {attempts} attempts")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        assert not thread.is_alive(), "uvicorn did not stop"
 
 
 def run_chromium(binary: str, workdir: Path, *args: str, timeout: float = 60) -> str:

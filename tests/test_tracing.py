@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from agent.config import AgentConfig, AgentSection, ObservabilitySettings
+from agent.config import AgentConfig, AgentObservability, AgentSection, ObservabilitySettings
 from agent.runtime import Agent
 from agent.tracing import setup_tracing
 from gateway.app import create_app
@@ -153,9 +153,7 @@ def test_config_push_and_its_application_share_one_trace(
     agent_config = AgentConfig(
         agent=AgentSection(device_id="pi", state_dir=tmp_path, twin_wait=0),
         mqtt=agent_mqtt_settings(broker),
-        observability=ObservabilitySettings(
-            service_name="traced-agent", trace_endpoint=collector.url
-        ),
+        observability=AgentObservability(service_name="traced-agent", trace_endpoint=collector.url),
         sensors={"env": bme280(0.5)},
     )
     agent = Agent(agent_config)

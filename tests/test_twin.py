@@ -542,3 +542,63 @@ def test_a_restarted_gateway_rebuilds_every_twin_on_a_stock_broker() -> None:
 
             poll(rebuilt, 20, what=f"{len(devices)} twins rebuilt with their desired versions")
             assert restarted.get("/fleet").json()["in_manifest"] == len(devices)
+
+
+def test_a_device_deleted_and_added_again_gets_versions_its_agent_accepts(
+    broker: BrokerUnderTest, tmp_path: Path
+) -> None:
+    """Issue 12: after DELETE and POST every push was refused ("version 2 is older than applied
+    version 4") while the twin showed in_sync."""
+    device = {"id": DEVICE, "sensors": {"env": {"driver": "bme280", "interval": INTERVAL}}}
+    with (
+        gateway(gateway_config(broker)) as client,
+        agent_thread(broker, tmp_path, {"env": bme280(INTERVAL)}),
+    ):
+        assert client.post("/devices", json=device, headers=AUTH).status_code == 201
+        for interval in (0.3, 0.4):
+            put = client.put(
+                f"/devices/{DEVICE}/desired",
+                json={"sensors": {"env": {"driver": "bme280", "interval": interval}}},
+                headers=AUTH,
+            )
+            assert put.status_code == 200, put.text
+        poll(lambda: twin(client)["applied_version"] == 3, 10, what="agent at version 3")
+        assert client.delete(f"/devices/{DEVICE}", headers=AUTH).status_code == 204
+
+        again = client.post("/devices", json=device, headers=AUTH)
+        assert again.status_code == 201, again.text
+        assert again.json()["desired_version"] == 4
+        poll(lambda: twin(client)["applied_version"] == 4, 10, what="agent at version 4")
+        assert twin(client)["config"] == "in_sync"
+
+
+def test_versions_stay_within_json_safe_integers(broker: BrokerUnderTest) -> None:
+    top = 2**53 - 1
+    publish(
+        broker,
+        f"edgetwin/{DEVICE}/config/reported",
+        ReportedConfig(device=DEVICE, ts=1.0, status="applied", applied_version=top).encode(),
+        retain=True,
+    )
+    with gateway(gateway_config(broker)) as client:
+        poll(lambda: client.get(f"/devices/{DEVICE}").status_code == 200, 5, what="report read")
+        added = client.post(
+            "/devices",
+            json={"id": DEVICE, "sensors": {"env": {"driver": "bme280", "interval": 1}}},
+            headers=AUTH,
+        )
+        assert added.status_code == 409, added.text
+        assert str(top) in added.json()["detail"]
+        assert (
+            client.post("/devices", json={"id": DEVICE, "sensors": {}}, headers=AUTH).status_code
+            == 201
+        )
+        for body in ({"sensors": {}, "version": top + 1},):
+            refused = client.put(f"/devices/{DEVICE}/desired", json=body, headers=AUTH)
+            assert refused.status_code == 422, refused.text
+        refused = client.put(
+            f"/devices/{DEVICE}/desired",
+            json={"sensors": {}},
+            headers={**AUTH, "If-Match": f'"{top + 1}"'},
+        )
+        assert refused.status_code == 400, refused.text

@@ -33,6 +33,9 @@ class Scenarios:
             raise EngineInputError(
                 "scenario files are off: set [engine] scenarios_dir to the directory they are in"
             )
+        if not name or any(ord(c) < 0x20 or c == "\x7f" for c in name):
+            # resolve() raises ValueError on a NUL byte; no scenario file has control characters.
+            raise EngineInputError(f"scenario name {name!r} is empty or has control characters")
         path = (self._directory / name).resolve()
         if not path.is_relative_to(self._directory):
             raise EngineInputError(f"scenario {name!r} is outside the scenarios directory")

@@ -15,6 +15,8 @@ from fastapi import APIRouter, Body, Header, HTTPException, status
 from agent.contract import DesiredConfig, SensorName, SensorSettings, Struct
 from gateway.auth import Writer
 from gateway.deps import ServiceDep
+from gateway.fleet import MAX_VERSION
+from gateway.limits import check_sensors
 from gateway.routers.devices import NOT_FOUND, DeviceIdPath
 from gateway.service import ConflictError, GatewayService, UnknownDeviceError
 from gateway.structs import StructResponse, parse_body, request_body, response_schema
@@ -30,13 +32,18 @@ WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "no token"},
     403: {"description": "wrong token, or writes disabled"},
     409: {"description": "the document changed since the version given"},
+    413: {"description": "body above [api] max_body_bytes"},
 }
 
 
 class DesiredWrite(Struct, frozen=True):
     sensors: dict[SensorName, SensorSettings]
     version: (
-        Annotated[int, msgspec.Meta(ge=0, description="the version this change is based on")] | None
+        Annotated[
+            int,
+            msgspec.Meta(ge=0, le=MAX_VERSION, description="the version this change is based on"),
+        ]
+        | None
     ) = None
 
 
@@ -53,6 +60,10 @@ def _expected_version(if_match: str | None, body_version: int | None) -> int | N
             status.HTTP_400_BAD_REQUEST, f'If-Match must be an ETag like "3", not {if_match!r}'
         )
     version = int(match[1])
+    if version > MAX_VERSION:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, f"If-Match names a version above {MAX_VERSION}"
+        )
     if body_version is not None and body_version != version:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "If-Match and body version disagree")
     return version
@@ -68,6 +79,7 @@ def _write(
     sensors: dict[str, SensorSettings],
     expected: int | None,
 ) -> StructResponse:
+    check_sensors(service.config.api, sensors)
     try:
         desired = service.set_desired(device_id, sensors, expected_version=expected)
     except UnknownDeviceError:
@@ -134,6 +146,8 @@ def patch_desired(
         not isinstance(body_version, int) or isinstance(body_version, bool)
     ):
         raise HTTPException(422, "version must be an integer")
+    if body_version is not None and not 0 <= body_version <= MAX_VERSION:
+        raise HTTPException(422, f"version must be between 0 and {MAX_VERSION}")
     changes = patch.get("sensors", {})
     if not isinstance(changes, dict):
         raise HTTPException(422, "sensors must be an object")

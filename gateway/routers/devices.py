@@ -10,7 +10,8 @@ from agent.contract import ID_PATTERN
 from gateway.auth import Writer
 from gateway.config import ManifestDevice
 from gateway.deps import ControlDep, ServiceDep
-from gateway.service import UnknownDeviceError
+from gateway.limits import check_sensors
+from gateway.service import ConflictError, UnknownDeviceError
 from gateway.structs import parse_body, request_body
 from gateway.views import DeviceView, TwinView, device_view, twin_view
 
@@ -42,12 +43,15 @@ def get_device(service: ServiceDep, device_id: DeviceIdPath) -> TwinView:
         409: {"description": "already in the manifest, or a device of the simulator's group"},
         401: {},
         403: {},
+        413: {"description": "body above [api] max_body_bytes"},
+        422: {"description": "bad body, or sensors beyond [api] max_sensors or min_interval"},
     },
     openapi_extra=request_body(ManifestDevice),
     summary="Add a device to the manifest; it is simulated until its agent comes online",
 )
 def add_device(service: ServiceDep, control: ControlDep, data: Annotated[Any, Body()]) -> TwinView:
     device = parse_body(ManifestDevice, data)
+    check_sensors(service.config.api, device.sensors)
     existing = service.fleet.get(device.id)
     if existing is not None and existing.in_manifest:
         raise HTTPException(
@@ -60,7 +64,11 @@ def add_device(service: ServiceDep, control: ControlDep, data: Annotated[Any, Bo
             f"device {device.id!r} is a device of the simulator's group (/status); "
             "scale the group below it or stop it first",
         )
-    return twin_view(service.add_device(device), service.standins)
+    try:
+        added = service.add_device(device)
+    except ConflictError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    return twin_view(added, service.standins)
 
 
 @router.delete(

@@ -17,8 +17,9 @@ from fastapi import APIRouter, Body, HTTPException, status
 from starlette.concurrency import run_in_threadpool
 
 from gateway.auth import Writer
-from gateway.deps import EngineDep, ScenariosDep
+from gateway.deps import ApiDep, EngineDep, ScenariosDep
 from gateway.engine import EngineError, EngineInputError, EngineStateError, EngineStats
+from gateway.limits import check_interval
 from gateway.scenario import FaultRequest
 from gateway.structs import StructResponse, parse_body, request_body, response_schema
 
@@ -54,6 +55,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "no token"},
     403: {"description": "wrong token, or writes disabled"},
     409: {"description": "not allowed in the engine's current state"},
+    413: {"description": "body above [api] max_body_bytes"},
     422: {"description": "bad body or value out of range"},
 }
 
@@ -95,9 +97,10 @@ def engine_status(engine: EngineDep) -> StructResponse:
     openapi_extra=request_body(StartRequest),
 )
 async def start(
-    data: Annotated[Any, Body()], engine: EngineDep, scenarios: ScenariosDep
+    data: Annotated[Any, Body()], engine: EngineDep, scenarios: ScenariosDep, api: ApiDep
 ) -> StructResponse:
     body = parse_body(StartRequest, data)
+    check_interval(api, body.interval, "interval")
     if (body.devices is None) == (body.scenario is None):
         raise HTTPException(_UNPROCESSABLE, "give exactly one of 'devices' and 'scenario'")
     if engine.state != "stopped":
