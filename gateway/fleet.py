@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Final, Literal
 
 from agent.contract import (
+    MAX_INT,
     DesiredConfig,
     DeviceState,
     Presence,
@@ -37,7 +38,8 @@ class PresenceState(StrEnum):
 
 ConfigSync = Literal["in_sync", "pending", "rejected", "no_desired"]
 
-MAX_VERSION: Final = 2**53 - 1
+# A desired version is a contract integer: the twin never hands out one beyond them.
+MAX_VERSION: Final = MAX_INT
 """The highest desired config version: above it JSON numbers lose integers in many decoders.
 The same bound as the wire contract's integers (agent/contract.py), kept here so the twin does
 not depend on when that lands."""
