@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 import string
+import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Final, Literal, Self
@@ -404,8 +405,27 @@ class RebirthRequest(_Payload, frozen=True):
     ts: Float
 
 
+TWIN_INDEX_SHARDS: Final = 64
+
+
+def twin_index_shard(device: str) -> int:
+    """The twin index document that lists `device`: stable across processes and versions."""
+    return zlib.crc32(device.encode()) % TWIN_INDEX_SHARDS
+
+
+class TwinIndex(_Payload, frozen=True):
+    """One shard of the list of devices the twin knows, retained by the gateway at
+    `{prefix}/_index/{shard}` (`twin_index_shard`). A restarted gateway reads the index first,
+    then each device's documents in portions: subscribing to every device's documents by
+    wildcard has the broker send them all at once, and a stock mosquitto drops what a client
+    has not read beyond 1,000 queued messages (README, "Broker limits that matter")."""
+
+    shard: Annotated[int, msgspec.Meta(ge=0, lt=TWIN_INDEX_SHARDS)]
+    devices: list[DeviceId]
+
+
 TopicKind = Literal[
-    "status", "twin", "telemetry", "desired", "reported", "state", "labels", "rebirth"
+    "status", "twin", "telemetry", "desired", "reported", "state", "labels", "rebirth", "index"
 ]
 
 
@@ -483,6 +503,19 @@ class Topics:
         """Where the gateway asks every agent to publish its birth again (RebirthRequest)."""
         return f"{self.prefix}/rebirth"
 
+    def twin_index(self, shard: int) -> str:
+        """Where the gateway keeps one shard of the list of devices it knows (TwinIndex). A
+        device id never starts with '_', so no device's topics can be taken for it."""
+        return f"{self.prefix}/_index/{shard}"
+
+    def all_twin_index(self) -> str:
+        return f"{self.prefix}/_index/+"
+
+    def probe(self, client_id: str) -> str:
+        """A topic only `client_id` subscribes to: its own messages sent back mark a point
+        in the order of what the broker sends it (MqttLink.fetch_retained)."""
+        return f"{self.prefix}/_probe/{client_id}"
+
     def all_status(self) -> str:
         return f"{self.prefix}/+/status"
 
@@ -524,6 +557,8 @@ class Topics:
                 return ParsedTopic("labels", None)
             case ["rebirth"]:
                 return ParsedTopic("rebirth", None)
+            case ["_index", _]:
+                return ParsedTopic("index", None)
             case [device, "status"]:
                 return ParsedTopic("status", device)
             case [device, "twin"]:

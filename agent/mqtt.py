@@ -14,6 +14,7 @@ jitter"), and the attempt count resets once a connection has stayed up for a whi
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import random
 import socket
@@ -21,7 +22,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,6 +230,10 @@ class MqttLink:
         self._pending_subacks: set[int] = set()
         self._early_subacks: set[int] = set()
         self._subscribed = threading.Event()
+        # fetch_retained's barriers: probe payloads this link waits to receive back, by topic.
+        self._probes: dict[tuple[str, bytes], threading.Event] = {}
+        self._probe_topics: set[str] = set()
+        self._probe_counter = itertools.count(1)
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._closing = threading.Event()
@@ -265,12 +270,32 @@ class MqttLink:
         on, a message published to a subscribed topic is certain to reach this link."""
         return self._subscribed.wait(timeout)
 
+    @property
+    def mqtt5(self) -> bool:
+        return self._v5
+
     def subscribe(
-        self, topic_filters: Iterable[str], qos: int = 1, *, no_local: bool = False
+        self,
+        topic_filters: Iterable[str],
+        qos: int = 1,
+        *,
+        no_local: bool = False,
+        retained: bool = True,
     ) -> None:
         """Subscribe now and on every reconnect. `no_local` (MQTT 5) keeps the broker from
-        sending back what this client publishes itself; MQTT 3.1.1 cannot, and ignores it."""
-        options = SubscribeOptions(qos=qos, noLocal=no_local and self._v5)
+        sending back what this client publishes itself; MQTT 3.1.1 cannot, and ignores it.
+        `retained=False` (MQTT 5 retain handling 2): the broker sends only what is published
+        from now on, no retained message at the subscription; `fetch_retained` brings those
+        in portions a broker's queue limit can hold. MQTT 3.1.1 always sends them."""
+        options = SubscribeOptions(
+            qos=qos,
+            noLocal=no_local and self._v5,
+            retainHandling=(
+                SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE
+                if retained or not self._v5
+                else SubscribeOptions.RETAIN_DO_NOT_SEND
+            ),
+        )
         with self._lock:
             new = {f: options for f in topic_filters if f not in self._subscriptions}
             self._subscriptions.update(new)
@@ -278,6 +303,55 @@ class MqttLink:
                 self._filters[topic_filter] = True
         if new and self.connected:
             self._send_subscribe(new)
+
+    def fetch_retained(
+        self, topic_filters: Sequence[str], probe_topic: str, timeout: float
+    ) -> bool:
+        """Have the broker send the retained messages under `topic_filters` once, through the
+        message callback, and return True once every one of them has been handed to it; False
+        if not connected, or the connection dropped or `timeout` passed first.
+
+        A broker sends a subscription's retained messages as it handles the SUBSCRIBE, and
+        what one client sends reaches a subscriber in order: so a probe published to
+        `probe_topic` after subscribing comes back after all of them. The filters are
+        unsubscribed again (those also subscribed for good get their own options back, MQTT 5
+        retain handling included): a restarted gateway reads
+        a large fleet's documents in portions, each within what a stock mosquitto queues for
+        a client (max_queued_messages, 1,000), instead of in one flood it would cut short.
+        """
+        if not self._connected.wait(timeout):  # set just after the connect hook returns
+            return False
+        token = f"{self.client_id}:{next(self._probe_counter)}".encode()
+        arrived = threading.Event()
+        qos0 = SubscribeOptions(qos=0)
+        with self._lock:
+            kept = {f: self._subscriptions[f] for f in topic_filters if f in self._subscriptions}
+            transient = [f for f in topic_filters if f not in kept]
+            for topic_filter in transient:
+                self._filters[topic_filter] = True
+            self._probes[(probe_topic, token)] = arrived
+            self._probe_topics.add(probe_topic)
+        try:
+            entries = [(f, qos0) for f in topic_filters] + [(probe_topic, qos0)]
+            if self._v5:
+                self._client.subscribe(entries)
+            else:
+                self._client.subscribe([(f, 0) for f, _ in entries])
+            self._client.publish(probe_topic, token, qos=0)
+            return arrived.wait(timeout) and self.connected
+        finally:
+            with self._lock:
+                self._probes.pop((probe_topic, token), None)
+                if not any(topic == probe_topic for topic, _ in self._probes):
+                    self._probe_topics.discard(probe_topic)
+                for topic_filter in transient:
+                    if topic_filter not in self._subscriptions:
+                        with contextlib.suppress(KeyError):
+                            del self._filters[topic_filter]  # type: ignore[no-untyped-call]
+            if self.connected:
+                self._client.unsubscribe([*transient, probe_topic])
+                if kept:
+                    self._send_subscribe(kept)  # as they were, retain handling included
 
     def _send_subscribe(self, subscriptions: Mapping[str, SubscribeOptions]) -> None:
         self._subscribed.clear()
@@ -545,6 +619,11 @@ class MqttLink:
         if self._on_message is None:
             return
         with self._lock:
+            if msg.topic in self._probe_topics:
+                probe = self._probes.get((msg.topic, bytes(msg.payload)))
+                if probe is not None:
+                    probe.set()
+                return
             matches = self._filters.iter_match(msg.topic)  # type: ignore[no-untyped-call]
             solicited = next(matches, False)
         # amqtt's broker (the demo's fallback) hands new subscribers retained messages that match

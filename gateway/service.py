@@ -31,6 +31,7 @@ from agent.contract import (
     Status,
     StreamServing,
     Telemetry,
+    TwinIndex,
     TwinSummary,
     Value,
 )
@@ -45,12 +46,17 @@ from gateway.learning import StreamLearning
 from gateway.lograte import LogLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.standins import StandIns
+from gateway.twin_index import TwinIndexKeeper
 from hardware.quantities import UNITS
 from hardware.sensor import Clock
 
 log = logging.getLogger(__name__)
 
 TRACE_SAMPLE_SECONDS = 10.0
+# A restarted gateway reads its twin's documents this many devices at a time: five retained
+# documents each, 750 messages, within the 1,000 a stock mosquitto queues for a client.
+FETCH_DEVICES = 150
+FETCH_TIMEOUT = 10.0  # seconds the broker may take to send one portion
 MALFORMED_LOG_INTERVAL = 60.0  # seconds between log lines on one device's malformed messages
 
 
@@ -109,8 +115,12 @@ class GatewayService:
         self.fleet.subscribe(self._reconcile)
         self._reconcile_lock = threading.RLock()
         self._published_twins: dict[str, TwinSummary] = {}
-        self._confirm_timer: threading.Timer | None = None
         self._grace_over = threading.Event()
+        self._index = TwinIndexKeeper(self.topics, self._publish_retained)
+        # Each connection's rebuild (`_rebuild`) runs in a thread of its own; a newer
+        # connection's generation tells an older one to give up.
+        self._generation = 0
+        self._stopping = threading.Event()
         # From each connection until its presence check: the broker replays every retained
         # document, and changes are only noted, then reconciled in one pass at the check.
         # Reading that flood must be quick: a stock mosquitto queues at most 1,000 messages
@@ -144,16 +154,10 @@ class GatewayService:
         # At QoS 1 a stock mosquitto queues at most max_inflight_messages (20) +
         # max_queued_messages (1,000) for a client: a gateway starting against 300 devices'
         # 1,500 retained documents received 1,020 of them and knew none of the devices.
-        self.link.subscribe(
-            [
-                topics.all_status(),
-                topics.all_state(),
-                topics.all_reported(),
-                topics.all_desired(),
-                topics.all_twin(),
-            ],
-            qos=0,
-        )
+        # On MQTT 5 these bring only what is published from now on: the retained documents
+        # come through `_rebuild`, in portions, after each connection.
+        self.link.subscribe(self._document_filters(), qos=0, retained=False)
+        self.link.subscribe([topics.all_twin_index()], qos=0, retained=False)
         # Agents' readings tell us their last seq, so a simulation that takes over a stream
         # continues its numbering. Only the twin's devices are watched: the engine's fleet on
         # the same topics would otherwise flow through this process, a core's work at 50,000
@@ -170,9 +174,19 @@ class GatewayService:
             )
         )
 
+    def _document_filters(self, device: str = "+") -> list[str]:
+        topics = self.topics
+        return [
+            topics.status(device),
+            topics.state(device),
+            topics.reported(device),
+            topics.desired(device),
+            topics.twin(device),
+        ]
+
     def stop(self) -> None:
-        if self._confirm_timer is not None:
-            self._confirm_timer.cancel()
+        self._stopping.set()
+        self._index.cancel()
         self.standins.stop()
         self.link.close()
         self.metrics.mqtt_connected.set(0)
@@ -194,15 +208,69 @@ class GatewayService:
         link.publish(
             self.topics.rebirth(), RebirthRequest(ts=self.clock()).encode(), qos=1, retain=False
         )
-        if self._confirm_timer is not None:
-            self._confirm_timer.cancel()
-        # Also, at the first connection: only after the retained statuses had their chance to
-        # arrive do we decide that an unknown device has no agent.
-        self._confirm_timer = threading.Timer(
-            self.config.presence.startup_grace, self._confirm_presence, args=(connected,)
+        self._generation += 1
+        threading.Thread(
+            target=self._rebuild,
+            args=(connected, self._generation),
+            name="twin-rebuild",
+            daemon=True,
+        ).start()
+
+    def _rebuild(self, connected: float, generation: int) -> None:
+        """Read every retained document of the twin, then check presence (`_confirm_presence`)
+        once the rebuild is done and `startup_grace` has passed since the connection: only
+        after the retained statuses had their chance to arrive do we decide that a device has
+        no agent."""
+        complete = self._fetch_documents(generation)
+        if generation != self._generation:
+            return
+        rest = connected + self.config.presence.startup_grace - time.monotonic()
+        if self._stopping.wait(max(0.0, rest)) or generation != self._generation:
+            return
+        self._confirm_presence(connected)
+        if complete:
+            self._index.settle(lambda device: self.fleet.get(device) is not None)
+        self._index.republish()
+
+    def _fetch_documents(self, generation: int) -> bool:
+        """Have the broker send the retained documents of every device in the twin index, a
+        portion at a time; without an index on the broker (an empty broker, or one written by
+        a gateway older than the index), of every device at once. Returns whether all came.
+
+        A stock mosquitto queues at most 1,000 messages for a client that reads slower than it
+        sends and drops the rest: a wildcard subscription to 10,000 devices' documents hands a
+        restarted gateway 50,000 at once, and it lost most of them."""
+        link = self.link
+        if not link.mqtt5:
+            return True  # MQTT 3.1.1 has no retain handling: the wildcards brought them all
+        probe = self.topics.probe(link.client_id)
+        if not link.fetch_retained([self.topics.all_twin_index()], probe, FETCH_TIMEOUT):
+            return False
+        devices = self._index.loaded()
+        if not devices:
+            return link.fetch_retained(self._document_filters(), probe, FETCH_TIMEOUT)
+        started = time.monotonic()
+        complete = True
+        for first in range(0, len(devices), FETCH_DEVICES):
+            if generation != self._generation or self._stopping.is_set():
+                return False
+            portion = devices[first : first + FETCH_DEVICES]
+            filters = [topic for d in portion for topic in self._document_filters(d)]
+            if not link.fetch_retained(filters, probe, FETCH_TIMEOUT):
+                log.warning(
+                    "the broker did not send a portion of the twin's documents in time",
+                    extra={"devices": portion[:3], "timeout_s": FETCH_TIMEOUT},
+                )
+                complete = False
+        log.info(
+            "twin documents read",
+            extra={"devices": len(devices), "seconds": round(time.monotonic() - started, 3)},
         )
-        self._confirm_timer.daemon = True
-        self._confirm_timer.start()
+        return complete
+
+    def _publish_retained(self, topic: str, payload: bytes) -> None:
+        if self.link.connected:
+            self.link.publish(topic, payload, qos=1, retain=True)
 
     def _confirm_presence(self, connected: float) -> None:
         self._grace_over.set()
@@ -243,6 +311,8 @@ class GatewayService:
                     _same_device(desired.device, parsed.device)
                 assert parsed.device is not None  # only telemetry topics may be shared
                 self.fleet.apply_desired(desired, parsed.device)
+            elif parsed.kind == "index" and message.payload:
+                self._index.load(TwinIndex.decode(message.payload))
             elif parsed.kind == "twin" and message.payload:
                 twin = TwinSummary.decode(message.payload)
                 _same_device(twin.device, parsed.device)
@@ -402,6 +472,7 @@ class GatewayService:
 
     def _reconcile(self, twin: DeviceTwin) -> None:
         """Simulate exactly the expected sensors of `twin` that no live agent serves."""
+        self._index.note(twin.id, self.fleet.get(twin.id) is not None)
         if self._settling.is_set():
             return  # `_confirm_presence` reconciles every device when the check ends
         self._watch_telemetry(twin.id)
