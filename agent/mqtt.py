@@ -236,6 +236,7 @@ class MqttLink:
         # paho does not enforce it, so a caller keeping its own window should.
         self.receive_maximum = _NO_RECEIVE_MAXIMUM
         self.unsolicited = 0
+        self.rejected = 0  # QoS 1 publishes the broker acknowledged with a failure reason
 
     @property
     def connected(self) -> bool:
@@ -487,6 +488,16 @@ class MqttLink:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        if reason_code.is_failure:
+            # An MQTT 5 broker acknowledges a publish its ACL refuses (0x87) and drops it;
+            # sending it again cannot help, so it still counts as delivered, and is counted
+            # here so that the refusal shows.
+            self.rejected += 1
+            if self.rejected == 1 or self.rejected % 1000 == 0:
+                log.warning(
+                    "broker refused a publish",
+                    extra={"reason": str(reason_code), "refused": self.rejected},
+                )
         if self._on_delivered is None:
             return
         try:

@@ -30,6 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import AgentConfig, AgentMqttSettings, AgentSection
 from agent.contract import Presence, Status, Telemetry, Topics
+from agent.mqtt import MqttLink
 from gateway.acl import (
     ENGINE_USER,
     GATEWAY_USER,
@@ -450,3 +451,17 @@ def test_the_fleet_runs_end_to_end_with_the_acl_on(acl_broker: AclBroker, tmp_pa
         assert view(DEVICE)["applied_version"] == 1
         reading = reader.wait_for(TOPICS.telemetry(MISSING, "env"), timeout=15)
         assert Telemetry.decode(bytes(reading.payload)).source == "simulated"
+
+
+@integration
+def test_the_mqtt_link_counts_publishes_the_broker_refused(acl_broker: AclBroker) -> None:
+    link = MqttLink(AgentMqttSettings.from_builtins(acl_broker.mqtt_section(DEVICE)))
+    link.start()
+    try:
+        assert link.wait_connected(10)
+        link.publish(TOPICS.status(DEVICE), _forged_status(DEVICE), qos=1).wait(5)
+        assert link.rejected == 0
+        link.publish(TOPICS.status(OTHER), _forged_status(OTHER), qos=1).wait(5)
+        poll(lambda: link.rejected == 1, 5, what="refusal counted")
+    finally:
+        link.close()
