@@ -158,6 +158,7 @@ class AclBroker:
     port: int
     files: Path
     pki: Pki
+    listener: Listener
     host: str = "127.0.0.1"
     protocol: str = "5"
 
@@ -200,7 +201,7 @@ def acl_broker(tmp_path: Path) -> Iterator[AclBroker]:
     write_broker_files(files, TOPICS, [DEVICE, OTHER, MISSING], listener=listener)
     conf = (files / "mosquitto.conf").read_text().splitlines()
     with MosquittoBroker(extra_config=conf) as broker:
-        yield AclBroker(broker, port, files, pki)
+        yield AclBroker(broker, port, files, pki, listener)
 
 
 class Client:
@@ -465,3 +466,30 @@ def test_the_mqtt_link_counts_publishes_the_broker_refused(acl_broker: AclBroker
         poll(lambda: link.rejected == 1, 5, what="refusal counted")
     finally:
         link.close()
+
+
+@integration
+def test_rotation_and_revocation_take_effect_at_a_reload(acl_broker: AclBroker) -> None:
+    old = acl_broker.credentials(DEVICE)
+    with client(acl_broker, DEVICE) as before:
+        write_broker_files(
+            acl_broker.files,
+            TOPICS,
+            [DEVICE, MISSING],  # OTHER is left out: revoked
+            rotate=[DEVICE],
+            listener=acl_broker.listener,
+        )
+        new = acl_broker.credentials(DEVICE)
+        assert new[1] != old[1]
+        Client(acl_broker, *acl_broker.credentials(OTHER)).connect().close()  # not reloaded yet
+        acl_broker.broker.reload()
+        # mosquitto checks the connected clients against the reloaded files.
+        poll(lambda: not before.client.is_connected(), 10, what="old password disconnected")
+    with pytest.raises(ConnectionError):
+        Client(acl_broker, *old).connect()
+    with pytest.raises(ConnectionError):
+        Client(acl_broker, *acl_broker.credentials(OTHER)).connect()
+    with client(acl_broker, DEVICE) as after:
+        assert after.publish(TOPICS.status(DEVICE), b"{}") == 0
+    with client(acl_broker, MISSING):
+        pass
