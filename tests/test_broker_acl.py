@@ -493,3 +493,22 @@ def test_rotation_and_revocation_take_effect_at_a_reload(acl_broker: AclBroker) 
         assert after.publish(TOPICS.status(DEVICE), b"{}") == 0
     with client(acl_broker, MISSING):
         pass
+
+
+def test_the_command_writes_the_files_from_a_gateway_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edgetwin.cli import main
+
+    config = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
+    out = tmp_path / "out"
+    assert main(["broker-acl", "--config", str(config), "--out", str(out), "--device", "x-1"]) == 0
+    users = [line.split(":")[0] for line in (out / "passwords").read_text().splitlines()]
+    assert users[:3] == ["greenhouse-01", "greenhouse-02", "x-1"]
+    conf = (out / "mosquitto.conf").read_text()
+    assert f"acl_file {out.resolve() / 'acl'}\n" in conf
+    assert "allow_anonymous false\n" in conf
+    assert "listener 8883\n" in conf
+    args = ["broker-acl", "--config", str(config), "--out", str(out), "--device", "Bad/Id"]
+    assert main(args) == 2
+    assert "invalid device id 'Bad/Id'" in capsys.readouterr().err
