@@ -247,6 +247,7 @@ class MqttLink:
         self.unsolicited = 0
         self._connack_seen = False
         self._connack_missing_logged = False
+        self.rejected = 0  # QoS 1 publishes the broker acknowledged with a failure reason
 
     @property
     def connected(self) -> bool:
@@ -608,6 +609,16 @@ class MqttLink:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        if reason_code.is_failure:
+            # An MQTT 5 broker acknowledges a publish its ACL refuses (0x87) and drops it;
+            # sending it again cannot help, so it still counts as delivered, and is counted
+            # here so that the refusal shows.
+            self.rejected += 1
+            if self.rejected == 1 or self.rejected % 1000 == 0:
+                log.warning(
+                    "broker refused a publish",
+                    extra={"reason": str(reason_code), "refused": self.rejected},
+                )
         if self._on_delivered is None:
             return
         try:

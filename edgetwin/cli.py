@@ -92,7 +92,41 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--topic", action="append", default=None, help="topic filter (default '#')")
     watch.add_argument("--count", type=int, default=None, help="exit after so many messages")
     _add_record_replay(commands)
+    _add_broker_acl(commands)
     return parser
+
+
+def _add_broker_acl(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    acl = commands.add_parser(
+        "broker-acl",
+        help="write Mosquitto ACL, password, credentials and conf files for a gateway's fleet",
+    )
+    acl.add_argument("--config", type=Path, required=True, help="the gateway's config file")
+    acl.add_argument("--out", type=Path, required=True, help="directory to write into")
+    acl.add_argument(
+        "--device", action="append", default=[], help="a device beyond the manifest (repeat)"
+    )
+    acl.add_argument(
+        "--rotate",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="new password for a device, or for gateway, engine or reader (repeat)",
+    )
+    acl.add_argument("--rotate-all", action="store_true", help="new passwords for everyone")
+    acl.add_argument(
+        "--install-dir", type=Path, default=None, help="where acl and passwords live on the broker"
+    )
+    acl.add_argument("--port", type=int, default=8883, help="the TLS listener's port")
+    acl.add_argument("--bind", default=None, help="the TLS listener's address (default: all)")
+    acl.add_argument("--cafile", default="/etc/mosquitto/certs/ca.crt")
+    acl.add_argument("--certfile", default="/etc/mosquitto/certs/server.crt")
+    acl.add_argument("--keyfile", default="/etc/mosquitto/certs/server.key")
+    acl.add_argument(
+        "--engine-status",
+        action="store_true",
+        help="let the engine write statuses (scenario offline faults); not with agents",
+    )
 
 
 def _add_record_replay(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -174,6 +208,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             topic_template=args.topic_template,
             duration=args.duration,
             qos=args.qos,
+        )
+    if args.command == "broker-acl":
+        from gateway.acl import Listener, broker_acl_command
+
+        return broker_acl_command(
+            args.config,
+            args.out,
+            devices=args.device,
+            rotate=args.rotate,
+            rotate_all=args.rotate_all,
+            install_dir=args.install_dir,
+            listener=Listener(args.port, args.bind, args.cafile, args.certfile, args.keyfile),
+            engine_status=args.engine_status,
         )
     raise AssertionError(f"unhandled command {args.command}")
 

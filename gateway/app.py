@@ -36,7 +36,9 @@ def _open_engine(
     settings: EngineSettings | None,
 ) -> EngineController:
     """The scale engine, idle: it starts no process until asked."""
-    engine = EngineController(endpoint_from_mqtt(config.mqtt), settings or config.engine)
+    engine = EngineController(
+        endpoint_from_mqtt(config.mqtt, config.engine), settings or config.engine
+    )
     metrics.registry.register(EngineCollector(engine))
     app.state.engine = engine
     app.state.engine_scenarios = scenarios or Scenarios(engine.settings.scenarios_dir)

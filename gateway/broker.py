@@ -336,6 +336,12 @@ class MosquittoBroker:
         """SIGKILL mosquitto at once, as a crash or power loss would, for fault tests."""
         self._res.kill_process()
 
+    def reload(self) -> None:
+        """SIGHUP: mosquitto rereads its password and ACL files, keeping its clients."""
+        proc = self._res.process
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGHUP)
+
     def restart(self) -> Self:
         """Stop, then start again on the same port with the same temp directory."""
         self.stop()

@@ -364,6 +364,8 @@ GATEWAY_ENV_OVERRIDES: Final[Mapping[str, tuple[str, str]]] = {
     "EDGETWIN_SERVER_PORT": ("server", "port"),
     "EDGETWIN_API_TOKEN": ("api", "token"),
     "EDGETWIN_PROMETHEUS_HOST": ("observability", "prometheus_host"),
+    "EDGETWIN_ENGINE_USERNAME": ("engine", "username"),
+    "EDGETWIN_ENGINE_PASSWORD": ("engine", "password"),
 }
 
 

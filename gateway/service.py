@@ -98,7 +98,7 @@ class GatewayService:
         # Stand-ins for the manifest's missing devices and sensors: a run of the simulation
         # engine of its own, beside the fleet the API may run (app.state.engine).
         self.standins = StandIns(
-            EngineController(endpoint_from_mqtt(config.mqtt), config.engine),
+            EngineController(endpoint_from_mqtt(config.mqtt, config.engine), config.engine),
             seed=config.fleet_plan().seed,
             qos=config.mqtt.qos,
             payload=config.mqtt.payload,

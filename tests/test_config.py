@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, load_agent_config
+from agent.config import ConfigError, TlsSettings, load_agent_config
 from gateway.config import (
     FleetPlan,
     IdScheme,
@@ -35,6 +35,9 @@ def test_shipped_examples_load() -> None:
     plan = gateway.fleet_plan()
     assert plan.launch_ids() == ["sim-000", "sim-001", "sim-002"]
     assert plan.interval == 5
+    # The broker is the trust boundary: the examples speak TLS to its ACL'd listener.
+    for mqtt in (agent.mqtt, gateway.mqtt):
+        assert (mqtt.port, mqtt.tls) == (8883, TlsSettings())
 
 
 def test_seed_simulator_config_runs_unchanged() -> None:

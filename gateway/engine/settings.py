@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from agent.config import Section
+from agent.config import Secret, Section
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 
@@ -64,6 +64,12 @@ class EngineSettings(Section, frozen=True):
     tick: Annotated[float, msgspec.Meta(ge=0, le=0.1)] = 0.005
     stats_interval: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
     start_timeout: Annotated[float, msgspec.Meta(gt=0)] = 20.0
+    # The engine's own broker identity (EDGETWIN_ENGINE_USERNAME, _PASSWORD), for its workers
+    # and the stand-ins: a broker ACL lets it write simulated telemetry and labels only, so
+    # its password, handed to every worker process, cannot write twins or desired configs.
+    # None: the engine logs in as `[mqtt]` does.
+    username: str | None = None
+    password: Secret | None = None
 
     def choose_workers(self, rate: float) -> int:
         """Worker processes for a fleet asking `rate` readings a second (0: in process)."""
@@ -75,6 +81,8 @@ class EngineSettings(Section, frozen=True):
         return max(1, min(math.ceil(rate / self.process_rate), cores, self.max_workers))
 
     def __post_init__(self) -> None:
+        if self.password is not None and self.username is None:
+            raise ValueError("engine: password needs username")
         if self.start_devices is not None and self.start_scenario is not None:
             raise ValueError("engine: start_devices and start_scenario cannot be used together")
         if self.start_scenario is not None and self.scenarios_dir is None:

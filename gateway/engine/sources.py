@@ -57,17 +57,20 @@ class Scenarios:
         return scenario if scenario.origin is not None else scenario.with_start(time.time())
 
 
-def endpoint_from_mqtt(mqtt: Any) -> Endpoint:
+def endpoint_from_mqtt(mqtt: Any, engine: Any = None) -> Endpoint:
     """The worker's broker endpoint from an `[mqtt]` section (agent.config.MqttSettings or the
-    gateway's), through attribute access only."""
+    gateway's), through attribute access only; with the identity of `engine` (the `[engine]`
+    section) when it names one, so that the broker can tell simulated publishes from the
+    gateway's own."""
     tls = mqtt.tls
-    password = mqtt.password.get_secret_value() if mqtt.password is not None else None
+    identity = engine if engine is not None and engine.username is not None else mqtt
+    password = identity.password.get_secret_value() if identity.password is not None else None
     return Endpoint(
         host=mqtt.host,
         port=mqtt.port,
         protocol=mqtt.protocol,
         keepalive=mqtt.keepalive,
-        username=mqtt.username,
+        username=identity.username,
         password=password,
         tls=tls is not None,
         ca_file=str(tls.ca_file) if tls is not None and tls.ca_file else None,

@@ -1,0 +1,516 @@
+"""The broker as the trust boundary: `edgetwin broker-acl`'s files on a real mosquitto over TLS.
+
+Each integration test starts a private mosquitto with the generated mosquitto.conf snippet,
+ACL and password file, and checks from the outside: a refused publish is answered with PUBACK
+0x87 (MQTT 5, QoS 1), and a subscriber with the gateway's identity, which reads everything,
+proves that the forged message never reached anyone.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import ssl
+import stat
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from fastapi.testclient import TestClient
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.config import AgentConfig, AgentMqttSettings, AgentSection
+from agent.contract import Presence, Status, Telemetry, Topics
+from agent.mqtt import MqttLink
+from gateway.acl import (
+    ENGINE_USER,
+    GATEWAY_USER,
+    READER_USER,
+    Listener,
+    acl_text,
+    password_line,
+    write_broker_files,
+)
+from gateway.app import create_app
+from gateway.broker import MosquittoBroker, free_port
+from gateway.config import GatewayConfig, load_gateway_config
+from gateway.engine.sources import endpoint_from_mqtt
+from tests import fleet_helpers
+from tests.fleet_helpers import bme280, poll
+from tests.tls_certs import OPENSSL_MISSING, Pki, make_pki, openssl_binary
+
+DEVICE, OTHER, MISSING = "pi-a", "pi-b", "pi-gone"
+TOKEN = "acl-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+TOPICS = Topics()
+NOT_AUTHORIZED = 0x87
+
+_INTEGRATION = (
+    pytest.mark.integration,
+    pytest.mark.skipif(openssl_binary() is None, reason=OPENSSL_MISSING),
+    pytest.mark.skipif(not MosquittoBroker.available(), reason="needs the mosquitto binary"),
+)
+
+
+def integration(test: Callable[..., None]) -> Callable[..., None]:
+    for mark in _INTEGRATION:
+        test = mark(test)
+    return test
+
+
+# -- the files ---------------------------------------------------------------------------------
+
+
+def _env(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line[:1].isalpha())
+
+
+def test_password_lines_are_what_mosquitto_passwd_writes(tmp_path: Path) -> None:
+    binary = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    if not Path(binary).exists():
+        pytest.skip("mosquitto_passwd is not installed")
+    passwords = tmp_path / "passwords"
+    subprocess.run(
+        [binary, "-c", "-b", str(passwords), "alice", "s3cret"], check=True, capture_output=True
+    )
+    theirs = passwords.read_text().strip()
+    salt = base64.b64decode(theirs.split("$")[3])
+    assert password_line("alice", "s3cret", salt=salt) == theirs
+    assert password_line("alice", "other", salt=salt) != theirs
+
+
+def test_a_rerun_keeps_passwords_and_rotates_only_what_it_is_asked(tmp_path: Path) -> None:
+    first = write_broker_files(tmp_path, TOPICS, [DEVICE, OTHER])
+    assert first.devices == [DEVICE, OTHER]
+    creds = tmp_path / "credentials"
+    device_env = creds / "devices" / f"{DEVICE}.env"
+    for path in (device_env, creds / "gateway.env", creds / "reader.env", tmp_path / "passwords"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o700
+    assert _env(device_env)["EDGETWIN_MQTT_USERNAME"] == DEVICE
+    before = {path.name: _env(path) for path in creds.rglob("*.env")}
+
+    second = write_broker_files(tmp_path, TOPICS, [DEVICE, OTHER, MISSING], rotate=[OTHER])
+    after = {path.name: _env(path) for path in creds.rglob("*.env")}
+    assert after[f"{DEVICE}.env"] == before[f"{DEVICE}.env"]
+    assert after["gateway.env"] == before["gateway.env"]
+    assert after[f"{OTHER}.env"] != before[f"{OTHER}.env"]
+    assert MISSING in second.devices
+    users = [line.split(":")[0] for line in (tmp_path / "passwords").read_text().splitlines()]
+    assert users == [DEVICE, OTHER, MISSING, GATEWAY_USER, ENGINE_USER, READER_USER]
+
+    third = write_broker_files(tmp_path, TOPICS, [DEVICE], rotate=["engine"])
+    assert third.revoked == [OTHER, MISSING]
+    gateway_env = _env(creds / "gateway.env")
+    assert gateway_env["EDGETWIN_MQTT_PASSWORD"] == before["gateway.env"]["EDGETWIN_MQTT_PASSWORD"]
+    assert (
+        gateway_env["EDGETWIN_ENGINE_PASSWORD"] != before["gateway.env"]["EDGETWIN_ENGINE_PASSWORD"]
+    )
+    with pytest.raises(ValueError, match="nobody"):
+        write_broker_files(tmp_path, TOPICS, [DEVICE], rotate=["nobody"])
+
+
+def test_the_acl_follows_prefix_and_telemetry_template() -> None:
+    text = acl_text(Topics(prefix="site/a", telemetry_template="sensors/{device_id}"))
+    assert "pattern write sensors/%u\n" in text
+    assert "pattern write site/a/%u/status\n" in text
+    assert "pattern read site/a/%u/config/desired\n" in text
+    gateway = text.split(f"user {GATEWAY_USER}\n")[1].split("\n\n")[0].splitlines()
+    assert gateway == [
+        "topic read site/a/#",
+        "topic read sensors/+",
+        "topic write site/a/+/twin",
+        "topic write site/a/+/config/desired",
+        "topic write site/a/rebirth",
+        "topic write site/a/_index/+",
+        "topic write site/a/_probe/+",
+    ]
+    engine = text.split(f"user {ENGINE_USER}\n")[1].split("\n\n")[0].splitlines()
+    assert engine == ["topic write sensors/+", "topic write site/a/labels"]
+    assert "topic write edgetwin/+/status" in acl_text(TOPICS, engine_status=True)
+    shared = acl_text(Topics(telemetry_template="sensors/data"))
+    assert "any device may write readings there" in shared
+
+
+def test_the_engine_logs_in_as_its_own_identity() -> None:
+    config = GatewayConfig.from_builtins({"mqtt": {"username": GATEWAY_USER, "password": "g"}})
+    assert endpoint_from_mqtt(config.mqtt, config.engine).username == GATEWAY_USER
+    environ = {"EDGETWIN_ENGINE_USERNAME": ENGINE_USER, "EDGETWIN_ENGINE_PASSWORD": "e"}
+    toml = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
+    loaded = load_gateway_config(toml, environ=environ)
+    endpoint = endpoint_from_mqtt(loaded.mqtt, loaded.engine)
+    assert (endpoint.username, endpoint.password) == (ENGINE_USER, "e")
+
+
+# -- a broker with the files -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AclBroker:
+    broker: MosquittoBroker
+    port: int
+    files: Path
+    pki: Pki
+    listener: Listener
+    host: str = "127.0.0.1"
+    protocol: str = "5"
+
+    def credentials(self, who: str) -> tuple[str, str]:
+        creds = self.files / "credentials"
+        if who in (GATEWAY_USER, READER_USER):
+            env = _env(creds / ("gateway.env" if who == GATEWAY_USER else "reader.env"))
+            return env["EDGETWIN_MQTT_USERNAME"], env["EDGETWIN_MQTT_PASSWORD"]
+        if who == ENGINE_USER:
+            env = _env(creds / "gateway.env")
+            return env["EDGETWIN_ENGINE_USERNAME"], env["EDGETWIN_ENGINE_PASSWORD"]
+        env = _env(creds / "devices" / f"{who}.env")
+        return env["EDGETWIN_MQTT_USERNAME"], env["EDGETWIN_MQTT_PASSWORD"]
+
+    def mqtt_section(self, who: str, **extra: object) -> dict[str, object]:
+        username, password = self.credentials(who)
+        return {
+            "host": self.host,
+            "port": self.port,
+            "username": username,
+            "password": password,
+            "tls": {"ca_file": str(self.pki.ca.cert)},
+            "keepalive": 2,
+            "reconnect_min_delay": 0.1,
+            "reconnect_max_delay": 0.5,
+            **extra,
+        }
+
+
+@pytest.fixture
+def acl_broker(tmp_path: Path) -> Iterator[AclBroker]:
+    if openssl_binary() is None or not MosquittoBroker.available():
+        pytest.skip("needs openssl and the mosquitto binary")
+    pki = make_pki(tmp_path / "pki")
+    port = free_port()
+    files = tmp_path / "broker"
+    listener = Listener(
+        port, "127.0.0.1", str(pki.ca.cert), str(pki.server.cert), str(pki.server.key)
+    )
+    write_broker_files(files, TOPICS, [DEVICE, OTHER, MISSING], listener=listener)
+    conf = (files / "mosquitto.conf").read_text().splitlines()
+    with MosquittoBroker(extra_config=conf) as broker:
+        yield AclBroker(broker, port, files, pki, listener)
+
+
+class Client:
+    """An MQTT 5 client over TLS that records what arrives and every PUBACK's reason."""
+
+    def __init__(self, endpoint: AclBroker, username: str | None, password: str | None) -> None:
+        self._cond = threading.Condition()
+        self.connack: ReasonCode | None = None
+        self.acks: dict[int, ReasonCode] = {}
+        self.messages: list[mqtt.MQTTMessage] = []
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"acl-test-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.tls_set(
+            ca_certs=str(endpoint.pki.ca.cert),
+            cert_reqs=ssl.CERT_REQUIRED,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        self.client.on_connect = self._on_connect
+        self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self.subacks: set[int] = set()
+        self._endpoint = endpoint
+
+    def connect(self) -> Client:
+        self.client.connect(self._endpoint.host, self._endpoint.port, keepalive=10)
+        deadline = time.monotonic() + 5
+        while self.connack is None and time.monotonic() < deadline:
+            if self.client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+        if self.connack is None or self.connack.is_failure:
+            raise ConnectionError(f"refused: CONNACK {self.connack}")
+        self.client.loop_start()
+        return self
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def subscribe(self, *filters: str) -> None:
+        _, mid = self.client.subscribe([(f, 1) for f in filters])
+        with self._cond:
+            assert self._cond.wait_for(lambda: mid in self.subacks, 5), "no SUBACK"
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
+        """The PUBACK's failure reason (QoS 1), else 0; at QoS 0, 0 once handed to the socket."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if qos == 0:
+            info.wait_for_publish(5)
+            return 0
+        with self._cond:
+            assert self._cond.wait_for(lambda: info.mid in self.acks, 5), f"no PUBACK: {topic}"
+            reason = self.acks[info.mid]
+            # 0x10, no matching subscribers, is a success too.
+            return int(reason.value) if reason.is_failure else 0
+
+    def wait_for(self, topic: str, timeout: float = 10) -> mqtt.MQTTMessage:
+        with self._cond:
+            assert self._cond.wait_for(lambda: self.topics().count(topic) > 0, timeout), topic
+            return next(m for m in self.messages if m.topic == topic)
+
+    def topics(self) -> list[str]:
+        with self._cond:
+            return [m.topic for m in self.messages]
+
+    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
+        with self._cond:
+            self.connack = reason
+            self._cond.notify_all()
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
+        with self._cond:
+            self.acks[mid] = reason
+            self._cond.notify_all()
+
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, _r: Any, _p: Any) -> None:
+        with self._cond:
+            self.subacks.add(mid)
+            self._cond.notify_all()
+
+    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        with self._cond:
+            self.messages.append(message)
+            self._cond.notify_all()
+
+
+@contextmanager
+def client(endpoint: AclBroker, who: str, *filters: str) -> Iterator[Client]:
+    connected = Client(endpoint, *endpoint.credentials(who)).connect()
+    try:
+        if filters:
+            connected.subscribe(*filters)
+        yield connected
+    finally:
+        connected.close()
+
+
+def _forged_status(device: str) -> bytes:
+    return Status(
+        device=device,
+        state=Presence.OFFLINE,
+        ts=time.time(),
+        boot=10**9,
+        agent_version="x",
+        reason="shutdown",
+    ).encode()
+
+
+# -- what each identity may do -----------------------------------------------------------------
+
+
+@integration
+def test_only_known_identities_connect(acl_broker: AclBroker) -> None:
+    with pytest.raises(ConnectionError):
+        Client(acl_broker, None, None).connect()
+    with pytest.raises(ConnectionError):
+        Client(acl_broker, DEVICE, acl_broker.credentials(OTHER)[1]).connect()
+    with client(acl_broker, DEVICE):
+        pass
+
+
+@integration
+def test_a_device_writes_only_its_own_topics(acl_broker: AclBroker) -> None:
+    mine = TOPICS.telemetry(DEVICE, "env")
+    with (
+        client(acl_broker, GATEWAY_USER, "edgetwin/#") as watcher,
+        client(acl_broker, DEVICE) as device,
+    ):
+        forged = {
+            TOPICS.status(OTHER): _forged_status(OTHER),
+            TOPICS.telemetry(OTHER, "env"): b"{}",
+            TOPICS.state(OTHER): b"{}",
+            TOPICS.reported(OTHER): b"{}",
+            TOPICS.twin(DEVICE): b"{}",
+            TOPICS.twin(OTHER): b"{}",
+            TOPICS.desired(DEVICE): b"{}",
+            TOPICS.desired(OTHER): b"{}",
+            TOPICS.rebirth(): b"{}",
+            TOPICS.labels(): b"{}",
+        }
+        reasons = {
+            topic: device.publish(topic, body, retain=True) for topic, body in forged.items()
+        }
+        assert reasons == dict.fromkeys(forged, NOT_AUTHORIZED)
+        device.publish(TOPICS.status(OTHER), _forged_status(OTHER), qos=0, retain=True)
+        for topic in (TOPICS.status(DEVICE), TOPICS.state(DEVICE), TOPICS.reported(DEVICE)):
+            assert device.publish(topic, b"{}") == 0
+        assert device.publish(mine, b"{}") == 0
+        # One connection's messages arrive in order: once the last is in, any forged one
+        # that got through would be in too.
+        watcher.wait_for(mine)
+        assert set(watcher.topics()) == {
+            TOPICS.status(DEVICE),
+            TOPICS.state(DEVICE),
+            TOPICS.reported(DEVICE),
+            mine,
+        }
+
+
+@integration
+def test_a_device_reads_only_its_own_desired_config_and_twin(
+    acl_broker: AclBroker,
+) -> None:
+    with client(acl_broker, GATEWAY_USER) as gateway:
+        for device in (DEVICE, OTHER):
+            assert gateway.publish(TOPICS.desired(device), b"{}", retain=True) == 0
+            assert gateway.publish(TOPICS.twin(device), b"{}", retain=True) == 0
+        with client(acl_broker, OTHER) as other:
+            assert other.publish(TOPICS.telemetry(OTHER, "env"), b"{}") == 0
+        with client(acl_broker, DEVICE, "edgetwin/#") as reading:
+            reading.wait_for(TOPICS.desired(DEVICE))
+            reading.wait_for(TOPICS.twin(DEVICE))
+            assert gateway.publish(TOPICS.rebirth(), b"{}") == 0
+            reading.wait_for(TOPICS.rebirth())
+            assert sorted(set(reading.topics())) == sorted(
+                [TOPICS.desired(DEVICE), TOPICS.twin(DEVICE), TOPICS.rebirth()]
+            )
+
+
+@integration
+def test_the_engine_writes_readings_and_labels_only(acl_broker: AclBroker) -> None:
+    with client(acl_broker, ENGINE_USER) as engine:
+        for topic in (TOPICS.telemetry(MISSING, "env"), TOPICS.labels()):
+            assert engine.publish(topic, b"{}") == 0
+        for topic in (
+            TOPICS.status(DEVICE),
+            TOPICS.twin(DEVICE),
+            TOPICS.desired(DEVICE),
+            TOPICS.rebirth(),
+        ):
+            assert engine.publish(topic, b"{}") == NOT_AUTHORIZED, topic
+    with client(acl_broker, READER_USER) as reader:
+        assert reader.publish(TOPICS.telemetry(DEVICE, "env"), b"{}") == NOT_AUTHORIZED
+    with client(acl_broker, GATEWAY_USER) as gateway:
+        assert gateway.publish(TOPICS.telemetry(DEVICE, "env"), b"{}") == NOT_AUTHORIZED
+        assert gateway.publish(TOPICS.status(DEVICE), b"{}") == NOT_AUTHORIZED
+
+
+# -- the whole fleet with the ACL on -----------------------------------------------------------
+
+
+@integration
+def test_the_fleet_runs_end_to_end_with_the_acl_on(acl_broker: AclBroker, tmp_path: Path) -> None:
+    """Agent, gateway and stand-ins each on their own credentials over TLS. The gateway's
+    identity may not write telemetry: the simulated readings of the missing device can only
+    come from the engine's."""
+    engine_user, engine_password = acl_broker.credentials(ENGINE_USER)
+    config = GatewayConfig.from_builtins(
+        {
+            "mqtt": acl_broker.mqtt_section(GATEWAY_USER),
+            "engine": {"username": engine_user, "password": engine_password},
+            "presence": {"startup_grace": 0.3},
+            "api": {"token": TOKEN},
+            "devices": [
+                {"id": DEVICE, "sensors": {"env": bme280(0.2)}},
+                {"id": MISSING, "sensors": {"env": bme280(0.2)}},
+            ],
+        }
+    )
+    agent = AgentConfig(
+        agent=AgentSection(device_id=DEVICE, state_dir=tmp_path / "state", state_interval=0.5),
+        mqtt=AgentMqttSettings.from_builtins(acl_broker.mqtt_section(DEVICE)),
+        sensors={"env": bme280(0.2)},
+    )
+    with (
+        client(acl_broker, READER_USER, TOPICS.telemetry(MISSING, "+")) as reader,
+        TestClient(create_app(config)) as api,
+        fleet_helpers.agent_thread(agent),
+    ):
+
+        def view(device: str) -> dict[str, Any]:
+            body: dict[str, Any] = api.get(f"/devices/{device}").json()
+            return body
+
+        poll(lambda: view(DEVICE)["presence"] == "online", 15, what="agent online")
+        pushed = api.patch(
+            f"/devices/{DEVICE}/desired",
+            json={"sensors": {"env": {"interval": 0.5}}},
+            headers={**AUTH, "If-Match": '"0"'},
+        )
+        assert pushed.status_code == 200, pushed.text
+        poll(lambda: view(DEVICE)["config"] == "in_sync", 15, what="config applied")
+        assert view(DEVICE)["applied_version"] == 1
+        reading = reader.wait_for(TOPICS.telemetry(MISSING, "env"), timeout=15)
+        assert Telemetry.decode(bytes(reading.payload)).source == "simulated"
+
+
+@integration
+def test_the_mqtt_link_counts_publishes_the_broker_refused(acl_broker: AclBroker) -> None:
+    link = MqttLink(AgentMqttSettings.from_builtins(acl_broker.mqtt_section(DEVICE)))
+    link.start()
+    try:
+        assert link.wait_connected(10)
+        link.publish(TOPICS.status(DEVICE), _forged_status(DEVICE), qos=1).wait(5)
+        assert link.rejected == 0
+        link.publish(TOPICS.status(OTHER), _forged_status(OTHER), qos=1).wait(5)
+        poll(lambda: link.rejected == 1, 5, what="refusal counted")
+    finally:
+        link.close()
+
+
+@integration
+def test_rotation_and_revocation_take_effect_at_a_reload(acl_broker: AclBroker) -> None:
+    old = acl_broker.credentials(DEVICE)
+    with client(acl_broker, DEVICE) as before:
+        write_broker_files(
+            acl_broker.files,
+            TOPICS,
+            [DEVICE, MISSING],  # OTHER is left out: revoked
+            rotate=[DEVICE],
+            listener=acl_broker.listener,
+        )
+        new = acl_broker.credentials(DEVICE)
+        assert new[1] != old[1]
+        Client(acl_broker, *acl_broker.credentials(OTHER)).connect().close()  # not reloaded yet
+        acl_broker.broker.reload()
+        # mosquitto checks the connected clients against the reloaded files.
+        poll(lambda: not before.client.is_connected(), 10, what="old password disconnected")
+    with pytest.raises(ConnectionError):
+        Client(acl_broker, *old).connect()
+    with pytest.raises(ConnectionError):
+        Client(acl_broker, *acl_broker.credentials(OTHER)).connect()
+    with client(acl_broker, DEVICE) as after:
+        assert after.publish(TOPICS.status(DEVICE), b"{}") == 0
+    with client(acl_broker, MISSING):
+        pass
+
+
+def test_the_command_writes_the_files_from_a_gateway_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edgetwin.cli import main
+
+    config = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
+    out = tmp_path / "out"
+    assert main(["broker-acl", "--config", str(config), "--out", str(out), "--device", "x-1"]) == 0
+    users = [line.split(":")[0] for line in (out / "passwords").read_text().splitlines()]
+    assert users[:3] == ["greenhouse-01", "greenhouse-02", "x-1"]
+    conf = (out / "mosquitto.conf").read_text()
+    assert f"acl_file {out.resolve() / 'acl'}\n" in conf
+    assert "allow_anonymous false\n" in conf
+    assert "listener 8883\n" in conf
+    args = ["broker-acl", "--config", str(config), "--out", str(out), "--device", "Bad/Id"]
+    assert main(args) == 2
+    assert "invalid device id 'Bad/Id'" in capsys.readouterr().err
