@@ -221,6 +221,13 @@ class GatewayService:
         once the rebuild is done and `startup_grace` has passed since the connection: only
         after the retained statuses had their chance to arrive do we decide that a device has
         no agent."""
+        try:
+            self._rebuild_once(connected, generation)
+        except Exception:
+            if not self._stopping.is_set():  # a stop closes the link under a rebuild: no news
+                log.exception("rebuilding the twin failed")
+
+    def _rebuild_once(self, connected: float, generation: int) -> None:
         complete = self._fetch_documents(generation)
         if generation != self._generation:
             return

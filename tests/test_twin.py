@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import json
+import logging
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -509,7 +511,9 @@ def test_a_gateway_started_after_a_crash_does_not_trust_a_replayed_birth(
         publish(broker, f"edgetwin/{ghost}/status", b"", retain=True)
 
 
-def test_a_restarted_gateway_rebuilds_every_twin_on_a_stock_broker() -> None:
+def test_a_restarted_gateway_rebuilds_every_twin_on_a_stock_broker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """More retained documents than a stock mosquitto queues for one QoS 1 subscriber
     (max_inflight_messages 20 + max_queued_messages 1,000): all of them reach the gateway."""
     devices = [f"rack-{i:04d}" for i in range(600)]
@@ -542,6 +546,24 @@ def test_a_restarted_gateway_rebuilds_every_twin_on_a_stock_broker() -> None:
 
             poll(rebuilt, 20, what=f"{len(devices)} twins rebuilt with their desired versions")
             assert restarted.get("/fleet").json()["in_manifest"] == len(devices)
+
+            # The broker held no twin index (as an earlier version leaves it): the gateway read
+            # the wildcards once, and now keeps the index the next restart reads in portions.
+            with Subscriber(stock, "edgetwin/_index/+", qos=0) as index:
+
+                def indexed() -> bool:
+                    latest = {m.topic: m.payload for m in index.messages()}
+                    listed = {d for p in latest.values() if p for d in json.loads(p)["devices"]}
+                    return listed == set(devices)
+
+                poll(indexed, 10, what="a twin index listing every device")
+        with (
+            caplog.at_level(logging.INFO, logger="gateway.service"),
+            gateway(gateway_config(stock)) as restarted,
+        ):
+            poll(rebuilt, 20, what="every twin rebuilt again, from the index")
+        read = [r for r in caplog.records if r.getMessage() == "twin documents read"]
+        assert [r.__dict__["devices"] for r in read] == [len(devices)]
 
 
 def test_a_device_deleted_and_added_again_gets_versions_its_agent_accepts(
