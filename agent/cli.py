@@ -9,8 +9,8 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from agent.config import EXIT_CONFIG, load_agent_config, load_for_program
-from agent.runtime import Agent, StateDirError
+from edgetwin.agent.config import EXIT_CONFIG, load_agent_config, load_for_program
+from edgetwin.agent.runtime import Agent, StateDirError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Final, Literal, Self, TypeVar
 
 import msgspec
 
-from agent.contract import (
+from edgetwin.agent.contract import (
     DEFAULT_PREFIX,
     DeviceId,
     SensorName,
@@ -27,8 +27,8 @@ from agent.contract import (
     Topics,
     locate_error,
 )
-from hardware.errors import HardwareError, UnknownDriverError
-from hardware.registry import check_settings
+from edgetwin.hardware.errors import HardwareError, UnknownDriverError
+from edgetwin.hardware.registry import check_settings
 
 EXIT_CONFIG: Final = 2
 """Exit status of a program that cannot start as configured: an invalid file, or (the agent)
@@ -370,7 +370,7 @@ def load_for_program(loader: Callable[[Path], ModelT], path: Path, program: str)
     Plain text, not JSON: whoever starts the program must read this one at once. The caller
     exits with EXIT_CONFIG, which the systemd unit treats as "do not restart".
     """
-    from agent.logs import configure_from
+    from edgetwin.agent.logs import configure_from
 
     try:
         config = loader(path)

@@ -14,9 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from agent.contract import ContractError, DesiredConfig, SensorSettings, check_id
-from hardware import HardwareError
-from hardware.registry import check_settings
+from edgetwin.agent.contract import ContractError, DesiredConfig, SensorSettings, check_id
+from edgetwin.hardware import HardwareError
+from edgetwin.hardware.registry import check_settings
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
 if TYPE_CHECKING:
-    from agent.config import ObservabilitySettings
+    from edgetwin.agent.config import ObservabilitySettings
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is logged.
 _STANDARD_ATTRS: Final = frozenset(
@@ -49,7 +49,7 @@ def configure_from(settings: ObservabilitySettings, source: str = "configuration
             settings.service_name, settings.log_level, config_file=settings.log_config
         )
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
-        from agent.config import ConfigError
+        from edgetwin.agent.config import ConfigError
 
         raise ConfigError(
             f"{source}: key 'observability.log_config': {settings.log_config}: "

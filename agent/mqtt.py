@@ -34,7 +34,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from agent.config import MqttSettings
+from edgetwin.agent.config import MqttSettings
 
 log = logging.getLogger(__name__)
 

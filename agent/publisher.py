@@ -31,9 +31,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final, Literal, Protocol
 
-from agent.metrics import AgentMetrics, NoMetrics
-from agent.mqtt import PublishError
-from agent.outbox import Entry, Outbox
+from edgetwin.agent.metrics import AgentMetrics, NoMetrics
+from edgetwin.agent.mqtt import PublishError
+from edgetwin.agent.outbox import Entry, Outbox
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from agent.config import AgentConfig
-from agent.contract import (
+from edgetwin.agent.config import AgentConfig
+from edgetwin.agent.contract import (
     ContractError,
     DesiredConfig,
     DeviceState,
@@ -41,15 +41,15 @@ from agent.contract import (
     TwinSummary,
     Value,
 )
-from agent.desired import AlreadyApplied, DesiredStore, Rejection, validate_desired
-from agent.metrics import AgentMetrics, NoMetrics, PrometheusMetrics
-from agent.mqtt import Delivery, Message, MqttLink, PublishError, Will
-from agent.outbox import Outbox, OutboxError
-from agent.publisher import OutboxPublisher
-from agent.sensors import open_configured
-from agent.systemd import Notifier
-from agent.tracing import Tracing, setup_tracing
-from hardware import (
+from edgetwin.agent.desired import AlreadyApplied, DesiredStore, Rejection, validate_desired
+from edgetwin.agent.metrics import AgentMetrics, NoMetrics, PrometheusMetrics
+from edgetwin.agent.mqtt import Delivery, Message, MqttLink, PublishError, Will
+from edgetwin.agent.outbox import Outbox, OutboxError
+from edgetwin.agent.publisher import OutboxPublisher
+from edgetwin.agent.sensors import open_configured
+from edgetwin.agent.systemd import Notifier
+from edgetwin.agent.tracing import Tracing, setup_tracing
+from edgetwin.hardware import (
     BackendKind,
     EmulatedBackend,
     HardwareError,
@@ -58,8 +58,8 @@ from hardware import (
     RealBackend,
     Sensor,
 )
-from hardware.sensor import Clock
-from hardware.signals import derive_seed
+from edgetwin.hardware.sensor import Clock
+from edgetwin.hardware.signals import derive_seed
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from agent.contract import SensorSettings
-from hardware import EmulatedBackend, RealBackend, Sensor
-from hardware.probe import open_first
-from hardware.signals import SignalModel
+from edgetwin.agent.contract import SensorSettings
+from edgetwin.hardware import EmulatedBackend, RealBackend, Sensor
+from edgetwin.hardware.probe import open_first
+from edgetwin.hardware.signals import SignalModel
 
 
 def open_configured(

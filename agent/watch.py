@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 import threading
 
-from agent.config import MqttSettings
-from agent.mqtt import Message, MqttLink
+from edgetwin.agent.config import MqttSettings
+from edgetwin.agent.mqtt import Message, MqttLink
 
 
 def watch(host: str, port: int, topic_filters: list[str], count: int | None = None) -> int:

@@ -48,7 +48,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.broker import MosquittoBroker
+from edgetwin.gateway.broker import MosquittoBroker
 
 DEVICE = "bench-pi"
 FLOOR_IMPORTS = "paho.mqtt.client, gpiozero, smbus2, prometheus_client"
@@ -272,10 +272,16 @@ IMPORT_STEPS: Sequence[tuple[str, str]] = (
     ("smbus2", "smbus2"),
     ("sqlite3", "sqlite3"),
     ("msgspec", "msgspec"),
-    ("agent.contract (the wire models)", "agent.contract"),
-    ("agent.config (settings models)", "agent.config"),
-    ("hardware (drivers, emulators, signal models)", "hardware, hardware.registry"),
-    ("agent.runtime, agent.cli (the rest of the agent)", "agent.runtime, agent.cli"),
+    ("edgetwin.agent.contract (the wire models)", "edgetwin.agent.contract"),
+    ("edgetwin.agent.config (settings models)", "edgetwin.agent.config"),
+    (
+        "edgetwin.hardware (drivers, emulators, signal models)",
+        "edgetwin.hardware, edgetwin.hardware.registry",
+    ),
+    (
+        "edgetwin.agent.runtime, edgetwin.agent.cli (the rest of the agent)",
+        "edgetwin.agent.runtime, edgetwin.agent.cli",
+    ),
     ("-- not loaded by this agent: gpiozero", "gpiozero"),
     ("-- not loaded by this agent: prometheus_client", "prometheus_client"),
 )
@@ -306,10 +312,10 @@ ISOLATED: Sequence[str] = (
     "sqlite3",
     "msgspec",
     "pydantic",
-    "agent.contract",
-    "hardware",
+    "edgetwin.agent.contract",
+    "edgetwin.hardware",
     "importlib.metadata",
-    "agent.cli",
+    "edgetwin.agent.cli",
     "gpiozero",
     "prometheus_client",
 )
@@ -452,7 +458,7 @@ def report_breakdown(python: str, env: dict[str, str], agent_rss: float | None) 
         previous = values
     print("\nWhere the memory goes: RSS after each import, cumulative, in a fresh interpreter")
     table(rows, ("import", "RSS MiB", "delta", "anon", "file", "modules"))
-    imported = next(v for label, v, _ in steps if label.startswith("agent.runtime"))
+    imported = next(v for label, v, _ in steps if label.startswith("edgetwin.agent.runtime"))
     if agent_rss is not None:
         print(
             f"the running agent holds {mib(agent_rss - imported['VmRSS'])} MiB beyond its "
@@ -469,10 +475,10 @@ def report_breakdown(python: str, env: dict[str, str], agent_rss: float | None) 
     source_env["PYTHONDONTWRITEBYTECODE"] = "1"
     with tempfile.TemporaryDirectory() as empty:
         source_env["PYTHONPYCACHEPREFIX"] = empty  # nothing cached: compile from source
-        cold = rss_after_import(python, "agent.cli", source_env)
-    warm = rss_after_import(python, "agent.cli", env)
+        cold = rss_after_import(python, "edgetwin.agent.cli", source_env)
+    warm = rss_after_import(python, "edgetwin.agent.cli", env)
     print(
-        f"\nimport agent.cli with .pyc files: {mib(warm)} MiB; compiled from source "
+        f"\nimport edgetwin.agent.cli with .pyc files: {mib(warm)} MiB; compiled from source "
         f"(a read-only venv without .pyc): {mib(cold)} MiB (+{mib(cold - warm)})"
     )
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.broker import MosquittoBroker, free_port
+from edgetwin.gateway.broker import MosquittoBroker, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CHUNK = 64 * 1024

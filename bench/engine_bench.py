@@ -48,10 +48,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from agent.contract import Topics
-from gateway.broker import MosquittoBroker, free_port
-from gateway.engine import Endpoint, EngineController, EngineSettings
-from gateway.engine.stats import quantile
+from edgetwin.agent.contract import Topics
+from edgetwin.gateway.broker import MosquittoBroker, free_port
+from edgetwin.gateway.engine import Endpoint, EngineController, EngineSettings
+from edgetwin.gateway.engine.stats import quantile
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -116,7 +116,7 @@ def make_scenario(devices: int, fake: bool) -> Any:
         from tests.engine_helpers import TestScenario
 
         return TestScenario(devices=devices)
-    from gateway.scenario import default_scenario
+    from edgetwin.gateway.scenario import default_scenario
 
     return default_scenario(devices)
 
@@ -164,7 +164,7 @@ RAW_MODES = {
 def per_message(broker: MosquittoBroker, args: argparse.Namespace) -> None:
     """Where a message's time goes, in this process: the generator, paho's publish path, and
     the engine's link (its own PUBLISH encoding, one send() per batch)."""
-    from gateway.engine.link import EngineLink
+    from edgetwin.gateway.engine.link import EngineLink
 
     n = 50_000
     scenario = make_scenario(10_000, args.fake_generator)

@@ -75,7 +75,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.contract import (
+from edgetwin.agent.contract import (
     ContractError,
     DeviceState,
     Presence,
@@ -88,8 +88,8 @@ from agent.contract import (
     TwinSummary,
     Value,
 )
-from gateway.broker import MosquittoBroker, free_port
-from hardware.registry import reading_quantities
+from edgetwin.gateway.broker import MosquittoBroker, free_port
+from edgetwin.hardware.registry import reading_quantities
 
 REPO = Path(__file__).resolve().parent.parent
 SENSOR = "env"

@@ -21,9 +21,9 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Literal
 
-from agent.contract import Telemetry, Topics
-from gateway.scenario import FaultSpec, Generator, default_scenario
-from gateway.scenario.model import FaultType
+from edgetwin.agent.contract import Telemetry, Topics
+from edgetwin.gateway.scenario import FaultSpec, Generator, default_scenario
+from edgetwin.gateway.scenario.model import FaultType
 
 START = 1_795_737_600.0
 

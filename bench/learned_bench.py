@@ -22,8 +22,8 @@ import random
 import time
 import tracemalloc
 
-from agent.contract import SensorSettings, Source, Telemetry, Value
-from gateway.learning import StreamLearning
+from edgetwin.agent.contract import SensorSettings, Source, Telemetry, Value
+from edgetwin.gateway.learning import StreamLearning
 
 START = 1_795_000_000.0
 UNITS = {"temperature": "°C", "humidity": "%RH", "pressure": "hPa"}

@@ -41,11 +41,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.config import MqttSettings
-from agent.mqtt import MqttLink
-from agent.outbox import Outbox
-from agent.publisher import OutboxPublisher
-from gateway.broker import MosquittoBroker
+from edgetwin.agent.config import MqttSettings
+from edgetwin.agent.mqtt import MqttLink
+from edgetwin.agent.outbox import Outbox
+from edgetwin.agent.publisher import OutboxPublisher
+from edgetwin.gateway.broker import MosquittoBroker
 
 DEVICE = "pi-bench"
 STREAMS = ("env", "outdoor", "cpu")

@@ -25,12 +25,12 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config import MqttSettings
-from agent.contract import Source, Telemetry, Topics, Value
-from agent.mqtt import Message, MqttLink
-from gateway.broker import MosquittoBroker
-from gateway.engine.schedule import Entry, Schedule
-from gateway.recording import LiveRecorder, Recorder, Replayer, read_readings
+from edgetwin.agent.config import MqttSettings
+from edgetwin.agent.contract import Source, Telemetry, Topics, Value
+from edgetwin.agent.mqtt import Message, MqttLink
+from edgetwin.gateway.broker import MosquittoBroker
+from edgetwin.gateway.engine.schedule import Entry, Schedule
+from edgetwin.gateway.recording import LiveRecorder, Recorder, Replayer, read_readings
 
 TOPICS = Topics()
 

@@ -29,9 +29,9 @@ import paho.mqtt.client as mqtt
 import uvicorn
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.app import create_app
-from gateway.broker import MosquittoBroker, free_port
-from gateway.config import GatewayConfig
+from edgetwin.gateway.app import create_app
+from edgetwin.gateway.broker import MosquittoBroker, free_port
+from edgetwin.gateway.config import GatewayConfig
 
 DEVICE = "bench-pi"
 TOKEN = "bench-token"

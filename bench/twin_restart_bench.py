@@ -26,7 +26,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.contract import (
+from edgetwin.agent.contract import (
     DesiredConfig,
     DeviceState,
     Presence,
@@ -38,7 +38,7 @@ from agent.contract import (
     TwinSummary,
     twin_index_shard,
 )
-from gateway.broker import MosquittoBroker, free_port
+from edgetwin.gateway.broker import MosquittoBroker, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

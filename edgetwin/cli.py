@@ -157,15 +157,15 @@ def _add_record_replay(commands: argparse._SubParsersAction[argparse.ArgumentPar
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "agent":
-        from agent.cli import run_agent
+        from edgetwin.agent.cli import run_agent
 
         return run_agent(args.config)
     if args.command == "gateway":
-        from gateway.cli import run_gateway
+        from edgetwin.gateway.cli import run_gateway
 
         return run_gateway(args.config)
     if args.command == "demo":
-        from gateway.demo import run_demo
+        from edgetwin.gateway.demo import run_demo
 
         return run_demo(
             api_port=args.api_port,
@@ -179,11 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sensors":
         return _sensors(args)
     if args.command == "watch":
-        from agent.watch import watch
+        from edgetwin.agent.watch import watch
 
         return watch(args.host, args.port, args.topic or ["#"], args.count)
     if args.command == "record":
-        from gateway.recording import record_command
+        from edgetwin.gateway.recording import record_command
 
         return record_command(
             args.broker,
@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             overwrite=args.overwrite,
         )
     if args.command == "replay":
-        from gateway.recording import replay_command
+        from edgetwin.gateway.recording import replay_command
 
         return replay_command(
             args.file,
@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             qos=args.qos,
         )
     if args.command == "broker-acl":
-        from gateway.acl import Listener, broker_acl_command
+        from edgetwin.gateway.acl import Listener, broker_acl_command
 
         return broker_acl_command(
             args.config,
@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     if not args.virtual:
         return _simulate_realtime(args)
-    from gateway.scenario.virtual import simulate_command
+    from edgetwin.gateway.scenario.virtual import simulate_command
 
     return simulate_command(
         args.scenario,
@@ -246,10 +246,10 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _simulate_realtime(args: argparse.Namespace) -> int:
-    from gateway.engine.link import Endpoint
-    from gateway.engine.realtime import run_realtime
-    from gateway.recording import parse_broker
-    from gateway.scenario.model import ScenarioError, parse_duration, scenario_for
+    from edgetwin.gateway.engine.link import Endpoint
+    from edgetwin.gateway.engine.realtime import run_realtime
+    from edgetwin.gateway.recording import parse_broker
+    from edgetwin.gateway.scenario.model import ScenarioError, parse_duration, scenario_for
 
     try:
         if args.broker is None:
@@ -277,7 +277,7 @@ def _simulate_realtime(args: argparse.Namespace) -> int:
 
 
 def _sensors(args: argparse.Namespace) -> int:
-    from hardware import cli
+    from edgetwin.hardware import cli
 
     if args.sensors_command == "list":
         return cli.list_command()

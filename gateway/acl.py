@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from agent.config import ConfigError
-from agent.contract import ContractError, Topics, check_id
-from gateway.config import load_gateway_config
+from edgetwin.agent.config import ConfigError
+from edgetwin.agent.contract import ContractError, Topics, check_id
+from edgetwin.gateway.config import load_gateway_config
 
 # Service usernames hold a '.', which the device id pattern excludes: no device can ever log
 # in as a service, and `%u` patterns expanded for a service name a topic no device owns.

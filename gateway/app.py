@@ -11,19 +11,19 @@ from fastapi import FastAPI, Request, Response
 from opentelemetry.trace import SpanKind
 from prometheus_client import start_http_server
 
-from agent.runtime import agent_version
-from agent.tracing import setup_tracing
-from gateway.compat import SimulatorControl
-from gateway.config import GatewayConfig
-from gateway.engine import EngineController, EngineSettings
-from gateway.engine.metrics import EngineCollector
-from gateway.engine.sources import Scenarios, ScenarioSource, endpoint_from_mqtt
-from gateway.limits import RequestGuard
-from gateway.metrics import GatewayMetrics
-from gateway.routers import compat, desired, devices, engine, fleet, page, system
-from gateway.service import GatewayService
-from gateway.structs import answer_bad_requests, document_structs
-from hardware.sensor import Clock
+from edgetwin.agent.runtime import agent_version
+from edgetwin.agent.tracing import setup_tracing
+from edgetwin.gateway.compat import SimulatorControl
+from edgetwin.gateway.config import GatewayConfig
+from edgetwin.gateway.engine import EngineController, EngineSettings
+from edgetwin.gateway.engine.metrics import EngineCollector
+from edgetwin.gateway.engine.sources import Scenarios, ScenarioSource, endpoint_from_mqtt
+from edgetwin.gateway.limits import RequestGuard
+from edgetwin.gateway.metrics import GatewayMetrics
+from edgetwin.gateway.routers import compat, desired, devices, engine, fleet, page, system
+from edgetwin.gateway.service import GatewayService
+from edgetwin.gateway.structs import answer_bad_requests, document_structs
+from edgetwin.hardware.sensor import Clock
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from gateway.config import ApiSection
+from edgetwin.gateway.config import ApiSection
 
 _bearer = HTTPBearer(auto_error=False, description="the gateway's API token ([api] token)")
 

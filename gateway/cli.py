@@ -11,9 +11,9 @@ from pathlib import Path
 
 import uvicorn
 
-from agent.config import EXIT_CONFIG, load_for_program
-from gateway.app import create_app
-from gateway.config import GatewayConfig, load_gateway_config
+from edgetwin.agent.config import EXIT_CONFIG, load_for_program
+from edgetwin.gateway.app import create_app
+from edgetwin.gateway.config import GatewayConfig, load_gateway_config
 
 log = logging.getLogger(__name__)
 

@@ -30,11 +30,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.config import FleetPlan, StartDevices, StartScenario
-from gateway.engine import EngineController, EngineError
-from gateway.engine.interface import ScenarioLike
-from gateway.engine.sources import ScenarioSource
-from gateway.scenario import Scenario, default_scenario
+from edgetwin.gateway.config import FleetPlan, StartDevices, StartScenario
+from edgetwin.gateway.engine import EngineController, EngineError
+from edgetwin.gateway.engine.interface import ScenarioLike
+from edgetwin.gateway.engine.sources import ScenarioSource
+from edgetwin.gateway.scenario import Scenario, default_scenario
 
 log = logging.getLogger(__name__)
 

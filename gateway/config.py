@@ -27,7 +27,7 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-from agent.config import (
+from edgetwin.agent.config import (
     ENV_OVERRIDES,
     MqttSettings,
     ObservabilitySettings,
@@ -36,7 +36,7 @@ from agent.config import (
     check_host,
     load,
 )
-from agent.contract import (
+from edgetwin.agent.contract import (
     DeviceId,
     LabelKey,
     LabelValue,
@@ -45,8 +45,8 @@ from agent.contract import (
     SensorSettings,
     Site,
 )
-from gateway.engine.interface import PayloadKind
-from gateway.engine.settings import EngineSettings
+from edgetwin.gateway.engine.interface import PayloadKind
+from edgetwin.gateway.engine.settings import EngineSettings
 
 
 def default_sensors(interval: float = 5.0) -> dict[str, SensorSettings]:

@@ -19,18 +19,18 @@ from typing import Literal
 
 import uvicorn
 
-from agent.config import (
+from edgetwin.agent.config import (
     AgentConfig,
     AgentMqttSettings,
     AgentSection,
     MqttSettings,
 )
-from agent.contract import SensorBackend, SensorSettings
-from agent.logs import configure_logging
-from agent.runtime import Agent
-from gateway.broker import free_port, start_embedded_broker
-from gateway.cli import serve
-from gateway.config import (
+from edgetwin.agent.contract import SensorBackend, SensorSettings
+from edgetwin.agent.logs import configure_logging
+from edgetwin.agent.runtime import Agent
+from edgetwin.gateway.broker import free_port, start_embedded_broker
+from edgetwin.gateway.cli import serve
+from edgetwin.gateway.config import (
     GatewayConfig,
     GatewayMqttSettings,
     GatewayObservability,

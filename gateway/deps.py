@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gateway.compat import SimulatorControl
-from gateway.config import ApiSection
-from gateway.engine import EngineController
-from gateway.engine.sources import ScenarioSource
-from gateway.metrics import GatewayMetrics
-from gateway.service import GatewayService
+from edgetwin.gateway.compat import SimulatorControl
+from edgetwin.gateway.config import ApiSection
+from edgetwin.gateway.engine import EngineController
+from edgetwin.gateway.engine.sources import ScenarioSource
+from edgetwin.gateway.metrics import GatewayMetrics
+from edgetwin.gateway.service import GatewayService
 
 
 def _service(request: Request) -> GatewayService:

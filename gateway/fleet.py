@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, Literal
 
-from agent.contract import (
+from edgetwin.agent.contract import (
     MAX_INT,
     DesiredConfig,
     DeviceState,
@@ -27,7 +27,7 @@ from agent.contract import (
     Status,
     Telemetry,
 )
-from gateway.config import ManifestDevice
+from edgetwin.gateway.config import ManifestDevice
 
 
 class PresenceState(StrEnum):

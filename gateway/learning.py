@@ -36,11 +36,11 @@ from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from agent.contract import SensorSettings, Source, Telemetry
-from hardware.errors import HardwareError
-from hardware.quantities import PHYSICAL_LIMITS, default_signal
-from hardware.registry import driver_info
-from hardware.signals import (
+from edgetwin.agent.contract import SensorSettings, Source, Telemetry
+from edgetwin.hardware.errors import HardwareError
+from edgetwin.hardware.quantities import PHYSICAL_LIMITS, default_signal
+from edgetwin.hardware.registry import driver_info
+from edgetwin.hardware.signals import (
     SECONDS_PER_DAY,
     SECONDS_PER_HOUR,
     LightRandom,

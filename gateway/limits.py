@@ -18,9 +18,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent.contract import SensorSettings
-from gateway.auth import bearer_token, check_token, require_writer
-from gateway.config import ApiSection
+from edgetwin.agent.contract import SensorSettings
+from edgetwin.gateway.auth import bearer_token, check_token, require_writer
+from edgetwin.gateway.config import ApiSection
 
 _TOO_LARGE = 413
 

@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any, Final, Self
 
 import msgspec
 
-from agent.config import MqttSettings
-from agent.contract import (
+from edgetwin.agent.config import MqttSettings
+from edgetwin.agent.contract import (
     DEFAULT_PREFIX,
     Anomaly,
     ContractError,
@@ -49,9 +49,9 @@ from agent.contract import (
     Topics,
     check_id,
 )
-from agent.mqtt import Message, MqttLink
-from hardware.quantities import UNITS
-from hardware.recordings import (
+from edgetwin.agent.mqtt import Message, MqttLink
+from edgetwin.hardware.quantities import UNITS
+from edgetwin.hardware.recordings import (
     HEAD,
     TAIL,
     RecordingError,
@@ -62,7 +62,7 @@ from hardware.recordings import (
 )
 
 if TYPE_CHECKING:
-    from gateway.engine import EngineController
+    from edgetwin.gateway.engine import EngineController
 
 log = logging.getLogger(__name__)
 
@@ -811,8 +811,13 @@ def replay_command(
     """`edgetwin replay`: the recording on the simulation engine (a worker in this process, or
     processes for a large one: chosen from the rate), at a rate of `speed`. Returns the exit
     status; prints at the end what reached the socket (and, at QoS 1, the broker's PUBACK)."""
-    from gateway.engine import EngineController, EngineError, EngineInputError, EngineSettings
-    from gateway.engine.link import Endpoint
+    from edgetwin.gateway.engine import (
+        EngineController,
+        EngineError,
+        EngineInputError,
+        EngineSettings,
+    )
+    from edgetwin.gateway.engine.link import Endpoint
 
     stop = threading.Event()
     try:

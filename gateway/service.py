@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from opentelemetry.propagate import inject
 from opentelemetry.trace import Tracer
 
-from agent.contract import (
+from edgetwin.agent.contract import (
     ContractError,
     DesiredConfig,
     DeviceState,
@@ -35,20 +35,20 @@ from agent.contract import (
     TwinSummary,
     Value,
 )
-from agent.mqtt import Message, MqttLink
-from agent.tracing import Tracing
-from gateway.config import COMPAT_LABEL, GatewayConfig, ManifestDevice
-from gateway.duplicates import DuplicateWatch
-from gateway.engine.controller import EngineController
-from gateway.engine.sources import endpoint_from_mqtt
-from gateway.fleet import MAX_VERSION, DeviceTwin, Fleet
-from gateway.learning import StreamLearning
-from gateway.lograte import LogLimiter
-from gateway.metrics import GatewayMetrics
-from gateway.standins import StandIns
-from gateway.twin_index import TwinIndexKeeper
-from hardware.quantities import UNITS
-from hardware.sensor import Clock
+from edgetwin.agent.mqtt import Message, MqttLink
+from edgetwin.agent.tracing import Tracing
+from edgetwin.gateway.config import COMPAT_LABEL, GatewayConfig, ManifestDevice
+from edgetwin.gateway.duplicates import DuplicateWatch
+from edgetwin.gateway.engine.controller import EngineController
+from edgetwin.gateway.engine.sources import endpoint_from_mqtt
+from edgetwin.gateway.fleet import MAX_VERSION, DeviceTwin, Fleet
+from edgetwin.gateway.learning import StreamLearning
+from edgetwin.gateway.lograte import LogLimiter
+from edgetwin.gateway.metrics import GatewayMetrics
+from edgetwin.gateway.standins import StandIns
+from edgetwin.gateway.twin_index import TwinIndexKeeper
+from edgetwin.hardware.quantities import UNITS
+from edgetwin.hardware.sensor import Clock
 
 log = logging.getLogger(__name__)
 

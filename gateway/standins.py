@@ -25,14 +25,14 @@ from contextlib import contextmanager
 
 import msgspec
 
-from agent.contract import FlatReading, SensorSettings
-from gateway.engine.controller import EngineController, EngineStats
-from gateway.engine.interface import PayloadKind
-from gateway.scenario import PlacedFleet, PlacedStream
-from hardware import HardwareError
-from hardware.quantities import default_signal
-from hardware.registry import driver_info, reading_quantities
-from hardware.signals import LightRandom, SignalModel, derive_seed
+from edgetwin.agent.contract import FlatReading, SensorSettings
+from edgetwin.gateway.engine.controller import EngineController, EngineStats
+from edgetwin.gateway.engine.interface import PayloadKind
+from edgetwin.gateway.scenario import PlacedFleet, PlacedStream
+from edgetwin.hardware import HardwareError
+from edgetwin.hardware.quantities import default_signal
+from edgetwin.hardware.registry import driver_info, reading_quantities
+from edgetwin.hardware.signals import LightRandom, SignalModel, derive_seed
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from agent.contract import locate_error
+from edgetwin.agent.contract import locate_error
 
 T = TypeVar("T")
 

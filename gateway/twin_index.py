@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from agent.contract import TWIN_INDEX_SHARDS, Topics, TwinIndex, twin_index_shard
+from edgetwin.agent.contract import TWIN_INDEX_SHARDS, Topics, TwinIndex, twin_index_shard
 
 FLUSH_DELAY = 0.5  # seconds changes are gathered before their shards are published
 

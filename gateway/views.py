@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from agent.contract import Server
-from gateway.fleet import ConfigSync, DeviceTwin
-from gateway.standins import StandIns
+from edgetwin.agent.contract import Server
+from edgetwin.gateway.fleet import ConfigSync, DeviceTwin
+from edgetwin.gateway.standins import StandIns
 
 SensorSource = Literal["agent-hardware", "agent-emulation", "simulation", "none"]
 

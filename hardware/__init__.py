@@ -12,9 +12,9 @@ conversion functions, the driver taking an injected bus, its emulator, `DRIVER =
 test under `tests/hardware/`, and one `_register(module.DRIVER)` line in `hardware/registry.py`.
 """
 
-from hardware.backends import Backend, EmulatedBackend, RealBackend, make_backend
-from hardware.drivers import DriverInfo, Placement
-from hardware.errors import (
+from edgetwin.hardware.backends import Backend, EmulatedBackend, RealBackend, make_backend
+from edgetwin.hardware.drivers import DriverInfo, Placement
+from edgetwin.hardware.errors import (
     BusError,
     ChipIdError,
     DataError,
@@ -24,9 +24,9 @@ from hardware.errors import (
     SensorTimeoutError,
     UnknownDriverError,
 )
-from hardware.quantities import default_signal
-from hardware.registry import driver_info, list_drivers, open_sensor, reading_quantities
-from hardware.sensor import (
+from edgetwin.hardware.quantities import default_signal
+from edgetwin.hardware.registry import driver_info, list_drivers, open_sensor, reading_quantities
+from edgetwin.hardware.sensor import (
     BackendKind,
     Clock,
     Health,
@@ -36,8 +36,8 @@ from hardware.sensor import (
     Sensor,
     SensorStatus,
 )
-from hardware.signals import SignalModel
-from hardware.timing import ManualClock, RealTimer, Timer, VirtualTimer
+from edgetwin.hardware.signals import SignalModel
+from edgetwin.hardware.timing import ManualClock, RealTimer, Timer, VirtualTimer
 
 __all__ = [
     "Backend",

@@ -21,11 +21,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
-from hardware.bus import FakeI2CBus, I2CBus
-from hardware.errors import BusError, HardwareError, SensorMissingError
-from hardware.sensor import BackendKind, Clock
-from hardware.sysfs import FakeSysfsTree, SysfsTree
-from hardware.timing import RealTimer, Timer, VirtualTimer
+from edgetwin.hardware.bus import FakeI2CBus, I2CBus
+from edgetwin.hardware.errors import BusError, HardwareError, SensorMissingError
+from edgetwin.hardware.sensor import BackendKind, Clock
+from edgetwin.hardware.sysfs import FakeSysfsTree, SysfsTree
+from edgetwin.hardware.timing import RealTimer, Timer, VirtualTimer
 
 if TYPE_CHECKING:
     from gpiozero import Factory
@@ -84,7 +84,7 @@ class EmulatedBackend:
         """
         with self._lock:
             if self._pin_factory is None:
-                # Imported here: gpiozero takes ~0.2 s to import, and `import hardware` must not.
+                # Imported here: gpiozero takes ~0.2 s to import; the hardware layer must not.
                 from gpiozero.pins.mock import MockFactory, MockPin
 
                 self._pin_factory = MockFactory(pin_class=MockPin)
@@ -207,7 +207,7 @@ class RealBackend:
         self.close()
 
     def _open_smbus(self, n: int) -> SMBus:
-        # Imported here so that `import hardware` works where smbus2 cannot (it needs fcntl).
+        # Imported here: the hardware layer must import where smbus2 cannot (it needs fcntl).
         from smbus2 import SMBus
 
         path = self.dev_dir / f"i2c-{n}"

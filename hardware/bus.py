@@ -9,7 +9,7 @@ Plain I2C transfers, which SMBus calls cannot express (a read with no register b
 it), go through `i2c_rdwr` with smbus2's own `i2c_msg` on both buses: `i2c_write` and
 `i2c_read` below build them. `i2c_msg` is a ctypes structure whose buffer the kernel fills, so
 the fake fills the very same structure and a driver cannot tell the two buses apart. smbus2 is
-imported when the first such message is built, not by `import hardware`.
+imported when the first such message is built, not by `import edgetwin.hardware`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self
 
-from hardware.errors import BusError, HardwareError, SensorMissingError
+from edgetwin.hardware.errors import BusError, HardwareError, SensorMissingError
 
 if TYPE_CHECKING:
     from smbus2 import i2c_msg

@@ -7,11 +7,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from hardware.backends import EmulatedBackend, RealBackend
-from hardware.drivers import OptionValue
-from hardware.errors import HardwareError
-from hardware.probe import i2c_buses, open_first, probe
-from hardware.registry import list_drivers
+from edgetwin.hardware.backends import EmulatedBackend, RealBackend
+from edgetwin.hardware.drivers import OptionValue
+from edgetwin.hardware.errors import HardwareError
+from edgetwin.hardware.probe import i2c_buses, open_first, probe
+from edgetwin.hardware.registry import list_drivers
 
 
 def list_command(out: TextIO = sys.stdout) -> int:

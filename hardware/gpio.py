@@ -43,10 +43,15 @@ from gpiozero.exc import (
 )
 from gpiozero.pins.mock import MockFactory, MockPin, MockTriggerPin, PinState
 
-from hardware.drivers import OptionValue
-from hardware.errors import BusError, HardwareError, SensorMissingError, SensorSettingsError
-from hardware.sensor import Clock
-from hardware.signals import SignalModel
+from edgetwin.hardware.drivers import OptionValue
+from edgetwin.hardware.errors import (
+    BusError,
+    HardwareError,
+    SensorMissingError,
+    SensorSettingsError,
+)
+from edgetwin.hardware.sensor import Clock
+from edgetwin.hardware.signals import SignalModel
 
 BCM_PINS: Final = range(28)
 """GPIO0..GPIO27: the BCM numbers on the 40-pin header of every Pi since the B+."""

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hardware.backends import EmulatedBackend, RealBackend
-from hardware.errors import HardwareError, SensorMissingError
-from hardware.registry import list_drivers, open_sensor
-from hardware.sensor import Sensor
+from edgetwin.hardware.backends import EmulatedBackend, RealBackend
+from edgetwin.hardware.errors import HardwareError, SensorMissingError
+from edgetwin.hardware.registry import list_drivers, open_sensor
+from edgetwin.hardware.sensor import Sensor
 
 
 def open_first(

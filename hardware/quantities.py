@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
-from hardware.sensor import Quantity
-from hardware.signals import (
+from edgetwin.hardware.sensor import Quantity
+from edgetwin.hardware.signals import (
     Clamp,
     DailyCycle,
     Noise,

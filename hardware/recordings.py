@@ -40,7 +40,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from hardware.quantities import UNITS
+from edgetwin.hardware.quantities import UNITS
 
 Format = Literal["csv", "jsonl"]
 Columns = dict[str, tuple[list[float], list[float]]]

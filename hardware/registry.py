@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from hardware.backends import EmulatedBackend, RealBackend
-from hardware.drivers import (
+from edgetwin.hardware.backends import EmulatedBackend, RealBackend
+from edgetwin.hardware.drivers import (
     DriverInfo,
     OptionValue,
     Placement,
@@ -22,10 +22,10 @@ from hardware.drivers import (
     sht3x,
     soc_thermal,
 )
-from hardware.errors import SensorSettingsError, UnknownDriverError
-from hardware.quantities import default_signal
-from hardware.sensor import Quantity, Sensor
-from hardware.signals import SignalModel, derive_seed
+from edgetwin.hardware.errors import SensorSettingsError, UnknownDriverError
+from edgetwin.hardware.quantities import default_signal
+from edgetwin.hardware.sensor import Quantity, Sensor
+from edgetwin.hardware.signals import SignalModel, derive_seed
 
 __all__ = [
     "DRIVERS",

@@ -10,7 +10,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Self
 
-from hardware.errors import HardwareError, SensorMissingError
+from edgetwin.hardware.errors import HardwareError, SensorMissingError
 
 Clock = Callable[[], float]
 """Seconds since the epoch; injected so that tests and virtual-time runs control it."""

@@ -540,7 +540,7 @@ class Replay:
         `column` may be left out when there is only one. See `hardware.recordings.read_columns`
         for the formats, and for `device` and `sensor`, which pick a recording's stream."""
         # Imported here: hardware.recordings needs the vocabulary, which is built on this module.
-        from hardware.recordings import read_columns
+        from edgetwin.hardware.recordings import read_columns
 
         recording = read_columns(path, device=device, sensor=sensor)
         if column is None:
@@ -591,7 +591,7 @@ def replay_csv(
 ) -> dict[str, Replay]:
     """A `Replay` per column of a column table or telemetry recording stream (see
     `hardware.recordings.read_columns`)."""
-    from hardware.recordings import read_columns
+    from edgetwin.hardware.recordings import read_columns
 
     return {
         name: Replay(

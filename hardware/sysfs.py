@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from hardware.errors import BusError, DataError, HardwareError, SensorMissingError
+from edgetwin.hardware.errors import BusError, DataError, HardwareError, SensorMissingError
 
 Renderer = Callable[[], str]
 """Produces a file's content at the moment it is read; raises OSError for a failed read."""

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, Self
 
 import pytest
 
-from gateway.broker import BrokerError, InProcessBroker, MosquittoBroker, free_port
+from edgetwin.gateway.broker import BrokerError, InProcessBroker, MosquittoBroker, free_port
 
 if TYPE_CHECKING:
     from testcontainers.community.mqtt import MosquittoContainer

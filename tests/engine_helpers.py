@@ -17,7 +17,7 @@ from typing import Literal
 
 import msgspec
 
-from agent.contract import Source, Telemetry, Topics, Value
+from edgetwin.agent.contract import Source, Telemetry, Topics, Value
 
 Message = tuple[str, bytes, bool]
 GOLDEN = 0.6180339887498949  # spreads phases evenly over the interval whatever the count

@@ -16,12 +16,12 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
-from agent.config import AgentConfig, AgentMqttSettings, AgentSection, MqttSettings
-from agent.contract import SensorSettings
-from agent.metrics import AgentMetrics
-from agent.runtime import Agent
-from gateway.broker import free_port
-from hardware import EmulatedBackend, RealBackend
+from edgetwin.agent.config import AgentConfig, AgentMqttSettings, AgentSection, MqttSettings
+from edgetwin.agent.contract import SensorSettings
+from edgetwin.agent.metrics import AgentMetrics
+from edgetwin.agent.runtime import Agent
+from edgetwin.gateway.broker import free_port
+from edgetwin.hardware import EmulatedBackend, RealBackend
 from tests.mqtt_helpers import Endpoint, Message
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,11 +13,11 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from agent.config import load_agent_config
-from agent.runtime import Agent
-from hardware import EmulatedBackend
-from hardware.drivers.bme280 import BME280Emulator
-from hardware.signals import Constant, Noise, Sum
+from edgetwin.agent.config import load_agent_config
+from edgetwin.agent.runtime import Agent
+from edgetwin.hardware import EmulatedBackend
+from edgetwin.hardware.drivers.bme280 import BME280Emulator
+from edgetwin.hardware.signals import Constant, Noise, Sum
 
 FRIDGE_TEMPERATURE = 4.0  # °C
 FRIDGE_HUMIDITY = 85.0  # %RH

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.contract import DeviceState, Source, Status, Telemetry
+from edgetwin.agent.contract import DeviceState, Source, Status, Telemetry
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import agent_toml, payload, running_agent, start_edgetwin, stop_process
 from tests.mqtt_helpers import Subscriber

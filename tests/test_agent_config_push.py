@@ -18,16 +18,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.config import AgentConfig, AgentSection, OutboxSettings
-from agent.contract import DesiredConfig, DeviceState, ReportedConfig, SensorSettings, Telemetry
-from agent.desired import (
+from edgetwin.agent.config import AgentConfig, AgentSection, OutboxSettings
+from edgetwin.agent.contract import (
+    DesiredConfig,
+    DeviceState,
+    ReportedConfig,
+    SensorSettings,
+    Telemetry,
+)
+from edgetwin.agent.desired import (
     MAX_DESIRED_BYTES,
     AlreadyApplied,
     DesiredStore,
     Rejection,
     validate_desired,
 )
-from agent.runtime import Agent
+from edgetwin.agent.runtime import Agent
 from tests import fleet_helpers
 from tests.brokers import BrokerUnderTest
 from tests.conftest import BrokerFactory

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, AgentSection, OutboxSettings
-from agent.mqtt import MqttLink, Will
-from agent.outbox import Outbox
-from agent.publisher import OutboxPublisher
-from gateway.broker import MosquittoBroker
+from edgetwin.agent.config import AgentConfig, AgentSection, OutboxSettings
+from edgetwin.agent.mqtt import MqttLink, Will
+from edgetwin.agent.outbox import Outbox
+from edgetwin.agent.publisher import OutboxPublisher
+from edgetwin.gateway.broker import MosquittoBroker
 from tests.brokers import BrokerUnderTest
 from tests.conftest import BrokerFactory
 from tests.fleet_helpers import (

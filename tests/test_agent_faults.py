@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, AgentSection, OutboxSettings, load_agent_config
-from agent.contract import DeviceState, SensorSettings, SensorState, Telemetry
-from hardware import EmulatedBackend, RealBackend
-from hardware.bus import FakeI2CBus
+from edgetwin.agent.config import AgentConfig, AgentSection, OutboxSettings, load_agent_config
+from edgetwin.agent.contract import DeviceState, SensorSettings, SensorState, Telemetry
+from edgetwin.hardware import EmulatedBackend, RealBackend
+from edgetwin.hardware.bus import FakeI2CBus
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import agent_mqtt_settings, agent_thread, bme280
 from tests.mqtt_helpers import Message, Subscriber

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import EXIT_CONFIG
-from agent.contract import DeviceState, Telemetry
-from gateway.broker import free_port
+from edgetwin.agent.config import EXIT_CONFIG
+from edgetwin.agent.contract import DeviceState, Telemetry
+from edgetwin.gateway.broker import free_port
 from tests.brokers import BrokerUnderTest
 from tests.conftest import BrokerFactory
 from tests.fleet_helpers import REPO, poll, start_edgetwin, stop_process

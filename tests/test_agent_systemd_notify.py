@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.systemd import Notifier
-from gateway.broker import free_port
+from edgetwin.agent.systemd import Notifier
+from edgetwin.gateway.broker import free_port
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import agent_toml, start_edgetwin, stop_process
 from tests.mqtt_helpers import Endpoint, Subscriber

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.app import create_app
-from gateway.config import GatewayConfig
+from edgetwin.gateway.app import create_app
+from edgetwin.gateway.config import GatewayConfig
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import mqtt_settings, serving
 

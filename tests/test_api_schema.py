@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
 
-from gateway.app import create_app
-from gateway.config import GatewayConfig, ManifestDevice
+from edgetwin.gateway.app import create_app
+from edgetwin.gateway.config import GatewayConfig, ManifestDevice
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import bme280, mqtt_settings, poll
 

@@ -19,7 +19,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 import tests.brokers
-from gateway.broker import (
+from edgetwin.gateway.broker import (
     BrokerError,
     EmbeddedBroker,
     InProcessBroker,
@@ -252,7 +252,7 @@ def test_mosquitto_bad_config_fails_fast_with_reason() -> None:
 
 
 def test_mosquitto_missing_binary_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("gateway.broker._find_mosquitto", lambda: None)
+    monkeypatch.setattr("edgetwin.gateway.broker._find_mosquitto", lambda: None)
     assert not MosquittoBroker.available()
     with pytest.raises(BrokerError, match="mosquitto binary not found"):
         MosquittoBroker()

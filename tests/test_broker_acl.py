@@ -28,10 +28,10 @@ from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.config import AgentConfig, AgentMqttSettings, AgentSection
-from agent.contract import Presence, Status, Telemetry, Topics
-from agent.mqtt import MqttLink
-from gateway.acl import (
+from edgetwin.agent.config import AgentConfig, AgentMqttSettings, AgentSection
+from edgetwin.agent.contract import Presence, Status, Telemetry, Topics
+from edgetwin.agent.mqtt import MqttLink
+from edgetwin.gateway.acl import (
     ENGINE_USER,
     GATEWAY_USER,
     READER_USER,
@@ -40,10 +40,10 @@ from gateway.acl import (
     password_line,
     write_broker_files,
 )
-from gateway.app import create_app
-from gateway.broker import MosquittoBroker, free_port
-from gateway.config import GatewayConfig, load_gateway_config
-from gateway.engine.sources import endpoint_from_mqtt
+from edgetwin.gateway.app import create_app
+from edgetwin.gateway.broker import MosquittoBroker, free_port
+from edgetwin.gateway.config import GatewayConfig, load_gateway_config
+from edgetwin.gateway.engine.sources import endpoint_from_mqtt
 from tests import fleet_helpers
 from tests.fleet_helpers import bme280, poll
 from tests.tls_certs import OPENSSL_MISSING, Pki, make_pki, openssl_binary

@@ -17,11 +17,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from agent.config import ConfigError
-from agent.contract import SensorSettings, Source, Telemetry, TwinSummary, Value
-from gateway.app import create_app
-from gateway.broker import free_port
-from gateway.config import (
+from edgetwin.agent.config import ConfigError
+from edgetwin.agent.contract import SensorSettings, Source, Telemetry, TwinSummary, Value
+from edgetwin.gateway.app import create_app
+from edgetwin.gateway.broker import free_port
+from edgetwin.gateway.config import (
     COMPAT_LABEL,
     GatewayConfig,
     GatewayMqttSettings,

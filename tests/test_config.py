@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, TlsSettings, load_agent_config
-from gateway.config import (
+from edgetwin.agent.config import ConfigError, TlsSettings, load_agent_config
+from edgetwin.gateway.config import (
     FleetPlan,
     IdScheme,
     StartDevices,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import EXIT_CONFIG
+from edgetwin.agent.config import EXIT_CONFIG
 from tests.fleet_helpers import REPO
 
 # Each case: the file's text, given a directory for its side files, and what the one line must

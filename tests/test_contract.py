@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.contract import (
+from edgetwin.agent.contract import (
     SCHEMA_VERSION,
     ContractError,
     DesiredConfig,

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from gateway.broker import InProcessBroker, MosquittoBroker
+from edgetwin.gateway.broker import InProcessBroker, MosquittoBroker
 from tests.fleet_helpers import REPO, poll
 
 pytestmark = pytest.mark.integration

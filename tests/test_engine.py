@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.broker import MosquittoBroker
-from gateway.engine import Endpoint, EngineController, EngineSettings, EngineStats
+from edgetwin.gateway.broker import MosquittoBroker
+from edgetwin.gateway.engine import Endpoint, EngineController, EngineSettings, EngineStats
 from tests.brokers import BrokerUnderTest
 from tests.engine_helpers import TestScenario
 from tests.fleet_helpers import poll

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from agent.config import ConfigError
-from agent.contract import FaultLabel, Telemetry
-from gateway.app import create_app
-from gateway.config import load_gateway_config
-from gateway.engine import EngineInputError
+from edgetwin.agent.config import ConfigError
+from edgetwin.agent.contract import FaultLabel, Telemetry
+from edgetwin.gateway.app import create_app
+from edgetwin.gateway.config import load_gateway_config
+from edgetwin.gateway.engine import EngineInputError
 from tests.brokers import BrokerUnderTest
 from tests.engine_helpers import TestScenario
 from tests.fleet_helpers import REPO, poll

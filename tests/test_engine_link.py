@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterator
 import msgspec
 import pytest
 
-from gateway.broker import MosquittoBroker
-from gateway.engine.link import Endpoint, EngineLink
-from gateway.engine.mqtt_wire import (
+from edgetwin.gateway.broker import MosquittoBroker
+from edgetwin.gateway.engine.link import Endpoint, EngineLink
+from edgetwin.gateway.engine.mqtt_wire import (
     CONNECT,
     PINGREQ,
     PUBLISH,

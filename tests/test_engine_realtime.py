@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import msgspec
 
-from gateway.engine import EngineStats
-from gateway.engine.realtime import final_line, status_line
+from edgetwin.gateway.engine import EngineStats
+from edgetwin.gateway.engine.realtime import final_line, status_line
 
 
 def stats(**changes: object) -> EngineStats:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.engine.schedule import Entry, Schedule, Timeline
-from gateway.engine.stats import LATENESS_EDGES, Lateness, quantile
+from edgetwin.gateway.engine.schedule import Entry, Schedule, Timeline
+from edgetwin.gateway.engine.stats import LATENESS_EDGES, Lateness, quantile
 
 
 def fleet(n: int, interval: float = 1.0) -> list[Entry]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.engine.mqtt_wire import (
+from edgetwin.gateway.engine.mqtt_wire import (
     CONNACK,
     PUBACK,
     PacketReader,

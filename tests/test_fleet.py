@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from agent.contract import DesiredConfig, Presence, ReportedConfig, Status
-from gateway.config import ManifestDevice
-from gateway.duplicates import FLAP_BIRTHS, FLAP_WINDOW, DuplicateWatch
-from gateway.fleet import MAX_VERSION, DeviceTwin, Fleet, PresenceState
+from edgetwin.agent.contract import DesiredConfig, Presence, ReportedConfig, Status
+from edgetwin.gateway.config import ManifestDevice
+from edgetwin.gateway.duplicates import FLAP_BIRTHS, FLAP_WINDOW, DuplicateWatch
+from edgetwin.gateway.fleet import MAX_VERSION, DeviceTwin, Fleet, PresenceState
 
 
 def status(state: Presence, boot: int, reason: str = "birth", device: str = "pi") -> Status:

@@ -21,8 +21,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.app import create_app
-from gateway.config import GatewayConfig, ManifestDevice
+from edgetwin.gateway.app import create_app
+from edgetwin.gateway.config import GatewayConfig, ManifestDevice
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import bme280, mqtt_settings, poll, running_agent, serving
 

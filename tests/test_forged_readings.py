@@ -17,8 +17,8 @@ import msgspec
 import pytest
 from fastapi.testclient import TestClient
 
-from agent.config import AgentConfig, AgentSection
-from agent.contract import (
+from edgetwin.agent.config import AgentConfig, AgentSection
+from edgetwin.agent.contract import (
     MAX_INT,
     ContractError,
     DesiredConfig,
@@ -29,8 +29,8 @@ from agent.contract import (
     Telemetry,
     TwinSummary,
 )
-from gateway.app import create_app
-from gateway.config import GatewayConfig, ManifestDevice
+from edgetwin.gateway.app import create_app
+from edgetwin.gateway.config import GatewayConfig, ManifestDevice
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import (
     agent_mqtt_settings,

@@ -13,10 +13,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from agent.contract import Source, Telemetry, TwinSummary
-from gateway.app import create_app
-from gateway.broker import free_port
-from gateway.config import GatewayConfig, ManifestDevice
+from edgetwin.agent.contract import Source, Telemetry, TwinSummary
+from edgetwin.gateway.app import create_app
+from edgetwin.gateway.broker import free_port
+from edgetwin.gateway.config import GatewayConfig, ManifestDevice
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import (
     REPO,

@@ -19,21 +19,21 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from agent.contract import SensorSettings, Source, Telemetry, Topics, Value
-from gateway.app import create_app
-from gateway.config import load_gateway_config
-from gateway.learning import (
+from edgetwin.agent.contract import SensorSettings, Source, Telemetry, Topics, Value
+from edgetwin.gateway.app import create_app
+from edgetwin.gateway.config import load_gateway_config
+from edgetwin.gateway.learning import (
     Anchored,
     LearnedSignal,
     QuantityStats,
     StreamLearning,
     StreamStats,
 )
-from gateway.scenario.generator import PlacedStream, PlacedStreams
-from gateway.standins import standin_stream
-from hardware import EmulatedBackend, ManualClock, open_sensor
-from hardware.registry import reading_quantities
-from hardware.signals import (
+from edgetwin.gateway.scenario.generator import PlacedStream, PlacedStreams
+from edgetwin.gateway.standins import standin_stream
+from edgetwin.hardware import EmulatedBackend, ManualClock, open_sensor
+from edgetwin.hardware.registry import reading_quantities
+from edgetwin.hardware.signals import (
     Constant,
     DailyCycle,
     Noise,

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from agent.config import AgentConfig, AgentSection, MqttSettings
-from agent.contract import Source, Telemetry
-from agent.mqtt import MqttLink
-from gateway.app import create_app
-from gateway.config import GatewayConfig
-from gateway.lograte import LogLimiter
+from edgetwin.agent.config import AgentConfig, AgentSection, MqttSettings
+from edgetwin.agent.contract import Source, Telemetry
+from edgetwin.agent.mqtt import MqttLink
+from edgetwin.gateway.app import create_app
+from edgetwin.gateway.config import GatewayConfig
+from edgetwin.gateway.lograte import LogLimiter
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import agent_mqtt_settings, agent_thread, bme280, mqtt_settings, poll
 from tests.mqtt_helpers import connect_client, disconnect_client, publish
@@ -215,7 +215,9 @@ def silent_broker() -> Iterator[tuple[str, int, list[socket.socket]]]:
 
 
 def link_logs(caplog: pytest.LogCaptureFixture, message: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "agent.mqtt" and message in r.getMessage()]
+    return [
+        r for r in caplog.records if r.name == "edgetwin.agent.mqtt" and message in r.getMessage()
+    ]
 
 
 def test_a_broker_that_never_answers_is_logged_once_per_outage(

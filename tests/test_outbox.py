@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.outbox import Entry, Outbox, OutboxError
+from edgetwin.agent.outbox import Entry, Outbox, OutboxError
 
 REPO = Path(__file__).resolve().parents[1]
 CORRUPT_NAME = re.compile(r"^outbox\.db\.corrupt-\d{8}T\d{6}Z(-\d+)?$")
@@ -241,7 +241,7 @@ def test_seq_per_stream_continues_across_close_and_reopen(db: Path) -> None:
 CRASHING_AGENT = """
 import os, signal, sys
 from pathlib import Path
-from agent.outbox import Outbox
+from edgetwin.agent.outbox import Outbox
 
 def make(stream):
     return lambda seq: f"{stream}-{seq}".encode()
@@ -297,7 +297,7 @@ def test_a_crash_keeps_committed_rows_and_seq_and_loses_only_the_buffer(db: Path
 def test_count_bound_drops_the_oldest_counts_and_persists_it(
     db: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="agent.outbox")
+    caplog.set_level(logging.WARNING, logger="edgetwin.agent.outbox")
     with Outbox(db, max_messages=5) as box:
         for _ in range(4):
             box.put("env", reading("env"), "t")
@@ -357,7 +357,7 @@ def test_acked_rows_make_room_before_anything_is_dropped(db: Path) -> None:
 def test_drop_warning_at_most_once_a_minute_with_the_count(
     db: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="agent.outbox")
+    caplog.set_level(logging.WARNING, logger="edgetwin.agent.outbox")
     clock = FakeClock()
     with Outbox(db, max_messages=1, commit_interval=0, clock=clock) as box:
         for step in (0, 1, 10, 20, 61):
@@ -425,7 +425,7 @@ def assert_set_aside(db: Path, original: bytes, caplog: pytest.LogCaptureFixture
     assert [p.name for p in aside if CORRUPT_NAME.match(p.name)] == [aside[0].name]
     assert aside[0].read_bytes() == original
     [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert record.name == "agent.outbox"
+    assert record.name == "edgetwin.agent.outbox"
     assert record.__dict__["moved_to"] == str(aside[0])
     assert record.__dict__["path"] == str(db)
 

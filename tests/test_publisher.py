@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.metrics import NoMetrics
-from agent.mqtt import PublishError
-from agent.outbox import Outbox
-from agent.publisher import OutboxPublisher
+from edgetwin.agent.metrics import NoMetrics
+from edgetwin.agent.mqtt import PublishError
+from edgetwin.agent.outbox import Outbox
+from edgetwin.agent.publisher import OutboxPublisher
 
 
 @dataclass(frozen=True)

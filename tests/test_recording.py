@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import MqttSettings
-from agent.contract import (
+from edgetwin.agent.config import MqttSettings
+from edgetwin.agent.contract import (
     Anomaly,
     FlatReading,
     SensorBackend,
@@ -26,11 +26,11 @@ from agent.contract import (
     Value,
 )
 from edgetwin.cli import main as edgetwin_main
-from gateway.engine import EngineController, EngineInputError, EngineSettings
-from gateway.engine.link import Endpoint
-from gateway.engine.schedule import Entry, Schedule, Timeline
-from gateway.engine.sources import endpoint_from_mqtt
-from gateway.recording import (
+from edgetwin.gateway.engine import EngineController, EngineInputError, EngineSettings
+from edgetwin.gateway.engine.link import Endpoint
+from edgetwin.gateway.engine.schedule import Entry, Schedule, Timeline
+from edgetwin.gateway.engine.sources import endpoint_from_mqtt
+from edgetwin.gateway.recording import (
     LiveRecorder,
     RecordedReading,
     Recorder,
@@ -38,9 +38,9 @@ from gateway.recording import (
     parse_broker,
     read_readings,
 )
-from gateway.standins import StandIns
-from hardware.recordings import RecordingError
-from hardware.signals import Replay, replay_csv
+from edgetwin.gateway.standins import StandIns
+from edgetwin.hardware.recordings import RecordingError
+from edgetwin.hardware.signals import Replay, replay_csv
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import mqtt_settings, start_edgetwin
 from tests.mqtt_helpers import Subscriber, connect_client, disconnect_client

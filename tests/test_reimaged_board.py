@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from agent.contract import Telemetry
-from gateway.app import create_app
-from gateway.config import GatewayConfig, ManifestDevice
+from edgetwin.agent.contract import Telemetry
+from edgetwin.gateway.app import create_app
+from edgetwin.gateway.config import GatewayConfig, ManifestDevice
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import (
     agent_toml,

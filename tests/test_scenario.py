@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from agent.contract import FaultLabel, FlatReading, Status, Telemetry, Topics
-from gateway.scenario import (
+from edgetwin.agent.contract import FaultLabel, FlatReading, Status, Telemetry, Topics
+from edgetwin.gateway.scenario import (
     FAULT_TYPES,
     FaultSpec,
     Message,
@@ -22,9 +22,9 @@ from gateway.scenario import (
     load_scenario,
     parse_scenario,
 )
-from gateway.scenario.virtual import run_virtual
-from hardware.quantities import VOCABULARY, default_signal
-from hardware.signals import LightRandom, derive_seed
+from edgetwin.gateway.scenario.virtual import run_virtual
+from edgetwin.hardware.quantities import VOCABULARY, default_signal
+from edgetwin.hardware.signals import LightRandom, derive_seed
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "scenario.toml"
@@ -725,7 +725,7 @@ def test_resized_default_scenario_keeps_its_id_width() -> None:
 
 
 def test_a_virtual_hour_of_100_devices_into_a_file(tmp_path: Path) -> None:
-    from gateway.scenario.virtual import JsonLinesSink
+    from edgetwin.gateway.scenario.virtual import JsonLinesSink
 
     out = tmp_path / "hour.jsonl"
     sink = JsonLinesSink(out)

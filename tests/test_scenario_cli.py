@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.contract import Status, Telemetry
+from edgetwin.agent.contract import Status, Telemetry
 from tests.brokers import BrokerUnderTest
 from tests.mqtt_helpers import Subscriber
 
@@ -171,7 +171,7 @@ def test_a_real_time_run_plays_the_fleet_on_the_broker_until_its_duration(
 
 @pytest.mark.integration
 def test_the_broker_sink_counts_what_the_broker_never_confirmed(broker: BrokerUnderTest) -> None:
-    from gateway.scenario.virtual import BrokerSink
+    from edgetwin.gateway.scenario.virtual import BrokerSink
 
     sink = BrokerSink(broker.host, broker.port, qos=1, close_timeout=0.5)
     broker.kill()

@@ -10,13 +10,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.contract import SensorSettings, Source, Telemetry, Topics
-from gateway.engine import Endpoint, EngineController, EngineSettings
-from gateway.engine.controller import EngineStateError
-from gateway.scenario import PlacedFleet
-from gateway.scenario.generator import PlacedStreams
-from gateway.standins import StandIns, standin_stream
-from hardware.registry import reading_quantities
+from edgetwin.agent.contract import SensorSettings, Source, Telemetry, Topics
+from edgetwin.gateway.engine import Endpoint, EngineController, EngineSettings
+from edgetwin.gateway.engine.controller import EngineStateError
+from edgetwin.gateway.scenario import PlacedFleet
+from edgetwin.gateway.scenario.generator import PlacedStreams
+from edgetwin.gateway.standins import StandIns, standin_stream
+from edgetwin.hardware.registry import reading_quantities
 from tests.brokers import BrokerUnderTest
 from tests.engine_helpers import TestScenario
 from tests.fleet_helpers import poll

@@ -37,10 +37,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import EXIT_CONFIG, AgentSection, field_default, load_agent_config
-from agent.runtime import IDLE_WAIT
-from agent.systemd import Notifier
-from gateway.broker import free_port
+from edgetwin.agent.config import EXIT_CONFIG, AgentSection, field_default, load_agent_config
+from edgetwin.agent.runtime import IDLE_WAIT
+from edgetwin.agent.systemd import Notifier
+from edgetwin.gateway.broker import free_port
 from tests.brokers import BrokerUnderTest
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,10 +27,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.config import AgentConfig, load_agent_config
-from agent.contract import Status, Telemetry
-from agent.runtime import Agent
-from gateway.broker import MosquittoBroker, free_port
+from edgetwin.agent.config import AgentConfig, load_agent_config
+from edgetwin.agent.contract import Status, Telemetry
+from edgetwin.agent.runtime import Agent
+from edgetwin.gateway.broker import MosquittoBroker, free_port
 from tests.fleet_helpers import agent_thread, poll
 from tests.tls_certs import OPENSSL_MISSING, KeyPair, Pki, make_pki, openssl_binary
 

@@ -13,12 +13,17 @@ import pytest
 from fastapi.testclient import TestClient
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from agent.config import AgentConfig, AgentObservability, AgentSection, ObservabilitySettings
-from agent.runtime import Agent
-from agent.tracing import setup_tracing
-from gateway.app import create_app
-from gateway.broker import free_port
-from gateway.config import GatewayConfig, ManifestDevice
+from edgetwin.agent.config import (
+    AgentConfig,
+    AgentObservability,
+    AgentSection,
+    ObservabilitySettings,
+)
+from edgetwin.agent.runtime import Agent
+from edgetwin.agent.tracing import setup_tracing
+from edgetwin.gateway.app import create_app
+from edgetwin.gateway.broker import free_port
+from edgetwin.gateway.config import GatewayConfig, ManifestDevice
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import agent_mqtt_settings, bme280, mqtt_settings, poll
 

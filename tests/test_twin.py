@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from agent.config import AgentConfig, AgentSection
-from agent.contract import (
+from edgetwin.agent.config import AgentConfig, AgentSection
+from edgetwin.agent.contract import (
     DesiredConfig,
     Presence,
     RebirthRequest,
@@ -26,11 +26,11 @@ from agent.contract import (
     Telemetry,
     TwinSummary,
 )
-from agent.runtime import Agent
-from gateway.app import create_app
-from gateway.broker import MosquittoBroker
-from gateway.config import ApiSection, GatewayConfig, ManifestDevice
-from hardware import EmulatedBackend
+from edgetwin.agent.runtime import Agent
+from edgetwin.gateway.app import create_app
+from edgetwin.gateway.broker import MosquittoBroker
+from edgetwin.gateway.config import ApiSection, GatewayConfig, ManifestDevice
+from edgetwin.hardware import EmulatedBackend
 from tests import fleet_helpers
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import (
@@ -558,7 +558,7 @@ def test_a_restarted_gateway_rebuilds_every_twin_on_a_stock_broker(
 
                 poll(indexed, 10, what="a twin index listing every device")
         with (
-            caplog.at_level(logging.INFO, logger="gateway.service"),
+            caplog.at_level(logging.INFO, logger="edgetwin.gateway.service"),
             gateway(gateway_config(stock)) as restarted,
         ):
             poll(rebuilt, 20, what="every twin rebuilt again, from the index")

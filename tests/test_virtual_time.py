@@ -24,9 +24,9 @@ from typing import Literal
 
 import pytest
 
-from agent.contract import Topics
-from gateway.scenario import Message, Scenario, default_scenario, load_scenario
-from gateway.scenario.virtual import Counts, JsonLinesSink, run_virtual
+from edgetwin.agent.contract import Topics
+from edgetwin.gateway.scenario import Message, Scenario, default_scenario, load_scenario
+from edgetwin.gateway.scenario.virtual import Counts, JsonLinesSink, run_virtual
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "scenario.toml"
@@ -162,7 +162,7 @@ def faults_scenario(tmp_path: Path) -> Scenario:
 def equal_phases(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Scenario:
     # Every stream's phase 0: all first deadlines tie, and the 0.5, 10, 15 and 20 s streams
     # meet again on every common multiple. Phases come from a hash, so only this forces it.
-    import gateway.scenario.model as model
+    import edgetwin.gateway.scenario.model as model
 
     monkeypatch.setattr(model, "_phase", lambda seed, device, sensor, interval: 0.0)
     return faults_scenario(tmp_path)

@@ -1,7 +1,7 @@
 """The scale engine for purely simulated fleets: worker processes, each with its own MQTT
 connection and a deadline schedule over its share of the streams (see controller.py)."""
 
-from gateway.engine.controller import (
+from edgetwin.gateway.engine.controller import (
     EngineController,
     EngineError,
     EngineInputError,
@@ -9,8 +9,8 @@ from gateway.engine.controller import (
     EngineStats,
     WorkerSummary,
 )
-from gateway.engine.link import Endpoint
-from gateway.engine.settings import EngineSettings
+from edgetwin.gateway.engine.link import Endpoint
+from edgetwin.gateway.engine.settings import EngineSettings
 
 __all__ = [
     "Endpoint",

@@ -29,11 +29,11 @@ from typing import Any, Literal
 
 import msgspec
 
-from gateway.engine.interface import PayloadKind, ScenarioLike
-from gateway.engine.link import Endpoint
-from gateway.engine.settings import EngineSettings
-from gateway.engine.stats import LATENESS_EDGES, WorkerStats, add_counts, quantile
-from gateway.engine.worker import WorkerSpec, worker_main
+from edgetwin.gateway.engine.interface import PayloadKind, ScenarioLike
+from edgetwin.gateway.engine.link import Endpoint
+from edgetwin.gateway.engine.settings import EngineSettings
+from edgetwin.gateway.engine.stats import LATENESS_EDGES, WorkerStats, add_counts, quantile
+from edgetwin.gateway.engine.worker import WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
 

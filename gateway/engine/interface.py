@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from agent.contract import Topics
+from edgetwin.agent.contract import Topics
 
 Message = tuple[str, bytes, bool]  # (topic, payload, retain)
 PayloadKind = Literal["edgetwin", "flat"]

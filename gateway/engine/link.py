@@ -37,8 +37,8 @@ from collections import deque
 
 import msgspec
 
-from agent.mqtt import end_gracefully
-from gateway.engine.mqtt_wire import (
+from edgetwin.agent.mqtt import end_gracefully
+from edgetwin.gateway.engine.mqtt_wire import (
     CONNACK,
     DISCONNECT,
     DISCONNECT_PACKET,

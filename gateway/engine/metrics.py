@@ -16,8 +16,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from gateway.engine.controller import EngineController
-from gateway.engine.stats import BUCKETS_PER_DECADE, LATENESS_EDGES, add_counts
+from edgetwin.gateway.engine.controller import EngineController
+from edgetwin.gateway.engine.stats import BUCKETS_PER_DECADE, LATENESS_EDGES, add_counts
 
 # Every 10th fine edge (two per decade, 10 µs to 100 s) is enough for dashboards.
 _EXPOSED = range(0, len(LATENESS_EDGES), BUCKETS_PER_DECADE // 2)

@@ -10,10 +10,10 @@ import time
 from types import FrameType
 from typing import Literal
 
-from gateway.engine.controller import EngineController, EngineError, EngineStats
-from gateway.engine.link import Endpoint
-from gateway.engine.settings import EngineSettings
-from gateway.scenario import Scenario
+from edgetwin.gateway.engine.controller import EngineController, EngineError, EngineStats
+from edgetwin.gateway.engine.link import Endpoint
+from edgetwin.gateway.engine.settings import EngineSettings
+from edgetwin.gateway.scenario import Scenario
 
 REPORT_EVERY = 5.0  # seconds between the status lines on stderr
 

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from agent.config import Secret, Section
+from edgetwin.agent.config import Secret, Section
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 

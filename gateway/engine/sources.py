@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.engine.controller import EngineInputError
-from gateway.engine.interface import ScenarioLike
-from gateway.engine.link import Endpoint
-from gateway.scenario import Scenario, ScenarioError, default_scenario, load_scenario
+from edgetwin.gateway.engine.controller import EngineInputError
+from edgetwin.gateway.engine.interface import ScenarioLike
+from edgetwin.gateway.engine.link import Endpoint
+from edgetwin.gateway.scenario import Scenario, ScenarioError, default_scenario, load_scenario
 
 
 class ScenarioSource(Protocol):

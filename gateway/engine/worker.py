@@ -23,18 +23,18 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from agent.contract import Topics
-from gateway.engine.interface import (
+from edgetwin.agent.contract import Topics
+from edgetwin.gateway.engine.interface import (
     GeneratorLike,
     PayloadKind,
     PlacingGeneratorLike,
     ScenarioLike,
     StreamSpecLike,
 )
-from gateway.engine.link import Endpoint, EngineLink
-from gateway.engine.schedule import Entry, Schedule, Timeline
-from gateway.engine.settings import EngineSettings
-from gateway.engine.stats import DeviceCounts, Lateness, WorkerStats
+from edgetwin.gateway.engine.link import Endpoint, EngineLink
+from edgetwin.gateway.engine.schedule import Entry, Schedule, Timeline
+from edgetwin.gateway.engine.settings import EngineSettings
+from edgetwin.gateway.engine.stats import DeviceCounts, Lateness, WorkerStats
 
 _CHUNK = 256  # ticks between two flushes inside a batch: bounds the lateness a batch adds
 _IDLE_WAIT = 0.25  # seconds; the longest select() when nothing is due (keep-alive, commands)

@@ -17,9 +17,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel
 
-from gateway.auth import Writer
-from gateway.compat import CompatConflictError, SimulatorControl
-from gateway.deps import ControlDep
+from edgetwin.gateway.auth import Writer
+from edgetwin.gateway.compat import CompatConflictError, SimulatorControl
+from edgetwin.gateway.deps import ControlDep
 
 router = APIRouter(tags=["simulator control (original simulator's routes)"])
 

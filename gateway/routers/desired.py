@@ -12,14 +12,14 @@ from typing import Annotated, Any
 import msgspec
 from fastapi import APIRouter, Body, Header, HTTPException, status
 
-from agent.contract import DesiredConfig, SensorName, SensorSettings, Struct
-from gateway.auth import Writer
-from gateway.deps import ServiceDep
-from gateway.fleet import MAX_VERSION
-from gateway.limits import check_sensors
-from gateway.routers.devices import NOT_FOUND, DeviceIdPath
-from gateway.service import ConflictError, GatewayService, UnknownDeviceError
-from gateway.structs import StructResponse, parse_body, request_body, response_schema
+from edgetwin.agent.contract import DesiredConfig, SensorName, SensorSettings, Struct
+from edgetwin.gateway.auth import Writer
+from edgetwin.gateway.deps import ServiceDep
+from edgetwin.gateway.fleet import MAX_VERSION
+from edgetwin.gateway.limits import check_sensors
+from edgetwin.gateway.routers.devices import NOT_FOUND, DeviceIdPath
+from edgetwin.gateway.service import ConflictError, GatewayService, UnknownDeviceError
+from edgetwin.gateway.structs import StructResponse, parse_body, request_body, response_schema
 
 router = APIRouter(prefix="/devices/{device_id}/desired", tags=["desired config"])
 

@@ -6,14 +6,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Path, Response, status
 
-from agent.contract import ID_PATTERN
-from gateway.auth import Writer
-from gateway.config import ManifestDevice
-from gateway.deps import ControlDep, ServiceDep
-from gateway.limits import check_sensors
-from gateway.service import ConflictError, UnknownDeviceError
-from gateway.structs import parse_body, request_body
-from gateway.views import DeviceView, TwinView, device_view, twin_view
+from edgetwin.agent.contract import ID_PATTERN
+from edgetwin.gateway.auth import Writer
+from edgetwin.gateway.config import ManifestDevice
+from edgetwin.gateway.deps import ControlDep, ServiceDep
+from edgetwin.gateway.limits import check_sensors
+from edgetwin.gateway.service import ConflictError, UnknownDeviceError
+from edgetwin.gateway.structs import parse_body, request_body
+from edgetwin.gateway.views import DeviceView, TwinView, device_view, twin_view
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 

@@ -16,12 +16,12 @@ import msgspec
 from fastapi import APIRouter, Body, HTTPException, status
 from starlette.concurrency import run_in_threadpool
 
-from gateway.auth import Writer
-from gateway.deps import ApiDep, EngineDep, ScenariosDep
-from gateway.engine import EngineError, EngineInputError, EngineStateError, EngineStats
-from gateway.limits import check_interval
-from gateway.scenario import FaultRequest
-from gateway.structs import StructResponse, parse_body, request_body, response_schema
+from edgetwin.gateway.auth import Writer
+from edgetwin.gateway.deps import ApiDep, EngineDep, ScenariosDep
+from edgetwin.gateway.engine import EngineError, EngineInputError, EngineStateError, EngineStats
+from edgetwin.gateway.limits import check_interval
+from edgetwin.gateway.scenario import FaultRequest
+from edgetwin.gateway.structs import StructResponse, parse_body, request_body, response_schema
 
 router = APIRouter(prefix="/engine", tags=["scale engine"])
 # Starlette renamed the 422 constant (…_CONTENT) and deprecates the old name; the number stays.

@@ -7,7 +7,7 @@ from collections import Counter
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from gateway.deps import ServiceDep
+from edgetwin.gateway.deps import ServiceDep
 
 router = APIRouter(tags=["fleet"])
 

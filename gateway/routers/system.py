@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from gateway.deps import MetricsDep, ServiceDep
+from edgetwin.gateway.deps import MetricsDep, ServiceDep
 
 router = APIRouter(tags=["system"])
 

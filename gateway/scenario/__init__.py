@@ -6,8 +6,8 @@ plays a scenario faster than real time into a file or a broker. `PlacedFleet` is
 of a run whose streams are placed one device at a time (`PlacedStream`), the twin's stand-ins.
 """
 
-from gateway.scenario.generator import Generator, Message, PlacedFleet, PlacedStream
-from gateway.scenario.model import (
+from edgetwin.gateway.scenario.generator import Generator, Message, PlacedFleet, PlacedStream
+from edgetwin.gateway.scenario.model import (
     FAULT_TYPES,
     FaultRequest,
     FaultSpec,

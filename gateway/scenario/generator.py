@@ -22,8 +22,8 @@ from typing import Any, ClassVar, Final, Literal, TypeVar
 
 import msgspec
 
-from agent.contract import FaultLabel, FlatReading, Presence, Status, Topics
-from gateway.scenario.model import (
+from edgetwin.agent.contract import FaultLabel, FlatReading, Presence, Status, Topics
+from edgetwin.gateway.scenario.model import (
     ConstantPart,
     DailyPart,
     DefaultPart,
@@ -44,10 +44,10 @@ from gateway.scenario.model import (
     replay_path,
     utc_seconds,
 )
-from hardware.quantities import PHYSICAL_LIMITS, UNITS, default_signal
-from hardware.recordings import read_columns
-from hardware.sensor import Quantity
-from hardware.signals import (
+from edgetwin.hardware.quantities import PHYSICAL_LIMITS, UNITS, default_signal
+from edgetwin.hardware.recordings import read_columns
+from edgetwin.hardware.sensor import Quantity
+from edgetwin.hardware.signals import (
     Clamp,
     Constant,
     DailyCycle,

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Annotated, Final, Literal
 
 import msgspec
 
-from agent.contract import ContractError, check_id
-from hardware.quantities import PHYSICAL_LIMITS, UNITS, VOCABULARY
-from hardware.recordings import read_columns
+from edgetwin.agent.contract import ContractError, check_id
+from edgetwin.hardware.quantities import PHYSICAL_LIMITS, UNITS, VOCABULARY
+from edgetwin.hardware.recordings import read_columns
 
 if TYPE_CHECKING:
-    from agent.contract import Topics
-    from gateway.scenario.generator import Generator
+    from edgetwin.agent.contract import Topics
+    from edgetwin.gateway.scenario.generator import Generator
 
 
 class ScenarioError(ValueError):
@@ -509,7 +509,7 @@ class Scenario(_Spec, frozen=True, kw_only=True):
         streams: Sequence[int] | None = None,
         payload: Literal["edgetwin", "flat"] = "edgetwin",
     ) -> Generator:
-        from gateway.scenario.generator import Generator
+        from edgetwin.gateway.scenario.generator import Generator
 
         return Generator(self, topics, streams, payload)
 

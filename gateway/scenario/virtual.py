@@ -22,12 +22,12 @@ from typing import IO, Literal, Protocol
 
 import msgspec
 
-from agent.config import MqttSettings
-from agent.contract import Topics
-from agent.mqtt import Delivery, MqttError, MqttLink
-from gateway.engine.schedule import Entry, Schedule
-from gateway.scenario.generator import Message
-from gateway.scenario.model import Scenario, ScenarioError
+from edgetwin.agent.config import MqttSettings
+from edgetwin.agent.contract import Topics
+from edgetwin.agent.mqtt import Delivery, MqttError, MqttLink
+from edgetwin.gateway.engine.schedule import Entry, Schedule
+from edgetwin.gateway.scenario.generator import Message
+from edgetwin.gateway.scenario.model import Scenario, ScenarioError
 
 _STEP_TICKS = 4096  # ticks a step of the virtual clock takes, on average
 
@@ -234,9 +234,9 @@ def simulate_command(
     """`edgetwin simulate --virtual`: returns the exit code; errors go to stderr."""
     from datetime import UTC, datetime
 
-    from agent.contract import ContractError
-    from gateway.recording import parse_broker
-    from gateway.scenario.model import parse_duration, scenario_for
+    from edgetwin.agent.contract import ContractError
+    from edgetwin.gateway.recording import parse_broker
+    from edgetwin.gateway.scenario.model import parse_duration, scenario_for
 
     try:
         scenario = scenario_for(scenario_path, devices)

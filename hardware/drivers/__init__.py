@@ -16,14 +16,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from hardware.bus import I2CBus, I2CDevice
-from hardware.errors import SensorSettingsError
-from hardware.sensor import BackendKind, Clock, Quantity, Sensor
-from hardware.signals import SignalModel
-from hardware.timing import Timer
+from edgetwin.hardware.bus import I2CBus, I2CDevice
+from edgetwin.hardware.errors import SensorSettingsError
+from edgetwin.hardware.sensor import BackendKind, Clock, Quantity, Sensor
+from edgetwin.hardware.signals import SignalModel
+from edgetwin.hardware.timing import Timer
 
 if TYPE_CHECKING:
-    from hardware.backends import Backend
+    from edgetwin.hardware.backends import Backend
 
 Interface = Literal["i2c", "gpio", "sysfs"]
 OptionValue = bool | int | float | str
@@ -181,7 +181,7 @@ def i2c_driver(
         signals: Mapping[str, SignalModel],
         signals_given: bool,
     ) -> Sensor:
-        from hardware.backends import EmulatedBackend
+        from edgetwin.hardware.backends import EmulatedBackend
 
         _refuse_unknown_options(name, placement.options, options)
         address = default_address if placement.address is None else placement.address

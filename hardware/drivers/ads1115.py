@@ -15,14 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Self
 
-from hardware.bus import I2CBus, I2CDevice, dropout_error
-from hardware.drivers import OptionValue, i2c_driver
-from hardware.drivers.i2c import I2CSensor, SignalInputs
-from hardware.errors import ChipIdError, DataError, SensorSettingsError, SensorTimeoutError
-from hardware.quantities import decimals_for, measured
-from hardware.sensor import BackendKind, Clock, Quantity
-from hardware.signals import Constant, SignalModel
-from hardware.timing import RealTimer, Timer
+from edgetwin.hardware.bus import I2CBus, I2CDevice, dropout_error
+from edgetwin.hardware.drivers import OptionValue, i2c_driver
+from edgetwin.hardware.drivers.i2c import I2CSensor, SignalInputs
+from edgetwin.hardware.errors import ChipIdError, DataError, SensorSettingsError, SensorTimeoutError
+from edgetwin.hardware.quantities import decimals_for, measured
+from edgetwin.hardware.sensor import BackendKind, Clock, Quantity
+from edgetwin.hardware.signals import Constant, SignalModel
+from edgetwin.hardware.timing import RealTimer, Timer
 
 # -- addresses and registers (sections 9.5.1.1 and 9.6) --------------------------------------
 

@@ -16,14 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Self
 
-from hardware.bus import I2CBus, I2CDevice, dropout_error, i2c_read
-from hardware.drivers import OptionValue, i2c_driver
-from hardware.drivers.i2c import I2CSensor
-from hardware.errors import DataError, SensorSettingsError
-from hardware.quantities import decimals_for, measured
-from hardware.sensor import BackendKind, Clock, Quantity
-from hardware.signals import Constant, SignalModel
-from hardware.timing import RealTimer, Timer
+from edgetwin.hardware.bus import I2CBus, I2CDevice, dropout_error, i2c_read
+from edgetwin.hardware.drivers import OptionValue, i2c_driver
+from edgetwin.hardware.drivers.i2c import I2CSensor
+from edgetwin.hardware.errors import DataError, SensorSettingsError
+from edgetwin.hardware.quantities import decimals_for, measured
+from edgetwin.hardware.sensor import BackendKind, Clock, Quantity
+from edgetwin.hardware.signals import Constant, SignalModel
+from edgetwin.hardware.timing import RealTimer, Timer
 
 # -- addresses and instructions (p. 5 "Instruction Set Architecture", p. 10) -----------------
 

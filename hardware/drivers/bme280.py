@@ -15,14 +15,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Self
 
-from hardware.bus import I2CBus, RegisterDevice, dropout_error
-from hardware.drivers import OptionValue, i2c_driver
-from hardware.drivers.i2c import I2CSensor, SignalInputs
-from hardware.errors import ChipIdError, DataError, SensorTimeoutError
-from hardware.quantities import decimals_for, measured
-from hardware.sensor import BackendKind, Clock
-from hardware.signals import Constant, SignalModel
-from hardware.timing import RealTimer, Timer
+from edgetwin.hardware.bus import I2CBus, RegisterDevice, dropout_error
+from edgetwin.hardware.drivers import OptionValue, i2c_driver
+from edgetwin.hardware.drivers.i2c import I2CSensor, SignalInputs
+from edgetwin.hardware.errors import ChipIdError, DataError, SensorTimeoutError
+from edgetwin.hardware.quantities import decimals_for, measured
+from edgetwin.hardware.sensor import BackendKind, Clock
+from edgetwin.hardware.signals import Constant, SignalModel
+from edgetwin.hardware.timing import RealTimer, Timer
 
 # -- register map (section 5.3 and 5.4) ------------------------------------------------------
 

@@ -26,13 +26,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final, Self
 
-from hardware.backends import Backend, EmulatedBackend
-from hardware.drivers import DriverInfo, Placement
-from hardware.errors import DataError
-from hardware.quantities import measured
-from hardware.sensor import BackendKind, Clock, Sensor
-from hardware.signals import SignalModel
-from hardware.timing import RealTimer, Timer
+from edgetwin.hardware.backends import Backend, EmulatedBackend
+from edgetwin.hardware.drivers import DriverInfo, Placement
+from edgetwin.hardware.errors import DataError
+from edgetwin.hardware.quantities import measured
+from edgetwin.hardware.sensor import BackendKind, Clock, Sensor
+from edgetwin.hardware.signals import SignalModel
+from edgetwin.hardware.timing import RealTimer, Timer
 
 if TYPE_CHECKING:
     from gpiozero import Button, Factory
@@ -154,7 +154,7 @@ class ContactButton(Sensor):
     def _open_device(self) -> tuple[Button, Debouncer]:
         from gpiozero import Button
 
-        from hardware import gpio
+        from edgetwin.hardware import gpio
 
         if self._device is not None and self._debouncer is not None:
             return self._device, self._debouncer
@@ -193,7 +193,7 @@ class ContactButton(Sensor):
                 self._debouncer.edge(level, self._timer.monotonic())
 
     def _measure(self) -> Mapping[str, float]:
-        from hardware import gpio
+        from edgetwin.hardware import gpio
 
         with self._lock:
             device, debouncer = self._open_device()
@@ -237,7 +237,7 @@ def open_button(
     emulated back end the pin is driven by a `DigitalOutputEmulator` following the "contact"
     signal (1.0 = closed), wired as `pull_up` says.
     """
-    from hardware import gpio
+    from edgetwin.hardware import gpio
 
     pin = gpio.resolve_pins("button", ("pin",), placement.pins)["pin"]
     options = gpio.DriverOptions("button", placement.options)

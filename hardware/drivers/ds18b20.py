@@ -32,13 +32,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Self
 
-from hardware.backends import Backend, EmulatedBackend
-from hardware.drivers import DriverInfo, Placement, refuse_signals_for_present
-from hardware.errors import DataError, SensorMissingError, SensorSettingsError
-from hardware.quantities import decimals_for, measured
-from hardware.sensor import BackendKind, Clock, Sensor
-from hardware.signals import Constant, SignalModel
-from hardware.sysfs import FakeSysfsTree, SysfsDevice, SysfsTree
+from edgetwin.hardware.backends import Backend, EmulatedBackend
+from edgetwin.hardware.drivers import DriverInfo, Placement, refuse_signals_for_present
+from edgetwin.hardware.errors import DataError, SensorMissingError, SensorSettingsError
+from edgetwin.hardware.quantities import decimals_for, measured
+from edgetwin.hardware.sensor import BackendKind, Clock, Sensor
+from edgetwin.hardware.signals import Constant, SignalModel
+from edgetwin.hardware.sysfs import FakeSysfsTree, SysfsDevice, SysfsTree
 
 FAMILY: Final = 0x28
 """DS18B20's 1-Wire family code; DS18S20 (0x10), DS1822 (0x22) and DS1825 (0x3B) differ in

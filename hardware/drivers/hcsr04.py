@@ -29,18 +29,18 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final, Self
 
-from hardware.backends import Backend, EmulatedBackend
-from hardware.drivers import DriverInfo, Placement
-from hardware.errors import DataError, SensorSettingsError, SensorTimeoutError
-from hardware.quantities import measured
-from hardware.sensor import BackendKind, Clock, Sensor
-from hardware.signals import Constant, SignalModel
+from edgetwin.hardware.backends import Backend, EmulatedBackend
+from edgetwin.hardware.drivers import DriverInfo, Placement
+from edgetwin.hardware.errors import DataError, SensorSettingsError, SensorTimeoutError
+from edgetwin.hardware.quantities import measured
+from edgetwin.hardware.sensor import BackendKind, Clock, Sensor
+from edgetwin.hardware.signals import Constant, SignalModel
 
 if TYPE_CHECKING:
     from gpiozero import Factory
     from gpiozero.pins.mock import MockFactory
 
-    from hardware.gpio import EchoTriggerPin, TappedDevice
+    from edgetwin.hardware.gpio import EchoTriggerPin, TappedDevice
 
 RANGE_MIN: Final = 0.02
 """m; the datasheet's shortest range: nearer, the echo returns while the module still rings."""
@@ -139,7 +139,7 @@ class HCSR04(Sensor):
             device.close()
 
     def _open_device(self) -> TappedDevice:
-        from hardware import gpio
+        from edgetwin.hardware import gpio
 
         if self._device is None:
             self._device = gpio.TappedDevice(
@@ -223,7 +223,7 @@ class HCSR04Emulator:
         A trigger pin left by an earlier emulated HC-SR04 is taken over; any other pin
         already on `trigger` cannot echo, which is a SensorSettingsError.
         """
-        from hardware import gpio
+        from edgetwin.hardware import gpio
 
         what = f"hcsr04 emulator on GPIO{trigger} / GPIO{echo}"
         with gpio.gpio_errors(what):
@@ -255,7 +255,7 @@ def open_hcsr04(
     1..15, default 3). On an emulated back end an `HCSR04Emulator` following the "distance"
     signal answers on the pins.
     """
-    from hardware import gpio
+    from edgetwin.hardware import gpio
 
     pins = gpio.resolve_pins("hcsr04", ("trigger", "echo"), placement.pins)
     options = gpio.DriverOptions("hcsr04", placement.options)

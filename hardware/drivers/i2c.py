@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import ClassVar
 
-from hardware.bus import I2CBus, bus_errors
-from hardware.sensor import BackendKind, Clock, Sensor
-from hardware.signals import Constant, SignalModel
-from hardware.timing import RealTimer, Timer
+from edgetwin.hardware.bus import I2CBus, bus_errors
+from edgetwin.hardware.sensor import BackendKind, Clock, Sensor
+from edgetwin.hardware.signals import Constant, SignalModel
+from edgetwin.hardware.timing import RealTimer, Timer
 
 
 class I2CSensor(Sensor):

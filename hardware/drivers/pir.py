@@ -18,17 +18,17 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final, Self
 
-from hardware.backends import Backend, EmulatedBackend
-from hardware.drivers import DriverInfo, Placement
-from hardware.errors import SensorTimeoutError
-from hardware.quantities import measured
-from hardware.sensor import BackendKind, Clock, Sensor
-from hardware.signals import SignalModel
+from edgetwin.hardware.backends import Backend, EmulatedBackend
+from edgetwin.hardware.drivers import DriverInfo, Placement
+from edgetwin.hardware.errors import SensorTimeoutError
+from edgetwin.hardware.quantities import measured
+from edgetwin.hardware.sensor import BackendKind, Clock, Sensor
+from edgetwin.hardware.signals import SignalModel
 
 if TYPE_CHECKING:
     from gpiozero import Factory
 
-    from hardware.gpio import TappedDevice
+    from edgetwin.hardware.gpio import TappedDevice
 
 DEFAULT_PIN: Final = 17
 """BCM 17 (header pin 11): free of I2C, SPI and UART, next to 3.3 V and GND on pins 1 and 9."""
@@ -96,7 +96,7 @@ class PIRMotion(Sensor):
             device.close()
 
     def _open_device(self) -> TappedDevice:
-        from hardware import gpio
+        from edgetwin.hardware import gpio
 
         if self._device is None:
             self._device = gpio.TappedDevice(
@@ -141,7 +141,7 @@ def open_pir(
     On an emulated back end the pin is driven by a `DigitalOutputEmulator` following the
     "motion" signal (1.0 = output high).
     """
-    from hardware import gpio
+    from edgetwin.hardware import gpio
 
     pin = gpio.resolve_pins("pir", ("pin",), placement.pins, {"pin": DEFAULT_PIN})["pin"]
     options = gpio.DriverOptions("pir", placement.options)

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Self
 
-from hardware.bus import (
+from edgetwin.hardware.bus import (
     MISSING_ERRNOS,
     NACK_ERRNO,
     I2CBus,
@@ -27,13 +27,13 @@ from hardware.bus import (
     i2c_write,
     translate_os_error,
 )
-from hardware.drivers import OptionValue, i2c_driver
-from hardware.drivers.i2c import I2CSensor, SignalInputs
-from hardware.errors import DataError, HardwareError, SensorTimeoutError
-from hardware.quantities import decimals_for, measured
-from hardware.sensor import BackendKind, Clock
-from hardware.signals import Constant, SignalModel
-from hardware.timing import RealTimer, Timer
+from edgetwin.hardware.drivers import OptionValue, i2c_driver
+from edgetwin.hardware.drivers.i2c import I2CSensor, SignalInputs
+from edgetwin.hardware.errors import DataError, HardwareError, SensorTimeoutError
+from edgetwin.hardware.quantities import decimals_for, measured
+from edgetwin.hardware.sensor import BackendKind, Clock
+from edgetwin.hardware.signals import Constant, SignalModel
+from edgetwin.hardware.timing import RealTimer, Timer
 
 # -- addresses and commands (section 4, tables 7, 9, 13, 16) ---------------------------------
 

@@ -22,13 +22,13 @@ import time
 from collections.abc import Mapping
 from typing import Final, Self
 
-from hardware.backends import Backend, EmulatedBackend
-from hardware.drivers import DriverInfo, Placement, refuse_signals_for_present
-from hardware.errors import DataError, SensorSettingsError
-from hardware.quantities import decimals_for, measured
-from hardware.sensor import BackendKind, Clock, Sensor
-from hardware.signals import Constant, SignalModel
-from hardware.sysfs import SysfsDevice, SysfsTree
+from edgetwin.hardware.backends import Backend, EmulatedBackend
+from edgetwin.hardware.drivers import DriverInfo, Placement, refuse_signals_for_present
+from edgetwin.hardware.errors import DataError, SensorSettingsError
+from edgetwin.hardware.quantities import decimals_for, measured
+from edgetwin.hardware.sensor import BackendKind, Clock, Sensor
+from edgetwin.hardware.signals import Constant, SignalModel
+from edgetwin.hardware.sysfs import SysfsDevice, SysfsTree
 
 THERMAL: Final = "class/thermal"
 DEFAULT_ZONE: Final = "thermal_zone0"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hardware.bus import FakeI2CBus
-from hardware.timing import ManualClock, VirtualTimer
+from edgetwin.hardware.bus import FakeI2CBus
+from edgetwin.hardware.timing import ManualClock, VirtualTimer
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardware import EmulatedBackend, Health, open_sensor
-from hardware.bus import FakeI2CBus
-from hardware.drivers.ads1115 import (
+from edgetwin.hardware import EmulatedBackend, Health, open_sensor
+from edgetwin.hardware.bus import FakeI2CBus
+from edgetwin.hardware.drivers.ads1115 import (
     ADDRESS_GND,
     ADS1115,
     CONFIG_RESET,
@@ -39,7 +39,7 @@ from hardware.drivers.ads1115 import (
     signed16,
     volts_from_raw,
 )
-from hardware.errors import (
+from edgetwin.hardware.errors import (
     BusError,
     ChipIdError,
     DataError,
@@ -47,9 +47,9 @@ from hardware.errors import (
     SensorSettingsError,
     SensorTimeoutError,
 )
-from hardware.sensor import BackendKind
-from hardware.signals import Constant
-from hardware.timing import ManualClock, VirtualTimer
+from edgetwin.hardware.sensor import BackendKind
+from edgetwin.hardware.signals import Constant
+from edgetwin.hardware.timing import ManualClock, VirtualTimer
 
 LSB_BY_GAIN = {
     6.144: 187.5e-6,

@@ -9,9 +9,9 @@ import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory, MockPin
 
-from hardware.backends import EmulatedBackend, RealBackend
-from hardware.errors import BusError, DataError, SensorMissingError
-from hardware.sysfs import FakeSysfsTree, SysfsDevice, SysfsTree
+from edgetwin.hardware.backends import EmulatedBackend, RealBackend
+from edgetwin.hardware.errors import BusError, DataError, SensorMissingError
+from edgetwin.hardware.sysfs import FakeSysfsTree, SysfsDevice, SysfsTree
 
 # -- SysfsTree -------------------------------------------------------------------------------
 

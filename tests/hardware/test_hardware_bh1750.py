@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardware import EmulatedBackend, Health, open_sensor
-from hardware.bus import FakeI2CBus, i2c_read
-from hardware.drivers.bh1750 import (
+from edgetwin.hardware import EmulatedBackend, Health, open_sensor
+from edgetwin.hardware.bus import FakeI2CBus, i2c_read
+from edgetwin.hardware.drivers.bh1750 import (
     ADDRESS_HIGH,
     ADDRESS_LOW,
     BH1750,
@@ -37,10 +37,10 @@ from hardware.drivers.bh1750 import (
     parse_options,
     raw_from_lux,
 )
-from hardware.errors import BusError, DataError, SensorMissingError, SensorSettingsError
-from hardware.sensor import BackendKind
-from hardware.signals import Constant
-from hardware.timing import ManualClock, VirtualTimer
+from edgetwin.hardware.errors import BusError, DataError, SensorMissingError, SensorSettingsError
+from edgetwin.hardware.sensor import BackendKind
+from edgetwin.hardware.signals import Constant
+from edgetwin.hardware.timing import ManualClock, VirtualTimer
 
 
 class Rig:

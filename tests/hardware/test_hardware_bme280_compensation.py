@@ -19,7 +19,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from hardware.drivers.bme280 import (
+from edgetwin.hardware.drivers.bme280 import (
     SAMPLE_CALIBRATION,
     SKIPPED_16BIT,
     SKIPPED_20BIT,
@@ -36,7 +36,7 @@ from hardware.drivers.bme280 import (
     raw_temperature,
     unpack_data,
 )
-from hardware.errors import DataError
+from edgetwin.hardware.errors import DataError
 
 DATASHEET_ADC_T = 519888
 DATASHEET_ADC_P = 415148

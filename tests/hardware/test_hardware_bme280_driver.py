@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardware.bus import FakeI2CBus, RegisterDevice
-from hardware.drivers.bme280 import (
+from edgetwin.hardware.bus import FakeI2CBus, RegisterDevice
+from edgetwin.hardware.drivers.bme280 import (
     ADDRESS_PRIMARY,
     ADDRESS_SECONDARY,
     BME280,
@@ -36,7 +36,7 @@ from hardware.drivers.bme280 import (
     measurement_time_typical,
     unpack_data,
 )
-from hardware.errors import (
+from edgetwin.hardware.errors import (
     BusError,
     ChipIdError,
     DataError,
@@ -44,9 +44,9 @@ from hardware.errors import (
     SensorMissingError,
     SensorTimeoutError,
 )
-from hardware.sensor import BackendKind, Health
-from hardware.signals import Constant, RandomWalk
-from hardware.timing import ManualClock, VirtualTimer
+from edgetwin.hardware.sensor import BackendKind, Health
+from edgetwin.hardware.signals import Constant, RandomWalk
+from edgetwin.hardware.timing import ManualClock, VirtualTimer
 
 # At x1 oversampling the ADCs resolve 16 bits. One LSB is 0.0051 °C of t_fine (plus 0.005 °C
 # rounding to the driver's 0.01 °C output), 2.4..3.0 Pa of pressure across -40..85 °C (the

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from hardware.bus import (
+from edgetwin.hardware.bus import (
     MISSING_ERRNOS,
     NO_DEVICE_ERRNO,
     FakeI2CBus,
@@ -15,7 +15,7 @@ from hardware.bus import (
     bus_errors,
     translate_os_error,
 )
-from hardware.errors import BusError, DataError, HardwareError, SensorMissingError
+from edgetwin.hardware.errors import BusError, DataError, HardwareError, SensorMissingError
 
 
 class Memory(RegisterDevice):

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from hardware import BackendKind, EmulatedBackend, RealBackend, SensorMissingError
-from hardware.bus import FakeI2CBus, I2CBus
-from hardware.cli import list_command, option_value, probe_command, read_command
-from hardware.drivers.bme280 import BME280Emulator
-from hardware.probe import Found, i2c_buses, open_first, probe
-from hardware.registry import list_drivers
-from hardware.timing import VirtualTimer
+from edgetwin.hardware import BackendKind, EmulatedBackend, RealBackend, SensorMissingError
+from edgetwin.hardware.bus import FakeI2CBus, I2CBus
+from edgetwin.hardware.cli import list_command, option_value, probe_command, read_command
+from edgetwin.hardware.drivers.bme280 import BME280Emulator
+from edgetwin.hardware.probe import Found, i2c_buses, open_first, probe
+from edgetwin.hardware.registry import list_drivers
+from edgetwin.hardware.timing import VirtualTimer
 
 
 class FakeBoard(RealBackend):

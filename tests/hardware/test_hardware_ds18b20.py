@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardware import Health, open_sensor
-from hardware.backends import EmulatedBackend, RealBackend
-from hardware.drivers.ds18b20 import (
+from edgetwin.hardware import Health, open_sensor
+from edgetwin.hardware.backends import EmulatedBackend, RealBackend
+from edgetwin.hardware.drivers.ds18b20 import (
     DS18B20,
     EMULATED_DEVICE,
     POWER_ON_SCRATCHPAD,
@@ -26,11 +26,11 @@ from hardware.drivers.ds18b20 import (
     raw_temperature,
     scratchpad_for,
 )
-from hardware.errors import BusError, DataError, SensorMissingError, SensorSettingsError
-from hardware.sensor import BackendKind
-from hardware.signals import Constant
-from hardware.sysfs import FakeSysfsTree, SysfsTree
-from hardware.timing import ManualClock
+from edgetwin.hardware.errors import BusError, DataError, SensorMissingError, SensorSettingsError
+from edgetwin.hardware.sensor import BackendKind
+from edgetwin.hardware.signals import Constant
+from edgetwin.hardware.sysfs import FakeSysfsTree, SysfsTree
+from edgetwin.hardware.timing import ManualClock
 
 GOLDEN = Path(__file__).parent / "testcases" / "w1"
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import pytest
 from smbus2 import i2c_msg
 
-from hardware import EmulatedBackend, Health, list_drivers, open_sensor
-from hardware.bus import (
+from edgetwin.hardware import EmulatedBackend, Health, list_drivers, open_sensor
+from edgetwin.hardware.bus import (
     I2C_RDWR_MAX_MSGS,
     NACK_ERRNO,
     FakeI2CBus,
@@ -29,8 +29,8 @@ from hardware.bus import (
     i2c_read,
     i2c_write,
 )
-from hardware.drivers import DriverInfo
-from hardware.errors import (
+from edgetwin.hardware.drivers import DriverInfo
+from edgetwin.hardware.errors import (
     BusError,
     ChipIdError,
     DataError,
@@ -38,8 +38,8 @@ from hardware.errors import (
     SensorMissingError,
     SensorTimeoutError,
 )
-from hardware.sensor import Sensor
-from hardware.timing import ManualClock
+from edgetwin.hardware.sensor import Sensor
+from edgetwin.hardware.timing import ManualClock
 
 # -- fakes -----------------------------------------------------------------------------------
 

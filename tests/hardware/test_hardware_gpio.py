@@ -16,10 +16,10 @@ from gpiozero.pins.mock import MockFactory, MockPin
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardware import Health, open_sensor
-from hardware.backends import EmulatedBackend
-from hardware.drivers.button import ContactButton, Debouncer
-from hardware.drivers.hcsr04 import (
+from edgetwin.hardware import Health, open_sensor
+from edgetwin.hardware.backends import EmulatedBackend
+from edgetwin.hardware.drivers.button import ContactButton, Debouncer
+from edgetwin.hardware.drivers.hcsr04 import (
     GPIOZERO_SPEED_OF_SOUND,
     HCSR04,
     NO_ECHO_PULSE,
@@ -28,12 +28,12 @@ from hardware.drivers.hcsr04 import (
     distance_from_echo,
     echo_time,
 )
-from hardware.drivers.pir import PIRMotion
-from hardware.errors import BusError, DataError, SensorSettingsError, SensorTimeoutError
-from hardware.gpio import DriverOptions, SampleTap, check_gpiozero, resolve_pins
-from hardware.sensor import BackendKind
-from hardware.signals import Constant
-from hardware.timing import ManualClock, RealTimer, VirtualTimer
+from edgetwin.hardware.drivers.pir import PIRMotion
+from edgetwin.hardware.errors import BusError, DataError, SensorSettingsError, SensorTimeoutError
+from edgetwin.hardware.gpio import DriverOptions, SampleTap, check_gpiozero, resolve_pins
+from edgetwin.hardware.sensor import BackendKind
+from edgetwin.hardware.signals import Constant
+from edgetwin.hardware.timing import ManualClock, RealTimer, VirtualTimer
 
 # gpiozero's DistanceSensor warns that software timing is less accurate than pigpio's, and its
 # thread warns on a missed echo: both expected here.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hardware.quantities import (
+from edgetwin.hardware.quantities import (
     PHYSICAL_LIMITS,
     UNITS,
     VOCABULARY,
@@ -13,7 +13,7 @@ from hardware.quantities import (
     measured,
     quantity_info,
 )
-from hardware.registry import list_drivers
+from edgetwin.hardware.registry import list_drivers
 
 T0 = 1_700_000_000.0
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hardware.recordings import (
+from edgetwin.hardware.recordings import (
     HEAD,
     TAIL,
     RecordingError,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import hardware
-from hardware import (
+from edgetwin import hardware
+from edgetwin.hardware import (
     BackendKind,
     ChipIdError,
     EmulatedBackend,
@@ -26,14 +26,14 @@ from hardware import (
     list_drivers,
     open_sensor,
 )
-from hardware.backends import make_backend
-from hardware.bus import FakeI2CBus
-from hardware.drivers.bme280 import BME280Emulator
-from hardware.errors import BusError
-from hardware.quantities import PHYSICAL_LIMITS, decimals_for
-from hardware.registry import reading_quantities
-from hardware.signals import Constant
-from hardware.timing import ManualClock, VirtualTimer
+from edgetwin.hardware.backends import make_backend
+from edgetwin.hardware.bus import FakeI2CBus
+from edgetwin.hardware.drivers.bme280 import BME280Emulator
+from edgetwin.hardware.errors import BusError
+from edgetwin.hardware.quantities import PHYSICAL_LIMITS, decimals_for
+from edgetwin.hardware.registry import reading_quantities
+from edgetwin.hardware.signals import Constant
+from edgetwin.hardware.timing import ManualClock, VirtualTimer
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardware import EmulatedBackend, Health, open_sensor
-from hardware.bus import NACK_ERRNO, FakeI2CBus, I2CDevice, i2c_read, i2c_write
-from hardware.drivers.sht3x import (
+from edgetwin.hardware import EmulatedBackend, Health, open_sensor
+from edgetwin.hardware.bus import NACK_ERRNO, FakeI2CBus, I2CDevice, i2c_read, i2c_write
+from edgetwin.hardware.drivers.sht3x import (
     ADDRESS_ALTERNATE,
     ADDRESS_DEFAULT,
     CMD_CLEAR_STATUS,
@@ -44,16 +44,16 @@ from hardware.drivers.sht3x import (
     temperature_from_raw,
     unpack_words,
 )
-from hardware.errors import (
+from edgetwin.hardware.errors import (
     BusError,
     DataError,
     SensorMissingError,
     SensorSettingsError,
     SensorTimeoutError,
 )
-from hardware.sensor import BackendKind
-from hardware.signals import Constant
-from hardware.timing import ManualClock, VirtualTimer
+from edgetwin.hardware.sensor import BackendKind
+from edgetwin.hardware.signals import Constant
+from edgetwin.hardware.timing import ManualClock, VirtualTimer
 
 T_LSB = 175.0 / RAW_MAX
 """°C per count: 0.00267 °C; the emulator picks the nearest code, so readings land within half."""

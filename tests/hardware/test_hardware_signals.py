@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardware.quantities import PHYSICAL_LIMITS, default_signal, plausible
-from hardware.recordings import read_columns
-from hardware.signals import (
+from edgetwin.hardware.quantities import PHYSICAL_LIMITS, default_signal, plausible
+from edgetwin.hardware.recordings import read_columns
+from edgetwin.hardware.signals import (
     Clamp,
     Constant,
     DailyCycle,
