@@ -251,6 +251,7 @@ class GatewayService:
         if not link.mqtt5:
             return True  # MQTT 3.1.1 has no retain handling: the wildcards brought them all
         probe = self.topics.probe(link.client_id)
+        self._index.forget_broker()
         if not link.fetch_retained([self.topics.all_twin_index()], probe, FETCH_TIMEOUT):
             return False
         devices = self._index.loaded()

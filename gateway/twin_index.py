@@ -28,6 +28,9 @@ class TwinIndexKeeper:
         self._dirty: set[int] = set()
         self._timer: threading.Timer | None = None
         self._loaded: set[str] = set()
+        # What the broker holds per shard, as read from it or last written to it: a rebuild
+        # republishes only the shards that differ, not all 64 after every broker restart.
+        self._on_broker: dict[int, frozenset[str]] = {}
 
     def load(self, document: TwinIndex) -> None:
         """A shard as the broker keeps it (an earlier run's): its devices are fetched, and
@@ -36,6 +39,12 @@ class TwinIndexKeeper:
             devices = {d for d in document.devices if twin_index_shard(d) == document.shard}
             self._shards[document.shard] |= devices
             self._loaded |= devices
+            self._on_broker[document.shard] = frozenset(devices)
+
+    def forget_broker(self) -> None:
+        """The broker's copy is about to be read again (it may have lost it in a restart)."""
+        with self._lock:
+            self._on_broker.clear()
 
     def loaded(self) -> list[str]:
         """The devices the broker's index listed, in id order."""
@@ -68,9 +77,14 @@ class TwinIndexKeeper:
             self._loaded.clear()
 
     def republish(self) -> None:
-        """Publish every shard again (a broker without persistence lost them)."""
+        """Publish the shards the broker does not hold as the twin knows them: all of them
+        after a broker without persistence lost them, none after a plain gateway restart."""
         with self._lock:
-            self._dirty.update(range(TWIN_INDEX_SHARDS))
+            self._dirty.update(
+                shard
+                for shard in range(TWIN_INDEX_SHARDS)
+                if frozenset(self._shards[shard]) != self._on_broker.get(shard, frozenset())
+            )
         self.flush()
 
     def flush(self) -> None:
@@ -78,6 +92,8 @@ class TwinIndexKeeper:
             self._timer = None
             dirty, self._dirty = self._dirty, set()
             documents = {shard: sorted(self._shards[shard]) for shard in sorted(dirty)}
+            for shard, devices in documents.items():
+                self._on_broker[shard] = frozenset(devices)
         for shard, devices in documents.items():
             payload = TwinIndex(shard=shard, devices=devices).encode() if devices else b""
             self._publish(self._topics.twin_index(shard), payload)

@@ -25,6 +25,7 @@ from edgetwin.agent.contract import (
     Status,
     Telemetry,
     TwinSummary,
+    twin_index_shard,
 )
 from edgetwin.agent.runtime import Agent
 from edgetwin.gateway.app import create_app
@@ -558,12 +559,22 @@ def test_a_restarted_gateway_rebuilds_every_twin_on_a_stock_broker(
 
                 poll(indexed, 10, what="a twin index listing every device")
         with (
+            Subscriber(stock, "edgetwin/_index/+", qos=1) as index,
             caplog.at_level(logging.INFO, logger="edgetwin.gateway.service"),
             gateway(gateway_config(stock)) as restarted,
         ):
             poll(rebuilt, 20, what="every twin rebuilt again, from the index")
+            # One more device, after the rebuild: its shard is the gateway's next index write,
+            # so whatever the rebuild itself rewrote has arrived before it.
+            added = {"id": "rack-added", "sensors": {"env": {"driver": "bme280"}}}
+            assert restarted.post("/devices", json=added, headers=AUTH).status_code == 201
+            shard = f"edgetwin/_index/{twin_index_shard('rack-added')}"
+            index.wait_for(lambda m: m.topic == shard and not m.retain, timeout=10)
         read = [r for r in caplog.records if r.getMessage() == "twin documents read"]
         assert [r.__dict__["devices"] for r in read] == [len(devices)]
+        # The broker kept the index: a restart reads it and rewrites none of it.
+        rewritten = [m.topic for m in index.messages() if not m.retain]
+        assert rewritten == [shard]
 
 
 def test_a_device_deleted_and_added_again_gets_versions_its_agent_accepts(
