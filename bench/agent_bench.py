@@ -47,12 +47,12 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from procstat import cpu_seconds, pss_bytes, status_kib
 
 from edgetwin.gateway.broker import MosquittoBroker
 
 DEVICE = "bench-pi"
 FLOOR_IMPORTS = "paho.mqtt.client, gpiozero, smbus2, prometheus_client"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 GOAL_RATIO = 1.25
 GOAL_CPU = 1.0  # % of one core
 
@@ -80,11 +80,10 @@ class Watched:
     def sample(self, t: float) -> None:
         if self.process.poll() is not None:
             return
-        try:
-            status = read_status(self.process.pid)
-            cpu = cpu_seconds(self.process.pid)
-            pss = read_pss(self.process.pid)
-        except (FileNotFoundError, ProcessLookupError):
+        status = status_kib(self.process.pid, ("VmRSS", "RssAnon", "RssFile", "Threads"))
+        cpu = cpu_seconds(self.process.pid)
+        pss = pss_bytes(self.process.pid) // 1024 or None
+        if "VmRSS" not in status:
             return  # exited between poll() and reading
         self.samples.append(
             Sample(
@@ -115,35 +114,6 @@ class Watched:
             "rss_last": last.rss,
             "seconds": last.t - first.t,
         }
-
-
-def read_status(pid: int) -> dict[str, int]:
-    values: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "RssAnon", "RssFile", "Threads"):
-                values[key] = int(rest.split()[0])
-    return values
-
-
-def read_pss(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as rollup:
-            for line in rollup:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except PermissionError:
-        return None
-    return None
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        # The command name (field 2) may contain spaces: count fields after its ')'.
-        fields = stat.read().rsplit(")", 1)[1].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / CLK_TCK
 
 
 # -- the run -----------------------------------------------------------------------------------

@@ -21,23 +21,12 @@ import time
 from pathlib import Path
 
 import httpx
+from procstat import tree_pss_bytes
 
 from edgetwin.gateway.broker import MosquittoBroker, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CHUNK = 64 * 1024
-
-
-def read_pss(pid: int) -> int | None:
-    """kB, or None where /proc does not tell."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as rollup:
-            for line in rollup:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def wait_ready(url: str, timeout: float = 30) -> None:
@@ -96,9 +85,9 @@ def main() -> None:
         )
         try:
             wait_ready(f"http://127.0.0.1:{port}")
-            before = read_pss(process.pid)
+            before = tree_pss_bytes(process.pid) // 1024
             answer, sent, seconds = post_unauthenticated(port, args.mb * 1024 * 1024, args.chunked)
-            after = read_pss(process.pid)
+            after = tree_pss_bytes(process.pid) // 1024
         finally:
             process.terminate()
             process.wait(timeout=30)

@@ -48,31 +48,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from procstat import children, cpu_seconds, pss_bytes, rss_bytes
+
 from edgetwin.agent.contract import Topics
 from edgetwin.gateway.broker import MosquittoBroker, free_port
 from edgetwin.gateway.engine import Endpoint, EngineController, EngineSettings
 from edgetwin.gateway.engine.stats import quantile
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_bytes(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
-
-
-def pss_bytes(pid: int) -> int:
-    """Proportional set size: shared pages (the interpreter, libraries) split among the
-    processes that map them, so a sum over processes counts each page once."""
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 class BrokerCounter:
@@ -283,15 +264,6 @@ def flat_out(broker: MosquittoBroker, counter: BrokerCounter, args: argparse.Nam
     for name, value in per_core.items():
         if name.startswith("engine"):
             print(f"{name}: {value / raw_pc:.2f} x raw paho's best per core (goal >= 0.8)")
-
-
-def children(pid: int) -> list[int]:
-    """Every descendant of `pid`: the engine's workers and multiprocessing's helper."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            found += [int(child), *children(int(child))]
-    return found
 
 
 def gateway_toml(directory: Path, broker: MosquittoBroker, devices: int, args: Any) -> Path:

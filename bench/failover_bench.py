@@ -75,6 +75,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from procstat import children, cpu_seconds, pss_bytes, tree
+
 from edgetwin.agent.contract import (
     ContractError,
     DeviceState,
@@ -98,50 +100,9 @@ AGENT_VERSION = "bench-stand-in"
 SESSION_EXPIRY = 86_400  # the agent's default ([mqtt] session_expiry)
 STATE_INTERVAL = 60.0  # the agent's default ([agent] state_interval)
 WITHIN = 2.0  # the figure's bound, seconds
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- /proc ------------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def pss_bytes(pid: int) -> int:
-    """Proportional set size: shared pages split among the processes that map them."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def children(pid: int) -> list[int]:
-    """Every descendant of `pid`."""
-    found: list[int] = []
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            kids = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for child in kids:
-            found += [int(child), *children(int(child))]
-    return found
-
-
-def tree(pid: int) -> list[int]:
-    return [pid, *children(pid)]
 
 
 def broker_pid() -> int | None:

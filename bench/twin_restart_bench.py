@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from procstat import tree_cpu_seconds, tree_pss_bytes
 
 from edgetwin.agent.contract import (
     DesiredConfig,
@@ -121,16 +121,6 @@ def devices_rebuilt(port: int, expected: int) -> bool:
     )
 
 
-def peak_rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=10_000)
@@ -176,21 +166,23 @@ def main() -> None:
             t0 = time.monotonic()
             deadline = t0 + args.timeout
             done = False
+            peak_pss = 0
             while time.monotonic() < deadline:
+                peak_pss = max(peak_pss, tree_pss_bytes(gateway.pid))
                 if devices_rebuilt(api_port, len(devices)):
                     done = True
                     break
                 time.sleep(0.1)
             elapsed = time.monotonic() - t0
-            cpu = os.popen(f"ps -o times= -p {gateway.pid}").read().strip()
-            peak = peak_rss_mb(gateway.pid)
+            cpu = tree_cpu_seconds(gateway.pid)
         finally:
             gateway.terminate()
             gateway.wait(15)
         if done:
             print(
                 f"gateway start -> every twin rebuilt with its desired version: {elapsed:.1f} s "
-                f"({len(devices):,} devices); gateway CPU {cpu} s, peak RSS {peak:.0f} MB"
+                f"({len(devices):,} devices); gateway CPU {cpu:.1f} s, peak PSS "
+                f"{peak_pss / 2**20:.0f} MiB (sampled every 0.1 s, whole process tree)"
             )
         else:
             print(f"not every twin rebuilt within {args.timeout:.0f} s")
