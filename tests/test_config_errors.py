@@ -85,22 +85,19 @@ def assert_one_line(code: int, stderr: str, program: str, *names: str) -> None:
     assert code == EXIT_CONFIG, stderr
 
 
-@pytest.mark.parametrize("case", sorted(AGENT_CASES))
-def test_agent_config_errors_name_file_and_key(case: str, tmp_path: Path) -> None:
-    text, key = AGENT_CASES[case](tmp_path)
-    config = tmp_path / "agent.toml"
-    config.write_text(text)
-    code, stderr = run("agent", config)
-    assert_one_line(code, stderr, "agent", str(config), key)
+CASES = [("agent", case) for case in sorted(AGENT_CASES)] + [
+    ("gateway", case) for case in sorted(GATEWAY_CASES)
+]
 
 
-@pytest.mark.parametrize("case", sorted(GATEWAY_CASES))
-def test_gateway_config_errors_name_file_and_key(case: str, tmp_path: Path) -> None:
-    text, key = GATEWAY_CASES[case](tmp_path)
-    config = tmp_path / "gateway.toml"
+@pytest.mark.parametrize(("program", "case"), CASES)
+def test_config_errors_name_file_and_key(program: str, case: str, tmp_path: Path) -> None:
+    cases = AGENT_CASES if program == "agent" else GATEWAY_CASES
+    text, key = cases[case](tmp_path)
+    config = tmp_path / f"{program}.toml"
     config.write_text(text)
-    code, stderr = run("gateway", config)
-    assert_one_line(code, stderr, "gateway", str(config), key)
+    code, stderr = run(program, config)
+    assert_one_line(code, stderr, program, str(config), key)
 
 
 @pytest.mark.parametrize("program", ["agent", "gateway"])
