@@ -40,9 +40,10 @@ DOCKER_IMAGE = "eclipse-mosquitto:2"
 class BrokerUnderTest(Protocol):
     """The face every test broker shows; the `broker` fixture yields one, started.
 
-    `protocol` is "5" or "3.1.1" (amqtt): pass it to the client, see
-    `tests.mqtt_helpers.mqtt_version`. `port` stays the same across `restart()`, `stop()` +
-    `start()` and `kill()` + `start()`, so clients can reconnect to the same address.
+    `protocol` is "5" or "3.1.1" (amqtt): pass the broker to `edgetwin.testing.capture`'s
+    helpers, or `as_endpoint(broker)` to anything that takes an `MqttEndpoint`. `port` stays
+    the same across `restart()`, `stop()` + `start()` and `kill()` + `start()`, so clients
+    can reconnect to the same address.
     """
 
     @property

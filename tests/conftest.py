@@ -44,6 +44,6 @@ def broker(broker_factory: BrokerFactory) -> BrokerUnderTest:
 
     Face: host, port, url, protocol ("5", or "3.1.1" for the in-process amqtt broker),
     is_running, start(), stop(), kill(), restart(), close(); the port survives restarts.
-    Pair it with `tests.mqtt_helpers` (Subscriber, connect_client, publish).
+    Pair it with `edgetwin.testing.capture` (Capture, connect_client, publish).
     """
     return broker_factory()

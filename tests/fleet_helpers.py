@@ -22,18 +22,18 @@ from edgetwin.agent.metrics import AgentMetrics
 from edgetwin.agent.runtime import Agent
 from edgetwin.gateway.broker import free_port
 from edgetwin.hardware import EmulatedBackend, RealBackend
-from tests.mqtt_helpers import Endpoint, Message
+from edgetwin.testing.capture import BrokerAddress, Message
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def mqtt_settings(broker: Endpoint, **extra: object) -> MqttSettings:
+def mqtt_settings(broker: BrokerAddress, **extra: object) -> MqttSettings:
     return MqttSettings.from_builtins(
         {"host": broker.host, "port": broker.port, "protocol": broker.protocol, **extra}
     )
 
 
-def agent_mqtt_settings(broker: Endpoint, **extra: object) -> AgentMqttSettings:
+def agent_mqtt_settings(broker: BrokerAddress, **extra: object) -> AgentMqttSettings:
     """An agent's settings: its persistent session (session_expiry) stays on, as in production."""
     return AgentMqttSettings.from_builtins(
         {"host": broker.host, "port": broker.port, "protocol": broker.protocol, **extra}
@@ -47,7 +47,7 @@ def bme280(interval: float, address: int = 0x76) -> SensorSettings:
 
 
 def agent_toml(
-    broker: Endpoint,
+    broker: BrokerAddress,
     device: str,
     state_dir: Path,
     *,
@@ -139,7 +139,7 @@ def agent_thread(
 
 @contextmanager
 def running_agent(
-    broker: Endpoint, device: str, state_dir: Path, interval: float = 0.2
+    broker: BrokerAddress, device: str, state_dir: Path, interval: float = 0.2
 ) -> Iterator[Agent]:
     """An agent with one emulated BME280 on its own thread."""
     config = AgentConfig(

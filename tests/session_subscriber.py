@@ -21,11 +21,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.mqtt_helpers import Endpoint
+from edgetwin.testing.capture import BrokerAddress
 
 
 class SessionSubscriber:
-    def __init__(self, broker: Endpoint, topic_filter: str) -> None:
+    def __init__(self, broker: BrokerAddress, topic_filter: str) -> None:
         self._broker = broker
         self._filter = topic_filter
         self._cond = threading.Condition()

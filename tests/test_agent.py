@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from edgetwin.agent.contract import DeviceState, Source, Status, Telemetry
+from edgetwin.testing.capture import Capture
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import agent_toml, payload, running_agent, start_edgetwin, stop_process
-from tests.mqtt_helpers import Subscriber
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ def test_agent_process_publishes_and_stops_cleanly(
 ) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(agent_toml(broker, DEVICE, tmp_path / "state"))
-    with Subscriber(broker, f"edgetwin/{DEVICE}/#") as sub:
+    with Capture(broker, f"edgetwin/{DEVICE}/#") as sub:
         process = start_edgetwin(["agent", "--config", str(config)])
         try:
             births = sub.wait_for(f"edgetwin/{DEVICE}/status", timeout=10)
@@ -58,7 +58,7 @@ def test_agent_process_publishes_and_stops_cleanly(
     status = Status.decode(offline[-1].payload)
     assert (status.reason, status.boot) == ("shutdown", 1)
     # The broker got the DISCONNECT too: it kept the goodbye and sent no last will over it.
-    with Subscriber(broker, f"edgetwin/{DEVICE}/status") as late:
+    with Capture(broker, f"edgetwin/{DEVICE}/status") as late:
         kept = late.wait_for(lambda m: m.retain, timeout=5)
     assert Status.decode(kept[-1].payload).reason == "shutdown"
     telemetry = [Telemetry.decode(m.payload) for m in readings]
@@ -78,10 +78,10 @@ def test_birth_and_last_will_are_retained(broker: BrokerUnderTest, tmp_path: Pat
     config.write_text(agent_toml(broker, DEVICE, tmp_path / "state", keepalive=1))
     process = start_edgetwin(["agent", "--config", str(config)])
     try:
-        with Subscriber(broker, f"edgetwin/{DEVICE}/status") as sub:
+        with Capture(broker, f"edgetwin/{DEVICE}/status") as sub:
             sub.wait_for(lambda m: payload(m)["state"] == "online", timeout=10)
         # A late subscriber gets the retained birth.
-        with Subscriber(broker, f"edgetwin/{DEVICE}/status") as late:
+        with Capture(broker, f"edgetwin/{DEVICE}/status") as late:
             retained = late.wait_for(lambda m: m.retain, timeout=5)
             assert payload(retained[0])["state"] == "online"
             process.kill()  # no goodbye: only the broker's last will can tell
@@ -89,7 +89,7 @@ def test_birth_and_last_will_are_retained(broker: BrokerUnderTest, tmp_path: Pat
         assert Status.decode(will[-1].payload).reason == "connection_lost"
     finally:
         stop_process(process, signal.SIGKILL)
-    with Subscriber(broker, f"edgetwin/{DEVICE}/status") as after:
+    with Capture(broker, f"edgetwin/{DEVICE}/status") as after:
         retained_will = after.wait_for(lambda m: m.retain, timeout=5)
     assert payload(retained_will[0])["state"] == "offline"
 
@@ -98,7 +98,7 @@ def test_boot_counter_and_seq_persist_across_restarts(
     broker: BrokerUnderTest, tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
-    with Subscriber(broker, f"edgetwin/{DEVICE}/#") as sub:
+    with Capture(broker, f"edgetwin/{DEVICE}/#") as sub:
         with running_agent(broker, DEVICE, state):
             first_run = sub.wait_for(f"edgetwin/{DEVICE}/telemetry/env", count=3, timeout=10)
         last_seq = max(
@@ -133,7 +133,7 @@ def test_bad_config_stops_with_the_key_named(tmp_path: Path) -> None:
 
 def test_state_document_reports_each_sensor(broker: BrokerUnderTest, tmp_path: Path) -> None:
     with (
-        Subscriber(broker, f"edgetwin/{DEVICE}/state") as sub,
+        Capture(broker, f"edgetwin/{DEVICE}/state") as sub,
         running_agent(broker, DEVICE, tmp_path),
     ):
         states = sub.wait_for(timeout=10)

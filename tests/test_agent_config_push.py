@@ -34,11 +34,11 @@ from edgetwin.agent.desired import (
     validate_desired,
 )
 from edgetwin.agent.runtime import Agent
+from edgetwin.testing.capture import Capture, Message, publish
 from tests import fleet_helpers
 from tests.brokers import BrokerUnderTest
 from tests.conftest import BrokerFactory
 from tests.fleet_helpers import agent_mqtt_settings, bme280, payload, poll
-from tests.mqtt_helpers import Message, Subscriber, publish
 
 pytestmark = pytest.mark.integration
 
@@ -127,11 +127,11 @@ V2_SENSORS = {"env": bme280(0.05), "extra": bme280(0.1, address=0x77)}
 BME = {"driver": "bme280", "address": 0x76, "backend": "emulated"}
 
 
-def reports(sub: Subscriber) -> list[ReportedConfig]:
+def reports(sub: Capture) -> list[ReportedConfig]:
     return [ReportedConfig.decode(m.payload) for m in sub.messages(REPORTED)]
 
 
-def wait_report(sub: Subscriber, timeout: float = 5) -> ReportedConfig:
+def wait_report(sub: Capture, timeout: float = 5) -> ReportedConfig:
     return ReportedConfig.decode(sub.wait_for(REPORTED, timeout=timeout)[-1].payload)
 
 
@@ -153,12 +153,12 @@ def report_is(
     return match
 
 
-def seqs(sub: Subscriber, sensor: str) -> list[int]:
+def seqs(sub: Capture, sensor: str) -> list[int]:
     return [Telemetry.decode(m.payload).seq for m in sub.messages(telemetry(sensor))]
 
 
 def push_and_wait_applied(
-    broker: BrokerUnderTest, sub: Subscriber, version: int, sensors: dict[str, SensorSettings]
+    broker: BrokerUnderTest, sub: Capture, version: int, sensors: dict[str, SensorSettings]
 ) -> None:
     publish(broker, DESIRED, desired(version, sensors), retain=True)
     sub.wait_for(report_is("applied", version), timeout=5)
@@ -169,7 +169,7 @@ def push_and_wait_applied(
 
 def test_valid_document_is_applied_without_restart(broker: BrokerUnderTest, tmp_path: Path) -> None:
     with (
-        Subscriber(broker, f"edgetwin/{DEVICE}/#") as sub,
+        Capture(broker, f"edgetwin/{DEVICE}/#") as sub,
         agent_thread(agent_config(broker, tmp_path)) as (agent, _),
     ):
         sub.wait_for(telemetry("env"), count=3)
@@ -203,7 +203,7 @@ def test_valid_document_is_applied_without_restart(broker: BrokerUnderTest, tmp_
     assert DesiredStore(tmp_path / "desired.json").load(DEVICE) == DesiredConfig.decode(
         desired(1, V1_SENSORS)
     )
-    with Subscriber(broker, REPORTED) as late:
+    with Capture(broker, REPORTED) as late:
         retained = late.wait_for(lambda m: m.retain)
     assert ReportedConfig.decode(retained[0].payload).applied_version == 1
 
@@ -250,7 +250,7 @@ def test_bad_documents_are_rejected_and_the_last_good_one_keeps_running(
     broker: BrokerUnderTest, tmp_path: Path
 ) -> None:
     with (
-        Subscriber(broker, f"edgetwin/{DEVICE}/#") as sub,
+        Capture(broker, f"edgetwin/{DEVICE}/#") as sub,
         agent_thread(agent_config(broker, tmp_path)) as (agent, _),
     ):
         push_and_wait_applied(broker, sub, 1, V1_SENSORS)
@@ -282,7 +282,7 @@ def test_bad_documents_are_rejected_and_the_last_good_one_keeps_running(
     assert DesiredStore(tmp_path / "desired.json").load(DEVICE) == DesiredConfig.decode(
         desired(2, V2_SENSORS)
     )
-    with Subscriber(broker, REPORTED) as late:
+    with Capture(broker, REPORTED) as late:
         last = ReportedConfig.decode(late.wait_for(lambda m: m.retain)[0].payload)
     assert (last.status, last.applied_version, last.rejected_version) == ("rejected", 2, 1)
 
@@ -302,7 +302,7 @@ def test_sensor_settings_that_can_never_work_are_rejected(
     not applied as a sensor that would stay missing for ever; the last good config runs on."""
     settings = SensorSettings.from_builtins({**ghost, "backend": "emulated"})
     with (
-        Subscriber(broker, f"edgetwin/{DEVICE}/#") as sub,
+        Capture(broker, f"edgetwin/{DEVICE}/#") as sub,
         agent_thread(agent_config(broker, tmp_path)) as (agent, _),
     ):
         sub.wait_for(telemetry("env"), count=2)
@@ -328,7 +328,7 @@ def test_document_pushed_while_offline_is_applied_once_at_start(
     # order, so every report caused by the earlier one has arrived once the barrier's has.
     barrier = desired(99, V1_SENSORS, device=OTHER)
     publish(broker, DESIRED, desired(1, V1_SENSORS), retain=True)
-    with Subscriber(broker, f"edgetwin/{DEVICE}/#") as sub:
+    with Capture(broker, f"edgetwin/{DEVICE}/#") as sub:
         with agent_thread(config) as (agent, metrics):
             sub.wait_for(report_is("applied", 1))
             sub.wait_for(telemetry("extra"), count=3)
@@ -370,14 +370,14 @@ def test_redelivered_document_is_not_rejected(
     What already runs is no news, and must not be reported as a rejection."""
     broker = broker_factory(persistence=True)  # keeps the retained document across the restart
     with (
-        Subscriber(broker, f"edgetwin/{DEVICE}/#") as sub,
+        Capture(broker, f"edgetwin/{DEVICE}/#") as sub,
         agent_thread(agent_config(broker, tmp_path)) as (agent, metrics),
     ):
         push_and_wait_applied(broker, sub, 1, V1_SENSORS)
         broker.restart()
         poll(lambda: agent.link.connect_count >= 2 and agent.link.connected, 10, what="reconnect")
         publish(broker, DESIRED, desired(99, V1_SENSORS, device=OTHER), retain=True)
-        with Subscriber(broker, REPORTED) as after:
+        with Capture(broker, REPORTED) as after:
             after.wait_for(report_is("rejected", 99))
         assert metrics.configs == ["applied", "rejected"], "the redelivery was handled as news"
         assert agent.applied_version == 1
@@ -387,7 +387,7 @@ def test_last_applied_document_runs_at_boot_without_broker(
     broker: BrokerUnderTest, tmp_path: Path
 ) -> None:
     config = agent_config(broker, tmp_path)
-    with Subscriber(broker, f"edgetwin/{DEVICE}/#") as sub, agent_thread(config):
+    with Capture(broker, f"edgetwin/{DEVICE}/#") as sub, agent_thread(config):
         push_and_wait_applied(broker, sub, 1, V1_SENSORS)
     broker.stop()
     with agent_thread(config) as (agent, _):
@@ -404,7 +404,7 @@ def test_documents_for_other_devices_are_never_seen(
     other_topic = f"edgetwin/{OTHER}/config/desired"
     publish(broker, other_topic, desired(1, V1_SENSORS, device=OTHER), retain=True)
     with (
-        Subscriber(broker, ["edgetwin/+/config/reported", telemetry("#")]) as sub,
+        Capture(broker, ["edgetwin/+/config/reported", telemetry("#")]) as sub,
         agent_thread(agent_config(broker, tmp_path)) as (agent, metrics),
     ):
         sub.wait_for(telemetry("env"))

@@ -15,6 +15,7 @@ from edgetwin.agent.mqtt import MqttLink, Will
 from edgetwin.agent.outbox import Outbox
 from edgetwin.agent.publisher import OutboxPublisher
 from edgetwin.gateway.broker import MosquittoBroker
+from edgetwin.testing.capture import BrokerAddress, Capture
 from tests.brokers import BrokerUnderTest
 from tests.conftest import BrokerFactory
 from tests.fleet_helpers import (
@@ -27,7 +28,6 @@ from tests.fleet_helpers import (
     start_edgetwin,
     stop_process,
 )
-from tests.mqtt_helpers import Endpoint, Subscriber
 from tests.session_subscriber import SessionSubscriber
 
 pytestmark = pytest.mark.integration
@@ -156,7 +156,7 @@ class Drain:
     def __init__(
         self,
         outbox: Outbox,
-        broker: Endpoint,
+        broker: BrokerAddress,
         *,
         max_inflight: int = 100,
         reserved: int = 0,
@@ -199,7 +199,7 @@ def test_the_network_thread_drains_a_backlog_without_the_loop(
 ) -> None:
     """One pump starts the drain; PUBACKs alone carry it on, reading the outbox as they go."""
     rows = 1000
-    with Outbox(tmp_path / "outbox.db") as outbox, Subscriber(broker, "drain/#") as sub:
+    with Outbox(tmp_path / "outbox.db") as outbox, Capture(broker, "drain/#") as sub:
         committed_backlog(outbox, rows, "drain/s")
         with Drain(outbox, broker) as drain:
             drain.publisher.pump()
@@ -216,7 +216,7 @@ def test_a_busy_outbox_hands_the_read_back_to_the_loop(
     """While a commit holds the outbox the network thread does not wait for it: it asks the
     loop to read, and the loop's pump carries the drain on, in order."""
     rows = 500
-    with Outbox(tmp_path / "outbox.db") as outbox, Subscriber(broker, "busy/#") as sub:
+    with Outbox(tmp_path / "outbox.db") as outbox, Capture(broker, "busy/#") as sub:
         committed_backlog(outbox, rows, "busy/s")
         holding, release = threading.Event(), threading.Event()
 
@@ -260,7 +260,7 @@ def test_the_backlog_drains_at_drain_rate_and_live_readings_go_at_once(
     """The backlog gets `drain_rate` messages a second of the clock (here a manual one, so
     the test never races real time); live readings committed meanwhile do not wait for it."""
     clock = ManualClock()
-    with Outbox(tmp_path / "outbox.db") as outbox, Subscriber(broker, "rate/#") as sub:
+    with Outbox(tmp_path / "outbox.db") as outbox, Capture(broker, "rate/#") as sub:
         committed_backlog(outbox, 200, "rate/old")
         with Drain(outbox, broker, drain_rate=100, clock=clock) as drain:
             drain.publisher.pump()  # the connection's boundary: 200 rows of backlog
@@ -301,7 +301,7 @@ def test_the_window_stays_within_the_brokers_receive_maximum(tmp_path: Path) -> 
     with (
         MosquittoBroker(extra_config=["max_inflight_messages 10"]) as small,
         Outbox(tmp_path / "outbox.db") as outbox,
-        Subscriber(small, "rm/#") as sub,
+        Capture(small, "rm/#") as sub,
     ):
         committed_backlog(outbox, rows, "rm/s")
         with Drain(outbox, small, max_inflight=100, reserved=3) as drain:
@@ -334,7 +334,7 @@ def test_a_closing_link_loses_nothing_it_queued_and_sends_no_will(
         for k in range(per_round):
             link.publish(f"closing/{round_}/{k}", b"kept", qos=1, retain=True)
         link.close()
-    with Subscriber(broker, ["closing/#", "marker"]) as sub:
+    with Capture(broker, ["closing/#", "marker"]) as sub:
         # The broker sends a new subscriber the retained messages (a will among them, if one
         # went out) before anything published after it subscribed, such as this marker.
         marker = MqttLink(mqtt_settings(broker))

@@ -20,9 +20,9 @@ from edgetwin.agent.config import AgentConfig, AgentSection, OutboxSettings, loa
 from edgetwin.agent.contract import DeviceState, SensorSettings, SensorState, Telemetry
 from edgetwin.hardware import EmulatedBackend, RealBackend
 from edgetwin.hardware.bus import FakeI2CBus
+from edgetwin.testing.capture import Capture, Message
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import agent_mqtt_settings, agent_thread, bme280
-from tests.mqtt_helpers import Message, Subscriber
 
 pytestmark = pytest.mark.integration
 
@@ -77,12 +77,12 @@ def sensor_state(sensor: str, health: str, reason: str | None = None) -> Callabl
     return match
 
 
-def states_of(sub: Subscriber, sensor: str) -> list[SensorState]:
+def states_of(sub: Capture, sensor: str) -> list[SensorState]:
     documents = [DeviceState.decode(m.payload) for m in sub.messages(STATE)]
     return [d.sensors[sensor] for d in documents if sensor in d.sensors]
 
 
-def seqs(sub: Subscriber, sensor: str) -> list[int]:
+def seqs(sub: Capture, sensor: str) -> list[int]:
     return [Telemetry.decode(m.payload).seq for m in sub.messages(telemetry(sensor))]
 
 
@@ -135,7 +135,7 @@ def test_fault_is_reported_contained_and_recovered(
 ) -> None:
     bus = backend.i2c_bus(1)
     with (
-        Subscriber(broker, f"edgetwin/{DEVICE}/#") as sub,
+        Capture(broker, f"edgetwin/{DEVICE}/#") as sub,
         agent_thread(agent_config(broker, tmp_path), emulated_backend=backend),
     ):
         sub.wait_for(telemetry("outdoor"), count=3, timeout=10)
@@ -171,7 +171,7 @@ def test_transient_fault_recovers_on_its_own(
     wrong once (0x61, a BME680's), and the very next bring-up succeeds."""
     bus = backend.i2c_bus(1)
     with (
-        Subscriber(broker, f"edgetwin/{DEVICE}/#") as sub,
+        Capture(broker, f"edgetwin/{DEVICE}/#") as sub,
         agent_thread(agent_config(broker, tmp_path), emulated_backend=backend),
     ):
         sub.wait_for(telemetry("outdoor"), count=3, timeout=10)
@@ -207,7 +207,7 @@ def test_real_backend_without_i2c_reports_missing_and_the_rest_runs(
     (tmp_path / "dev").mkdir()  # a /dev without i2c-1, whatever this machine has
     with (
         RealBackend(dev_dir=tmp_path / "dev") as real,
-        Subscriber(broker, f"edgetwin/{DEVICE}/#") as sub,
+        Capture(broker, f"edgetwin/{DEVICE}/#") as sub,
         agent_thread(config, emulated_backend=backend, real_backend=real) as agent,
     ):
         sub.wait_for(telemetry("env"), count=5, timeout=10)
@@ -236,7 +236,7 @@ def test_real_backend_default_dev_on_a_machine_without_i2c(
         sensors={"board": bme280_on("real"), "env": bme280(0.05)},
     )
     with (
-        Subscriber(broker, f"edgetwin/{DEVICE}/#") as sub,
+        Capture(broker, f"edgetwin/{DEVICE}/#") as sub,
         agent_thread(config, emulated_backend=backend),
     ):
         sub.wait_for(telemetry("env"), count=3, timeout=10)
@@ -306,7 +306,7 @@ def test_gpio_and_sysfs_sensors_run_emulated(
     )
     config = load_agent_config(path)
     with (
-        Subscriber(broker, f"edgetwin/{DEVICE}/#") as sub,
+        Capture(broker, f"edgetwin/{DEVICE}/#") as sub,
         agent_thread(config, emulated_backend=backend),
     ):
         for sensor in UNITS:
@@ -355,7 +355,7 @@ def test_agent_closes_the_back_ends_it_made(
             "board": bme280_on("real"),  # the agent makes a RealBackend for it, too
         },
     )
-    with Subscriber(broker, telemetry("probe")) as sub, agent_thread(config):
+    with Capture(broker, telemetry("probe")) as sub, agent_thread(config):
         sub.wait_for(count=3, timeout=10)
         assert [p.name.startswith("edgetwin-sysfs-") for p in temp.iterdir()] == [True]
     assert list(temp.iterdir()) == []

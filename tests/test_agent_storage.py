@@ -24,10 +24,10 @@ import pytest
 from edgetwin.agent.config import EXIT_CONFIG
 from edgetwin.agent.contract import DeviceState, Telemetry
 from edgetwin.gateway.broker import free_port
+from edgetwin.testing.capture import Capture, Message
 from tests.brokers import BrokerUnderTest
 from tests.conftest import BrokerFactory
 from tests.fleet_helpers import REPO, poll, start_edgetwin, stop_process
-from tests.mqtt_helpers import Message, Subscriber
 from tests.session_subscriber import SessionSubscriber
 
 DEVICE = "pi-full-disk"
@@ -88,7 +88,7 @@ def test_a_disk_that_fills_up_is_ridden_out_and_recovered_from(
 ) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(agent_toml(broker, tmp_path / "state"))
-    with Subscriber(broker, [f"edgetwin/{DEVICE}/telemetry/+", f"edgetwin/{DEVICE}/state"]) as sub:
+    with Capture(broker, [f"edgetwin/{DEVICE}/telemetry/+", f"edgetwin/{DEVICE}/state"]) as sub:
         agent = start_edgetwin(["agent", "--config", str(config)])
         try:
             sub.wait_for(is_reading, count=5, timeout=15)

@@ -20,9 +20,9 @@ import pytest
 
 from edgetwin.agent.systemd import Notifier
 from edgetwin.gateway.broker import free_port
+from edgetwin.testing.capture import BrokerAddress, Capture
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import agent_toml, start_edgetwin, stop_process
-from tests.mqtt_helpers import Endpoint, Subscriber
 
 pytestmark = pytest.mark.integration
 
@@ -118,7 +118,7 @@ class NoBroker:
 
 
 def run_agent_and_stop(
-    endpoint: Endpoint,
+    endpoint: BrokerAddress,
     listener: NotifyListener,
     tmp_path: Path,
     while_running: Callable[[], object] = lambda: None,
@@ -157,7 +157,7 @@ def run_agent_and_stop(
 def test_process_notifies_ready_watchdog_and_stopping(
     broker: BrokerUnderTest, listener: NotifyListener, tmp_path: Path
 ) -> None:
-    with Subscriber(broker, f"edgetwin/{DEVICE}/telemetry/+") as sub:
+    with Capture(broker, f"edgetwin/{DEVICE}/telemetry/+") as sub:
         stderr = run_agent_and_stop(
             broker, listener, tmp_path, lambda: sub.wait_for(count=3, timeout=10)
         )

@@ -16,7 +16,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 import tests.brokers
 from edgetwin.gateway.broker import (
@@ -27,6 +26,13 @@ from edgetwin.gateway.broker import (
     free_port,
     start_embedded_broker,
 )
+from edgetwin.testing.capture import (
+    Capture,
+    as_endpoint,
+    connect_client,
+    disconnect_client,
+    publish,
+)
 from tests.brokers import (
     ENV_VAR,
     BrokerUnderTest,
@@ -35,7 +41,6 @@ from tests.brokers import (
     start_docker_broker,
     start_test_broker,
 )
-from tests.mqtt_helpers import Subscriber, connect_client, disconnect_client, mqtt_version, publish
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +84,7 @@ def _refuses_connections(host: str, port: int) -> bool:
 
 
 def test_publish_reaches_subscriber(embedded: EmbeddedBroker) -> None:
-    with Subscriber(embedded, "t/#") as sub:
+    with Capture(embedded, "t/#") as sub:
         publish(embedded, "t/a", b"hello")
         (message,) = sub.wait_for("t/a")
     assert message.payload == b"hello"
@@ -90,7 +95,7 @@ def test_retained_message_survives_client_reconnect(embedded: EmbeddedBroker) ->
     publish(embedded, "t/state", b"on", retain=True)
     for _ in range(2):
         # A fresh connection each time: the broker, not the client, must hold the message.
-        with Subscriber(embedded, "t/state") as sub:
+        with Capture(embedded, "t/state") as sub:
             messages = sub.wait_for("t/state")
             assert {(m.payload, m.retain) for m in messages} == {(b"on", True)}
             if isinstance(embedded, MosquittoBroker):
@@ -100,7 +105,7 @@ def test_retained_message_survives_client_reconnect(embedded: EmbeddedBroker) ->
 
 
 def test_last_will_is_delivered_when_the_socket_drops(embedded: EmbeddedBroker) -> None:
-    with Subscriber(embedded, "dev/+/status") as sub:
+    with Capture(embedded, "dev/+/status") as sub:
         doomed = connect_client(
             embedded, will=("dev/pi/status", b"offline", 1, True), start_loop=False
         )
@@ -111,12 +116,12 @@ def test_last_will_is_delivered_when_the_socket_drops(embedded: EmbeddedBroker) 
         (will,) = sub.wait_for("dev/pi/status")
     assert will.payload == b"offline"
     # Published with retain, so a late subscriber learns the device is gone too.
-    with Subscriber(embedded, "dev/pi/status") as late:
+    with Capture(embedded, "dev/pi/status") as late:
         assert late.wait_for("dev/pi/status")[0].retain
 
 
 def test_clean_disconnect_sends_no_last_will(embedded: EmbeddedBroker) -> None:
-    with Subscriber(embedded, ["dev/+/status", "done"]) as sub:
+    with Capture(embedded, ["dev/+/status", "done"]) as sub:
         client = connect_client(embedded, will=("dev/pi/status", b"offline", 1, False))
         disconnect_client(client)
         # Anything published after the DISCONNECT arrives after a will would have.
@@ -128,7 +133,7 @@ def test_clean_disconnect_sends_no_last_will(embedded: EmbeddedBroker) -> None:
 def test_url_host_and_protocol(embedded: EmbeddedBroker) -> None:
     assert embedded.url == f"mqtt://127.0.0.1:{embedded.port}"
     assert embedded.host == "127.0.0.1"
-    assert mqtt_version(embedded.protocol)  # a version paho knows
+    assert as_endpoint(embedded).protocol in ("5", "3.1.1")  # a version paho knows
     assert embedded.is_running
     assert mqtt_handshake(embedded.host, embedded.port)
 
@@ -148,10 +153,7 @@ def test_mosquitto_restart_keeps_the_port_and_clients_reconnect() -> None:
                 connects.append(reason.value)
                 cond.notify_all()
 
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            protocol=mqtt_version(broker.protocol),
-        )
+        client = as_endpoint(broker).paho_client()
         client.on_connect = on_connect
         client.reconnect_delay_set(min_delay=1, max_delay=1)
         client.connect(broker.host, broker.port)
@@ -168,7 +170,7 @@ def test_mosquitto_restart_keeps_the_port_and_clients_reconnect() -> None:
             assert connects == [0, 0]
         finally:
             disconnect_client(client)
-        with Subscriber(broker, "after/restart") as sub:
+        with Capture(broker, "after/restart") as sub:
             publish(broker, "after/restart", b"1")
             sub.wait_for("after/restart")
         assert broker.log_text().count("running") == 2
@@ -189,7 +191,7 @@ def test_mosquitto_retained_messages_are_lost_on_restart_without_persistence() -
     with MosquittoBroker() as broker:
         publish(broker, "t/state", b"on", retain=True)
         broker.restart()
-        with Subscriber(broker, ["t/state", "marker"]) as sub:
+        with Capture(broker, ["t/state", "marker"]) as sub:
             publish(broker, "marker", b"")
             sub.wait_for("marker")
             assert sub.messages("t/state") == []
@@ -211,7 +213,7 @@ def test_mosquitto_persistence_keeps_retained_messages(fault: str) -> None:
             _wait_until(db.exists)
             broker.kill()
             broker.start()
-        with Subscriber(broker, "t/state") as sub:
+        with Capture(broker, "t/state") as sub:
             assert sub.wait_for("t/state")[0].payload == b"on"
 
 
@@ -271,7 +273,7 @@ def test_inprocess_restart_keeps_the_port() -> None:
         port = broker.port
         broker.restart()
         assert broker.port == port
-        with Subscriber(broker, "t") as sub:
+        with Capture(broker, "t") as sub:
             publish(broker, "t", b"x")
             sub.wait_for("t")
         broker.kill()
@@ -324,7 +326,7 @@ def test_importing_the_module_pulls_in_no_heavy_dependency() -> None:
 
 def test_broker_fixture_face(broker: BrokerUnderTest) -> None:
     port = broker.port
-    with Subscriber(broker, "face/#") as sub:
+    with Capture(broker, "face/#") as sub:
         publish(broker, "face/1", b"1")
         sub.wait_for("face/1")
     broker.restart()
@@ -332,7 +334,7 @@ def test_broker_fixture_face(broker: BrokerUnderTest) -> None:
     broker.kill()
     assert not broker.is_running
     broker.start()
-    with Subscriber(broker, "face/#") as sub:
+    with Capture(broker, "face/#") as sub:
         publish(broker, "face/2", b"2")
         sub.wait_for("face/2")
     broker.stop()
@@ -343,7 +345,7 @@ def test_broker_factory_with_persistence(broker_factory: Any) -> None:
     durable: BrokerUnderTest = broker_factory(persistence=True)
     publish(durable, "t/state", b"on", retain=True)
     durable.restart()
-    with Subscriber(durable, "t/state") as sub:
+    with Capture(durable, "t/state") as sub:
         assert sub.wait_for("t/state")[0].payload == b"on"
 
 
@@ -352,7 +354,7 @@ def test_docker_backend() -> None:
     broker = start_docker_broker()
     try:
         port = broker.port
-        with Subscriber(broker, "t") as sub:
+        with Capture(broker, "t") as sub:
             publish(broker, "t", b"x")
             sub.wait_for("t")
         broker.restart()

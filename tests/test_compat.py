@@ -28,9 +28,9 @@ from edgetwin.gateway.config import (
     ManifestDevice,
     load_gateway_config,
 )
+from edgetwin.testing.capture import Capture, Message, connect_client, disconnect_client, publish
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import REPO, bme280, poll, start_edgetwin, stop_process
-from tests.mqtt_helpers import Message, Subscriber, connect_client, disconnect_client, publish
 
 TOKEN = "compat-test-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -54,7 +54,7 @@ def readings_of(device: str, after: float = 0.0) -> Callable[[Message], bool]:
     return match
 
 
-def devices_after(sub: Subscriber, after: float) -> set[str]:
+def devices_after(sub: Capture, after: float) -> set[str]:
     return {device_of(m) for m in sub.messages("sensors/data") if m.received_at > after}
 
 
@@ -139,7 +139,7 @@ def test_code_variant_config_runs_via_the_cli(broker: BrokerUnderTest, tmp_path:
         except httpx.TransportError:
             return False
 
-    with Subscriber(broker, "sensors/#") as sub:
+    with Capture(broker, "sensors/#") as sub:
         process = start_edgetwin(["gateway", "--config", str(path)], env=env)
         try:
             poll(answers, timeout=15, what="gateway API with its broker connection")
@@ -340,7 +340,7 @@ def test_flat_payload_from_the_first_climate_sensor(
         devices=[weather],
     )
     caplog.set_level(logging.WARNING, logger="gateway")
-    with Subscriber(broker, "sensors/data") as sub, gateway(cfg) as client:
+    with Capture(broker, "sensors/data") as sub, gateway(cfg) as client:
         assert client.get("/start?count=2").json()["running"] == 2
         for device in ["weather-01", *ids(0, 1)]:
             sub.wait_for(readings_of(device), count=4, timeout=10)
@@ -483,7 +483,7 @@ def test_route_devices_are_no_twins_and_do_not_outlive_their_gateway(
     never enters the manifest."""
     cfg = config(broker, simulation={"frequency_sec": 0.5})
 
-    with Subscriber(broker, "#") as sub:
+    with Capture(broker, "#") as sub:
         with gateway(cfg) as client:
             client.get("/start?count=2")
             for device in ids(0, 1):
@@ -540,7 +540,7 @@ def test_routes_leave_an_engine_sections_fleet_alone(broker: BrokerUnderTest) ->
     """`[engine] start_devices`: an /engine fleet from the start, which /start and /scale do
     not control (409, naming the section), and without the per-device metric."""
     cfg = config(broker, engine={"start_devices": 2, "start_interval": 0.2, "workers": 0})
-    with Subscriber(broker, "sensors/data") as sub, gateway(cfg) as client:
+    with Capture(broker, "sensors/data") as sub, gateway(cfg) as client:
         for device in ids(0, 1):
             sub.wait_for(readings_of(device), count=2, timeout=10)
         engine = client.get("/engine/status").json()
@@ -562,7 +562,7 @@ def test_without_a_fleet_section_the_routes_group_has_no_per_device_metric(
 ) -> None:
     """No `[simulator]` or `[simulation]`: the routes start the default devices, and only the
     original's formats pay for `mqtt_sent_total{device_id}`."""
-    with Subscriber(broker, "sensors/data") as sub, gateway(config(broker)) as client:
+    with Capture(broker, "sensors/data") as sub, gateway(config(broker)) as client:
         assert client.get("/start?count=2").json() == {
             "status": "started",
             "started": 2,

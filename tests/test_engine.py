@@ -19,10 +19,10 @@ import pytest
 
 from edgetwin.gateway.broker import MosquittoBroker
 from edgetwin.gateway.engine import Endpoint, EngineController, EngineSettings, EngineStats
+from edgetwin.testing.capture import Capture, Message
 from tests.brokers import BrokerUnderTest
 from tests.engine_helpers import TestScenario
 from tests.fleet_helpers import poll
-from tests.mqtt_helpers import Message, Subscriber
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ def spacing(readings: list[dict[str, object]]) -> list[float]:
 
 
 def test_workers_deliver_every_device_at_its_interval(engine: EngineController) -> None:
-    with Subscriber(engine_broker(engine), TELEMETRY, qos=0) as sub:
+    with Capture(engine_broker(engine), TELEMETRY, qos=0) as sub:
         stats = engine.start(TestScenario(devices=12, interval=0.1))
         assert stats.state == "running"
         assert stats.workers == 2
@@ -78,7 +78,7 @@ def engine_broker(engine: EngineController) -> Endpoint:
 
 
 def test_pause_resume_rate_resize_and_stop_take_effect(engine: EngineController) -> None:
-    with Subscriber(engine_broker(engine), TELEMETRY, qos=0) as sub:
+    with Capture(engine_broker(engine), TELEMETRY, qos=0) as sub:
         engine.start(TestScenario(devices=6, interval=0.2))
         sub.wait_for("edgetwin/device_000/telemetry/env", timeout=10, count=2)
 
@@ -143,7 +143,7 @@ def _alive(pid: int) -> bool:
 def test_qos1_readings_are_delivered_in_the_flat_payload(broker: BrokerUnderTest) -> None:
     engine = EngineController(endpoint(broker), EngineSettings(workers=1))
     try:
-        with Subscriber(broker, TELEMETRY, qos=1) as sub:
+        with Capture(broker, TELEMETRY, qos=1) as sub:
             engine.start(TestScenario(devices=5, interval=0.1), qos=1, payload="flat")
             got = sub.wait_for(TELEMETRY, timeout=10, count=20)
             stats = engine.refresh()
@@ -247,7 +247,7 @@ def test_an_mqtt_311_connection_delivers_too(broker: BrokerUnderTest) -> None:
         EngineSettings(workers=1),
     )
     try:
-        with Subscriber(broker, TELEMETRY, qos=0) as sub:
+        with Capture(broker, TELEMETRY, qos=0) as sub:
             engine.start(TestScenario(devices=3, interval=0.1))
             got = sub.wait_for(TELEMETRY, timeout=10, count=9)
     finally:
@@ -263,7 +263,7 @@ def test_a_small_fleet_runs_in_process_and_moves_out_when_it_grows(
     settings = EngineSettings(in_process_rate=50, process_rate=1000, stats_interval=0.2)
     controller = EngineController(endpoint(broker), settings)
     try:
-        with Subscriber(broker, TELEMETRY, qos=0) as sub:
+        with Capture(broker, TELEMETRY, qos=0) as sub:
             small = controller.start(TestScenario(devices=2, interval=0.1), fleet="test")
             assert (small.workers, small.fleet) == (0, "test")
             assert controller.worker_pids() == [os.getpid()]

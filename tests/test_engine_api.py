@@ -14,10 +14,10 @@ from edgetwin.agent.contract import FaultLabel, Telemetry
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import load_gateway_config
 from edgetwin.gateway.engine import EngineInputError
+from edgetwin.testing.capture import Capture
 from tests.brokers import BrokerUnderTest
 from tests.engine_helpers import TestScenario
 from tests.fleet_helpers import REPO, poll
-from tests.mqtt_helpers import Subscriber
 
 pytestmark = pytest.mark.integration
 
@@ -190,7 +190,7 @@ def test_a_fault_injected_through_the_api_is_in_the_stream_and_labelled(
     `anomaly` while it lasts and a start and an end document on the labels topic."""
     config = load_gateway_config(gateway_toml(broker, tmp_path), environ={})
     with (
-        Subscriber(broker, "edgetwin/#") as sub,
+        Capture(broker, "edgetwin/#") as sub,
         TestClient(create_app(config)) as client,
     ):
         started = client.post("/engine/start", json={"devices": 3, "interval": 0.1}, headers=BEARER)
@@ -233,7 +233,7 @@ def test_a_configured_fleet_starts_with_the_gateway(
     toml = gateway_toml(broker, tmp_path, "start_devices = 4\nstart_interval = 0.2\n")
     config = load_gateway_config(toml, environ={})
     with (
-        Subscriber(broker, "edgetwin/+/telemetry/+") as sub,
+        Capture(broker, "edgetwin/+/telemetry/+") as sub,
         TestClient(create_app(config)) as client,
     ):
         for device in ("device_000", "device_003"):

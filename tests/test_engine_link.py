@@ -28,8 +28,8 @@ from edgetwin.gateway.engine.mqtt_wire import (
     PacketReader,
     remaining_length,
 )
+from edgetwin.testing.capture import Capture
 from tests.brokers import BrokerUnderTest
-from tests.mqtt_helpers import Subscriber
 from tests.test_tls import (  # noqa: F401  (fixtures, used by name)
     PASSWORD,
     SUBSCRIBER,
@@ -96,7 +96,7 @@ def test_messages_arrive_in_order_and_are_counted_as_sent_and_acked(
     n = 300
     link = connected_link(Endpoint(broker.host, broker.port, protocol=protocol))
     try:
-        with Subscriber(broker, TOPIC, qos=qos) as sub:
+        with Capture(broker, TOPIC, qos=qos) as sub:
             for i in range(n):
                 publish_seq(link, i, qos)
                 if i % 50 == 49:
@@ -143,7 +143,7 @@ def test_close_writes_everything_before_disconnect() -> None:
     n = 20_000
     with (
         MosquittoBroker(extra_config=["max_queued_messages 0"]) as broker,
-        Subscriber(broker, TOPIC, qos=1) as sub,
+        Capture(broker, TOPIC, qos=1) as sub,
     ):
         link = connected_link(Endpoint(broker.host, broker.port))
         for i in range(n):

@@ -31,6 +31,7 @@ from edgetwin.agent.contract import (
 )
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig, ManifestDevice
+from edgetwin.testing.capture import Capture, Message, publish
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import (
     agent_mqtt_settings,
@@ -43,7 +44,6 @@ from tests.fleet_helpers import (
     start_edgetwin,
     stop_process,
 )
-from tests.mqtt_helpers import Message, Subscriber, publish
 
 DEVICE = "forged-01"
 TOO_LARGE = 2**64  # the tester's number, beyond SQLite's INTEGER (2**63 - 1)
@@ -155,7 +155,7 @@ def test_an_agent_treats_an_unusable_twin_document_as_absent(
 ) -> None:
     publish(broker, f"edgetwin/{DEVICE}/twin", twin_json(seq), retain=True)
     with (
-        Subscriber(broker, f"edgetwin/{DEVICE}/telemetry/env") as sub,
+        Capture(broker, f"edgetwin/{DEVICE}/telemetry/env") as sub,
         agent_thread(agent_config(broker, tmp_path)) as agent,
     ):
         readings = sub.wait_for(count=10, timeout=15)
@@ -202,7 +202,7 @@ def test_a_forged_seq_neither_moves_the_twin_nor_kills_the_returning_agent(
     config.write_text(agent_toml(broker, DEVICE, tmp_path / "state", outdoor=False))
     telemetry = f"edgetwin/{DEVICE}/telemetry/env"
     with (
-        Subscriber(broker, telemetry) as sub,
+        Capture(broker, telemetry) as sub,
         TestClient(create_app(gateway_config(broker))) as client,
     ):
         # The device has no agent: the gateway simulates it, and sees its own readings back.
@@ -215,7 +215,7 @@ def test_a_forged_seq_neither_moves_the_twin_nor_kills_the_returning_agent(
         poll(lambda: ignored(client, "malformed") == 1, 5, what="the malformed reading counted")
         assert twin_seq(client) < 1_000
         twin_topic = f"edgetwin/{DEVICE}/twin"
-        with Subscriber(broker, twin_topic) as twins:
+        with Capture(broker, twin_topic) as twins:
             twins.wait_for(twin_topic, timeout=5)
             assert all(
                 serving["seq"] < 1_000

@@ -17,6 +17,7 @@ from edgetwin.agent.contract import Source, Telemetry, TwinSummary
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.broker import free_port
 from edgetwin.gateway.config import GatewayConfig, ManifestDevice
+from edgetwin.testing.capture import Capture, Message
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import (
     REPO,
@@ -29,7 +30,6 @@ from tests.fleet_helpers import (
     start_edgetwin,
     stop_process,
 )
-from tests.mqtt_helpers import Message, Subscriber
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +82,7 @@ def served_by(client: TestClient, device: str) -> str | None:
 
 def test_gateway_simulates_a_device_without_agent(broker: BrokerUnderTest) -> None:
     with (
-        Subscriber(broker, "edgetwin/#") as sub,
+        Capture(broker, "edgetwin/#") as sub,
         gateway(gateway_config(broker, DEVICE, "greenhouse-02")) as client,
     ):
         for device in (DEVICE, "greenhouse-02"):
@@ -107,7 +107,7 @@ def test_gateway_simulates_a_device_without_agent(broker: BrokerUnderTest) -> No
 def test_failback_when_agent_starts_and_failover_when_it_stops(
     broker: BrokerUnderTest, tmp_path: Path
 ) -> None:
-    with Subscriber(broker, "edgetwin/#") as sub, gateway(gateway_config(broker, DEVICE)) as client:
+    with Capture(broker, "edgetwin/#") as sub, gateway(gateway_config(broker, DEVICE)) as client:
         sub.wait_for(simulated(DEVICE), count=3, timeout=10)
         with running_agent(broker, DEVICE, tmp_path / "state", interval=INTERVAL):
             sub.wait_for(from_agent(DEVICE), count=3, timeout=10)
@@ -139,7 +139,7 @@ def test_failover_on_agent_crash_within_last_will_delay(
 ) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(agent_toml(broker, DEVICE, tmp_path / "state", keepalive=1))
-    with Subscriber(broker, "edgetwin/#") as sub, gateway(gateway_config(broker, DEVICE)) as client:
+    with Capture(broker, "edgetwin/#") as sub, gateway(gateway_config(broker, DEVICE)) as client:
         process = start_edgetwin(["agent", "--config", str(config)])
         try:
             sub.wait_for(from_agent(DEVICE), count=3, timeout=10)
@@ -175,7 +175,7 @@ def test_seed_simulator_config_runs_unchanged(broker: BrokerUnderTest, tmp_path:
     config = tmp_path / "simulator.toml"
     config.write_text(text)
     environment = {"EDGETWIN_SERVER_PORT": str(api_port), "EDGETWIN_PROMETHEUS_HOST": "127.0.0.1"}
-    with Subscriber(broker, "sensors/#") as sub:
+    with Capture(broker, "sensors/#") as sub:
         process = start_edgetwin(["gateway", "--config", str(config)], env=environment)
         try:
             # Ten devices, every 2 s: two rounds of all ten within a few seconds.

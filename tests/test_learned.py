@@ -42,10 +42,10 @@ from edgetwin.hardware.signals import (
     Sum,
     derive_seed,
 )
+from edgetwin.testing.capture import Capture, Message
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import REPO, poll, stop_process
 from tests.fridge_agent import FRIDGE_HUMIDITY, FRIDGE_TEMPERATURE
-from tests.mqtt_helpers import Message, Subscriber
 
 START = 1_795_000_000.0  # a virtual epoch, 2026-11-18 07:06:40 UTC
 DEVICE = "lab-01"
@@ -611,7 +611,7 @@ def test_gateway_continues_a_killed_agents_stream_from_its_last_value(
     agent_file = tmp_path / "agent.toml"
     agent_file.write_text(fridge_agent_toml(broker, tmp_path / "state"))
     with (
-        Subscriber(broker, f"edgetwin/{FRIDGE}/telemetry/env") as sub,
+        Capture(broker, f"edgetwin/{FRIDGE}/telemetry/env") as sub,
         TestClient(create_app(load_gateway_config(gateway_file))) as client,
     ):
         agent = subprocess.Popen(

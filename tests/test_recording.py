@@ -41,9 +41,9 @@ from edgetwin.gateway.recording import (
 from edgetwin.gateway.standins import StandIns
 from edgetwin.hardware.recordings import RecordingError
 from edgetwin.hardware.signals import Replay, replay_csv
+from edgetwin.testing.capture import Capture, connect_client, disconnect_client
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import mqtt_settings, start_edgetwin
-from tests.mqtt_helpers import Subscriber, connect_client, disconnect_client
 
 T0 = 1_790_000_000.0  # a fixed recorded epoch, far from now, so shifted times stand out
 
@@ -584,7 +584,7 @@ def test_the_cli_loops_for_its_duration_and_counts_what_reached_the_socket(
     source = write(tmp_path / "source.jsonl", sample_stream())
     address = f"{broker.host}:{broker.port}"
     args = ["--speed", "10", "--loop", "--duration", "1.2", "--device", "replayed", "--qos", "0"]
-    with Subscriber(broker, "edgetwin/replayed/telemetry/+") as sub:
+    with Capture(broker, "edgetwin/replayed/telemetry/+") as sub:
         began = time.monotonic()
         assert edgetwin_main(["replay", str(source), "--broker", address, *args]) == 0
         took = time.monotonic() - began

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from edgetwin.agent.contract import Telemetry
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig, ManifestDevice
+from edgetwin.testing.capture import Capture, Message
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import (
     agent_toml,
@@ -26,7 +27,6 @@ from tests.fleet_helpers import (
     start_edgetwin,
     stop_process,
 )
-from tests.mqtt_helpers import Message, Subscriber
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +69,7 @@ def test_a_wiped_state_directory_is_a_new_life_that_continues_the_stream(
     config = tmp_path / "agent.toml"
     config.write_text(agent_toml(broker, DEVICE, state_dir, interval=INTERVAL, outdoor=False))
     with (
-        Subscriber(broker, f"edgetwin/{DEVICE}/telemetry/env") as sub,
+        Capture(broker, f"edgetwin/{DEVICE}/telemetry/env") as sub,
         TestClient(create_app(gateway_config(broker))) as client,
     ):
         # A few lives, so that the boot count is well above where a wiped disk restarts it.

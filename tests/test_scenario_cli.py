@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from edgetwin.agent.contract import Status, Telemetry
+from edgetwin.testing.capture import Capture
 from tests.brokers import BrokerUnderTest
-from tests.mqtt_helpers import Subscriber
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "scenario.toml"
@@ -130,7 +130,7 @@ def test_a_virtual_run_publishes_to_a_broker(broker: BrokerUnderTest, tmp_path: 
         duration = "20s"
         """
     )
-    with Subscriber(broker, "edgetwin/#") as sub:
+    with Capture(broker, "edgetwin/#") as sub:
         result = simulate(
             "--scenario", str(scenario), "--virtual", "--start", "2026-01-01T00:00:00",
             "--duration", "60s", "--broker", f"{broker.host}:{broker.port}", "--quiet",
@@ -141,7 +141,7 @@ def test_a_virtual_run_publishes_to_a_broker(broker: BrokerUnderTest, tmp_path: 
     statuses = [Status.decode(m.payload) for m in received if m.topic.endswith("/status")]
     assert [s.state for s in statuses] == ["offline", "online"]
     # The online status is what stays retained for late subscribers.
-    with Subscriber(broker, "edgetwin/dev-001/status") as late:
+    with Capture(broker, "edgetwin/dev-001/status") as late:
         retained = late.wait_for("edgetwin/dev-001/status", timeout=10)
     assert Status.decode(retained[0].payload).state == "online"
 
@@ -151,7 +151,7 @@ def test_a_real_time_run_plays_the_fleet_on_the_broker_until_its_duration(
     broker: BrokerUnderTest,
 ) -> None:
     """Without --virtual the scale engine plays the scenario now, straight to the broker."""
-    with Subscriber(broker, "edgetwin/+/telemetry/+") as sub:
+    with Capture(broker, "edgetwin/+/telemetry/+") as sub:
         result = simulate(
             "--devices", "3", "--broker", f"{broker.host}:{broker.port}",
             "--duration", "2", "--workers", "1", "--qos", "0",

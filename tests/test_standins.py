@@ -17,10 +17,10 @@ from edgetwin.gateway.scenario import PlacedFleet
 from edgetwin.gateway.scenario.generator import PlacedStreams
 from edgetwin.gateway.standins import StandIns, standin_stream
 from edgetwin.hardware.registry import reading_quantities
+from edgetwin.testing.capture import Capture, Message
 from tests.brokers import BrokerUnderTest
 from tests.engine_helpers import TestScenario
 from tests.fleet_helpers import poll
-from tests.mqtt_helpers import Message, Subscriber
 
 TELEMETRY = "edgetwin/+/telemetry/+"
 FAST = SensorSettings(driver="bme280", address=0x76, interval=0.05)
@@ -48,7 +48,7 @@ def readings(messages: list[Message], device: str, sensor: str = "env") -> list[
 def test_a_stand_in_continues_the_numbering_and_hands_back_its_last_seq(
     broker: BrokerUnderTest, standins: StandIns
 ) -> None:
-    with Subscriber(broker, TELEMETRY, qos=0) as sub:
+    with Capture(broker, TELEMETRY, qos=0) as sub:
         assert standins.serve("pi", {"env": FAST}, {"env": 100})
         assert not standins.serve("pi", {"env": FAST}, {"env": 100})  # nothing to change
         sub.wait_for("edgetwin/pi/telemetry/env", timeout=10, count=5)
@@ -76,7 +76,7 @@ def test_readings_carry_the_drivers_quantities_units_and_resolution(
     broker: BrokerUnderTest, standins: StandIns
 ) -> None:
     adc = SensorSettings(driver="ads1115", address=0x48, interval=0.05, options={"channels": "0,2"})
-    with Subscriber(broker, TELEMETRY, qos=0) as sub:
+    with Capture(broker, TELEMETRY, qos=0) as sub:
         standins.serve("lab", {"env": FAST, "adc": adc})
         sub.wait_for("edgetwin/lab/telemetry/adc", timeout=10, count=2)
         sub.wait_for("edgetwin/lab/telemetry/env", timeout=10, count=2)
@@ -99,7 +99,7 @@ def test_changed_settings_restart_a_stream_and_its_numbering_goes_on(
     broker: BrokerUnderTest, standins: StandIns
 ) -> None:
     slow = SensorSettings(driver="bme280", address=0x76, interval=0.1)
-    with Subscriber(broker, "edgetwin/pi/telemetry/env", qos=0) as sub:
+    with Capture(broker, "edgetwin/pi/telemetry/env", qos=0) as sub:
         standins.serve("pi", {"env": FAST})
         sub.wait_for(timeout=10, count=4)
         standins.serve("pi", {"env": slow})
@@ -116,7 +116,7 @@ def test_a_neighbour_keeps_running_while_one_sensor_is_handed_back(
     broker: BrokerUnderTest, standins: StandIns
 ) -> None:
     other = SensorSettings(driver="sht3x", interval=0.05)
-    with Subscriber(broker, TELEMETRY, qos=0) as sub:
+    with Capture(broker, TELEMETRY, qos=0) as sub:
         standins.serve("pi", {"env": FAST, "other": other})
         sub.wait_for("edgetwin/pi/telemetry/other", timeout=10, count=3)
         standins.serve("pi", {"other": other})
@@ -136,7 +136,7 @@ def test_a_thousand_devices_taken_over_at_once_all_publish(
     than one."""
     one_second = SensorSettings(driver="bme280", address=0x76, interval=1.0)
     devices = [f"pi-{i:04d}" for i in range(1000)]
-    with Subscriber(broker, TELEMETRY, qos=0) as sub:
+    with Capture(broker, TELEMETRY, qos=0) as sub:
         for i, device in enumerate(devices):
             standins.serve(device, {"env": one_second}, {"env": i})
         sub.wait_for(TELEMETRY, timeout=20, count=len(devices))
@@ -161,7 +161,7 @@ def test_a_large_manifest_places_its_stand_ins_in_a_worker_process(
     try:
         assert stand_ins.stats().workers == 1
         assert stand_ins.engine.worker_pids() != [os.getpid()]
-        with Subscriber(broker, "edgetwin/far/telemetry/env", qos=0) as sub:
+        with Capture(broker, "edgetwin/far/telemetry/env", qos=0) as sub:
             stand_ins.serve("far", {"env": FAST}, {"env": 40})
             sub.wait_for(timeout=20, count=3)
             stand_ins.serve("far", {})
@@ -177,7 +177,7 @@ def test_placements_wait_for_the_engine_to_run(broker: BrokerUnderTest) -> None:
     stand_ins = StandIns(EngineController(endpoint(broker)))
     assert stand_ins.serve("early", {"env": FAST}, {"env": 7})
     assert stand_ins.is_active("early")
-    with Subscriber(broker, "edgetwin/early/telemetry/env", qos=0) as sub:
+    with Capture(broker, "edgetwin/early/telemetry/env", qos=0) as sub:
         stand_ins.start()
         try:
             [message] = sub.wait_for(timeout=10)[:1]

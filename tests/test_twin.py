@@ -32,6 +32,7 @@ from edgetwin.gateway.app import create_app
 from edgetwin.gateway.broker import MosquittoBroker
 from edgetwin.gateway.config import ApiSection, GatewayConfig, ManifestDevice
 from edgetwin.hardware import EmulatedBackend
+from edgetwin.testing.capture import Capture, Message, connect_client, disconnect_client, publish
 from tests import fleet_helpers
 from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import (
@@ -44,7 +45,6 @@ from tests.fleet_helpers import (
     start_edgetwin,
     stop_process,
 )
-from tests.mqtt_helpers import Message, Subscriber, connect_client, disconnect_client, publish
 
 pytestmark = pytest.mark.integration
 
@@ -182,9 +182,9 @@ def test_desired_pushed_while_offline_is_applied_once_on_start(
             assert response.status_code == 200
         assert twin(client)["config"] == "pending"
         # The agent is offline only if version 2 is on the broker before it connects.
-        with Subscriber(broker, f"edgetwin/{DEVICE}/config/desired") as desired:
+        with Capture(broker, f"edgetwin/{DEVICE}/config/desired") as desired:
             desired.wait_for(lambda m: payload(m)["version"] == 2, timeout=5)
-        with Subscriber(broker, f"edgetwin/{DEVICE}/config/reported") as reports:
+        with Capture(broker, f"edgetwin/{DEVICE}/config/reported") as reports:
             with agent_thread(broker, tmp_path, {"env": bme280(1.0)}) as agent:
                 poll(lambda: twin(client)["config"] == "in_sync", 10, what="in sync")
                 assert agent.applied_version == 2
@@ -206,7 +206,7 @@ def test_failover_on_kill_and_failback_keep_one_numbering(
         )
     )
     with (
-        Subscriber(broker, f"edgetwin/{DEVICE}/telemetry/env") as sub,
+        Capture(broker, f"edgetwin/{DEVICE}/telemetry/env") as sub,
         gateway(gateway_config(broker, manifest)) as client,
     ):
         first = start_edgetwin(["agent", "--config", str(config)])
@@ -277,7 +277,7 @@ def test_only_the_faulted_sensor_is_simulated(broker: BrokerUnderTest, tmp_path:
     manifest = ManifestDevice(id=DEVICE, sensors=two_sensors())
     backend = EmulatedBackend()
     with (
-        Subscriber(broker, f"edgetwin/{DEVICE}/telemetry/+") as sub,
+        Capture(broker, f"edgetwin/{DEVICE}/telemetry/+") as sub,
         gateway(gateway_config(broker, manifest)) as client,
         agent_thread(broker, tmp_path, two_sensors(), backend=backend),
     ):
@@ -447,7 +447,7 @@ def test_agents_lost_with_a_broker_crash_are_simulated_after_it(tmp_path: Path) 
             assert last_seen["source"] == "emulated"
             assert twin(client)["presence"] == "online"  # nothing has told the gateway yet
             crashing.start()
-            with Subscriber(crashing, f"edgetwin/{DEVICE}/#") as sub:
+            with Capture(crashing, f"edgetwin/{DEVICE}/#") as sub:
                 # The retained birth is back, and no will ever came.
                 [status] = sub.wait_for(f"edgetwin/{DEVICE}/status", timeout=10)
                 assert status.retain
@@ -466,7 +466,7 @@ def test_a_live_agent_answers_the_gateways_rebirth_request(
 ) -> None:
     with (
         agent_thread(broker, tmp_path, {"env": bme280(INTERVAL)}) as agent,
-        Subscriber(broker, f"edgetwin/{DEVICE}/status") as sub,
+        Capture(broker, f"edgetwin/{DEVICE}/status") as sub,
     ):
         sub.wait_for(timeout=10)
         sub.clear()
@@ -500,7 +500,7 @@ def test_a_gateway_started_after_a_crash_does_not_trust_a_replayed_birth(
         with agent_thread(broker, tmp_path, {"env": bme280(INTERVAL)}) as agent:
             poll(lambda: agent.link.connected, timeout=10, what="the agent connected")
             with (
-                Subscriber(broker, f"edgetwin/{ghost}/telemetry/env") as sub,
+                Capture(broker, f"edgetwin/{ghost}/telemetry/env") as sub,
                 gateway(gateway_config(broker, *manifest)) as client,
             ):
                 [first] = sub.wait_for(telemetry_from("simulated"), timeout=10)[:1]
@@ -550,7 +550,7 @@ def test_a_restarted_gateway_rebuilds_every_twin_on_a_stock_broker(
 
             # The broker held no twin index (as an earlier version leaves it): the gateway read
             # the wildcards once, and now keeps the index the next restart reads in portions.
-            with Subscriber(stock, "edgetwin/_index/+", qos=0) as index:
+            with Capture(stock, "edgetwin/_index/+", qos=0) as index:
 
                 def indexed() -> bool:
                     latest = {m.topic: m.payload for m in index.messages()}
