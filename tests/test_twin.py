@@ -559,7 +559,7 @@ def test_a_restarted_gateway_rebuilds_every_twin_on_a_stock_broker(
 
                 poll(indexed, 10, what="a twin index listing every device")
         with (
-            Subscriber(stock, "edgetwin/_index/+", qos=1) as index,
+            Capture(stock, "edgetwin/_index/+", qos=1) as index,
             caplog.at_level(logging.INFO, logger="edgetwin.gateway.service"),
             gateway(gateway_config(stock)) as restarted,
         ):
