@@ -91,9 +91,7 @@ class FridgeWatch:
         with self._lock:
             return self._sources.get(device)
 
-    def _on_connect(
-        self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any
-    ) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if not reason.is_failure:
             client.subscribe(f"{self._prefix}/+/telemetry/+", qos=1)
 
