@@ -189,6 +189,12 @@ class MosquittoBroker:
         return proc is not None and proc.poll() is None
 
     @property
+    def pid(self) -> int | None:
+        """The mosquitto process's id while it runs, e.g. to freeze it with SIGSTOP."""
+        proc = self._res.process
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    @property
     def workdir(self) -> Path | None:
         """The private temp directory (config, log, persistence file), once started."""
         return self._res.workdir
