@@ -20,7 +20,7 @@ import pytest
 
 from edgetwin.agent.systemd import Notifier
 from edgetwin.gateway.broker import free_port
-from tests.brokers import BrokerUnderTest
+from edgetwin.testing.broker import Broker
 from tests.fleet_helpers import agent_toml, start_edgetwin, stop_process
 from tests.mqtt_helpers import Endpoint, Subscriber
 
@@ -155,7 +155,7 @@ def run_agent_and_stop(
 
 
 def test_process_notifies_ready_watchdog_and_stopping(
-    broker: BrokerUnderTest, listener: NotifyListener, tmp_path: Path
+    broker: Broker, listener: NotifyListener, tmp_path: Path
 ) -> None:
     with Subscriber(broker, f"edgetwin/{DEVICE}/telemetry/+") as sub:
         stderr = run_agent_and_stop(

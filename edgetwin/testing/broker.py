@@ -521,7 +521,8 @@ class Broker:
                 passwords.chmod(0o600)
                 self._default = DEFAULT_USER
             elif cert_names:
-                self._default = DEFAULT_USER
+                # A Pki of the caller's has no certificate for DEFAULT_USER: its first name.
+                self._default = cert_names[0] if isinstance(tls, Pki) else DEFAULT_USER
             self._pki = pki
             self._security = _Security(passwords, acl_file, pki, bool(cert_names))
             self._server = self._make_server(persistence)
@@ -532,14 +533,13 @@ class Broker:
     # -- construction ---------------------------------------------------------------------
 
     def _make_pki(self, tls: bool | Pki, names: tuple[str, ...]) -> Pki:
-        wanted = (DEFAULT_USER, *names) if names else ()
         if isinstance(tls, Pki):
-            missing = [name for name in wanted if name not in tls.clients]
+            missing = [name for name in names if name not in tls.clients]
             if missing:
                 raise ValueError(f"the Pki given has no client certificate for {missing}")
             return tls
         try:
-            return make_pki(self._workdir / "pki", clients=wanted)
+            return make_pki(self._workdir / "pki", clients=(DEFAULT_USER, *names) if names else ())
         except OpensslError as exc:
             if str(exc) == OPENSSL_MISSING:
                 raise BrokerUnavailable(OPENSSL_MISSING) from None
@@ -827,6 +827,8 @@ def start_broker(
       `Pki` from `edgetwin.testing.certs.make_pki` to use yours. Needs the openssl command.
     - `client_certificates`: names that get a client certificate; the broker then demands one
       and takes its common name as the username (`endpoint_for(name)`). Implies `tls`.
+      `endpoint` shows the certificate of `DEFAULT_USER`, or, with your own `Pki`, of the
+      first name (which must be among its clients).
     - `acl_devices`: device ids for the ACL and passwords of `edgetwin broker-acl` (under
       `topics`, default prefix edgetwin): each device may write only its own topics;
       `device_endpoint(id)`, `gateway_endpoint`, `engine_endpoint`, `reader_endpoint`.
