@@ -45,6 +45,7 @@ import socket
 import ssl
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -73,6 +74,7 @@ __all__ = [
     "DOCKER_IMAGE",
     "ENV_VAR",
     "Backend",
+    "BackendServer",
     "Broker",
     "BrokerUnavailable",
     "DockerMosquitto",
@@ -179,6 +181,10 @@ def _wait_mqtt_ready(endpoint: MqttEndpoint, timeout: float) -> bool:
 @functools.cache
 def docker_engine_error() -> str | None:
     """None when a Docker engine answers a ping, else why not (asked once per process)."""
+    try:
+        import testcontainers  # noqa: F401 - probing an optional dependency
+    except ImportError:
+        return "testcontainers is not installed (pip install testcontainers)"
     try:
         import docker  # type: ignore[import-untyped]
 
@@ -449,7 +455,8 @@ class DockerMosquitto:
 
 # -- the broker -------------------------------------------------------------------------------
 
-_Server = MosquittoBroker | DockerMosquitto | InProcessBroker
+BackendServer = MosquittoBroker | DockerMosquitto | InProcessBroker
+"""The back end's own object behind a `Broker` (`Broker.server`)."""
 
 
 class Broker:
@@ -501,6 +508,11 @@ class Broker:
             Path(tempfile.mkdtemp(prefix="edgetwin-broker-")) if workdir is None else workdir
         )
         self._workdir.mkdir(parents=True, exist_ok=True)
+        # A broker its owner forgot to close must not leave its secrets in /tmp; the process
+        # and the container have finalisers of their own (MosquittoBroker, testcontainers).
+        self._cleanup = weakref.finalize(
+            self, shutil.rmtree, self._workdir, ignore_errors=True
+        ) if self._owns_workdir else None  # fmt: skip
         self._users: dict[str, str] = {}
         self._acl_dir: Path | None = None
         self._default: str | None = None
@@ -545,7 +557,7 @@ class Broker:
                 raise BrokerUnavailable(OPENSSL_MISSING) from None
             raise
 
-    def _make_server(self, persistence: bool) -> _Server:
+    def _make_server(self, persistence: bool) -> BackendServer:
         if self.backend == "mosquitto":
             return MosquittoBroker(
                 persistence=persistence,
@@ -560,8 +572,8 @@ class Broker:
         return InProcessBroker()
 
     def _remove_workdir(self) -> None:
-        if self._owns_workdir:
-            shutil.rmtree(self._workdir, ignore_errors=True)
+        if self._cleanup is not None:
+            self._cleanup()
 
     # -- where ----------------------------------------------------------------------------
 
@@ -611,7 +623,7 @@ class Broker:
         return self._acl_dir
 
     @property
-    def server(self) -> _Server:
+    def server(self) -> BackendServer:
         """The back end's own object (MosquittoBroker, DockerMosquitto or InProcessBroker),
         for what only one back end offers, such as `MosquittoBroker.persistence_path`."""
         return self._server
