@@ -287,6 +287,23 @@ def write_broker_files(
     return Written(devices=ids, revoked=left)
 
 
+def read_identities(out: Path) -> dict[str, str]:
+    """Every identity's password, by username, from the credentials `write_broker_files` wrote
+    into `out`: the devices', the gateway's, the engine's and the reader's."""
+    credentials = out / "credentials"
+    identities: dict[str, str] = {}
+    for path in sorted((credentials / "devices").glob("*.env")):
+        env = _read_env(path)
+        identities[env["EDGETWIN_MQTT_USERNAME"]] = env["EDGETWIN_MQTT_PASSWORD"]
+    for name in ("gateway.env", "reader.env"):
+        env = _read_env(credentials / name)
+        if "EDGETWIN_MQTT_USERNAME" in env:
+            identities[env["EDGETWIN_MQTT_USERNAME"]] = env["EDGETWIN_MQTT_PASSWORD"]
+        if "EDGETWIN_ENGINE_USERNAME" in env:
+            identities[env["EDGETWIN_ENGINE_USERNAME"]] = env["EDGETWIN_ENGINE_PASSWORD"]
+    return identities
+
+
 def broker_acl_command(
     config_path: Path,
     out: Path,

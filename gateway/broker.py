@@ -189,6 +189,17 @@ class MosquittoBroker:
         return proc is not None and proc.poll() is None
 
     @property
+    def binary(self) -> str:
+        """The mosquitto executable this broker runs."""
+        return self._binary
+
+    @property
+    def pid(self) -> int | None:
+        """The mosquitto process's id while it runs, e.g. to freeze it with SIGSTOP."""
+        proc = self._res.process
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    @property
     def workdir(self) -> Path | None:
         """The private temp directory (config, log, persistence file), once started."""
         return self._res.workdir

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from edgetwin.agent.contract import DeviceState, Source, Status, Telemetry
+from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture
-from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import agent_toml, payload, running_agent, start_edgetwin, stop_process
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ def test_agent_never_imports_the_gateway_stack() -> None:
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_agent_process_publishes_and_stops_cleanly(
-    broker: BrokerUnderTest, tmp_path: Path, stop_signal: int
+    broker: Broker, tmp_path: Path, stop_signal: int
 ) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(agent_toml(broker, DEVICE, tmp_path / "state"))
@@ -73,7 +73,7 @@ def test_agent_process_publishes_and_stops_cleanly(
     assert '"msg": "agent stopped"' in stderr  # JSON logs
 
 
-def test_birth_and_last_will_are_retained(broker: BrokerUnderTest, tmp_path: Path) -> None:
+def test_birth_and_last_will_are_retained(broker: Broker, tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(agent_toml(broker, DEVICE, tmp_path / "state", keepalive=1))
     process = start_edgetwin(["agent", "--config", str(config)])
@@ -94,9 +94,7 @@ def test_birth_and_last_will_are_retained(broker: BrokerUnderTest, tmp_path: Pat
     assert payload(retained_will[0])["state"] == "offline"
 
 
-def test_boot_counter_and_seq_persist_across_restarts(
-    broker: BrokerUnderTest, tmp_path: Path
-) -> None:
+def test_boot_counter_and_seq_persist_across_restarts(broker: Broker, tmp_path: Path) -> None:
     state = tmp_path / "state"
     with Capture(broker, f"edgetwin/{DEVICE}/#") as sub:
         with running_agent(broker, DEVICE, state):
@@ -131,7 +129,7 @@ def test_bad_config_stops_with_the_key_named(tmp_path: Path) -> None:
     assert str(config) in result.stderr
 
 
-def test_state_document_reports_each_sensor(broker: BrokerUnderTest, tmp_path: Path) -> None:
+def test_state_document_reports_each_sensor(broker: Broker, tmp_path: Path) -> None:
     with (
         Capture(broker, f"edgetwin/{DEVICE}/state") as sub,
         running_agent(broker, DEVICE, tmp_path),

@@ -34,9 +34,9 @@ from edgetwin.agent.desired import (
     validate_desired,
 )
 from edgetwin.agent.runtime import Agent
+from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture, Message, publish
 from tests import fleet_helpers
-from tests.brokers import BrokerUnderTest
 from tests.conftest import BrokerFactory
 from tests.fleet_helpers import agent_mqtt_settings, bme280, payload, poll
 
@@ -88,7 +88,7 @@ class RecordingMetrics:
         pass
 
 
-def agent_config(broker: BrokerUnderTest, state_dir: Path) -> AgentConfig:
+def agent_config(broker: Broker, state_dir: Path) -> AgentConfig:
     return AgentConfig(
         # No gateway in these tests: no twin document to wait for at start.
         agent=AgentSection(device_id=DEVICE, state_dir=state_dir, shutdown_timeout=2, twin_wait=0),
@@ -158,7 +158,7 @@ def seqs(sub: Capture, sensor: str) -> list[int]:
 
 
 def push_and_wait_applied(
-    broker: BrokerUnderTest, sub: Capture, version: int, sensors: dict[str, SensorSettings]
+    broker: Broker, sub: Capture, version: int, sensors: dict[str, SensorSettings]
 ) -> None:
     publish(broker, DESIRED, desired(version, sensors), retain=True)
     sub.wait_for(report_is("applied", version), timeout=5)
@@ -167,7 +167,7 @@ def push_and_wait_applied(
 # -- a good document -------------------------------------------------------------------------
 
 
-def test_valid_document_is_applied_without_restart(broker: BrokerUnderTest, tmp_path: Path) -> None:
+def test_valid_document_is_applied_without_restart(broker: Broker, tmp_path: Path) -> None:
     with (
         Capture(broker, f"edgetwin/{DEVICE}/#") as sub,
         agent_thread(agent_config(broker, tmp_path)) as (agent, _),
@@ -247,7 +247,7 @@ BAD_DOCUMENTS: list[tuple[str, bytes, int | None, str]] = [
 
 
 def test_bad_documents_are_rejected_and_the_last_good_one_keeps_running(
-    broker: BrokerUnderTest, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     with (
         Capture(broker, f"edgetwin/{DEVICE}/#") as sub,
@@ -296,7 +296,7 @@ def test_bad_documents_are_rejected_and_the_last_good_one_keeps_running(
     ],
 )
 def test_sensor_settings_that_can_never_work_are_rejected(
-    broker: BrokerUnderTest, tmp_path: Path, ghost: dict[str, object], reason: str
+    broker: Broker, tmp_path: Path, ghost: dict[str, object], reason: str
 ) -> None:
     """A well-formed document naming an unknown driver or an impossible address is refused,
     not applied as a sensor that would stay missing for ever; the last good config runs on."""
@@ -321,7 +321,7 @@ def test_sensor_settings_that_can_never_work_are_rejected(
 
 
 def test_document_pushed_while_offline_is_applied_once_at_start(
-    broker: BrokerUnderTest, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     config = agent_config(broker, tmp_path)
     # A rejected document after the one under test is a barrier: documents are handled in
@@ -383,9 +383,7 @@ def test_redelivered_document_is_not_rejected(
         assert agent.applied_version == 1
 
 
-def test_last_applied_document_runs_at_boot_without_broker(
-    broker: BrokerUnderTest, tmp_path: Path
-) -> None:
+def test_last_applied_document_runs_at_boot_without_broker(broker: Broker, tmp_path: Path) -> None:
     config = agent_config(broker, tmp_path)
     with Capture(broker, f"edgetwin/{DEVICE}/#") as sub, agent_thread(config):
         push_and_wait_applied(broker, sub, 1, V1_SENSORS)
@@ -398,9 +396,7 @@ def test_last_applied_document_runs_at_boot_without_broker(
         assert all(slot.sensor is not None for slot in agent.slots.values())
 
 
-def test_documents_for_other_devices_are_never_seen(
-    broker: BrokerUnderTest, tmp_path: Path
-) -> None:
+def test_documents_for_other_devices_are_never_seen(broker: Broker, tmp_path: Path) -> None:
     other_topic = f"edgetwin/{OTHER}/config/desired"
     publish(broker, other_topic, desired(1, V1_SENSORS, device=OTHER), retain=True)
     with (

@@ -15,8 +15,8 @@ from edgetwin.agent.mqtt import MqttLink, Will
 from edgetwin.agent.outbox import Outbox
 from edgetwin.agent.publisher import OutboxPublisher
 from edgetwin.gateway.broker import MosquittoBroker
+from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import BrokerAddress, Capture
-from tests.brokers import BrokerUnderTest
 from tests.conftest import BrokerFactory
 from tests.fleet_helpers import (
     agent_mqtt_settings,
@@ -36,7 +36,7 @@ DEVICE = "pi-durable"
 TELEMETRY = f"edgetwin/{DEVICE}/telemetry/+"
 
 
-def agent_config(broker: BrokerUnderTest, state_dir: Path, **outbox: float) -> AgentConfig:
+def agent_config(broker: Broker, state_dir: Path, **outbox: float) -> AgentConfig:
     return AgentConfig(
         agent=AgentSection(device_id=DEVICE, state_dir=state_dir, shutdown_timeout=10),
         mqtt=agent_mqtt_settings(
@@ -195,7 +195,7 @@ class Drain:
 
 
 def test_the_network_thread_drains_a_backlog_without_the_loop(
-    broker: BrokerUnderTest, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     """One pump starts the drain; PUBACKs alone carry it on, reading the outbox as they go."""
     rows = 1000
@@ -210,9 +210,7 @@ def test_the_network_thread_drains_a_backlog_without_the_loop(
         assert outbox.depth == 0
 
 
-def test_a_busy_outbox_hands_the_read_back_to_the_loop(
-    broker: BrokerUnderTest, tmp_path: Path
-) -> None:
+def test_a_busy_outbox_hands_the_read_back_to_the_loop(broker: Broker, tmp_path: Path) -> None:
     """While a commit holds the outbox the network thread does not wait for it: it asks the
     loop to read, and the loop's pump carries the drain on, in order."""
     rows = 500
@@ -255,7 +253,7 @@ class ManualClock:
 
 
 def test_the_backlog_drains_at_drain_rate_and_live_readings_go_at_once(
-    broker: BrokerUnderTest, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     """The backlog gets `drain_rate` messages a second of the clock (here a manual one, so
     the test never races real time); live readings committed meanwhile do not wait for it."""
@@ -315,7 +313,7 @@ def test_the_window_stays_within_the_brokers_receive_maximum(tmp_path: Path) -> 
 
 
 def test_a_closing_link_loses_nothing_it_queued_and_sends_no_will(
-    broker: BrokerUnderTest,
+    broker: Broker,
 ) -> None:
     """close() right after publishing, with input still unread (the broker echoes our own
     messages back): every message reaches the broker, and so does the DISCONNECT, so the

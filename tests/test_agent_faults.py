@@ -20,8 +20,8 @@ from edgetwin.agent.config import AgentConfig, AgentSection, OutboxSettings, loa
 from edgetwin.agent.contract import DeviceState, SensorSettings, SensorState, Telemetry
 from edgetwin.hardware import EmulatedBackend, RealBackend
 from edgetwin.hardware.bus import FakeI2CBus
+from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture, Message
-from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import agent_mqtt_settings, agent_thread, bme280
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,7 @@ def section(state_dir: Path) -> AgentSection:
     return AgentSection(device_id=DEVICE, state_dir=state_dir, shutdown_timeout=2, twin_wait=0)
 
 
-def agent_config(broker: BrokerUnderTest, state_dir: Path) -> AgentConfig:
+def agent_config(broker: Broker, state_dir: Path) -> AgentConfig:
     return AgentConfig(
         agent=section(state_dir),
         mqtt=agent_mqtt_settings(
@@ -131,7 +131,7 @@ FAULTS = [
 
 @pytest.mark.parametrize("fault", FAULTS, ids=lambda fault: fault.name)
 def test_fault_is_reported_contained_and_recovered(
-    broker: BrokerUnderTest, backend: EmulatedBackend, tmp_path: Path, fault: Fault
+    broker: Broker, backend: EmulatedBackend, tmp_path: Path, fault: Fault
 ) -> None:
     bus = backend.i2c_bus(1)
     with (
@@ -165,7 +165,7 @@ def test_fault_is_reported_contained_and_recovered(
 
 
 def test_transient_fault_recovers_on_its_own(
-    broker: BrokerUnderTest, backend: EmulatedBackend, tmp_path: Path
+    broker: Broker, backend: EmulatedBackend, tmp_path: Path
 ) -> None:
     """One bus glitch, then noise on SDA flipping the next byte read: the chip id comes back
     wrong once (0x61, a BME680's), and the very next bring-up succeeds."""
@@ -190,7 +190,7 @@ def test_transient_fault_recovers_on_its_own(
 
 
 def test_real_backend_without_i2c_reports_missing_and_the_rest_runs(
-    broker: BrokerUnderTest, backend: EmulatedBackend, tmp_path: Path
+    broker: Broker, backend: EmulatedBackend, tmp_path: Path
 ) -> None:
     """A board sensor on a machine with no /dev/i2c-1: missing with the reason, retried, and
     the emulated sensor beside it publishes. `auto` falls back to the emulator."""
@@ -226,7 +226,7 @@ def test_real_backend_without_i2c_reports_missing_and_the_rest_runs(
 
 @pytest.mark.skipif(Path("/dev/i2c-1").exists(), reason="this machine has an I2C adapter 1")
 def test_real_backend_default_dev_on_a_machine_without_i2c(
-    broker: BrokerUnderTest, backend: EmulatedBackend, tmp_path: Path
+    broker: Broker, backend: EmulatedBackend, tmp_path: Path
 ) -> None:
     """The same with the agent's own RealBackend on this machine's real /dev."""
     config = AgentConfig(
@@ -292,7 +292,7 @@ UNITS = {
 
 
 def test_gpio_and_sysfs_sensors_run_emulated(
-    broker: BrokerUnderTest, backend: EmulatedBackend, tmp_path: Path
+    broker: Broker, backend: EmulatedBackend, tmp_path: Path
 ) -> None:
     path = tmp_path / "agent.toml"
     path.write_text(
@@ -332,7 +332,7 @@ def test_gpio_and_sysfs_sensors_run_emulated(
 
 
 def test_agent_closes_the_back_ends_it_made(
-    broker: BrokerUnderTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without an injected back end the agent makes its own; the emulated sysfs tree it holds
     is a temporary directory, gone once the agent stops (not one more per restart)."""

@@ -24,8 +24,8 @@ import pytest
 from edgetwin.agent.config import EXIT_CONFIG
 from edgetwin.agent.contract import DeviceState, Telemetry
 from edgetwin.gateway.broker import free_port
+from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture, Message
-from tests.brokers import BrokerUnderTest
 from tests.conftest import BrokerFactory
 from tests.fleet_helpers import REPO, poll, start_edgetwin, stop_process
 from tests.session_subscriber import SessionSubscriber
@@ -34,7 +34,7 @@ DEVICE = "pi-full-disk"
 AS_ROOT = os.geteuid() == 0
 
 
-def agent_toml(broker: BrokerUnderTest, state_dir: Path, interval: float = 0.05) -> str:
+def agent_toml(broker: Broker, state_dir: Path, interval: float = 0.05) -> str:
     return f"""
 [agent]
 device_id = "{DEVICE}"
@@ -84,7 +84,7 @@ def limit_file_size(pid: int, size: int) -> None:
 
 @pytest.mark.integration
 def test_a_disk_that_fills_up_is_ridden_out_and_recovered_from(
-    broker: BrokerUnderTest, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(agent_toml(broker, tmp_path / "state"))

@@ -20,8 +20,8 @@ import pytest
 
 from edgetwin.agent.systemd import Notifier
 from edgetwin.gateway.broker import free_port
+from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import BrokerAddress, Capture
-from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import agent_toml, start_edgetwin, stop_process
 
 pytestmark = pytest.mark.integration
@@ -155,7 +155,7 @@ def run_agent_and_stop(
 
 
 def test_process_notifies_ready_watchdog_and_stopping(
-    broker: BrokerUnderTest, listener: NotifyListener, tmp_path: Path
+    broker: Broker, listener: NotifyListener, tmp_path: Path
 ) -> None:
     with Capture(broker, f"edgetwin/{DEVICE}/telemetry/+") as sub:
         stderr = run_agent_and_stop(

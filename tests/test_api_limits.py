@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig
-from tests.brokers import BrokerUnderTest
+from edgetwin.testing.broker import Broker
 from tests.fleet_helpers import mqtt_settings, serving
 
 pytestmark = pytest.mark.integration
@@ -30,7 +30,7 @@ LIMIT = 64 * 1024
 ANSWER_TIMEOUT = 10.0
 
 
-def config(broker: BrokerUnderTest, **api: Any) -> GatewayConfig:
+def config(broker: Broker, **api: Any) -> GatewayConfig:
     return GatewayConfig.from_builtins(
         {
             "mqtt": mqtt_settings(broker, keepalive=2),
@@ -42,7 +42,7 @@ def config(broker: BrokerUnderTest, **api: Any) -> GatewayConfig:
 
 
 @contextmanager
-def connection(broker: BrokerUnderTest) -> Iterator[socket.socket]:
+def connection(broker: Broker) -> Iterator[socket.socket]:
     with serving(create_app(config(broker))) as url:
         address = urlsplit(url)
         assert address.hostname is not None
@@ -94,7 +94,7 @@ def stream_chunks(sock: socket.socket, total: int, chunk: int = 16 * 1024) -> No
 
 
 def test_a_write_without_the_token_is_refused_before_its_body_is_read(
-    broker: BrokerUnderTest,
+    broker: Broker,
 ) -> None:
     """Issue 12: a 200 MB POST /devices without a token was read whole (95 -> 692 MB) before
     its 401. Here the body is announced and never sent: only a gateway that answers from the
@@ -112,7 +112,7 @@ def test_a_write_without_the_token_is_refused_before_its_body_is_read(
     assert status == 403, body
 
 
-def test_a_body_above_max_body_bytes_gets_413_unread(broker: BrokerUnderTest) -> None:
+def test_a_body_above_max_body_bytes_gets_413_unread(broker: Broker) -> None:
     with connection(broker) as sock:
         send_head(sock, {**BEARER, "Content-Length": str(LIMIT + 1)})
         status, body = read_answer(sock)
@@ -121,7 +121,7 @@ def test_a_body_above_max_body_bytes_gets_413_unread(broker: BrokerUnderTest) ->
     assert str(LIMIT).encode() in body
 
 
-def test_a_chunked_body_is_cut_off_at_max_body_bytes(broker: BrokerUnderTest) -> None:
+def test_a_chunked_body_is_cut_off_at_max_body_bytes(broker: Broker) -> None:
     """No Content-Length to check: the bytes are counted as they stream in."""
     with connection(broker) as sock:
         send_head(sock, {**BEARER, "Transfer-Encoding": "chunked"})
@@ -132,7 +132,7 @@ def test_a_chunked_body_is_cut_off_at_max_body_bytes(broker: BrokerUnderTest) ->
     assert b"max_body_bytes" in body
 
 
-def test_what_a_valid_token_may_ask_for_is_bounded(broker: BrokerUnderTest) -> None:
+def test_what_a_valid_token_may_ask_for_is_bounded(broker: Broker) -> None:
     def sensors(count: int, interval: float = 1.0) -> dict[str, Any]:
         return {
             f"s{i}": {"driver": "bme280", "interval": interval, "backend": "emulated"}

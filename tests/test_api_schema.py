@@ -24,7 +24,7 @@ from schemathesis.python import asgi
 
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig, ManifestDevice
-from tests.brokers import BrokerUnderTest
+from edgetwin.testing.broker import Broker
 from tests.fleet_helpers import bme280, mqtt_settings, poll
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,7 @@ fuzz = settings(
 SCENARIOS = Path(tempfile.mkdtemp(prefix="edgetwin-scenarios-"))
 
 
-def config(broker: BrokerUnderTest, **api: Any) -> GatewayConfig:
+def config(broker: Broker, **api: Any) -> GatewayConfig:
     return GatewayConfig.from_builtins(
         {
             "mqtt": mqtt_settings(
@@ -73,7 +73,7 @@ def config(broker: BrokerUnderTest, **api: Any) -> GatewayConfig:
 
 
 @pytest.fixture
-def app(broker: BrokerUnderTest) -> Iterator[FastAPI]:
+def app(broker: Broker) -> Iterator[FastAPI]:
     """A gateway with a token whose lifespan schemathesis's ASGI client has entered."""
     app = create_app(config(broker, token=TOKEN))
     # Entering the client starts the lifespan; it stays up until shut down.
@@ -154,7 +154,7 @@ def test_nan_and_infinity_in_any_number_of_a_body_get_a_4xx(case: Case, app: Fas
         assert response.json()["detail"], response.text
 
 
-def test_the_reported_bad_values_get_a_4xx_with_a_reason(broker: BrokerUnderTest) -> None:
+def test_the_reported_bad_values_get_a_4xx_with_a_reason(broker: Broker) -> None:
     """Issue 12: each of these answered 500."""
     nan_bodies = [
         (
@@ -203,7 +203,7 @@ def write(client: TestClient, method: str, path: str, body: Any, **headers: str)
     return client.request(method, path, json=body, headers=headers)
 
 
-def test_writes_need_the_right_token(broker: BrokerUnderTest) -> None:
+def test_writes_need_the_right_token(broker: Broker) -> None:
     with TestClient(create_app(config(broker, token=TOKEN))) as client:
         for method, path, body in WRITES:
             missing = write(client, method, path, body)
@@ -223,7 +223,7 @@ def test_writes_need_the_right_token(broker: BrokerUnderTest) -> None:
         assert "new-device" in [d["id"] for d in client.get("/devices").json()]
 
 
-def test_writes_are_disabled_without_a_configured_token(broker: BrokerUnderTest) -> None:
+def test_writes_are_disabled_without_a_configured_token(broker: Broker) -> None:
     with TestClient(create_app(config(broker))) as client:
         for method, path, body in WRITES:
             for headers in ({}, BEARER):
@@ -234,13 +234,13 @@ def test_writes_are_disabled_without_a_configured_token(broker: BrokerUnderTest)
         assert client.get("/devices").status_code == 200
 
 
-def test_local_no_auth_accepts_writes_without_a_token(broker: BrokerUnderTest) -> None:
+def test_local_no_auth_accepts_writes_without_a_token(broker: Broker) -> None:
     with TestClient(create_app(config(broker, local_no_auth=True))) as client:
         created = write(client, "POST", "/devices", {"id": "new-device"})
         assert created.status_code == 201, created.text
 
 
-def test_device_labels_outside_the_wire_contract_are_refused(broker: BrokerUnderTest) -> None:
+def test_device_labels_outside_the_wire_contract_are_refused(broker: Broker) -> None:
     """Found by schemathesis: such a device was added, then its twin document failed (500)."""
     with TestClient(create_app(config(broker, token=TOKEN)), headers=BEARER) as client:
         for extra in ({"labels": {"not a key": "x"}}, {"site": "x" * 65}):

@@ -1,4 +1,4 @@
-"""The embedded brokers (gateway.broker), the `broker` fixture and its back ends.
+"""The embedded brokers (gateway.broker); the test harness on top is tests/test_testing_broker.py.
 
 Every check goes through real paho-mqtt clients; nothing here talks to the shared broker on
 127.0.0.1:1883.
@@ -17,7 +17,6 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-import tests.brokers
 from edgetwin.gateway.broker import (
     BrokerError,
     EmbeddedBroker,
@@ -26,6 +25,7 @@ from edgetwin.gateway.broker import (
     free_port,
     start_embedded_broker,
 )
+from edgetwin.testing.broker import mqtt_handshake
 from edgetwin.testing.capture import (
     Capture,
     as_endpoint,
@@ -33,14 +33,7 @@ from edgetwin.testing.capture import (
     disconnect_client,
     publish,
 )
-from tests.brokers import (
-    ENV_VAR,
-    BrokerUnderTest,
-    mqtt_handshake,
-    requested_backend,
-    start_docker_broker,
-    start_test_broker,
-)
+from edgetwin.testing.endpoint import MqttEndpoint
 
 pytestmark = pytest.mark.integration
 
@@ -135,7 +128,7 @@ def test_url_host_and_protocol(embedded: EmbeddedBroker) -> None:
     assert embedded.host == "127.0.0.1"
     assert as_endpoint(embedded).protocol in ("5", "3.1.1")  # a version paho knows
     assert embedded.is_running
-    assert mqtt_handshake(embedded.host, embedded.port)
+    assert mqtt_handshake(MqttEndpoint(embedded.host, embedded.port))
 
 
 # --- mosquitto ---------------------------------------------------------------------------
@@ -183,7 +176,7 @@ def test_mosquitto_kill_refuses_connections_then_starts_again() -> None:
         assert not broker.is_running
         assert _refuses_connections(broker.host, broker.port)
         broker.start()
-        assert mqtt_handshake(broker.host, broker.port)
+        assert mqtt_handshake(MqttEndpoint(broker.host, broker.port))
 
 
 @needs_mosquitto
@@ -319,82 +312,3 @@ def test_importing_the_module_pulls_in_no_heavy_dependency() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
     )
     assert out.stdout.strip() == ""
-
-
-# --- the `broker` fixture and its back-end selection -------------------------------------
-
-
-def test_broker_fixture_face(broker: BrokerUnderTest) -> None:
-    port = broker.port
-    with Capture(broker, "face/#") as sub:
-        publish(broker, "face/1", b"1")
-        sub.wait_for("face/1")
-    broker.restart()
-    assert broker.port == port
-    broker.kill()
-    assert not broker.is_running
-    broker.start()
-    with Capture(broker, "face/#") as sub:
-        publish(broker, "face/2", b"2")
-        sub.wait_for("face/2")
-    broker.stop()
-    assert not broker.is_running
-
-
-def test_broker_factory_with_persistence(broker_factory: Any) -> None:
-    durable: BrokerUnderTest = broker_factory(persistence=True)
-    publish(durable, "t/state", b"on", retain=True)
-    durable.restart()
-    with Capture(durable, "t/state") as sub:
-        assert sub.wait_for("t/state")[0].payload == b"on"
-
-
-def test_docker_backend() -> None:
-    """The testcontainers path; skipped with the reason where no Docker engine answers."""
-    broker = start_docker_broker()
-    try:
-        port = broker.port
-        with Capture(broker, "t") as sub:
-            publish(broker, "t", b"x")
-            sub.wait_for("t")
-        broker.restart()
-        assert broker.port == port
-        broker.kill()
-        broker.start()
-        assert mqtt_handshake(broker.host, broker.port)
-    finally:
-        broker.close()
-
-
-def test_forced_backend_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for value, expected in [("", None), ("auto", None), (" Docker ", "docker")]:
-        monkeypatch.setenv(ENV_VAR, value)
-        assert requested_backend() == expected
-    monkeypatch.setenv(ENV_VAR, "rabbitmq")
-    with pytest.raises(pytest.UsageError, match="mosquitto, docker, inprocess"):
-        requested_backend()
-
-
-def test_forced_inprocess_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ENV_VAR, "inprocess")
-    broker = start_test_broker()
-    try:
-        assert isinstance(broker, InProcessBroker)
-        assert broker.protocol == "3.1.1"
-    finally:
-        broker.close()
-
-
-def test_forced_docker_without_engine_skips_with_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ENV_VAR, "docker")
-    monkeypatch.setattr(tests.brokers, "docker_engine_error", lambda: "no socket")
-    with pytest.raises(pytest.skip.Exception, match="docker but no Docker engine answers"):
-        start_test_broker()
-
-
-def test_no_backend_skips_with_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    monkeypatch.setattr(MosquittoBroker, "available", classmethod(lambda cls: False))
-    monkeypatch.setattr(tests.brokers, "docker_engine_error", lambda: "no socket")
-    with pytest.raises(pytest.skip.Exception, match="no mosquitto binary and no Docker engine"):
-        start_test_broker()

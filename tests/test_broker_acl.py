@@ -1,31 +1,30 @@
 """The broker as the trust boundary: `edgetwin broker-acl`'s files on a real mosquitto over TLS.
 
-Each integration test starts a private mosquitto with the generated mosquitto.conf snippet,
-ACL and password file, and checks from the outside: a refused publish is answered with PUBACK
-0x87 (MQTT 5, QoS 1), and a subscriber with the gateway's identity, which reads everything,
-proves that the forged message never reached anyone.
+Each integration test starts a private TLS broker with the generated ACL and password file
+(`start_broker(tls=True, acl_devices=...)` of `edgetwin.testing.broker`) and checks from the
+outside: a refused publish is answered with PUBACK 0x87 (MQTT 5, QoS 1), and a subscriber with
+the gateway's identity, which reads everything, proves that the forged message never reached
+anyone.
 """
 
 from __future__ import annotations
 
 import base64
 import shutil
-import ssl
 import stat
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from fastapi.testclient import TestClient
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgetwin.agent.config import AgentConfig, AgentMqttSettings, AgentSection
@@ -35,18 +34,18 @@ from edgetwin.gateway.acl import (
     ENGINE_USER,
     GATEWAY_USER,
     READER_USER,
-    Listener,
     acl_text,
     password_line,
     write_broker_files,
 )
 from edgetwin.gateway.app import create_app
-from edgetwin.gateway.broker import MosquittoBroker, free_port
 from edgetwin.gateway.config import GatewayConfig, load_gateway_config
 from edgetwin.gateway.engine.sources import endpoint_from_mqtt
+from edgetwin.testing.broker import Broker
+from edgetwin.testing.endpoint import MqttEndpoint
 from tests import fleet_helpers
+from tests.conftest import BrokerFactory
 from tests.fleet_helpers import bme280, poll
-from tests.tls_certs import OPENSSL_MISSING, Pki, make_pki, openssl_binary
 
 DEVICE, OTHER, MISSING = "pi-a", "pi-b", "pi-gone"
 TOKEN = "acl-token"
@@ -54,17 +53,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TOPICS = Topics()
 NOT_AUTHORIZED = 0x87
 
-_INTEGRATION = (
-    pytest.mark.integration,
-    pytest.mark.skipif(openssl_binary() is None, reason=OPENSSL_MISSING),
-    pytest.mark.skipif(not MosquittoBroker.available(), reason="needs the mosquitto binary"),
-)
-
-
-def integration(test: Callable[..., None]) -> Callable[..., None]:
-    for mark in _INTEGRATION:
-        test = mark(test)
-    return test
+# The `acl_broker` fixture skips, with the reason, where no broker with TLS can run.
+integration = pytest.mark.integration
 
 
 # -- the files ---------------------------------------------------------------------------------
@@ -154,78 +144,28 @@ def test_the_engine_logs_in_as_its_own_identity() -> None:
 # -- a broker with the files -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AclBroker:
-    broker: MosquittoBroker
-    port: int
-    files: Path
-    pki: Pki
-    listener: Listener
-    host: str = "127.0.0.1"
-    protocol: str = "5"
-
-    def credentials(self, who: str) -> tuple[str, str]:
-        creds = self.files / "credentials"
-        if who in (GATEWAY_USER, READER_USER):
-            env = _env(creds / ("gateway.env" if who == GATEWAY_USER else "reader.env"))
-            return env["EDGETWIN_MQTT_USERNAME"], env["EDGETWIN_MQTT_PASSWORD"]
-        if who == ENGINE_USER:
-            env = _env(creds / "gateway.env")
-            return env["EDGETWIN_ENGINE_USERNAME"], env["EDGETWIN_ENGINE_PASSWORD"]
-        env = _env(creds / "devices" / f"{who}.env")
-        return env["EDGETWIN_MQTT_USERNAME"], env["EDGETWIN_MQTT_PASSWORD"]
-
-    def mqtt_section(self, who: str, **extra: object) -> dict[str, object]:
-        username, password = self.credentials(who)
-        return {
-            "host": self.host,
-            "port": self.port,
-            "username": username,
-            "password": password,
-            "tls": {"ca_file": str(self.pki.ca.cert)},
-            "keepalive": 2,
-            "reconnect_min_delay": 0.1,
-            "reconnect_max_delay": 0.5,
-            **extra,
-        }
+def mqtt_section(broker: Broker, who: str) -> dict[str, Any]:
+    """The `[mqtt]` table of an agent or gateway logging in as `who`."""
+    endpoint = broker.endpoint_for(who)
+    return endpoint.mqtt_settings(keepalive=2, reconnect_min_delay=0.1, reconnect_max_delay=0.5)
 
 
 @pytest.fixture
-def acl_broker(tmp_path: Path) -> Iterator[AclBroker]:
-    if openssl_binary() is None or not MosquittoBroker.available():
-        pytest.skip("needs openssl and the mosquitto binary")
-    pki = make_pki(tmp_path / "pki")
-    port = free_port()
-    files = tmp_path / "broker"
-    listener = Listener(
-        port, "127.0.0.1", str(pki.ca.cert), str(pki.server.cert), str(pki.server.key)
-    )
-    write_broker_files(files, TOPICS, [DEVICE, OTHER, MISSING], listener=listener)
-    conf = (files / "mosquitto.conf").read_text().splitlines()
-    with MosquittoBroker(extra_config=conf) as broker:
-        yield AclBroker(broker, port, files, pki, listener)
+def acl_broker(broker_factory: BrokerFactory) -> Broker:
+    """A TLS broker with `edgetwin broker-acl`'s ACL and passwords for three devices."""
+    return broker_factory(tls=True, acl_devices=[DEVICE, OTHER, MISSING])
 
 
 class Client:
-    """An MQTT 5 client over TLS that records what arrives and every PUBACK's reason."""
+    """An MQTT client (TLS and login from its endpoint) that records what arrives and every
+    PUBACK's reason."""
 
-    def __init__(self, endpoint: AclBroker, username: str | None, password: str | None) -> None:
+    def __init__(self, endpoint: MqttEndpoint) -> None:
         self._cond = threading.Condition()
         self.connack: ReasonCode | None = None
         self.acks: dict[int, ReasonCode] = {}
         self.messages: list[mqtt.MQTTMessage] = []
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"acl-test-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5,
-        )
-        self.client.tls_set(
-            ca_certs=str(endpoint.pki.ca.cert),
-            cert_reqs=ssl.CERT_REQUIRED,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
-        if username is not None:
-            self.client.username_pw_set(username, password)
+        self.client = endpoint.paho_client(client_id=f"acl-test-{uuid.uuid4().hex[:8]}")
         self.client.on_connect = self._on_connect
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
@@ -296,8 +236,8 @@ class Client:
 
 
 @contextmanager
-def client(endpoint: AclBroker, who: str, *filters: str) -> Iterator[Client]:
-    connected = Client(endpoint, *endpoint.credentials(who)).connect()
+def client(broker: Broker, who: str, *filters: str) -> Iterator[Client]:
+    connected = Client(broker.endpoint_for(who)).connect()
     try:
         if filters:
             connected.subscribe(*filters)
@@ -321,17 +261,18 @@ def _forged_status(device: str) -> bytes:
 
 
 @integration
-def test_only_known_identities_connect(acl_broker: AclBroker) -> None:
+def test_only_known_identities_connect(acl_broker: Broker) -> None:
     with pytest.raises(ConnectionError):
-        Client(acl_broker, None, None).connect()
+        Client(acl_broker.endpoint.as_user(None, None)).connect()
+    other_password = acl_broker.endpoint_for(OTHER).password
     with pytest.raises(ConnectionError):
-        Client(acl_broker, DEVICE, acl_broker.credentials(OTHER)[1]).connect()
+        Client(acl_broker.endpoint.as_user(DEVICE, other_password)).connect()
     with client(acl_broker, DEVICE):
         pass
 
 
 @integration
-def test_a_device_writes_only_its_own_topics(acl_broker: AclBroker) -> None:
+def test_a_device_writes_only_its_own_topics(acl_broker: Broker) -> None:
     mine = TOPICS.telemetry(DEVICE, "env")
     with (
         client(acl_broker, GATEWAY_USER, "edgetwin/#") as watcher,
@@ -370,7 +311,7 @@ def test_a_device_writes_only_its_own_topics(acl_broker: AclBroker) -> None:
 
 @integration
 def test_a_device_reads_only_its_own_desired_config_and_twin(
-    acl_broker: AclBroker,
+    acl_broker: Broker,
 ) -> None:
     with client(acl_broker, GATEWAY_USER) as gateway:
         for device in (DEVICE, OTHER):
@@ -389,7 +330,7 @@ def test_a_device_reads_only_its_own_desired_config_and_twin(
 
 
 @integration
-def test_the_engine_writes_readings_and_labels_only(acl_broker: AclBroker) -> None:
+def test_the_engine_writes_readings_and_labels_only(acl_broker: Broker) -> None:
     with client(acl_broker, ENGINE_USER) as engine:
         for topic in (TOPICS.telemetry(MISSING, "env"), TOPICS.labels()):
             assert engine.publish(topic, b"{}") == 0
@@ -411,15 +352,15 @@ def test_the_engine_writes_readings_and_labels_only(acl_broker: AclBroker) -> No
 
 
 @integration
-def test_the_fleet_runs_end_to_end_with_the_acl_on(acl_broker: AclBroker, tmp_path: Path) -> None:
+def test_the_fleet_runs_end_to_end_with_the_acl_on(acl_broker: Broker, tmp_path: Path) -> None:
     """Agent, gateway and stand-ins each on their own credentials over TLS. The gateway's
     identity may not write telemetry: the simulated readings of the missing device can only
     come from the engine's."""
-    engine_user, engine_password = acl_broker.credentials(ENGINE_USER)
+    engine = acl_broker.engine_endpoint
     config = GatewayConfig.from_builtins(
         {
-            "mqtt": acl_broker.mqtt_section(GATEWAY_USER),
-            "engine": {"username": engine_user, "password": engine_password},
+            "mqtt": mqtt_section(acl_broker, GATEWAY_USER),
+            "engine": {"username": engine.username, "password": engine.password},
             "presence": {"startup_grace": 0.3},
             "api": {"token": TOKEN},
             "devices": [
@@ -430,7 +371,7 @@ def test_the_fleet_runs_end_to_end_with_the_acl_on(acl_broker: AclBroker, tmp_pa
     )
     agent = AgentConfig(
         agent=AgentSection(device_id=DEVICE, state_dir=tmp_path / "state", state_interval=0.5),
-        mqtt=AgentMqttSettings.from_builtins(acl_broker.mqtt_section(DEVICE)),
+        mqtt=AgentMqttSettings.from_builtins(mqtt_section(acl_broker, DEVICE)),
         sensors={"env": bme280(0.2)},
     )
     with (
@@ -457,8 +398,8 @@ def test_the_fleet_runs_end_to_end_with_the_acl_on(acl_broker: AclBroker, tmp_pa
 
 
 @integration
-def test_the_mqtt_link_counts_publishes_the_broker_refused(acl_broker: AclBroker) -> None:
-    link = MqttLink(AgentMqttSettings.from_builtins(acl_broker.mqtt_section(DEVICE)))
+def test_the_mqtt_link_counts_publishes_the_broker_refused(acl_broker: Broker) -> None:
+    link = MqttLink(AgentMqttSettings.from_builtins(mqtt_section(acl_broker, DEVICE)))
     link.start()
     try:
         assert link.wait_connected(10)
@@ -471,26 +412,22 @@ def test_the_mqtt_link_counts_publishes_the_broker_refused(acl_broker: AclBroker
 
 
 @integration
-def test_rotation_and_revocation_take_effect_at_a_reload(acl_broker: AclBroker) -> None:
-    old = acl_broker.credentials(DEVICE)
+def test_rotation_and_revocation_take_effect_at_a_reload(acl_broker: Broker) -> None:
+    old = acl_broker.endpoint_for(DEVICE)
+    files = acl_broker.acl_files
+    assert files is not None
     with client(acl_broker, DEVICE) as before:
-        write_broker_files(
-            acl_broker.files,
-            TOPICS,
-            [DEVICE, MISSING],  # OTHER is left out: revoked
-            rotate=[DEVICE],
-            listener=acl_broker.listener,
-        )
-        new = acl_broker.credentials(DEVICE)
-        assert new[1] != old[1]
-        Client(acl_broker, *acl_broker.credentials(OTHER)).connect().close()  # not reloaded yet
-        acl_broker.broker.reload()
+        write_broker_files(files, TOPICS, [DEVICE, MISSING], rotate=[DEVICE])  # OTHER revoked
+        new = acl_broker.endpoint_for(DEVICE)
+        assert new.password != old.password
+        Client(acl_broker.endpoint_for(OTHER)).connect().close()  # not reloaded yet
+        acl_broker.reload()
         # mosquitto checks the connected clients against the reloaded files.
         poll(lambda: not before.client.is_connected(), 10, what="old password disconnected")
     with pytest.raises(ConnectionError):
-        Client(acl_broker, *old).connect()
+        Client(old).connect()
     with pytest.raises(ConnectionError):
-        Client(acl_broker, *acl_broker.credentials(OTHER)).connect()
+        Client(acl_broker.endpoint_for(OTHER)).connect()
     with client(acl_broker, DEVICE) as after:
         assert after.publish(TOPICS.status(DEVICE), b"{}") == 0
     with client(acl_broker, MISSING):

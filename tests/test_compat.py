@@ -28,8 +28,8 @@ from edgetwin.gateway.config import (
     ManifestDevice,
     load_gateway_config,
 )
+from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture, Message, connect_client, disconnect_client, publish
-from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import REPO, bme280, poll, start_edgetwin, stop_process
 
 TOKEN = "compat-test-token"
@@ -62,7 +62,7 @@ def ids(*indexes: int) -> list[str]:
     return [f"device_{i:03d}" for i in indexes]
 
 
-def mqtt(broker: BrokerUnderTest, **extra: Any) -> GatewayMqttSettings:
+def mqtt(broker: Broker, **extra: Any) -> GatewayMqttSettings:
     return GatewayMqttSettings.from_builtins(
         {
             "host": broker.host,
@@ -76,9 +76,7 @@ def mqtt(broker: BrokerUnderTest, **extra: Any) -> GatewayMqttSettings:
     )
 
 
-def config(
-    broker: BrokerUnderTest, mqtt_extra: dict[str, Any] | None = None, **extra: Any
-) -> GatewayConfig:
+def config(broker: Broker, mqtt_extra: dict[str, Any] | None = None, **extra: Any) -> GatewayConfig:
     return GatewayConfig.from_builtins(
         {
             "mqtt": mqtt(broker, **(mqtt_extra or {})),
@@ -106,7 +104,7 @@ def metric(text: str, line_start: str) -> float:
 
 
 @pytest.mark.integration
-def test_code_variant_config_runs_via_the_cli(broker: BrokerUnderTest, tmp_path: Path) -> None:
+def test_code_variant_config_runs_via_the_cli(broker: Broker, tmp_path: Path) -> None:
     """config/simulator-code.toml with only the broker address and the ports edited: nothing
     runs at start; /start, /scale, /stop, /status answer as the original's did, and
     sensors/data carries exactly the running devices' readings, every frequency_sec (1 s)."""
@@ -258,7 +256,7 @@ def test_both_simulator_formats_in_one_file_are_refused(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_bad_counts_get_422_with_a_reason_and_writes_need_the_token(
-    broker: BrokerUnderTest,
+    broker: Broker,
 ) -> None:
     cfg = config(broker, simulation={"frequency_sec": 1.0, "max_devices": 4}, api={"token": TOKEN})
     with gateway(cfg) as client:
@@ -301,7 +299,7 @@ def test_bad_counts_get_422_with_a_reason_and_writes_need_the_token(
 
 
 @pytest.mark.integration
-def test_control_routes_are_disabled_without_a_configured_token(broker: BrokerUnderTest) -> None:
+def test_control_routes_are_disabled_without_a_configured_token(broker: Broker) -> None:
     """As every write: without `[api] token` (and without local_no_auth), refused."""
     with gateway(config(broker, simulation={}, api={})) as client:
         for route in ("/start?count=2", "/scale?count=2", "/stop"):
@@ -314,7 +312,7 @@ def test_control_routes_are_disabled_without_a_configured_token(broker: BrokerUn
 
 @pytest.mark.integration
 def test_flat_payload_from_the_first_climate_sensor(
-    broker: BrokerUnderTest, caplog: pytest.LogCaptureFixture
+    broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
     """`[mqtt] payload = "flat"`: the original's {device_id, timestamp, temperature,
     humidity}, one per device and period. Over MQTT 3.1.1 the gateway's own readings come back
@@ -370,7 +368,7 @@ def test_flat_payload_from_the_first_climate_sensor(
 
 @pytest.mark.integration
 def test_agent_readings_on_the_shared_topic_reach_the_twin(
-    broker: BrokerUnderTest, caplog: pytest.LogCaptureFixture
+    broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
     """On `sensors/data` the payload names the device: an edgetwin reading reaches that
     device's twin, a flat one (no seq, no source) is passed over quietly, garbage is logged.
@@ -406,7 +404,7 @@ def test_agent_readings_on_the_shared_topic_reach_the_twin(
 
 
 @pytest.mark.integration
-def test_readme_format_devices_are_the_routes_group(broker: BrokerUnderTest) -> None:
+def test_readme_format_devices_are_the_routes_group(broker: Broker) -> None:
     """Under the README-style `[simulator]`, its devices run from the start and the routes
     stop and scale them."""
     cfg = config(broker, simulator={"device_count": 3, "publish_interval": 0.5})
@@ -433,7 +431,7 @@ def test_readme_format_devices_are_the_routes_group(broker: BrokerUnderTest) -> 
 
 
 @pytest.mark.integration
-def test_ids_of_other_manifest_devices_are_not_taken(broker: BrokerUnderTest) -> None:
+def test_ids_of_other_manifest_devices_are_not_taken(broker: Broker) -> None:
     mine = ManifestDevice(id="device_001", sensors={"env": bme280(1.0)})
     with gateway(config(broker, simulation={}, devices=[mine])) as client:
         refused = client.get("/start?count=3")
@@ -453,7 +451,7 @@ def test_ids_of_other_manifest_devices_are_not_taken(broker: BrokerUnderTest) ->
 
 
 @pytest.mark.integration
-def test_the_group_and_an_api_fleet_share_one_engine(broker: BrokerUnderTest) -> None:
+def test_the_group_and_an_api_fleet_share_one_engine(broker: Broker) -> None:
     """One engine runs one fleet: /start refuses while /engine/start's fleet runs, and the
     other way round, each with its reason."""
     with gateway(config(broker, simulation={"frequency_sec": 0.5})) as client:
@@ -476,7 +474,7 @@ def test_the_group_and_an_api_fleet_share_one_engine(broker: BrokerUnderTest) ->
 
 @pytest.mark.integration
 def test_route_devices_are_no_twins_and_do_not_outlive_their_gateway(
-    broker: BrokerUnderTest,
+    broker: Broker,
 ) -> None:
     """The group is an engine fleet: no twin documents, and it ends with its gateway. A twin
     document with the group's label (left by an older gateway, or published by another one)
@@ -536,7 +534,7 @@ def sent_by_device(client: TestClient) -> list[str]:
 
 
 @pytest.mark.integration
-def test_routes_leave_an_engine_sections_fleet_alone(broker: BrokerUnderTest) -> None:
+def test_routes_leave_an_engine_sections_fleet_alone(broker: Broker) -> None:
     """`[engine] start_devices`: an /engine fleet from the start, which /start and /scale do
     not control (409, naming the section), and without the per-device metric."""
     cfg = config(broker, engine={"start_devices": 2, "start_interval": 0.2, "workers": 0})
@@ -558,7 +556,7 @@ def test_routes_leave_an_engine_sections_fleet_alone(broker: BrokerUnderTest) ->
 
 @pytest.mark.integration
 def test_without_a_fleet_section_the_routes_group_has_no_per_device_metric(
-    broker: BrokerUnderTest,
+    broker: Broker,
 ) -> None:
     """No `[simulator]` or `[simulation]`: the routes start the default devices, and only the
     original's formats pay for `mqtt_sent_total{device_id}`."""

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from edgetwin.gateway.broker import MosquittoBroker
 from edgetwin.gateway.engine import Endpoint, EngineController, EngineSettings, EngineStats
+from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture, Message
-from tests.brokers import BrokerUnderTest
 from tests.engine_helpers import TestScenario
 from tests.fleet_helpers import poll
 
@@ -29,12 +28,12 @@ pytestmark = pytest.mark.integration
 TELEMETRY = "edgetwin/+/telemetry/+"
 
 
-def endpoint(broker: BrokerUnderTest) -> Endpoint:
+def endpoint(broker: Broker) -> Endpoint:
     return Endpoint(host=broker.host, port=broker.port, protocol=broker.protocol, keepalive=2)
 
 
 @pytest.fixture
-def engine(broker: BrokerUnderTest) -> Iterator[EngineController]:
+def engine(broker: Broker) -> Iterator[EngineController]:
     controller = EngineController(endpoint(broker), EngineSettings(workers=2, stats_interval=0.2))
     yield controller
     controller.close()
@@ -140,7 +139,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_qos1_readings_are_delivered_in_the_flat_payload(broker: BrokerUnderTest) -> None:
+def test_qos1_readings_are_delivered_in_the_flat_payload(broker: Broker) -> None:
     engine = EngineController(endpoint(broker), EngineSettings(workers=1))
     try:
         with Capture(broker, TELEMETRY, qos=1) as sub:
@@ -163,26 +162,12 @@ def test_qos1_readings_are_delivered_in_the_flat_payload(broker: BrokerUnderTest
     assert stats.rejected == stats.lost == 0
 
 
-def _mosquitto_pid(broker: BrokerUnderTest) -> int:
-    assert isinstance(broker, MosquittoBroker)
-    assert broker.workdir is not None
-    config = str(broker.workdir / "mosquitto.conf").encode()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if config in (entry / "cmdline").read_bytes():
-                    return int(entry.name)
-            except OSError:
-                continue
-    raise LookupError("mosquitto process not found")
-
-
 @pytest.mark.parametrize("qos", [0, 1])
 def test_a_stalled_broker_keeps_worker_memory_bounded_and_skips_are_counted(
-    broker: BrokerUnderTest, qos: int
+    broker: Broker, qos: int
 ) -> None:
-    if not isinstance(broker, MosquittoBroker):
-        pytest.skip("stalling needs the mosquitto process (SIGSTOP)")
+    if broker.backend == "inprocess":
+        pytest.skip("stalling needs the broker in a process or container of its own (SIGSTOP)")
     bound = 65_536
     window = 200
     engine = EngineController(
@@ -195,17 +180,16 @@ def test_a_stalled_broker_keeps_worker_memory_bounded_and_skips_are_counted(
             stats_interval=0.2,
         ),
     )
-    pid = _mosquitto_pid(broker)
     try:
         before = engine.start(TestScenario(devices=400, interval=0.02))  # 20,000 readings/s
         poll(lambda: engine.refresh().sent > 5000, 10, what="readings flowing")
         rss_before = engine.refresh().rss_bytes
-        os.kill(pid, signal.SIGSTOP)
+        broker.freeze()
         try:
             poll(lambda: engine.refresh().backlog_skipped > 20_000, 15, what="backlog skips")
             stalled: EngineStats = engine.refresh()
         finally:
-            os.kill(pid, signal.SIGCONT)
+            broker.thaw()
         # The socket's send buffer is full and the engine's own backlog stays within its
         # bound plus one batch chunk, instead of growing with every skipped reading.
         assert stalled.per_worker[0].backlog_bytes <= bound + 256 * 300
@@ -239,7 +223,7 @@ def test_a_dead_worker_is_reported_and_stop_still_works(engine: EngineController
     assert engine.stop().state == "stopped"
 
 
-def test_an_mqtt_311_connection_delivers_too(broker: BrokerUnderTest) -> None:
+def test_an_mqtt_311_connection_delivers_too(broker: Broker) -> None:
     if broker.protocol != "5":
         pytest.skip("the broker speaks MQTT 3.1.1 only: every test here already uses it")
     engine = EngineController(
@@ -256,7 +240,7 @@ def test_an_mqtt_311_connection_delivers_too(broker: BrokerUnderTest) -> None:
 
 
 def test_a_small_fleet_runs_in_process_and_moves_out_when_it_grows(
-    broker: BrokerUnderTest,
+    broker: Broker,
 ) -> None:
     """With workers chosen from the rate, a fleet under `in_process_rate` costs no process; a
     resize past it moves the run to worker processes, and back, without losing a device."""

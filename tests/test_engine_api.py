@@ -14,8 +14,8 @@ from edgetwin.agent.contract import FaultLabel, Telemetry
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import load_gateway_config
 from edgetwin.gateway.engine import EngineInputError
+from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture
-from tests.brokers import BrokerUnderTest
 from tests.engine_helpers import TestScenario
 from tests.fleet_helpers import REPO, poll
 
@@ -38,7 +38,7 @@ class TestScenarios:
 
 
 @pytest.fixture
-def client(broker: BrokerUnderTest, tmp_path: Path) -> Iterator[TestClient]:
+def client(broker: Broker, tmp_path: Path) -> Iterator[TestClient]:
     config_file = tmp_path / "gateway.toml"
     config_file.write_text(
         f"""
@@ -146,7 +146,7 @@ def sent_total(client: TestClient) -> float:
     raise AssertionError("edgetwin_engine_messages_total missing")
 
 
-def gateway_toml(broker: BrokerUnderTest, directory: Path, engine: str = "") -> Path:
+def gateway_toml(broker: Broker, directory: Path, engine: str = "") -> Path:
     config_file = directory / "gateway.toml"
     config_file.write_text(
         f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nprotocol = "{broker.protocol}"\n'
@@ -155,9 +155,7 @@ def gateway_toml(broker: BrokerUnderTest, directory: Path, engine: str = "") -> 
     return config_file
 
 
-def test_scenario_files_only_from_the_scenarios_directory(
-    broker: BrokerUnderTest, tmp_path: Path
-) -> None:
+def test_scenario_files_only_from_the_scenarios_directory(broker: Broker, tmp_path: Path) -> None:
     """The API names scenario files; it must not read any file on the gateway's machine."""
     outside = tmp_path / "outside.toml"
     outside.write_text((REPO / "config" / "scenario.toml").read_text())
@@ -183,7 +181,7 @@ def test_scenario_files_only_from_the_scenarios_directory(
 
 
 def test_a_fault_injected_through_the_api_is_in_the_stream_and_labelled(
-    broker: BrokerUnderTest, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     """The real scenario package through the engine's workers: the default fleet's readings
     decode as the contract's Telemetry, and an on-demand spike on one device carries its
@@ -226,9 +224,7 @@ def test_a_fault_injected_through_the_api_is_in_the_stream_and_labelled(
     assert spiked > max(r.values["temperature"].value for r in clean) + 40
 
 
-def test_a_configured_fleet_starts_with_the_gateway(
-    broker: BrokerUnderTest, tmp_path: Path
-) -> None:
+def test_a_configured_fleet_starts_with_the_gateway(broker: Broker, tmp_path: Path) -> None:
     """`[engine] start_devices`: the original simulator's job, N devices from the start."""
     toml = gateway_toml(broker, tmp_path, "start_devices = 4\nstart_interval = 0.2\n")
     config = load_gateway_config(toml, environ={})
@@ -256,7 +252,7 @@ def test_a_configured_fleet_starts_with_the_gateway(
     ],
 )
 def test_contradictory_engine_sections_are_refused(
-    broker: BrokerUnderTest, tmp_path: Path, engine: str, reason: str
+    broker: Broker, tmp_path: Path, engine: str, reason: str
 ) -> None:
     with pytest.raises(ConfigError, match=reason):
         load_gateway_config(gateway_toml(broker, tmp_path, engine), environ={})

@@ -28,19 +28,18 @@ from edgetwin.gateway.engine.mqtt_wire import (
     PacketReader,
     remaining_length,
 )
+from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture
-from tests.brokers import BrokerUnderTest
+from edgetwin.testing.certs import OPENSSL_MISSING, Pki, openssl_binary
 from tests.test_tls import (  # noqa: F401  (fixtures, used by name)
     PASSWORD,
     SUBSCRIBER,
     USERNAME,
-    TlsBroker,
     TlsClient,
     cert_broker,
     password_broker,
     pki,
 )
-from tests.tls_certs import OPENSSL_MISSING, Pki, openssl_binary
 
 TOPIC = "edgetwin/link-test/telemetry/env"
 
@@ -89,7 +88,7 @@ def publish_seq(link: EngineLink, i: int, qos: int) -> None:
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 @pytest.mark.parametrize("qos", [0, 1])
 def test_messages_arrive_in_order_and_are_counted_as_sent_and_acked(
-    broker: BrokerUnderTest, protocol: str, qos: int
+    broker: Broker, protocol: str, qos: int
 ) -> None:
     if protocol == "5" and broker.protocol != "5":
         pytest.skip("the broker speaks MQTT 3.1.1 only")
@@ -156,7 +155,7 @@ def test_close_writes_everything_before_disconnect() -> None:
 
 
 @pytest.mark.integration
-def test_keepalive_pings_keep_an_idle_connection_up(broker: BrokerUnderTest) -> None:
+def test_keepalive_pings_keep_an_idle_connection_up(broker: Broker) -> None:
     link = connected_link(Endpoint(broker.host, broker.port, protocol=broker.protocol, keepalive=1))
     try:
         idle_until = time.monotonic() + 2.6  # two and a half keep-alive periods of silence
@@ -184,7 +183,7 @@ needs_tls = pytest.mark.skipif(
 @pytest.mark.parametrize("qos", [0, 1])
 def test_tls_with_a_client_certificate(
     pki: Pki,  # noqa: F811
-    cert_broker: TlsBroker,  # noqa: F811
+    cert_broker: Broker,  # noqa: F811
     qos: int,
 ) -> None:
     client = pki.clients[SUBSCRIBER]
@@ -221,7 +220,7 @@ def test_tls_with_a_client_certificate(
 @needs_tls
 def test_tls_with_username_and_password_and_a_wrong_one_refused_with_the_reason(
     pki: Pki,  # noqa: F811
-    password_broker: TlsBroker,  # noqa: F811
+    password_broker: Broker,  # noqa: F811
 ) -> None:
     base = Endpoint(password_broker.host, password_broker.port, tls=True, ca_file=str(pki.ca.cert))
     good = connected_link(msgspec.structs.replace(base, username=USERNAME, password=PASSWORD))

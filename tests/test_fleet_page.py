@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig, ManifestDevice
-from tests.brokers import BrokerUnderTest
+from edgetwin.testing.broker import Broker
 from tests.fleet_helpers import bme280, mqtt_settings, poll, running_agent, serving
 
 pytestmark = pytest.mark.integration
@@ -49,7 +49,7 @@ CHROMIUM_FLAGS = (
 )
 
 
-def page_config(broker: BrokerUnderTest, *, simulated: int = 0) -> GatewayConfig:
+def page_config(broker: Broker, *, simulated: int = 0) -> GatewayConfig:
     return GatewayConfig.from_builtins(
         {
             "mqtt": mqtt_settings(
@@ -80,7 +80,7 @@ def page_config(broker: BrokerUnderTest, *, simulated: int = 0) -> GatewayConfig
     )
 
 
-def test_page_and_assets_are_served(broker: BrokerUnderTest) -> None:
+def test_page_and_assets_are_served(broker: Broker) -> None:
     with TestClient(create_app(page_config(broker))) as client:
         page = client.get("/")
         assert page.status_code == 200
@@ -168,7 +168,7 @@ def fleet_ready(base: str, expected: set[str]) -> bool:
     )
 
 
-def test_page_shows_the_fleet_in_chromium(broker: BrokerUnderTest, tmp_path: Path) -> None:
+def test_page_shows_the_fleet_in_chromium(broker: Broker, tmp_path: Path) -> None:
     binary = chromium_binary()
     if binary is None:
         pytest.skip(

@@ -31,8 +31,8 @@ from edgetwin.agent.contract import (
 )
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig, ManifestDevice
+from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture, Message, publish
-from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import (
     agent_mqtt_settings,
     agent_thread,
@@ -132,7 +132,7 @@ def test_every_integer_of_the_contract_is_bounded_to_what_json_and_sqlite_hold()
         DesiredConfig.decode(json.dumps(desired).encode())
 
 
-def agent_config(broker: BrokerUnderTest, state_dir: Path) -> AgentConfig:
+def agent_config(broker: Broker, state_dir: Path) -> AgentConfig:
     return AgentConfig(
         agent=AgentSection(device_id=DEVICE, state_dir=state_dir, twin_wait=2),
         mqtt=agent_mqtt_settings(
@@ -151,7 +151,7 @@ def seq_of(message: Message) -> int:
     "seq", [TOO_LARGE, MAX_INT], ids=["beyond_the_contract", "at_the_bound_with_no_room_left"]
 )
 def test_an_agent_treats_an_unusable_twin_document_as_absent(
-    broker: BrokerUnderTest, tmp_path: Path, seq: int, caplog: pytest.LogCaptureFixture
+    broker: Broker, tmp_path: Path, seq: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     publish(broker, f"edgetwin/{DEVICE}/twin", twin_json(seq), retain=True)
     with (
@@ -167,7 +167,7 @@ def test_an_agent_treats_an_unusable_twin_document_as_absent(
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
 
 
-def gateway_config(broker: BrokerUnderTest) -> GatewayConfig:
+def gateway_config(broker: Broker) -> GatewayConfig:
     return GatewayConfig.from_builtins(
         {
             "mqtt": mqtt_settings(
@@ -196,7 +196,7 @@ def twin_seq(client: TestClient) -> int:
 
 @pytest.mark.integration
 def test_a_forged_seq_neither_moves_the_twin_nor_kills_the_returning_agent(
-    broker: BrokerUnderTest, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(agent_toml(broker, DEVICE, tmp_path / "state", outdoor=False))

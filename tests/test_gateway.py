@@ -17,8 +17,8 @@ from edgetwin.agent.contract import Source, Telemetry, TwinSummary
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.broker import free_port
 from edgetwin.gateway.config import GatewayConfig, ManifestDevice
+from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture, Message
-from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import (
     REPO,
     agent_toml,
@@ -37,9 +37,7 @@ DEVICE = "greenhouse-01"
 INTERVAL = 0.2
 
 
-def gateway_config(
-    broker: BrokerUnderTest, *devices: str, interval: float = INTERVAL
-) -> GatewayConfig:
+def gateway_config(broker: Broker, *devices: str, interval: float = INTERVAL) -> GatewayConfig:
     return GatewayConfig.from_builtins(
         {
             "mqtt": mqtt_settings(
@@ -80,7 +78,7 @@ def served_by(client: TestClient, device: str) -> str | None:
     return view["served_by"]  # type: ignore[no-any-return]
 
 
-def test_gateway_simulates_a_device_without_agent(broker: BrokerUnderTest) -> None:
+def test_gateway_simulates_a_device_without_agent(broker: Broker) -> None:
     with (
         Capture(broker, "edgetwin/#") as sub,
         gateway(gateway_config(broker, DEVICE, "greenhouse-02")) as client,
@@ -105,7 +103,7 @@ def test_gateway_simulates_a_device_without_agent(broker: BrokerUnderTest) -> No
 
 
 def test_failback_when_agent_starts_and_failover_when_it_stops(
-    broker: BrokerUnderTest, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     with Capture(broker, "edgetwin/#") as sub, gateway(gateway_config(broker, DEVICE)) as client:
         sub.wait_for(simulated(DEVICE), count=3, timeout=10)
@@ -134,9 +132,7 @@ def test_failback_when_agent_starts_and_failover_when_it_stops(
         )
 
 
-def test_failover_on_agent_crash_within_last_will_delay(
-    broker: BrokerUnderTest, tmp_path: Path
-) -> None:
+def test_failover_on_agent_crash_within_last_will_delay(broker: Broker, tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(agent_toml(broker, DEVICE, tmp_path / "state", keepalive=1))
     with Capture(broker, "edgetwin/#") as sub, gateway(gateway_config(broker, DEVICE)) as client:
@@ -156,7 +152,7 @@ def test_failover_on_agent_crash_within_last_will_delay(
         assert served_by(client, DEVICE) == "simulation"
 
 
-def test_api_rejects_bad_ids_with_reasons(broker: BrokerUnderTest) -> None:
+def test_api_rejects_bad_ids_with_reasons(broker: Broker) -> None:
     with gateway(gateway_config(broker, DEVICE)) as client:
         missing = client.get("/devices/nobody")
         assert missing.status_code == 404
@@ -165,7 +161,7 @@ def test_api_rejects_bad_ids_with_reasons(broker: BrokerUnderTest) -> None:
         assert malformed.status_code == 422
 
 
-def test_seed_simulator_config_runs_unchanged(broker: BrokerUnderTest, tmp_path: Path) -> None:
+def test_seed_simulator_config_runs_unchanged(broker: Broker, tmp_path: Path) -> None:
     """The original simulator's file, with only the broker address and the ports edited."""
     prometheus_port, api_port = free_port(), free_port()
     text = (REPO / "config" / "simulator.toml").read_text()

@@ -42,8 +42,8 @@ from edgetwin.hardware.signals import (
     Sum,
     derive_seed,
 )
+from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture, Message
-from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import REPO, poll, stop_process
 from tests.fridge_agent import FRIDGE_HUMIDITY, FRIDGE_TEMPERATURE
 
@@ -550,7 +550,7 @@ TOKEN = "learned-token"
 AGENT_INTERVAL = 0.1
 
 
-def gateway_toml(broker: BrokerUnderTest) -> str:
+def gateway_toml(broker: Broker) -> str:
     return f"""
 [mqtt]
 host = "{broker.host}"
@@ -575,7 +575,7 @@ interval = {AGENT_INTERVAL}
 """
 
 
-def fridge_agent_toml(broker: BrokerUnderTest, state_dir: Path) -> str:
+def fridge_agent_toml(broker: Broker, state_dir: Path) -> str:
     return f"""
 [agent]
 device_id = "{FRIDGE}"
@@ -604,7 +604,7 @@ def reading(message: Message) -> Telemetry:
 
 @pytest.mark.integration
 def test_gateway_continues_a_killed_agents_stream_from_its_last_value(
-    broker: BrokerUnderTest, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     gateway_file = tmp_path / "gateway.toml"
     gateway_file.write_text(gateway_toml(broker))

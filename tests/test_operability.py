@@ -19,8 +19,8 @@ from edgetwin.agent.mqtt import MqttLink
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig
 from edgetwin.gateway.lograte import LogLimiter
+from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import connect_client, disconnect_client, publish
-from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import agent_mqtt_settings, agent_thread, bme280, mqtt_settings, poll
 
 pytestmark = pytest.mark.integration
@@ -29,7 +29,7 @@ TOKEN = "ops-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def gateway_config(broker: BrokerUnderTest, **extra: Any) -> GatewayConfig:
+def gateway_config(broker: Broker, **extra: Any) -> GatewayConfig:
     return GatewayConfig.from_builtins(
         {
             "mqtt": mqtt_settings(
@@ -48,7 +48,7 @@ def gateway(config: GatewayConfig) -> Iterator[TestClient]:
         yield client
 
 
-def test_health_is_503_with_the_reason_while_the_broker_is_away(broker: BrokerUnderTest) -> None:
+def test_health_is_503_with_the_reason_while_the_broker_is_away(broker: Broker) -> None:
     with gateway(gateway_config(broker)) as client:
         poll(lambda: client.get("/health").status_code == 200, 10, what="connected")
         assert client.get("/health").json()["status"] == "ok"
@@ -63,7 +63,7 @@ def test_health_is_503_with_the_reason_while_the_broker_is_away(broker: BrokerUn
         assert client.get("/health").json()["reason"] is None
 
 
-def test_a_deleted_device_leaves_metrics(broker: BrokerUnderTest) -> None:
+def test_a_deleted_device_leaves_metrics(broker: Broker) -> None:
     series = 'mqtt_sent_total{device_id="gone-01"}'
     with gateway(gateway_config(broker)) as client:
         added = client.post(
@@ -95,7 +95,7 @@ MALFORMED = [
 
 
 def test_malformed_telemetry_is_counted_and_logged_once_per_device(
-    broker: BrokerUnderTest, caplog: pytest.LogCaptureFixture
+    broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     device = {"id": "noisy-01", "sensors": {"env": {"driver": "bme280", "interval": 1}}}
@@ -150,7 +150,7 @@ def test_malformed_telemetry_is_counted_and_logged_once_per_device(
     ]
 
 
-def twin_agent(broker: BrokerUnderTest, state_dir: Path) -> AgentConfig:
+def twin_agent(broker: Broker, state_dir: Path) -> AgentConfig:
     return AgentConfig(
         agent=AgentSection(device_id="twin-01", state_dir=state_dir, twin_wait=0),
         mqtt=agent_mqtt_settings(
@@ -161,7 +161,7 @@ def twin_agent(broker: BrokerUnderTest, state_dir: Path) -> AgentConfig:
 
 
 def test_two_agents_with_one_device_id_are_reported(
-    broker: BrokerUnderTest, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Issue 12: 50 agents with one id flapped 374 times in 25 s and nothing said why."""
     caplog.set_level(logging.INFO)
@@ -241,9 +241,7 @@ def test_a_broker_that_never_answers_is_logged_once_per_outage(
     assert getattr(lines[0], "timeout_s", None) == 1
 
 
-def test_a_session_taken_over_says_so(
-    broker: BrokerUnderTest, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_session_taken_over_says_so(broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     settings = mqtt_settings(broker, keepalive=5, reconnect_min_delay=0.5, reconnect_max_delay=1)
     first = MqttLink(settings, client_id="edgetwin-gateway-same")

@@ -41,8 +41,8 @@ from edgetwin.gateway.recording import (
 from edgetwin.gateway.standins import StandIns
 from edgetwin.hardware.recordings import RecordingError
 from edgetwin.hardware.signals import Replay, replay_csv
+from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture, connect_client, disconnect_client
-from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import mqtt_settings, start_edgetwin
 
 T0 = 1_790_000_000.0  # a fixed recorded epoch, far from now, so shifted times stand out
@@ -476,12 +476,12 @@ def test_parse_broker() -> None:
 # -- live, on a real broker ----------------------------------------------------------------------
 
 
-def settings(broker: BrokerUnderTest) -> MqttSettings:
+def settings(broker: Broker) -> MqttSettings:
     return mqtt_settings(broker)
 
 
 @pytest.mark.integration
-def test_record_a_live_stream_to_csv_and_jsonl(broker: BrokerUnderTest, tmp_path: Path) -> None:
+def test_record_a_live_stream_to_csv_and_jsonl(broker: Broker, tmp_path: Path) -> None:
     stream = sample_stream()
     topics = Topics()
     with (
@@ -513,7 +513,7 @@ def test_record_a_live_stream_to_csv_and_jsonl(broker: BrokerUnderTest, tmp_path
 
 
 @pytest.mark.integration
-def test_replay_reproduces_the_file_on_the_wire(broker: BrokerUnderTest, tmp_path: Path) -> None:
+def test_replay_reproduces_the_file_on_the_wire(broker: Broker, tmp_path: Path) -> None:
     source = write(tmp_path / "source.csv", sample_stream())
     readings = read_readings(source)
     speed = 8.0
@@ -552,7 +552,7 @@ def test_replay_reproduces_the_file_on_the_wire(broker: BrokerUnderTest, tmp_pat
 
 
 @pytest.mark.integration
-def test_the_cli_records_until_stopped_and_replays(broker: BrokerUnderTest, tmp_path: Path) -> None:
+def test_the_cli_records_until_stopped_and_replays(broker: Broker, tmp_path: Path) -> None:
     source = write(tmp_path / "source.jsonl", sample_stream())
     out = tmp_path / "cli.csv"
     address = f"{broker.host}:{broker.port}"
@@ -579,7 +579,7 @@ def test_the_cli_records_until_stopped_and_replays(broker: BrokerUnderTest, tmp_
 
 @pytest.mark.integration
 def test_the_cli_loops_for_its_duration_and_counts_what_reached_the_socket(
-    broker: BrokerUnderTest, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     source = write(tmp_path / "source.jsonl", sample_stream())
     address = f"{broker.host}:{broker.port}"
@@ -618,9 +618,7 @@ def _rows(path: Path) -> int:
 
 
 @pytest.mark.integration
-def test_a_recorder_that_cannot_write_stops_with_the_reason(
-    broker: BrokerUnderTest, tmp_path: Path
-) -> None:
+def test_a_recorder_that_cannot_write_stops_with_the_reason(broker: Broker, tmp_path: Path) -> None:
     recorder = Recorder(tmp_path / "rec.jsonl")
     with LiveRecorder(settings(broker), recorder) as live:
         assert live.wait_ready(10)
@@ -644,7 +642,7 @@ def test_the_cli_refuses_bad_bounds(capsys: pytest.CaptureFixture[str], tmp_path
 
 
 @pytest.mark.integration
-def test_record_the_gateway_simulation(broker: BrokerUnderTest, tmp_path: Path) -> None:
+def test_record_the_gateway_simulation(broker: Broker, tmp_path: Path) -> None:
     standins = StandIns(EngineController(endpoint_from_mqtt(settings(broker))))
     env = SensorSettings(
         driver="bme280", address=0x76, interval=0.02, backend=SensorBackend.EMULATED

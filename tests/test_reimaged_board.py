@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 from edgetwin.agent.contract import Telemetry
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig, ManifestDevice
+from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture, Message
-from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import (
     agent_toml,
     bme280,
@@ -34,7 +34,7 @@ DEVICE = "reimaged-01"
 INTERVAL = 0.2
 
 
-def gateway_config(broker: BrokerUnderTest) -> GatewayConfig:
+def gateway_config(broker: Broker) -> GatewayConfig:
     return GatewayConfig.from_builtins(
         {
             "mqtt": mqtt_settings(
@@ -63,7 +63,7 @@ def served_by(client: TestClient) -> str:
 
 
 def test_a_wiped_state_directory_is_a_new_life_that_continues_the_stream(
-    broker: BrokerUnderTest, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     state_dir = tmp_path / "state"
     config = tmp_path / "agent.toml"

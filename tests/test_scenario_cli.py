@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from edgetwin.agent.contract import Status, Telemetry
+from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture
-from tests.brokers import BrokerUnderTest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "scenario.toml"
@@ -115,7 +115,7 @@ def test_a_bad_scenario_file_is_named_with_its_key(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_a_virtual_run_publishes_to_a_broker(broker: BrokerUnderTest, tmp_path: Path) -> None:
+def test_a_virtual_run_publishes_to_a_broker(broker: Broker, tmp_path: Path) -> None:
     scenario = tmp_path / "offline.toml"
     scenario.write_text(
         """
@@ -148,7 +148,7 @@ def test_a_virtual_run_publishes_to_a_broker(broker: BrokerUnderTest, tmp_path: 
 
 @pytest.mark.integration
 def test_a_real_time_run_plays_the_fleet_on_the_broker_until_its_duration(
-    broker: BrokerUnderTest,
+    broker: Broker,
 ) -> None:
     """Without --virtual the scale engine plays the scenario now, straight to the broker."""
     with Capture(broker, "edgetwin/+/telemetry/+") as sub:
@@ -170,7 +170,7 @@ def test_a_real_time_run_plays_the_fleet_on_the_broker_until_its_duration(
 
 
 @pytest.mark.integration
-def test_the_broker_sink_counts_what_the_broker_never_confirmed(broker: BrokerUnderTest) -> None:
+def test_the_broker_sink_counts_what_the_broker_never_confirmed(broker: Broker) -> None:
     from edgetwin.gateway.scenario.virtual import BrokerSink
 
     sink = BrokerSink(broker.host, broker.port, qos=1, close_timeout=0.5)

@@ -17,8 +17,8 @@ from edgetwin.gateway.scenario import PlacedFleet
 from edgetwin.gateway.scenario.generator import PlacedStreams
 from edgetwin.gateway.standins import StandIns, standin_stream
 from edgetwin.hardware.registry import reading_quantities
+from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture, Message
-from tests.brokers import BrokerUnderTest
 from tests.engine_helpers import TestScenario
 from tests.fleet_helpers import poll
 
@@ -26,12 +26,12 @@ TELEMETRY = "edgetwin/+/telemetry/+"
 FAST = SensorSettings(driver="bme280", address=0x76, interval=0.05)
 
 
-def endpoint(broker: BrokerUnderTest) -> Endpoint:
+def endpoint(broker: Broker) -> Endpoint:
     return Endpoint(host=broker.host, port=broker.port, protocol=broker.protocol, keepalive=2)
 
 
 @pytest.fixture
-def standins(broker: BrokerUnderTest) -> Iterator[StandIns]:
+def standins(broker: Broker) -> Iterator[StandIns]:
     engine = EngineController(endpoint(broker), EngineSettings(stats_interval=0.2))
     stand_ins = StandIns(engine)
     stand_ins.start()
@@ -46,7 +46,7 @@ def readings(messages: list[Message], device: str, sensor: str = "env") -> list[
 
 @pytest.mark.integration
 def test_a_stand_in_continues_the_numbering_and_hands_back_its_last_seq(
-    broker: BrokerUnderTest, standins: StandIns
+    broker: Broker, standins: StandIns
 ) -> None:
     with Capture(broker, TELEMETRY, qos=0) as sub:
         assert standins.serve("pi", {"env": FAST}, {"env": 100})
@@ -73,7 +73,7 @@ def test_a_stand_in_continues_the_numbering_and_hands_back_its_last_seq(
 
 @pytest.mark.integration
 def test_readings_carry_the_drivers_quantities_units_and_resolution(
-    broker: BrokerUnderTest, standins: StandIns
+    broker: Broker, standins: StandIns
 ) -> None:
     adc = SensorSettings(driver="ads1115", address=0x48, interval=0.05, options={"channels": "0,2"})
     with Capture(broker, TELEMETRY, qos=0) as sub:
@@ -96,7 +96,7 @@ def test_readings_carry_the_drivers_quantities_units_and_resolution(
 
 @pytest.mark.integration
 def test_changed_settings_restart_a_stream_and_its_numbering_goes_on(
-    broker: BrokerUnderTest, standins: StandIns
+    broker: Broker, standins: StandIns
 ) -> None:
     slow = SensorSettings(driver="bme280", address=0x76, interval=0.1)
     with Capture(broker, "edgetwin/pi/telemetry/env", qos=0) as sub:
@@ -113,7 +113,7 @@ def test_changed_settings_restart_a_stream_and_its_numbering_goes_on(
 
 @pytest.mark.integration
 def test_a_neighbour_keeps_running_while_one_sensor_is_handed_back(
-    broker: BrokerUnderTest, standins: StandIns
+    broker: Broker, standins: StandIns
 ) -> None:
     other = SensorSettings(driver="sht3x", interval=0.05)
     with Capture(broker, TELEMETRY, qos=0) as sub:
@@ -129,7 +129,7 @@ def test_a_neighbour_keeps_running_while_one_sensor_is_handed_back(
 
 @pytest.mark.integration
 def test_a_thousand_devices_taken_over_at_once_all_publish(
-    broker: BrokerUnderTest, standins: StandIns
+    broker: Broker, standins: StandIns
 ) -> None:
     """Each placement is one message down a pipe; the worker folds the ones that arrive
     together into one schedule rebuild, so a whole fleet failing over is no slower per device
@@ -151,7 +151,7 @@ def test_a_thousand_devices_taken_over_at_once_all_publish(
 
 @pytest.mark.integration
 def test_a_large_manifest_places_its_stand_ins_in_a_worker_process(
-    broker: BrokerUnderTest,
+    broker: Broker,
 ) -> None:
     """Past what a thread of the gateway holds (`in_process_rate`), the stand-ins' run goes to
     a worker process: placement and hand-back cross a process boundary, learned signals and
@@ -173,7 +173,7 @@ def test_a_large_manifest_places_its_stand_ins_in_a_worker_process(
         stand_ins.stop()
 
 
-def test_placements_wait_for_the_engine_to_run(broker: BrokerUnderTest) -> None:
+def test_placements_wait_for_the_engine_to_run(broker: Broker) -> None:
     stand_ins = StandIns(EngineController(endpoint(broker)))
     assert stand_ins.serve("early", {"env": FAST}, {"env": 7})
     assert stand_ins.is_active("early")
@@ -187,7 +187,7 @@ def test_placements_wait_for_the_engine_to_run(broker: BrokerUnderTest) -> None:
 
 
 def test_a_placed_run_takes_no_scenario_streams_and_a_scenario_run_no_placements(
-    broker: BrokerUnderTest,
+    broker: Broker,
 ) -> None:
     engine = EngineController(endpoint(broker))
     with pytest.raises(EngineStateError):

@@ -41,7 +41,7 @@ from edgetwin.agent.config import EXIT_CONFIG, AgentSection, field_default, load
 from edgetwin.agent.runtime import IDLE_WAIT
 from edgetwin.agent.systemd import Notifier
 from edgetwin.gateway.broker import free_port
-from tests.brokers import BrokerUnderTest
+from edgetwin.testing.broker import Broker
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"
@@ -704,7 +704,7 @@ def run_agent_in_sandbox(
 
 @pytest.mark.integration
 def test_agent_runs_inside_the_units_sandbox(
-    tmp_path: Path, notify_socket: NotifySocket, broker: BrokerUnderTest
+    tmp_path: Path, notify_socket: NotifySocket, broker: Broker
 ) -> None:
     code, log = run_agent_in_sandbox(
         tmp_path, notify_socket, broker.host, broker.port, broker.protocol
@@ -730,7 +730,7 @@ def test_agent_is_ready_inside_the_sandbox_without_a_broker(
 
 
 @pytest.mark.integration
-def test_gateway_runs_inside_the_units_sandbox(tmp_path: Path, broker: BrokerUnderTest) -> None:
+def test_gateway_runs_inside_the_units_sandbox(tmp_path: Path, broker: Broker) -> None:
     port = free_port()
     config = tmp_path / "gateway.toml"
     config.write_text(

@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from edgetwin.agent.contract import ContractError, FaultLabel, Source, Telemetry, Value
+from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import (
     Capture,
     SequenceReport,
@@ -17,13 +18,12 @@ from edgetwin.testing.capture import (
     publish,
 )
 from edgetwin.testing.endpoint import MqttEndpoint
-from tests.brokers import BrokerUnderTest
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def endpoint(broker: BrokerUnderTest) -> MqttEndpoint:
+def endpoint(broker: Broker) -> MqttEndpoint:
     return MqttEndpoint(broker.host, broker.port)
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from edgetwin.agent.contract import FaultLabel, Source, Status, Telemetry
 from edgetwin.gateway.scenario import parse_scenario
+from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture, publish
 from edgetwin.testing.endpoint import MqttEndpoint
 from edgetwin.testing.fleet import (
@@ -19,7 +20,6 @@ from edgetwin.testing.fleet import (
     load_played,
     play_scenario,
 )
-from tests.brokers import BrokerUnderTest
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ TELEMETRY = "edgetwin/+/telemetry/+"
 
 
 @pytest.fixture
-def endpoint(broker: BrokerUnderTest) -> MqttEndpoint:
+def endpoint(broker: Broker) -> MqttEndpoint:
     return MqttEndpoint(broker.host, broker.port)
 
 

@@ -1,23 +1,19 @@
 """MQTT over TLS against a real mosquitto: client certificates, username and password, and the
 failures that must stay failures (a wrong CA, a missing certificate, a wrong password).
 
-Certificates come from `tests.tls_certs` (the openssl command) into the test's tmp_path. The
-broker is a `MosquittoBroker` with a second listener, TLS only, set up through `extra_config`:
-lines after a `listener` line configure that listener.
+Certificates come from `edgetwin.testing.certs` (the openssl command) into the test's tmp_path;
+the brokers are `edgetwin.testing.broker`'s TLS variants, handed those certificates.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 import ssl
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +26,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edgetwin.agent.config import AgentConfig, load_agent_config
 from edgetwin.agent.contract import Status, Telemetry
 from edgetwin.agent.runtime import Agent
-from edgetwin.gateway.broker import MosquittoBroker, free_port
+from edgetwin.testing.broker import Broker
+from edgetwin.testing.certs import OPENSSL_MISSING, KeyPair, Pki, make_pki, openssl_binary
+from tests.conftest import BrokerFactory
 from tests.fleet_helpers import agent_thread, poll
-from tests.tls_certs import OPENSSL_MISSING, KeyPair, Pki, make_pki, openssl_binary
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(openssl_binary() is None, reason=OPENSSL_MISSING),
-    pytest.mark.skipif(
-        not MosquittoBroker.available(),
-        reason="TLS listeners are set up in mosquitto.conf: needs the mosquitto binary",
-    ),
 ]
 
 DEVICE = "pi-tls"
@@ -54,57 +47,22 @@ def pki(tmp_path: Path) -> Pki:
     return make_pki(tmp_path / "pki", clients=(DEVICE, SUBSCRIBER))
 
 
-@dataclass(frozen=True)
-class TlsBroker:
-    broker: MosquittoBroker
-    port: int
-    """The TLS listener's port; `broker.port` is mosquitto's plain listener, unused here."""
-    host: str = "127.0.0.1"
-
-    def connections(self) -> int:
-        """How many TCP connections the TLS listener has accepted so far (from the log)."""
-        pattern = rf"New connection from \S+ on port {self.port}\."
-        return len(re.findall(pattern, self.broker.log_text()))
-
-
-@contextmanager
-def tls_broker(pki: Pki, *listener_settings: str) -> Iterator[TlsBroker]:
-    port = free_port()
-    extra = [
-        f"listener {port} 127.0.0.1",
-        f"cafile {pki.ca.cert}",
-        f"certfile {pki.server.cert}",
-        f"keyfile {pki.server.key}",
-        *listener_settings,
-    ]
-    with MosquittoBroker(extra_config=extra) as broker:
-        yield TlsBroker(broker, port)
+def connections(broker: Broker) -> int:
+    """How many TCP connections the broker's only listener has accepted so far (from its log);
+    the first is the harness's own readiness probe."""
+    return len(re.findall(r"New connection from \S+ on port \d+\.", broker.log_text()))
 
 
 @pytest.fixture
-def cert_broker(pki: Pki) -> Iterator[TlsBroker]:
+def cert_broker(pki: Pki, broker_factory: BrokerFactory) -> Broker:
     """Clients must show a certificate from our CA; its common name becomes the username."""
-    with tls_broker(pki, "require_certificate true", "use_identity_as_username true") as broker:
-        yield broker
+    return broker_factory(tls=pki, client_certificates=(SUBSCRIBER, DEVICE))
 
 
 @pytest.fixture
-def password_broker(pki: Pki, tmp_path: Path) -> Iterator[TlsBroker]:
+def password_broker(pki: Pki, broker_factory: BrokerFactory) -> Broker:
     """Server authentication by TLS, clients by username and password; no anonymous clients."""
-    mosquitto_passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-    if not Path(mosquitto_passwd).exists():
-        pytest.skip("mosquitto_passwd is not installed; it writes the broker's password file")
-    passwords = tmp_path / "passwords"
-    for i, (user, password) in enumerate([(USERNAME, PASSWORD), (SUBSCRIBER, "sub-secret")]):
-        create = ["-c"] if i == 0 else []
-        subprocess.run(
-            [mosquitto_passwd, *create, "-b", str(passwords), user, password],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-    with tls_broker(pki, f"password_file {passwords}", "allow_anonymous false") as broker:
-        yield broker
+    return broker_factory(tls=pki, users={USERNAME: PASSWORD, SUBSCRIBER: "sub-secret"})
 
 
 # -- a TLS client for the test's side ------------------------------------------------------------
@@ -115,7 +73,7 @@ class TlsClient:
 
     def __init__(
         self,
-        endpoint: TlsBroker,
+        endpoint: Broker,
         *,
         ca: Path,
         client_cert: KeyPair | None = None,
@@ -220,7 +178,7 @@ def subscribed(client: TlsClient, topic_filter: str) -> Iterator[TlsClient]:
 
 def agent_config(
     tmp_path: Path,
-    endpoint: TlsBroker,
+    endpoint: Broker,
     tls: dict[str, Path],
     credentials: str = "",
     environ: dict[str, str] | None = None,
@@ -255,9 +213,10 @@ backend = "emulated"
     return load_agent_config(path, environ or {})
 
 
-def assert_kept_out(agent: Agent, endpoint: TlsBroker, watcher: TlsClient) -> None:
+def assert_kept_out(agent: Agent, endpoint: Broker, watcher: TlsClient) -> None:
     """The agent reads on, retries the broker, and never gets a reading through."""
-    poll(lambda: endpoint.connections() >= 3, 10, what="the agent's repeated attempts")
+    # Two connections are the harness's readiness probe and the watcher's.
+    poll(lambda: connections(endpoint) >= 4, 10, what="the agent's repeated attempts")
     poll(lambda: agent.readings >= 10, 10, what="readings while refused")
     assert agent.link.connect_count == 0
     assert not agent.link.connected
@@ -269,7 +228,7 @@ def assert_kept_out(agent: Agent, endpoint: TlsBroker, watcher: TlsClient) -> No
 
 
 def test_agent_publishes_with_a_client_certificate(
-    pki: Pki, cert_broker: TlsBroker, tmp_path: Path
+    pki: Pki, cert_broker: Broker, tmp_path: Path
 ) -> None:
     tls = {"ca_file": pki.ca.cert, "cert_file": pki.clients[DEVICE].cert}
     tls["key_file"] = pki.clients[DEVICE].key
@@ -284,12 +243,12 @@ def test_agent_publishes_with_a_client_certificate(
     assert [t.seq for t in telemetry] == list(range(1, len(telemetry) + 1))
     assert Status.decode(birth[0].payload).state == "online"
     # use_identity_as_username: the broker knows the agent by its certificate's name.
-    log = cert_broker.broker.log_text()
+    log = cert_broker.log_text()
     assert re.search(rf"as edgetwin-agent-{DEVICE} \(.*u'{DEVICE}'\)", log), log
 
 
 def test_agent_trusting_the_wrong_ca_keeps_retrying(
-    pki: Pki, cert_broker: TlsBroker, tmp_path: Path
+    pki: Pki, cert_broker: Broker, tmp_path: Path
 ) -> None:
     tls = {"ca_file": pki.other_ca.cert, "cert_file": pki.clients[DEVICE].cert}
     tls["key_file"] = pki.clients[DEVICE].key
@@ -301,7 +260,7 @@ def test_agent_trusting_the_wrong_ca_keeps_retrying(
         assert_kept_out(agent, cert_broker, watcher)
 
 
-def test_test_clients_see_the_same_refusals(pki: Pki, cert_broker: TlsBroker) -> None:
+def test_test_clients_see_the_same_refusals(pki: Pki, cert_broker: Broker) -> None:
     """The failures above, one handshake each, with their causes."""
     wrong_ca = TlsClient(cert_broker, ca=pki.other_ca.cert, client_cert=pki.clients[SUBSCRIBER])
     with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
@@ -322,7 +281,7 @@ def test_test_clients_see_the_same_refusals(pki: Pki, cert_broker: TlsBroker) ->
 
 
 def test_agent_publishes_with_username_and_password(
-    pki: Pki, password_broker: TlsBroker, tmp_path: Path
+    pki: Pki, password_broker: Broker, tmp_path: Path
 ) -> None:
     # The password comes from the environment, as a systemd credential or EnvironmentFile would
     # give it; only the username is in the file.
@@ -339,7 +298,7 @@ def test_agent_publishes_with_username_and_password(
     assert Telemetry.decode(readings[0].payload).device == DEVICE
 
 
-def test_wrong_password_is_refused(pki: Pki, password_broker: TlsBroker, tmp_path: Path) -> None:
+def test_wrong_password_is_refused(pki: Pki, password_broker: Broker, tmp_path: Path) -> None:
     intruder = TlsClient(password_broker, ca=pki.ca.cert, username=USERNAME, password="guess")
     with pytest.raises(ConnectionError, match=r"Not authorized|Bad user name or password"):
         intruder.connect()

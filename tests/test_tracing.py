@@ -24,7 +24,7 @@ from edgetwin.agent.tracing import setup_tracing
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.broker import free_port
 from edgetwin.gateway.config import GatewayConfig, ManifestDevice
-from tests.brokers import BrokerUnderTest
+from edgetwin.testing.broker import Broker
 from tests.fleet_helpers import agent_mqtt_settings, bme280, mqtt_settings, poll
 
 
@@ -97,7 +97,7 @@ def collector() -> Iterator[Collector]:
 
 @pytest.mark.integration
 def test_api_requests_and_sampled_publishes_are_traced(
-    broker: BrokerUnderTest, collector: Collector
+    broker: Broker, collector: Collector
 ) -> None:
     config = GatewayConfig.from_builtins(
         {
@@ -141,7 +141,7 @@ def test_unreachable_collector_costs_one_warning(caplog: pytest.LogCaptureFixtur
 
 @pytest.mark.integration
 def test_config_push_and_its_application_share_one_trace(
-    broker: BrokerUnderTest, collector: Collector, tmp_path: Path
+    broker: Broker, collector: Collector, tmp_path: Path
 ) -> None:
     """The gateway's config.push span and the agent's config.apply span are one trace: the
     context travels in MQTT 5 user properties of the desired message."""

@@ -32,9 +32,16 @@ from edgetwin.gateway.app import create_app
 from edgetwin.gateway.broker import MosquittoBroker
 from edgetwin.gateway.config import ApiSection, GatewayConfig, ManifestDevice
 from edgetwin.hardware import EmulatedBackend
-from edgetwin.testing.capture import Capture, Message, connect_client, disconnect_client, publish
+from edgetwin.testing.broker import Broker
+from edgetwin.testing.capture import (
+    BrokerAddress,
+    Capture,
+    Message,
+    connect_client,
+    disconnect_client,
+    publish,
+)
 from tests import fleet_helpers
-from tests.brokers import BrokerUnderTest
 from tests.fleet_helpers import (
     agent_mqtt_settings,
     agent_toml,
@@ -54,7 +61,7 @@ DEVICE = "greenhouse-01"
 INTERVAL = 0.2
 
 
-def gateway_config(broker: BrokerUnderTest, *devices: ManifestDevice) -> GatewayConfig:
+def gateway_config(broker: BrokerAddress, *devices: ManifestDevice) -> GatewayConfig:
     return GatewayConfig.from_builtins(
         {
             "mqtt": mqtt_settings(
@@ -79,7 +86,7 @@ def gateway(config: GatewayConfig) -> Iterator[TestClient]:
 
 @contextmanager
 def agent_thread(
-    broker: BrokerUnderTest,
+    broker: BrokerAddress,
     state_dir: Path,
     sensors: dict[str, SensorSettings],
     backend: EmulatedBackend | None = None,
@@ -116,7 +123,7 @@ def telemetry_from(source: str, sensor: str | None = None) -> Callable[[Message]
     return match
 
 
-def test_config_push_round_trip_and_conflicts(broker: BrokerUnderTest, tmp_path: Path) -> None:
+def test_config_push_round_trip_and_conflicts(broker: Broker, tmp_path: Path) -> None:
     manifest = ManifestDevice(id=DEVICE, sensors={"env": bme280(INTERVAL)})
     with (
         gateway(gateway_config(broker, manifest)) as client,
@@ -169,7 +176,7 @@ def test_config_push_round_trip_and_conflicts(broker: BrokerUnderTest, tmp_path:
 
 
 def test_desired_pushed_while_offline_is_applied_once_on_start(
-    broker: BrokerUnderTest, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     manifest = ManifestDevice(id=DEVICE, sensors={"env": bme280(INTERVAL)})
     with gateway(gateway_config(broker, manifest)) as client:
@@ -195,9 +202,7 @@ def test_desired_pushed_while_offline_is_applied_once_on_start(
     assert not [r for r in applied if r.status == "rejected"]
 
 
-def test_failover_on_kill_and_failback_keep_one_numbering(
-    broker: BrokerUnderTest, tmp_path: Path
-) -> None:
+def test_failover_on_kill_and_failback_keep_one_numbering(broker: Broker, tmp_path: Path) -> None:
     manifest = ManifestDevice(id=DEVICE, sensors={"env": bme280(INTERVAL)})
     config = tmp_path / "agent.toml"
     config.write_text(
@@ -273,7 +278,7 @@ def test_failover_on_kill_and_failback_keep_one_numbering(
     assert failover_s < 5
 
 
-def test_only_the_faulted_sensor_is_simulated(broker: BrokerUnderTest, tmp_path: Path) -> None:
+def test_only_the_faulted_sensor_is_simulated(broker: Broker, tmp_path: Path) -> None:
     manifest = ManifestDevice(id=DEVICE, sensors=two_sensors())
     backend = EmulatedBackend()
     with (
@@ -319,7 +324,7 @@ def test_only_the_faulted_sensor_is_simulated(broker: BrokerUnderTest, tmp_path:
         )
 
 
-def test_restarted_gateway_rebuilds_the_twin_from_the_broker(broker: BrokerUnderTest) -> None:
+def test_restarted_gateway_rebuilds_the_twin_from_the_broker(broker: Broker) -> None:
     added = {
         "id": "added-later",
         "site": "lab",
@@ -358,14 +363,14 @@ def test_restarted_gateway_rebuilds_the_twin_from_the_broker(broker: BrokerUnder
         assert third.get("/devices/added-later").status_code == 404
 
 
-def test_labels_that_do_not_fit_the_twin_document_get_422(broker: BrokerUnderTest) -> None:
+def test_labels_that_do_not_fit_the_twin_document_get_422(broker: Broker) -> None:
     with gateway(gateway_config(broker)) as client:
         bad = client.post("/devices", json={"id": "x1", "labels": {"not a key": "v"}}, headers=AUTH)
         assert bad.status_code == 422
         assert client.get("/devices/x1").status_code == 404
 
 
-def test_writes_need_the_token(broker: BrokerUnderTest) -> None:
+def test_writes_need_the_token(broker: Broker) -> None:
     body = {"id": "x1", "sensors": {}}
     with gateway(gateway_config(broker)) as client:
         missing = client.post("/devices", json=body)
@@ -383,7 +388,7 @@ def test_writes_need_the_token(broker: BrokerUnderTest) -> None:
         assert "no API token" in refused.json()["detail"]
 
 
-def test_unplugged_chip_reason_reaches_the_twin(broker: BrokerUnderTest, tmp_path: Path) -> None:
+def test_unplugged_chip_reason_reaches_the_twin(broker: Broker, tmp_path: Path) -> None:
     backend = EmulatedBackend()
     manifest = ManifestDevice(id=DEVICE, sensors={"env": bme280(INTERVAL)})
     with (
@@ -403,7 +408,7 @@ def test_unplugged_chip_reason_reaches_the_twin(broker: BrokerUnderTest, tmp_pat
         assert "Input/output error" in twin(client)["state"]["sensors"]["env"]["reason"]
 
 
-def test_rejection_reaches_the_api_with_its_reason(broker: BrokerUnderTest, tmp_path: Path) -> None:
+def test_rejection_reaches_the_api_with_its_reason(broker: Broker, tmp_path: Path) -> None:
     manifest = ManifestDevice(id=DEVICE, sensors={"env": bme280(INTERVAL)})
     with (
         gateway(gateway_config(broker, manifest)) as client,
@@ -461,9 +466,7 @@ def test_agents_lost_with_a_broker_crash_are_simulated_after_it(tmp_path: Path) 
         crashing.close()
 
 
-def test_a_live_agent_answers_the_gateways_rebirth_request(
-    broker: BrokerUnderTest, tmp_path: Path
-) -> None:
+def test_a_live_agent_answers_the_gateways_rebirth_request(broker: Broker, tmp_path: Path) -> None:
     with (
         agent_thread(broker, tmp_path, {"env": bme280(INTERVAL)}) as agent,
         Capture(broker, f"edgetwin/{DEVICE}/status") as sub,
@@ -478,7 +481,7 @@ def test_a_live_agent_answers_the_gateways_rebirth_request(
 
 
 def test_a_gateway_started_after_a_crash_does_not_trust_a_replayed_birth(
-    broker: BrokerUnderTest, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     """A retained "online" status whose agent is gone (a crash took its will with it) and one
     whose agent is live: after start-up only the live one counts as online."""
@@ -578,7 +581,7 @@ def test_a_restarted_gateway_rebuilds_every_twin_on_a_stock_broker(
 
 
 def test_a_device_deleted_and_added_again_gets_versions_its_agent_accepts(
-    broker: BrokerUnderTest, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     """Issue 12: after DELETE and POST every push was refused ("version 2 is older than applied
     version 4") while the twin showed in_sync."""
@@ -605,7 +608,7 @@ def test_a_device_deleted_and_added_again_gets_versions_its_agent_accepts(
         assert twin(client)["config"] == "in_sync"
 
 
-def test_versions_stay_within_json_safe_integers(broker: BrokerUnderTest) -> None:
+def test_versions_stay_within_json_safe_integers(broker: Broker) -> None:
     top = 2**53 - 1
     publish(
         broker,

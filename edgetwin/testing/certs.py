@@ -4,7 +4,10 @@
 (subjectAltName, which hostname checking reads), client certificates for the names asked for,
 and a second, unrelated CA to play the wrong one. Keys are P-256 EC keys: quick to generate,
 accepted by mosquitto and by Python's ssl. Everything is valid for two days and lives in the
-directory given (a pytest tmp_path), so no test depends on another's certificates.
+directory given (a pytest tmp_path, say), so no test depends on another's certificates.
+
+`edgetwin.testing.broker.start_broker(tls=True)` calls it for you; call it yourself to share one
+set of certificates between brokers, or to hand a client the wrong CA on purpose.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+__all__ = ["OPENSSL_MISSING", "KeyPair", "OpensslError", "Pki", "make_pki", "openssl_binary"]
+
 OPENSSL_MISSING = "the openssl command is not installed; it makes the test certificates"
+"""Why TLS helpers cannot run here; a ready-made skip reason."""
 
 # Our own request/extension sections: the system openssl.cnf adds extensions of its own to
 # `req -x509`, which differ between distributions and may clash with ours.
@@ -49,14 +55,20 @@ class OpensslError(RuntimeError):
 
 @dataclass(frozen=True)
 class KeyPair:
+    """A certificate and its private key, both PEM files."""
+
     cert: Path
     key: Path
 
 
 @dataclass(frozen=True)
 class Pki:
+    """Everything `make_pki` wrote: the CA, the broker's certificate, clients' and a wrong CA."""
+
     ca: KeyPair
+    """The test CA: clients trust `ca.cert`; the broker checks client certificates against it."""
     server: KeyPair
+    """The broker's certificate, for 127.0.0.1 and localhost, signed by `ca`."""
     clients: dict[str, KeyPair]
     """Client certificates by common name (mosquitto's use_identity_as_username reads it)."""
     other_ca: KeyPair
@@ -64,11 +76,12 @@ class Pki:
 
 
 def openssl_binary() -> str | None:
+    """The openssl command's path, or None when it is not installed."""
     return shutil.which("openssl")
 
 
 def _run(openssl: str, *args: str | Path) -> None:
-    result = subprocess.run(
+    result = subprocess.run(  # noqa: S603 - the openssl binary, our own arguments, no shell
         [openssl, *map(str, args)], capture_output=True, text=True, check=False, timeout=30
     )
     if result.returncode != 0:
@@ -93,7 +106,7 @@ def _ca(openssl: str, directory: Path, name: str, cnf: Path) -> KeyPair:
 
 
 def _issue(
-    openssl: str, directory: Path, ca: KeyPair, name: str, common_name: str, kind: str, cnf: Path
+    openssl: str, directory: Path, ca: KeyPair, *, name: str, common_name: str, kind: str, cnf: Path
 ) -> KeyPair:
     key = _key(openssl, directory / f"{name}.key")
     request = directory / f"{name}.csr"
@@ -111,7 +124,11 @@ def _issue(
 
 
 def make_pki(directory: Path, clients: tuple[str, ...] = ()) -> Pki:
-    """Write a CA, a server certificate, one client certificate per name, and a wrong CA."""
+    """Write a CA, a server certificate, one client certificate per name, and a wrong CA.
+
+    Client certificates carry the name as their common name. Raises `OpensslError` when the
+    openssl command is missing or fails. Takes about a tenth of a second per certificate.
+    """
     openssl = openssl_binary()
     if openssl is None:
         raise OpensslError(OPENSSL_MISSING)
@@ -121,9 +138,19 @@ def make_pki(directory: Path, clients: tuple[str, ...] = ()) -> Pki:
     ca = _ca(openssl, directory, "edgetwin-test-ca", cnf)
     return Pki(
         ca=ca,
-        server=_issue(openssl, directory, ca, "server", "127.0.0.1", "server", cnf),
+        server=_issue(
+            openssl, directory, ca, name="server", common_name="127.0.0.1", kind="server", cnf=cnf
+        ),
         clients={
-            name: _issue(openssl, directory, ca, f"client-{name}", name, "client", cnf)
+            name: _issue(
+                openssl,
+                directory,
+                ca,
+                name=f"client-{name}",
+                common_name=name,
+                kind="client",
+                cnf=cnf,
+            )
             for name in clients
         },
         other_ca=_ca(openssl, directory, "edgetwin-wrong-ca", cnf),
