@@ -15,7 +15,7 @@ from edgetwin.testing.agent import EmulatedAgent, agent_config_toml
 from edgetwin.testing.endpoint import MqttEndpoint
 from edgetwin.testing.waiting import poll
 from tests.brokers import BrokerUnderTest
-from tests.mqtt_helpers import Message, Subscriber
+from tests.mqtt_helpers import Subscriber
 
 pytestmark = pytest.mark.integration
 
