@@ -15,7 +15,8 @@ counter, applied config) in a temporary directory unless given one, and lets the
 Example::
 
     from edgetwin.testing.agent import EmulatedAgent
-    from edgetwin.testing.endpoint import MqttEndpoint
+    from edgetwin.testing._toml import toml_document
+from edgetwin.testing.endpoint import MqttEndpoint
 
     config = {
         "agent": {"device_id": "pi-01"},
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import errno
-import json
 import logging
 import signal
 import sqlite3
@@ -70,6 +70,7 @@ from edgetwin.hardware.fault_channel import (
 )
 from edgetwin.hardware.registry import check_settings
 from edgetwin.hardware.signals import derive_seed
+from edgetwin.testing._toml import toml_document
 from edgetwin.testing.endpoint import MqttEndpoint
 from edgetwin.testing.process import start_edgetwin, stop_process
 
@@ -106,42 +107,14 @@ DEFAULT_SENSORS: Mapping[str, Mapping[str, Any]] = {
 # -- the agent's config as a file ------------------------------------------------------------
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str | Path):
-        # A JSON string is a TOML basic string: same quotes, same escapes.
-        return json.dumps(str(value))
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return (
-            "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
-        )
-    raise TypeError(f"cannot write {value!r} ({type(value).__name__}) to TOML")
-
-
 def agent_config_toml(config: Mapping[str, Any]) -> str:
     """An agent config file's text for `config`, a dict in the file's own structure.
 
-    `config` maps section names (`agent`, `mqtt`, `outbox`, `observability`) to their keys, and
-    `sensors` to one table of keys per sensor name; nested tables (`tls`, `pins`, `options`)
-    become inline tables. Nothing is checked here: `AgentConfig.from_builtins(config)` does.
+    `config` maps section names (`agent`, `mqtt`, `outbox`, `observability`, `sensors`) to
+    their keys; tables inside a section (each sensor's, `tls`, `pins`, `options`) become inline
+    tables. Nothing is checked here: `AgentConfig.from_builtins(config)` does.
     """
-    lines: list[str] = []
-    for section, keys in config.items():
-        if section == "sensors":
-            for name, settings in keys.items():
-                lines.append(f"[sensors.{json.dumps(name)}]")
-                lines.extend(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in settings.items())
-                lines.append("")
-            continue
-        lines.append(f"[{section}]")
-        lines.extend(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in keys.items())
-        lines.append("")
-    return "\n".join(lines)
+    return toml_document(config)
 
 
 # -- an agent on a thread ---------------------------------------------------------------------
