@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from edgetwin.agent.contract import DeviceState, Source, Status, Telemetry
+from edgetwin.testing.agent import EmulatedAgent
+from edgetwin.testing.process import start_edgetwin, stop_process
 from tests.brokers import BrokerUnderTest
-from tests.fleet_helpers import agent_toml, payload, running_agent, start_edgetwin, stop_process
+from tests.fleet_helpers import agent_toml, endpoint, one_bme280, payload
 from tests.mqtt_helpers import Subscriber
 
 pytestmark = pytest.mark.integration
@@ -99,14 +101,14 @@ def test_boot_counter_and_seq_persist_across_restarts(
 ) -> None:
     state = tmp_path / "state"
     with Subscriber(broker, f"edgetwin/{DEVICE}/#") as sub:
-        with running_agent(broker, DEVICE, state):
+        with EmulatedAgent(endpoint(broker), one_bme280(DEVICE), state_dir=state):
             first_run = sub.wait_for(f"edgetwin/{DEVICE}/telemetry/env", count=3, timeout=10)
         last_seq = max(
             Telemetry.decode(m.payload).seq
             for m in sub.messages(f"edgetwin/{DEVICE}/telemetry/env")
         )
         sub.clear()
-        with running_agent(broker, DEVICE, state):
+        with EmulatedAgent(endpoint(broker), one_bme280(DEVICE), state_dir=state):
             second_run = sub.wait_for(f"edgetwin/{DEVICE}/telemetry/env", count=2, timeout=10)
             births = sub.wait_for(
                 lambda m: m.topic.endswith("/status") and payload(m)["state"] == "online"
@@ -134,7 +136,7 @@ def test_bad_config_stops_with_the_key_named(tmp_path: Path) -> None:
 def test_state_document_reports_each_sensor(broker: BrokerUnderTest, tmp_path: Path) -> None:
     with (
         Subscriber(broker, f"edgetwin/{DEVICE}/state") as sub,
-        running_agent(broker, DEVICE, tmp_path),
+        EmulatedAgent(endpoint(broker), one_bme280(DEVICE), state_dir=tmp_path),
     ):
         states = sub.wait_for(timeout=10)
     state = DeviceState.decode(states[-1].payload)

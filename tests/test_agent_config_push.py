@@ -34,10 +34,11 @@ from edgetwin.agent.desired import (
     validate_desired,
 )
 from edgetwin.agent.runtime import Agent
-from tests import fleet_helpers
+from edgetwin.testing import agent as testing_agent
+from edgetwin.testing.waiting import poll
 from tests.brokers import BrokerUnderTest
 from tests.conftest import BrokerFactory
-from tests.fleet_helpers import agent_mqtt_settings, bme280, payload, poll
+from tests.fleet_helpers import agent_mqtt_settings, bme280, payload
 from tests.mqtt_helpers import Message, Subscriber, publish
 
 pytestmark = pytest.mark.integration
@@ -109,7 +110,7 @@ def agent_config(broker: BrokerUnderTest, state_dir: Path) -> AgentConfig:
 @contextmanager
 def agent_thread(config: AgentConfig) -> Iterator[tuple[Agent, RecordingMetrics]]:
     metrics = RecordingMetrics()
-    with fleet_helpers.agent_thread(config, metrics=metrics) as agent:
+    with testing_agent.agent_thread(config, metrics=metrics) as agent:
         yield agent, metrics
 
 

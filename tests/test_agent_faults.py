@@ -20,8 +20,9 @@ from edgetwin.agent.config import AgentConfig, AgentSection, OutboxSettings, loa
 from edgetwin.agent.contract import DeviceState, SensorSettings, SensorState, Telemetry
 from edgetwin.hardware import EmulatedBackend, RealBackend
 from edgetwin.hardware.bus import FakeI2CBus
+from edgetwin.testing.agent import agent_thread
 from tests.brokers import BrokerUnderTest
-from tests.fleet_helpers import agent_mqtt_settings, agent_thread, bme280
+from tests.fleet_helpers import agent_mqtt_settings, bme280
 from tests.mqtt_helpers import Message, Subscriber
 
 pytestmark = pytest.mark.integration

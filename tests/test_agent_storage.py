@@ -24,9 +24,11 @@ import pytest
 from edgetwin.agent.config import EXIT_CONFIG
 from edgetwin.agent.contract import DeviceState, Telemetry
 from edgetwin.gateway.broker import free_port
+from edgetwin.testing.process import start_edgetwin, stop_process
+from edgetwin.testing.waiting import poll
 from tests.brokers import BrokerUnderTest
 from tests.conftest import BrokerFactory
-from tests.fleet_helpers import REPO, poll, start_edgetwin, stop_process
+from tests.fleet_helpers import REPO
 from tests.mqtt_helpers import Message, Subscriber
 from tests.session_subscriber import SessionSubscriber
 

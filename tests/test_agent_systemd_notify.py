@@ -20,8 +20,9 @@ import pytest
 
 from edgetwin.agent.systemd import Notifier
 from edgetwin.gateway.broker import free_port
+from edgetwin.testing.process import start_edgetwin, stop_process
 from tests.brokers import BrokerUnderTest
-from tests.fleet_helpers import agent_toml, start_edgetwin, stop_process
+from tests.fleet_helpers import agent_toml
 from tests.mqtt_helpers import Endpoint, Subscriber
 
 pytestmark = pytest.mark.integration

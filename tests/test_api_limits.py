@@ -19,8 +19,9 @@ from fastapi.testclient import TestClient
 
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig
+from edgetwin.testing.gateway import serving
 from tests.brokers import BrokerUnderTest
-from tests.fleet_helpers import mqtt_settings, serving
+from tests.fleet_helpers import mqtt_settings
 
 pytestmark = pytest.mark.integration
 

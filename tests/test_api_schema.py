@@ -24,8 +24,9 @@ from schemathesis.python import asgi
 
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig, ManifestDevice
+from edgetwin.testing.waiting import poll
 from tests.brokers import BrokerUnderTest
-from tests.fleet_helpers import bme280, mqtt_settings, poll
+from tests.fleet_helpers import bme280, mqtt_settings
 
 pytestmark = pytest.mark.integration
 

@@ -44,8 +44,9 @@ from edgetwin.gateway.app import create_app
 from edgetwin.gateway.broker import MosquittoBroker, free_port
 from edgetwin.gateway.config import GatewayConfig, load_gateway_config
 from edgetwin.gateway.engine.sources import endpoint_from_mqtt
-from tests import fleet_helpers
-from tests.fleet_helpers import bme280, poll
+from edgetwin.testing import agent as testing_agent
+from edgetwin.testing.waiting import poll
+from tests.fleet_helpers import bme280
 from tests.tls_certs import OPENSSL_MISSING, Pki, make_pki, openssl_binary
 
 DEVICE, OTHER, MISSING = "pi-a", "pi-b", "pi-gone"
@@ -436,7 +437,7 @@ def test_the_fleet_runs_end_to_end_with_the_acl_on(acl_broker: AclBroker, tmp_pa
     with (
         client(acl_broker, READER_USER, TOPICS.telemetry(MISSING, "+")) as reader,
         TestClient(create_app(config)) as api,
-        fleet_helpers.agent_thread(agent),
+        testing_agent.agent_thread(agent),
     ):
 
         def view(device: str) -> dict[str, Any]:

@@ -28,8 +28,10 @@ from edgetwin.gateway.config import (
     ManifestDevice,
     load_gateway_config,
 )
+from edgetwin.testing.process import start_edgetwin, stop_process
+from edgetwin.testing.waiting import poll
 from tests.brokers import BrokerUnderTest
-from tests.fleet_helpers import REPO, bme280, poll, start_edgetwin, stop_process
+from tests.fleet_helpers import REPO, bme280
 from tests.mqtt_helpers import Message, Subscriber, connect_client, disconnect_client, publish
 
 TOKEN = "compat-test-token"

@@ -19,9 +19,9 @@ import pytest
 
 from edgetwin.gateway.broker import MosquittoBroker
 from edgetwin.gateway.engine import Endpoint, EngineController, EngineSettings, EngineStats
+from edgetwin.testing.waiting import poll
 from tests.brokers import BrokerUnderTest
 from tests.engine_helpers import TestScenario
-from tests.fleet_helpers import poll
 from tests.mqtt_helpers import Message, Subscriber
 
 pytestmark = pytest.mark.integration

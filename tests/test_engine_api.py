@@ -14,9 +14,10 @@ from edgetwin.agent.contract import FaultLabel, Telemetry
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import load_gateway_config
 from edgetwin.gateway.engine import EngineInputError
+from edgetwin.testing.waiting import poll
 from tests.brokers import BrokerUnderTest
 from tests.engine_helpers import TestScenario
-from tests.fleet_helpers import REPO, poll
+from tests.fleet_helpers import REPO
 from tests.mqtt_helpers import Subscriber
 
 pytestmark = pytest.mark.integration

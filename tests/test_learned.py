@@ -42,8 +42,10 @@ from edgetwin.hardware.signals import (
     Sum,
     derive_seed,
 )
+from edgetwin.testing.process import stop_process
+from edgetwin.testing.waiting import poll
 from tests.brokers import BrokerUnderTest
-from tests.fleet_helpers import REPO, poll, stop_process
+from tests.fleet_helpers import REPO
 from tests.fridge_agent import FRIDGE_HUMIDITY, FRIDGE_TEMPERATURE
 from tests.mqtt_helpers import Message, Subscriber
 

@@ -19,8 +19,10 @@ from edgetwin.agent.mqtt import MqttLink
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig
 from edgetwin.gateway.lograte import LogLimiter
+from edgetwin.testing.agent import agent_thread
+from edgetwin.testing.waiting import poll
 from tests.brokers import BrokerUnderTest
-from tests.fleet_helpers import agent_mqtt_settings, agent_thread, bme280, mqtt_settings, poll
+from tests.fleet_helpers import agent_mqtt_settings, bme280, mqtt_settings
 from tests.mqtt_helpers import connect_client, disconnect_client, publish
 
 pytestmark = pytest.mark.integration

@@ -41,8 +41,9 @@ from edgetwin.gateway.recording import (
 from edgetwin.gateway.standins import StandIns
 from edgetwin.hardware.recordings import RecordingError
 from edgetwin.hardware.signals import Replay, replay_csv
+from edgetwin.testing.process import start_edgetwin
 from tests.brokers import BrokerUnderTest
-from tests.fleet_helpers import mqtt_settings, start_edgetwin
+from tests.fleet_helpers import mqtt_settings
 from tests.mqtt_helpers import Subscriber, connect_client, disconnect_client
 
 T0 = 1_790_000_000.0  # a fixed recorded epoch, far from now, so shifted times stand out

@@ -17,9 +17,9 @@ from edgetwin.gateway.scenario import PlacedFleet
 from edgetwin.gateway.scenario.generator import PlacedStreams
 from edgetwin.gateway.standins import StandIns, standin_stream
 from edgetwin.hardware.registry import reading_quantities
+from edgetwin.testing.waiting import poll
 from tests.brokers import BrokerUnderTest
 from tests.engine_helpers import TestScenario
-from tests.fleet_helpers import poll
 from tests.mqtt_helpers import Message, Subscriber
 
 TELEMETRY = "edgetwin/+/telemetry/+"

@@ -31,7 +31,8 @@ from edgetwin.agent.config import AgentConfig, load_agent_config
 from edgetwin.agent.contract import Status, Telemetry
 from edgetwin.agent.runtime import Agent
 from edgetwin.gateway.broker import MosquittoBroker, free_port
-from tests.fleet_helpers import agent_thread, poll
+from edgetwin.testing.agent import agent_thread
+from edgetwin.testing.waiting import poll
 from tests.tls_certs import OPENSSL_MISSING, KeyPair, Pki, make_pki, openssl_binary
 
 pytestmark = [

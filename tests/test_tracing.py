@@ -24,8 +24,9 @@ from edgetwin.agent.tracing import setup_tracing
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.broker import free_port
 from edgetwin.gateway.config import GatewayConfig, ManifestDevice
+from edgetwin.testing.waiting import poll
 from tests.brokers import BrokerUnderTest
-from tests.fleet_helpers import agent_mqtt_settings, bme280, mqtt_settings, poll
+from tests.fleet_helpers import agent_mqtt_settings, bme280, mqtt_settings
 
 
 @dataclass(frozen=True)

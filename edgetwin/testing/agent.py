@@ -580,6 +580,14 @@ class EmulatedAgent:
     ) -> None:
         self.close()
 
+    def log_text(self) -> str:
+        """What a process-mode agent has written to stdout and stderr so far (its JSON logs,
+        and the reason when it failed to start); empty in thread mode or after `close()`."""
+        try:
+            return self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
     def _end_process(self, sig: int, timeout: float) -> None:
         process, self._process = self._process, None
         assert process is not None
