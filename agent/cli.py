@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -11,6 +12,7 @@ from types import FrameType
 
 from edgetwin.agent.config import EXIT_CONFIG, load_agent_config, load_for_program
 from edgetwin.agent.runtime import Agent, StateDirError
+from edgetwin.hardware.fault_channel import FAULTS_ENV
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,9 @@ def run_agent(config_path: Path) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        agent = Agent(config)
+        # Set only by a test harness (edgetwin.testing.agent): faults for emulated chips.
+        faults = os.environ.get(FAULTS_ENV)
+        agent = Agent(config, fault_channel=Path(faults) if faults else None)
     except StateDirError as exc:
         print(f"edgetwin agent: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -58,6 +58,7 @@ from edgetwin.hardware import (
     RealBackend,
     Sensor,
 )
+from edgetwin.hardware.fault_channel import FaultReceiver
 from edgetwin.hardware.sensor import Clock
 from edgetwin.hardware.signals import derive_seed
 
@@ -172,7 +173,11 @@ class Agent:
         emulated_backend: EmulatedBackend | None = None,
         real_backend: RealBackend | None = None,
         notifier: Notifier | None = None,
+        fault_channel: Path | None = None,
     ) -> None:
+        """`fault_channel` names a command file of bus faults for this agent's emulated chips
+        (edgetwin.hardware.fault_channel), read between two readings: how a test breaks a chip
+        inside an agent running in another process."""
         self.config = config
         self.device = config.agent.device_id
         self.topics = config.mqtt.topics()
@@ -209,6 +214,9 @@ class Agent:
         # directory); injected ones belong to the caller.
         self._own_backends: list[EmulatedBackend | RealBackend] = (
             [self._emulated] if emulated_backend is None else []
+        )
+        self._faults = (
+            None if fault_channel is None else FaultReceiver(fault_channel, self._emulated)
         )
         self.started_at = clock()
         self._desired_store = DesiredStore(self.state_dir / "desired.json")
@@ -659,6 +667,8 @@ class Agent:
         self._await_twin(stop)
         while not stop.is_set():
             self._handle_inbox()
+            if self._faults is not None:
+                self._faults.poll()
             self._run_due()
             self._commit()
             try:

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from edgetwin.agent.contract import DeviceState, Source, Status, Telemetry
+from edgetwin.testing.agent import EmulatedAgent
 from edgetwin.testing.broker import Broker
-from edgetwin.testing.capture import Capture
-from tests.fleet_helpers import agent_toml, payload, running_agent, start_edgetwin, stop_process
+from edgetwin.testing.capture import Capture, as_endpoint
+from edgetwin.testing.process import start_edgetwin, stop_process
+from tests.fleet_helpers import agent_toml, one_bme280, payload
 
 pytestmark = pytest.mark.integration
 
@@ -97,14 +99,14 @@ def test_birth_and_last_will_are_retained(broker: Broker, tmp_path: Path) -> Non
 def test_boot_counter_and_seq_persist_across_restarts(broker: Broker, tmp_path: Path) -> None:
     state = tmp_path / "state"
     with Capture(broker, f"edgetwin/{DEVICE}/#") as sub:
-        with running_agent(broker, DEVICE, state):
+        with EmulatedAgent(as_endpoint(broker), one_bme280(DEVICE), state_dir=state):
             first_run = sub.wait_for(f"edgetwin/{DEVICE}/telemetry/env", count=3, timeout=10)
         last_seq = max(
             Telemetry.decode(m.payload).seq
             for m in sub.messages(f"edgetwin/{DEVICE}/telemetry/env")
         )
         sub.clear()
-        with running_agent(broker, DEVICE, state):
+        with EmulatedAgent(as_endpoint(broker), one_bme280(DEVICE), state_dir=state):
             second_run = sub.wait_for(f"edgetwin/{DEVICE}/telemetry/env", count=2, timeout=10)
             births = sub.wait_for(
                 lambda m: m.topic.endswith("/status") and payload(m)["state"] == "online"
@@ -132,7 +134,7 @@ def test_bad_config_stops_with_the_key_named(tmp_path: Path) -> None:
 def test_state_document_reports_each_sensor(broker: Broker, tmp_path: Path) -> None:
     with (
         Capture(broker, f"edgetwin/{DEVICE}/state") as sub,
-        running_agent(broker, DEVICE, tmp_path),
+        EmulatedAgent(as_endpoint(broker), one_bme280(DEVICE), state_dir=tmp_path),
     ):
         states = sub.wait_for(timeout=10)
     state = DeviceState.decode(states[-1].payload)

@@ -34,11 +34,12 @@ from edgetwin.agent.desired import (
     validate_desired,
 )
 from edgetwin.agent.runtime import Agent
+from edgetwin.testing import agent as testing_agent
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture, Message, publish
-from tests import fleet_helpers
+from edgetwin.testing.waiting import poll
 from tests.conftest import BrokerFactory
-from tests.fleet_helpers import agent_mqtt_settings, bme280, payload, poll
+from tests.fleet_helpers import agent_mqtt_settings, bme280, payload
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +110,7 @@ def agent_config(broker: Broker, state_dir: Path) -> AgentConfig:
 @contextmanager
 def agent_thread(config: AgentConfig) -> Iterator[tuple[Agent, RecordingMetrics]]:
     metrics = RecordingMetrics()
-    with fleet_helpers.agent_thread(config, metrics=metrics) as agent:
+    with testing_agent.agent_thread(config, metrics=metrics) as agent:
         yield agent, metrics
 
 

@@ -15,19 +15,13 @@ from edgetwin.agent.mqtt import MqttLink, Will
 from edgetwin.agent.outbox import Outbox
 from edgetwin.agent.publisher import OutboxPublisher
 from edgetwin.gateway.broker import MosquittoBroker
+from edgetwin.testing.agent import agent_thread
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import BrokerAddress, Capture
+from edgetwin.testing.process import start_edgetwin, stop_process
+from edgetwin.testing.waiting import poll
 from tests.conftest import BrokerFactory
-from tests.fleet_helpers import (
-    agent_mqtt_settings,
-    agent_thread,
-    agent_toml,
-    bme280,
-    mqtt_settings,
-    poll,
-    start_edgetwin,
-    stop_process,
-)
+from tests.fleet_helpers import agent_mqtt_settings, agent_toml, bme280, mqtt_settings
 from tests.session_subscriber import SessionSubscriber
 
 pytestmark = pytest.mark.integration

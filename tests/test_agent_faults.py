@@ -20,9 +20,10 @@ from edgetwin.agent.config import AgentConfig, AgentSection, OutboxSettings, loa
 from edgetwin.agent.contract import DeviceState, SensorSettings, SensorState, Telemetry
 from edgetwin.hardware import EmulatedBackend, RealBackend
 from edgetwin.hardware.bus import FakeI2CBus
+from edgetwin.testing.agent import agent_thread
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture, Message
-from tests.fleet_helpers import agent_mqtt_settings, agent_thread, bme280
+from tests.fleet_helpers import agent_mqtt_settings, bme280
 
 pytestmark = pytest.mark.integration
 

@@ -26,8 +26,10 @@ from edgetwin.agent.contract import DeviceState, Telemetry
 from edgetwin.gateway.broker import free_port
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture, Message
+from edgetwin.testing.process import start_edgetwin, stop_process
+from edgetwin.testing.waiting import poll
 from tests.conftest import BrokerFactory
-from tests.fleet_helpers import REPO, poll, start_edgetwin, stop_process
+from tests.fleet_helpers import REPO
 from tests.session_subscriber import SessionSubscriber
 
 DEVICE = "pi-full-disk"

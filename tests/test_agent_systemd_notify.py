@@ -22,7 +22,8 @@ from edgetwin.agent.systemd import Notifier
 from edgetwin.gateway.broker import free_port
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import BrokerAddress, Capture
-from tests.fleet_helpers import agent_toml, start_edgetwin, stop_process
+from edgetwin.testing.process import start_edgetwin, stop_process
+from tests.fleet_helpers import agent_toml
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,8 @@ from fastapi.testclient import TestClient
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig
 from edgetwin.testing.broker import Broker
-from tests.fleet_helpers import mqtt_settings, serving
+from edgetwin.testing.gateway import serving
+from tests.fleet_helpers import mqtt_settings
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,8 @@ from schemathesis.python import asgi
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig, ManifestDevice
 from edgetwin.testing.broker import Broker
-from tests.fleet_helpers import bme280, mqtt_settings, poll
+from edgetwin.testing.waiting import poll
+from tests.fleet_helpers import bme280, mqtt_settings
 
 pytestmark = pytest.mark.integration
 

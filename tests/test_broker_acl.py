@@ -41,11 +41,12 @@ from edgetwin.gateway.acl import (
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig, load_gateway_config
 from edgetwin.gateway.engine.sources import endpoint_from_mqtt
+from edgetwin.testing import agent as testing_agent
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.endpoint import MqttEndpoint
-from tests import fleet_helpers
+from edgetwin.testing.waiting import poll
 from tests.conftest import BrokerFactory
-from tests.fleet_helpers import bme280, poll
+from tests.fleet_helpers import bme280
 
 DEVICE, OTHER, MISSING = "pi-a", "pi-b", "pi-gone"
 TOKEN = "acl-token"
@@ -377,7 +378,7 @@ def test_the_fleet_runs_end_to_end_with_the_acl_on(acl_broker: Broker, tmp_path:
     with (
         client(acl_broker, READER_USER, TOPICS.telemetry(MISSING, "+")) as reader,
         TestClient(create_app(config)) as api,
-        fleet_helpers.agent_thread(agent),
+        testing_agent.agent_thread(agent),
     ):
 
         def view(device: str) -> dict[str, Any]:

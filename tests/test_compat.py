@@ -30,7 +30,9 @@ from edgetwin.gateway.config import (
 )
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture, Message, connect_client, disconnect_client, publish
-from tests.fleet_helpers import REPO, bme280, poll, start_edgetwin, stop_process
+from edgetwin.testing.process import start_edgetwin, stop_process
+from edgetwin.testing.waiting import poll
+from tests.fleet_helpers import REPO, bme280
 
 TOKEN = "compat-test-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

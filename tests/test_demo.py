@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from edgetwin.gateway.broker import InProcessBroker, MosquittoBroker
-from tests.fleet_helpers import REPO, poll
+from edgetwin.testing.waiting import poll
+from tests.fleet_helpers import REPO
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ import pytest
 from edgetwin.gateway.engine import Endpoint, EngineController, EngineSettings, EngineStats
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture, Message
+from edgetwin.testing.waiting import poll
 from tests.engine_helpers import TestScenario
-from tests.fleet_helpers import poll
 
 pytestmark = pytest.mark.integration
 

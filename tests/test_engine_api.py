@@ -16,8 +16,9 @@ from edgetwin.gateway.config import load_gateway_config
 from edgetwin.gateway.engine import EngineInputError
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture
+from edgetwin.testing.waiting import poll
 from tests.engine_helpers import TestScenario
-from tests.fleet_helpers import REPO, poll
+from tests.fleet_helpers import REPO
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,12 @@ from fastapi.testclient import TestClient
 
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig, ManifestDevice
+from edgetwin.testing.agent import EmulatedAgent
 from edgetwin.testing.broker import Broker
-from tests.fleet_helpers import bme280, mqtt_settings, poll, running_agent, serving
+from edgetwin.testing.capture import as_endpoint
+from edgetwin.testing.gateway import serving
+from edgetwin.testing.waiting import poll
+from tests.fleet_helpers import bme280, mqtt_settings, one_bme280
 
 pytestmark = pytest.mark.integration
 
@@ -179,7 +183,9 @@ def test_page_shows_the_fleet_in_chromium(broker: Broker, tmp_path: Path) -> Non
     expected = {AGENT_DEVICE, "greenhouse-02", "sim-000", "sim-001"}
     with (
         serving(create_app(config)) as base,
-        running_agent(broker, AGENT_DEVICE, tmp_path / "state", interval=0.3),
+        EmulatedAgent(
+            as_endpoint(broker), one_bme280(AGENT_DEVICE, 0.3), state_dir=tmp_path / "state"
+        ),
     ):
         written = httpx.put(
             f"{base}/devices/greenhouse-02/desired",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 from pathlib import Path
 
 import msgspec
@@ -31,19 +30,11 @@ from edgetwin.agent.contract import (
 )
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig, ManifestDevice
+from edgetwin.testing.agent import EmulatedAgent, agent_thread
 from edgetwin.testing.broker import Broker
-from edgetwin.testing.capture import Capture, Message, publish
-from tests.fleet_helpers import (
-    agent_mqtt_settings,
-    agent_thread,
-    agent_toml,
-    bme280,
-    mqtt_settings,
-    payload,
-    poll,
-    start_edgetwin,
-    stop_process,
-)
+from edgetwin.testing.capture import Capture, Message, as_endpoint, publish
+from edgetwin.testing.waiting import poll
+from tests.fleet_helpers import agent_mqtt_settings, bme280, mqtt_settings, one_bme280, payload
 
 DEVICE = "forged-01"
 TOO_LARGE = 2**64  # the tester's number, beyond SQLite's INTEGER (2**63 - 1)
@@ -198,8 +189,7 @@ def twin_seq(client: TestClient) -> int:
 def test_a_forged_seq_neither_moves_the_twin_nor_kills_the_returning_agent(
     broker: Broker, tmp_path: Path
 ) -> None:
-    config = tmp_path / "agent.toml"
-    config.write_text(agent_toml(broker, DEVICE, tmp_path / "state", outdoor=False))
+    agent = EmulatedAgent(as_endpoint(broker), one_bme280(DEVICE), mode="process")
     telemetry = f"edgetwin/{DEVICE}/telemetry/env"
     with (
         Capture(broker, telemetry) as sub,
@@ -225,14 +215,12 @@ def test_a_forged_seq_neither_moves_the_twin_nor_kills_the_returning_agent(
         simulated_last = max(
             seq_of(m) for m in sub.messages() if payload(m)["source"] == "simulated"
         )
-        agent = start_edgetwin(["agent", "--config", str(config)])
-        try:
+        with agent:
             back = sub.wait_for(
                 lambda m: payload(m)["source"] == "emulated" and seq_of(m) > simulated_last,
                 count=5,
                 timeout=20,
             )
-        finally:
-            code, stderr = stop_process(agent, signal.SIGTERM)
-        assert code == 0, stderr
+            agent.stop()
+            assert agent.exit_code == 0, agent.log_text()
     assert max(seq_of(m) for m in back) < 1_000

@@ -17,19 +17,12 @@ from edgetwin.agent.contract import Source, Telemetry, TwinSummary
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.broker import free_port
 from edgetwin.gateway.config import GatewayConfig, ManifestDevice
+from edgetwin.testing.agent import EmulatedAgent
 from edgetwin.testing.broker import Broker
-from edgetwin.testing.capture import Capture, Message
-from tests.fleet_helpers import (
-    REPO,
-    agent_toml,
-    bme280,
-    mqtt_settings,
-    payload,
-    poll,
-    running_agent,
-    start_edgetwin,
-    stop_process,
-)
+from edgetwin.testing.capture import Capture, Message, as_endpoint
+from edgetwin.testing.process import start_edgetwin, stop_process
+from edgetwin.testing.waiting import poll
+from tests.fleet_helpers import REPO, agent_toml, bme280, mqtt_settings, one_bme280, payload
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +100,9 @@ def test_failback_when_agent_starts_and_failover_when_it_stops(
 ) -> None:
     with Capture(broker, "edgetwin/#") as sub, gateway(gateway_config(broker, DEVICE)) as client:
         sub.wait_for(simulated(DEVICE), count=3, timeout=10)
-        with running_agent(broker, DEVICE, tmp_path / "state", interval=INTERVAL):
+        with EmulatedAgent(
+            as_endpoint(broker), one_bme280(DEVICE, INTERVAL), state_dir=tmp_path / "state"
+        ):
             sub.wait_for(from_agent(DEVICE), count=3, timeout=10)
             poll(lambda: served_by(client, DEVICE) == "agent", timeout=5, what="failback")
             handed_back = time.monotonic()

@@ -44,7 +44,9 @@ from edgetwin.hardware.signals import (
 )
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture, Message
-from tests.fleet_helpers import REPO, poll, stop_process
+from edgetwin.testing.process import stop_process
+from edgetwin.testing.waiting import poll
+from tests.fleet_helpers import REPO
 from tests.fridge_agent import FRIDGE_HUMIDITY, FRIDGE_TEMPERATURE
 
 START = 1_795_000_000.0  # a virtual epoch, 2026-11-18 07:06:40 UTC

@@ -19,9 +19,11 @@ from edgetwin.agent.mqtt import MqttLink
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig
 from edgetwin.gateway.lograte import LogLimiter
+from edgetwin.testing.agent import agent_thread
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import connect_client, disconnect_client, publish
-from tests.fleet_helpers import agent_mqtt_settings, agent_thread, bme280, mqtt_settings, poll
+from edgetwin.testing.waiting import poll
+from tests.fleet_helpers import agent_mqtt_settings, bme280, mqtt_settings
 
 pytestmark = pytest.mark.integration
 

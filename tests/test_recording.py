@@ -43,7 +43,8 @@ from edgetwin.hardware.recordings import RecordingError
 from edgetwin.hardware.signals import Replay, replay_csv
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture, connect_client, disconnect_client
-from tests.fleet_helpers import mqtt_settings, start_edgetwin
+from edgetwin.testing.process import start_edgetwin
+from tests.fleet_helpers import mqtt_settings
 
 T0 = 1_790_000_000.0  # a fixed recorded epoch, far from now, so shifted times stand out
 

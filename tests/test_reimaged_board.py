@@ -5,6 +5,7 @@ numbers with different values."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Callable
@@ -16,17 +17,11 @@ from fastapi.testclient import TestClient
 from edgetwin.agent.contract import Telemetry
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig, ManifestDevice
+from edgetwin.testing.agent import EmulatedAgent
 from edgetwin.testing.broker import Broker
-from edgetwin.testing.capture import Capture, Message
-from tests.fleet_helpers import (
-    agent_toml,
-    bme280,
-    mqtt_settings,
-    payload,
-    poll,
-    start_edgetwin,
-    stop_process,
-)
+from edgetwin.testing.capture import Capture, Message, as_endpoint
+from edgetwin.testing.waiting import poll
+from tests.fleet_helpers import bme280, mqtt_settings, one_bme280, payload
 
 pytestmark = pytest.mark.integration
 
@@ -66,20 +61,23 @@ def test_a_wiped_state_directory_is_a_new_life_that_continues_the_stream(
     broker: Broker, tmp_path: Path
 ) -> None:
     state_dir = tmp_path / "state"
-    config = tmp_path / "agent.toml"
-    config.write_text(agent_toml(broker, DEVICE, state_dir, interval=INTERVAL, outdoor=False))
+    agent = EmulatedAgent(
+        as_endpoint(broker), one_bme280(DEVICE, INTERVAL), mode="process", state_dir=state_dir
+    )
     with (
         Capture(broker, f"edgetwin/{DEVICE}/telemetry/env") as sub,
         TestClient(create_app(gateway_config(broker))) as client,
+        contextlib.closing(agent),
     ):
         # A few lives, so that the boot count is well above where a wiped disk restarts it.
         for _ in range(3):
-            agent = start_edgetwin(["agent", "--config", str(config)])
+            started = time.monotonic()
+            agent.start(wait=False)
             try:
-                sub.wait_for(from_source("emulated", time.monotonic()), count=3, timeout=15)
+                sub.wait_for(from_source("emulated", started), count=3, timeout=15)
             finally:
-                code, stderr = stop_process(agent)
-            assert code == 0, stderr
+                agent.stop()
+            assert agent.exit_code == 0, agent.log_text()
         stopped = time.monotonic()
         sub.wait_for(from_source("simulated", stopped), count=5, timeout=15)
         # The card is re-flashed: outbox, boot counter and applied config are gone.
@@ -87,7 +85,7 @@ def test_a_wiped_state_directory_is_a_new_life_that_continues_the_stream(
         simulated_last = max(
             seq_of(m) for m in sub.messages() if payload(m)["source"] == "simulated"
         )
-        agent = start_edgetwin(["agent", "--config", str(config)])
+        agent.start(wait=False)
         restarted = time.monotonic()
         try:
             back = sub.wait_for(from_source("emulated", restarted), count=5, timeout=20)
@@ -98,8 +96,8 @@ def test_a_wiped_state_directory_is_a_new_life_that_continues_the_stream(
             sub.wait_for(from_source("emulated", settled + 1.0), count=3, timeout=10)
         finally:
             stopping = time.monotonic()
-            code, stderr = stop_process(agent)
-        assert code == 0, stderr
+            agent.stop()
+        assert agent.exit_code == 0, agent.log_text()
         messages = sub.messages()
     late_simulated = [
         m

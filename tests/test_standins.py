@@ -19,8 +19,8 @@ from edgetwin.gateway.standins import StandIns, standin_stream
 from edgetwin.hardware.registry import reading_quantities
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture, Message
+from edgetwin.testing.waiting import poll
 from tests.engine_helpers import TestScenario
-from tests.fleet_helpers import poll
 
 TELEMETRY = "edgetwin/+/telemetry/+"
 FAST = SensorSettings(driver="bme280", address=0x76, interval=0.05)

@@ -35,8 +35,8 @@ from edgetwin.testing.broker import (
 from edgetwin.testing.capture import Capture, publish
 from edgetwin.testing.certs import OPENSSL_MISSING, openssl_binary
 from edgetwin.testing.endpoint import MqttEndpoint
+from edgetwin.testing.waiting import poll
 from tests.conftest import BrokerFactory
-from tests.fleet_helpers import poll
 from tests.test_broker_acl import NOT_AUTHORIZED, Client
 
 pytestmark = pytest.mark.integration

@@ -26,10 +26,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edgetwin.agent.config import AgentConfig, load_agent_config
 from edgetwin.agent.contract import Status, Telemetry
 from edgetwin.agent.runtime import Agent
+from edgetwin.testing.agent import agent_thread
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.certs import OPENSSL_MISSING, KeyPair, Pki, make_pki, openssl_binary
+from edgetwin.testing.waiting import poll
 from tests.conftest import BrokerFactory
-from tests.fleet_helpers import agent_thread, poll
 
 pytestmark = [
     pytest.mark.integration,

@@ -25,7 +25,8 @@ from edgetwin.gateway.app import create_app
 from edgetwin.gateway.broker import free_port
 from edgetwin.gateway.config import GatewayConfig, ManifestDevice
 from edgetwin.testing.broker import Broker
-from tests.fleet_helpers import agent_mqtt_settings, bme280, mqtt_settings, poll
+from edgetwin.testing.waiting import poll
+from tests.fleet_helpers import agent_mqtt_settings, bme280, mqtt_settings
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,26 +31,20 @@ from edgetwin.gateway.app import create_app
 from edgetwin.gateway.broker import MosquittoBroker
 from edgetwin.gateway.config import ApiSection, GatewayConfig, ManifestDevice
 from edgetwin.hardware import EmulatedBackend
+from edgetwin.testing import agent as testing_agent
+from edgetwin.testing.agent import EmulatedAgent
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import (
     BrokerAddress,
     Capture,
     Message,
+    as_endpoint,
     connect_client,
     disconnect_client,
     publish,
 )
-from tests import fleet_helpers
-from tests.fleet_helpers import (
-    agent_mqtt_settings,
-    agent_toml,
-    bme280,
-    mqtt_settings,
-    payload,
-    poll,
-    start_edgetwin,
-    stop_process,
-)
+from edgetwin.testing.waiting import poll
+from tests.fleet_helpers import agent_mqtt_settings, bme280, mqtt_settings, one_bme280, payload
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +91,7 @@ def agent_thread(
         ),
         sensors=sensors,
     )
-    with fleet_helpers.agent_thread(config, emulated_backend=backend) as agent:
+    with testing_agent.agent_thread(config, emulated_backend=backend) as agent:
         yield agent
 
 
@@ -204,30 +197,22 @@ def test_desired_pushed_while_offline_is_applied_once_on_start(
 
 def test_failover_on_kill_and_failback_keep_one_numbering(broker: Broker, tmp_path: Path) -> None:
     manifest = ManifestDevice(id=DEVICE, sensors={"env": bme280(INTERVAL)})
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        agent_toml(
-            broker, DEVICE, tmp_path / "state", interval=INTERVAL, keepalive=1, outdoor=False
-        )
-    )
+    config = {**one_bme280(DEVICE, INTERVAL), "mqtt": {"keepalive": 1}}
     with (
         Capture(broker, f"edgetwin/{DEVICE}/telemetry/env") as sub,
         gateway(gateway_config(broker, manifest)) as client,
+        EmulatedAgent(as_endpoint(broker), config, mode="process") as agent,
     ):
-        first = start_edgetwin(["agent", "--config", str(config)])
-        try:
-            sub.wait_for(telemetry_from("emulated"), count=5, timeout=15)
-            first.kill()
-            killed = time.monotonic()
-            taken_over = sub.wait_for(
-                lambda m: telemetry_from("simulated")(m) and m.received_at > killed,
-                count=5,
-                timeout=10,
-            )
-        finally:
-            stop_process(first, signal.SIGKILL)
+        sub.wait_for(telemetry_from("emulated"), count=5, timeout=15)
+        agent.kill()
+        killed = time.monotonic()
+        taken_over = sub.wait_for(
+            lambda m: telemetry_from("simulated")(m) and m.received_at > killed,
+            count=5,
+            timeout=10,
+        )
         failover_s = taken_over[0].received_at - killed
-        second = start_edgetwin(["agent", "--config", str(config)])
+        agent.start(wait=False)
         restarted_at = time.monotonic()
         try:
             simulated_last = max(
@@ -246,8 +231,8 @@ def test_failover_on_kill_and_failback_keep_one_numbering(broker: Broker, tmp_pa
             )
         finally:
             stopped = time.monotonic()  # from here the agent says goodbye and simulation resumes
-            code, stderr = stop_process(second)
-        assert code == 0, stderr
+            agent.stop()
+        assert agent.exit_code == 0, agent.log_text()
     messages = sub.messages()
     seqs = [seq_of(m) for m in messages]
     assert sorted(set(seqs)) == list(range(min(seqs), max(seqs) + 1)), "a gap in the numbering"

@@ -66,10 +66,13 @@ class FridgeWatch:
         if username is not None:
             self._client.username_pw_set(username, password)
         self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        self._subscribed = threading.Event()
         self._client.reconnect_delay_set(0.1, 1.0)
 
-    def start(self) -> None:
+    def start(self, timeout: float = 10.0) -> None:
+        """Connect and return once the broker has confirmed the subscription."""
         # A persistent session: readings published while we reconnect wait for us at the broker.
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = SESSION_EXPIRY
@@ -77,6 +80,9 @@ class FridgeWatch:
             self._host, self._port, keepalive=5, clean_start=False, properties=properties
         )
         self._client.loop_start()
+        if not self._subscribed.wait(timeout):
+            self.stop()
+            raise TimeoutError(f"no subscription on {self._host}:{self._port} in {timeout} s")
 
     def stop(self) -> None:
         self._client.disconnect()
@@ -94,6 +100,9 @@ class FridgeWatch:
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if not reason.is_failure:
             client.subscribe(f"{self._prefix}/+/telemetry/+", qos=1)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _m: Any, _r: Any, _p: Any) -> None:
+        self._subscribed.set()
 
     def _on_message(self, client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         try:
