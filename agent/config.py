@@ -123,6 +123,14 @@ def _check_tls_files(ca_file: Path | None, cert_file: Path | None, key_file: Pat
             ) from None
 
 
+def broker_url(host: str, port: int, *, tls: bool, username: str | None = None) -> str:
+    """A broker as people write it, user included and never the password:
+    mqtts://reader@broker.local:8883 (what `--broker` takes, and what messages name)."""
+    user = f"{username}@" if username else ""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{'mqtts' if tls else 'mqtt'}://{user}{shown}:{port}"
+
+
 ModelT = TypeVar("ModelT", bound="Section")
 
 
@@ -216,6 +224,10 @@ class MqttSettings(Section, frozen=True):
     def topics(self) -> Topics:
         return Topics(prefix=self.prefix, telemetry_template=self.topic)
 
+    @property
+    def url(self) -> str:
+        return broker_url(self.host, self.port, tls=self.tls is not None, username=self.username)
+
 
 class ObservabilitySettings(Section, frozen=True):
     service_name: str = "edgetwin"
@@ -306,19 +318,27 @@ def apply_env_overrides(
     return merged
 
 
-def describe_error(exc: msgspec.ValidationError, source: str) -> str:
-    """msgspec's reason in the file's terms: "FILE: key 'mqtt.port': Expected `int`..."."""
+def error_key(exc: msgspec.ValidationError) -> tuple[str, str, bool]:
+    """Where msgspec's error lies as a dotted key ("" for a rule across sections), its reason,
+    and whether the key is an unknown one; a check of our own names the field it refused as
+    "field: reason", and the field joins the key."""
     message, path = locate_error(exc)
     where = ".".join(str(part) for part in path)
     unknown = re.fullmatch(r"Object contains unknown field `(?P<key>[^`]+)`", message)
     if unknown is not None:
-        key = f"{where}.{unknown['key']}" if where else unknown["key"]
-        return f"{source}: unknown key '{key}'"
-    # A check of our own names the field it refused as "field: reason": it joins the path.
+        return (f"{where}.{unknown['key']}" if where else unknown["key"]), message, True
     own = re.fullmatch(r"(?P<key>[a-z_][a-z0-9_]*(?:\.[a-z0-9_-]+)*): (?P<reason>.+)", message)
     if own is not None:
         where = f"{where}.{own['key']}" if where else own["key"]
         message = own["reason"]
+    return where, message, False
+
+
+def describe_error(exc: msgspec.ValidationError, source: str) -> str:
+    """msgspec's reason in the file's terms: "FILE: key 'mqtt.port': Expected `int`..."."""
+    where, message, unknown = error_key(exc)
+    if unknown:
+        return f"{source}: unknown key '{where}'"
     if not where:
         return f"{source}: {message}"  # a rule across sections
     return f"{source}: key '{where}': {message}"

@@ -150,6 +150,23 @@ def _write_in_the_network_thread(client: paho.Client, userdata: Any, sock: Any) 
     pass  # the network thread's loop() sees the queued packets and writes them
 
 
+def describe_connect_error(exc: OSError) -> str:
+    """Why a TCP connection or a TLS handshake failed, in a few words a person can act on."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"the broker's TLS certificate is not trusted: {exc.verify_message} (is the CA file "
+            "the one that signed it?)"
+        )
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or str(exc)
+        if reason == "WRONG_VERSION_NUMBER":
+            return "the broker does not speak TLS on this port (a plain mqtt:// listener?)"
+        return f"TLS handshake failed: {reason}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return exc.strerror or str(exc)
+
+
 class MqttLink:
     """One MQTT connection that reconnects until closed.
 
@@ -239,8 +256,7 @@ class MqttLink:
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._backoff = Backoff(settings.reconnect_min_delay, settings.reconnect_max_delay)
-        self.connect_count = 0
-        self.disconnect_count = 0
+        self.connect_count = self.disconnect_count = 0
         # The broker's MQTT 5 Receive Maximum: QoS 1 messages it takes unacknowledged from us.
         # paho does not enforce it, so a caller keeping its own window should.
         self.receive_maximum = _NO_RECEIVE_MAXIMUM
@@ -248,6 +264,11 @@ class MqttLink:
         self._connack_seen = False
         self._connack_missing_logged = False
         self.rejected = 0  # QoS 1 publishes the broker acknowledged with a failure reason
+        # Why the last attempt to connect failed; None once connected. `_attempted` is set by
+        # the first attempt's outcome, so that a command-line tool can stop at a wrong password
+        # or CA with the reason instead of retrying for ever.
+        self.error: str | None = None
+        self._attempted = threading.Event()
 
     @property
     def connected(self) -> bool:
@@ -265,6 +286,13 @@ class MqttLink:
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
+
+    def wait_attempt(self, timeout: float) -> str | None:
+        """Wait for the outcome of the first attempt to connect: None when connected, else why
+        not (the broker refused, TLS failed, nobody listens, or nothing within `timeout`)."""
+        if not self._attempted.wait(timeout):
+            return f"no answer from {self.settings.url} within {timeout:g} s"
+        return None if self.connected else self.error or f"cannot connect to {self.settings.url}"
 
     def wait_subscribed(self, timeout: float) -> bool:
         """Wait until connected with every subscription acknowledged by the broker: from then
@@ -447,6 +475,8 @@ class MqttLink:
                 self._connect_once(first)
                 first = False
             except (OSError, ssl.SSLError) as exc:
+                self.error = f"cannot connect to {self.settings.url}: {describe_connect_error(exc)}"
+                self._attempted.set()
                 delay = self._backoff.next()
                 log.info(
                     "broker unreachable, retrying",
@@ -490,6 +520,11 @@ class MqttLink:
                 "broker refused connection",
                 extra={"broker": self._broker(), "reason": str(reason_code)},
             )
+            self.error = (
+                f"cannot connect to {self.settings.url}: the broker refused the connection: "
+                f"{reason_code}"
+            )
+            self._attempted.set()
             return
         self.receive_maximum = getattr(properties, "ReceiveMaximum", _NO_RECEIVE_MAXIMUM)
         self.connect_count += 1
@@ -513,7 +548,9 @@ class MqttLink:
                 self._on_connect(self)
             except Exception:
                 log.exception("connect hook failed")
+        self.error = None
         self._connected.set()
+        self._attempted.set()
 
     def _handle_disconnect(
         self,
@@ -541,21 +578,30 @@ class MqttLink:
                     "mqtt_reason": str(reason_code),
                 },
             )
-        elif not self._connack_seen and not self._connack_missing_logged:
-            # Once per outage: a broker (or a proxy, or a wrong port) that takes the TCP
-            # connection and never answers would otherwise leave no trace at all.
-            self._connack_missing_logged = True
+        elif not self._connack_seen:
             timed_out = reason_code.value == _KEEPALIVE_TIMEOUT
-            log.warning(
-                f"broker sent no CONNACK within {self.settings.keepalive} s, retrying"
+            self.error = (
+                f"cannot connect to {self.settings.url}: no CONNACK within "
+                f"{self.settings.keepalive} s"
                 if timed_out
-                else "broker closed the connection before its CONNACK, retrying",
-                extra={
-                    "broker": self._broker(),
-                    "timeout_s": self.settings.keepalive,
-                    "mqtt_reason": str(reason_code),
-                },
+                else f"cannot connect to {self.settings.url}: the broker closed the connection "
+                "before answering (a TLS listener reached without TLS? then use mqtts://)"
             )
+            self._attempted.set()
+            if not self._connack_missing_logged:
+                # Once per outage: a broker (or a proxy, or a wrong port) that takes the TCP
+                # connection and never answers would otherwise leave no trace at all.
+                self._connack_missing_logged = True
+                log.warning(
+                    f"broker sent no CONNACK within {self.settings.keepalive} s, retrying"
+                    if timed_out
+                    else "broker closed the connection before its CONNACK, retrying",
+                    extra={
+                        "broker": self._broker(),
+                        "timeout_s": self.settings.keepalive,
+                        "mqtt_reason": str(reason_code),
+                    },
+                )
 
     def _why_lost(self, flags: paho.DisconnectFlags, reason_code: ReasonCode) -> str:
         if reason_code.value == _SESSION_TAKEN_OVER:

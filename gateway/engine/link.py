@@ -37,7 +37,8 @@ from collections import deque
 
 import msgspec
 
-from edgetwin.agent.mqtt import end_gracefully
+from edgetwin.agent.config import broker_url
+from edgetwin.agent.mqtt import describe_connect_error, end_gracefully
 from edgetwin.gateway.engine.mqtt_wire import (
     CONNACK,
     DISCONNECT,
@@ -82,6 +83,40 @@ class Endpoint(msgspec.Struct, frozen=True):
     prefix: str = "edgetwin"
     telemetry_template: str | None = None
     client_id_prefix: str = "edgetwin-engine"
+
+
+def endpoint_url(endpoint: Endpoint) -> str:
+    return broker_url(endpoint.host, endpoint.port, tls=endpoint.tls, username=endpoint.username)
+
+
+def probe(endpoint: Endpoint, timeout: float = 10.0) -> str | None:
+    """Connect once and disconnect: None when the broker accepted the connection, else why not.
+
+    The command-line tools on the engine (replay, simulate) ask this before starting workers:
+    a worker retries a refused connection until the engine's start timeout, while a wrong
+    password or CA should end the tool at once with the broker's reason."""
+    link = EngineLink(endpoint, worker=0, max_inflight=1)
+    where = f"cannot connect to {endpoint_url(endpoint)}"
+    try:
+        link.connect()
+    except OSError as exc:
+        return f"{where}: {describe_connect_error(exc)}"
+    deadline = time.monotonic() + timeout
+    try:
+        while not link.connected:
+            fd = link.fileno()
+            left = deadline - time.monotonic()
+            if fd is None or left <= 0:
+                return f"{where}: {link.error or f'no CONNACK within {timeout:g} s'}"
+            readable, _, _ = select.select([fd], [], [], min(left, 0.5))
+            alive = link.on_readable() if readable else link.tick()
+            if not alive:
+                plain = not endpoint.tls and link.connack is None
+                hint = " (a TLS listener reached without TLS? use mqtts://)" if plain else ""
+                return f"{where}: {link.error or 'the connection was lost'}{hint}"
+        return None
+    finally:
+        link.close()
 
 
 def tls_context(endpoint: Endpoint) -> ssl.SSLContext:
