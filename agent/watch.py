@@ -9,7 +9,15 @@ from edgetwin.agent.config import MqttSettings
 from edgetwin.agent.mqtt import Message, MqttLink
 
 
-def watch(host: str, port: int, topic_filters: list[str], count: int | None = None) -> int:
+def watch(
+    settings: MqttSettings,
+    topic_filters: list[str],
+    count: int | None = None,
+    *,
+    connect_timeout: float = 10.0,
+) -> int:
+    """Print every message under `topic_filters` until `count` of them or Ctrl-C; the exit
+    status (1, with the reason on stderr, when the broker cannot be reached)."""
     done = threading.Event()
     seen = 0
     lock = threading.Lock()
@@ -26,10 +34,14 @@ def watch(host: str, port: int, topic_filters: list[str], count: int | None = No
             if count is not None and seen >= count:
                 done.set()
 
-    link = MqttLink(MqttSettings(host=host, port=port, protocol="3.1.1"), on_message=show)
+    link = MqttLink(settings, on_message=show)
     link.subscribe(topic_filters, qos=0)
     link.start()
     try:
+        error = link.wait_attempt(connect_timeout)
+        if error is not None:
+            print(f"edgetwin watch: {error}", file=sys.stderr)
+            return 1
         done.wait()
     except KeyboardInterrupt:
         pass

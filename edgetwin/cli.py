@@ -7,15 +7,24 @@ on a Raspberry Pi never loads FastAPI, uvicorn or the gateway.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from edgetwin.connection import add_connection_arguments
+
+if TYPE_CHECKING:
+    from edgetwin.agent.config import MqttSettings
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgetwin", description=__doc__.splitlines()[0] if __doc__ else None
     )
+    parser.add_argument("--version", action="version", version=f"edgetwin {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     agent = commands.add_parser("agent", help="run the device agent (systemd service)")
@@ -58,10 +67,10 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="e.g. 3600, 90m, 1d (virtual: default 1h; real time: until Ctrl-C)",
     )
-    target = simulate.add_mutually_exclusive_group(required=True)
-    target.add_argument("--out", type=Path, default=None, help="JSON lines file to write")
-    target.add_argument("--broker", default=None, metavar="HOST:PORT", help="broker to publish to")
-    simulate.add_argument("--prefix", default="edgetwin", help="topic prefix")
+    simulate.add_argument(
+        "--out", type=Path, default=None, help="JSON lines file to write (or a broker, below)"
+    )
+    simulate.add_argument("--prefix", default=None, help="topic prefix (default: edgetwin)")
     simulate.add_argument("--topic", default=None, help="telemetry topic template")
     simulate.add_argument("--payload", choices=["edgetwin", "flat"], default="edgetwin")
     simulate.add_argument("--qos", type=int, choices=[0, 1], default=1, help="with --broker")
@@ -69,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--workers", type=int, default=2, help="real time: worker processes (default 2)"
     )
+    add_connection_arguments(simulate)
 
     sensors = commands.add_parser("sensors", help="list drivers, probe I2C buses, read a sensor")
     sensor_commands = sensors.add_subparsers(
@@ -87,13 +97,43 @@ def _parser() -> argparse.ArgumentParser:
     read.add_argument("--option", action="append", metavar="NAME=VALUE", help="driver option")
 
     watch = commands.add_parser("watch", help="print every edgetwin message on a broker")
-    watch.add_argument("--host", default="127.0.0.1")
-    watch.add_argument("--port", type=int, default=1883)
     watch.add_argument("--topic", action="append", default=None, help="topic filter (default '#')")
     watch.add_argument("--count", type=int, default=None, help="exit after so many messages")
+    add_connection_arguments(watch)
+    # Before --broker: kept so that earlier scripts and notes still work.
+    watch.add_argument("--host", default=None, help=argparse.SUPPRESS)
+    watch.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
     _add_record_replay(commands)
     _add_broker_acl(commands)
+    _add_config_and_completion(commands)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edgetwin")
+    except PackageNotFoundError:  # a checkout run without installing
+        return "unknown"
+
+
+def _add_config_and_completion(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    config = commands.add_parser("config", help="check a configuration file")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = config_commands.add_parser(
+        "check",
+        help="validate an agent's or gateway's file (any of its formats) and say what it runs",
+    )
+    check.add_argument("file", type=Path, help="agent or gateway TOML file")
+    completion = commands.add_parser(
+        "completion",
+        help="print the shell completion script: edgetwin completion bash > "
+        "/etc/bash_completion.d/edgetwin",
+    )
+    completion.add_argument("shell", choices=["bash", "zsh", "fish"])
 
 
 def _add_broker_acl(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -131,19 +171,20 @@ def _add_broker_acl(commands: argparse._SubParsersAction[argparse.ArgumentParser
 
 def _add_record_replay(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     record = commands.add_parser("record", help="record live telemetry to a CSV or JSONL file")
-    record.add_argument("--broker", required=True, metavar="HOST:PORT")
     record.add_argument(
         "--topic", action="append", default=None, help="topic filter (default: all telemetry)"
     )
-    record.add_argument("--prefix", default="edgetwin", help="topic prefix for the default filter")
+    record.add_argument(
+        "--prefix", default=None, help="topic prefix for the default filter (default: edgetwin)"
+    )
     record.add_argument("--out", type=Path, required=True, help="FILE.csv or FILE.jsonl")
     record.add_argument("--duration", type=float, default=None, help="stop after so many seconds")
     record.add_argument("--count", type=int, default=None, help="stop after so many readings")
     record.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    add_connection_arguments(record)
 
     replay = commands.add_parser("replay", help="publish a recording as a simulated device")
     replay.add_argument("file", type=Path, help="a recording (.csv or .jsonl)")
-    replay.add_argument("--broker", required=True, metavar="HOST:PORT")
     replay.add_argument("--speed", type=float, default=1.0, help="2 plays twice as fast")
     replay.add_argument("--device", default=None, help="publish as this device id")
     replay.add_argument("--only", default=None, help="replay only this recorded device")
@@ -152,10 +193,18 @@ def _add_record_replay(commands: argparse._SubParsersAction[argparse.ArgumentPar
     replay.add_argument("--prefix", default=None, help="rebuild topics under this prefix")
     replay.add_argument("--topic-template", default=None, help="e.g. 'sensors/{device_id}'")
     replay.add_argument("--qos", type=int, choices=[0, 1], default=1)
+    add_connection_arguments(replay)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    if "_ARGCOMPLETE" in os.environ:
+        # The shell asking for completions (the script of `edgetwin completion`): answer and
+        # exit. Only then is argcomplete imported.
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
     if args.command == "agent":
         from edgetwin.agent.cli import run_agent
 
@@ -174,41 +223,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             broker=args.broker,
             agent_delay=args.agent_delay,
         )
-    if args.command == "simulate":
-        return _simulate(args)
     if args.command == "sensors":
         return _sensors(args)
-    if args.command == "watch":
-        from edgetwin.agent.watch import watch
+    tool = _BROKER_TOOLS.get(args.command)
+    if tool is not None:
+        # paho's reconnect warnings are for services' logs; a tool says what failed in one
+        # line of its own.
+        logging.basicConfig(level=logging.ERROR, format=f"edgetwin {args.command}: %(message)s")
+        return tool(args)
+    if args.command == "config":
+        from edgetwin.check import check_config
 
-        return watch(args.host, args.port, args.topic or ["#"], args.count)
-    if args.command == "record":
-        from edgetwin.gateway.recording import record_command
+        return check_config(args.file)
+    if args.command == "completion":
+        from argcomplete.shell_integration import shellcode
 
-        return record_command(
-            args.broker,
-            args.out,
-            topic_filters=args.topic,
-            prefix=args.prefix,
-            duration=args.duration,
-            count=args.count,
-            overwrite=args.overwrite,
-        )
-    if args.command == "replay":
-        from edgetwin.gateway.recording import replay_command
-
-        return replay_command(
-            args.file,
-            args.broker,
-            speed=args.speed,
-            device=args.device,
-            only=args.only,
-            loop=args.loop,
-            prefix=args.prefix,
-            topic_template=args.topic_template,
-            duration=args.duration,
-            qos=args.qos,
-        )
+        sys.stdout.write(shellcode(["edgetwin"], shell=args.shell))
+        return 0
     if args.command == "broker-acl":
         from edgetwin.gateway.acl import Listener, broker_acl_command
 
@@ -225,55 +256,166 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise AssertionError(f"unhandled command {args.command}")
 
 
+def _settings(
+    args: argparse.Namespace,
+    program: str,
+    *,
+    protocol: Literal["5", "3.1.1"] = "5",
+    prefix: str | None = None,
+    topic: str | None = None,
+) -> MqttSettings | None:
+    """The broker settings of a tool's command line, or None after saying why not."""
+    from edgetwin.connection import ConnectionOptionError, resolve_settings
+
+    try:
+        return resolve_settings(args, protocol=protocol, prefix=prefix, topic=topic)
+    except ConnectionOptionError as exc:
+        print(f"edgetwin {program}: {exc}", file=sys.stderr)
+        return None
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from edgetwin.agent.watch import watch
+
+    if args.host is not None or args.port is not None:
+        if args.broker is not None:
+            print("edgetwin watch: --host/--port or --broker, not both", file=sys.stderr)
+            return 2
+        host = f"[{args.host}]" if args.host and ":" in args.host else args.host
+        args.broker = f"{host or '127.0.0.1'}:{args.port or 1883}"
+    # MQTT 3.1.1: the demo's broker may be amqtt's, which speaks nothing newer.
+    settings = _settings(args, "watch", protocol="3.1.1")
+    if settings is None:
+        return 2
+    return watch(settings, args.topic or ["#"], args.count)
+
+
+def _record(args: argparse.Namespace) -> int:
+    from edgetwin.gateway.recording import record_command
+
+    settings = _settings(args, "record", protocol="3.1.1", prefix=args.prefix)
+    if settings is None:
+        return 2
+    return record_command(
+        settings,
+        args.out,
+        topic_filters=args.topic,
+        duration=args.duration,
+        count=args.count,
+        overwrite=args.overwrite,
+    )
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from edgetwin.agent.contract import DEFAULT_PREFIX, ContractError, Topics
+    from edgetwin.gateway.recording import replay_command
+
+    settings = _settings(args, "replay", protocol="3.1.1")
+    if settings is None:
+        return 2
+    topics = None
+    try:
+        if args.prefix is not None or args.topic_template is not None:
+            topics = Topics(
+                prefix=args.prefix or DEFAULT_PREFIX, telemetry_template=args.topic_template
+            )
+        elif args.config is not None:
+            topics = settings.topics()  # the file's prefix and topic, as its programs use them
+    except ContractError as exc:
+        print(f"edgetwin replay: {exc}", file=sys.stderr)
+        return 2
+    return replay_command(
+        args.file,
+        settings,
+        speed=args.speed,
+        device=args.device,
+        only=args.only,
+        loop=args.loop,
+        topics=topics,
+        duration=args.duration,
+        qos=args.qos,
+    )
+
+
 def _simulate(args: argparse.Namespace) -> int:
+    from edgetwin.agent.contract import DEFAULT_PREFIX, ContractError, Topics
+    from edgetwin.connection import wants_broker
+
+    if (args.out is not None) == wants_broker(args):
+        print(
+            "edgetwin simulate: --out FILE (with --virtual) or a broker (--broker URL or "
+            "--config FILE): one of them",
+            file=sys.stderr,
+        )
+        return 2
+    broker = None
+    if wants_broker(args):
+        broker = _settings(args, "simulate", prefix=args.prefix, topic=args.topic)
+        if broker is None:
+            return 2
     if not args.virtual:
-        return _simulate_realtime(args)
+        if broker is None:
+            print("edgetwin simulate: --out: only with --virtual; a real-time run publishes "
+                  "to a broker", file=sys.stderr)  # fmt: skip
+            return 2
+        return _simulate_realtime(args, broker)
     from edgetwin.gateway.scenario.virtual import simulate_command
 
+    try:
+        topics = (
+            broker.topics()
+            if broker is not None
+            else Topics(prefix=args.prefix or DEFAULT_PREFIX, telemetry_template=args.topic)
+        )
+    except ContractError as exc:
+        print(f"edgetwin simulate: {exc}", file=sys.stderr)
+        return 2
     return simulate_command(
         args.scenario,
         devices=args.devices,
         start=args.start,
         duration=args.duration or "1h",
         out=args.out,
-        broker=args.broker,
-        prefix=args.prefix,
-        topic=args.topic,
+        broker=broker,
+        topics=topics,
         payload=args.payload,
         qos=args.qos,
         quiet=args.quiet,
     )
 
 
-def _simulate_realtime(args: argparse.Namespace) -> int:
-    from edgetwin.gateway.engine.link import Endpoint
+def _simulate_realtime(args: argparse.Namespace, broker: MqttSettings) -> int:
     from edgetwin.gateway.engine.realtime import run_realtime
-    from edgetwin.gateway.recording import parse_broker
+    from edgetwin.gateway.engine.sources import endpoint_from_mqtt
     from edgetwin.gateway.scenario.model import ScenarioError, parse_duration, scenario_for
 
     try:
-        if args.broker is None:
-            raise ValueError("--out: only with --virtual; a real-time run publishes to --broker")
         if args.start is not None:
             raise ValueError("--start: only with --virtual; a real-time run starts now")
         if not 1 <= args.workers <= 64:
             raise ValueError(f"--workers: 1..64, not {args.workers}")
-        host, port = parse_broker(args.broker)
         scenario = scenario_for(args.scenario, args.devices)
         seconds = None if args.duration is None else parse_duration(args.duration)
     except (ScenarioError, ValueError) as exc:
         print(f"edgetwin simulate: {exc}", file=sys.stderr)
         return 2
-    endpoint = Endpoint(host=host, port=port, prefix=args.prefix, telemetry_template=args.topic)
     return run_realtime(
         scenario,
-        endpoint,
+        endpoint_from_mqtt(broker),
         seconds=seconds,
         workers=args.workers,
         qos=args.qos,
         payload=args.payload,
         quiet=args.quiet,
     )
+
+
+_BROKER_TOOLS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "watch": _watch,
+    "record": _record,
+    "replay": _replay,
+    "simulate": _simulate,
+}
 
 
 def _sensors(args: argparse.Namespace) -> int:

@@ -154,7 +154,7 @@ def _print_banner(
         " and simulated sim-*",
         "",
         "Watch the fleet from another terminal:",
-        f"  {edgetwin} watch --host {host} --port {broker_port} --topic 'edgetwin/#'",
+        f"  {edgetwin} watch --broker mqtt://{host}:{broker_port} --topic 'edgetwin/#'",
     ]
     if shutil.which("mosquitto_sub"):
         lines.append(f"  mosquitto_sub -h {host} -p {broker_port} -t 'edgetwin/#' -v")

@@ -40,7 +40,6 @@ import msgspec
 
 from edgetwin.agent.config import MqttSettings
 from edgetwin.agent.contract import (
-    DEFAULT_PREFIX,
     Anomaly,
     ContractError,
     FlatReading,
@@ -328,6 +327,10 @@ class LiveRecorder:
     def start(self) -> Self:
         self._link.start()
         return self
+
+    def wait_connected(self, timeout: float) -> str | None:
+        """None once connected, else why the first attempt failed (see MqttLink.wait_attempt)."""
+        return self._link.wait_attempt(timeout)
 
     def wait_ready(self, timeout: float) -> bool:
         """Whether the broker acknowledged the subscription within `timeout` seconds."""
@@ -717,17 +720,6 @@ class ReplayGenerator:
 # -- command line --------------------------------------------------------------------------------
 
 
-def parse_broker(text: str) -> tuple[str, int]:
-    """HOST:PORT (port 1883 when left out; brackets around an IPv6 address)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or (host.count(":") and not host.startswith("[")):
-        host, port = text, "1883"
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"broker {text!r}: expected HOST:PORT")
-    return host, int(port)
-
-
 class _StopOnSignal:
     """SIGINT and SIGTERM set `event` instead of raising, restored on exit."""
 
@@ -750,33 +742,34 @@ class _StopOnSignal:
 
 
 def record_command(
-    broker: str,
+    settings: MqttSettings,
     out: Path,
     *,
     topic_filters: Sequence[str] | None = None,
-    prefix: str = DEFAULT_PREFIX,
     duration: float | None = None,
     count: int | None = None,
     overwrite: bool = False,
     connect_timeout: float = 10.0,
 ) -> int:
-    """`edgetwin record`: returns the exit status; prints the count at the end."""
+    """`edgetwin record`: returns the exit status; prints the count at the end. The default
+    filter is all telemetry under `settings.prefix`."""
     stop = threading.Event()
     try:
         if count is not None and count < 1:
             raise ValueError(f"--count must be at least 1, got {count}")
         if duration is not None and not duration > 0:
             raise ValueError(f"--duration must be positive, got {duration}")
-        host, port = parse_broker(broker)
-        settings = MqttSettings(host=host, port=port, protocol="3.1.1", prefix=prefix)
         recorder = Recorder(out, overwrite=overwrite)
     except (RecordingError, ValueError) as exc:
         print(f"edgetwin record: {exc}", file=sys.stderr)
         return 2
     live = LiveRecorder(settings, recorder, topic_filters, count=count)
     with _StopOnSignal(stop), live:
-        if not live.wait_ready(connect_timeout):
-            print(f"edgetwin record: no broker answered on {host}:{port}", file=sys.stderr)
+        error = live.wait_connected(connect_timeout)
+        if error is None and not live.wait_ready(connect_timeout):
+            error = f"{settings.url} did not acknowledge the subscription"
+        if error is not None:
+            print(f"edgetwin record: {error}", file=sys.stderr)
             return 1
         print(f"recording {', '.join(live.topic_filters)} to {out} (Ctrl-C stops)", file=sys.stderr)
         deadline = math.inf if duration is None else time.monotonic() + duration
@@ -796,28 +789,30 @@ def record_command(
 
 def replay_command(
     path: Path,
-    broker: str,
+    settings: MqttSettings,
     *,
     speed: float = 1.0,
     device: str | None = None,
     only: str | None = None,
     loop: bool = False,
-    prefix: str | None = None,
-    topic_template: str | None = None,
+    topics: Topics | None = None,
     duration: float | None = None,
     qos: int = 1,
     connect_timeout: float = 10.0,
 ) -> int:
     """`edgetwin replay`: the recording on the simulation engine (a worker in this process, or
-    processes for a large one: chosen from the rate), at a rate of `speed`. Returns the exit
-    status; prints at the end what reached the socket (and, at QoS 1, the broker's PUBACK)."""
+    processes for a large one: chosen from the rate), at a rate of `speed`, to the broker of
+    `settings`. `topics` rebuilds every topic (else JSONL keeps its recorded ones). Returns the
+    exit status; prints at the end what reached the socket (and, at QoS 1, the broker's
+    PUBACK)."""
     from edgetwin.gateway.engine import (
         EngineController,
         EngineError,
         EngineInputError,
         EngineSettings,
     )
-    from edgetwin.gateway.engine.link import Endpoint
+    from edgetwin.gateway.engine.link import probe
+    from edgetwin.gateway.engine.sources import endpoint_from_mqtt
 
     stop = threading.Event()
     try:
@@ -825,18 +820,20 @@ def replay_command(
             raise ValueError(f"--duration must be positive, got {duration}")
         if qos not in (0, 1):
             raise ValueError(f"--qos must be 0 or 1, got {qos}")
-        host, port = parse_broker(broker)
         readings = read_readings(path)
-        topics = None
-        if prefix is not None or topic_template is not None:
-            topics = Topics(prefix=prefix or DEFAULT_PREFIX, telemetry_template=topic_template)
         replayer = Replayer(
             readings, speed=speed, device=device, only=only, topics=topics, loop=loop
         )
     except (RecordingError, ContractError, ValueError) as exc:
         print(f"edgetwin replay: {exc}", file=sys.stderr)
         return 2
-    endpoint = Endpoint(host=host, port=port, protocol="3.1.1", client_id_prefix="edgetwin-replay")
+    endpoint = msgspec.structs.replace(
+        endpoint_from_mqtt(settings), client_id_prefix="edgetwin-replay"
+    )
+    error = probe(endpoint, connect_timeout)
+    if error is not None:
+        print(f"edgetwin replay: {error}", file=sys.stderr)
+        return 1
     engine = EngineController(
         endpoint, EngineSettings(qos=1 if qos else 0, start_timeout=connect_timeout)
     )
@@ -847,7 +844,7 @@ def replay_command(
             print(f"edgetwin replay: {exc}", file=sys.stderr)
             return 2
         except EngineError as exc:
-            print(f"edgetwin replay: no broker answered on {host}:{port}: {exc}", file=sys.stderr)
+            print(f"edgetwin replay: {exc}", file=sys.stderr)
             return 1
         try:
             print(

@@ -25,7 +25,8 @@ def test_agent_never_imports_the_gateway_stack() -> None:
     """pydantic included: with it the agent misses its memory budget on a Pi (bench/agent_bench)."""
     code = (
         "import sys; import edgetwin.cli, agent.cli, agent.runtime, agent.mqtt, agent.desired;"
-        "heavy = ('fastapi', 'uvicorn', 'starlette', 'gateway', 'pydantic');"
+        "heavy = ('fastapi', 'uvicorn', 'starlette', 'gateway', 'pydantic', 'tqdm',"
+        " 'argcomplete');"
         "loaded = sorted(m for m in heavy if m in sys.modules);"
         "print(loaded); sys.exit(1 if loaded else 0)"
     )

@@ -71,7 +71,7 @@ def demo(request: pytest.FixtureRequest) -> Iterator[subprocess.Popen[str]]:
 def test_demo_runs_a_mixed_fleet_and_stops_on_ctrl_c(demo: subprocess.Popen[str]) -> None:
     broker = banner_line(demo, r"mqtt://127\.0\.0\.1:(\d+)")
     api = banner_line(demo, r"(http://127\.0\.0\.1:\d+)/devices")[1]
-    subscriber_command = banner_line(demo, r"edgetwin watch --host 127\.0\.0\.1 --port (\d+)")
+    subscriber_command = banner_line(demo, r"edgetwin watch --broker mqtt://127\.0\.0\.1:(\d+)")
     assert subscriber_command[1] == broker[1]
 
     def fleet() -> dict[str, dict[str, object]]:
@@ -91,8 +91,8 @@ def test_demo_runs_a_mixed_fleet_and_stops_on_ctrl_c(demo: subprocess.Popen[str]
             "-m",
             "edgetwin",
             "watch",
-            "--port",
-            broker[1],
+            "--broker",
+            f"mqtt://127.0.0.1:{broker[1]}",
             "--topic",
             "edgetwin/demo-pi/telemetry/+",
             "--count",

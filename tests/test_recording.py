@@ -35,7 +35,6 @@ from edgetwin.gateway.recording import (
     RecordedReading,
     Recorder,
     Replayer,
-    parse_broker,
     read_readings,
 )
 from edgetwin.gateway.standins import StandIns
@@ -464,14 +463,6 @@ def test_a_recording_is_a_signal_source(tmp_path: Path, suffix: str) -> None:
     assert math.isnan(models["pressure"].sample(1.0))  # not measured then
     light = Replay.from_csv(path, "illuminance", sensor="light", start=0.0)
     assert light.sample(0.0) == 312.0
-
-
-def test_parse_broker() -> None:
-    assert parse_broker("127.0.0.1:1884") == ("127.0.0.1", 1884)
-    assert parse_broker("localhost") == ("localhost", 1883)
-    assert parse_broker("[::1]:1885") == ("::1", 1885)
-    with pytest.raises(ValueError, match="HOST:PORT"):
-        parse_broker("host:port")
 
 
 # -- live, on a real broker ----------------------------------------------------------------------

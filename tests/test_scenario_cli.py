@@ -12,6 +12,7 @@ import pytest
 from edgetwin.agent.contract import Status, Telemetry
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture
+from tests.fleet_helpers import mqtt_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "scenario.toml"
@@ -173,7 +174,7 @@ def test_a_real_time_run_plays_the_fleet_on_the_broker_until_its_duration(
 def test_the_broker_sink_counts_what_the_broker_never_confirmed(broker: Broker) -> None:
     from edgetwin.gateway.scenario.virtual import BrokerSink
 
-    sink = BrokerSink(broker.host, broker.port, qos=1, close_timeout=0.5)
+    sink = BrokerSink(mqtt_settings(broker), qos=1, close_timeout=0.5)
     broker.kill()
     sink.write(1.0, ("edgetwin/dev/telemetry/env", b"{}", False))
     sink.write(2.0, ("edgetwin/dev/telemetry/env", b"{}", False))

@@ -11,7 +11,7 @@ from types import FrameType
 from typing import Literal
 
 from edgetwin.gateway.engine.controller import EngineController, EngineError, EngineStats
-from edgetwin.gateway.engine.link import Endpoint
+from edgetwin.gateway.engine.link import Endpoint, probe
 from edgetwin.gateway.engine.settings import EngineSettings
 from edgetwin.gateway.scenario import Scenario
 
@@ -66,6 +66,10 @@ def run_realtime(
     quiet: bool = False,
 ) -> int:
     """Run until `seconds` have passed (None: until SIGINT or SIGTERM); the exit code."""
+    error = probe(endpoint)
+    if error is not None:
+        print(f"edgetwin simulate: {error}", file=sys.stderr)
+        return 1
     if scenario.origin is None:
         scenario = scenario.with_start(time.time())
     settings = EngineSettings(workers=workers, max_workers=workers, qos=qos, payload=payload)

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal, Protocol
+from typing import Literal, Protocol
 
 import msgspec
 
@@ -71,6 +71,10 @@ class JsonLinesSink:
         self._file.close()
 
 
+class BrokerUnreachable(ScenarioError):
+    """The broker refused or could not be reached: not the scenario's fault, exit status 1."""
+
+
 class BrokerSink:
     """Publishes through the agent's MQTT adapter, keeping at most `window` messages
     unacknowledged (QoS 1) or unsent (QoS 0): the run goes at the broker's pace and memory
@@ -78,18 +82,18 @@ class BrokerSink:
 
     def __init__(
         self,
-        host: str,
-        port: int,
+        settings: MqttSettings,
         qos: Literal[0, 1] = 1,
         window: int = 1000,
         *,
         close_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
     ) -> None:
         self._qos = qos
         self._window = window
         self._close_timeout = close_timeout
         self._link = MqttLink(
-            MqttSettings(host=host, port=port, max_inflight=min(window, 65535)),
+            settings.replace(max_inflight=min(window, 65535)),
             client_id=None,
         )
         self._pending: deque[Delivery] = deque()
@@ -97,9 +101,10 @@ class BrokerSink:
         # the socket (QoS 0) by the end of `close`.
         self.unconfirmed = 0
         self._link.start()
-        if not self._link.wait_connected(10.0):
+        error = self._link.wait_attempt(connect_timeout)
+        if error is not None:
             self._link.close(1.0)
-            raise ScenarioError(f"cannot connect to the broker at {host}:{port}")
+            raise BrokerUnreachable(error)
 
     def write(self, t: float, message: Message) -> None:
         topic, payload, retain = message
@@ -125,33 +130,6 @@ class BrokerSink:
         finally:
             self._pending.clear()
             self._link.close()
-
-
-class Progress:
-    """A one-line bar on a terminal stream, redrawn at most five times a second."""
-
-    def __init__(self, total: float, stream: IO[str] | None = None, width: int = 30) -> None:
-        self._total = total
-        self._stream = stream if stream is not None else sys.stderr
-        self._width = width
-        self._started = time.monotonic()
-        self._drawn = 0.0
-
-    def update(self, done: float, messages: int, *, final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and now - self._drawn < 0.2:
-            return
-        self._drawn = now
-        fraction = min(1.0, done / self._total) if self._total > 0 else 1.0
-        filled = round(fraction * self._width)
-        elapsed = max(now - self._started, 1e-9)
-        self._stream.write(
-            f"\r[{'#' * filled}{'.' * (self._width - filled)}] {fraction:6.1%} "
-            f"{messages:,} messages, {messages / elapsed:,.0f}/s"
-        )
-        if final:
-            self._stream.write("\n")
-        self._stream.flush()
 
 
 def run_virtual(
@@ -217,6 +195,13 @@ def run_virtual(
     return counts
 
 
+def _open_sink(out: Path | None, broker: MqttSettings | None, qos: Literal[0, 1]) -> Sink:
+    if broker is not None:
+        return BrokerSink(broker, qos=qos)
+    assert out is not None
+    return JsonLinesSink(out)
+
+
 def simulate_command(
     scenario_path: Path | None,
     *,
@@ -224,9 +209,8 @@ def simulate_command(
     start: str | None,
     duration: str,
     out: Path | None,
-    broker: str | None,
-    prefix: str,
-    topic: str | None,
+    broker: MqttSettings | None,
+    topics: Topics,
     payload: Literal["edgetwin", "flat"],
     qos: Literal[0, 1],
     quiet: bool = False,
@@ -235,7 +219,7 @@ def simulate_command(
     from datetime import UTC, datetime
 
     from edgetwin.agent.contract import ContractError
-    from edgetwin.gateway.recording import parse_broker
+    from edgetwin.gateway.progress import Progress
     from edgetwin.gateway.scenario.model import parse_duration, scenario_for
 
     try:
@@ -248,17 +232,18 @@ def simulate_command(
             begin = scenario.origin
         else:
             raise ScenarioError("--start: required when the scenario has no `start`")
-        topics = Topics(prefix=prefix, telemetry_template=topic)
-        sink: Sink
-        if out is not None:
-            sink = JsonLinesSink(out)
-        else:
-            assert broker is not None
-            sink = BrokerSink(*parse_broker(broker), qos=qos)
-    except (ScenarioError, ContractError, ValueError, OSError) as exc:
+        if (out is None) == (broker is None):
+            raise ScenarioError("--virtual writes to --out FILE or publishes to a broker: one")
+    except (ScenarioError, ContractError, ValueError) as exc:
         print(f"edgetwin simulate: {exc}", file=sys.stderr)
         return 2
-    bar = None if quiet else Progress(seconds)
+    try:
+        sink = _open_sink(out, broker, qos)
+    except (BrokerUnreachable, OSError) as exc:
+        print(f"edgetwin simulate: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, BrokerUnreachable) else 2
+    where = str(out) if broker is None else broker.url
+    bar = None if quiet else Progress(seconds, what="virtual time")
     started = time.monotonic()
     try:
         counts = run_virtual(
@@ -271,17 +256,16 @@ def simulate_command(
             progress=None if bar is None else bar.update,
         )
     except ScenarioError as exc:
-        print(f"\nedgetwin simulate: {exc}", file=sys.stderr)
+        print(f"edgetwin simulate: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nedgetwin simulate: interrupted", file=sys.stderr)
+        print("edgetwin simulate: interrupted", file=sys.stderr)
         return 130
     finally:
         sink.close()
-    if bar is not None:
-        bar.update(seconds, counts.total, final=True)
+        if bar is not None:
+            bar.close()
     elapsed = time.monotonic() - started
-    where = str(out) if out is not None else f"mqtt://{broker}"
     unconfirmed = sink.unconfirmed if isinstance(sink, BrokerSink) else 0
     print(
         f"{counts.total} messages ({counts.telemetry} telemetry, {counts.labels} labels, "
