@@ -12,7 +12,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgetwin.agent.config import EXIT_CONFIG, ConfigError, MqttSettings, read_toml
+from edgetwin.agent.config import (
+    EXIT_CONFIG,
+    ConfigError,
+    MqttSettings,
+    load_for_program,
+    read_toml,
+)
 
 if TYPE_CHECKING:
     from edgetwin.agent.config import AgentConfig
@@ -20,6 +26,7 @@ if TYPE_CHECKING:
 
 _AGENT_SECTIONS = frozenset({"agent", "outbox", "sensors"})
 _LISTED = 5  # ids shown before "..."
+PROGRAM = "config check"
 
 
 def is_agent_file(document: dict[str, object]) -> bool:
@@ -28,17 +35,27 @@ def is_agent_file(document: dict[str, object]) -> bool:
 
 def check_config(path: Path) -> int:
     try:
-        if is_agent_file(read_toml(path)):
-            from edgetwin.agent.config import load_agent_config
-
-            lines = describe_agent(load_agent_config(path))
-        else:
-            from edgetwin.gateway.config import load_gateway_config
-
-            lines = describe_gateway(load_gateway_config(path))
+        agent = is_agent_file(read_toml(path))
     except ConfigError as exc:
-        print(f"edgetwin config check: {exc}", file=sys.stderr)
+        print(f"edgetwin {PROGRAM}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    # load_for_program, as the programs start: its `log_config` is applied too (dictConfig is
+    # the only full check of such a file), and an error is their one line.
+    lines: list[tuple[str, str]]
+    if agent:
+        from edgetwin.agent.config import load_agent_config
+
+        agent_config = load_for_program(load_agent_config, path, PROGRAM)
+        if agent_config is None:
+            return EXIT_CONFIG
+        lines = describe_agent(agent_config)
+    else:
+        from edgetwin.gateway.config import load_gateway_config
+
+        gateway_config = load_for_program(load_gateway_config, path, PROGRAM)
+        if gateway_config is None:
+            return EXIT_CONFIG
+        lines = describe_gateway(gateway_config)
     print(f"{path}: valid")
     for name, text in lines:
         print(f"  {name:<10} {text}")
@@ -91,7 +108,8 @@ def describe_gateway(config: GatewayConfig) -> list[tuple[str, str]]:
     }
     if isinstance(plan.launch, StartDevices):
         ids = plan.launch_ids()
-        fleet = f"{plan.launch.count} devices at launch ({_ids(ids)}), every {plan.interval:g} s"
+        named = ids[0] if len(ids) == 1 else f"{ids[0]} ... {ids[-1]}"
+        fleet = f"{plan.launch.count} devices at launch ({named}), every {plan.interval:g} s"
     elif isinstance(plan.launch, StartScenario):
         fleet = f"the scenario {plan.launch.name} at launch"
     else:
