@@ -28,6 +28,7 @@ from edgetwin.agent.contract import (
     Telemetry,
 )
 from edgetwin.gateway.config import ManifestDevice
+from edgetwin.gateway.history import History
 
 
 class PresenceState(StrEnum):
@@ -155,8 +156,12 @@ StatusVerdict = Literal["applied", "stale", "unchanged"]
 class Fleet:
     """Thread-safe registry of twins; listeners hear every change that may move a stream."""
 
-    def __init__(self, manifest: list[ManifestDevice]) -> None:
+    def __init__(self, manifest: list[ManifestDevice], history: History | None = None) -> None:
         self._lock = threading.Lock()
+        self.history = history if history is not None else History(0)
+        # Devices changed since the live feed last looked (`take_changes`): a set add on the
+        # MQTT thread is all a change costs it; the feed reads them on its own schedule.
+        self._changed: set[str] = set()
         self._devices: dict[str, DeviceTwin] = {
             d.id: DeviceTwin(d.id, True, dict(d.sensors), d.site, dict(d.labels)) for d in manifest
         }
@@ -191,7 +196,19 @@ class Fleet:
             twin = self._devices[device_id] = DeviceTwin(device_id, in_manifest=False)
         return twin
 
+    def take_changes(self) -> set[str]:
+        """The ids of devices changed since the last call (added, removed, or any document or
+        reading of theirs)."""
+        with self._lock:
+            changed, self._changed = self._changed, set()
+        return changed
+
+    def mark_changed(self, device_id: str) -> None:
+        with self._lock:
+            self._changed.add(device_id)
+
     def _notify(self, twin: DeviceTwin) -> None:
+        self.mark_changed(twin.id)
         for listener in self._listeners:
             listener(twin)
 
@@ -247,6 +264,7 @@ class Fleet:
             twin.agent_version = status.agent_version
             twin.last_seen = status.ts
             twin.last_reason = status.reason
+            self._changed.add(twin.id)
         if changed:
             self._notify(twin)
             return "applied"
@@ -297,6 +315,7 @@ class Fleet:
             before = twin.state.sensors if twin.state else None
             twin.state = state
             twin.last_seen = max(twin.last_seen or 0.0, state.ts)
+            self._changed.add(twin.id)
         if before != state.sensors:
             self._notify(twin)
 
@@ -318,6 +337,7 @@ class Fleet:
             twin = self._twin(reported.device)
             if twin is not None:
                 twin.reported = reported
+                self._changed.add(twin.id)
 
     def apply_desired(self, desired: DesiredConfig | None, device_id: str) -> None:
         """A desired document seen on the broker (ours, or another replica's), or its removal."""
@@ -372,6 +392,10 @@ class Fleet:
             stream.ts = telemetry.ts
             stream.source = telemetry.source.value
             stream.values = {q: (v.value, v.unit) for q, v in telemetry.values.items()}
+            self._changed.add(twin.id)
+        # Outside the fleet's lock: the history has its own, and API reads of the one must
+        # not wait on the other.
+        self.history.record(telemetry)
         return True
 
     def last_seqs(self, device_id: str) -> dict[str, int]:
