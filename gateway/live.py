@@ -8,7 +8,8 @@ offers each client its own event through a bounded queue. Nothing here ever make
 thread wait on the event loop or on a client.
 
 Per client: a filter (exact device, id prefix, site, free text) and a page (offset, limit) of
-the matching devices sorted by id. It first gets a `snapshot` event (its page, with each
+the matching devices sorted by id; a cycle's cost follows the changes of the pages shown, not
+the fleet's. It first gets a `snapshot` event (its page, with each
 sensor's sparkline from the history, and the fleet's counts), then `devices` events with the
 changed devices of its page and `fleet` events with changed counts. A device added or removed
 within its filter, or a queue that overflowed because the client reads too slowly, is answered
@@ -81,6 +82,8 @@ class LiveClient:
     """Every device id the filter matched at the last snapshot."""
     page: set[str] = field(default_factory=set)
     """The ids of its page."""
+    membership: int = -1
+    """`Fleet.membership` when its page was last made."""
 
 
 def event(kind: str, data: Any) -> bytes:
@@ -105,6 +108,7 @@ class LiveHub:
         self.cycle_seconds = 0.0
         """CPU spent in `cycle` so far (process time), for bench/page_bench.py."""
         self.bytes_sent = 0
+        self.snapshots = 0
 
     # -- clients ------------------------------------------------------------------------------
 
@@ -167,6 +171,8 @@ class LiveHub:
         page = matching[live_filter.offset : live_filter.offset + live_filter.limit]
         client.matching = {t.id for t in matching}
         client.page = {t.id for t in page}
+        client.membership = service.fleet.membership
+        self.snapshots += 1
         now = time.monotonic()
         devices = []
         for twin in page:
@@ -176,7 +182,7 @@ class LiveHub:
             devices.append(summary)
             # What this client holds now may be newer than what was last broadcast.
             self._sent.pop(twin.id, None)
-        counts = fleet_counts(twins, service.standins)
+        counts = fleet_counts(service.fleet, service.standins)
         return event(
             "snapshot",
             {
@@ -213,7 +219,7 @@ class LiveHub:
             self._sent.clear()  # devices no page shows any more
         if now >= self._fleet_due:
             self._fleet_due = now + FLEET_EVERY
-            counts = msgspec.json.encode(fleet_counts(fleet.snapshot(), standins))
+            counts = msgspec.json.encode(fleet_counts(fleet, standins))
             if counts != self._fleet_sent:
                 self._fleet_sent = counts
                 data = b"event: fleet\ndata: " + counts + b"\n\n"
@@ -227,21 +233,18 @@ class LiveHub:
         self, client: LiveClient, changed: set[str], built: dict[str, bytes], now: float
     ) -> list[bytes]:
         """The summaries of `client`'s page among `changed` (built once per cycle, in
-        `built`); sets `client.resync` when a device entered or left its filter."""
+        `built`); sets `client.resync` when devices came or went, or a filter's fields moved.
+        Its cost follows the page's changes, not the fleet's."""
         fleet = self._service.fleet
-        live_filter = client.filter
+        if fleet.membership != client.membership:
+            client.resync = True
+            return []
         parts: list[bytes] = []
-        for device in changed:
+        for device in changed & client.page:
             twin = fleet.get(device)
-            shown = device in client.page
-            if twin is None or (shown and not live_filter.matches(twin)):
-                if device in client.matching:
-                    client.resync = True  # it left its filter
-                continue
-            if not shown:
-                if device not in client.matching and live_filter.matches(twin):
-                    client.resync = True  # a new device within its filter
-                continue
+            if twin is None:
+                client.resync = True
+                return []
             encoded = built.get(device)
             if encoded is None:
                 encoded = msgspec.json.encode(device_summary(twin, self._service.standins, now))

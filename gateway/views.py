@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from edgetwin.agent.contract import Server
-from edgetwin.gateway.fleet import ConfigSync, DeviceTwin
+from edgetwin.gateway.fleet import ConfigSync, DeviceTwin, Fleet
 from edgetwin.gateway.history import Series
 from edgetwin.gateway.standins import StandIns
 
@@ -158,15 +157,16 @@ def device_summary(twin: DeviceTwin, engine: StandIns, now: float) -> dict[str, 
     }
 
 
-def fleet_counts(twins: list[DeviceTwin], engine: StandIns) -> dict[str, Any]:
+def fleet_counts(fleet: Fleet, engine: StandIns) -> dict[str, Any]:
     """GET /fleet's counts: by presence, simulation and config sync."""
+    devices, in_manifest, presence, config = fleet.tally()
     return {
-        "devices": len(twins),
-        "in_manifest": sum(t.in_manifest for t in twins),
-        "by_presence": dict(Counter(t.presence.value for t in twins)),
+        "devices": devices,
+        "in_manifest": in_manifest,
+        "by_presence": presence,
         "simulated_devices": len(engine.active_devices()),
-        "simulated_streams": sum(len(engine.simulated_streams(t.id)) for t in twins),
-        "config": dict(Counter(t.config_sync() for t in twins if t.in_manifest)),
+        "simulated_streams": engine.stream_count(),
+        "config": config,
     }
 
 
