@@ -84,6 +84,8 @@ class LiveClient:
     """The ids of its page."""
     membership: int = -1
     """`Fleet.membership` when its page was last made."""
+    sent: int = 0
+    """Bytes handed to its stream."""
 
 
 def event(kind: str, data: Any) -> bytes:
@@ -118,6 +120,10 @@ class LiveHub:
         self._metrics.live_clients.set(len(self._clients))
         return client
 
+    @property
+    def clients(self) -> list[LiveClient]:
+        return list(self._clients)
+
     def _close(self, client: LiveClient) -> None:
         self._clients.discard(client)
         self._metrics.live_clients.set(len(self._clients))
@@ -146,6 +152,7 @@ class LiveHub:
                     if not data:
                         continue  # a wake-up: resync is due
                 self.bytes_sent += len(data)
+                client.sent += len(data)
                 yield data
         finally:
             self._close(client)

@@ -666,6 +666,13 @@
       connect();
     });
     window.addEventListener("hashchange", route);
+    // A page kept in the back-forward cache must not keep its stream open on the gateway.
+    window.addEventListener("pagehide", () => {
+      if (state.source) state.source.close();
+    });
+    window.addEventListener("pageshow", (event) => {
+      if (event.persisted) connect();
+    });
     setInterval(watchdog, 5000);
     route();
   });
