@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -19,8 +21,9 @@ from edgetwin.gateway.engine import EngineController, EngineSettings
 from edgetwin.gateway.engine.metrics import EngineCollector
 from edgetwin.gateway.engine.sources import Scenarios, ScenarioSource, endpoint_from_mqtt
 from edgetwin.gateway.limits import RequestGuard
+from edgetwin.gateway.live import LiveHub
 from edgetwin.gateway.metrics import GatewayMetrics
-from edgetwin.gateway.routers import compat, desired, devices, engine, fleet, page, system
+from edgetwin.gateway.routers import compat, desired, devices, engine, fleet, live, page, system
 from edgetwin.gateway.service import GatewayService
 from edgetwin.gateway.structs import answer_bad_requests, document_structs
 from edgetwin.hardware.sensor import Clock
@@ -95,8 +98,10 @@ def create_app(
                 observability.prometheus_host,
                 registry=metrics.registry,
             )
+        hub = app.state.live = LiveHub(service, metrics, config.live.interval, config.live.queue)
         service.start()
         control.start_at_launch()
+        live_task = asyncio.create_task(hub.run(), name="live-feed")
         log.info(
             "gateway started",
             extra={
@@ -108,6 +113,10 @@ def create_app(
         try:
             yield
         finally:
+            hub.shutdown()
+            live_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await live_task
             control.stop()  # the group lives as long as the gateway
             scale_engine.close()
             service.stop()
@@ -126,6 +135,7 @@ def create_app(
         devices.router,
         desired.router,
         fleet.router,
+        live.router,
         system.router,
         compat.router,
         engine.router,

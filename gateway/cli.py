@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,11 +15,24 @@ import uvicorn
 from edgetwin.agent.config import EXIT_CONFIG, load_for_program
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig, load_gateway_config
+from edgetwin.gateway.live import LiveHub
 
 log = logging.getLogger(__name__)
 
 
-class _Server(uvicorn.Server):
+class GatewayServer(uvicorn.Server):
+    """uvicorn waits for every open response before it stops, and a page's event stream
+    (GET /events) never ends by itself: the streams are ended first."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        state = getattr(self.config.app, "state", None)
+        hub = getattr(state, "live", None)
+        if isinstance(hub, LiveHub):
+            hub.shutdown()
+        await super().shutdown(sockets)
+
+
+class _Server(GatewayServer):
     """uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die by the
     signal; a service that stopped cleanly should exit 0 instead, as the agent does."""
 
@@ -47,6 +61,8 @@ def serve(config: GatewayConfig) -> uvicorn.Server:
         log_config=None,  # keep our JSON handler on the root logger
         access_log=False,  # request latency is in the metrics; one line per request is noise
         lifespan="on",
+        # A backstop for responses that still do not end (the live streams are ended first).
+        timeout_graceful_shutdown=5,
     )
     return _Server(server_config)
 

@@ -283,6 +283,23 @@ class PresenceSection(Section, frozen=True):
     startup_grace: Annotated[float, msgspec.Meta(ge=0, le=60)] = 1.0  # seconds
 
 
+class HistorySection(Section, frozen=True):
+    # Recent points kept per telemetry stream (device, sensor) for the page's charts; 0 keeps
+    # none. About 30 bytes a point for a three-quantity stream (README, 'Gateway API').
+    points: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 300
+    # Streams kept; beyond it the one heard from least recently is evicted (counted in
+    # edgetwin_history_evicted_streams_total).
+    max_streams: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 50_000
+
+
+class LiveSection(Section, frozen=True):
+    # Seconds between two change events of GET /events: changes in between are coalesced.
+    interval: Annotated[float, msgspec.Meta(ge=0.05, le=10)] = 0.5
+    # Events waiting for one slow client; beyond it they are dropped and the client gets a
+    # fresh snapshot once it reads again.
+    queue: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 16
+
+
 class GatewayObservability(ObservabilitySettings, frozen=True):
     # The program's own name when the section is there without one (the inherited default
     # would log every gateway as the agent's generic "edgetwin").
@@ -299,6 +316,8 @@ class GatewayConfig(Section, frozen=True):
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     presence: PresenceSection = msgspec.field(default_factory=PresenceSection)
     api: ApiSection = msgspec.field(default_factory=ApiSection)
+    history: HistorySection = msgspec.field(default_factory=HistorySection)
+    live: LiveSection = msgspec.field(default_factory=LiveSection)
     # The scale engine for purely simulated fleets (/engine routes).
     engine: EngineSettings = msgspec.field(default_factory=EngineSettings)
     devices: list[ManifestDevice] = msgspec.field(default_factory=list)

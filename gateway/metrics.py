@@ -141,12 +141,39 @@ class GatewayMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.live_clients = Gauge(
+            "edgetwin_live_clients",
+            "Clients of GET /events (the page's live feed) connected now",
+            registry=self.registry,
+        )
+        self.live_resyncs = Counter(
+            "edgetwin_live_resyncs",
+            "Times a slow GET /events client's queue overflowed: its pending changes were "
+            "dropped and it was sent a fresh snapshot instead",
+            registry=self.registry,
+        )
         self.http_requests = Histogram(
             "edgetwin_http_request_duration_seconds",
             "API request latency",
             ["method", "route", "status"],
             registry=self.registry,
         )
+
+    def count_history(self, streams: Callable[[], int], evicted: Callable[[], int]) -> None:
+        """Where the history's figures come from (gateway/history.py)."""
+        self.registry.register(
+            CountOf(
+                "edgetwin_history_evicted_streams",
+                "Streams whose recent history was dropped to keep [history] max_streams",
+                evicted,
+            )
+        )
+        gauge = Gauge(
+            "edgetwin_history_streams",
+            "Streams whose recent history the gateway keeps",
+            registry=self.registry,
+        )
+        gauge.set_function(lambda: float(streams()))
 
     def count_simulated(self, total: Callable[[], int]) -> None:
         """Where `edgetwin_simulated_messages_total` comes from (the stand-ins' engine)."""

@@ -42,6 +42,7 @@ from edgetwin.gateway.duplicates import DuplicateWatch
 from edgetwin.gateway.engine.controller import EngineController
 from edgetwin.gateway.engine.sources import endpoint_from_mqtt
 from edgetwin.gateway.fleet import MAX_VERSION, DeviceTwin, Fleet
+from edgetwin.gateway.history import History
 from edgetwin.gateway.learning import StreamLearning
 from edgetwin.gateway.lograte import LogLimiter
 from edgetwin.gateway.metrics import GatewayMetrics
@@ -84,7 +85,9 @@ class GatewayService:
         self.metrics = metrics
         self.clock = clock
         self.tracer: Tracer = tracing.tracer("edgetwin.gateway")
-        self.fleet = Fleet(config.manifest())
+        # Recent points per stream for the page's charts, fed by the twin's own telemetry path.
+        self.history = History(config.history.points, config.history.max_streams)
+        self.fleet = Fleet(config.manifest(), self.history)
         self.link = MqttLink(
             config.mqtt,
             client_id=config.mqtt.client_id
@@ -105,6 +108,7 @@ class GatewayService:
             signals=self.learning.signals_for,
         )
         metrics.count_simulated(lambda: self.standins.stats().sent)
+        metrics.count_history(lambda: len(self.history), lambda: self.history.evicted)
         metrics.count_devices(self.fleet.counts)
         metrics.simulated_devices.set_function(lambda: len(self.standins.active_devices()))
         metrics.mqtt_sent.add_source(self._standin_counts)
@@ -558,6 +562,7 @@ class GatewayService:
         if self.fleet.remove(device_id) is None:
             raise UnknownDeviceError(device_id)
         self.learning.forget(device_id)
+        self.history.forget(device_id)
         self.duplicates.forget(device_id)
         if clear_desired:
             # Clearing the retained documents removes the device for every replica and restart.

@@ -136,6 +136,11 @@ class StandIns:
         with self._lock:
             return set(self._playing)
 
+    def stream_count(self) -> int:
+        """Streams played now, of every device."""
+        with self._lock:
+            return sum(len(streams) for streams in self._playing.values())
+
     def is_active(self, device: str) -> bool:
         with self._lock:
             return device in self._playing

@@ -8,7 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from edgetwin.agent.contract import Server
-from edgetwin.gateway.fleet import ConfigSync, DeviceTwin
+from edgetwin.gateway.fleet import ConfigSync, DeviceTwin, Fleet
+from edgetwin.gateway.history import Series
 from edgetwin.gateway.standins import StandIns
 
 SensorSource = Literal["agent-hardware", "agent-emulation", "simulation", "none"]
@@ -108,6 +109,67 @@ def device_view(twin: DeviceTwin, engine: StandIns) -> DeviceView:
     )
 
 
+def device_summary(twin: DeviceTwin, engine: StandIns, now: float) -> dict[str, Any]:
+    """`device_view` as plain JSON-ready data, for the live feed: the same fields and values
+    (tests/test_live.py compares them), at a fraction of a pydantic model's cost."""
+    simulated = set(engine.simulated_streams(twin.id))
+    online = twin.presence.value == "online"
+    states = twin.state.sensors if twin.state else {}
+    sensors: dict[str, Any] = {}
+    for name in sorted(set(twin.expected_sensors()) | set(states)):
+        state = states.get(name)
+        if name in simulated:
+            source = "simulation"
+        elif online and state is not None:
+            source = "agent-hardware" if state.backend == "real" else "agent-emulation"
+        else:
+            source = "none"
+        stream = twin.streams.get(name)
+        sensors[name] = {
+            "served_by": "simulation" if name in simulated else "agent",
+            "source": source,
+            "health": state.health.value if state else None,
+            "last": {
+                "ts": stream.ts,
+                "seq": stream.seq,
+                "source": stream.source,
+                "values": stream.values,
+            }
+            if stream
+            else None,
+        }
+    return {
+        "id": twin.id,
+        "in_manifest": twin.in_manifest,
+        "presence": twin.presence.value,
+        "served_by": "agent" if online else ("simulation" if twin.in_manifest else None),
+        "simulated": bool(simulated),
+        "sensors": sensors,
+        "config": twin.config_sync(),
+        "desired_version": twin.desired.version if twin.desired else None,
+        "applied_version": twin.reported.applied_version if twin.reported else None,
+        "boot": twin.boot,
+        "agent_version": twin.agent_version,
+        "last_seen": twin.last_seen,
+        "site": twin.site,
+        "labels": twin.labels,
+        "duplicate_id": twin.duplicate_suspected(now),
+    }
+
+
+def fleet_counts(fleet: Fleet, engine: StandIns) -> dict[str, Any]:
+    """GET /fleet's counts: by presence, simulation and config sync."""
+    devices, in_manifest, presence, config = fleet.tally()
+    return {
+        "devices": devices,
+        "in_manifest": in_manifest,
+        "by_presence": presence,
+        "simulated_devices": len(engine.active_devices()),
+        "simulated_streams": engine.stream_count(),
+        "config": config,
+    }
+
+
 def twin_view(twin: DeviceTwin, engine: StandIns) -> TwinView:
     return TwinView(
         **device_view(twin, engine).model_dump(),
@@ -116,3 +178,26 @@ def twin_view(twin: DeviceTwin, engine: StandIns) -> TwinView:
         state=twin.state.to_builtins() if twin.state else None,
         delta=twin.delta(),
     )
+
+
+def history_view(device_id: str, capacity: int, series: dict[str, Series | None]) -> dict[str, Any]:
+    """GET /devices/{id}/history: columns per sensor, not an object per point, which would
+    repeat every key 300 times."""
+    return {
+        "device": device_id,
+        "points": capacity,
+        "sensors": {
+            name: {
+                "ts": s.ts,
+                "seq": s.seq,
+                "source": s.source,
+                "anomaly": s.anomaly,
+                "quantities": {
+                    q: {"unit": unit, "values": values}
+                    for q, (unit, values) in s.quantities.items()
+                },
+            }
+            for name, s in series.items()
+            if s is not None
+        },
+    }

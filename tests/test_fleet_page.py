@@ -1,19 +1,18 @@
 """The fleet page at GET /: served with its assets, and drawn by a real headless Chromium.
 
-The browser test runs the gateway on uvicorn on a free port (a browser cannot talk to
+The browser tests run the gateway on uvicorn on a free port (a browser cannot talk to
 TestClient), against a private broker, with one device served by an emulating agent and the
-rest simulated. It is skipped, with the reason, when no Chromium binary is found; .ci/run
-installs Debian's chromium so that it runs in CI.
+rest simulated, and drive Chromium over the DevTools protocol (tests/browser.py): the page
+keeps a live event stream open, so it is never "loaded" the way --dump-dom waits for. They are
+skipped, with the reason, when no Chromium binary is found; .ci/run installs Debian's chromium
+so that they run in CI.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import as_endpoint
 from edgetwin.testing.gateway import serving
 from edgetwin.testing.waiting import poll
+from tests.browser import Chromium
+from tests.browser import chromium_binary as find_chromium
 from tests.fleet_helpers import bme280, mqtt_settings, one_bme280
 
 pytestmark = pytest.mark.integration
@@ -36,21 +37,6 @@ STATIC = Path(__file__).resolve().parent.parent / "gateway" / "static"
 TOKEN = "page-test-token"
 AGENT_DEVICE = "greenhouse-01"
 HOSTILE_LABEL = '<img src=x onerror="document.title=1">'
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-# Flags that keep a headless run quiet, offline (no updates, sync or QUIC) and bounded in time.
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-    "--virtual-time-budget=5000",
-)
 
 
 def page_config(broker: Broker, *, simulated: int = 0) -> GatewayConfig:
@@ -115,48 +101,13 @@ def test_script_never_writes_markup_from_data() -> None:
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in script, f"fleet.js uses {sink}"
     for asset in ("index.html", "fleet.js", "fleet.css"):
-        text = (STATIC / asset).read_text()
+        # SVG's namespace is a name, not a server the page talks to.
+        text = (STATIC / asset).read_text().replace('"http://www.w3.org/2000/svg"', "")
         assert "http://" not in text, f"{asset} names a server: no CDN, relative URLs only"
         assert "https://" not in text, f"{asset} names a server: no CDN, relative URLs only"
 
 
 # --- in a real browser -------------------------------------------------------------------------
-
-
-def chromium_binary() -> str | None:
-    names = [os.environ["EDGETWIN_CHROMIUM"]] if "EDGETWIN_CHROMIUM" in os.environ else []
-    for name in [*names, *CHROMIUM_NAMES]:
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-def run_chromium(binary: str, workdir: Path, *args: str, timeout: float = 60) -> str:
-    """Run headless Chromium in its own process group; return its stdout."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    command = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={workdir / 'profile'}", *args]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        env={**os.environ, "HOME": str(workdir)},
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate(timeout=10)
-        raise AssertionError(
-            f"chromium did not finish in {timeout} s: {stderr.decode(errors='replace')[-2000:]}"
-        ) from None
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # renderers left behind, if any
-    assert process.returncode == 0, stderr.decode(errors="replace")[-2000:]
-    return stdout.decode()
 
 
 def fleet_ready(base: str, expected: set[str]) -> bool:
@@ -173,7 +124,7 @@ def fleet_ready(base: str, expected: set[str]) -> bool:
 
 
 def test_page_shows_the_fleet_in_chromium(broker: Broker, tmp_path: Path) -> None:
-    binary = chromium_binary()
+    binary = find_chromium()
     if binary is None:
         pytest.skip(
             "no chromium binary on PATH (apt-get install chromium, or set EDGETWIN_CHROMIUM); "
@@ -196,15 +147,17 @@ def test_page_shows_the_fleet_in_chromium(broker: Broker, tmp_path: Path) -> Non
         assert written.status_code == 200, written.text
         poll(lambda: fleet_ready(base, expected), timeout=15, what="agent online, rest simulated")
 
-        dom = run_chromium(binary, tmp_path / "dom", "--dump-dom", f"{base}/")
-        screenshot = tmp_path / "fleet.png"
-        run_chromium(
-            binary,
-            tmp_path / "shot",
-            f"--screenshot={screenshot}",
-            "--window-size=1280,800",
-            f"{base}/",
-        )
+        with Chromium(binary, tmp_path / "browser") as browser:
+            browser.navigate(f"{base}/")
+            browser.wait_for(
+                "document.querySelectorAll('#devices tr').length === 4 && "
+                "document.getElementById('status').dataset.state === 'live' && "
+                "document.getElementById('summary').textContent.includes('devices')",
+                what="the fleet drawn",
+            )
+            dom = browser.evaluate("document.documentElement.outerHTML")
+            screenshot = tmp_path / "fleet.png"
+            browser.screenshot(screenshot)
 
     rows = re.findall(r'<tr data-device="([^"]+)"', dom)
     assert sorted(rows) == sorted(expected)
@@ -218,3 +171,125 @@ def test_page_shows_the_fleet_in_chromium(broker: Broker, tmp_path: Path) -> Non
     keep = os.environ.get("EDGETWIN_PAGE_SCREENSHOT")
     if keep:
         shutil.copyfile(screenshot, keep)
+
+
+# --- live: charts, hand-over and reconnection, driven over the DevTools protocol -------------
+
+CHART = 'figure.chart[data-sensor="env"][data-quantity="temperature"]'
+
+
+def live_browser(tmp_path: Path) -> Chromium:
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip(
+            "no chromium binary on PATH (apt-get install chromium, or set EDGETWIN_CHROMIUM); "
+            ".ci/run installs it"
+        )
+    return Chromium(binary, tmp_path / "browser")
+
+
+def max_seq(browser: Chromium, source: str) -> int:
+    value = browser.evaluate(
+        f"Math.max(0, ...[...document.querySelectorAll('{CHART} circle[data-source={source}]')]"
+        ".map((c) => Number(c.dataset.seq)))"
+    )
+    return int(value)
+
+
+def test_charts_move_with_readings_and_show_a_hand_over(broker: Broker, tmp_path: Path) -> None:
+    config = page_config(broker, simulated=1)
+    with (
+        serving(create_app(config)) as base,
+        live_browser(tmp_path) as browser,
+    ):
+        agent = EmulatedAgent(
+            as_endpoint(broker), one_bme280(AGENT_DEVICE, 0.3), state_dir=tmp_path / "state"
+        )
+        with agent:
+            poll(
+                lambda: fleet_ready(base, {AGENT_DEVICE, "greenhouse-02", "sim-000"}),
+                timeout=15,
+                what="agent online, rest simulated",
+            )
+            browser.navigate(f"{base}/")
+            row = f'tr[data-device="{AGENT_DEVICE}"]'
+            # The fleet table: a sparkline per sensor, drawn in the agent's colour.
+            browser.wait_for(
+                f"document.querySelectorAll('{row} svg.spark polyline[data-source=emulated]')"
+                ".length > 0",
+                what="the agent's sparkline",
+            )
+            assert browser.evaluate("document.querySelectorAll('#devices tr').length") == 3
+            assert (
+                browser.evaluate(
+                    "document.querySelectorAll('tr[data-device=\"greenhouse-02\"] svg.spark')"
+                    ".length"
+                )
+                == 2
+            )
+
+            browser.navigate(f"{base}/#/device/{AGENT_DEVICE}")
+            browser.wait_for(
+                f"document.querySelectorAll('{CHART} circle.pt').length >= 3",
+                what="the device's temperature chart",
+            )
+            assert "°C" in browser.evaluate(
+                f"document.querySelector('{CHART} figcaption').textContent"
+            )
+            first = max_seq(browser, "emulated")
+            # The chart moves as readings arrive: pushed, then fetched as history since.
+            browser.wait_for(
+                f"Math.max(...[...document.querySelectorAll('{CHART} circle')]"
+                f".map((c) => Number(c.dataset.seq))) > {first + 2}",
+                what="the chart moving",
+            )
+        # The agent stopped: the gateway stands in. In seq order the chart's points end with
+        # a run of emulated ones followed by simulated ones that continue the agent's
+        # numbering (points simulated before the agent came online may come first).
+        last_real = max_seq(browser, "emulated")
+        browser.wait_for(
+            f"[...document.querySelectorAll('{CHART} circle[data-source=simulated]')]"
+            f".filter((c) => Number(c.dataset.seq) > {last_real}).length >= 2",
+            what="simulated points after the hand-over",
+        )
+        points = browser.evaluate(
+            f"[...document.querySelectorAll('{CHART} circle.pt')]"
+            ".map((c) => [Number(c.dataset.seq), c.dataset.source])"
+        )
+        assert max_seq(browser, "emulated") == last_real
+        after = sorted(seq for seq, source in points if seq > last_real)
+        assert after[0] == last_real + 1, points  # one numbering across the hand-over
+        assert {source for seq, source in points if seq > last_real} == {"simulated"}, points
+        colours = browser.evaluate(
+            f"[...new Set([...document.querySelectorAll('{CHART} circle.pt')]"
+            ".map((c) => getComputedStyle(c).fill))]"
+        )
+        assert len(colours) == 2, colours  # one colour per source
+        keep = os.environ.get("EDGETWIN_PAGE_SCREENSHOT")
+        if keep:
+            browser.screenshot(Path(keep).with_name("device.png"))
+
+
+def test_the_page_reconnects_after_a_gateway_restart(broker: Broker, tmp_path: Path) -> None:
+    config = page_config(broker, simulated=1)
+    with live_browser(tmp_path) as browser:
+        with serving(create_app(config)) as base:
+            port = int(base.rsplit(":", 1)[1])
+            browser.navigate(f"{base}/")
+            browser.wait_for(
+                "document.body.dataset.snapshots === '1' && "
+                "document.querySelectorAll('#devices tr').length === 3",
+                what="the first snapshot drawn",
+            )
+        browser.wait_for(
+            "document.getElementById('status').dataset.state === 'lost'",
+            what="the page noticing the gateway gone",
+        )
+        with serving(create_app(config), port=port):
+            browser.wait_for(
+                "Number(document.body.dataset.snapshots) >= 2 && "
+                "document.getElementById('status').dataset.state === 'live'",
+                timeout=20,
+                what="the page resynced from the restarted gateway",
+            )
+            assert browser.evaluate("document.querySelectorAll('#devices tr').length") == 3

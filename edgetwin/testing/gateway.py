@@ -45,6 +45,7 @@ from fastapi import FastAPI
 
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.broker import free_port
+from edgetwin.gateway.cli import GatewayServer
 from edgetwin.gateway.config import GatewayConfig
 from edgetwin.testing._toml import toml_document
 from edgetwin.testing.endpoint import MqttEndpoint
@@ -72,14 +73,23 @@ TEST_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
 
 
 @contextmanager
-def serving(app: FastAPI, attempts: int = 3) -> Iterator[str]:
-    """Run the ASGI `app` on uvicorn on a thread, on a free port of 127.0.0.1, with its lifespan;
-    yield its base URL (``http://127.0.0.1:PORT``) once it accepts connections, and stop it on
-    exit. Another port is tried if the chosen one was taken in between."""
+def serving(app: FastAPI, attempts: int = 3, port: int | None = None) -> Iterator[str]:
+    """Run the ASGI `app` on uvicorn on a thread, on a free port of 127.0.0.1 (or `port`: a
+    gateway restarted where a page expects it), with its lifespan; yield its base URL
+    (``http://127.0.0.1:PORT``) once it accepts connections, and stop it on exit. Another port
+    is tried if the chosen one was taken in between."""
+    chosen = port
     for _ in range(attempts):
-        port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-        server = uvicorn.Server(config)
+        port = chosen or free_port()
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+        )
+        server = GatewayServer(config)
         thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
         thread.start()
         deadline = time.monotonic() + 15

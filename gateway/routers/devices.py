@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Path, Response, status
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Response, status
 
 from edgetwin.agent.contract import ID_PATTERN
 from edgetwin.gateway.auth import Writer
@@ -12,8 +12,8 @@ from edgetwin.gateway.config import ManifestDevice
 from edgetwin.gateway.deps import ControlDep, ServiceDep
 from edgetwin.gateway.limits import check_sensors
 from edgetwin.gateway.service import ConflictError, UnknownDeviceError
-from edgetwin.gateway.structs import parse_body, request_body
-from edgetwin.gateway.views import DeviceView, TwinView, device_view, twin_view
+from edgetwin.gateway.structs import StructResponse, parse_body, request_body
+from edgetwin.gateway.views import DeviceView, TwinView, device_view, history_view, twin_view
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -33,6 +33,43 @@ def get_device(service: ServiceDep, device_id: DeviceIdPath) -> TwinView:
     if twin is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id!r} is not in the fleet")
     return twin_view(twin, service.standins)
+
+
+@router.get(
+    "/{device_id}/history",
+    responses={404: {"description": "no such device, no history of that sensor, or history off"}},
+    response_class=StructResponse,
+    summary="Recent readings of a device's streams, as columns",
+)
+def get_history(
+    service: ServiceDep,
+    device_id: DeviceIdPath,
+    sensor: Annotated[
+        str | None, Query(pattern=ID_PATTERN, description="one sensor; all when absent")
+    ] = None,
+    since: Annotated[
+        float | None,
+        Query(allow_inf_nan=False, description="only points with ts after this (Unix seconds)"),
+    ] = None,
+) -> StructResponse:
+    """Up to `[history] points` recent points per stream, oldest first: `ts`, `seq`, `source`
+    and `anomaly` (the injected fault's type, else null) columns, and per quantity its unit and
+    values (null where a point lacks it)."""
+    history = service.history
+    if not history.enabled:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, "the gateway keeps no history ([history] points = 0)"
+        )
+    if service.fleet.get(device_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id!r} is not in the fleet")
+    sensors = history.sensors(device_id) if sensor is None else [sensor]
+    series = {name: history.series(device_id, name, since) for name in sensors}
+    if sensor is not None and series[sensor] is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"no history of sensor {sensor!r} of device {device_id!r}: no reading kept",
+        )
+    return StructResponse(history_view(device_id, history.points, series))
 
 
 @router.post(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 from fastapi import APIRouter
 from pydantic import BaseModel
 
 from edgetwin.gateway.deps import ServiceDep
+from edgetwin.gateway.views import fleet_counts
 
 router = APIRouter(tags=["fleet"])
 
@@ -23,13 +22,4 @@ class FleetSummary(BaseModel):
 
 @router.get("/fleet", summary="Counts by presence, simulation and config sync")
 def fleet_summary(service: ServiceDep) -> FleetSummary:
-    twins = service.fleet.snapshot()
-    streams = sum(len(service.standins.simulated_streams(t.id)) for t in twins)
-    return FleetSummary(
-        devices=len(twins),
-        in_manifest=sum(t.in_manifest for t in twins),
-        by_presence=dict(Counter(t.presence.value for t in twins)),
-        simulated_devices=len(service.standins.active_devices()),
-        simulated_streams=streams,
-        config=dict(Counter(t.config_sync() for t in twins if t.in_manifest)),
-    )
+    return FleetSummary(**fleet_counts(service.fleet, service.standins))

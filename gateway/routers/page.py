@@ -1,12 +1,13 @@
-"""GET /: the fleet page, a small self-contained HTML page that polls the JSON API.
+"""GET /: the fleet page, a small self-contained HTML page on the JSON API and its event stream.
 
 The page is static (gateway/static: HTML, vanilla JS and CSS, no build step and no CDN); its
-script asks GET /devices and GET /fleet once a second and draws the table with textContent
-only, so a device id or label from the network can never become markup. Polling rather than
-Server-Sent Events: every poll is a complete, consistent snapshot that needs no change feed from
-the registry, a lost connection heals on the next tick, proxies and the threadpool hold no
-long-lived streams, and one request a second per open page is nothing next to the fleet's MQTT
-traffic.
+script follows GET /events (Server-Sent Events, gateway/live.py) for the devices of the page
+it shows, and GET /devices/{id}/history for a device's charts, which it draws as plain SVG. It
+writes text with textContent only, so a device id or label from the network can never become
+markup. Pushed changes rather than polling: at 10,000 devices a poll of the whole fleet every
+second is megabytes a second per open page and a full redraw, where the feed sends only the
+changed rows of the page shown; EventSource reconnects by itself, and every connection starts
+with a snapshot, so a lost connection heals as a poll would.
 """
 
 from __future__ import annotations

@@ -1,11 +1,16 @@
-// The fleet page: polls GET /devices and GET /fleet once a second and redraws the table.
+// The fleet page. The table follows GET /events (Server-Sent Events): a snapshot of the page
+// of devices the filter and pager select, then only the devices that changed. A device's own
+// view (#/device/ID) draws its recent history (GET /devices/ID/history) as SVG charts and
+// fetches what is new whenever the feed says the device changed.
 // Every text from the network goes into the DOM through textContent (the `el` helper below);
 // class names come from fixed tables, never from data.
 "use strict";
 
 (function () {
-  const POLL_MS = 1000;
-  const TIMEOUT_MS = 5000;
+  const PAGE_SIZE = 100;
+  const SPARK_POINTS = 60;
+  const WATCHDOG_MS = 40000; // the gateway sends a comment every 15 s on a quiet stream
+  const SVG_NS = "http://www.w3.org/2000/svg";
 
   const SOURCES = {
     "agent-hardware": ["real", "src-real"],
@@ -13,6 +18,9 @@
     simulation: ["simulated", "src-simulated"],
     none: ["none", "src-none"],
   };
+  // A reading's own `source`, and its first letter in a sparkline's `s`.
+  const READING_SOURCES = { real: "real", emulated: "emulated", simulated: "simulated" };
+  const LETTERS = { r: "real", e: "emulated", s: "simulated" };
   const PRESENCE = {
     online: "presence-online",
     offline: "presence-offline",
@@ -27,8 +35,20 @@
   const HEALTH = { ok: "health-ok", faulted: "health-faulted", missing: "health-missing" };
 
   const $ = (id) => document.getElementById(id);
-  let devices = [];
-  let lastOk = 0;
+  const state = {
+    devices: new Map(), // id -> summary, the devices of the page, in order
+    total: 0,
+    offset: 0,
+    filter: "",
+    source: null,
+    lastMessage: 0,
+    device: null, // the device of the device view, or null for the fleet
+    history: null, // the device view's history (GET /devices/ID/history)
+    historyPoints: 300,
+    fetching: false,
+    refetch: false,
+  };
+  const counters = { snapshots: 0, updates: 0 };
 
   function el(tag, className, text) {
     const node = document.createElement(tag);
@@ -66,7 +86,9 @@
 
   function deviceCell(device) {
     const td = el("td");
-    td.append(el("div", "device-id", device.id));
+    const link = el("a", "device-id", device.id);
+    link.href = "#/device/" + encodeURIComponent(device.id);
+    td.append(link);
     const details = [];
     if (device.site) details.push("site " + device.site);
     if (!device.in_manifest) details.push("not in manifest");
@@ -130,6 +152,9 @@
       }
       grid.append(sourceBox);
       grid.append(readingNode(sensor.last));
+      const line = sparkline(sensor.spark);
+      line.dataset.sensor = name;
+      grid.append(line);
     }
     td.append(grid);
     return td;
@@ -169,6 +194,76 @@
     return value === null || value === undefined ? "—" : String(value);
   }
 
+  function svg(tag, attrs) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, String(value));
+    return node;
+  }
+
+  function titled(text) {
+    const title = svg("title");
+    title.textContent = text;
+    return title;
+  }
+
+  function sourceClass(source) {
+    return "src-" + lookup(READING_SOURCES, source, "none");
+  }
+
+  // A sparkline: one polyline per run of readings from one source, so a hand-over shows as
+  // a change of colour.
+  function sparkline(spark) {
+    const box = svg("svg", { class: "spark", viewBox: "0 0 120 24", preserveAspectRatio: "none" });
+    if (!spark || !spark.v || spark.v.length < 2) return box;
+    const values = spark.v.filter((v) => typeof v === "number");
+    if (!values.length) return box;
+    const low = Math.min(...values);
+    const span = Math.max(...values) - low || 1;
+    const t0 = spark.t[0];
+    const tspan = spark.t[spark.t.length - 1] - t0 || 1;
+    let run = null;
+    let runLetter = null;
+    spark.v.forEach((v, i) => {
+      if (typeof v !== "number") return;
+      const x = ((spark.t[i] - t0) / tspan) * 118 + 1;
+      const y = 23 - ((v - low) / span) * 22;
+      const letter = spark.s[i];
+      if (letter !== runLetter) {
+        const previous = run ? run.getAttribute("points").split(" ").slice(-1) : [];
+        run = svg("polyline", {
+          class: "spark-line " + sourceClass(lookup(LETTERS, letter, "none")),
+          "data-source": lookup(LETTERS, letter, "none"),
+          points: previous.join(" "),
+        });
+        box.append(run);
+        runLetter = letter;
+      }
+      const points = run.getAttribute("points");
+      run.setAttribute("points", (points ? points + " " : "") + x.toFixed(1) + "," + y.toFixed(1));
+    });
+    box.append(titled(spark.q));
+    return box;
+  }
+
+  // The summary's last reading added to the sparkline the snapshot brought.
+  function extendSpark(sensor, previous) {
+    const spark = (previous && previous.spark) || null;
+    sensor.spark = spark;
+    const last = sensor.last;
+    if (!spark || !last || typeof last.ts !== "number") return;
+    if (spark.t.length && last.ts <= spark.t[spark.t.length - 1]) return;
+    const pair = last.values && last.values[spark.q];
+    if (!Array.isArray(pair)) return;
+    spark.t.push(last.ts);
+    spark.v.push(pair[0]);
+    spark.s += (last.source || "n")[0];
+    if (spark.t.length > SPARK_POINTS) {
+      spark.t.shift();
+      spark.v.shift();
+      spark.s = spark.s.slice(1);
+    }
+  }
+
   function row(device) {
     const tr = el("tr");
     tr.dataset.device = device.id;
@@ -183,20 +278,20 @@
     return tr;
   }
 
-  function matches(device, needle) {
-    if (!needle) return true;
-    const labels = Object.entries(device.labels || {}).map(([k, v]) => k + "=" + v);
-    return [device.id, device.site || "", ...labels].some((text) =>
-      text.toLowerCase().includes(needle),
-    );
+  function renderDevices() {
+    const rows = [...state.devices.values()].map(row);
+    $("devices").replaceChildren(...rows);
+    $("empty").hidden = rows.length > 0;
+    const first = state.total ? state.offset + 1 : 0;
+    const last = Math.min(state.offset + PAGE_SIZE, state.total);
+    $("range").textContent = first + "–" + last + " of " + state.total;
+    $("prev").disabled = state.offset === 0;
+    $("next").disabled = state.offset + PAGE_SIZE >= state.total;
   }
 
-  function renderDevices() {
-    const needle = $("filter").value.trim().toLowerCase();
-    const shown = devices.filter((device) => matches(device, needle));
-    const body = $("devices");
-    body.replaceChildren(...shown.map(row));
-    $("empty").hidden = shown.length > 0;
+  function renderRow(device) {
+    const old = $("devices").querySelector('tr[data-device="' + CSS.escape(device.id) + '"]');
+    if (old) old.replaceWith(row(device));
   }
 
   function renderSummary(fleet) {
@@ -228,56 +323,357 @@
     line.replaceChildren(...nodes);
   }
 
-  function setStatus(state, text) {
+  function setStatus(kind, text) {
     const status = $("status");
-    status.dataset.state = state;
+    status.dataset.state = kind;
     status.textContent = text;
   }
 
-  async function getJson(path) {
-    const controller = new AbortController();
-    const timer = setTimeout(() => controller.abort(), TIMEOUT_MS);
-    try {
-      const response = await fetch(path, {
-        signal: controller.signal,
-        cache: "no-store",
-        headers: { Accept: "application/json" },
-      });
-      if (!response.ok) throw new Error(path + ": HTTP " + response.status);
-      return await response.json();
-    } finally {
-      clearTimeout(timer);
-    }
+  function count(name) {
+    counters[name] += 1;
+    document.body.dataset[name] = String(counters[name]);
   }
 
-  async function poll() {
-    if (document.hidden) return;
-    try {
-      // Relative URLs: the page works behind a reverse proxy's path prefix too.
-      const [list, fleet] = await Promise.all([getJson("devices"), getJson("fleet")]);
-      devices = Array.isArray(list) ? list : [];
+  // -- the feed ---------------------------------------------------------------------------
+
+  function feedUrl() {
+    const params = new URLSearchParams();
+    if (state.device) {
+      params.set("device", state.device);
+    } else {
+      if (state.filter) params.set("q", state.filter);
+      params.set("offset", String(state.offset));
+      params.set("limit", String(PAGE_SIZE));
+    }
+    // Relative URLs: the page works behind a reverse proxy's path prefix too.
+    return "events?" + params.toString();
+  }
+
+  function connect() {
+    if (state.source) state.source.close();
+    const source = new EventSource(feedUrl());
+    state.source = source;
+    state.lastMessage = Date.now();
+    source.addEventListener("snapshot", (message) => {
+      state.lastMessage = Date.now();
+      onSnapshot(JSON.parse(message.data));
+    });
+    source.addEventListener("devices", (message) => {
+      state.lastMessage = Date.now();
+      onDevices(JSON.parse(message.data).devices || []);
+    });
+    source.addEventListener("fleet", (message) => {
+      state.lastMessage = Date.now();
+      renderSummary(JSON.parse(message.data));
+    });
+    source.addEventListener("open", () => {
+      state.lastMessage = Date.now();
+    });
+    source.addEventListener("error", () => {
+      setStatus("lost", "gateway unreachable, reconnecting…");
+      // EventSource retries by itself unless the answer was not a stream at all.
+      if (source.readyState === EventSource.CLOSED && state.source === source) {
+        setTimeout(() => state.source === source && connect(), 2000);
+      }
+    });
+  }
+
+  function onSnapshot(data) {
+    count("snapshots");
+    state.total = data.total || 0;
+    state.historyPoints = data.history_points || state.historyPoints;
+    state.devices = new Map((data.devices || []).map((d) => [d.id, d]));
+    if (data.fleet) renderSummary(data.fleet);
+    setStatus("live", "live · since " + new Date().toLocaleTimeString());
+    if (state.device) {
+      renderDeviceMeta(state.devices.get(state.device));
+      loadHistory(true);
+    } else {
       renderDevices();
-      renderSummary(fleet);
-      lastOk = Date.now();
-      setStatus("live", "live · updated " + new Date(lastOk).toLocaleTimeString());
-    } catch (error) {
-      const since = lastOk ? ", last update " + new Date(lastOk).toLocaleTimeString() : "";
-      setStatus("lost", "gateway unreachable, retrying" + since);
-      console.warn("fleet poll failed:", error);
+      if (counters.snapshots === 1) performance.mark("edgetwin-first-table");
     }
   }
 
-  async function loop() {
-    // One request pair at a time: a slow gateway gets fewer polls, not a pile-up.
-    await poll();
-    setTimeout(loop, POLL_MS);
+  function onDevices(devices) {
+    count("updates");
+    for (const device of devices) {
+      const previous = state.devices.get(device.id);
+      if (!previous) continue;
+      for (const [name, sensor] of Object.entries(device.sensors || {})) {
+        extendSpark(sensor, previous.sensors && previous.sensors[name]);
+      }
+      state.devices.set(device.id, device);
+      if (state.device) {
+        renderDeviceMeta(device);
+        loadHistory(false);
+      } else {
+        renderRow(device);
+      }
+    }
+  }
+
+  function watchdog() {
+    if (state.source && Date.now() - state.lastMessage > WATCHDOG_MS) {
+      setStatus("lost", "no news from the gateway, reconnecting…");
+      connect();
+    }
+  }
+
+  // -- a device's view --------------------------------------------------------------------
+
+  function route() {
+    const match = /^#\/device\/([a-z0-9][a-z0-9_-]{0,63})$/.exec(location.hash);
+    state.device = match ? match[1] : null;
+    state.history = null;
+    $("fleet-view").hidden = Boolean(state.device);
+    $("device-view").hidden = !state.device;
+    document.querySelector(".toolbar input").hidden = Boolean(state.device);
+    document.querySelector(".pager").hidden = Boolean(state.device);
+    if (state.device) {
+      $("device-title").textContent = state.device;
+      $("device-meta").textContent = "";
+      $("charts").replaceChildren();
+    }
+    connect();
+  }
+
+  function renderDeviceMeta(device) {
+    const meta = $("device-meta");
+    if (!device) {
+      meta.textContent = "not in the fleet";
+      return;
+    }
+    const parts = [device.presence];
+    if (device.served_by) parts.push("served by " + device.served_by);
+    if (device.site) parts.push("site " + device.site);
+    for (const [name, sensor] of Object.entries(device.sensors || {})) {
+      parts.push(name + ": " + lookup(SOURCES, sensor.source, [String(sensor.source)])[0]);
+    }
+    meta.textContent = parts.join(" · ");
+  }
+
+  async function loadHistory(full) {
+    // One request at a time; a change that arrives meanwhile asks for one more.
+    if (state.fetching) {
+      state.refetch = true;
+      return;
+    }
+    state.fetching = true;
+    try {
+      const device = state.device;
+      let since = null;
+      if (!full && state.history) {
+        const ends = Object.values(state.history.sensors).map((s) => s.ts[s.ts.length - 1] || 0);
+        if (ends.length) since = Math.min(...ends);
+      }
+      const url =
+        "devices/" + encodeURIComponent(device) + "/history" + (since ? "?since=" + since : "");
+      const response = await fetch(url, { cache: "no-store" });
+      if (!response.ok) throw new Error(url + ": HTTP " + response.status);
+      const data = await response.json();
+      if (device !== state.device) return;
+      state.history = full || !state.history ? data : merge(state.history, data);
+      renderCharts();
+    } catch (error) {
+      console.warn("history failed:", error);
+    } finally {
+      state.fetching = false;
+      if (state.refetch) {
+        state.refetch = false;
+        loadHistory(false);
+      }
+    }
+  }
+
+  // New points appended to each stream's columns, the oldest dropped beyond the capacity.
+  function merge(history, fresh) {
+    for (const [name, add] of Object.entries(fresh.sensors)) {
+      const have = history.sensors[name];
+      if (!have) {
+        history.sensors[name] = add;
+        continue;
+      }
+      const end = have.ts.length ? have.ts[have.ts.length - 1] : -Infinity;
+      const start = add.ts.findIndex((t) => t > end);
+      if (start < 0) continue;
+      const n = add.ts.length - start;
+      for (const key of ["ts", "seq", "source", "anomaly"]) have[key].push(...add[key].slice(start));
+      for (const [q, column] of Object.entries(add.quantities)) {
+        const mine = have.quantities[q];
+        if (!mine) {
+          have.quantities[q] = {
+            unit: column.unit,
+            values: new Array(have.ts.length - n).fill(null).concat(column.values.slice(start)),
+          };
+        } else {
+          mine.unit = column.unit;
+          mine.values.push(...column.values.slice(start));
+        }
+      }
+      for (const mine of Object.values(have.quantities)) {
+        while (mine.values.length < have.ts.length) mine.values.push(null);
+      }
+      const extra = have.ts.length - (history.points || state.historyPoints);
+      if (extra > 0) {
+        for (const key of ["ts", "seq", "source", "anomaly"]) have[key].splice(0, extra);
+        for (const mine of Object.values(have.quantities)) mine.values.splice(0, extra);
+      }
+    }
+    return history;
+  }
+
+  function renderCharts() {
+    const box = $("charts");
+    const nodes = [];
+    const sensors = Object.entries(state.history.sensors || {});
+    if (!sensors.length) nodes.push(el("p", "empty", "No readings kept yet."));
+    for (const [name, series] of sensors) {
+      for (const [quantity, column] of Object.entries(series.quantities)) {
+        const figure = el("figure", "chart");
+        figure.dataset.sensor = name;
+        figure.dataset.quantity = quantity;
+        const caption = el("figcaption");
+        caption.append(
+          el("b", null, name + " · " + quantity),
+          el("span", "muted", column.unit ? " (" + column.unit + ")" : ""),
+        );
+        figure.append(caption, chart(series, column));
+        nodes.push(figure);
+      }
+    }
+    box.replaceChildren(...nodes);
+  }
+
+  // One quantity over time: a line, one dot per reading coloured by its source, and a band
+  // over the readings an injected fault's label marks.
+  function chart(series, column) {
+    const width = 720;
+    const height = 180;
+    const pad = { left: 56, right: 10, top: 10, bottom: 24 };
+    const root = svg("svg", { class: "chart-svg", viewBox: "0 0 " + width + " " + height });
+    const ts = series.ts;
+    const values = column.values;
+    const present = values.filter((v) => typeof v === "number");
+    if (!present.length) return root;
+    let low = Math.min(...present);
+    let high = Math.max(...present);
+    if (high === low) {
+      low -= 1;
+      high += 1;
+    }
+    const t0 = ts[0];
+    const t1 = ts[ts.length - 1] > t0 ? ts[ts.length - 1] : t0 + 1;
+    const x = (t) => pad.left + ((t - t0) / (t1 - t0)) * (width - pad.left - pad.right);
+    const y = (v) => pad.top + (1 - (v - low) / (high - low)) * (height - pad.top - pad.bottom);
+
+    // Fault bands first, under the line.
+    let i = 0;
+    while (i < ts.length) {
+      const kind = series.anomaly[i];
+      if (!kind) {
+        i += 1;
+        continue;
+      }
+      let j = i;
+      while (j + 1 < ts.length && series.anomaly[j + 1] === kind) j += 1;
+      const left = x(ts[i]) - 3;
+      const band = svg("rect", {
+        class: "fault",
+        "data-anomaly": kind,
+        x: left.toFixed(1),
+        y: pad.top,
+        width: Math.max(6, x(ts[j]) + 3 - left).toFixed(1),
+        height: height - pad.top - pad.bottom,
+      });
+      band.append(titled("fault: " + kind));
+      root.append(band);
+      i = j + 1;
+    }
+    const axis = svg("g", { class: "axis" });
+    const label = (text, attrs) => {
+      const node = svg("text", attrs);
+      node.textContent = text;
+      axis.append(node);
+    };
+    label(formatNumber(high), { x: pad.left - 6, y: pad.top + 8, "text-anchor": "end" });
+    label(formatNumber(low), { x: pad.left - 6, y: height - pad.bottom, "text-anchor": "end" });
+    label(new Date(t0 * 1000).toLocaleTimeString(), { x: pad.left, y: height - 6 });
+    label(new Date(t1 * 1000).toLocaleTimeString(), {
+      x: width - pad.right,
+      y: height - 6,
+      "text-anchor": "end",
+    });
+    axis.append(
+      svg("line", { x1: pad.left, x2: pad.left, y1: pad.top, y2: height - pad.bottom }),
+      svg("line", {
+        x1: pad.left,
+        x2: width - pad.right,
+        y1: height - pad.bottom,
+        y2: height - pad.bottom,
+      }),
+    );
+    root.append(axis);
+    let path = "";
+    let pen = "M";
+    values.forEach((v, k) => {
+      if (typeof v !== "number") {
+        pen = "M";
+        return;
+      }
+      path += pen + x(ts[k]).toFixed(1) + " " + y(v).toFixed(1) + " ";
+      pen = "L";
+    });
+    root.append(svg("path", { class: "line", d: path }));
+    const dots = svg("g", { class: "points" });
+    values.forEach((v, k) => {
+      if (typeof v !== "number") return;
+      const dot = svg("circle", {
+        class: "pt " + sourceClass(series.source[k]),
+        "data-source": lookup(READING_SOURCES, series.source[k], "none"),
+        "data-seq": series.seq[k],
+        cx: x(ts[k]).toFixed(1),
+        cy: y(v).toFixed(1),
+        r: 2.5,
+      });
+      dot.append(
+        titled(
+          formatNumber(v) + " " + column.unit + " · seq " + series.seq[k] + " · " + series.source[k],
+        ),
+      );
+      dots.append(dot);
+    });
+    root.append(dots);
+    return root;
   }
 
   document.addEventListener("DOMContentLoaded", () => {
-    $("filter").addEventListener("input", renderDevices);
-    document.addEventListener("visibilitychange", () => {
-      if (!document.hidden) poll();
+    let typing = null;
+    $("filter").addEventListener("input", () => {
+      // The filter runs on the gateway: a new stream once the typing pauses.
+      clearTimeout(typing);
+      typing = setTimeout(() => {
+        state.filter = $("filter").value.trim();
+        state.offset = 0;
+        connect();
+      }, 250);
     });
-    loop();
+    $("prev").addEventListener("click", () => {
+      state.offset = Math.max(0, state.offset - PAGE_SIZE);
+      connect();
+    });
+    $("next").addEventListener("click", () => {
+      state.offset += PAGE_SIZE;
+      connect();
+    });
+    window.addEventListener("hashchange", route);
+    // A page kept in the back-forward cache must not keep its stream open on the gateway.
+    window.addEventListener("pagehide", () => {
+      if (state.source) state.source.close();
+    });
+    window.addEventListener("pageshow", (event) => {
+      if (event.persisted) connect();
+    });
+    setInterval(watchdog, 5000);
+    route();
   });
 })();
