@@ -10,15 +10,12 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import pytest
 
+from edgetwin.testing.broker_fixtures import broker_or_default
+
 if TYPE_CHECKING:
     from edgetwin.testing.agent import EmulatedAgent
     from edgetwin.testing.broker import Broker
     from edgetwin.testing.gateway import RunningGateway
-
-
-def _broker(request: pytest.FixtureRequest, broker: Broker | None) -> Broker:
-    # Only a test that uses the default broker starts it: one that passes its own does not.
-    return broker if broker is not None else request.getfixturevalue("edgetwin_broker")
 
 
 class AgentFactory(Protocol):
@@ -71,7 +68,7 @@ def edgetwin_agent(request: pytest.FixtureRequest) -> Iterator[AgentFactory]:
             if "device_id" not in agent_table:
                 raise pytest.UsageError("edgetwin_agent needs device_id= or [agent] device_id")
             settings["agent"] = agent_table
-            on = _broker(request, broker)
+            on = broker_or_default(request, broker)
             agent = EmulatedAgent(
                 on.device_endpoint(agent_table["device_id"]),
                 settings,
@@ -124,7 +121,7 @@ def edgetwin_gateway(request: pytest.FixtureRequest) -> Iterator[GatewayFactory]
             config: Mapping[str, Any] | None = None,
             mode: Literal["thread", "process"] = "thread",
         ) -> RunningGateway:
-            on = _broker(request, broker)
+            on = broker_or_default(request, broker)
             gateway = RunningGateway(
                 on.gateway_endpoint, devices, token=token, config=config, mode=mode
             )

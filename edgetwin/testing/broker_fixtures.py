@@ -38,6 +38,12 @@ def start_or_skip(*args: Any, **options: Any) -> Broker:
         raise pytest.UsageError(str(exc)) from exc
 
 
+def broker_or_default(request: pytest.FixtureRequest, broker: Broker | None) -> Broker:
+    """`broker`, else `edgetwin_broker`: started only when a test asks for it, so a test that
+    passes a broker of its own does not start the default one too."""
+    return broker if broker is not None else request.getfixturevalue("edgetwin_broker")
+
+
 @contextlib.contextmanager
 def _factory() -> Iterator[BrokerFactory]:
     with contextlib.ExitStack() as stack:

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
+from edgetwin.testing.broker_fixtures import broker_or_default
+
 if TYPE_CHECKING:
     from edgetwin.gateway.scenario import Scenario
     from edgetwin.testing.broker import Broker
@@ -71,7 +73,7 @@ def edgetwin_fleet(request: pytest.FixtureRequest) -> Iterator[FleetFactory]:
             broker: Broker | None = None,
             **options: Any,
         ) -> SimulatedFleet:
-            on = broker if broker is not None else request.getfixturevalue("edgetwin_broker")
+            on = broker_or_default(request, broker)
             fleet = SimulatedFleet(on.engine_endpoint, devices, scenario=scenario, **options)
             fleet.start()
             stack.callback(fleet.stop)
