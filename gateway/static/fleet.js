@@ -10,7 +10,6 @@
   const PAGE_SIZE = 100;
   const SPARK_POINTS = 60;
   const WATCHDOG_MS = 40000; // the gateway sends a comment every 15 s on a quiet stream
-  const SVG_NS = "http://www.w3.org/2000/svg";
 
   const SOURCES = {
     "agent-hardware": ["real", "src-real"],
@@ -18,8 +17,19 @@
     simulation: ["simulated", "src-simulated"],
     none: ["none", "src-none"],
   };
-  // A reading's own `source`, and its first letter in a sparkline's `s`.
-  const READING_SOURCES = { real: "real", emulated: "emulated", simulated: "simulated" };
+  const {
+    el,
+    badge,
+    lookup,
+    formatNumber,
+    age,
+    isoTime,
+    svg,
+    titled,
+    sourceClass,
+    chart,
+  } = window.Edgetwin;
+  // A reading's source by its first letter in a sparkline's `s`.
   const LETTERS = { r: "real", e: "emulated", s: "simulated" };
   const PRESENCE = {
     online: "presence-online",
@@ -49,40 +59,6 @@
     refetch: false,
   };
   const counters = { snapshots: 0, updates: 0 };
-
-  function el(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
-  }
-
-  function badge(text, className) {
-    return el("span", "badge " + className, text);
-  }
-
-  function lookup(table, key, fallback) {
-    return Object.prototype.hasOwnProperty.call(table, key) ? table[key] : fallback;
-  }
-
-  function formatNumber(value) {
-    if (typeof value !== "number" || !Number.isFinite(value)) return String(value);
-    const digits = Math.abs(value) >= 100 ? 1 : 2;
-    return value.toFixed(digits);
-  }
-
-  function age(ts) {
-    if (typeof ts !== "number") return "";
-    const seconds = Math.max(0, Date.now() / 1000 - ts);
-    if (seconds < 90) return Math.round(seconds) + " s ago";
-    if (seconds < 5400) return Math.round(seconds / 60) + " min ago";
-    if (seconds < 172800) return Math.round(seconds / 3600) + " h ago";
-    return Math.round(seconds / 86400) + " d ago";
-  }
-
-  function isoTime(ts) {
-    return typeof ts === "number" ? new Date(ts * 1000).toISOString() : "";
-  }
 
   function deviceCell(device) {
     const td = el("td");
@@ -192,22 +168,6 @@
 
   function version(value) {
     return value === null || value === undefined ? "—" : String(value);
-  }
-
-  function svg(tag, attrs) {
-    const node = document.createElementNS(SVG_NS, tag);
-    for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, String(value));
-    return node;
-  }
-
-  function titled(text) {
-    const title = svg("title");
-    title.textContent = text;
-    return title;
-  }
-
-  function sourceClass(source) {
-    return "src-" + lookup(READING_SOURCES, source, "none");
   }
 
   // A sparkline: one polyline per run of readings from one source, so a hand-over shows as
@@ -542,108 +502,6 @@
       }
     }
     box.replaceChildren(...nodes);
-  }
-
-  // One quantity over time: a line, one dot per reading coloured by its source, and a band
-  // over the readings an injected fault's label marks.
-  function chart(series, column) {
-    const width = 720;
-    const height = 180;
-    const pad = { left: 56, right: 10, top: 10, bottom: 24 };
-    const root = svg("svg", { class: "chart-svg", viewBox: "0 0 " + width + " " + height });
-    const ts = series.ts;
-    const values = column.values;
-    const present = values.filter((v) => typeof v === "number");
-    if (!present.length) return root;
-    let low = Math.min(...present);
-    let high = Math.max(...present);
-    if (high === low) {
-      low -= 1;
-      high += 1;
-    }
-    const t0 = ts[0];
-    const t1 = ts[ts.length - 1] > t0 ? ts[ts.length - 1] : t0 + 1;
-    const x = (t) => pad.left + ((t - t0) / (t1 - t0)) * (width - pad.left - pad.right);
-    const y = (v) => pad.top + (1 - (v - low) / (high - low)) * (height - pad.top - pad.bottom);
-
-    // Fault bands first, under the line.
-    let i = 0;
-    while (i < ts.length) {
-      const kind = series.anomaly[i];
-      if (!kind) {
-        i += 1;
-        continue;
-      }
-      let j = i;
-      while (j + 1 < ts.length && series.anomaly[j + 1] === kind) j += 1;
-      const left = x(ts[i]) - 3;
-      const band = svg("rect", {
-        class: "fault",
-        "data-anomaly": kind,
-        x: left.toFixed(1),
-        y: pad.top,
-        width: Math.max(6, x(ts[j]) + 3 - left).toFixed(1),
-        height: height - pad.top - pad.bottom,
-      });
-      band.append(titled("fault: " + kind));
-      root.append(band);
-      i = j + 1;
-    }
-    const axis = svg("g", { class: "axis" });
-    const label = (text, attrs) => {
-      const node = svg("text", attrs);
-      node.textContent = text;
-      axis.append(node);
-    };
-    label(formatNumber(high), { x: pad.left - 6, y: pad.top + 8, "text-anchor": "end" });
-    label(formatNumber(low), { x: pad.left - 6, y: height - pad.bottom, "text-anchor": "end" });
-    label(new Date(t0 * 1000).toLocaleTimeString(), { x: pad.left, y: height - 6 });
-    label(new Date(t1 * 1000).toLocaleTimeString(), {
-      x: width - pad.right,
-      y: height - 6,
-      "text-anchor": "end",
-    });
-    axis.append(
-      svg("line", { x1: pad.left, x2: pad.left, y1: pad.top, y2: height - pad.bottom }),
-      svg("line", {
-        x1: pad.left,
-        x2: width - pad.right,
-        y1: height - pad.bottom,
-        y2: height - pad.bottom,
-      }),
-    );
-    root.append(axis);
-    let path = "";
-    let pen = "M";
-    values.forEach((v, k) => {
-      if (typeof v !== "number") {
-        pen = "M";
-        return;
-      }
-      path += pen + x(ts[k]).toFixed(1) + " " + y(v).toFixed(1) + " ";
-      pen = "L";
-    });
-    root.append(svg("path", { class: "line", d: path }));
-    const dots = svg("g", { class: "points" });
-    values.forEach((v, k) => {
-      if (typeof v !== "number") return;
-      const dot = svg("circle", {
-        class: "pt " + sourceClass(series.source[k]),
-        "data-source": lookup(READING_SOURCES, series.source[k], "none"),
-        "data-seq": series.seq[k],
-        cx: x(ts[k]).toFixed(1),
-        cy: y(v).toFixed(1),
-        r: 2.5,
-      });
-      dot.append(
-        titled(
-          formatNumber(v) + " " + column.unit + " · seq " + series.seq[k] + " · " + series.source[k],
-        ),
-      );
-      dots.append(dot);
-    });
-    root.append(dots);
-    return root;
   }
 
   document.addEventListener("DOMContentLoaded", () => {
