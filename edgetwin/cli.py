@@ -385,8 +385,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _simulate_realtime(args: argparse.Namespace, broker: MqttSettings) -> int:
+    from edgetwin.gateway.engine.link import endpoint_from_mqtt
     from edgetwin.gateway.engine.realtime import run_realtime
-    from edgetwin.gateway.engine.sources import endpoint_from_mqtt
     from edgetwin.gateway.scenario.model import ScenarioError, parse_duration, scenario_for
 
     try:

@@ -18,8 +18,9 @@ from edgetwin.agent.tracing import setup_tracing
 from edgetwin.gateway.compat import SimulatorControl
 from edgetwin.gateway.config import GatewayConfig
 from edgetwin.gateway.engine import EngineController, EngineSettings
+from edgetwin.gateway.engine.link import endpoint_from_mqtt
 from edgetwin.gateway.engine.metrics import EngineCollector
-from edgetwin.gateway.engine.sources import Scenarios, ScenarioSource, endpoint_from_mqtt
+from edgetwin.gateway.engine.sources import Scenarios, ScenarioSource
 from edgetwin.gateway.limits import RequestGuard
 from edgetwin.gateway.live import LiveHub
 from edgetwin.gateway.metrics import GatewayMetrics

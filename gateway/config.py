@@ -211,7 +211,7 @@ def plan_from_simulation(simulation: SimulationSection, mqtt: GatewayMqttSetting
     )
 
 
-def plan_from_engine(engine: EngineSettings) -> FleetPlan | None:
+def plan_from_engine(engine: EngineSection) -> FleetPlan | None:
     """`[engine] start_devices` or `start_scenario`: an /engine fleet from the start, with
     `[engine]`'s qos and payload, as POST /engine/start's; None without either key."""
     launch: StartDevices | StartScenario
@@ -242,6 +242,27 @@ def plan_without_section(mqtt: GatewayMqttSettings) -> FleetPlan:
     (device_000, ... every 2 s, up to 100), without the per-device metric."""
     default = plan_from_simulator(SimulatorSection(), mqtt)
     return dataclasses.replace(default, section=None, per_device_metric=False)
+
+
+class EngineSection(EngineSettings, frozen=True):
+    """The gateway file's `[engine]`: how the engine runs (EngineSettings), and the fleet the
+    gateway starts by itself, as the original simulator did, which only the fleet plan reads
+    (`plan_from_engine`): the default scenario with `start_devices` devices `start_interval`
+    seconds apart, or the scenario file `start_scenario` from scenarios_dir. Neither: the
+    engine waits for POST /engine/start."""
+
+    start_devices: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    start_interval: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 1.0
+    start_scenario: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.start_devices is not None and self.start_scenario is not None:
+            raise ValueError("engine: start_devices and start_scenario cannot be used together")
+        if self.start_scenario is not None and self.scenarios_dir is None:
+            raise ValueError("engine: start_scenario needs scenarios_dir, the directory it is in")
+        if self.start_devices is not None and self.start_devices > self.max_devices:
+            raise ValueError(f"engine: start_devices is above max_devices ({self.max_devices})")
 
 
 class GatewayMqttSettings(MqttSettings, frozen=True):
@@ -319,7 +340,7 @@ class GatewayConfig(Section, frozen=True):
     history: HistorySection = msgspec.field(default_factory=HistorySection)
     live: LiveSection = msgspec.field(default_factory=LiveSection)
     # The scale engine for purely simulated fleets (/engine routes).
-    engine: EngineSettings = msgspec.field(default_factory=EngineSettings)
+    engine: EngineSection = msgspec.field(default_factory=EngineSection)
     devices: list[ManifestDevice] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:

@@ -811,8 +811,7 @@ def replay_command(
         EngineInputError,
         EngineSettings,
     )
-    from edgetwin.gateway.engine.link import probe
-    from edgetwin.gateway.engine.sources import endpoint_from_mqtt
+    from edgetwin.gateway.engine.link import endpoint_from_mqtt, probe
 
     stop = threading.Event()
     try:

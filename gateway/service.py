@@ -40,7 +40,7 @@ from edgetwin.agent.tracing import Tracing
 from edgetwin.gateway.config import COMPAT_LABEL, GatewayConfig, ManifestDevice
 from edgetwin.gateway.duplicates import DuplicateWatch
 from edgetwin.gateway.engine.controller import EngineController
-from edgetwin.gateway.engine.sources import endpoint_from_mqtt
+from edgetwin.gateway.engine.link import endpoint_from_mqtt
 from edgetwin.gateway.fleet import MAX_VERSION, DeviceTwin, Fleet
 from edgetwin.gateway.history import History
 from edgetwin.gateway.learning import StreamLearning

@@ -40,7 +40,7 @@ from edgetwin.gateway.acl import (
 )
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig, load_gateway_config
-from edgetwin.gateway.engine.sources import endpoint_from_mqtt
+from edgetwin.gateway.engine.link import endpoint_from_mqtt
 from edgetwin.testing import agent as testing_agent
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.endpoint import MqttEndpoint

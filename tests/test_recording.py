@@ -27,9 +27,8 @@ from edgetwin.agent.contract import (
 )
 from edgetwin.cli import main as edgetwin_main
 from edgetwin.gateway.engine import EngineController, EngineInputError, EngineSettings
-from edgetwin.gateway.engine.link import Endpoint
+from edgetwin.gateway.engine.link import Endpoint, endpoint_from_mqtt
 from edgetwin.gateway.engine.schedule import Entry, Schedule, Timeline
-from edgetwin.gateway.engine.sources import endpoint_from_mqtt
 from edgetwin.gateway.recording import (
     LiveRecorder,
     RecordedReading,

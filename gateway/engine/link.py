@@ -34,6 +34,7 @@ import ssl
 import time
 import uuid
 from collections import deque
+from typing import Any
 
 import msgspec
 
@@ -85,6 +86,31 @@ class Endpoint(msgspec.Struct, frozen=True):
     client_id_prefix: str = "edgetwin-engine"
 
 
+def endpoint_from_mqtt(mqtt: Any, engine: Any = None) -> Endpoint:
+    """The worker's broker endpoint from an `[mqtt]` section (agent.config.MqttSettings or the
+    gateway's), through attribute access only; with the identity of `engine` (the `[engine]`
+    section) when it names one, so that the broker can tell simulated publishes from the
+    gateway's own."""
+    tls = mqtt.tls
+    identity = engine if engine is not None and engine.username is not None else mqtt
+    password = identity.password.get_secret_value() if identity.password is not None else None
+    return Endpoint(
+        host=mqtt.host,
+        port=mqtt.port,
+        protocol=mqtt.protocol,
+        keepalive=mqtt.keepalive,
+        username=identity.username,
+        password=password,
+        tls=tls is not None,
+        ca_file=str(tls.ca_file) if tls is not None and tls.ca_file else None,
+        cert_file=str(tls.cert_file) if tls is not None and tls.cert_file else None,
+        key_file=str(tls.key_file) if tls is not None and tls.key_file else None,
+        tls_insecure=bool(tls.insecure_skip_hostname_check) if tls is not None else False,
+        prefix=mqtt.prefix,
+        telemetry_template=mqtt.topic,
+    )
+
+
 def endpoint_url(endpoint: Endpoint) -> str:
     return broker_url(endpoint.host, endpoint.port, tls=endpoint.tls, username=endpoint.username)
 
@@ -96,25 +122,13 @@ def probe(endpoint: Endpoint, timeout: float = 10.0) -> str | None:
     a worker retries a refused connection until the engine's start timeout, while a wrong
     password or CA should end the tool at once with the broker's reason."""
     link = EngineLink(endpoint, worker=0, max_inflight=1)
-    where = f"cannot connect to {endpoint_url(endpoint)}"
     try:
         link.connect()
     except OSError as exc:
-        return f"{where}: {describe_connect_error(exc)}"
-    deadline = time.monotonic() + timeout
+        return f"cannot connect to {endpoint_url(endpoint)}: {describe_connect_error(exc)}"
     try:
-        while not link.connected:
-            fd = link.fileno()
-            left = deadline - time.monotonic()
-            if fd is None or left <= 0:
-                return f"{where}: {link.error or f'no CONNACK within {timeout:g} s'}"
-            readable, _, _ = select.select([fd], [], [], min(left, 0.5))
-            alive = link.on_readable() if readable else link.tick()
-            if not alive:
-                plain = not endpoint.tls and link.connack is None
-                hint = " (a TLS listener reached without TLS? use mqtts://)" if plain else ""
-                return f"{where}: {link.error or 'the connection was lost'}{hint}"
-        return None
+        error = link.await_connack(timeout)
+        return None if error is None else f"cannot connect to {endpoint_url(endpoint)}: {error}"
     finally:
         link.close()
 
@@ -232,7 +246,7 @@ class EngineLink:
         DISCONNECT and end the connection so that the broker reads all of it first."""
         deadline = time.monotonic() + _CLOSE_TIMEOUT
         if self._sock is not None and self.connected:
-            while (self._out or self._pending or self._inflight) and self._wait_io(deadline):
+            while (self._out or self._pending or self._inflight) and self.pump(deadline):
                 pass
         sock = self._sock
         if sock is not None and self.connected:
@@ -247,13 +261,31 @@ class EngineLink:
                     sock.close()
         self.drop()
 
-    def _wait_io(self, deadline: float) -> bool:
-        """Write and read once, waiting for the socket up to `deadline`; False when the time
-        is up or the connection is gone."""
+    def await_connack(self, timeout: float) -> str | None:
+        """After `connect`, for a caller without a loop of its own: None once the broker
+        accepted the connection, else why not."""
+        deadline = time.monotonic() + timeout
+        while not self.connected:
+            fd = self.fileno()
+            left = deadline - time.monotonic()
+            if fd is None or left <= 0:
+                return self.error or f"no CONNACK within {timeout:g} s"
+            readable, _, _ = select.select([fd], [], [], min(left, 0.5))
+            if not (self.on_readable() if readable else self.tick()):
+                plain = not self.endpoint.tls and self.connack is None
+                hint = " (a TLS listener reached without TLS? use mqtts://)" if plain else ""
+                return f"{self.error or 'the connection was lost'}{hint}"
+        return None
+
+    def pump(self, deadline: float) -> bool:
+        """Write and read once, waiting for the socket up to `deadline`, for a caller without
+        a loop of its own; False when the time is up or the connection is gone."""
         sock = self._sock
         left = deadline - time.monotonic()
         if sock is None or left <= 0 or not self.flush():
             return False
+        if not self._out and not self._inflight:
+            return True  # all written and nothing to hear back: waiting would only idle
         writers = [sock] if self._out else []
         readable, _, _ = select.select([sock], writers, [], left)
         return not readable or self.on_readable()

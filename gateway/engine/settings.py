@@ -34,12 +34,6 @@ class EngineSettings(Section, frozen=True):
     # Scenario files that POST /engine/start may name, relative to this directory; None: the
     # API starts only the default fleet.
     scenarios_dir: Path | None = None
-    # A fleet the gateway starts by itself, as the original simulator did: the default scenario
-    # with `start_devices` devices `start_interval` seconds apart, or the scenario file
-    # `start_scenario` from scenarios_dir. Neither: the engine waits for POST /engine/start.
-    start_devices: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    start_interval: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 1.0
-    start_scenario: str | None = None
     # Each worker is a process of ~40 MB: an API call must not be able to start dozens.
     max_workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
     qos: Literal[0, 1] = 0
@@ -83,11 +77,5 @@ class EngineSettings(Section, frozen=True):
     def __post_init__(self) -> None:
         if self.password is not None and self.username is None:
             raise ValueError("engine: password needs username")
-        if self.start_devices is not None and self.start_scenario is not None:
-            raise ValueError("engine: start_devices and start_scenario cannot be used together")
-        if self.start_scenario is not None and self.scenarios_dir is None:
-            raise ValueError("engine: start_scenario needs scenarios_dir, the directory it is in")
         if isinstance(self.workers, int) and self.workers > self.max_workers:
             raise ValueError(f"engine: workers is above max_workers ({self.max_workers})")
-        if self.start_devices is not None and self.start_devices > self.max_devices:
-            raise ValueError(f"engine: start_devices is above max_devices ({self.max_devices})")

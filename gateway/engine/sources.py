@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from edgetwin.gateway.engine.controller import EngineInputError
 from edgetwin.gateway.engine.interface import ScenarioLike
-from edgetwin.gateway.engine.link import Endpoint
 from edgetwin.gateway.scenario import Scenario, ScenarioError, default_scenario, load_scenario
 
 
@@ -55,28 +54,3 @@ class Scenarios:
         # Faults given as `after` a duration count from the run's start: the scenario is
         # loaded when the run starts, so now is that start.
         return scenario if scenario.origin is not None else scenario.with_start(time.time())
-
-
-def endpoint_from_mqtt(mqtt: Any, engine: Any = None) -> Endpoint:
-    """The worker's broker endpoint from an `[mqtt]` section (agent.config.MqttSettings or the
-    gateway's), through attribute access only; with the identity of `engine` (the `[engine]`
-    section) when it names one, so that the broker can tell simulated publishes from the
-    gateway's own."""
-    tls = mqtt.tls
-    identity = engine if engine is not None and engine.username is not None else mqtt
-    password = identity.password.get_secret_value() if identity.password is not None else None
-    return Endpoint(
-        host=mqtt.host,
-        port=mqtt.port,
-        protocol=mqtt.protocol,
-        keepalive=mqtt.keepalive,
-        username=identity.username,
-        password=password,
-        tls=tls is not None,
-        ca_file=str(tls.ca_file) if tls is not None and tls.ca_file else None,
-        cert_file=str(tls.cert_file) if tls is not None and tls.cert_file else None,
-        key_file=str(tls.key_file) if tls is not None and tls.key_file else None,
-        tls_insecure=bool(tls.insecure_skip_hostname_check) if tls is not None else False,
-        prefix=mqtt.prefix,
-        telemetry_template=mqtt.topic,
-    )

@@ -14,22 +14,24 @@ import itertools
 import math
 import sys
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, NoReturn, Protocol
 
 import msgspec
 
 from edgetwin.agent.config import MqttSettings
 from edgetwin.agent.contract import Topics
-from edgetwin.agent.mqtt import Delivery, MqttError, MqttLink
+from edgetwin.agent.mqtt import describe_connect_error
+from edgetwin.gateway.engine.link import EngineLink, endpoint_from_mqtt, endpoint_url
 from edgetwin.gateway.engine.schedule import Entry, Schedule
 from edgetwin.gateway.scenario.generator import Message
 from edgetwin.gateway.scenario.model import Scenario, ScenarioError
 
 _STEP_TICKS = 4096  # ticks a step of the virtual clock takes, on average
+_BACKLOG_BYTES = 1 << 20  # encoded bytes a broker sink holds before it waits for the socket
+_STALL_TIMEOUT = 30.0  # seconds a broker sink waits for the window or the socket to move
 
 
 class Sink(Protocol):
@@ -76,9 +78,11 @@ class BrokerUnreachable(ScenarioError):
 
 
 class BrokerSink:
-    """Publishes through the agent's MQTT adapter, keeping at most `window` messages
-    unacknowledged (QoS 1) or unsent (QoS 0): the run goes at the broker's pace and memory
-    stays bounded."""
+    """Publishes on the engine's own MQTT link (gateway/engine/link.py), the write path of
+    every simulated stream, driven here without a loop of its own: QoS 1 messages wait for
+    room in the window (`window`, at most the broker's Receive Maximum) and QoS 0 bytes for
+    room in the socket, so the run goes at the broker's pace and memory stays bounded.
+    Retained documents (statuses) always go at QoS 1."""
 
     def __init__(
         self,
@@ -90,46 +94,60 @@ class BrokerSink:
         connect_timeout: float = 10.0,
     ) -> None:
         self._qos = qos
-        self._window = window
         self._close_timeout = close_timeout
-        self._link = MqttLink(
-            settings.replace(max_inflight=min(window, 65535)),
-            client_id=None,
-        )
-        self._pending: deque[Delivery] = deque()
-        # Messages written that the broker did not acknowledge (QoS 1) or that never reached
-        # the socket (QoS 0) by the end of `close`.
+        # Messages the broker did not acknowledge (QoS 1) or that never reached the socket
+        # (QoS 0) by the end of `close`.
         self.unconfirmed = 0
-        self._link.start()
-        error = self._link.wait_attempt(connect_timeout)
+        endpoint = msgspec.structs.replace(
+            endpoint_from_mqtt(settings), client_id_prefix="edgetwin-simulate"
+        )
+        self._link = EngineLink(endpoint, worker=0, max_inflight=min(window, 65535))
+        where = f"cannot connect to {endpoint_url(endpoint)}"
+        try:
+            self._link.connect()
+        except OSError as exc:
+            raise BrokerUnreachable(f"{where}: {describe_connect_error(exc)}") from None
+        error = self._link.await_connack(connect_timeout)
         if error is not None:
-            self._link.close(1.0)
-            raise BrokerUnreachable(error)
+            self._link.close()
+            raise BrokerUnreachable(f"{where}: {error}")
 
     def write(self, t: float, message: Message) -> None:
         topic, payload, retain = message
-        try:
-            delivery = self._link.publish(
-                topic, payload, qos=1 if retain else self._qos, retain=retain
-            )
-        except MqttError as exc:
-            raise ScenarioError(str(exc)) from exc
-        self._pending.append(delivery)
-        while len(self._pending) > self._window:
-            if not self._pending.popleft().wait(30.0):
-                raise ScenarioError("the broker stopped acknowledging messages")
+        link = self._link
+        if retain or self._qos == 1:
+            deadline = time.monotonic() + _STALL_TIMEOUT
+            while not link.publish1(topic, payload, retain):
+                self._wait(deadline, "acknowledging messages")
+        else:
+            if not link.connected:
+                self._lost()
+            link.publish0(topic, payload, retain)
+        if link.backlog_bytes() >= _BACKLOG_BYTES:
+            deadline = time.monotonic() + _STALL_TIMEOUT
+            while link.backlog_bytes() >= _BACKLOG_BYTES:
+                self._wait(deadline, "reading")
+
+    def _wait(self, deadline: float, doing: str) -> None:
+        if not self._link.pump(deadline):
+            if not self._link.connected:
+                self._lost()
+            raise ScenarioError(f"the broker stopped {doing} for {_STALL_TIMEOUT:g} s")
+
+    def _lost(self) -> NoReturn:
+        raise ScenarioError(f"lost the broker: {self._link.error or 'connection closed'}")
 
     def close(self) -> None:
-        """Wait up to `close_timeout` seconds in all for what is still pending; what did not
-        make it is counted in `unconfirmed`."""
+        """Wait up to `close_timeout` seconds in all for what is still unwritten or
+        unacknowledged; what did not make it is counted in `unconfirmed`."""
+        link = self._link
         deadline = time.monotonic() + self._close_timeout
         try:
-            for delivery in self._pending:
-                if not delivery.wait(max(deadline - time.monotonic(), 0.0)):
-                    self.unconfirmed += 1
+            while (link.backlog_bytes() or link.qos1_queued()) and link.pump(deadline):
+                pass
         finally:
-            self._pending.clear()
-            self._link.close()
+            link.close()  # counts what is still queued or unacknowledged as lost
+            self.unconfirmed = link.lost + link.rejected
 
 
 def run_virtual(
