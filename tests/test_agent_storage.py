@@ -1,4 +1,4 @@
-"""The agent and its state directory (issue 12, item 2): a disk that fills up while the agent
+"""The agent and its state directory: a disk that fills up while the agent
 runs is ridden out and recovered from by itself; a state directory that cannot be used at
 start-up is one line and an exit status systemd does not restart on.
 

@@ -97,7 +97,7 @@ def stream_chunks(sock: socket.socket, total: int, chunk: int = 16 * 1024) -> No
 def test_a_write_without_the_token_is_refused_before_its_body_is_read(
     broker: Broker,
 ) -> None:
-    """Issue 12: a 200 MB POST /devices without a token was read whole (95 -> 692 MB) before
+    """Before: a 200 MB POST /devices without a token was read whole (95 -> 692 MB) before
     its 401. Here the body is announced and never sent: only a gateway that answers from the
     headers answers at all."""
     with connection(broker) as sock:

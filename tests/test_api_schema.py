@@ -158,7 +158,7 @@ def test_nan_and_infinity_in_any_number_of_a_body_get_a_4xx(case: Case, app: Fas
 
 
 def test_the_reported_bad_values_get_a_4xx_with_a_reason(broker: Broker) -> None:
-    """Issue 12: each of these answered 500."""
+    """Before: each of these answered 500."""
     nan_bodies = [
         (
             "POST",

@@ -349,7 +349,7 @@ def test_readme_examples_load_into_the_plans_it_describes(tmp_path: Path) -> Non
 def test_an_observability_section_without_service_name_keeps_the_programs_name(
     tmp_path: Path,
 ) -> None:
-    """Issue 12: with an [observability] section that did not name the service, logs and
+    """Before: with an [observability] section that did not name the service, logs and
     traces said "edgetwin", not the documented edgetwin-agent / edgetwin-gateway."""
     gateway = tmp_path / "gateway.toml"
     gateway.write_text('[observability]\nlog_level = "DEBUG"\n')

@@ -146,7 +146,7 @@ def test_a_new_session_is_a_new_life_whatever_its_boot() -> None:
 
 
 def test_a_rejected_version_below_the_applied_one_is_rejected_not_in_sync() -> None:
-    """Issue 12: an agent at version 4 refuses a version 2 (a device deleted and added again);
+    """Before: an agent at version 4 refuses a version 2 (a device deleted and added again);
     the twin said in_sync because 4 >= 2."""
     twin = DeviceTwin("pi", True)
     twin.desired = DesiredConfig(device="pi", version=2, sensors={})

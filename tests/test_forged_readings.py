@@ -1,4 +1,4 @@
-"""A forged reading or twin document cannot crash-loop an agent (issue 12, item 1).
+"""A forged reading or twin document cannot crash-loop an agent.
 
 Any client on the broker can publish telemetry for a manifest device. One reading with
 `"seq": 18446744073709551616` used to be adopted by the gateway, reach the agent through the

@@ -1,4 +1,4 @@
-"""What an operator sees of trouble: /health, logs that name the cause, metrics (issue 12)."""
+"""What an operator sees of trouble: /health, logs that name the cause, metrics."""
 
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ def twin_agent(broker: Broker, state_dir: Path) -> AgentConfig:
 def test_two_agents_with_one_device_id_are_reported(
     broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Issue 12: 50 agents with one id flapped 374 times in 25 s and nothing said why."""
+    """Before: 50 agents with one id flapped 374 times in 25 s and nothing said why."""
     caplog.set_level(logging.INFO)
     device = {"id": "twin-01", "sensors": {"env": {"driver": "bme280", "interval": 1}}}
     with gateway(gateway_config(broker)) as client:

@@ -1,5 +1,5 @@
 """A re-imaged board, a wiped state directory, a corrupt outbox set aside: the agent starts
-again at boot 1 (issue 12, item 3). The gateway used to drop its statuses as stale (an older
+again at boot 1. The gateway used to drop its statuses as stale (an older
 boot than the one it knew) and go on simulating, and both published the stream: the same seq
 numbers with different values."""
 

@@ -568,7 +568,7 @@ def test_a_restarted_gateway_rebuilds_every_twin_on_a_stock_broker(
 def test_a_device_deleted_and_added_again_gets_versions_its_agent_accepts(
     broker: Broker, tmp_path: Path
 ) -> None:
-    """Issue 12: after DELETE and POST every push was refused ("version 2 is older than applied
+    """Before: after DELETE and POST every push was refused ("version 2 is older than applied
     version 4") while the twin showed in_sync."""
     device = {"id": DEVICE, "sensors": {"env": {"driver": "bme280", "interval": INTERVAL}}}
     with (
