@@ -167,10 +167,12 @@
   // broken where a value is missing or where samples are more than `gap` seconds apart (a
   // stopped engine), the y axis from 0 (or the lowest value, if negative) up. `lines`:
   // [{name, values}], the name also its CSS class (line-NAME) and its data-line. The frame is
-  // drawn like chart's; dots and fault bands are the device charts' own.
+  // drawn like chart's; dots and fault bands are the device charts' own. `options`: unit,
+  // start and end (the time axis; default the first and last of `ts`), gap, width.
   function lineChart(ts, lines, options) {
     const opts = options || {};
-    const width = 720;
+    // A narrower box for a narrower column keeps the axis text legible once scaled down.
+    const width = opts.width || 720;
     const height = 180;
     const pad = { left: 56, right: 10, top: 10, bottom: 24 };
     const root = svg("svg", { class: "chart-svg", viewBox: "0 0 " + width + " " + height });

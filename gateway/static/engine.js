@@ -120,8 +120,20 @@
     const errors = (status.per_worker || []).map((w) => w.error).filter(Boolean);
     if (errors.length) parts.push("errors: " + errors.join("; "));
     $("engine-summary").textContent = parts.join(" · ");
-    const size = $("engine-size");
-    if (!size.value && status.devices) size.value = String(status.devices);
+    if (name !== "stopped") {
+      follow("engine-size", status.devices);
+      follow("engine-rate", status.rate);
+    }
+  }
+
+  // An input that shows the engine's current value until the operator types another one.
+  function follow(id, value) {
+    const input = $(id);
+    const text = String(value);
+    if (input.value === "" || input.value === input.dataset.shown || input.value === text) {
+      input.value = text;
+      input.dataset.shown = text;
+    }
   }
 
   function renderCharts() {
@@ -144,9 +156,11 @@
         caption,
         lineChart(ts, lines, {
           unit: spec.unit,
-          start: end - WINDOW_S,
+          // A run younger than the window fills the width: the axis' times say how long.
+          start: ts.length ? Math.max(ts[0], end - WINDOW_S) : end - WINDOW_S,
           end,
           gap: 3 * state.every,
+          width: 480, // three figures abreast on a wide screen
         }),
       );
       return figure;
@@ -197,7 +211,6 @@
     const body = scenario
       ? { scenario }
       : { devices: number("engine-devices"), interval: number("engine-interval") };
-    $("engine-size").value = "";
     return write("engine-start-note", "POST", "engine/start", body, (s) =>
       "started " + s.devices + " devices",
     );
