@@ -99,7 +99,9 @@ def create_app(
                 observability.prometheus_host,
                 registry=metrics.registry,
             )
-        hub = app.state.live = LiveHub(service, metrics, config.live.interval, config.live.queue)
+        hub = app.state.live = LiveHub(
+            service, metrics, config.live.interval, config.live.queue, engine=scale_engine
+        )
         service.start()
         control.start_at_launch()
         live_task = asyncio.create_task(hub.run(), name="live-feed")

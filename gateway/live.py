@@ -16,6 +16,13 @@ within its filter, or a queue that overflowed because the client reads too slowl
 with a fresh snapshot instead of a backlog: a slow client costs the gateway at most `queue`
 events, never unbounded memory. EventSource reconnects by itself, and every connection starts
 with a snapshot, so a page resyncs after a gateway restart.
+
+A client that asks for the scale engine instead (`engine`: the page's engine panel) gets no
+devices: an `engine` event with the engine's status, the fault types it takes and the points
+of the last few minutes, then one `engine` event a second with the status and the new point
+while the engine runs, and one when it stops. Pushed rather than polled by each open panel: the
+points are sampled once for all clients, and kept here, so a panel opened mid-run draws the
+minutes before it at once.
 """
 
 from __future__ import annotations
@@ -24,14 +31,18 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgspec
 
+from edgetwin.gateway.engine import EngineController, EngineStats
+from edgetwin.gateway.engine.stats import quantile
 from edgetwin.gateway.fleet import DeviceTwin
 from edgetwin.gateway.metrics import GatewayMetrics
+from edgetwin.gateway.scenario.model import FAULT_PARAMS, FAULT_TYPES
 from edgetwin.gateway.service import GatewayService
 from edgetwin.gateway.views import device_summary, fleet_counts
 
@@ -45,6 +56,10 @@ RETRY_MS: Final = 1000
 SPARK_POINTS: Final = 60
 FLEET_EVERY: Final = 1.0
 """Seconds between two recounts of the fleet (O(devices)) while anything changes."""
+ENGINE_EVERY: Final = 1.0
+"""Seconds between two samples of the scale engine's figures while it runs."""
+ENGINE_POINTS: Final = 300
+"""Samples kept for the engine panel's charts: five minutes at ENGINE_EVERY."""
 
 _WAKE: Final = b""
 _END: Final = b"\x00"
@@ -58,6 +73,8 @@ class LiveFilter:
     q: str | None = None
     offset: int = 0
     limit: int = 100
+    engine: bool = False
+    """The scale engine's figures instead of devices."""
 
     def matches(self, twin: DeviceTwin) -> bool:
         if self.device is not None and twin.id != self.device:
@@ -71,6 +88,50 @@ class LiveFilter:
             texts = [twin.id, twin.site or "", *(f"{k}={v}" for k, v in twin.labels.items())]
             return any(needle in text.lower() for text in texts)
         return True
+
+
+class EnginePoint(msgspec.Struct, frozen=True, array_like=True):
+    """One sample of the engine for the panel's charts (a JSON array on the wire: five
+    minutes of them come in a panel's first event). Rates are per second; the lateness
+    quantiles (ms) and the skipped ticks are over the ticks since the previous sample, not
+    since the run's start, so a chart shows the engine now rather than its average."""
+
+    t: float
+    state: str
+    target: float
+    scheduled: float
+    delivered: float
+    p50_ms: float | None
+    p99_ms: float | None
+    skipped: float
+
+
+def engine_point(
+    stats: EngineStats, previous: EngineStats | None, t: float, dt: float
+) -> EnginePoint:
+    if stats.state == "stopped":
+        # A stopped engine still shows its last run's figures; the charts show it idle.
+        return EnginePoint(round(t, 3), stats.state, 0.0, 0.0, 0.0, None, None, 0.0)
+    counts = stats.lateness_counts
+    skipped = stats.late_skipped + stats.backlog_skipped
+    if previous is not None and previous.state != "stopped":
+        before = previous.lateness_counts
+        diff = [a - b for a, b in zip(counts, before, strict=True)]
+        gone = previous.late_skipped + previous.backlog_skipped
+        if min(diff, default=0) >= 0 and skipped >= gone:
+            counts, skipped = diff, skipped - gone
+        # else: counters went down, a new run (a resize that moved the fleet): its own totals.
+    p50, p99 = quantile(counts, 0.5), quantile(counts, 0.99)
+    return EnginePoint(
+        t=round(t, 3),
+        state=stats.state,
+        target=stats.target_per_s,
+        scheduled=stats.scheduled_per_s,
+        delivered=stats.delivered_per_s,
+        p50_ms=None if p50 is None else round(p50 * 1000, 3),
+        p99_ms=None if p99 is None else round(p99 * 1000, 3),
+        skipped=round(skipped / dt, 3) if dt > 0 else 0.0,
+    )
 
 
 @dataclass(eq=False)
@@ -94,9 +155,18 @@ def event(kind: str, data: Any) -> bytes:
 
 class LiveHub:
     def __init__(
-        self, service: GatewayService, metrics: GatewayMetrics, interval: float, queue: int
+        self,
+        service: GatewayService,
+        metrics: GatewayMetrics,
+        interval: float,
+        queue: int,
+        engine: EngineController | None = None,
     ) -> None:
         self._service = service
+        self._engine = engine
+        self.engine_points: deque[EnginePoint] = deque(maxlen=ENGINE_POINTS)
+        self._engine_last: EngineStats | None = None
+        self._engine_sampled = 0.0
         self._metrics = metrics
         self.interval = interval
         self._queue_size = queue
@@ -171,6 +241,8 @@ class LiveHub:
     # -- building events ----------------------------------------------------------------------
 
     def snapshot(self, client: LiveClient) -> bytes:
+        if client.filter.engine:
+            return self._engine_snapshot()
         service = self._service
         twins = service.fleet.snapshot()
         live_filter = client.filter
@@ -213,8 +285,8 @@ class LiveHub:
         now = time.monotonic()
         built: dict[str, bytes] = {}
         for client in list(self._clients):
-            if client.resync:
-                continue  # a snapshot is on its way
+            if client.resync or client.filter.engine:
+                continue  # a snapshot is on its way, or devices are not what it shows
             parts = self._page_changes(client, changed, built, now)
             if client.resync:
                 self._offer(client, _WAKE)
@@ -231,7 +303,7 @@ class LiveHub:
                 self._fleet_sent = counts
                 data = b"event: fleet\ndata: " + counts + b"\n\n"
                 for client in list(self._clients):
-                    if not client.resync:
+                    if not client.resync and not client.filter.engine:
                         self._offer(client, data)
         self.cycles += 1
         self.cycle_seconds += time.process_time() - started
@@ -260,13 +332,72 @@ class LiveHub:
                 parts.append(encoded)
         return parts
 
-    async def run(self) -> None:
+    # -- the scale engine ---------------------------------------------------------------------
+
+    def _engine_snapshot(self) -> bytes:
+        # The last sample, at most ENGINE_EVERY old: asking the engine here, on the event loop,
+        # could wait on its lock. Only a gateway whose engine never ran has none.
+        status = self._engine_last
+        if status is None and self._engine is not None:
+            status = self._engine.stats()
+        return event(
+            "engine",
+            {
+                "status": status,
+                "points": list(self.engine_points),
+                "fault_types": FAULT_TYPES,
+                # Each fault type's own parameter and its default: the panel's form.
+                "fault_params": {k: v for k, v in FAULT_PARAMS.items() if v is not None},
+                "every": ENGINE_EVERY,
+            },
+        )
+
+    def sample_engine(self, now: float | None = None) -> EngineStats | None:
+        """Take one sample of the engine into `engine_points` while it runs (and one as it
+        stops); the stats sampled, or None when there was nothing new. Runs on a thread: the
+        engine's lock may be held for a while by a resize or a start."""
+        engine = self._engine
+        if engine is None:
+            return None
+        previous = self._engine_last
+        if engine.state == "stopped" and (previous is None or previous.state == "stopped"):
+            return None
+        t = time.time() if now is None else now
+        stats = engine.stats()
+        # The first sample of a run holds its totals so far: count them over one period.
+        fresh = previous is None or previous.state == "stopped"
+        dt = ENGINE_EVERY if fresh else t - self._engine_sampled
+        point = engine_point(stats, previous, t, dt)
+        self._engine_last, self._engine_sampled = stats, t
+        self.engine_points.append(point)
+        return stats
+
+    def _offer_engine(self, stats: EngineStats) -> None:
+        data = event("engine", {"status": stats, "points": [self.engine_points[-1]]})
+        for client in list(self._clients):
+            if client.filter.engine and not client.resync:
+                self._offer(client, data)
+
+    async def _run_engine(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(ENGINE_EVERY)
+            try:
+                stats = await asyncio.to_thread(self.sample_engine)
+                if stats is not None:
+                    self._offer_engine(stats)
+            except Exception:
+                log.exception("live feed: engine sample failed")
+
+    async def _run_devices(self) -> None:
         while not self._closing:
             await asyncio.sleep(self.interval)
             try:
                 self.cycle()
             except Exception:
                 log.exception("live feed cycle failed")
+
+    async def run(self) -> None:
+        await asyncio.gather(self._run_devices(), self._run_engine())
 
 
 def _drain(queue: asyncio.Queue[bytes]) -> None:

@@ -10,9 +10,7 @@ so that they run in CI.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -168,9 +166,6 @@ def test_page_shows_the_fleet_in_chromium(broker: Broker, tmp_path: Path) -> Non
     assert "&lt;img src=x onerror=" in dom
     assert "<img" not in dom
     assert screenshot.stat().st_size > 10_000
-    keep = os.environ.get("EDGETWIN_PAGE_SCREENSHOT")
-    if keep:
-        shutil.copyfile(screenshot, keep)
 
 
 # --- live: charts, hand-over and reconnection, driven over the DevTools protocol -------------
@@ -265,9 +260,6 @@ def test_charts_move_with_readings_and_show_a_hand_over(broker: Broker, tmp_path
             ".map((c) => getComputedStyle(c).fill))]"
         )
         assert len(colours) == 2, colours  # one colour per source
-        keep = os.environ.get("EDGETWIN_PAGE_SCREENSHOT")
-        if keep:
-            browser.screenshot(Path(keep).with_name("device.png"))
 
 
 def test_the_page_reconnects_after_a_gateway_restart(broker: Broker, tmp_path: Path) -> None:

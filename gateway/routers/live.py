@@ -22,7 +22,8 @@ router = APIRouter(tags=["fleet"])
             "description": "`snapshot` first (the page of matching devices sorted by id, with "
             "sparklines, `total`, and `fleet` counts), then `devices` (changed devices of the "
             "page, coalesced per [live] interval) and `fleet` (changed counts); a new snapshot "
-            "when devices enter or leave the filter or the client fell behind",
+            "when devices enter or leave the filter or the client fell behind. With `engine`: "
+            "only `engine` events (status, and points for the engine panel's charts)",
         }
     },
     summary="Live changes of the fleet, pushed (Server-Sent Events)",
@@ -40,10 +41,25 @@ async def events(
     ] = None,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    engine: Annotated[
+        bool,
+        Query(
+            description="the scale engine's figures instead of devices: `engine` events, "
+            "the first with the last few minutes' points, then one a second while it runs"
+        ),
+    ] = False,
 ) -> StreamingResponse:
     hub: LiveHub = request.app.state.live
     client = hub.open(
-        LiveFilter(device=device, prefix=prefix, site=site, q=q, offset=offset, limit=limit)
+        LiveFilter(
+            device=device,
+            prefix=prefix,
+            site=site,
+            q=q,
+            offset=offset,
+            limit=limit,
+            engine=engine,
+        )
     )
     return StreamingResponse(
         hub.stream(client),

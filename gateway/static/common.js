@@ -163,6 +163,77 @@
     return root;
   }
 
+  // Several quantities over one time axis (the engine panel's figures): one path per line,
+  // broken where a value is missing or where samples are more than `gap` seconds apart (a
+  // stopped engine), the y axis from 0 (or the lowest value, if negative) up. `lines`:
+  // [{name, values}], the name also its CSS class (line-NAME) and its data-line. The frame is
+  // drawn like chart's; dots and fault bands are the device charts' own. `options`: unit,
+  // start and end (the time axis; default the first and last of `ts`), gap, width.
+  function lineChart(ts, lines, options) {
+    const opts = options || {};
+    // A narrower box for a narrower column keeps the axis text legible once scaled down.
+    const width = opts.width || 720;
+    const height = 180;
+    const pad = { left: 56, right: 10, top: 10, bottom: 24 };
+    const root = svg("svg", { class: "chart-svg", viewBox: "0 0 " + width + " " + height });
+    const present = lines.flatMap((line) => line.values.filter((v) => typeof v === "number"));
+    if (!ts.length || !present.length) return root;
+    const low = Math.min(0, ...present);
+    let high = Math.max(...present);
+    if (high <= low) high = low + 1;
+    const t1 = opts.end !== undefined ? opts.end : ts[ts.length - 1];
+    const t0 = opts.start !== undefined ? opts.start : ts[0];
+    const span = t1 > t0 ? t1 - t0 : 1;
+    const gap = opts.gap || Infinity;
+    const x = (t) => pad.left + ((t - t0) / span) * (width - pad.left - pad.right);
+    const y = (v) => pad.top + (1 - (v - low) / (high - low)) * (height - pad.top - pad.bottom);
+    const axis = svg("g", { class: "axis" });
+    const label = (text, attrs) => {
+      const node = svg("text", attrs);
+      node.textContent = text;
+      axis.append(node);
+    };
+    const unit = opts.unit ? " " + opts.unit : "";
+    label(formatNumber(high) + unit, { x: pad.left - 6, y: pad.top + 8, "text-anchor": "end" });
+    label(formatNumber(low), { x: pad.left - 6, y: height - pad.bottom, "text-anchor": "end" });
+    label(new Date(t0 * 1000).toLocaleTimeString(), { x: pad.left, y: height - 6 });
+    label(new Date(t1 * 1000).toLocaleTimeString(), {
+      x: width - pad.right,
+      y: height - 6,
+      "text-anchor": "end",
+    });
+    axis.append(
+      svg("line", { x1: pad.left, x2: pad.left, y1: pad.top, y2: height - pad.bottom }),
+      svg("line", {
+        x1: pad.left,
+        x2: width - pad.right,
+        y1: height - pad.bottom,
+        y2: height - pad.bottom,
+      }),
+    );
+    root.append(axis);
+    for (const line of lines) {
+      let path = "";
+      let pen = "M";
+      let last = null;
+      line.values.forEach((v, k) => {
+        if (typeof v !== "number" || ts[k] < t0) {
+          pen = "M";
+          return;
+        }
+        if (k > 0 && ts[k] - ts[k - 1] > gap) pen = "M";
+        path += pen + x(ts[k]).toFixed(1) + " " + y(v).toFixed(1) + " ";
+        pen = "L";
+        last = v;
+      });
+      const node = svg("path", { class: "line line-" + line.name, "data-line": line.name, d: path });
+      if (last !== null) node.dataset.last = String(last);
+      node.append(titled(line.name));
+      root.append(node);
+    }
+    return root;
+  }
+
   // -- the API token and writes -----------------------------------------------------------
 
   function token() {
@@ -302,6 +373,7 @@
     titled,
     sourceClass,
     chart,
+    lineChart,
     request,
     token,
     askToken,

@@ -385,10 +385,17 @@
     const match = /^#\/device\/([a-z0-9][a-z0-9_-]{0,63})$/.exec(location.hash);
     state.device = match ? match[1] : null;
     state.history = null;
-    $("fleet-view").hidden = Boolean(state.device);
+    // #/engine is engine.js's panel, with its own stream: the fleet's is closed meanwhile.
+    const engine = location.hash === "#/engine";
+    $("fleet-view").hidden = Boolean(state.device) || engine;
     $("device-view").hidden = !state.device;
-    document.querySelector(".toolbar input").hidden = Boolean(state.device);
-    document.querySelector(".pager").hidden = Boolean(state.device);
+    document.querySelector(".toolbar input").hidden = Boolean(state.device) || engine;
+    document.querySelector(".pager").hidden = Boolean(state.device) || engine;
+    if (engine) {
+      if (state.source) state.source.close();
+      state.source = null;
+      return;
+    }
     if (state.device) {
       $("device-title").textContent = state.device;
       $("device-meta").textContent = "";
