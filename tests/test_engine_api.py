@@ -197,6 +197,20 @@ def test_a_fault_injected_through_the_api_is_in_the_stream_and_labelled(
         sub.wait_for("edgetwin/device_002/telemetry/env", count=3)
         early = client.post("/engine/faults", json={"type": "spike"}, headers=BEARER)
         assert early.status_code == 422  # no devices, no duration
+        for devices, reason in [
+            ("", "name at least one device"),
+            (["device_001", " "], "none blank"),
+            ("room-*", "touches no device or sensor of the fleet"),
+        ]:
+            refused = client.post(
+                "/engine/faults",
+                json={"type": "spike", "devices": devices, "duration": 1},
+                headers=BEARER,
+            )
+            assert refused.status_code == 422, devices
+            assert reason in refused.text, refused.text
+        stray = {"type": "spike", "devices": "device_001", "sensor": "gps", "duration": 1}
+        assert client.post("/engine/faults", json=stray, headers=BEARER).status_code == 422
         injected = client.post(
             "/engine/faults",
             json={"type": "spike", "devices": "device_001", "duration": 0.5, "magnitude": 50},

@@ -20,7 +20,7 @@ import time
 import zlib
 from array import array
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import ForkServerContext, SpawnContext
@@ -550,12 +550,21 @@ class EngineController:
             self.pause()
         return self.stats()
 
-    def inject(self, fault: Any) -> EngineStats:
+    def inject(self, fault: Any, touches: Callable[[str, str], bool] | None = None) -> EngineStats:
         """Hand an on-demand fault (gateway.scenario.FaultSpec) to every worker; each applies
-        it to the streams it serves, labelled like a scheduled one."""
+        it to the streams it serves, labelled like a scheduled one. With `touches(device,
+        sensor)`, a fault that touches no stream of the fleet is refused: it would be
+        labelled as if it had happened."""
         with self._lock:
             if self._state not in ("running", "paused"):
                 raise EngineStateError(f"the engine is {self._state}: start it first")
+            scenario = self._scenario
+            if (
+                touches is not None
+                and scenario is not None
+                and not any(touches(s.device, s.sensor) for s in scenario.iter_streams())
+            ):
+                raise EngineInputError("the fault touches no device or sensor of the fleet")
             self._broadcast(("inject", fault))
         return self.stats()
 

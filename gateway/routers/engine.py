@@ -21,6 +21,7 @@ from edgetwin.gateway.deps import ApiDep, EngineDep, ScenariosDep
 from edgetwin.gateway.engine import EngineError, EngineInputError, EngineStateError, EngineStats
 from edgetwin.gateway.limits import check_interval
 from edgetwin.gateway.scenario import FaultRequest
+from edgetwin.gateway.scenario.model import matches
 from edgetwin.gateway.structs import StructResponse, parse_body, request_body, response_schema
 
 router = APIRouter(prefix="/engine", tags=["scale engine"])
@@ -203,5 +204,5 @@ def size(data: Annotated[Any, Body()], engine: EngineDep) -> StructResponse:
 def inject_fault(data: Annotated[Any, Body()], engine: EngineDep) -> StructResponse:
     fault = parse_body(FaultRequest, data).at(time.time())
     with _http_errors():
-        engine.inject(fault)
+        engine.inject(fault, touches=lambda device, sensor: matches(fault, device, sensor))
     return StructResponse({"fault": fault, "engine": engine.stats()})

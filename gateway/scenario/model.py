@@ -268,6 +268,8 @@ class _FaultFields(_Spec, frozen=True, kw_only=True):
     copies: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
 
     def __post_init__(self) -> None:
+        if not all(p.strip() for p in self.device_patterns()) or not self.device_patterns():
+            raise ValueError("devices: name at least one device id or pattern, none blank")
         own = FAULT_PARAMS[self.type]
         for name in ("magnitude", "per_hour", "sigma", "skew", "copies"):
             if getattr(self, name) is not None and (own is None or own[0] != name):
