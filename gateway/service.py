@@ -516,8 +516,10 @@ class GatewayService:
             for name in (twin.expected_sensors() if twin.in_manifest else {})
         }
         seqs = self.fleet.last_seqs(twin.id)
+        # Every stream's, also one leaving the config: its record says where it stopped.
         last = {
-            name: max(seqs.get(name, 0), self.standins.last_seq(twin.id, name)) for name in serving
+            name: max(seqs.get(name, 0), self.standins.last_seq(twin.id, name))
+            for name in set(seqs) | set(serving) | set(twin.serving)
         }
         for handover in self.fleet.note_serving(twin.id, serving, last, self.clock()):
             # Debug: a broker outage hands a whole fleet over at once.

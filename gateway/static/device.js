@@ -872,8 +872,8 @@
     $("config-state").dataset.state = "";
     $("rejection").hidden = true;
     $("remove-name").textContent = device;
-    loadTwin();
-    loadWatch();
+    // The watch commands after the twin: the curl example names its current version.
+    loadTwin().then(loadWatch);
   }
 
   document.addEventListener("edgetwin:route", (event) => onRoute(event.detail.device));
