@@ -38,6 +38,14 @@ class PresenceState(StrEnum):
 
 
 ConfigSync = Literal["in_sync", "pending", "rejected", "no_desired"]
+Serving = Literal["agent", "simulation", "none"]
+"""Who serves a sensor's stream, as the twin decides it: the agent, the gateway's stand-in, or
+nobody (the agent is away and the grace has not ended, or the sensor left the config)."""
+
+HANDOVERS_KEPT: Final = 20
+"""Hand-overs remembered per device: enough to read the last few failovers and failbacks of
+every sensor on the device's page, and at 10,000 devices a few megabytes at worst (a record is
+made only when who serves a stream changes)."""
 
 # A desired version is a contract integer: the twin never hands out one beyond them.
 MAX_VERSION: Final = MAX_INT
@@ -54,6 +62,19 @@ class StreamView:
     ts: float | None = None
     source: str | None = None
     values: dict[str, tuple[float, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HandOver:
+    """Who took over one sensor's stream, when (gateway wall clock), and the stream's last
+    `seq` then: the new server continues after it."""
+
+    ts: float
+    sensor: str
+    served_by: Serving
+    previous: Serving | None  # None: the first decision the gateway made for the stream
+    seq: int
+    presence: str  # the agent's presence at the change, which usually explains it
 
 
 @dataclass
@@ -82,6 +103,12 @@ class DeviceTwin:
     """Why more than one agent seems to use this id (gateway/duplicates.py), until the
     monotonic time `duplicate_until`."""
     duplicate_until: float = -math.inf
+    serving: dict[str, Serving] = field(default_factory=dict)
+    """Who serves each stream now, as the last reconcile decided."""
+    handovers: tuple[HandOver, ...] = ()
+    """The last changes of `serving`, oldest first: the gateway's own memory, not a retained
+    document, so it starts empty at each gateway start. A tuple replaced whole, so an API
+    thread reads it without the fleet's lock."""
 
     def duplicate_suspected(self, now: float) -> str | None:
         return self.duplicate_id if now < self.duplicate_until else None
@@ -403,6 +430,39 @@ class Fleet:
         # not wait on the other.
         self.history.record(telemetry)
         return True
+
+    def note_serving(
+        self, device_id: str, serving: Mapping[str, Serving], seqs: Mapping[str, int], ts: float
+    ) -> list[HandOver]:
+        """Record who serves each stream of `device_id` now (`serving`; a stream left out is
+        served by nobody any more); returns the hand-overs this makes, which are kept in the
+        twin's bounded log. `seqs`: each stream's last seq, whoever sent it."""
+        made: list[HandOver] = []
+        with self._lock:
+            twin = self._devices.get(device_id)
+            if twin is None:
+                return made
+            before = twin.serving
+            now = dict(serving)
+            for name in sorted(set(before) | set(now)):
+                served = now.get(name, "none")
+                previous = before.get(name)
+                if served == previous or (previous is None and served == "none"):
+                    continue
+                made.append(
+                    HandOver(
+                        ts=ts,
+                        sensor=name,
+                        served_by=served,
+                        previous=previous,
+                        seq=seqs.get(name, 0),
+                        presence=twin.presence.value,
+                    )
+                )
+            twin.serving = now | {name: "none" for name in before if name not in now}
+            if made:
+                twin.handovers = (*twin.handovers, *made)[-HANDOVERS_KEPT:]
+        return made
 
     def last_seqs(self, device_id: str) -> dict[str, int]:
         with self._lock:

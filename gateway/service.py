@@ -41,7 +41,7 @@ from edgetwin.gateway.config import COMPAT_LABEL, GatewayConfig, ManifestDevice
 from edgetwin.gateway.duplicates import DuplicateWatch
 from edgetwin.gateway.engine.controller import EngineController
 from edgetwin.gateway.engine.link import endpoint_from_mqtt
-from edgetwin.gateway.fleet import MAX_VERSION, DeviceTwin, Fleet
+from edgetwin.gateway.fleet import MAX_VERSION, DeviceTwin, Fleet, PresenceState, Serving
 from edgetwin.gateway.history import History
 from edgetwin.gateway.learning import StreamLearning
 from edgetwin.gateway.lograte import LogLimiter
@@ -504,7 +504,35 @@ class GatewayService:
             )
             seqs = self.fleet.last_seqs(twin.id)
             self.standins.serve(twin.id, wanted, seqs)
+            self._note_serving(twin, wanted)
             self._publish_twin(twin, wanted)
+
+    def _note_serving(self, twin: DeviceTwin, simulated: Mapping[str, SensorSettings]) -> None:
+        """Keep the device's hand-over log (shown on its page): who serves each expected
+        stream after this reconcile, and the seq the new server continues after."""
+        online = twin.presence is PresenceState.ONLINE
+        serving: dict[str, Serving] = {
+            name: "simulation" if name in simulated else ("agent" if online else "none")
+            for name in (twin.expected_sensors() if twin.in_manifest else {})
+        }
+        seqs = self.fleet.last_seqs(twin.id)
+        # Every stream's, also one leaving the config: its record says where it stopped.
+        last = {
+            name: max(seqs.get(name, 0), self.standins.last_seq(twin.id, name))
+            for name in set(seqs) | set(serving) | set(twin.serving)
+        }
+        for handover in self.fleet.note_serving(twin.id, serving, last, self.clock()):
+            # Debug: a broker outage hands a whole fleet over at once.
+            log.debug(
+                "hand-over",
+                extra={
+                    "device": twin.id,
+                    "sensor": handover.sensor,
+                    "served_by": handover.served_by,
+                    "previous": handover.previous,
+                    "seq": handover.seq,
+                },
+            )
 
     def _publish_twin(self, twin: DeviceTwin, simulated: Mapping[str, SensorSettings]) -> None:
         if not self.link.connected:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from edgetwin.agent.contract import Server
-from edgetwin.gateway.fleet import ConfigSync, DeviceTwin, Fleet
+from edgetwin.gateway.fleet import ConfigSync, DeviceTwin, Fleet, Serving
 from edgetwin.gateway.history import Series
 from edgetwin.gateway.standins import StandIns
 
@@ -48,6 +48,27 @@ class DeviceView(BaseModel):
     duplicate_id: str | None = None
 
 
+class HandOverView(BaseModel):
+    """One change of who serves a sensor's stream, as the gateway decided it."""
+
+    ts: float
+    sensor: str
+    served_by: Serving
+    previous: Serving | None
+    seq: int
+    presence: str
+
+
+class StatusView(BaseModel):
+    """The agent's last status (birth or last will) as the twin folded it in."""
+
+    state: Literal["online", "offline", "unknown"]
+    reason: str | None
+    boot: int | None
+    session: str | None
+    agent_version: str | None
+
+
 class TwinView(DeviceView):
     # The contract's documents as they are on the wire (DesiredConfig, ReportedConfig,
     # DeviceState in the schemas).
@@ -55,6 +76,13 @@ class TwinView(DeviceView):
     reported: dict[str, Any] | None
     state: dict[str, Any] | None
     delta: dict[str, Any]
+    status: StatusView
+    # The manifest entry's sensors (null for a device not in the manifest): what the device
+    # runs while it has no desired document, and what an edit of its config starts from then.
+    manifest_sensors: dict[str, Any] | None = None
+    # Who served each sensor when, newest last (the gateway's memory since it started, at most
+    # fleet.HANDOVERS_KEPT changes).
+    handovers: list[HandOverView] = []
 
 
 def _sensor_views(twin: DeviceTwin, simulated: set[str]) -> dict[str, SensorView]:
@@ -177,6 +205,27 @@ def twin_view(twin: DeviceTwin, engine: StandIns) -> TwinView:
         reported=twin.reported.to_builtins() if twin.reported else None,
         state=twin.state.to_builtins() if twin.state else None,
         delta=twin.delta(),
+        status=StatusView(
+            state=twin.presence.value,
+            reason=twin.last_reason,
+            boot=twin.boot,
+            session=twin.session,
+            agent_version=twin.agent_version,
+        ),
+        manifest_sensors={n: s.to_builtins() for n, s in twin.manifest_sensors.items()}
+        if twin.in_manifest
+        else None,
+        handovers=[
+            HandOverView(
+                ts=h.ts,
+                sensor=h.sensor,
+                served_by=h.served_by,
+                previous=h.previous,
+                seq=h.seq,
+                presence=h.presence,
+            )
+            for h in twin.handovers
+        ],
     )
 
 

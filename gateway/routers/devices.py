@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Response, status
+from pydantic import BaseModel
 
+from edgetwin.agent.config import MqttSettings
 from edgetwin.agent.contract import ID_PATTERN
 from edgetwin.gateway.auth import Writer
 from edgetwin.gateway.config import ManifestDevice
@@ -70,6 +73,92 @@ def get_history(
             f"no history of sensor {sensor!r} of device {device_id!r}: no reading kept",
         )
     return StructResponse(history_view(device_id, history.points, series))
+
+
+class WatchCommand(BaseModel):
+    title: str
+    command: str
+
+
+class WatchView(BaseModel):
+    device: str
+    broker: str
+    topics: dict[str, str]
+    commands: list[WatchCommand]
+
+
+def watch_view(mqtt: MqttSettings, device_id: str) -> WatchView:
+    """Shell commands that follow one device's messages on the gateway's broker, with the
+    gateway's own prefix, telemetry topic and broker: what an operator types to see what the
+    page shows, straight from the wire. The password is never in them (it comes from
+    EDGETWIN_MQTT_PASSWORD), only the user name and the CA file the gateway uses."""
+    topics = mqtt.topics()
+    everything = f"{topics.prefix}/{device_id}/#"
+    # Every sensor's stream; a template without {sensor} gives the device's one shared topic.
+    telemetry = topics.telemetry(device_id, "+")
+    filters = [everything]
+    if not telemetry.startswith(f"{topics.prefix}/{device_id}/"):
+        filters.append(telemetry)  # a telemetry template outside the prefix: watched too
+    q = shlex.quote
+    watch = ["edgetwin", "watch", "--broker", q(mqtt.url)]
+    sub = ["mosquitto_sub", "-h", q(mqtt.host), "-p", str(mqtt.port)]
+    if mqtt.username:
+        sub += ["-u", q(mqtt.username), "-P", '"$EDGETWIN_MQTT_PASSWORD"']
+    if mqtt.tls is not None and mqtt.tls.ca_file is not None:
+        watch += ["--ca-file", q(str(mqtt.tls.ca_file))]
+        sub += ["--cafile", q(str(mqtt.tls.ca_file))]
+    elif mqtt.tls is not None:
+        sub += ["--capath", "/etc/ssl/certs"]  # the system's CAs, as the gateway uses them
+    for topic in filters:
+        watch += ["--topic", q(topic)]
+    every = " ".join(f"-t {q(t)}" for t in filters)
+    return WatchView(
+        device=device_id,
+        broker=mqtt.url,
+        topics={
+            "all": everything,
+            "status": topics.status(device_id),
+            "state": topics.state(device_id),
+            "desired": topics.desired(device_id),
+            "reported": topics.reported(device_id),
+            "twin": topics.twin(device_id),
+            "telemetry": telemetry,
+        },
+        commands=[
+            WatchCommand(title="every message of the device", command=" ".join(watch)),
+            WatchCommand(
+                title="the same with mosquitto_sub", command=" ".join([*sub, "-v", every])
+            ),
+            WatchCommand(
+                title="its telemetry only",
+                command=" ".join([*sub, "-v", "-t", q(telemetry)]),
+            ),
+            WatchCommand(
+                title="its config: desired (gateway) and reported (agent)",
+                command=" ".join(
+                    [
+                        *sub,
+                        "-v",
+                        "-t",
+                        q(topics.desired(device_id)),
+                        "-t",
+                        q(topics.reported(device_id)),
+                    ]
+                ),
+            ),
+        ],
+    )
+
+
+@router.get(
+    "/{device_id}/watch",
+    responses=NOT_FOUND,
+    summary="Shell commands that follow the device's messages on the broker",
+)
+def get_watch(service: ServiceDep, device_id: DeviceIdPath) -> WatchView:
+    if service.fleet.get(device_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id!r} is not in the fleet")
+    return watch_view(service.config.mqtt, device_id)
 
 
 @router.post(

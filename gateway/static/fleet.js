@@ -338,6 +338,12 @@
     });
   }
 
+  // The device view's panels (device.js) follow the feed through these events: the route,
+  // and every change of the device shown, which they answer by reading its twin again.
+  function announce(name, device) {
+    document.dispatchEvent(new CustomEvent("edgetwin:" + name, { detail: { device } }));
+  }
+
   function onSnapshot(data) {
     count("snapshots");
     state.total = data.total || 0;
@@ -348,6 +354,7 @@
     if (state.device) {
       renderDeviceMeta(state.devices.get(state.device));
       loadHistory(true);
+      announce("device-changed", state.device);
     } else {
       renderDevices();
       if (counters.snapshots === 1) performance.mark("edgetwin-first-table");
@@ -366,6 +373,7 @@
       if (state.device) {
         renderDeviceMeta(device);
         loadHistory(false);
+        announce("device-changed", device.id);
       } else {
         renderRow(device);
       }
@@ -401,6 +409,7 @@
       $("device-meta").textContent = "";
       $("charts").replaceChildren();
     }
+    announce("route", state.device);
     connect();
   }
 
