@@ -18,11 +18,12 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from edgetwin.agent.contract import Telemetry
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig, ManifestDevice
 from edgetwin.testing.agent import EmulatedAgent
 from edgetwin.testing.broker import Broker
-from edgetwin.testing.capture import as_endpoint
+from edgetwin.testing.capture import Capture, as_endpoint
 from edgetwin.testing.gateway import serving
 from edgetwin.testing.waiting import poll
 from tests.browser import Chromium
@@ -196,6 +197,7 @@ def test_charts_move_with_readings_and_show_a_hand_over(broker: Broker, tmp_path
     with (
         serving(create_app(config)) as base,
         live_browser(tmp_path) as browser,
+        Capture(broker, f"edgetwin/{AGENT_DEVICE}/telemetry/+") as readings,
     ):
         agent = EmulatedAgent(
             as_endpoint(broker), one_bme280(AGENT_DEVICE, 0.3), state_dir=tmp_path / "state"
@@ -238,14 +240,25 @@ def test_charts_move_with_readings_and_show_a_hand_over(broker: Broker, tmp_path
                 f".map((c) => Number(c.dataset.seq))) > {first + 2}",
                 what="the chart moving",
             )
+
         # The agent stopped: the gateway stands in. In seq order the chart's points end with
-        # a run of emulated ones followed by simulated ones that continue the agent's
-        # numbering (points simulated before the agent came online may come first).
-        last_real = max_seq(browser, "emulated")
+        # a run of emulated ones, up to the agent's last reading as the broker carried it,
+        # followed by simulated ones that continue the agent's numbering (points simulated
+        # before the agent came online may come first).
+        def decoded() -> list[Telemetry]:
+            return [Telemetry.decode(m.payload) for m in readings.messages()]
+
+        poll(
+            lambda: [r.source for r in decoded()][-2:] == ["simulated", "simulated"],
+            timeout=15,
+            what="the stand-in's readings on the broker",
+        )
+        last_real = max(r.seq for r in decoded() if r.source == "emulated")
         browser.wait_for(
-            f"[...document.querySelectorAll('{CHART} circle[data-source=simulated]')]"
+            f"document.querySelector('{CHART} circle[data-source=emulated]"
+            f"[data-seq=\"{last_real}\"]') && [...document.querySelectorAll('{CHART} circle[data-source=simulated]')]"
             f".filter((c) => Number(c.dataset.seq) > {last_real}).length >= 2",
-            what="simulated points after the hand-over",
+            what="the agent's last reading and simulated points after the hand-over",
         )
         points = browser.evaluate(
             f"[...document.querySelectorAll('{CHART} circle.pt')]"

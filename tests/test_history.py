@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from edgetwin.agent.contract import Anomaly, Source, Telemetry, Value
+from edgetwin.agent.contract import Anomaly, Presence, Source, Status, Telemetry, Value
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig, ManifestDevice
 from edgetwin.gateway.history import History
@@ -128,6 +129,17 @@ def test_history_api_from_readings_on_the_broker(broker: Broker) -> None:
     with TestClient(create_app(history_config(broker))) as client:
         service = client.app.state.service  # type: ignore[attr-defined]
         poll(lambda: service.link.connected, 10, what="gateway connected")
+        # A birth heard live: the device is online, so no stand-in adds simulated readings.
+        birth = Status(
+            device="dev-1",
+            state=Presence.ONLINE,
+            ts=time.time(),
+            boot=1,
+            agent_version="test",
+            reason="birth",
+        )
+        publish(broker, "edgetwin/dev-1/status", birth.encode(), retain=True)
+        poll(lambda: client.get("/devices/dev-1").json()["presence"] == "online", 10)
         for seq in range(1, 61):
             publish(broker, "edgetwin/dev-1/telemetry/env", reading(seq).encode())
 
