@@ -256,7 +256,8 @@ def test_charts_move_with_readings_and_show_a_hand_over(broker: Broker, tmp_path
         last_real = max(r.seq for r in decoded() if r.source == "emulated")
         browser.wait_for(
             f"document.querySelector('{CHART} circle[data-source=emulated]"
-            f"[data-seq=\"{last_real}\"]') && [...document.querySelectorAll('{CHART} circle[data-source=simulated]')]"
+            f'[data-seq="{last_real}"]\')'
+            f" && [...document.querySelectorAll('{CHART} circle[data-source=simulated]')]"
             f".filter((c) => Number(c.dataset.seq) > {last_real}).length >= 2",
             what="the agent's last reading and simulated points after the hand-over",
         )
