@@ -52,6 +52,12 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between readings")
     parser.add_argument("--seconds", type=float, default=20.0, help="live feed measured")
     parser.add_argument("--loads", type=int, default=3)
+    parser.add_argument(
+        "--screenshots",
+        type=Path,
+        help="directory to save the fleet table and a device's view at this fleet size into "
+        "(fleet-N.png, device-N.png)",
+    )
     args = parser.parse_args()
     binary = chromium_binary()
     if binary is None:
@@ -157,6 +163,10 @@ def main() -> None:
                     )
                 )
 
+                if args.screenshots is not None:
+                    args.screenshots.mkdir(parents=True, exist_ok=True)
+                    browser.screenshot(args.screenshots / f"fleet-{args.devices}.png")
+
                 started_view = time.monotonic()
                 browser.navigate(f"{base}/#/device/dev-00042")
                 browser.wait_for(
@@ -168,6 +178,8 @@ def main() -> None:
                         f"{(time.monotonic() - started_view) * 1e3:.0f} ms",
                     )
                 )
+                if args.screenshots is not None:
+                    browser.screenshot(args.screenshots / f"device-{args.devices}.png")
     finally:
         broker.close()
     width = max(len(name) for name, _ in rows)
