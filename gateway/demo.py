@@ -8,6 +8,8 @@ few seconds after the gateway, so its device is first simulated and then handed 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -24,6 +26,7 @@ from edgetwin.agent.config import (
     AgentMqttSettings,
     AgentSection,
     MqttSettings,
+    Secret,
 )
 from edgetwin.agent.contract import SensorBackend, SensorSettings
 from edgetwin.agent.logs import configure_logging
@@ -31,6 +34,7 @@ from edgetwin.agent.runtime import Agent
 from edgetwin.gateway.broker import free_port, start_embedded_broker
 from edgetwin.gateway.cli import serve
 from edgetwin.gateway.config import (
+    ApiSection,
     GatewayConfig,
     GatewayMqttSettings,
     GatewayObservability,
@@ -77,8 +81,12 @@ def run_demo(
             ManifestDevice(id=f"sim-{i:03d}", sensors=default_sensors(2.0), site="demo")
             for i in range(simulated_devices)
         ]
+        # Writes (the page's config form, devices, the engine panel) need a token; one made
+        # for this run and printed, unless the environment names one.
+        token = os.environ.get("EDGETWIN_API_TOKEN") or secrets.token_urlsafe(12)
         gateway_config = GatewayConfig(
             mqtt=mqtt.recast(GatewayMqttSettings),
+            api=ApiSection(token=Secret(token)),
             observability=GatewayObservability(),
             server=ServerSection(host="127.0.0.1", port=port),
             devices=[
@@ -109,7 +117,7 @@ def run_demo(
             args=(
                 server,
                 lambda: _print_banner(
-                    embedded.host, embedded.port, port, embedded.protocol, agent_delay
+                    embedded.host, embedded.port, port, embedded.protocol, agent_delay, token=token
                 ),
             ),
             daemon=True,
@@ -141,7 +149,7 @@ def _banner_when_serving(server: uvicorn.Server, show: Callable[[], None]) -> No
 
 
 def _print_banner(
-    host: str, broker_port: int, api_port: int, protocol: str, agent_delay: float
+    host: str, broker_port: int, api_port: int, protocol: str, agent_delay: float, *, token: str
 ) -> None:
     edgetwin = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "edgetwin" else "edgetwin"
     lines = [
@@ -150,6 +158,7 @@ def _print_banner(
         f"  broker      mqtt://{host}:{broker_port} (MQTT {protocol})",
         f"  fleet page  http://127.0.0.1:{api_port}/",
         f"  API         http://127.0.0.1:{api_port}/devices   (docs: /docs, metrics: /metrics)",
+        f"  API token   {token}   (writes; the page asks for it once per tab)",
         f"  devices     {AGENT_DEVICE} (agent on emulated BME280s, joins in {agent_delay:g} s)"
         " and simulated sim-*",
         "",

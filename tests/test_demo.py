@@ -71,6 +71,7 @@ def demo(request: pytest.FixtureRequest) -> Iterator[subprocess.Popen[str]]:
 def test_demo_runs_a_mixed_fleet_and_stops_on_ctrl_c(demo: subprocess.Popen[str]) -> None:
     broker = banner_line(demo, r"mqtt://127\.0\.0\.1:(\d+)")
     api = banner_line(demo, r"(http://127\.0\.0\.1:\d+)/devices")[1]
+    token = banner_line(demo, r"API token\s+(\S+)")[1]
     subscriber_command = banner_line(demo, r"edgetwin watch --broker mqtt://127\.0\.0\.1:(\d+)")
     assert subscriber_command[1] == broker[1]
 
@@ -104,6 +105,15 @@ def test_demo_runs_a_mixed_fleet_and_stops_on_ctrl_c(demo: subprocess.Popen[str]
         check=True,
     )
     assert watch.stdout.count('"source":"emulated"') == 2
+    # The page's writes work with the printed token, and only with it.
+    change = {"sensors": {"env": {"interval": 3}}}
+    assert httpx.patch(f"{api}/devices/demo-pi/desired", json=change).status_code == 401
+    changed = httpx.patch(
+        f"{api}/devices/demo-pi/desired",
+        json=change,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert changed.status_code == 200, changed.text
 
     demo.send_signal(signal.SIGINT)
     stdout, stderr = demo.communicate(timeout=30)
