@@ -14,6 +14,7 @@ panel. Headless Chromium (tests/browser.py's DevTools driver) then saves:
 
 - fleet.png: the fleet table;
 - device.png: demo-pi's charts, simulated by the gateway and then read by the agent;
+- device-twin.png: demo-pi's desired-config form, twin documents and hand-over log;
 - device-fault.png: device_001's charts with the injected fault's band;
 - engine.png: the engine panel with its live charts.
 """
@@ -207,6 +208,14 @@ def main() -> None:
                 what="demo-pi's charts with the hand-over",
             )
             shoot(browser, args.out, "device.png")
+            browser.wait_for(
+                "document.querySelectorAll('#twin-docs dl, #twin-docs table').length > 0"
+                " && document.querySelectorAll('#desired-editor input').length > 0",
+                what="demo-pi's twin documents and config form",
+            )
+            browser.evaluate("document.getElementById('desired-panel').scrollIntoView(); true")
+            shoot(browser, args.out, "device-twin.png")
+            browser.evaluate("window.scrollTo(0, 0); true")
 
             browser.navigate(f"{base}/#/device/{ENGINE_DEVICE}")
             browser.wait_for(

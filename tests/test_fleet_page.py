@@ -94,16 +94,34 @@ def test_page_and_assets_are_served(broker: Broker) -> None:
         assert "/" not in client.get("/openapi.json").json()["paths"]
 
 
-def test_script_never_writes_markup_from_data() -> None:
-    """Device ids, sites and labels come from the network: only textContent may carry them."""
-    script = (STATIC / "fleet.js").read_text()
-    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
-        assert sink not in script, f"fleet.js uses {sink}"
-    for asset in ("index.html", "fleet.js", "fleet.css"):
+def test_static_assets_write_no_markup_from_data_and_name_no_server() -> None:
+    """Device ids, sites and labels come from the network: only textContent may carry them.
+    Every script and style sheet of the page, as served from gateway/static."""
+    scripts = sorted(STATIC.glob("*.js"))
+    assert {p.name for p in scripts} >= {"common.js", "fleet.js", "device.js", "engine.js"}
+    for path in scripts:
+        script = path.read_text()
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+            assert sink not in script, f"{path.name} uses {sink}"
+    page = (STATIC / "index.html").read_text()
+    # Deferred scripts run in document order: common.js (window.Edgetwin) before its users.
+    order = re.findall(r'<script src="static/([a-z]+\.js)" defer>', page)
+    assert order[0] == "common.js", order
+    assert sorted(order) == sorted(p.name for p in scripts), order
+    for path in [STATIC / "index.html", *scripts, *STATIC.glob("*.css")]:
         # SVG's namespace is a name, not a server the page talks to.
-        text = (STATIC / asset).read_text().replace('"http://www.w3.org/2000/svg"', "")
-        assert "http://" not in text, f"{asset} names a server: no CDN, relative URLs only"
-        assert "https://" not in text, f"{asset} names a server: no CDN, relative URLs only"
+        text = path.read_text().replace('"http://www.w3.org/2000/svg"', "")
+        assert "http://" not in text, f"{path.name} names a server: no CDN, relative URLs only"
+        assert "https://" not in text, f"{path.name} names a server: no CDN, relative URLs only"
+    for sheet in STATIC.glob("*.css"):
+        # An unclosed rule swallows every rule after it without any error in the browser.
+        depth = 0
+        for number, line in enumerate(
+            re.sub(r"/\*.*?\*/", "", sheet.read_text(), flags=re.S).splitlines(), 1
+        ):
+            depth += line.count("{") - line.count("}")
+            assert depth >= 0, f"{sheet.name}:{number}: a brace closes nothing"
+        assert depth == 0, f"{sheet.name}: a rule is never closed"
 
 
 # --- in a real browser -------------------------------------------------------------------------
