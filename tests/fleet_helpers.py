@@ -7,8 +7,11 @@ Starting them (agents, gateways, processes, threads) and waiting on them is in
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from edgetwin.agent.config import AgentMqttSettings, MqttSettings
 from edgetwin.agent.contract import SensorSettings
@@ -74,3 +77,17 @@ def agent_toml(
 def payload(message: Message) -> dict[str, object]:
     decoded: dict[str, object] = json.loads(message.payload)
     return decoded
+
+
+def sse_events(response: httpx.Response) -> Iterator[tuple[str, Any]]:
+    """(event, data) pairs as they arrive; comments and `retry` lines skipped."""
+    kind, data = "message", ""
+    for line in response.iter_lines():
+        if not line:
+            if data:
+                yield kind, json.loads(data)
+            kind, data = "message", ""
+        elif line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            data += line[6:]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from edgetwin.testing.gateway import serving
 from edgetwin.testing.waiting import poll
 from tests.browser import Chromium
 from tests.browser import chromium_binary as find_chromium
-from tests.fleet_helpers import mqtt_settings
+from tests.fleet_helpers import mqtt_settings, sse_events
 
 pytestmark = pytest.mark.integration
 
@@ -62,19 +61,6 @@ def test_the_panel_script_is_served(broker: Broker) -> None:
 def status(base: str) -> dict[str, Any]:
     answer: dict[str, Any] = httpx.get(f"{base}/engine/status", timeout=5).json()
     return answer
-
-
-def sse_events(response: httpx.Response) -> Iterator[tuple[str, Any]]:
-    kind, data = "message", ""
-    for line in response.iter_lines():
-        if not line:
-            if data:
-                yield kind, json.loads(data)
-            kind, data = "message", ""
-        elif line.startswith("event: "):
-            kind = line[7:]
-        elif line.startswith("data: "):
-            data += line[6:]
 
 
 def test_the_engine_feed_pushes_status_and_points(broker: Broker) -> None:

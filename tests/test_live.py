@@ -21,7 +21,7 @@ from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import connect_client, disconnect_client
 from edgetwin.testing.gateway import serving
 from edgetwin.testing.waiting import poll
-from tests.fleet_helpers import bme280, mqtt_settings
+from tests.fleet_helpers import bme280, mqtt_settings, sse_events
 
 pytestmark = pytest.mark.integration
 
@@ -50,20 +50,6 @@ def reading(device: str, seq: int) -> bytes:
         source=Source.EMULATED,
         values={"temperature": Value(value=20.0 + seq, unit="°C")},
     ).encode()
-
-
-def sse_events(response: httpx.Response) -> Iterator[tuple[str, Any]]:
-    """(event, data) pairs as they arrive; comments and `retry` lines skipped."""
-    kind, data = "message", ""
-    for line in response.iter_lines():
-        if not line:
-            if data:
-                yield kind, json.loads(data)
-            kind, data = "message", ""
-        elif line.startswith("event: "):
-            kind = line[7:]
-        elif line.startswith("data: "):
-            data += line[6:]
 
 
 def next_event(events: Iterator[tuple[str, Any]], kind: str, deadline: float) -> Any:

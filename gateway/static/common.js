@@ -61,6 +61,37 @@
     return "src-" + lookup(READING_SOURCES, source, "none");
   }
 
+  // The frame both charts share: the y axis's top and bottom values (the top one with the
+  // unit, if given), the time axis's first and last moments, and the two axis lines.
+  function axisFrame(frame) {
+    const { width, height, pad, low, high, t0, t1 } = frame;
+    const axis = svg("g", { class: "axis" });
+    const label = (text, attrs) => {
+      const node = svg("text", attrs);
+      node.textContent = text;
+      axis.append(node);
+    };
+    const unit = frame.unit ? " " + frame.unit : "";
+    label(formatNumber(high) + unit, { x: pad.left - 6, y: pad.top + 8, "text-anchor": "end" });
+    label(formatNumber(low), { x: pad.left - 6, y: height - pad.bottom, "text-anchor": "end" });
+    label(new Date(t0 * 1000).toLocaleTimeString(), { x: pad.left, y: height - 6 });
+    label(new Date(t1 * 1000).toLocaleTimeString(), {
+      x: width - pad.right,
+      y: height - 6,
+      "text-anchor": "end",
+    });
+    axis.append(
+      svg("line", { x1: pad.left, x2: pad.left, y1: pad.top, y2: height - pad.bottom }),
+      svg("line", {
+        x1: pad.left,
+        x2: width - pad.right,
+        y1: height - pad.bottom,
+        y2: height - pad.bottom,
+      }),
+    );
+    return axis;
+  }
+
   // One quantity over time: a line, one dot per reading coloured by its source, and a band
   // over the readings an injected fault's label marks.
   function chart(series, column) {
@@ -106,30 +137,7 @@
       root.append(band);
       i = j + 1;
     }
-    const axis = svg("g", { class: "axis" });
-    const label = (text, attrs) => {
-      const node = svg("text", attrs);
-      node.textContent = text;
-      axis.append(node);
-    };
-    label(formatNumber(high), { x: pad.left - 6, y: pad.top + 8, "text-anchor": "end" });
-    label(formatNumber(low), { x: pad.left - 6, y: height - pad.bottom, "text-anchor": "end" });
-    label(new Date(t0 * 1000).toLocaleTimeString(), { x: pad.left, y: height - 6 });
-    label(new Date(t1 * 1000).toLocaleTimeString(), {
-      x: width - pad.right,
-      y: height - 6,
-      "text-anchor": "end",
-    });
-    axis.append(
-      svg("line", { x1: pad.left, x2: pad.left, y1: pad.top, y2: height - pad.bottom }),
-      svg("line", {
-        x1: pad.left,
-        x2: width - pad.right,
-        y1: height - pad.bottom,
-        y2: height - pad.bottom,
-      }),
-    );
-    root.append(axis);
+    root.append(axisFrame({ width, height, pad, low, high, t0, t1 }));
     let path = "";
     let pen = "M";
     values.forEach((v, k) => {
@@ -187,31 +195,7 @@
     const gap = opts.gap || Infinity;
     const x = (t) => pad.left + ((t - t0) / span) * (width - pad.left - pad.right);
     const y = (v) => pad.top + (1 - (v - low) / (high - low)) * (height - pad.top - pad.bottom);
-    const axis = svg("g", { class: "axis" });
-    const label = (text, attrs) => {
-      const node = svg("text", attrs);
-      node.textContent = text;
-      axis.append(node);
-    };
-    const unit = opts.unit ? " " + opts.unit : "";
-    label(formatNumber(high) + unit, { x: pad.left - 6, y: pad.top + 8, "text-anchor": "end" });
-    label(formatNumber(low), { x: pad.left - 6, y: height - pad.bottom, "text-anchor": "end" });
-    label(new Date(t0 * 1000).toLocaleTimeString(), { x: pad.left, y: height - 6 });
-    label(new Date(t1 * 1000).toLocaleTimeString(), {
-      x: width - pad.right,
-      y: height - 6,
-      "text-anchor": "end",
-    });
-    axis.append(
-      svg("line", { x1: pad.left, x2: pad.left, y1: pad.top, y2: height - pad.bottom }),
-      svg("line", {
-        x1: pad.left,
-        x2: width - pad.right,
-        y1: height - pad.bottom,
-        y2: height - pad.bottom,
-      }),
-    );
-    root.append(axis);
+    root.append(axisFrame({ width, height, pad, low, high, t0, t1, unit: opts.unit }));
     for (const line of lines) {
       let path = "";
       let pen = "M";
