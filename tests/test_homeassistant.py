@@ -39,6 +39,7 @@ from edgetwin.hardware.registry import DRIVERS, reading_quantities
 from edgetwin.hardware.sensor import Quantity
 from edgetwin.testing.agent_fixtures import AgentFactory, GatewayFactory
 from edgetwin.testing.broker import Broker
+from edgetwin.testing.broker_fixtures import BrokerFactory
 from edgetwin.testing.capture import Capture, Message, publish
 from edgetwin.testing.endpoint import MqttEndpoint
 from edgetwin.testing.waiting import poll
@@ -637,3 +638,31 @@ def test_disabled_by_default_nothing_is_published(
 
 def _bme280(interval: float) -> dict[str, Any]:
     return {"sensors": {"env": {"driver": "bme280", "address": 0x76, "interval": interval}}}
+
+
+@pytest.mark.integration
+def test_under_the_broker_acl_an_agent_and_the_gateway_may_write_their_configs(
+    broker_factory: BrokerFactory,
+    edgetwin_gateway: GatewayFactory,
+    edgetwin_agent: AgentFactory,
+) -> None:
+    """`edgetwin broker-acl` lets a device write and read back its own node's configs, the
+    gateway write any device's, and the reader (Home Assistant's identity) read them."""
+    acl = broker_factory(acl_devices=["ha-acl", "ha-acl-sim"])
+    with Capture(acl.reader_endpoint, ["homeassistant/#"]) as sub:
+        agent = edgetwin_agent(
+            {"agent": {"device_id": "ha-acl"}, "homeassistant": {"enabled": True}, **_bme280(1)},
+            broker=acl,
+        )
+        own = "homeassistant/sensor/ha-acl/env-temperature/config"
+        sub.wait_for(own)
+        discovery = agent.agent.discovery
+        assert discovery is not None
+        poll(lambda: own in discovery.retained, timeout=10, what="the agent's config read back")
+        edgetwin_gateway(
+            [{"id": "ha-acl-sim", "sensors": {"env": {"driver": "bme280"}}}],
+            broker=acl,
+            config={"homeassistant": {"enabled": True}},
+        )
+        sub.wait_for("homeassistant/sensor/ha-acl-sim/env-temperature/config")
+    assert agent.agent.link.rejected == 0
