@@ -245,6 +245,19 @@ class ObservabilitySettings(Section, frozen=True):
         check_host(self.prometheus_host, "prometheus_host")
 
 
+class HomeAssistantSettings(Section, frozen=True):
+    """`[homeassistant]`: MQTT discovery configs for Home Assistant (agent/homeassistant.py).
+
+    Off by default: the configs are retained documents on the broker outside the prefix, which
+    nobody should find there without asking for them."""
+
+    enabled: bool = False
+    # Home Assistant's own default; change it only where its MQTT integration was changed too.
+    discovery_prefix: Annotated[
+        str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}$")
+    ] = "homeassistant"
+
+
 class AgentSection(Section, frozen=True):
     device_id: DeviceId
     # Outbox, boot counter, last applied config; default: systemd's StateDirectory, else
@@ -280,6 +293,7 @@ class AgentConfig(Section, frozen=True):
     mqtt: AgentMqttSettings = msgspec.field(default_factory=AgentMqttSettings)
     outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
     observability: AgentObservability = msgspec.field(default_factory=AgentObservability)
+    homeassistant: HomeAssistantSettings = msgspec.field(default_factory=HomeAssistantSettings)
     sensors: dict[SensorName, SensorSettings] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -42,6 +42,7 @@ from edgetwin.agent.contract import (
     Value,
 )
 from edgetwin.agent.desired import AlreadyApplied, DesiredStore, Rejection, validate_desired
+from edgetwin.agent.homeassistant import AGENT_ORIGIN, AgentDiscovery, DeviceDescription, Discovery
 from edgetwin.agent.metrics import AgentMetrics, NoMetrics, PrometheusMetrics
 from edgetwin.agent.mqtt import Delivery, Message, MqttLink, PublishError, Will
 from edgetwin.agent.outbox import Outbox, OutboxError
@@ -264,6 +265,15 @@ class Agent:
         self._storage_retry_at = 0.0
         self._unstored_inflight: list[Delivery] = []
         self._depth = 0
+        self.discovery = self._discovery(config)
+
+    def _discovery(self, config: AgentConfig) -> AgentDiscovery | None:
+        """Home Assistant discovery (agent/homeassistant.py), when `[homeassistant]` enables it."""
+        ha = config.homeassistant
+        if not ha.enabled:
+            return None
+        builder = Discovery(self.topics, ha.discovery_prefix, AGENT_ORIGIN, self.version)
+        return AgentDiscovery(builder, self.device)
 
     # -- identity and documents ----------------------------------------------------------------
 
@@ -406,6 +416,8 @@ class Agent:
         }
         self._schedule = [_Due(kept.get(name, now), self._generation, name) for name in self.slots]
         heapq.heapify(self._schedule)
+        if self.discovery is not None:
+            self.discovery.due = True
 
     def _read(self, slot: SensorSlot) -> None:
         if slot.sensor is None:
@@ -472,6 +484,10 @@ class Agent:
                 message = self._inbox.get_nowait()
             except queue.Empty:
                 return
+            if self.discovery is not None and self.discovery.owns(message.topic):
+                if self.discovery.note(message.topic, message.payload):
+                    self.discovery.due = True  # a gateway took this device over: stand back
+                continue
             if not message.payload:
                 continue  # a cleared retained document: nothing to apply, keep what runs
             if message.topic == self.topics.desired(self.device):
@@ -496,6 +512,9 @@ class Agent:
             return
         if twin.device != self.device:
             return
+        if self.discovery is not None and twin.site != self.discovery.site:
+            self.discovery.site = twin.site  # the area Home Assistant suggests for the device
+            self.discovery.due = True
         for name, serving in twin.sensors.items():
             try:
                 self.outbox.raise_seq(name, serving.seq)
@@ -574,6 +593,54 @@ class Agent:
                 self.topics.state(self.device), self._state_document(), qos=1, retain=True
             )
 
+    # -- Home Assistant discovery ---------------------------------------------------------------
+
+    def _publish_discovery_if_due(self) -> None:
+        """Make the broker hold exactly this agent's discovery configs: after each connection
+        (a broker without persistence lost them), and when the sensors or the site change;
+        configs of sensors no longer run are deleted (an empty retained payload).
+
+        Only once the broker has replayed what it holds on our node (the subscription's
+        retained messages, RETAINED_GRACE after the SUBACK): a config there that a gateway
+        wrote means the gateway owns this device's configs, and the agent leaves them alone.
+
+        QoS 0: each connection publishes them all again, so none needs a redelivery, and a
+        QoS 1 burst would take places in the broker's Receive Maximum from the readings.
+        """
+        discovery = self.discovery
+        if discovery is None or not self.link.connected:
+            return
+        if self.link.connect_count != discovery.connection:
+            discovery.new_connection(self.link.connect_count, time.monotonic())
+        if not discovery.due or not self.link.wait_subscribed(0):
+            return
+        if time.monotonic() - discovery.noticed < RETAINED_GRACE:
+            return  # `_next_wait` wakes the loop when the grace is over
+        discovery.due = False
+        was_yielded = discovery.yielded
+        messages = discovery.messages(
+            DeviceDescription(
+                device=self.device,
+                sensors={name: slot.settings for name, slot in self.slots.items()},
+                site=discovery.site,
+                agent_version=self.version,
+            )
+        )
+        if discovery.yielded and not was_yielded:
+            log.info(
+                "a gateway publishes this device's Home Assistant discovery; the agent leaves "
+                "it to the gateway",
+                extra={"device": self.device},
+            )
+        for topic, payload in messages:
+            try:
+                self.link.publish(topic, payload, qos=0, retain=True)
+            except PublishError as exc:
+                log.warning("discovery config not published", extra={"error": str(exc)})
+                discovery.due = True
+                return
+            discovery.sent[topic] = payload
+
     def _next_wait(self) -> float:
         now = self.clock()
         wait = IDLE_WAIT
@@ -583,6 +650,11 @@ class Agent:
             wait = min(wait, 0.01)
         if self.outbox.uncommitted:
             wait = min(wait, self.config.outbox.commit_interval)
+        if self.discovery is not None and self.discovery.due and self.link.connected:
+            # Discovery waits for the SUBACK and the retained grace, neither of which wakes
+            # the loop: look again soon.
+            grace_left = self.discovery.noticed + RETAINED_GRACE - time.monotonic()
+            wait = min(wait, max(0.05, grace_left))
         return max(wait, 0.0)
 
     def _watchdog_if_due(self) -> float:
@@ -656,10 +728,16 @@ class Agent:
                 applied_version=self.applied_version,
             )
         # Only our own desired document configures us; our twin document tells where the
-        # gateway's simulation left our streams.
-        self.link.subscribe(
-            [self.topics.desired(self.device), self.topics.twin(self.device), self.topics.rebirth()]
-        )
+        # gateway's simulation left our streams; our node's discovery configs, which of them
+        # are on the broker and who wrote them.
+        filters = [
+            self.topics.desired(self.device),
+            self.topics.twin(self.device),
+            self.topics.rebirth(),
+        ]
+        if self.discovery is not None:
+            filters.append(self.discovery.discovery.node_filter(self.device))
+        self.link.subscribe(filters)
         self.link.start()
         # Ready once config is loaded and the outbox open: readings are kept from now on,
         # whether or not the broker answers.
@@ -676,6 +754,7 @@ class Agent:
             except OutboxError as exc:
                 self._storage_failed(exc)
             self._publish_state_if_due()
+            self._publish_discovery_if_due()
             wait = min(self._next_wait(), self._watchdog_if_due())
             if wait > 0:
                 self._wake.wait(wait)

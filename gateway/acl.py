@@ -61,8 +61,14 @@ def password_line(username: str, password: str, *, salt: bytes | None = None) ->
     return f"{username}:$7${PBKDF2_ROUNDS}${encoded[0]}${encoded[1]}"
 
 
-def acl_text(topics: Topics, *, engine_status: bool = False) -> str:
+def acl_text(
+    topics: Topics, *, engine_status: bool = False, discovery_prefix: str = "homeassistant"
+) -> str:
     """The ACL file for one prefix and telemetry template.
+
+    Home Assistant's discovery configs (`discovery_prefix`, agent/homeassistant.py) follow the
+    same rule: a device writes, and reads back, only its own node's; the gateway writes any
+    device's; the reader, which Home Assistant can log in as, reads them all.
 
     `engine_status` lets the engine write every device's status, which a scenario's `offline`
     fault needs; it also lets the engine's identity take a live agent offline in the twin, so
@@ -90,6 +96,7 @@ def acl_text(topics: Topics, *, engine_status: bool = False) -> str:
         f"pattern read {topics.desired(_DEVICE)}",
         f"pattern read {topics.twin(_DEVICE)}",
         f"pattern read {topics.rebirth()}",
+        f"pattern readwrite {discovery_prefix}/+/{_DEVICE}/+/config",
     ]
     everything = [f"{topics.prefix}/#"]
     if not telemetry_all.startswith(topics.prefix + "/"):
@@ -104,6 +111,7 @@ def acl_text(topics: Topics, *, engine_status: bool = False) -> str:
         f"topic write {topics.rebirth()}",
         f"topic write {topics.all_twin_index()}",
         f"topic write {topics.probe('+')}",
+        f"topic write {discovery_prefix}/+/+/+/config",
         "",
         "# The simulation engine (workers, stand-ins): simulated readings and fault labels.",
         f"user {ENGINE_USER}",
@@ -117,6 +125,7 @@ def acl_text(topics: Topics, *, engine_status: bool = False) -> str:
         "# Readers (dashboards, edgetwin record/watch): everything, read only.",
         f"user {READER_USER}",
         *(f"topic read {topic}" for topic in everything),
+        f"topic read {discovery_prefix}/#",
     ]
     return "\n".join(lines) + "\n"
 
@@ -208,6 +217,7 @@ def write_broker_files(
     install_dir: Path | None = None,
     listener: Listener = Listener(),
     engine_status: bool = False,
+    discovery_prefix: str = "homeassistant",
 ) -> Written:
     """Write the ACL, password, credentials and mosquitto.conf files into `out`.
 
@@ -277,7 +287,8 @@ def write_broker_files(
         password_line(READER_USER, reader_password),
     ]
     _write(out / "passwords", "\n".join(lines) + "\n", 0o600)
-    _write(out / "acl", acl_text(topics, engine_status=engine_status), 0o644)
+    acl = acl_text(topics, engine_status=engine_status, discovery_prefix=discovery_prefix)
+    _write(out / "acl", acl, 0o644)
     install = install_dir if install_dir is not None else out.resolve()
     _write(out / "mosquitto.conf", mosquitto_conf(install, listener), 0o644)
     listed = set(ids)
@@ -328,6 +339,7 @@ def broker_acl_command(
             install_dir=install_dir,
             listener=listener,
             engine_status=engine_status,
+            discovery_prefix=config.homeassistant.discovery_prefix,
         )
     except (ConfigError, ContractError, ValueError, OSError) as exc:
         print(f"edgetwin broker-acl: {exc}", file=sys.stderr)

@@ -29,6 +29,7 @@ import msgspec
 
 from edgetwin.agent.config import (
     ENV_OVERRIDES,
+    HomeAssistantSettings,
     MqttSettings,
     ObservabilitySettings,
     Secret,
@@ -341,6 +342,8 @@ class GatewayConfig(Section, frozen=True):
     live: LiveSection = msgspec.field(default_factory=LiveSection)
     # The scale engine for purely simulated fleets (/engine routes).
     engine: EngineSection = msgspec.field(default_factory=EngineSection)
+    # Home Assistant discovery for the manifest's devices, simulated ones included.
+    homeassistant: HomeAssistantSettings = msgspec.field(default_factory=HomeAssistantSettings)
     devices: list[ManifestDevice] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:

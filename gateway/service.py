@@ -35,7 +35,14 @@ from edgetwin.agent.contract import (
     TwinSummary,
     Value,
 )
+from edgetwin.agent.homeassistant import (
+    GATEWAY_ORIGIN,
+    DeviceDescription,
+    Discovery,
+    PublishedConfigs,
+)
 from edgetwin.agent.mqtt import Message, MqttLink
+from edgetwin.agent.runtime import agent_version
 from edgetwin.agent.tracing import Tracing
 from edgetwin.gateway.config import COMPAT_LABEL, GatewayConfig, ManifestDevice
 from edgetwin.gateway.duplicates import DuplicateWatch
@@ -119,6 +126,14 @@ class GatewayService:
         self.fleet.subscribe(self._reconcile)
         self._reconcile_lock = threading.RLock()
         self._published_twins: dict[str, TwinSummary] = {}
+        # Home Assistant discovery of the manifest's devices (agent/homeassistant.py).
+        ha = config.homeassistant
+        self.discovery = (
+            Discovery(self.topics, ha.discovery_prefix, GATEWAY_ORIGIN, agent_version())
+            if ha.enabled
+            else None
+        )
+        self._discovery_sent = PublishedConfigs()
         self._grace_over = threading.Event()
         self._index = TwinIndexKeeper(self.topics, self._publish_retained)
         # Each connection's rebuild (`_rebuild`) runs in a thread of its own; a newer
@@ -209,6 +224,7 @@ class GatewayService:
         connected = time.monotonic()
         with self._reconcile_lock:
             self._published_twins.clear()
+            self._discovery_sent.invalidate()
         link.publish(
             self.topics.rebirth(), RebirthRequest(ts=self.clock()).encode(), qos=1, retain=False
         )
@@ -298,6 +314,7 @@ class GatewayService:
             self._settling.clear()
             for twin in self.fleet.snapshot():
                 self._reconcile(twin)
+            self._sweep_discovery()
 
     def _on_message(self, message: Message) -> None:
         try:
@@ -506,6 +523,7 @@ class GatewayService:
             self.standins.serve(twin.id, wanted, seqs)
             self._note_serving(twin, wanted)
             self._publish_twin(twin, wanted)
+            self._publish_discovery(twin, wanted)
 
     def _note_serving(self, twin: DeviceTwin, simulated: Mapping[str, SensorSettings]) -> None:
         """Keep the device's hand-over log (shown on its page): who serves each expected
@@ -564,6 +582,39 @@ class GatewayService:
             return
         self._published_twins[twin.id] = summary
         self.link.publish(self.topics.twin(twin.id), summary.encode(), qos=1, retain=True)
+
+    def _publish_discovery(self, twin: DeviceTwin, simulated: Mapping[str, SensorSettings]) -> None:
+        """Home Assistant's configs of a manifest device, published where they changed: its
+        expected sensors, those the simulation serves flagged as simulated, its site and its
+        agent's version; and deleted (empty retained payloads) when it leaves the manifest.
+        Caller holds the reconcile lock."""
+        if self.discovery is None or not self.link.connected:
+            return
+        if not twin.in_manifest:
+            messages = self._discovery_sent.remove(twin.id)
+        else:
+            description = DeviceDescription(
+                device=twin.id,
+                sensors=twin.expected_sensors(),
+                simulated=frozenset(simulated),
+                site=twin.site,
+                agent_version=twin.agent_version,
+            )
+            messages = self._discovery_sent.changes(twin.id, self.discovery.configs(description))
+        for topic, payload in messages:
+            self.link.publish(topic, payload, qos=1, retain=True)
+
+    def _sweep_discovery(self) -> None:
+        """Delete the configs of devices that left the manifest while the broker was away
+        (their twin may be gone from the fleet, and is never reconciled again)."""
+        if self.discovery is None:
+            return
+        with self._reconcile_lock:
+            for device in self._discovery_sent.devices():
+                twin = self.fleet.get(device)
+                if twin is None or not twin.in_manifest:
+                    for topic, payload in self._discovery_sent.remove(device):
+                        self.link.publish(topic, payload, qos=1, retain=True)
 
     # -- manifest and desired config (the API's write side) -----------------------------------
 

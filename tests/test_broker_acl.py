@@ -115,6 +115,7 @@ def test_the_acl_follows_prefix_and_telemetry_template() -> None:
     assert "pattern write sensors/%u\n" in text
     assert "pattern write site/a/%u/status\n" in text
     assert "pattern read site/a/%u/config/desired\n" in text
+    assert "pattern readwrite homeassistant/+/%u/+/config\n" in text
     gateway = text.split(f"user {GATEWAY_USER}\n")[1].split("\n\n")[0].splitlines()
     assert gateway == [
         "topic read site/a/#",
@@ -124,6 +125,7 @@ def test_the_acl_follows_prefix_and_telemetry_template() -> None:
         "topic write site/a/rebirth",
         "topic write site/a/_index/+",
         "topic write site/a/_probe/+",
+        "topic write homeassistant/+/+/+/config",
     ]
     engine = text.split(f"user {ENGINE_USER}\n")[1].split("\n\n")[0].splitlines()
     assert engine == ["topic write sensors/+", "topic write site/a/labels"]
