@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +19,55 @@ from edgetwin.connection import add_connection_arguments
 
 if TYPE_CHECKING:
     from edgetwin.agent.config import MqttSettings
+    from edgetwin.gateway.scenario.model import Shard
+
+
+def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    simulate = commands.add_parser(
+        "simulate",
+        help="play a scenario to a broker in real time (the scale engine), or with --virtual "
+        "faster than real time into a file or a broker",
+    )
+    simulate.add_argument("--scenario", type=Path, default=None, help="scenario TOML file")
+    simulate.add_argument(
+        "--devices", type=int, default=None, help="resize the fleet (default scenario: 10)"
+    )
+    simulate.add_argument(
+        "--virtual", action="store_true", help="virtual time: as fast as the machine allows"
+    )
+    simulate.add_argument("--start", default=None, help="ISO 8601 start (UTC without offset)")
+    simulate.add_argument(
+        "--duration",
+        default=None,
+        help="e.g. 3600, 90m, 1d (virtual: default 1h; real time: until Ctrl-C)",
+    )
+    simulate.add_argument(
+        "--out", type=Path, default=None, help="JSON lines file to write (or a broker, below)"
+    )
+    simulate.add_argument("--prefix", default=None, help="topic prefix (default: edgetwin)")
+    simulate.add_argument("--topic", default=None, help="telemetry topic template")
+    simulate.add_argument("--payload", choices=["edgetwin", "flat"], default="edgetwin")
+    simulate.add_argument("--qos", type=int, choices=[0, 1], default=1, help="with --broker")
+    simulate.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
+    simulate.add_argument(
+        "--workers", type=int, default=2, help="real time: worker processes (default 2)"
+    )
+    simulate.add_argument(
+        "--shard",
+        default=None,
+        metavar="K/N",
+        help="play the K-th (from 0) of N shares of the fleet, as one of N replicas (default: "
+        "EDGETWIN_SHARD, or EDGETWIN_SHARD_COUNT with K the host name's -K ordinal)",
+    )
+    add_connection_arguments(simulate)
+
+    merge = commands.add_parser(
+        "merge",
+        help="merge the --virtual files of a fleet's shards, given in shard order, into the "
+        "file one process writes",
+    )
+    merge.add_argument("files", type=Path, nargs="+", metavar="SHARD_FILE")
+    merge.add_argument("--out", type=Path, required=True, help="JSON lines file to write")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,36 +99,7 @@ def _parser() -> argparse.ArgumentParser:
         help="embedded broker: the mosquitto binary when installed (auto), or amqtt in-process",
     )
 
-    simulate = commands.add_parser(
-        "simulate",
-        help="play a scenario to a broker in real time (the scale engine), or with --virtual "
-        "faster than real time into a file or a broker",
-    )
-    simulate.add_argument("--scenario", type=Path, default=None, help="scenario TOML file")
-    simulate.add_argument(
-        "--devices", type=int, default=None, help="resize the fleet (default scenario: 10)"
-    )
-    simulate.add_argument(
-        "--virtual", action="store_true", help="virtual time: as fast as the machine allows"
-    )
-    simulate.add_argument("--start", default=None, help="ISO 8601 start (UTC without offset)")
-    simulate.add_argument(
-        "--duration",
-        default=None,
-        help="e.g. 3600, 90m, 1d (virtual: default 1h; real time: until Ctrl-C)",
-    )
-    simulate.add_argument(
-        "--out", type=Path, default=None, help="JSON lines file to write (or a broker, below)"
-    )
-    simulate.add_argument("--prefix", default=None, help="topic prefix (default: edgetwin)")
-    simulate.add_argument("--topic", default=None, help="telemetry topic template")
-    simulate.add_argument("--payload", choices=["edgetwin", "flat"], default="edgetwin")
-    simulate.add_argument("--qos", type=int, choices=[0, 1], default=1, help="with --broker")
-    simulate.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
-    simulate.add_argument(
-        "--workers", type=int, default=2, help="real time: worker processes (default 2)"
-    )
-    add_connection_arguments(simulate)
+    _add_simulate(commands)
 
     sensors = commands.add_parser("sensors", help="list drivers, probe I2C buses, read a sensor")
     sensor_commands = sensors.add_subparsers(
@@ -231,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # line of its own.
         logging.basicConfig(level=logging.ERROR, format=f"edgetwin {args.command}: %(message)s")
         return tool(args)
+    if args.command == "merge":
+        from edgetwin.gateway.scenario.virtual import merge_command
+
+        return merge_command(args.files, args.out)
     if args.command == "config":
         from edgetwin.check import check_config
 
@@ -337,9 +362,25 @@ def _replay(args: argparse.Namespace) -> int:
     )
 
 
+def _shard(args: argparse.Namespace) -> Shard | None:
+    """`--shard K/N`, else the replica's shard from its environment (ScenarioError if bad)."""
+    from edgetwin.gateway.scenario.model import parse_shard, shard_from_environment
+
+    if args.shard is not None:
+        return parse_shard(args.shard)
+    return shard_from_environment(os.environ, socket.gethostname())
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from edgetwin.agent.contract import DEFAULT_PREFIX, ContractError, Topics
     from edgetwin.connection import wants_broker
+    from edgetwin.gateway.scenario.model import ScenarioError
+
+    try:
+        shard = _shard(args)
+    except ScenarioError as exc:
+        print(f"edgetwin simulate: {exc}", file=sys.stderr)
+        return 2
 
     if (args.out is not None) == wants_broker(args):
         print(
@@ -358,7 +399,7 @@ def _simulate(args: argparse.Namespace) -> int:
             print("edgetwin simulate: --out: only with --virtual; a real-time run publishes "
                   "to a broker", file=sys.stderr)  # fmt: skip
             return 2
-        return _simulate_realtime(args, broker)
+        return _simulate_realtime(args, broker, shard)
     from edgetwin.gateway.scenario.virtual import simulate_command
 
     try:
@@ -381,10 +422,11 @@ def _simulate(args: argparse.Namespace) -> int:
         payload=args.payload,
         qos=args.qos,
         quiet=args.quiet,
+        shard=shard,
     )
 
 
-def _simulate_realtime(args: argparse.Namespace, broker: MqttSettings) -> int:
+def _simulate_realtime(args: argparse.Namespace, broker: MqttSettings, shard: Shard | None) -> int:
     from edgetwin.gateway.engine.link import endpoint_from_mqtt
     from edgetwin.gateway.engine.realtime import run_realtime
     from edgetwin.gateway.scenario.model import ScenarioError, parse_duration, scenario_for
@@ -394,7 +436,7 @@ def _simulate_realtime(args: argparse.Namespace, broker: MqttSettings) -> int:
             raise ValueError("--start: only with --virtual; a real-time run starts now")
         if not 1 <= args.workers <= 64:
             raise ValueError(f"--workers: 1..64, not {args.workers}")
-        scenario = scenario_for(args.scenario, args.devices)
+        scenario = scenario_for(args.scenario, args.devices).sharded(shard)
         seconds = None if args.duration is None else parse_duration(args.duration)
     except (ScenarioError, ValueError) as exc:
         print(f"edgetwin simulate: {exc}", file=sys.stderr)

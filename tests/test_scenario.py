@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import statistics
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ from edgetwin.gateway.scenario import (
     load_scenario,
     parse_scenario,
 )
+from edgetwin.gateway.scenario.model import Shard, parse_shard, shard_from_environment
 from edgetwin.gateway.scenario.virtual import run_virtual
 from edgetwin.hardware.quantities import VOCABULARY, default_signal
 from edgetwin.hardware.signals import LightRandom, derive_seed
@@ -747,3 +749,69 @@ def test_a_virtual_hour_of_100_devices_into_a_file(tmp_path: Path) -> None:
     assert times == sorted(times)
     assert times[0] >= START
     assert times[-1] < START + 3600
+
+
+# -- shards ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("devices", "count"), [(10, 3), (7, 7), (3, 5), (100_000, 64)])
+def test_shards_split_the_fleet_into_consecutive_runs_within_one_of_each_other(
+    devices: int, count: int
+) -> None:
+    shards = [Shard(index=k, count=count) for k in range(count)]
+    owners = [[k for k, s in enumerate(shards) if s.plays(p, devices)] for p in range(devices)]
+    assert all(len(found) == 1 for found in owners)  # every device played exactly once
+    flat = [found[0] for found in owners]
+    assert flat == sorted(flat)  # consecutive runs, in shard order
+    sizes = [s.size(devices) for s in shards]
+    assert sizes == [flat.count(k) for k in range(count)]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_a_sharded_scenario_keeps_the_fleets_ids_indices_and_phases() -> None:
+    whole = load_scenario(EXAMPLE).resized(30)
+    streams = {s.index: s for s in whole.iter_streams()}
+    seen: list[int] = []
+    for k in range(4):
+        part = whole.sharded(Shard(index=k, count=4))
+        mine = list(part.iter_streams())
+        assert all(streams[s.index] == s for s in mine)
+        assert part.device_count() == len({s.device for s in mine}) == len(part.device_ids())
+        assert part.fleet_size() == 30
+        seen += [s.index for s in mine]
+    assert seen == sorted(streams)
+
+
+@pytest.mark.parametrize(
+    ("environ", "hostname", "expected"),
+    [
+        ({}, "sim-3", None),
+        ({"EDGETWIN_SHARD": "2/5"}, "whatever", "2/5"),
+        ({"EDGETWIN_SHARD_COUNT": "4"}, "edgetwin-sim-3", "3/4"),
+    ],
+)
+def test_the_shard_comes_from_the_orchestrators_environment(
+    environ: dict[str, str], hostname: str, expected: str | None
+) -> None:
+    shard = shard_from_environment(environ, hostname)
+    assert (None if shard is None else str(shard)) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "hostname", "reason"),
+    [
+        ("3/3", {}, "", "shards count from 0"),
+        ("1/0", {}, "", "shard '1/0'"),
+        ("half", {}, "", "K/N"),
+        (None, {"EDGETWIN_SHARD_COUNT": "4"}, "laptop", "ends in no ordinal"),
+        (None, {"EDGETWIN_SHARD_COUNT": "4"}, "sim-4", "shards count from 0"),
+    ],
+)
+def test_a_bad_shard_is_refused_with_its_reason(
+    text: str | None, environ: dict[str, str], hostname: str, reason: str
+) -> None:
+    def resolve() -> Shard | None:
+        return parse_shard(text) if text is not None else shard_from_environment(environ, hostname)
+
+    with pytest.raises(ScenarioError, match=re.escape(reason)):
+        resolve()

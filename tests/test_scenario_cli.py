@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -203,3 +205,112 @@ def test_the_broker_sink_keeps_to_a_small_window_and_delivers_everything(
         assert sink.unconfirmed == 0
         received = sub.wait_for("edgetwin/dev/#", count=count, timeout=20)
     assert len(received) == count
+
+
+def merge(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgetwin", "merge", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("fleet", "shards", "ties"),
+    [
+        # Faults on patterns and single devices, offline statuses, labels, several intervals.
+        (["--scenario", str(EXAMPLE), "--devices", "30", "--duration", "2h10m"], 3, False),
+        # 10,000 devices at 1 Hz: ticks of streams of different shards within a microsecond
+        # of each other (dozens a second), which only the file's full-precision t orders.
+        (["--devices", "10000", "--start", "2026-01-01T00:00:00", "--duration", "3s"], 4, True),
+    ],
+    ids=["example-scenario", "microsecond-ties"],
+)
+def test_shards_virtual_files_merge_into_the_one_process_file_byte_for_byte(
+    tmp_path: Path, fleet: list[str], shards: int, ties: bool
+) -> None:
+    whole = tmp_path / "whole.jsonl"
+    result = simulate(*fleet, "--virtual", "--quiet", "--out", str(whole))
+    assert result.returncode == 0, result.stderr
+    parts = []
+    for k in range(shards):
+        part = tmp_path / f"shard-{k}.jsonl"
+        played = simulate(
+            *fleet, "--virtual", "--quiet", "--shard", f"{k}/{shards}", "--out", str(part)
+        )
+        assert played.returncode == 0, played.stderr
+        assert f"(shard {k}/{shards} of a fleet of " in played.stdout
+        parts.append(part)
+    shard_devices = [
+        {json.loads(line)["payload"].get("device") for line in part.read_bytes().splitlines()}
+        - {None}
+        for part in parts
+    ]
+    # Every shard plays devices of its own, all of them together the whole fleet's.
+    assert all(shard_devices)
+    assert sum(len(devices) for devices in shard_devices) == len(set().union(*shard_devices))
+    merged = tmp_path / "merged.jsonl"
+    result = merge("--out", str(merged), *map(str, parts))
+    assert result.returncode == 0, result.stderr
+    assert merged.read_bytes() == whole.read_bytes()
+    if ties:
+        # Neighbours in the one-process file, a later shard's first, whose times agree to the
+        # microsecond: a merge by microseconds would have put them the other way round.
+        shard_of = {device: k for k, devices in enumerate(shard_devices) for device in devices}
+        lines = [json.loads(line) for line in whole.read_bytes().splitlines()]
+        reversed_ties = sum(
+            1
+            for a, b in itertools.pairwise(lines)
+            if round(a["t"], 6) == round(b["t"], 6)
+            and shard_of[a["payload"]["device"]] > shard_of[b["payload"]["device"]]
+        )
+        assert reversed_ties > 0
+
+
+def test_merge_refuses_to_overwrite_its_input_and_names_a_bad_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"topic": "x"}\n')
+    result = merge("--out", str(bad), str(bad))
+    assert result.returncode == 2
+    assert "--out is one of the files" in result.stderr
+    result = merge("--out", str(tmp_path / "out.jsonl"), str(bad))
+    assert result.returncode == 2
+    assert 'does not start with {"t":' in result.stderr
+    missing = merge("--out", str(tmp_path / "out.jsonl"), str(tmp_path / "none.jsonl"))
+    assert missing.returncode == 2
+    assert "none.jsonl" in missing.stderr
+
+
+@pytest.mark.integration
+def test_a_real_time_replica_plays_its_shard_of_the_fleet_from_its_host_name(
+    broker: Broker,
+) -> None:
+    """A StatefulSet's pod `sim-1` of two: EDGETWIN_SHARD_COUNT and the host name's ordinal
+    give shard 1/2, the second half of the fleet, under the fleet's own device ids."""
+    with Capture(broker, "edgetwin/+/telemetry/+") as sub:
+        result = subprocess.run(
+            [
+                "unshare", "--uts", "--map-root-user", "sh", "-c",
+                f'hostname sim-1 && exec "{sys.executable}" -m edgetwin simulate --devices 4 '
+                f"--broker {broker.host}:{broker.port} --duration 2 --workers 1 --qos 0",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "EDGETWIN_SHARD_COUNT": "2"},
+        )  # fmt: skip
+        if result.returncode != 0 and "unshare" in result.stderr:
+            pytest.skip(f"no UTS namespace to set a host name in: {result.stderr.strip()}")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("2 devices: "), result.stdout
+        sent = int(result.stdout.split("; ")[1].split(" sent in all")[0])
+        sub.wait_for("edgetwin/+/telemetry/+", count=sent)
+    assert {Telemetry.decode(m.payload).device for m in sub.messages()} == {
+        "device_002",
+        "device_003",
+    }

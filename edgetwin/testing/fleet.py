@@ -435,7 +435,7 @@ class _ListSink:
         topic, payload, retain = message
         # The file sink keeps six decimals of `t`: the same here, so both give equal messages.
         document = _decode(topic, retain, payload, self._label_topic)
-        self._into.append(PlayedMessage(round(t, 6), topic, retain, payload, document))
+        self._into.append(PlayedMessage(t, topic, retain, payload, document))
 
     def close(self) -> None:
         pass

@@ -393,6 +393,63 @@ def _phase(seed: int, device: str, sensor: str, interval: float) -> float:
 # -- the scenario ------------------------------------------------------------------------------
 
 
+class Shard(_Spec, frozen=True, kw_only=True):
+    """One of `count` replicas that play one fleet between them: the `index`-th of `count`
+    runs of consecutive devices in fleet order (`Scenario.resized`), sizes within one of each
+    other. A device keeps its id, seed, phase, signals and faults whichever replica plays
+    it, so the replicas together publish what one process would, and a replica's streams keep
+    their indices in the whole fleet (consecutive runs: shard order is stream order)."""
+
+    index: Annotated[int, msgspec.Meta(ge=0)]
+    count: Annotated[int, msgspec.Meta(ge=1, le=100_000)]
+
+    def __post_init__(self) -> None:
+        if self.index >= self.count:
+            raise ValueError(f"shard {self.index} of {self.count}: shards count from 0")
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def plays(self, position: int, devices: int) -> bool:
+        """Whether the device at `position` (0-based, fleet order) of `devices` is this
+        replica's."""
+        return position * self.count // devices == self.index
+
+    def size(self, devices: int) -> int:
+        """How many of `devices` this replica plays."""
+        first = -(-self.index * devices // self.count)
+        end = -(-(self.index + 1) * devices // self.count)
+        return end - first
+
+
+def parse_shard(text: str) -> Shard:
+    """`K/N`, the K-th (from 0) of N replicas."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if match is None:
+        raise ScenarioError(f"shard: K/N (the K-th of N replicas, from 0), not {text!r}")
+    try:
+        return Shard(index=int(match[1]), count=int(match[2]))
+    except (ValueError, msgspec.ValidationError) as exc:
+        raise ScenarioError(f"shard {text!r}: {exc}") from None
+
+
+def shard_from_environment(environ: Mapping[str, str], hostname: str) -> Shard | None:
+    """The replica's shard from its orchestrator: `EDGETWIN_SHARD=K/N`, or
+    `EDGETWIN_SHARD_COUNT=N` with K the ordinal a Kubernetes StatefulSet ends its pods' host
+    names with (`sim-2` is 2); None when neither is set."""
+    if text := environ.get("EDGETWIN_SHARD"):
+        return parse_shard(text)
+    if count := environ.get("EDGETWIN_SHARD_COUNT"):
+        ordinal = re.search(r"-(\d+)$", hostname)
+        if ordinal is None:
+            raise ScenarioError(
+                f"EDGETWIN_SHARD_COUNT is set but the host name {hostname!r} ends in no "
+                "ordinal (-K, as a StatefulSet's pods do): set EDGETWIN_SHARD=K/N"
+            )
+        return parse_shard(f"{ordinal[1]}/{count}")
+    return None
+
+
 class Scenario(_Spec, frozen=True, kw_only=True):
     """A parsed scenario file. `devices`, when set, scales the templates' counts to that
     total (see `resized`)."""
@@ -406,13 +463,25 @@ class Scenario(_Spec, frozen=True, kw_only=True):
     faults: list[ScheduledFault] = msgspec.field(default_factory=list)
     base_dir: str | None = None
     """where relative replay files are found (the scenario file's folder)"""
+    shard: Shard | None = None
+    """play only this replica's share of the fleet (`--shard K/N`)"""
 
     # -- fleet ---------------------------------------------------------------------------------
 
-    def device_count(self) -> int:
+    def fleet_size(self) -> int:
+        """Devices in the whole fleet, every replica's."""
         if self.devices is not None:
             return self.devices
         return sum(t.count for t in self.templates.values())
+
+    def device_count(self) -> int:
+        """Devices this run plays: the fleet, or the shard's share of it."""
+        size = self.fleet_size()
+        return size if self.shard is None else self.shard.size(size)
+
+    def sharded(self, shard: Shard | None) -> Scenario:
+        """The same fleet, of which this run plays `shard`'s share (None: all of it)."""
+        return msgspec.structs.replace(self, shard=shard)
 
     def resized(self, devices: int) -> Scenario:
         """The same mix with `devices` devices in all.
@@ -440,7 +509,7 @@ class Scenario(_Spec, frozen=True, kw_only=True):
         # floats (division is correctly rounded), so ties are real ties.
         heap = [(-float(w), i) for i, w in enumerate(weights) if w > 0]
         heapq.heapify(heap)
-        for _ in range(self.device_count()):
+        for _ in range(self.fleet_size()):
             if not heap:
                 return
             _, i = heapq.heappop(heap)
@@ -450,7 +519,13 @@ class Scenario(_Spec, frozen=True, kw_only=True):
             heapq.heappush(heap, (-weights[i] / (given[i] + 1), i))
 
     def device_ids(self) -> list[str]:
-        return [t.device_id(name, k) for name, t, k in self._deal()]
+        """The ids of the devices this run plays, in fleet order."""
+        shard, size = self.shard, self.fleet_size()
+        return [
+            t.device_id(name, k)
+            for position, (name, t, k) in enumerate(self._deal())
+            if shard is None or shard.plays(position, size)
+        ]
 
     def streams(self) -> list[StreamSpec]:
         """Every stream, devices in fleet order (see `resized`), each device's sensors in the
@@ -475,9 +550,14 @@ class Scenario(_Spec, frozen=True, kw_only=True):
         self, keep_device: Callable[[str], bool] | None = None
     ) -> Iterator[tuple[StreamSpec, TemplateSpec, SensorSpec]]:
         """`plan()` one stream at a time; with `keep_device`, only the streams of the devices
-        it accepts (their indices stay the fleet's)."""
+        it accepts (their indices stay the fleet's). A sharded scenario's plan is its shard's
+        streams, with their indices in the whole fleet."""
         index = 0
-        for name, template, k in self._deal():
+        shard, size = self.shard, self.fleet_size()
+        for position, (name, template, k) in enumerate(self._deal()):
+            if shard is not None and not shard.plays(position, size):
+                index += len(template.sensors)
+                continue
             device = template.device_id(name, k)
             if keep_device is not None and not keep_device(device):
                 index += len(template.sensors)

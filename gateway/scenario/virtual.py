@@ -10,11 +10,12 @@ without waiting for it. Messages go to a JSON lines file (one object a line: vir
 from __future__ import annotations
 
 import bisect
+import heapq
 import itertools
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NoReturn, Protocol
@@ -27,7 +28,7 @@ from edgetwin.agent.mqtt import describe_connect_error
 from edgetwin.gateway.engine.link import EngineLink, endpoint_from_mqtt, endpoint_url
 from edgetwin.gateway.engine.schedule import Entry, Schedule
 from edgetwin.gateway.scenario.generator import Message
-from edgetwin.gateway.scenario.model import Scenario, ScenarioError
+from edgetwin.gateway.scenario.model import Scenario, ScenarioError, Shard
 
 _STEP_TICKS = 4096  # ticks a step of the virtual clock takes, on average
 _BACKLOG_BYTES = 1 << 20  # encoded bytes a broker sink holds before it waits for the socket
@@ -53,7 +54,9 @@ class Counts:
 
 class JsonLinesSink:
     """One JSON object a line. The payload is embedded as the JSON document it is, so the
-    file reads with any JSON lines tool and `payload` re-encodes to the bytes sent."""
+    file reads with any JSON lines tool and `payload` re-encodes to the bytes sent. `t` is
+    the tick's time to the last bit (repr), the key `merge_datasets` orders shards' files by:
+    rounded, ticks of different streams within a microsecond could not be told apart."""
 
     def __init__(self, path: Path) -> None:
         self._file = path.open("wb")
@@ -66,7 +69,7 @@ class JsonLinesSink:
             head = self._topics[topic] = b',"topic":' + msgspec.json.encode(topic)
         self._file.write(
             b'{"t":%r%s,"retain":%s,"payload":%s}\n'
-            % (round(t, 6), head, b"true" if retain else b"false", payload)
+            % (t, head, b"true" if retain else b"false", payload)
         )
 
     def close(self) -> None:
@@ -232,6 +235,7 @@ def simulate_command(
     payload: Literal["edgetwin", "flat"],
     qos: Literal[0, 1],
     quiet: bool = False,
+    shard: Shard | None = None,
 ) -> int:
     """`edgetwin simulate --virtual`: returns the exit code; errors go to stderr."""
     from datetime import UTC, datetime
@@ -241,7 +245,7 @@ def simulate_command(
     from edgetwin.gateway.scenario.model import parse_duration, scenario_for
 
     try:
-        scenario = scenario_for(scenario_path, devices)
+        scenario = scenario_for(scenario_path, devices).sharded(shard)
         seconds = parse_duration(duration)
         if start is not None:
             moment = datetime.fromisoformat(start)
@@ -287,8 +291,50 @@ def simulate_command(
     unconfirmed = sink.unconfirmed if isinstance(sink, BrokerSink) else 0
     print(
         f"{counts.total} messages ({counts.telemetry} telemetry, {counts.labels} labels, "
-        f"{counts.status} status) from {scenario.device_count()} devices over "
+        f"{counts.status} status) from {scenario.device_count()} devices"
+        + (f" (shard {shard} of a fleet of {scenario.fleet_size()})" if shard else "")
+        + " over "
         f"{seconds:g} virtual seconds to {where} in {elapsed:.1f} s"
         + (f"; {unconfirmed} of them not confirmed sent" if unconfirmed else "")
     )
     return 1 if unconfirmed else 0
+
+
+def _line_time(line: bytes) -> float:
+    # Every line starts {"t":<float>, as JsonLinesSink writes it.
+    if not line.startswith(b'{"t":'):
+        raise ValueError('a line that does not start with {"t":')
+    return float(line[5 : line.index(b",", 5)])
+
+
+def merge_datasets(shards: Sequence[Path], out: Path) -> int:
+    """Merge the `--virtual` files of a fleet's shards, given in shard order, into `out`:
+    byte for byte the file one process writes for the whole fleet. Lines are taken in order of
+    `t` (every bit of it: JsonLinesSink), ties to the earlier shard, whose streams come first in
+    the fleet (`Shard`); one file's lines keep their order. Returns the lines written."""
+    files = [path.open("rb") for path in shards]
+    written = 0
+    try:
+        with out.open("wb") as sink:
+            for line in heapq.merge(*files, key=_line_time):
+                # A file's last line may lack its newline.
+                sink.write(line if line.endswith(b"\n") else line + b"\n")
+                written += 1
+    finally:
+        for file in files:
+            file.close()
+    return written
+
+
+def merge_command(shards: Sequence[Path], out: Path) -> int:
+    """`edgetwin merge`: exit code 0, or 2 with one line on stderr."""
+    if out.resolve() in {path.resolve() for path in shards}:
+        print("edgetwin merge: --out is one of the files to merge", file=sys.stderr)
+        return 2
+    try:
+        lines = merge_datasets(shards, out)
+    except (OSError, ValueError) as exc:
+        print(f"edgetwin merge: {exc}", file=sys.stderr)
+        return 2
+    print(f"{lines} lines from {len(shards)} files to {out}")
+    return 0
