@@ -5,8 +5,8 @@
 # it finds, so a restart of the stack changes none; it mints them for new devices only.
 # Also the API token, once.
 set -eu
-dir=/var/lib/edgetwin
-edgetwin broker-acl --config /etc/edgetwin/gateway.toml --out "$dir/broker"
+dir=${EDGETWIN_SECRETS_DIR:-/var/lib/edgetwin}
+edgetwin broker-acl --config "${EDGETWIN_GATEWAY_CONFIG:-/etc/edgetwin/gateway.toml}" --out "$dir/broker"
 if [ ! -s "$dir/api.env" ]; then
     umask 077
     python -c 'import secrets; print("EDGETWIN_API_TOKEN=" + secrets.token_urlsafe(24))' \

@@ -1,0 +1,326 @@
+"""The Compose stack (compose.yaml, Dockerfile, Dockerfile.agent, deploy/), with what runs here.
+
+No Docker engine runs on these machines and images cannot be pulled, so the stack is checked
+in parts, each with real programs where there are any:
+- Prometheus's config by `promtool check config`; then a real Prometheus (Debian's) scraping
+  a real gateway with an engine fleet and a real agent on loopback, with a config made from the
+  shipped one, and every PromQL query of every dashboard answered with series;
+- compose.yaml by `docker-compose config` (Compose's own parser), and every name, port, host
+  and mounted file it relies on against the configs it mounts;
+- the broker's and the demo's scripts by running them: broker-init.sh's files in a real
+  mosquitto with the shipped mosquitto.conf, the gateway and agent-2 started as compose.yaml
+  starts them (with-env.sh, flap.sh), agent-2's stops shown as hand-overs;
+- the Dockerfiles by reading them: non-root user, health check, portable base.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+COMPOSE = ROOT / "compose.yaml"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+BIN = str(Path(sys.executable).parent)  # where `edgetwin` is, for the stack's shell scripts
+
+
+def compose() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return document
+
+
+def services() -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = compose()["services"]
+    return found
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """A service's mounts, container path -> source (a repository path or a volume name)."""
+    result = {}
+    for volume in service.get("volumes", []):
+        source, target, *_ = volume.split(":")
+        result[target] = source
+    return result
+
+
+def mounted_file(service: dict[str, Any], target: str) -> Path:
+    return (ROOT / mounts(service)[target]).resolve()
+
+
+def toml(path: Path) -> dict[str, Any]:
+    return tomllib.loads(path.read_text())
+
+
+def host_port(url: str) -> tuple[str, int]:
+    parsed = urllib.parse.urlsplit(url if "//" in url else f"//{url}")
+    assert parsed.hostname is not None, url
+    assert parsed.port is not None, url
+    return parsed.hostname, parsed.port
+
+
+def networks(service: dict[str, Any]) -> set[str]:
+    # A list of names, or a mapping of names to settings (aliases): its keys.
+    return set(service.get("networks", ["default"]))
+
+
+def resolves(host: str, client: str) -> str:
+    """The service that `host` names from the service `client`: a service name or a network
+    alias on a network they share (how Docker's DNS answers)."""
+    everyone = services()
+    shared = networks(everyone[client])
+    for name, service in everyone.items():
+        on = service.get("networks", ["default"])
+        aliases = {
+            alias
+            for network, settings in (on.items() if isinstance(on, dict) else [])
+            for alias in (settings or {}).get("aliases", [])
+            if network in shared
+        }
+        if networks(service) & shared and host in {name, *aliases}:
+            return name
+    raise AssertionError(f"{host!r} names no service that {client} can reach")
+
+
+def mosquitto_listener(conf: Path) -> int:
+    match = re.search(r"^listener (\d+)", conf.read_text(), re.MULTILINE)
+    assert match, conf
+    return int(match[1])
+
+
+def need(binary: str) -> str:
+    found = shutil.which(binary, path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin")
+    if found is None:
+        pytest.skip(f"{binary} is not installed (.ci/run installs it with apt-get)")
+    return found
+
+
+# -- Prometheus's config ---------------------------------------------------------------------
+
+
+def test_promtool_accepts_the_shipped_prometheus_config() -> None:
+    promtool = need("promtool")
+    result = subprocess.run(
+        [promtool, "check", "config", str(PROMETHEUS_CONFIG)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_prometheus_scrapes_the_services_on_the_ports_they_listen_on() -> None:
+    everyone = services()
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    # The gateway's /metrics is on its API port: the twin, the stand-ins and the engine.
+    (gateway_target,) = jobs["gateway"]["static_configs"][0]["targets"]
+    gateway_config = toml(mounted_file(everyone["gateway"], "/etc/edgetwin/gateway.toml"))
+    assert host_port(gateway_target) == ("gateway", gateway_config["server"]["port"])
+    assert gateway_config["engine"]["start_devices"] > 0  # the engine's figures are there
+    # Each agent on its config's prometheus_port, labelled with its config's device id.
+    agents = {
+        host_port(target)[0]: (host_port(target)[1], group["labels"]["device"])
+        for group in jobs["agent"]["static_configs"]
+        for target in group["targets"]
+    }
+    assert set(agents) == {name for name in everyone if name.startswith("agent-")}
+    for name, (port, device) in agents.items():
+        agent = toml(mounted_file(everyone[name], "/etc/edgetwin/agent.toml"))
+        assert agent["observability"]["prometheus_port"] == port
+        assert agent["observability"]["prometheus_host"] == "0.0.0.0"
+        assert agent["agent"]["device_id"] == device
+        resolves(name, "prometheus")
+    # The original simulator: by DNS, its service and its config's prometheus_port.
+    (simulator,) = jobs["simulator"]["dns_sd_configs"]
+    simulator_config = toml(mounted_file(everyone["simulator"], "/etc/edgetwin/simulator.toml"))
+    assert simulator["port"] == simulator_config["observability"]["prometheus_port"]
+    assert [resolves(name, "prometheus") for name in simulator["names"]] == ["simulator"]
+
+
+# -- compose.yaml --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", [None, "original"])
+def test_docker_compose_parses_the_stack(profile: str | None) -> None:
+    binary = need("docker-compose")
+    args = [binary, "-f", str(COMPOSE)] + (["--profile", profile] if profile else [])
+    result = subprocess.run(
+        [*args, "config"], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    always = {
+        "broker-init", "mosquitto", "gateway", "agent-1", "agent-2", "config-pusher",
+        "otel-collector", "tempo-init", "tempo", "prometheus", "grafana",
+    }  # fmt: skip
+    # Compose 1.x prints profiled services too; their profile says when they run.
+    main = {name for name, s in resolved["services"].items() if not s.get("profiles")}
+    assert main == always
+    original = {n for n, s in resolved["services"].items() if s.get("profiles") == ["original"]}
+    assert original == {"simulator", "simulator-broker"}
+    # Both images are built from this checkout, the rest pulled.
+    builds = {
+        name: s["build"]["dockerfile"] for name, s in resolved["services"].items() if "build" in s
+    }
+    assert set(builds.values()) == {"Dockerfile", "Dockerfile.agent"}
+
+
+def test_every_file_the_stack_mounts_exists() -> None:
+    named = set(compose()["volumes"])
+    for name, service in services().items():
+        for target, source in mounts(service).items():
+            if source in named:
+                continue
+            assert source.startswith("./"), f"{name}: {source} is neither a path nor a volume"
+            assert (ROOT / source).exists(), f"{name} mounts {source} at {target}: missing"
+        # Scripts an entrypoint runs from the mounted deploy/edgetwin must be there too.
+        deploy = mounts(service).get("/opt/edgetwin-deploy")
+        for word in [*service.get("entrypoint", []), *service.get("command", [])]:
+            if str(word).startswith("/opt/edgetwin-deploy/"):
+                assert deploy is not None, name
+                assert (ROOT / deploy / word.removeprefix("/opt/edgetwin-deploy/")).is_file()
+
+
+def test_broker_and_collector_hosts_are_the_services_that_listen_there() -> None:
+    everyone = services()
+    broker_port = mosquitto_listener(
+        mounted_file(everyone["mosquitto"], "/mosquitto/config/mosquitto.conf")
+    )
+    collector_config = yaml.safe_load(
+        mounted_file(everyone["otel-collector"], "/etc/otelcol/config.yaml").read_text()
+    )
+    collector_port = host_port(
+        collector_config["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+    )[1]
+    configs = {
+        "gateway": "/etc/edgetwin/gateway.toml",
+        "agent-1": "/etc/edgetwin/agent.toml",
+        "agent-2": "/etc/edgetwin/agent.toml",
+    }
+    for name, path in configs.items():
+        config = toml(mounted_file(everyone[name], path))
+        assert resolves(config["mqtt"]["host"], name) == "mosquitto"
+        assert config["mqtt"]["port"] == broker_port
+        trace_host, trace_port = host_port(config["observability"]["trace_endpoint"])
+        assert resolves(trace_host, name) == "otel-collector"
+        assert trace_port == collector_port
+        assert config["observability"]["trace_endpoint"].endswith("/v1/traces")
+    # The collector forwards to Tempo's OTLP gRPC receiver; Grafana reads Tempo and Prometheus.
+    tempo = yaml.safe_load(mounted_file(everyone["tempo"], "/etc/tempo/tempo.yaml").read_text())
+    tempo_grpc = tempo["distributor"]["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
+    exporter_host, exporter_port = host_port(collector_config["exporters"]["otlp"]["endpoint"])
+    assert resolves(exporter_host, "otel-collector") == "tempo"
+    assert exporter_port == host_port(tempo_grpc)[1]
+    sources = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "datasources" / "datasources.yaml").read_text()
+    )
+    urls = {source["type"]: host_port(source["url"]) for source in sources["datasources"]}
+    assert urls["tempo"] == ("tempo", tempo["server"]["http_listen_port"])
+    assert urls["prometheus"] == ("prometheus", 9090)  # the prom/prometheus image's port
+    for host, _port in urls.values():
+        resolves(host, "grafana")
+    home = everyone["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (DEPLOY / "grafana" / "dashboards" / Path(home).name).is_file()
+
+
+def test_the_original_simulators_config_runs_in_the_stack_unchanged() -> None:
+    """config/simulator.toml itself is mounted; its host names `mqtt` and `otel-collector`
+    name an anonymous broker (as in the original's own stack) and the stack's collector."""
+    everyone = services()
+    simulator = everyone["simulator"]
+    assert mounts(simulator)["/etc/edgetwin/simulator.toml"] == "./config/simulator.toml"
+    assert simulator["command"] == ["--config", "/etc/edgetwin/simulator.toml"]
+    original = toml(ROOT / "config" / "simulator.toml")
+    broker = resolves(original["mqtt"]["host"], "simulator")
+    assert original["mqtt"]["host"] == "mqtt"
+    assert broker == "simulator-broker"
+    conf = mounted_file(everyone[broker], "/mosquitto/config/mosquitto.conf")
+    assert mosquitto_listener(conf) == original["mqtt"]["port"]
+    assert "allow_anonymous true" in conf.read_text()  # the file has no credentials
+    trace_host, trace_port = host_port(original["observability"]["trace_endpoint"])
+    assert resolves(trace_host, "simulator") == "otel-collector"
+    collector = yaml.safe_load(
+        mounted_file(everyone["otel-collector"], "/etc/otelcol/config.yaml").read_text()
+    )
+    assert (
+        trace_port == host_port(collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"])[1]
+    )
+    # Its own broker: the stack's gateway and the original's fleet both use prefix edgetwin.
+    assert not networks(simulator) & networks(everyone["mosquitto"])
+    # And the gateway accepts the file as it is.
+    check = [sys.executable, "-m", "edgetwin", "config", "check"]
+    result = subprocess.run(
+        [*check, str(ROOT / "config" / "simulator.toml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- the Dockerfiles ---------------------------------------------------------------------------
+
+
+def stages(dockerfile: Path) -> list[list[tuple[str, str]]]:
+    """The instructions of each stage, (INSTRUCTION, arguments), continuation lines joined."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    result: list[list[tuple[str, str]]] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, arguments = line.partition(" ")
+        if instruction.upper() == "FROM":
+            result.append([])
+        result[-1].append((instruction.upper(), arguments.strip()))
+    return result
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.agent"])
+def test_images_run_as_a_user_with_a_health_check_on_a_portable_base(name: str) -> None:
+    built = stages(ROOT / name)
+    for stage in built:
+        base = stage[0][1].split()[0]
+        assert re.fullmatch(r"python:3\.1[1-9]-slim", base), f"{name}: FROM {base}"
+    final = built[-1]
+    users = [args for instruction, args in final if instruction == "USER"]
+    assert users, f"{name} names no USER: it runs as root"
+    assert users[-1].split(":")[0] not in {"root", "0"}, f"{name} runs as root"
+    healthchecks = [args for instruction, args in final if instruction == "HEALTHCHECK"]
+    assert len(healthchecks) == 1, name
+    assert healthchecks[0].startswith("--") or healthchecks[0].startswith("CMD"), name
+    assert " CMD " in f" {healthchecks[0]} ", name
+    # Multi-architecture: no step names an architecture or fetches a binary for one.
+    for stage in built:
+        for instruction, args in stage:
+            if instruction == "RUN":
+                assert not re.search(r"amd64|x86_64|aarch64|arm64|armv7|armhf|curl|wget", args)
+
+
+def test_the_agent_images_health_check_asks_the_port_the_stacks_agents_serve() -> None:
+    final = stages(ROOT / "Dockerfile.agent")[-1]
+    env = " ".join(args for instruction, args in final if instruction == "ENV")
+    port = int(re.search(r"EDGETWIN_AGENT_METRICS_PORT=(\d+)", env)[1])  # type: ignore[index]
+    (check,) = [args for instruction, args in final if instruction == "HEALTHCHECK"]
+    assert "EDGETWIN_AGENT_METRICS_PORT" in check
+    assert "/metrics" in check
+    for name in ("agent-1", "agent-2"):
+        config = toml(mounted_file(services()[name], "/etc/edgetwin/agent.toml"))
+        assert config["observability"]["prometheus_port"] == port
+    gateway = stages(ROOT / "Dockerfile")[-1]
+    (check,) = [args for instruction, args in gateway if instruction == "HEALTHCHECK"]
+    assert "/health" in check
