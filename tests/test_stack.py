@@ -15,20 +15,36 @@ in parts, each with real programs where there are any:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import yaml
+
+from edgetwin.gateway.broker import free_port
+from edgetwin.testing.broker import Broker
+from edgetwin.testing.process import stop_process
+from edgetwin.testing.waiting import poll
+from tests.test_dashboards import (
+    DASHBOARDS,
+    label_values,
+    load,
+    prometheus_queries,
+    substitute,
+    variables,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -324,3 +340,200 @@ def test_the_agent_images_health_check_asks_the_port_the_stacks_agents_serve() -
     gateway = stages(ROOT / "Dockerfile")[-1]
     (check,) = [args for instruction, args in gateway if instruction == "HEALTHCHECK"]
     assert "/health" in check
+
+
+# -- a real Prometheus, scraping a real gateway, engine and agent ------------------------------
+
+
+def local_prometheus_config(targets: dict[str, int]) -> dict[str, Any]:
+    """The shipped config with each service's target moved to its loopback port, scraping
+    every second; jobs and labels as shipped, so the dashboards' selectors meet them."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    jobs = []
+    for job in config["scrape_configs"]:
+        groups = []
+        for group in job.get("static_configs", []):
+            moved = [
+                f"127.0.0.1:{targets[host_port(t)[0]]}"
+                for t in group["targets"]
+                if host_port(t)[0] in targets
+            ]
+            if moved:
+                groups.append({**group, "targets": moved})
+        if groups:
+            jobs.append({"job_name": job["job_name"], "static_configs": groups})
+    config["scrape_configs"] = jobs
+    return config
+
+
+def prometheus_get(base: str, path: str, **params: str) -> Any:
+    url = f"{base}{path}?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body = json.loads(response.read())
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+class PrometheusFactory(Protocol):
+    def __call__(self, config: dict[str, Any]) -> str: ...
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[PrometheusFactory]:
+    """Start Debian's Prometheus with a config (a dict) on a free loopback port, with its
+    storage in a temporary directory; returns its base URL once it is ready."""
+    binary = need("prometheus")
+    started: list[subprocess.Popen[bytes]] = []
+    log = (tmp_path / "prometheus.log").open("wb")
+
+    def start(config: dict[str, Any]) -> str:
+        port = free_port()
+        path = tmp_path / "prometheus.yml"
+        path.write_text(yaml.safe_dump(config))
+        started.append(
+            subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={path}",
+                    f"--storage.tsdb.path={tmp_path / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                ],
+                stdout=log,
+                stderr=log,
+            )
+        )
+        base = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"{base}/-/ready", timeout=2) as response:
+                    return response.status == 200
+            except (urllib.error.URLError, ConnectionError):
+                return False
+
+        poll(ready, 20, 0.1, what="Prometheus ready")
+        return base
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            stop_process(process, timeout=10)
+        log.close()
+
+
+def grafana_escape(value: str) -> str:
+    """A label value as Grafana writes it into a PromQL regex (prometheusRegularEscape):
+    regex metacharacters behind a backslash, itself doubled inside the PromQL string."""
+    value = value.replace("\\", "\\\\\\\\")
+    return re.sub(r"([$^*{}\[\]'+?.()|])", r"\\\\\1", value)
+
+
+def query(base: str, expr: str) -> list[dict[str, Any]]:
+    try:
+        data = prometheus_get(base, "/api/v1/query", query=expr)
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"Prometheus refused {expr!r}: {exc.read().decode()}") from exc
+    result: list[dict[str, Any]] = data["result"]
+    return result
+
+
+AGENT_DEVICE = "greenhouse-01"  # the stack's agent-1; greenhouse-02 stays simulated here
+
+
+@pytest.mark.integration
+def test_every_dashboard_query_returns_series_from_the_running_product(
+    broker: Broker,
+    edgetwin_gateway: Any,
+    edgetwin_agent: Any,
+    prometheus: PrometheusFactory,
+) -> None:
+    """The product's real metrics, scraped by a real Prometheus with the shipped config's jobs
+    and labels: every Prometheus query of every dashboard, variables set to all their values
+    as Grafana's "All" sends them, answers with at least one series."""
+    gateway_config = toml(DEPLOY / "edgetwin" / "gateway.toml")
+    manifest = gateway_config["devices"]
+    gateway = edgetwin_gateway(
+        manifest,
+        broker=broker,
+        # The stack's engine fleet, smaller and in the gateway's process (no worker to spawn).
+        config={"engine": {"start_devices": 20, "start_interval": 0.5, "workers": 0}},
+    )
+    agent_port = free_port()
+    agent = edgetwin_agent(
+        {
+            "agent": {"device_id": AGENT_DEVICE},
+            "sensors": {"env": {"driver": "bme280", "address": 0x76, "interval": 0.5}},
+            "observability": {"prometheus_port": agent_port, "prometheus_host": "127.0.0.1"},
+        },
+        broker=broker,
+        mode="process",  # its own process, so process_* are the agent's
+    )
+    gateway_port = int(urllib.parse.urlsplit(gateway.url).port or 0)
+    base = prometheus(local_prometheus_config({"gateway": gateway_port, "agent-1": agent_port}))
+
+    # What some panels count must happen once: a config push applied (pushes, applies, sync),
+    # and a sensor error (the agent's errors; the sensor handed to the simulation and back).
+    gateway.client.request(
+        "PATCH", f"/devices/{AGENT_DEVICE}/desired", {"sensors": {"env": {"interval": 0.4}}}
+    )
+    agent.wait_for_reported(lambda reported: reported.status == "applied")
+    agent.nack("env")
+    poll(
+        lambda: query(base, "edgetwin_agent_sensor_errors_total"),
+        20,
+        0.2,
+        what="a sensor error scraped",
+    )
+    agent.clear_faults("env")
+
+    expressions = []
+    for path in DASHBOARDS:
+        dashboard = load(path)
+        values = {}
+        for variable in variables(dashboard):
+            metric, label = label_values(variable)
+            found: list[str] = []
+
+            def have(metric: str = metric, label: str = label, found: list[str] = found) -> bool:
+                found[:] = prometheus_get(
+                    base, f"/api/v1/label/{label}/values", **{"match[]": metric}
+                )
+                return bool(found)
+
+            poll(have, 20, 0.2, what=f"values of {path.stem}'s ${variable['name']}")
+            values[variable["name"]] = "(" + "|".join(map(grafana_escape, found)) + ")"
+        expressions += [
+            (path.stem, title, substitute(expr, values, "30s"))
+            for title, expr in prometheus_queries(dashboard)
+        ]
+    missing = list(expressions)
+    deadline = time.monotonic() + 30
+    while missing and time.monotonic() < deadline:
+        missing = [e for e in missing if not query(base, e[2])]
+        if missing:
+            time.sleep(0.5)  # the next scrape, a second away at most
+    assert not missing, "queries without series:\n" + "\n".join(map(str, missing))
+
+    # And the figures are the product's: the agent's reading with its unit and source, the
+    # push applied in sync, the hand-overs of the nacked sensor, commits timed.
+    temperature = query(base, f'edgetwin_reading{{device="{AGENT_DEVICE}",quantity="temperature"}}')
+    assert {(s["metric"]["unit"], s["metric"]["source"]) for s in temperature} == {
+        ("°C", "emulated")
+    }
+    simulated = query(base, 'edgetwin_reading{device="greenhouse-02",quantity="pressure"}')
+    assert {(s["metric"]["unit"], s["metric"]["source"]) for s in simulated} == {
+        ("hPa", "simulated")
+    }
+    (in_sync,) = query(base, 'edgetwin_config_sync{state="in_sync"}')
+    assert float(in_sync["value"][1]) >= 1
+    handovers = {
+        s["metric"]["to"]: float(s["value"][1]) for s in query(base, "edgetwin_handovers_total")
+    }
+    assert handovers["simulation"] >= 1, handovers
+    assert handovers["agent"] >= 1, handovers
+    (commits,) = query(base, "edgetwin_agent_commit_seconds_count")
+    assert float(commits["value"][1]) > 0
+    (engine,) = query(base, "edgetwin_engine_devices")
+    assert float(engine["value"][1]) == 20
