@@ -348,7 +348,7 @@ def test_the_agent_images_health_check_asks_the_port_the_stacks_agents_serve() -
 def local_prometheus_config(targets: dict[str, int]) -> dict[str, Any]:
     """The shipped config with each service's target moved to its loopback port, scraping
     every second; jobs and labels as shipped, so the dashboards' selectors meet them."""
-    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    config: dict[str, Any] = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     jobs = []
     for job in config["scrape_configs"]:
@@ -408,7 +408,7 @@ def prometheus(tmp_path: Path) -> Iterator[PrometheusFactory]:
         def ready() -> bool:
             try:
                 with urllib.request.urlopen(f"{base}/-/ready", timeout=2) as response:
-                    return response.status == 200
+                    return bool(response.status == 200)
             except (urllib.error.URLError, ConnectionError):
                 return False
 
