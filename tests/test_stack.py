@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -34,7 +35,10 @@ import pytest
 import yaml
 
 from edgetwin.gateway.broker import free_port
+from edgetwin.testing._toml import toml_document
 from edgetwin.testing.broker import Broker
+from edgetwin.testing.capture import Capture
+from edgetwin.testing.endpoint import MqttEndpoint
 from edgetwin.testing.process import stop_process
 from edgetwin.testing.waiting import poll
 from tests.test_dashboards import (
@@ -537,3 +541,183 @@ def test_every_dashboard_query_returns_series_from_the_running_product(
     assert float(commits["value"][1]) > 0
     (engine,) = query(base, "edgetwin_engine_devices")
     assert float(engine["value"][1]) == 20
+
+
+# -- the stack's broker and scripts, run as compose.yaml runs them -----------------------------
+
+
+def env_file(path: Path) -> dict[str, str]:
+    return dict(
+        line.split("=", 1)
+        for line in path.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+
+
+def as_compose_runs(service: str, paths: dict[str, Path]) -> list[str]:
+    """The service's entrypoint and command from compose.yaml, container paths mapped to
+    local ones (longest first)."""
+    spec = services()[service]
+    words = [*spec["entrypoint"], *spec["command"]]
+    mapped = []
+    for word in words:
+        for container in sorted(paths, key=len, reverse=True):
+            if word == container or word.startswith(container + "/"):
+                mapped.append(str(paths[container]) + word[len(container) :])
+                break
+        else:
+            mapped.append(word)
+    return mapped
+
+
+def local(config: dict[str, Any], broker_port: int, **observability: Any) -> dict[str, Any]:
+    """A stack config moved to loopback: the broker's port, no collector, fast reconnects."""
+    moved = {
+        section: dict(keys) if isinstance(keys, dict) else keys for section, keys in config.items()
+    }
+    moved["mqtt"] |= {"host": "127.0.0.1", "port": broker_port, "keepalive": 2}
+    moved["mqtt"] |= {"reconnect_min_delay": 0.1, "reconnect_max_delay": 0.5}
+    moved["observability"] = {
+        k: v for k, v in moved["observability"].items() if k != "trace_endpoint"
+    } | observability
+    return moved
+
+
+def gateway_metric(url: str, name: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    pattern = rf"^{name}(\{{[^}}]*\}})? (\S+)$"
+    return {m[1] or "": float(m[2]) for m in re.finditer(pattern, text, re.MULTILINE)}
+
+
+@pytest.mark.integration
+def test_the_stacks_broker_gateway_and_flapping_agent_run_as_compose_runs_them(
+    tmp_path: Path,
+) -> None:
+    """broker-init.sh's files in a real mosquitto with the shipped mosquitto.conf; the gateway
+    and agent-2 started by compose.yaml's own entrypoints (with-env.sh loading the generated
+    credentials; flap.sh stopping and starting the agent), on loopback. Every identity logs
+    in under the ACL, agent-2's pauses are counted as hand-overs both ways, and flap.sh stops
+    on SIGTERM with status 0."""
+    mosquitto = need("mosquitto")
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(mode=0o700)
+    env = {
+        **os.environ,
+        "PATH": BIN + os.pathsep + os.environ["PATH"],
+        "EDGETWIN_SECRETS_DIR": str(secrets),
+        "EDGETWIN_GATEWAY_CONFIG": str(DEPLOY / "edgetwin" / "gateway.toml"),
+    }
+    init = ["sh", str(DEPLOY / "edgetwin" / "broker-init.sh")]
+    subprocess.run(init, env=env, check=True, capture_output=True)
+    first = {p.name: p.read_text() for p in secrets.rglob("*.env")}
+    subprocess.run(init, env=env, check=True, capture_output=True)  # a restart of the stack
+    assert {p.name: p.read_text() for p in secrets.rglob("*.env")} == first, "passwords changed"
+    assert set(first) == {
+        "api.env",
+        "gateway.env",
+        "reader.env",
+        "greenhouse-01.env",
+        "greenhouse-02.env",
+    }
+
+    port = free_port()
+    conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
+    conf = conf.replace("/mosquitto/secrets", str(secrets)).replace(
+        "listener 1883", f"listener {port} 127.0.0.1"
+    )
+    if os.geteuid() == 0:
+        # Started as root, mosquitto switches to user `mosquitto`, who cannot read the 0600
+        # password file; compose.yaml runs it as the files' owner, and so does this.
+        conf += "user root\n"
+    (tmp_path / "mosquitto.conf").write_text(conf)
+    log = (tmp_path / "stack.log").open("wb")
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(args: list[str], **extra: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(args, env={**env, **extra}, stdout=log, stderr=log)
+        processes.append(process)
+        return process
+
+    try:
+        start([mosquitto, "-c", str(tmp_path / "mosquitto.conf")])
+        poll(lambda: _accepts(port), 10, what="mosquitto listening")
+
+        api_port = free_port()
+        gateway_config = local(toml(DEPLOY / "edgetwin" / "gateway.toml"), port)
+        gateway_config["server"] = {"host": "127.0.0.1", "port": api_port}
+        gateway_config["presence"] = {"startup_grace": 0.3}
+        gateway_config["engine"] |= {"start_devices": 10, "workers": 0}
+        (tmp_path / "gateway.toml").write_text(toml_document(gateway_config))
+        agent_config = local(
+            toml(DEPLOY / "edgetwin" / "agent-2.toml"),
+            port,
+            prometheus_port=free_port(),
+            prometheus_host="127.0.0.1",
+        )
+        agent_config["agent"]["state_dir"] = str(tmp_path / "agent-state")
+        agent_config["sensors"]["env"]["interval"] = 0.5
+        (tmp_path / "agent.toml").write_text(toml_document(agent_config))
+        paths = {
+            "/opt/edgetwin-deploy": DEPLOY / "edgetwin",
+            "/var/lib/edgetwin": secrets,
+            "/etc/edgetwin/gateway.toml": tmp_path / "gateway.toml",
+            "/etc/edgetwin/agent.toml": tmp_path / "agent.toml",
+        }
+        gateway = start(as_compose_runs("gateway", paths))
+        url = f"http://127.0.0.1:{api_port}"
+        poll(lambda: _healthy(url), 20, 0.1, what="gateway /health 200 (logged in to mosquitto)")
+        flapping = start(as_compose_runs("agent-2", paths), FLAP_UP="3", FLAP_DOWN="2")
+
+        reader = env_file(secrets / "broker" / "credentials" / "reader.env")
+        endpoint = MqttEndpoint(
+            "127.0.0.1",
+            port,
+            username=reader["EDGETWIN_MQTT_USERNAME"],
+            password=reader["EDGETWIN_MQTT_PASSWORD"],
+        )
+        with Capture(endpoint, "edgetwin/+/telemetry/+") as seen:
+            # The agent's own identity, the gateway's stand-ins and the engine's fleet: each
+            # allowed to write what it writes.
+            seen.wait_for(
+                "edgetwin/greenhouse-02/telemetry/env",
+                lambda m: b'"emulated"' in m.payload,
+                timeout=15,
+            )
+            seen.wait_for(
+                "edgetwin/greenhouse-01/telemetry/env",
+                lambda m: b'"simulated"' in m.payload,
+                timeout=15,
+            )
+            seen.wait_for("edgetwin/device_000/telemetry/env", timeout=15)
+
+        def handed_both_ways() -> bool:
+            counts = gateway_metric(url, "edgetwin_handovers_total")
+            return counts.get('{to="simulation"}', 0) >= 1 and counts.get('{to="agent"}', 0) >= 1
+
+        poll(handed_both_ways, 30, 0.2, what="agent-2's stop and return counted as hand-overs")
+        assert flapping.poll() is None, "flap.sh ended by itself"
+        assert stop_process(flapping, timeout=15)[0] == 0
+        assert stop_process(gateway, timeout=15)[0] == 0
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        log.close()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, ConnectionError):
+        return False

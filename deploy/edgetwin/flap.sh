@@ -9,8 +9,16 @@ set -eu
 up=${FLAP_UP:-150}
 down=${FLAP_DOWN:-45}
 pid=
-# `docker compose stop`: pass SIGTERM on (timeout forwards it to the agent), wait, exit 0.
-trap '[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; [ -n "$pid" ] && wait "$pid"; exit 0' TERM INT
+# `docker compose stop`: pass SIGTERM on (timeout forwards it to the agent), wait for the
+# agent's clean stop, exit 0. `|| true`: under set -e a failing wait would end the trap early.
+stop() {
+    if [ -n "$pid" ]; then
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" || true
+    fi
+    exit 0
+}
+trap stop TERM INT
 while :; do
     timeout -s TERM "$up" "$@" &
     pid=$!
