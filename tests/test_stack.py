@@ -667,8 +667,6 @@ def test_the_stacks_broker_gateway_and_flapping_agent_run_as_compose_runs_them(
         gateway = start(as_compose_runs("gateway", paths))
         url = f"http://127.0.0.1:{api_port}"
         poll(lambda: _healthy(url), 20, 0.1, what="gateway /health 200 (logged in to mosquitto)")
-        flapping = start(as_compose_runs("agent-2", paths), FLAP_UP="3", FLAP_DOWN="2")
-
         reader = env_file(secrets / "broker" / "credentials" / "reader.env")
         endpoint = MqttEndpoint(
             "127.0.0.1",
@@ -677,18 +675,18 @@ def test_the_stacks_broker_gateway_and_flapping_agent_run_as_compose_runs_them(
             password=reader["EDGETWIN_MQTT_PASSWORD"],
         )
         with Capture(endpoint, "edgetwin/+/telemetry/+") as seen:
+            # Before any agent: both manifest devices taken up by the simulation, which is
+            # not a hand-over (nobody served them before).
+            seen.wait_for("edgetwin/greenhouse-02/telemetry/env", timeout=15)
+            handovers = gateway_metric(url, "edgetwin_handovers_total")
+            assert handovers == {'{to="simulation"}': 0, '{to="agent"}': 0}
+            flapping = start(as_compose_runs("agent-2", paths), FLAP_UP="3", FLAP_DOWN="2")
             # The agent's own identity, the gateway's stand-ins and the engine's fleet: each
             # allowed to write what it writes.
-            seen.wait_for(
-                "edgetwin/greenhouse-02/telemetry/env",
-                lambda m: b'"emulated"' in m.payload,
-                timeout=15,
-            )
-            seen.wait_for(
-                "edgetwin/greenhouse-01/telemetry/env",
-                lambda m: b'"simulated"' in m.payload,
-                timeout=15,
-            )
+            emulated = lambda m: b'"emulated"' in m.payload  # noqa: E731
+            simulated = lambda m: b'"simulated"' in m.payload  # noqa: E731
+            seen.wait_for("edgetwin/greenhouse-02/telemetry/env", emulated, timeout=15)
+            seen.wait_for("edgetwin/greenhouse-01/telemetry/env", simulated, timeout=15)
             seen.wait_for("edgetwin/device_000/telemetry/env", timeout=15)
 
         def handed_both_ways() -> bool:
