@@ -775,10 +775,14 @@ class Agent:
         meanwhile.
         """
         if self.storage_error is None:
+            started = time.perf_counter()
             try:
-                self.outbox.maybe_commit()
+                wrote = self.outbox.maybe_commit()
             except OutboxError as exc:
                 self._storage_failed(exc)
+            else:
+                if wrote:  # the loop calls this every turn; only real transactions are timed
+                    self.metrics.committed(time.perf_counter() - started)
         elif time.monotonic() >= self._storage_retry_at:
             try:
                 self.outbox.commit()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, Literal
@@ -485,6 +485,22 @@ class Fleet:
                 sync = twin.config_sync()
                 config[sync] = config.get(sync, 0) + 1
         return len(twins), in_manifest, presence, config
+
+    def last_readings(self) -> Iterator[tuple[str, str, str, str, str, float]]:
+        """Each stream's last values, as (device, sensor, quantity, unit, source, value), for
+        metrics. Source and values are taken together under the lock (a reading replaces the
+        values dict whole), so each stream's figures come from one reading."""
+        with self._lock:
+            streams = [
+                (twin.id, name, stream.source, stream.values)
+                for twin in self._devices.values()
+                for name, stream in twin.streams.items()
+                if stream.source is not None
+            ]
+        for device, sensor, source, values in streams:
+            assert source is not None
+            for quantity, (value, unit) in values.items():
+                yield device, sensor, quantity, unit, source, value
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Devices by (presence, served_by), for metrics."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -64,6 +64,51 @@ class _DevicesByPresence(Collector):
         yield family
 
 
+Reading = tuple[str, str, str, str, str, float]
+"""One quantity's last value: device, sensor, quantity, unit, source, value."""
+
+CONFIG_SYNC_STATES = ("in_sync", "pending", "rejected", "no_desired")
+
+
+class _LastReadings(Collector):
+    """`edgetwin_reading{device, sensor, quantity, unit, source}`: the twin's last value of
+    each quantity, so dashboards can draw a device's real and simulated readings with their
+    units. Only the twin's devices (manifest and agents heard of), never the scale engine's
+    fleet, which does not pass through the twin: one series per quantity the twin holds."""
+
+    def __init__(self) -> None:
+        self.readings: Callable[[], Iterator[Reading]] = lambda: iter(())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "edgetwin_reading",
+            "Last value of each quantity of each device's sensor streams, as the twin saw it, "
+            "with its unit and source (real, emulated or simulated)",
+            labels=["device", "sensor", "quantity", "unit", "source"],
+        )
+        for device, sensor, quantity, unit, source, value in self.readings():
+            family.add_metric([device, sensor, quantity, unit, source], value)
+        yield family
+
+
+class _ConfigSync(Collector):
+    def __init__(self) -> None:
+        self.counts: Callable[[], Mapping[str, int]] = dict
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "edgetwin_config_sync",
+            "Manifest devices by config sync: in_sync (the agent applied the desired version), "
+            "pending, rejected, no_desired",
+            labels=["state"],
+        )
+        counts = self.counts()
+        # Every state, zeros included: a panel of "rejected" should read 0, not "no data".
+        for state in CONFIG_SYNC_STATES:
+            family.add_metric([state], counts.get(state, 0))
+        yield family
+
+
 class CountOf(Collector):
     """A counter whose total is kept elsewhere (the engine's workers) and read at each scrape."""
 
@@ -79,6 +124,9 @@ class CountOf(Collector):
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # The gateway's own CPU and memory (process_*), which a registry of our own does not
+        # get from prometheus_client's default one.
+        ProcessCollector(registry=self.registry)
         self._simulated_sources: list[Callable[[], int]] = []
         self.registry.register(
             CountOf(
@@ -99,6 +147,19 @@ class GatewayMetrics:
         # would otherwise recount the fleet a thousand times.
         self._devices = _DevicesByPresence()
         self.registry.register(self._devices)
+        self._readings = _LastReadings()
+        self.registry.register(self._readings)
+        self._config_sync = _ConfigSync()
+        self.registry.register(self._config_sync)
+        self.handovers = Counter(
+            "edgetwin_handovers",
+            "Sensor streams that changed hands, by who serves them now: simulation (the "
+            "agent went away or reported the sensor faulted) or agent (it came back)",
+            ["to"],
+            registry=self.registry,
+        )
+        for side in ("simulation", "agent"):
+            self.handovers.labels(side)  # both series from the start, at 0
         self.simulated_devices = Gauge(
             "edgetwin_simulated_devices",
             "Devices the simulation engine plays now",
@@ -182,3 +243,11 @@ class GatewayMetrics:
     def count_devices(self, counts: Callable[[], Mapping[tuple[str, str], int]]) -> None:
         """Where `edgetwin_devices{presence, served_by}` comes from (the twin's fleet)."""
         self._devices.counts = counts
+
+    def count_readings(self, readings: Callable[[], Iterator[Reading]]) -> None:
+        """Where `edgetwin_reading` comes from (the twin's streams)."""
+        self._readings.readings = readings
+
+    def count_config_sync(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Where `edgetwin_config_sync{state}` comes from (the twin's manifest devices)."""
+        self._config_sync.counts = counts

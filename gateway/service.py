@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from typing import Final
 
 from opentelemetry.propagate import inject
 from opentelemetry.trace import Tracer
@@ -66,6 +67,7 @@ TRACE_SAMPLE_SECONDS = 10.0
 FETCH_DEVICES = 150
 FETCH_TIMEOUT = 10.0  # seconds the broker may take to send one portion
 MALFORMED_LOG_INTERVAL = 60.0  # seconds between log lines on one device's malformed messages
+_SERVERS: Final = frozenset({"agent", "simulation"})  # a Serving that is someone, not "none"
 
 
 class ConflictError(Exception):
@@ -117,6 +119,8 @@ class GatewayService:
         metrics.count_simulated(lambda: self.standins.stats().sent)
         metrics.count_history(lambda: len(self.history), lambda: self.history.evicted)
         metrics.count_devices(self.fleet.counts)
+        metrics.count_readings(self.fleet.last_readings)
+        metrics.count_config_sync(lambda: self.fleet.tally()[3])
         metrics.simulated_devices.set_function(lambda: len(self.standins.active_devices()))
         metrics.mqtt_sent.add_source(self._standin_counts)
         self._tracer_sampled = (
@@ -540,6 +544,10 @@ class GatewayService:
             for name in set(seqs) | set(serving) | set(twin.serving)
         }
         for handover in self.fleet.note_serving(twin.id, serving, last, self.clock()):
+            # edgetwin_handovers_total counts changes of hands only: a stream taken up from
+            # nobody (start-up, a sensor added) or left to nobody is not handed over.
+            if handover.previous in _SERVERS and handover.served_by in _SERVERS:
+                self.metrics.handovers.labels(handover.served_by).inc()
             # Debug: a broker outage hands a whole fleet over at once.
             log.debug(
                 "hand-over",

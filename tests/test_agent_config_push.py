@@ -85,6 +85,9 @@ class RecordingMetrics:
     def reconnected(self) -> None:
         pass
 
+    def committed(self, seconds: float) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

@@ -1,0 +1,721 @@
+"""The Compose stack (compose.yaml, Dockerfile, Dockerfile.agent, deploy/), with what runs here.
+
+No Docker engine runs on these machines and images cannot be pulled, so the stack is checked
+in parts, each with real programs where there are any:
+- Prometheus's config by `promtool check config`; then a real Prometheus (Debian's) scraping
+  a real gateway with an engine fleet and a real agent on loopback, with a config made from the
+  shipped one, and every PromQL query of every dashboard answered with series;
+- compose.yaml by `docker-compose config` (Compose's own parser), and every name, port, host
+  and mounted file it relies on against the configs it mounts;
+- the broker's and the demo's scripts by running them: broker-init.sh's files in a real
+  mosquitto with the shipped mosquitto.conf, the gateway and agent-2 started as compose.yaml
+  starts them (with-env.sh, flap.sh), agent-2's stops shown as hand-overs;
+- the Dockerfiles by reading them: non-root user, health check, portable base.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+import yaml
+
+from edgetwin.gateway.broker import free_port
+from edgetwin.testing._toml import toml_document
+from edgetwin.testing.broker import Broker
+from edgetwin.testing.capture import Capture
+from edgetwin.testing.endpoint import MqttEndpoint
+from edgetwin.testing.process import stop_process
+from edgetwin.testing.waiting import poll
+from tests.test_dashboards import (
+    DASHBOARDS,
+    label_values,
+    load,
+    prometheus_queries,
+    substitute,
+    variables,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+COMPOSE = ROOT / "compose.yaml"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+BIN = str(Path(sys.executable).parent)  # where `edgetwin` is, for the stack's shell scripts
+
+
+def compose() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return document
+
+
+def services() -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = compose()["services"]
+    return found
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """A service's mounts, container path -> source (a repository path or a volume name)."""
+    result = {}
+    for volume in service.get("volumes", []):
+        source, target, *_ = volume.split(":")
+        result[target] = source
+    return result
+
+
+def mounted_file(service: dict[str, Any], target: str) -> Path:
+    return (ROOT / mounts(service)[target]).resolve()
+
+
+def toml(path: Path) -> dict[str, Any]:
+    return tomllib.loads(path.read_text())
+
+
+def host_port(url: str) -> tuple[str, int]:
+    parsed = urllib.parse.urlsplit(url if "//" in url else f"//{url}")
+    assert parsed.hostname is not None, url
+    assert parsed.port is not None, url
+    return parsed.hostname, parsed.port
+
+
+def networks(service: dict[str, Any]) -> set[str]:
+    # A list of names, or a mapping of names to settings (aliases): its keys.
+    return set(service.get("networks", ["default"]))
+
+
+def resolves(host: str, client: str) -> str:
+    """The service that `host` names from the service `client`: a service name or a network
+    alias on a network they share (how Docker's DNS answers)."""
+    everyone = services()
+    shared = networks(everyone[client])
+    for name, service in everyone.items():
+        on = service.get("networks", ["default"])
+        aliases = {
+            alias
+            for network, settings in (on.items() if isinstance(on, dict) else [])
+            for alias in (settings or {}).get("aliases", [])
+            if network in shared
+        }
+        if networks(service) & shared and host in {name, *aliases}:
+            return name
+    raise AssertionError(f"{host!r} names no service that {client} can reach")
+
+
+def mosquitto_listener(conf: Path) -> int:
+    match = re.search(r"^listener (\d+)", conf.read_text(), re.MULTILINE)
+    assert match, conf
+    return int(match[1])
+
+
+def need(binary: str) -> str:
+    found = shutil.which(binary, path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin")
+    if found is None:
+        pytest.skip(f"{binary} is not installed (.ci/run installs it with apt-get)")
+    return found
+
+
+# -- Prometheus's config ---------------------------------------------------------------------
+
+
+def test_promtool_accepts_the_shipped_prometheus_config() -> None:
+    promtool = need("promtool")
+    result = subprocess.run(
+        [promtool, "check", "config", str(PROMETHEUS_CONFIG)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_prometheus_scrapes_the_services_on_the_ports_they_listen_on() -> None:
+    everyone = services()
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    # The gateway's /metrics is on its API port: the twin, the stand-ins and the engine.
+    (gateway_target,) = jobs["gateway"]["static_configs"][0]["targets"]
+    gateway_config = toml(mounted_file(everyone["gateway"], "/etc/edgetwin/gateway.toml"))
+    assert host_port(gateway_target) == ("gateway", gateway_config["server"]["port"])
+    assert gateway_config["engine"]["start_devices"] > 0  # the engine's figures are there
+    # Each agent on its config's prometheus_port, labelled with its config's device id.
+    agents = {
+        host_port(target)[0]: (host_port(target)[1], group["labels"]["device"])
+        for group in jobs["agent"]["static_configs"]
+        for target in group["targets"]
+    }
+    assert set(agents) == {name for name in everyone if name.startswith("agent-")}
+    for name, (port, device) in agents.items():
+        agent = toml(mounted_file(everyone[name], "/etc/edgetwin/agent.toml"))
+        assert agent["observability"]["prometheus_port"] == port
+        assert agent["observability"]["prometheus_host"] == "0.0.0.0"
+        assert agent["agent"]["device_id"] == device
+        resolves(name, "prometheus")
+    # The original simulator: by DNS, its service and its config's prometheus_port.
+    (simulator,) = jobs["simulator"]["dns_sd_configs"]
+    simulator_config = toml(mounted_file(everyone["simulator"], "/etc/edgetwin/simulator.toml"))
+    assert simulator["port"] == simulator_config["observability"]["prometheus_port"]
+    assert [resolves(name, "prometheus") for name in simulator["names"]] == ["simulator"]
+
+
+# -- compose.yaml --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", [None, "original"])
+def test_docker_compose_parses_the_stack(profile: str | None) -> None:
+    binary = need("docker-compose")
+    args = [binary, "-f", str(COMPOSE)] + (["--profile", profile] if profile else [])
+    result = subprocess.run(
+        [*args, "config"], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    always = {
+        "broker-init", "mosquitto", "gateway", "agent-1", "agent-2", "config-pusher",
+        "otel-collector", "tempo-init", "tempo", "prometheus", "grafana",
+    }  # fmt: skip
+    # Compose 1.x prints profiled services too; their profile says when they run.
+    main = {name for name, s in resolved["services"].items() if not s.get("profiles")}
+    assert main == always
+    original = {n for n, s in resolved["services"].items() if s.get("profiles") == ["original"]}
+    assert original == {"simulator", "simulator-broker"}
+    # Both images are built from this checkout, the rest pulled.
+    builds = {
+        name: s["build"]["dockerfile"] for name, s in resolved["services"].items() if "build" in s
+    }
+    assert set(builds.values()) == {"Dockerfile", "Dockerfile.agent"}
+
+
+def test_every_file_the_stack_mounts_exists() -> None:
+    named = set(compose()["volumes"])
+    for name, service in services().items():
+        for target, source in mounts(service).items():
+            if source in named:
+                continue
+            assert source.startswith("./"), f"{name}: {source} is neither a path nor a volume"
+            assert (ROOT / source).exists(), f"{name} mounts {source} at {target}: missing"
+        # Scripts an entrypoint runs from the mounted deploy/edgetwin must be there too.
+        deploy = mounts(service).get("/opt/edgetwin-deploy")
+        for word in [*service.get("entrypoint", []), *service.get("command", [])]:
+            if str(word).startswith("/opt/edgetwin-deploy/"):
+                assert deploy is not None, name
+                assert (ROOT / deploy / word.removeprefix("/opt/edgetwin-deploy/")).is_file()
+
+
+def test_broker_and_collector_hosts_are_the_services_that_listen_there() -> None:
+    everyone = services()
+    broker_port = mosquitto_listener(
+        mounted_file(everyone["mosquitto"], "/mosquitto/config/mosquitto.conf")
+    )
+    collector_config = yaml.safe_load(
+        mounted_file(everyone["otel-collector"], "/etc/otelcol/config.yaml").read_text()
+    )
+    collector_port = host_port(
+        collector_config["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+    )[1]
+    configs = {
+        "gateway": "/etc/edgetwin/gateway.toml",
+        "agent-1": "/etc/edgetwin/agent.toml",
+        "agent-2": "/etc/edgetwin/agent.toml",
+    }
+    for name, path in configs.items():
+        config = toml(mounted_file(everyone[name], path))
+        assert resolves(config["mqtt"]["host"], name) == "mosquitto"
+        assert config["mqtt"]["port"] == broker_port
+        trace_host, trace_port = host_port(config["observability"]["trace_endpoint"])
+        assert resolves(trace_host, name) == "otel-collector"
+        assert trace_port == collector_port
+        assert config["observability"]["trace_endpoint"].endswith("/v1/traces")
+    # The collector forwards to Tempo's OTLP gRPC receiver; Grafana reads Tempo and Prometheus.
+    tempo = yaml.safe_load(mounted_file(everyone["tempo"], "/etc/tempo/tempo.yaml").read_text())
+    tempo_grpc = tempo["distributor"]["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
+    exporter_host, exporter_port = host_port(collector_config["exporters"]["otlp"]["endpoint"])
+    assert resolves(exporter_host, "otel-collector") == "tempo"
+    assert exporter_port == host_port(tempo_grpc)[1]
+    sources = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "datasources" / "datasources.yaml").read_text()
+    )
+    urls = {source["type"]: host_port(source["url"]) for source in sources["datasources"]}
+    assert urls["tempo"] == ("tempo", tempo["server"]["http_listen_port"])
+    assert urls["prometheus"] == ("prometheus", 9090)  # the prom/prometheus image's port
+    for host, _port in urls.values():
+        resolves(host, "grafana")
+    home = everyone["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (DEPLOY / "grafana" / "dashboards" / Path(home).name).is_file()
+
+
+def test_the_original_simulators_config_runs_in_the_stack_unchanged() -> None:
+    """config/simulator.toml itself is mounted; its host names `mqtt` and `otel-collector`
+    name an anonymous broker (as in the original's own stack) and the stack's collector."""
+    everyone = services()
+    simulator = everyone["simulator"]
+    assert mounts(simulator)["/etc/edgetwin/simulator.toml"] == "./config/simulator.toml"
+    assert simulator["command"] == ["--config", "/etc/edgetwin/simulator.toml"]
+    original = toml(ROOT / "config" / "simulator.toml")
+    broker = resolves(original["mqtt"]["host"], "simulator")
+    assert original["mqtt"]["host"] == "mqtt"
+    assert broker == "simulator-broker"
+    conf = mounted_file(everyone[broker], "/mosquitto/config/mosquitto.conf")
+    assert mosquitto_listener(conf) == original["mqtt"]["port"]
+    assert "allow_anonymous true" in conf.read_text()  # the file has no credentials
+    trace_host, trace_port = host_port(original["observability"]["trace_endpoint"])
+    assert resolves(trace_host, "simulator") == "otel-collector"
+    collector = yaml.safe_load(
+        mounted_file(everyone["otel-collector"], "/etc/otelcol/config.yaml").read_text()
+    )
+    assert (
+        trace_port == host_port(collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"])[1]
+    )
+    # Its own broker: the stack's gateway and the original's fleet both use prefix edgetwin.
+    assert not networks(simulator) & networks(everyone["mosquitto"])
+    # And the gateway accepts the file as it is.
+    check = [sys.executable, "-m", "edgetwin", "config", "check"]
+    result = subprocess.run(
+        [*check, str(ROOT / "config" / "simulator.toml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- the Dockerfiles ---------------------------------------------------------------------------
+
+
+def stages(dockerfile: Path) -> list[list[tuple[str, str]]]:
+    """The instructions of each stage, (INSTRUCTION, arguments), continuation lines joined."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    result: list[list[tuple[str, str]]] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, arguments = line.partition(" ")
+        if instruction.upper() == "FROM":
+            result.append([])
+        result[-1].append((instruction.upper(), arguments.strip()))
+    return result
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.agent"])
+def test_images_run_as_a_user_with_a_health_check_on_a_portable_base(name: str) -> None:
+    built = stages(ROOT / name)
+    for stage in built:
+        base = stage[0][1].split()[0]
+        assert re.fullmatch(r"python:3\.1[1-9]-slim", base), f"{name}: FROM {base}"
+    final = built[-1]
+    users = [args for instruction, args in final if instruction == "USER"]
+    assert users, f"{name} names no USER: it runs as root"
+    assert users[-1].split(":")[0] not in {"root", "0"}, f"{name} runs as root"
+    healthchecks = [args for instruction, args in final if instruction == "HEALTHCHECK"]
+    assert len(healthchecks) == 1, name
+    assert healthchecks[0].startswith("--") or healthchecks[0].startswith("CMD"), name
+    assert " CMD " in f" {healthchecks[0]} ", name
+    # Multi-architecture: no step names an architecture or fetches a binary for one.
+    for stage in built:
+        for instruction, args in stage:
+            if instruction == "RUN":
+                assert not re.search(r"amd64|x86_64|aarch64|arm64|armv7|armhf|curl|wget", args)
+
+
+def test_the_agent_images_health_check_asks_the_port_the_stacks_agents_serve() -> None:
+    final = stages(ROOT / "Dockerfile.agent")[-1]
+    env = " ".join(args for instruction, args in final if instruction == "ENV")
+    port = int(re.search(r"EDGETWIN_AGENT_METRICS_PORT=(\d+)", env)[1])  # type: ignore[index]
+    (check,) = [args for instruction, args in final if instruction == "HEALTHCHECK"]
+    assert "EDGETWIN_AGENT_METRICS_PORT" in check
+    assert "/metrics" in check
+    for name in ("agent-1", "agent-2"):
+        config = toml(mounted_file(services()[name], "/etc/edgetwin/agent.toml"))
+        assert config["observability"]["prometheus_port"] == port
+    gateway = stages(ROOT / "Dockerfile")[-1]
+    (check,) = [args for instruction, args in gateway if instruction == "HEALTHCHECK"]
+    assert "/health" in check
+
+
+# -- a real Prometheus, scraping a real gateway, engine and agent ------------------------------
+
+
+def local_prometheus_config(targets: dict[str, int]) -> dict[str, Any]:
+    """The shipped config with each service's target moved to its loopback port, scraping
+    every second; jobs and labels as shipped, so the dashboards' selectors meet them."""
+    config: dict[str, Any] = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    jobs = []
+    for job in config["scrape_configs"]:
+        groups = []
+        for group in job.get("static_configs", []):
+            moved = [
+                f"127.0.0.1:{targets[host_port(t)[0]]}"
+                for t in group["targets"]
+                if host_port(t)[0] in targets
+            ]
+            if moved:
+                groups.append({**group, "targets": moved})
+        if groups:
+            jobs.append({"job_name": job["job_name"], "static_configs": groups})
+    config["scrape_configs"] = jobs
+    return config
+
+
+def prometheus_get(base: str, path: str, **params: str) -> Any:
+    url = f"{base}{path}?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body = json.loads(response.read())
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+class PrometheusFactory(Protocol):
+    def __call__(self, config: dict[str, Any]) -> str: ...
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[PrometheusFactory]:
+    """Start Debian's Prometheus with a config (a dict) on a free loopback port, with its
+    storage in a temporary directory; returns its base URL once it is ready."""
+    binary = need("prometheus")
+    started: list[subprocess.Popen[bytes]] = []
+    log = (tmp_path / "prometheus.log").open("wb")
+
+    def start(config: dict[str, Any]) -> str:
+        port = free_port()
+        path = tmp_path / "prometheus.yml"
+        path.write_text(yaml.safe_dump(config))
+        started.append(
+            subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={path}",
+                    f"--storage.tsdb.path={tmp_path / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                ],
+                stdout=log,
+                stderr=log,
+            )
+        )
+        base = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"{base}/-/ready", timeout=2) as response:
+                    return bool(response.status == 200)
+            except (urllib.error.URLError, ConnectionError):
+                return False
+
+        poll(ready, 20, 0.1, what="Prometheus ready")
+        return base
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            stop_process(process, timeout=10)
+        log.close()
+
+
+def grafana_escape(value: str) -> str:
+    """A label value as Grafana writes it into a PromQL regex (prometheusRegularEscape):
+    regex metacharacters behind a backslash, itself doubled inside the PromQL string."""
+    value = value.replace("\\", "\\\\\\\\")
+    return re.sub(r"([$^*{}\[\]'+?.()|])", r"\\\\\1", value)
+
+
+def query(base: str, expr: str) -> list[dict[str, Any]]:
+    try:
+        data = prometheus_get(base, "/api/v1/query", query=expr)
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"Prometheus refused {expr!r}: {exc.read().decode()}") from exc
+    result: list[dict[str, Any]] = data["result"]
+    return result
+
+
+AGENT_DEVICE = "greenhouse-01"  # the stack's agent-1; greenhouse-02 stays simulated here
+
+
+@pytest.mark.integration
+def test_every_dashboard_query_returns_series_from_the_running_product(
+    broker: Broker,
+    edgetwin_gateway: Any,
+    edgetwin_agent: Any,
+    prometheus: PrometheusFactory,
+) -> None:
+    """The product's real metrics, scraped by a real Prometheus with the shipped config's jobs
+    and labels: every Prometheus query of every dashboard, variables set to all their values
+    as Grafana's "All" sends them, answers with at least one series."""
+    gateway_config = toml(DEPLOY / "edgetwin" / "gateway.toml")
+    manifest = gateway_config["devices"]
+    gateway = edgetwin_gateway(
+        manifest,
+        broker=broker,
+        # The stack's engine fleet, smaller and in the gateway's process (no worker to spawn).
+        config={"engine": {"start_devices": 20, "start_interval": 0.5, "workers": 0}},
+    )
+    agent_port = free_port()
+    agent = edgetwin_agent(
+        {
+            "agent": {"device_id": AGENT_DEVICE},
+            "sensors": {"env": {"driver": "bme280", "address": 0x76, "interval": 0.5}},
+            "observability": {"prometheus_port": agent_port, "prometheus_host": "127.0.0.1"},
+        },
+        broker=broker,
+        mode="process",  # its own process, so process_* are the agent's
+    )
+    gateway_port = int(urllib.parse.urlsplit(gateway.url).port or 0)
+    base = prometheus(local_prometheus_config({"gateway": gateway_port, "agent-1": agent_port}))
+
+    # What some panels count must happen once: a config push applied (pushes, applies, sync),
+    # and a sensor error (the agent's errors; the sensor handed to the simulation and back).
+    gateway.client.request(
+        "PATCH", f"/devices/{AGENT_DEVICE}/desired", {"sensors": {"env": {"interval": 0.4}}}
+    )
+    agent.wait_for_reported(lambda reported: reported.status == "applied")
+    agent.nack("env")
+    poll(
+        lambda: query(base, "edgetwin_agent_sensor_errors_total"),
+        20,
+        0.2,
+        what="a sensor error scraped",
+    )
+    agent.clear_faults("env")
+
+    expressions = []
+    for path in DASHBOARDS:
+        dashboard = load(path)
+        values = {}
+        for variable in variables(dashboard):
+            metric, label = label_values(variable)
+            found: list[str] = []
+
+            def have(metric: str = metric, label: str = label, found: list[str] = found) -> bool:
+                found[:] = prometheus_get(
+                    base, f"/api/v1/label/{label}/values", **{"match[]": metric}
+                )
+                return bool(found)
+
+            poll(have, 20, 0.2, what=f"values of {path.stem}'s ${variable['name']}")
+            values[variable["name"]] = "(" + "|".join(map(grafana_escape, found)) + ")"
+        expressions += [
+            (path.stem, title, substitute(expr, values, "30s"))
+            for title, expr in prometheus_queries(dashboard)
+        ]
+    missing = list(expressions)
+    deadline = time.monotonic() + 30
+    while missing and time.monotonic() < deadline:
+        missing = [e for e in missing if not query(base, e[2])]
+        if missing:
+            time.sleep(0.5)  # the next scrape, a second away at most
+    assert not missing, "queries without series:\n" + "\n".join(map(str, missing))
+
+    # And the figures are the product's: the agent's reading with its unit and source, the
+    # push applied in sync, the hand-overs of the nacked sensor, commits timed.
+    temperature = query(base, f'edgetwin_reading{{device="{AGENT_DEVICE}",quantity="temperature"}}')
+    assert {(s["metric"]["unit"], s["metric"]["source"]) for s in temperature} == {
+        ("°C", "emulated")
+    }
+    simulated = query(base, 'edgetwin_reading{device="greenhouse-02",quantity="pressure"}')
+    assert {(s["metric"]["unit"], s["metric"]["source"]) for s in simulated} == {
+        ("hPa", "simulated")
+    }
+    (in_sync,) = query(base, 'edgetwin_config_sync{state="in_sync"}')
+    assert float(in_sync["value"][1]) >= 1
+    handovers = {
+        s["metric"]["to"]: float(s["value"][1]) for s in query(base, "edgetwin_handovers_total")
+    }
+    assert handovers["simulation"] >= 1, handovers
+    assert handovers["agent"] >= 1, handovers
+    (commits,) = query(base, "edgetwin_agent_commit_seconds_count")
+    assert float(commits["value"][1]) > 0
+    (engine,) = query(base, "edgetwin_engine_devices")
+    assert float(engine["value"][1]) == 20
+
+
+# -- the stack's broker and scripts, run as compose.yaml runs them -----------------------------
+
+
+def env_file(path: Path) -> dict[str, str]:
+    return dict(
+        line.split("=", 1)
+        for line in path.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+
+
+def as_compose_runs(service: str, paths: dict[str, Path]) -> list[str]:
+    """The service's entrypoint and command from compose.yaml, container paths mapped to
+    local ones (longest first)."""
+    spec = services()[service]
+    words = [*spec["entrypoint"], *spec["command"]]
+    mapped = []
+    for word in words:
+        for container in sorted(paths, key=len, reverse=True):
+            if word == container or word.startswith(container + "/"):
+                mapped.append(str(paths[container]) + word[len(container) :])
+                break
+        else:
+            mapped.append(word)
+    return mapped
+
+
+def local(config: dict[str, Any], broker_port: int, **observability: Any) -> dict[str, Any]:
+    """A stack config moved to loopback: the broker's port, no collector, fast reconnects."""
+    moved = {
+        section: dict(keys) if isinstance(keys, dict) else keys for section, keys in config.items()
+    }
+    moved["mqtt"] |= {"host": "127.0.0.1", "port": broker_port, "keepalive": 2}
+    moved["mqtt"] |= {"reconnect_min_delay": 0.1, "reconnect_max_delay": 0.5}
+    moved["observability"] = {
+        k: v for k, v in moved["observability"].items() if k != "trace_endpoint"
+    } | observability
+    return moved
+
+
+def gateway_metric(url: str, name: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    pattern = rf"^{name}(\{{[^}}]*\}})? (\S+)$"
+    return {m[1] or "": float(m[2]) for m in re.finditer(pattern, text, re.MULTILINE)}
+
+
+@pytest.mark.integration
+def test_the_stacks_broker_gateway_and_flapping_agent_run_as_compose_runs_them(
+    tmp_path: Path,
+) -> None:
+    """broker-init.sh's files in a real mosquitto with the shipped mosquitto.conf; the gateway
+    and agent-2 started by compose.yaml's own entrypoints (with-env.sh loading the generated
+    credentials; flap.sh stopping and starting the agent), on loopback. Every identity logs
+    in under the ACL, agent-2's pauses are counted as hand-overs both ways, and flap.sh stops
+    on SIGTERM with status 0."""
+    mosquitto = need("mosquitto")
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(mode=0o700)
+    env = {
+        **os.environ,
+        "PATH": BIN + os.pathsep + os.environ["PATH"],
+        "EDGETWIN_SECRETS_DIR": str(secrets),
+        "EDGETWIN_GATEWAY_CONFIG": str(DEPLOY / "edgetwin" / "gateway.toml"),
+    }
+    init = ["sh", str(DEPLOY / "edgetwin" / "broker-init.sh")]
+    subprocess.run(init, env=env, check=True, capture_output=True)
+    first = {p.name: p.read_text() for p in secrets.rglob("*.env")}
+    subprocess.run(init, env=env, check=True, capture_output=True)  # a restart of the stack
+    assert {p.name: p.read_text() for p in secrets.rglob("*.env")} == first, "passwords changed"
+    assert set(first) == {
+        "api.env",
+        "gateway.env",
+        "reader.env",
+        "greenhouse-01.env",
+        "greenhouse-02.env",
+    }
+
+    port = free_port()
+    conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
+    conf = conf.replace("/mosquitto/secrets", str(secrets)).replace(
+        "listener 1883", f"listener {port} 127.0.0.1"
+    )
+    if os.geteuid() == 0:
+        # Started as root, mosquitto switches to user `mosquitto`, who cannot read the 0600
+        # password file; compose.yaml runs it as the files' owner, and so does this.
+        conf += "user root\n"
+    (tmp_path / "mosquitto.conf").write_text(conf)
+    log = (tmp_path / "stack.log").open("wb")
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(args: list[str], **extra: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(args, env={**env, **extra}, stdout=log, stderr=log)
+        processes.append(process)
+        return process
+
+    try:
+        start([mosquitto, "-c", str(tmp_path / "mosquitto.conf")])
+        poll(lambda: _accepts(port), 10, what="mosquitto listening")
+
+        api_port = free_port()
+        gateway_config = local(toml(DEPLOY / "edgetwin" / "gateway.toml"), port)
+        gateway_config["server"] = {"host": "127.0.0.1", "port": api_port}
+        gateway_config["presence"] = {"startup_grace": 0.3}
+        gateway_config["engine"] |= {"start_devices": 10, "workers": 0}
+        (tmp_path / "gateway.toml").write_text(toml_document(gateway_config))
+        agent_config = local(
+            toml(DEPLOY / "edgetwin" / "agent-2.toml"),
+            port,
+            prometheus_port=free_port(),
+            prometheus_host="127.0.0.1",
+        )
+        agent_config["agent"]["state_dir"] = str(tmp_path / "agent-state")
+        agent_config["sensors"]["env"]["interval"] = 0.5
+        (tmp_path / "agent.toml").write_text(toml_document(agent_config))
+        paths = {
+            "/opt/edgetwin-deploy": DEPLOY / "edgetwin",
+            "/var/lib/edgetwin": secrets,
+            "/etc/edgetwin/gateway.toml": tmp_path / "gateway.toml",
+            "/etc/edgetwin/agent.toml": tmp_path / "agent.toml",
+        }
+        gateway = start(as_compose_runs("gateway", paths))
+        url = f"http://127.0.0.1:{api_port}"
+        poll(lambda: _healthy(url), 20, 0.1, what="gateway /health 200 (logged in to mosquitto)")
+        reader = env_file(secrets / "broker" / "credentials" / "reader.env")
+        endpoint = MqttEndpoint(
+            "127.0.0.1",
+            port,
+            username=reader["EDGETWIN_MQTT_USERNAME"],
+            password=reader["EDGETWIN_MQTT_PASSWORD"],
+        )
+        with Capture(endpoint, "edgetwin/+/telemetry/+") as seen:
+            # Before any agent: both manifest devices taken up by the simulation, which is
+            # not a hand-over (nobody served them before).
+            seen.wait_for("edgetwin/greenhouse-02/telemetry/env", timeout=15)
+            handovers = gateway_metric(url, "edgetwin_handovers_total")
+            assert handovers == {'{to="simulation"}': 0, '{to="agent"}': 0}
+            flapping = start(as_compose_runs("agent-2", paths), FLAP_UP="3", FLAP_DOWN="2")
+            # The agent's own identity, the gateway's stand-ins and the engine's fleet: each
+            # allowed to write what it writes.
+            emulated = lambda m: b'"emulated"' in m.payload  # noqa: E731
+            simulated = lambda m: b'"simulated"' in m.payload  # noqa: E731
+            seen.wait_for("edgetwin/greenhouse-02/telemetry/env", emulated, timeout=15)
+            seen.wait_for("edgetwin/greenhouse-01/telemetry/env", simulated, timeout=15)
+            seen.wait_for("edgetwin/device_000/telemetry/env", timeout=15)
+
+        def handed_both_ways() -> bool:
+            counts = gateway_metric(url, "edgetwin_handovers_total")
+            return counts.get('{to="simulation"}', 0) >= 1 and counts.get('{to="agent"}', 0) >= 1
+
+        poll(handed_both_ways, 30, 0.2, what="agent-2's stop and return counted as hand-overs")
+        assert flapping.poll() is None, "flap.sh ended by itself"
+        assert stop_process(flapping, timeout=15)[0] == 0
+        assert stop_process(gateway, timeout=15)[0] == 0
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        log.close()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, ConnectionError):
+        return False
