@@ -45,7 +45,9 @@ def _open_engine(
     )
     metrics.registry.register(EngineCollector(engine))
     app.state.engine = engine
-    app.state.engine_scenarios = scenarios or Scenarios(engine.settings.scenarios_dir)
+    app.state.engine_scenarios = scenarios or Scenarios(
+        engine.settings.scenarios_dir, config.engine.shard_spec()
+    )
     return engine
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Final, Literal
@@ -29,6 +31,7 @@ import msgspec
 
 from edgetwin.agent.config import (
     ENV_OVERRIDES,
+    ConfigError,
     HomeAssistantSettings,
     MqttSettings,
     ObservabilitySettings,
@@ -48,6 +51,12 @@ from edgetwin.agent.contract import (
 )
 from edgetwin.gateway.engine.interface import PayloadKind
 from edgetwin.gateway.engine.settings import EngineSettings
+from edgetwin.gateway.scenario.model import (
+    ScenarioError,
+    Shard,
+    parse_shard,
+    shard_from_environment,
+)
 
 
 def default_sensors(interval: float = 5.0) -> dict[str, SensorSettings]:
@@ -255,9 +264,21 @@ class EngineSection(EngineSettings, frozen=True):
     start_devices: Annotated[int, msgspec.Meta(ge=1)] | None = None
     start_interval: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 1.0
     start_scenario: str | None = None
+    # "K/N": this gateway's engine plays the K-th of N shares of every /engine fleet (the API's
+    # and start_*), one of N replicas (EDGETWIN_SHARD, or EDGETWIN_SHARD_COUNT with the host
+    # name's StatefulSet ordinal). The original simulator's group is not sharded.
+    shard: str | None = None
+
+    def shard_spec(self) -> Shard | None:
+        return None if self.shard is None else parse_shard(self.shard)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.shard is not None:
+            try:
+                parse_shard(self.shard)
+            except ScenarioError as exc:
+                raise ValueError(f"engine: {exc}") from None
         if self.start_devices is not None and self.start_scenario is not None:
             raise ValueError("engine: start_devices and start_scenario cannot be used together")
         if self.start_scenario is not None and self.scenarios_dir is None:
@@ -409,6 +430,7 @@ GATEWAY_ENV_OVERRIDES: Final[Mapping[str, tuple[str, str]]] = {
     "EDGETWIN_PROMETHEUS_HOST": ("observability", "prometheus_host"),
     "EDGETWIN_ENGINE_USERNAME": ("engine", "username"),
     "EDGETWIN_ENGINE_PASSWORD": ("engine", "password"),
+    "EDGETWIN_SHARD": ("engine", "shard"),
 }
 
 
@@ -422,4 +444,12 @@ def _is_loopback(host: str) -> bool:
 
 
 def load_gateway_config(path: Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
-    return load(GatewayConfig, path, environ, GATEWAY_ENV_OVERRIDES)
+    env = os.environ if environ is None else environ
+    if "EDGETWIN_SHARD_COUNT" in env and "EDGETWIN_SHARD" not in env:
+        # A StatefulSet's replica: its shard from the ordinal its host name ends with.
+        try:
+            shard = shard_from_environment(env, socket.gethostname())
+        except ScenarioError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        env = {**env, "EDGETWIN_SHARD": str(shard)}
+    return load(GatewayConfig, path, env, GATEWAY_ENV_OVERRIDES)

@@ -364,3 +364,18 @@ def test_an_observability_section_without_service_name_keeps_the_programs_name(
     assert load_gateway_config(gateway, environ={}).observability.service_name == (
         "edgetwin-gateway"
     )
+
+
+def test_a_statefulset_replica_takes_its_engine_shard_from_its_host_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "[engine]\nstart_devices = 10\n")
+    monkeypatch.setattr("socket.gethostname", lambda: "edgetwin-gateway-2")
+    config = load_gateway_config(path, environ={"EDGETWIN_SHARD_COUNT": "3"})
+    assert config.engine.shard == "2/3"
+    # An explicit shard wins over the ordinal.
+    explicit = {"EDGETWIN_SHARD_COUNT": "3", "EDGETWIN_SHARD": "0/3"}
+    assert load_gateway_config(path, environ=explicit).engine.shard == "0/3"
+    monkeypatch.setattr("socket.gethostname", lambda: "laptop")
+    with pytest.raises(ConfigError, match="ends in no ordinal"):
+        load_gateway_config(path, environ={"EDGETWIN_SHARD_COUNT": "3"})

@@ -264,6 +264,8 @@ def test_a_configured_fleet_starts_with_the_gateway(broker: Broker, tmp_path: Pa
         ('start_devices = 2\nstart_scenario = "a.toml"\n', "cannot be used together"),
         ('start_scenario = "a.toml"\n', "needs scenarios_dir"),
         ("start_devices = 300000\n", "above max_devices"),
+        ('shard = "2/2"\n', "shards count from 0"),
+        ('shard = "half"\n', "K/N"),
     ],
 )
 def test_contradictory_engine_sections_are_refused(
@@ -271,3 +273,33 @@ def test_contradictory_engine_sections_are_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=reason):
         load_gateway_config(gateway_toml(broker, tmp_path, engine), environ={})
+
+
+def test_a_replicas_engine_plays_its_shard_of_every_fleet(broker: Broker, tmp_path: Path) -> None:
+    """`[engine] shard` (here from EDGETWIN_SHARD): of the 4-device fleet the gateway starts,
+    and of one started through the API, this replica plays the second half, with the fleet's
+    device ids."""
+    toml = gateway_toml(broker, tmp_path, "start_devices = 4\nstart_interval = 0.2\n")
+    config = load_gateway_config(toml, environ={"EDGETWIN_SHARD": "1/2"})
+    assert config.engine.shard == "1/2"
+    with (
+        Capture(broker, "edgetwin/+/telemetry/+") as sub,
+        TestClient(create_app(config)) as client,
+    ):
+        sub.wait_for("edgetwin/device_003/telemetry/env", count=2)
+        assert client.get("/engine/status").json()["devices"] == 2
+        assert {Telemetry.decode(m.payload).device for m in sub.messages()} == {
+            "device_002",
+            "device_003",
+        }
+        client.post("/engine/stop", headers=BEARER)
+        started = client.post("/engine/start", json={"devices": 6, "interval": 0.2}, headers=BEARER)
+        assert started.status_code == 200, started.text
+        assert started.json()["devices"] == 3
+        sub.clear()
+        sub.wait_for("edgetwin/device_005/telemetry/env", count=2)
+        assert {Telemetry.decode(m.payload).device for m in sub.messages()} <= {
+            "device_003",
+            "device_004",
+            "device_005",
+        }

@@ -10,6 +10,7 @@ from typing import Protocol
 from edgetwin.gateway.engine.controller import EngineInputError
 from edgetwin.gateway.engine.interface import ScenarioLike
 from edgetwin.gateway.scenario import Scenario, ScenarioError, default_scenario, load_scenario
+from edgetwin.gateway.scenario.model import Shard
 
 
 class ScenarioSource(Protocol):
@@ -24,8 +25,9 @@ class Scenarios:
     must not become a way to read any file on the gateway's machine, so a name that leaves the
     directory is refused, and without a directory no file is read at all."""
 
-    def __init__(self, directory: Path | None) -> None:
+    def __init__(self, directory: Path | None, shard: Shard | None = None) -> None:
         self._directory = directory.resolve() if directory is not None else None
+        self._shard = shard
 
     def load(self, name: str) -> ScenarioLike:
         if self._directory is None:
@@ -49,8 +51,9 @@ class Scenarios:
         except ScenarioError as exc:
             raise EngineInputError(str(exc)) from exc
 
-    @staticmethod
-    def _anchored(scenario: Scenario) -> Scenario:
+    def _anchored(self, scenario: Scenario) -> Scenario:
         # Faults given as `after` a duration count from the run's start: the scenario is
-        # loaded when the run starts, so now is that start.
+        # loaded when the run starts, so now is that start. A replica plays its shard of it.
+        if self._shard is not None:
+            scenario = scenario.sharded(self._shard)
         return scenario if scenario.origin is not None else scenario.with_start(time.time())
