@@ -20,15 +20,19 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "scenario.toml"
 
 
-def simulate(*args: str) -> subprocess.CompletedProcess[str]:
+def edgetwin(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "edgetwin", "simulate", *args],
+        [sys.executable, "-m", "edgetwin", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def simulate(*args: str) -> subprocess.CompletedProcess[str]:
+    return edgetwin("simulate", *args)
 
 
 def test_a_virtual_run_writes_every_message_and_repeats_byte_for_byte(tmp_path: Path) -> None:
@@ -208,14 +212,7 @@ def test_the_broker_sink_keeps_to_a_small_window_and_delivers_everything(
 
 
 def merge(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgetwin", "merge", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return edgetwin("merge", *args)
 
 
 @pytest.mark.parametrize(
