@@ -138,6 +138,7 @@ def describe_gateway(config: GatewayConfig) -> list[tuple[str, str]]:
         (
             "engine",
             f"workers {engine.workers} (at most {engine.max_workers}), up to "
-            f"{engine.max_devices} devices",
+            f"{engine.max_devices} devices"
+            + (f"; plays shard {engine.shard} of each /engine fleet" if engine.shard else ""),
         ),
     ]

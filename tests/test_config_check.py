@@ -83,3 +83,11 @@ def test_two_fleet_sections_and_a_missing_file(tmp_path: Path) -> None:
     assert_one_line(result.returncode, result.stderr, "config check", "[simulation]")
     result = check(tmp_path / "missing.toml")
     assert_one_line(result.returncode, result.stderr, "config check", "no such file")
+
+
+def test_a_replicas_shard_is_in_the_summary(tmp_path: Path) -> None:
+    path = tmp_path / "replica.toml"
+    path.write_text('[engine]\nshard = "1/3"\nstart_devices = 9\n')
+    result = check(path)
+    assert result.returncode == 0, result.stderr
+    assert "plays shard 1/3 of each /engine fleet" in result.stdout
