@@ -53,6 +53,17 @@ def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "--workers", type=int, default=2, help="real time: worker processes (default 2)"
     )
     simulate.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="real time: serve the engine's Prometheus metrics on this port while it runs",
+    )
+    simulate.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address for --metrics-port (0.0.0.0 in a container)",
+    )
+    simulate.add_argument(
         "--shard",
         default=None,
         metavar="K/N",
@@ -394,6 +405,9 @@ def _simulate(args: argparse.Namespace) -> int:
         broker = _settings(args, "simulate", prefix=args.prefix, topic=args.topic)
         if broker is None:
             return 2
+    if args.virtual and args.metrics_port is not None:
+        print("edgetwin simulate: --metrics-port: only in real time", file=sys.stderr)
+        return 2
     if not args.virtual:
         if broker is None:
             print("edgetwin simulate: --out: only with --virtual; a real-time run publishes "
@@ -436,6 +450,8 @@ def _simulate_realtime(args: argparse.Namespace, broker: MqttSettings, shard: Sh
             raise ValueError("--start: only with --virtual; a real-time run starts now")
         if not 1 <= args.workers <= 64:
             raise ValueError(f"--workers: 1..64, not {args.workers}")
+        if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+            raise ValueError(f"--metrics-port: 0..65535, not {args.metrics_port}")
         scenario = scenario_for(args.scenario, args.devices).sharded(shard)
         seconds = None if args.duration is None else parse_duration(args.duration)
     except (ScenarioError, ValueError) as exc:
@@ -449,6 +465,7 @@ def _simulate_realtime(args: argparse.Namespace, broker: MqttSettings, shard: Sh
         qos=args.qos,
         payload=args.payload,
         quiet=args.quiet,
+        metrics=None if args.metrics_port is None else (args.metrics_host, args.metrics_port),
     )
 
 

@@ -9,11 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from edgetwin.agent.contract import Status, Telemetry
+from edgetwin.gateway.broker import free_port
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture
+from edgetwin.testing.process import start_edgetwin, stop_process
+from edgetwin.testing.waiting import poll
 from tests.fleet_helpers import mqtt_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -311,3 +315,48 @@ def test_a_real_time_replica_plays_its_shard_of_the_fleet_from_its_host_name(
         "device_002",
         "device_003",
     }
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The unlabelled samples of a Prometheus text page (enough for the engine's gauges)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+@pytest.mark.integration
+def test_a_real_time_replica_serves_the_engines_metrics_while_it_runs(broker: Broker) -> None:
+    """What an orchestrator probes and Prometheus scrapes on a simulation replica: the
+    engine's figures (the gateway's edgetwin_engine_* families) and the process's."""
+    port = free_port()
+    process = start_edgetwin(
+        [
+            "simulate", "--devices", "6", "--shard", "0/2", "--broker",
+            f"{broker.host}:{broker.port}", "--workers", "1", "--qos", "0",
+            "--metrics-port", str(port), "--quiet",
+        ]
+    )  # fmt: skip
+    try:
+
+        def sending() -> bool:
+            try:
+                return scrape(port).get("edgetwin_engine_messages_total", 0) > 0
+            except httpx.TransportError:
+                return False
+
+        poll(sending, timeout=20, what="the replica's engine metrics")
+        samples = scrape(port)
+        assert samples["edgetwin_engine_devices"] == 3
+        assert samples["edgetwin_engine_workers"] == 1
+        assert samples["edgetwin_engine_target_rate"] == 3
+        assert samples["process_resident_memory_bytes"] > 0
+    finally:
+        code, stderr = stop_process(process)
+    assert code == 0, stderr
+    refused = simulate("--virtual", "--metrics-port", "1", "--out", "x.jsonl")
+    assert refused.returncode == 2
+    assert "only in real time" in refused.stderr

@@ -10,8 +10,11 @@ import time
 from types import FrameType
 from typing import Literal
 
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+
 from edgetwin.gateway.engine.controller import EngineController, EngineError, EngineStats
 from edgetwin.gateway.engine.link import Endpoint, probe
+from edgetwin.gateway.engine.metrics import EngineCollector
 from edgetwin.gateway.engine.settings import EngineSettings
 from edgetwin.gateway.scenario import Scenario
 
@@ -64,8 +67,12 @@ def run_realtime(
     qos: Literal[0, 1],
     payload: Literal["edgetwin", "flat"],
     quiet: bool = False,
+    metrics: tuple[str, int] | None = None,
 ) -> int:
-    """Run until `seconds` have passed (None: until SIGINT or SIGTERM); the exit code."""
+    """Run until `seconds` have passed (None: until SIGINT or SIGTERM); the exit code. With
+    `metrics` (host, port), the engine's Prometheus figures are served there while it runs:
+    the same `edgetwin_engine_*` families as the gateway's, and the process's; an
+    orchestrator's probes and a Prometheus scrape of a replica both use them."""
     error = probe(endpoint)
     if error is not None:
         print(f"edgetwin simulate: {error}", file=sys.stderr)
@@ -74,6 +81,18 @@ def run_realtime(
         scenario = scenario.with_start(time.time())
     settings = EngineSettings(workers=workers, max_workers=workers, qos=qos, payload=payload)
     engine = EngineController(endpoint, settings)
+    server = None
+    if metrics is not None:
+        registry = CollectorRegistry()
+        registry.register(EngineCollector(engine))
+        ProcessCollector(registry=registry)
+        try:
+            server, _ = start_http_server(metrics[1], metrics[0], registry=registry)
+        except OSError as exc:
+            print(
+                f"edgetwin simulate: metrics on {metrics[0]}:{metrics[1]}: {exc}", file=sys.stderr
+            )
+            return 2
     stop = threading.Event()
 
     def on_signal(_number: int, _frame: FrameType | None) -> None:
@@ -101,6 +120,8 @@ def run_realtime(
         final = engine.stats()  # the stopped run's figures, as each worker reported at its end
     finally:
         engine.close()
+        if server is not None:
+            server.shutdown()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print(final_line(running, final, elapsed))
