@@ -70,9 +70,8 @@ TRACE_SAMPLE_SECONDS = 10.0
 FETCH_DEVICES = 150
 FETCH_TIMEOUT = 10.0  # seconds the broker may take to send one portion
 MALFORMED_LOG_INTERVAL = 60.0  # seconds between log lines on one device's malformed messages
-LEASE_STOP_TIMEOUT = (
-    2.0  # seconds a stopping gateway waits for the broker to take its offline lease
-)
+# Seconds a stopping gateway waits for the broker to take its offline lease.
+LEASE_STOP_TIMEOUT = 2.0
 _SERVERS: Final = frozenset({"agent", "simulation"})  # a Serving that is someone, not "none"
 
 
@@ -107,7 +106,9 @@ class GatewayService:
         # across restarts of the replica, its session is this start's alone.
         self.gateway_id = config.gateway.gateway_id()
         self.session = secrets.token_hex(8)
-        self.started = clock()
+        # Wall-clock time, not the twin's clock (which a test may make virtual): other
+        # gateways order this life against the id's others by it.
+        self.started = time.time()
         self.membership = Membership(self.gateway_id, self.session)
         metrics.gateways_live.set_function(lambda: len(self.membership.live_ids()))
         self.link = MqttLink(
@@ -208,7 +209,7 @@ class GatewayService:
         # (a resubscription after a reconnect refreshes the view), at QoS 1 since each matters.
         self.link.subscribe([topics.all_gateways()], qos=1)
         # Other gateways' rebirth requests, which this one answers with its lease as agents
-        # answer with their births (`_answer_rebirth`); its own are no news (no-local).
+        # answer with their births (`_on_membership`); its own are no news (no-local).
         self.link.subscribe([topics.rebirth()], qos=1, no_local=True)
         # Agents' readings tell us their last seq, so a simulation that takes over a stream
         # continues its numbering. Only the twin's devices are watched: the engine's fleet on
@@ -270,7 +271,7 @@ class GatewayService:
             state=state,
             session=self.session,
             since=self.started,
-            ts=self.clock() if ts is None else ts,
+            ts=time.time() if ts is None else ts,
             version=agent_version(),
             reason=reason,
             api=self.config.gateway.advertise_url,
