@@ -424,8 +424,46 @@ class TwinIndex(_Payload, frozen=True):
     devices: list[DeviceId]
 
 
+GatewayId = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
+
+
+class GatewayLease(_Payload, frozen=True):
+    """One gateway's membership of its prefix, retained at `{prefix}/_gateways/{gateway}`:
+    its birth on every connection, and its last will (the same document, offline) when the
+    broker loses it. Only that gateway writes it. Sparkplug's primary-host STATE, with a
+    session so that readers can order the lives of one gateway id.
+
+    `session` is drawn at random at every start; `since` is that start's wall-clock time, the
+    same in every lease of the session (the will's included, which is fixed at start), so a
+    reader can tell a later life from a late will of an earlier one (gateway/membership.py).
+    `api` is where this gateway's HTTP API is reached, for forwarding, when configured.
+    """
+
+    gateway: GatewayId
+    state: Presence
+    session: SessionId
+    since: Annotated[float, msgspec.Meta(gt=0)]
+    ts: Float
+    version: Annotated[str, msgspec.Meta(max_length=64)]
+    reason: Literal["birth", "shutdown", "connection_lost"]
+    api: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+
+    def __post_init__(self) -> None:
+        _finite(self.since, "since")
+        _finite(self.ts, "ts")
+
+
 TopicKind = Literal[
-    "status", "twin", "telemetry", "desired", "reported", "state", "labels", "rebirth", "index"
+    "status",
+    "twin",
+    "telemetry",
+    "desired",
+    "reported",
+    "state",
+    "labels",
+    "rebirth",
+    "index",
+    "gateway",
 ]
 
 
@@ -511,6 +549,14 @@ class Topics:
     def all_twin_index(self) -> str:
         return f"{self.prefix}/_index/+"
 
+    def gateway(self, gateway: str) -> str:
+        """Where `gateway` keeps its lease (GatewayLease), retained; '_' keeps it clear of
+        every device's topics."""
+        return f"{self.prefix}/_gateways/{gateway}"
+
+    def all_gateways(self) -> str:
+        return f"{self.prefix}/_gateways/+"
+
     def probe(self, client_id: str) -> str:
         """A topic only `client_id` subscribes to: its own messages sent back mark a point
         in the order of what the broker sends it (MqttLink.fetch_retained)."""
@@ -559,6 +605,10 @@ class Topics:
                 return ParsedTopic("rebirth", None)
             case ["_index", _]:
                 return ParsedTopic("index", None)
+            case ["_gateways", gateway]:
+                # Before `[device, "status"]`: a gateway called "status" is still a gateway.
+                check_id(gateway, "gateway id")
+                return ParsedTopic("gateway", None)
             case [device, "status"]:
                 return ParsedTopic("status", device)
             case [device, "twin"]:

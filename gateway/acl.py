@@ -103,13 +103,14 @@ def acl_text(
         everything.append(telemetry_all)
     lines += [
         "",
-        "# The gateway: reads everything, alone writes twins, desired configs and rebirth.",
+        "# The gateways: read everything, alone write twins, desired configs, rebirth and leases.",
         f"user {GATEWAY_USER}",
         *(f"topic read {topic}" for topic in everything),
         f"topic write {topics.all_twin()}",
         f"topic write {topics.all_desired()}",
         f"topic write {topics.rebirth()}",
         f"topic write {topics.all_twin_index()}",
+        f"topic write {topics.all_gateways()}",
         f"topic write {topics.probe('+')}",
         f"topic write {discovery_prefix}/+/+/+/config",
         "",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,6 +43,7 @@ from edgetwin.agent.config import (
 )
 from edgetwin.agent.contract import (
     DeviceId,
+    GatewayId,
     LabelKey,
     LabelValue,
     SensorBackend,
@@ -343,6 +345,32 @@ class LiveSection(Section, frozen=True):
     queue: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 16
 
 
+class GatewaySection(Section, frozen=True):
+    """This gateway among the others on its prefix (gateway/membership.py)."""
+
+    # Its name in the membership and the lease topic; the same across restarts of one replica,
+    # so that a restart gets back the devices it owned. None: from the host name, which a
+    # StatefulSet keeps per replica (`default_gateway_id`); or EDGETWIN_GATEWAY_ID.
+    id: GatewayId | None = None
+    # The URL other gateways and clients reach this one's API at, published in its lease
+    # (for forwarding writes to a device's owner); None publishes none.
+    advertise_url: (
+        Annotated[str, msgspec.Meta(pattern=r"^https?://\S+$", max_length=256)] | None
+    ) = None
+
+    def gateway_id(self, hostname: str | None = None) -> str:
+        return self.id or default_gateway_id(socket.gethostname() if hostname is None else hostname)
+
+
+def default_gateway_id(hostname: str) -> str:
+    """A contract id from a host name: lower case, the domain dropped, any other character
+    made '-', at most 64 characters. `gateway-0.gateway.ns.svc` gives `gateway-0`; a host name
+    with nothing usable gives "gateway"."""
+    name = hostname.split(".", 1)[0].lower()
+    name = re.sub(r"[^a-z0-9_-]", "-", name).lstrip("-_")[:64]
+    return name or "gateway"
+
+
 class GatewayObservability(ObservabilitySettings, frozen=True):
     # The program's own name when the section is there without one (the inherited default
     # would log every gateway as the agent's generic "edgetwin").
@@ -366,6 +394,7 @@ class GatewayConfig(Section, frozen=True):
     # Home Assistant discovery for the manifest's devices, simulated ones included.
     homeassistant: HomeAssistantSettings = msgspec.field(default_factory=HomeAssistantSettings)
     devices: list[ManifestDevice] = msgspec.field(default_factory=list)
+    gateway: GatewaySection = msgspec.field(default_factory=GatewaySection)
 
     def __post_init__(self) -> None:
         if self.api.local_no_auth and not _is_loopback(self.server.host):
@@ -431,6 +460,7 @@ GATEWAY_ENV_OVERRIDES: Final[Mapping[str, tuple[str, str]]] = {
     "EDGETWIN_ENGINE_USERNAME": ("engine", "username"),
     "EDGETWIN_ENGINE_PASSWORD": ("engine", "password"),
     "EDGETWIN_SHARD": ("engine", "shard"),
+    "EDGETWIN_GATEWAY_ID": ("gateway", "id"),
 }
 
 

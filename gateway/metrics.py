@@ -183,6 +183,11 @@ class GatewayMetrics:
             "1 while the gateway is connected to the broker",
             registry=self.registry,
         )
+        self.gateways_live = Gauge(
+            "edgetwin_gateways_live",
+            "Gateways on this prefix that this one sees live, itself included (their leases)",
+            registry=self.registry,
+        )
         self.malformed_messages = Counter(
             "edgetwin_malformed_messages",
             "Messages on the gateway's topics that break the contract, by topic kind "

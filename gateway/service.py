@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, Literal
 
 from opentelemetry.propagate import inject
 from opentelemetry.trace import Tracer
@@ -22,6 +23,7 @@ from edgetwin.agent.contract import (
     DesiredConfig,
     DeviceState,
     FlatReading,
+    GatewayLease,
     ParsedTopic,
     Presence,
     RebirthRequest,
@@ -42,7 +44,7 @@ from edgetwin.agent.homeassistant import (
     Discovery,
     PublishedConfigs,
 )
-from edgetwin.agent.mqtt import Message, MqttLink
+from edgetwin.agent.mqtt import Message, MqttLink, PublishError, Will
 from edgetwin.agent.runtime import agent_version
 from edgetwin.agent.tracing import Tracing
 from edgetwin.gateway.config import COMPAT_LABEL, GatewayConfig, ManifestDevice
@@ -53,6 +55,7 @@ from edgetwin.gateway.fleet import MAX_VERSION, DeviceTwin, Fleet, PresenceState
 from edgetwin.gateway.history import History
 from edgetwin.gateway.learning import StreamLearning
 from edgetwin.gateway.lograte import LogLimiter
+from edgetwin.gateway.membership import Membership
 from edgetwin.gateway.metrics import GatewayMetrics
 from edgetwin.gateway.standins import StandIns
 from edgetwin.gateway.twin_index import TwinIndexKeeper
@@ -67,6 +70,8 @@ TRACE_SAMPLE_SECONDS = 10.0
 FETCH_DEVICES = 150
 FETCH_TIMEOUT = 10.0  # seconds the broker may take to send one portion
 MALFORMED_LOG_INTERVAL = 60.0  # seconds between log lines on one device's malformed messages
+# Seconds a stopping gateway waits for the broker to take its offline lease.
+LEASE_STOP_TIMEOUT = 2.0
 _SERVERS: Final = frozenset({"agent", "simulation"})  # a Serving that is someone, not "none"
 
 
@@ -97,10 +102,29 @@ class GatewayService:
         # Recent points per stream for the page's charts, fed by the twin's own telemetry path.
         self.history = History(config.history.points, config.history.max_streams)
         self.fleet = Fleet(config.manifest(), self.history)
+        # This gateway among the others on its prefix (gateway/membership.py): its id lasts
+        # across restarts of the replica, its session is this start's alone.
+        self.gateway_id = config.gateway.gateway_id()
+        self.session = secrets.token_hex(8)
+        # Wall-clock time, not the twin's clock (which a test may make virtual): other
+        # gateways order this life against the id's others by it.
+        self.started = time.time()
+        self.membership = Membership(self.gateway_id, self.session)
+        metrics.gateways_live.set_function(lambda: len(self.membership.live_ids()))
         self.link = MqttLink(
             config.mqtt,
+            # The gateway id in it: replicas of one config must not share a client id, or each
+            # connection takes the other's over (and has the broker publish its will).
             client_id=config.mqtt.client_id
-            or f"edgetwin-gateway-{config.observability.service_name}",
+            or f"edgetwin-gateway-{config.observability.service_name}-{self.gateway_id}",
+            # The lease, offline, for the broker to publish when it loses this gateway. Fixed
+            # for the process's life: its `since` and session order it against later lives.
+            will=Will(
+                self.topics.gateway(self.gateway_id),
+                self._lease(Presence.OFFLINE, "connection_lost", ts=self.started).encode(),
+                qos=1,
+                retain=True,
+            ),
             on_connect=self._on_connect,
             on_message=self._on_message,
         )
@@ -181,6 +205,12 @@ class GatewayService:
         # come through `_rebuild`, in portions, after each connection.
         self.link.subscribe(self._document_filters(), qos=0, retained=False)
         self.link.subscribe([topics.all_twin_index()], qos=0, retained=False)
+        # The other gateways' leases: a few documents, so all of them at every subscription
+        # (a resubscription after a reconnect refreshes the view), at QoS 1 since each matters.
+        self.link.subscribe([topics.all_gateways()], qos=1)
+        # Other gateways' rebirth requests, which this one answers with its lease as agents
+        # answer with their births (`_on_membership`); its own are no news (no-local).
+        self.link.subscribe([topics.rebirth()], qos=1, no_local=True)
         # Agents' readings tell us their last seq, so a simulation that takes over a stream
         # continues its numbering. Only the twin's devices are watched: the engine's fleet on
         # the same topics would otherwise flow through this process, a core's work at 50,000
@@ -211,10 +241,53 @@ class GatewayService:
         self._stopping.set()
         self._index.cancel()
         self.standins.stop()
+        # After the stand-ins stopped: when other gateways take this one's devices on, it no
+        # longer writes them. A clean DISCONNECT has the broker drop the will, so the offline
+        # lease is published here.
+        if self.link.connected:
+            try:
+                delivery = self.link.publish(
+                    self.topics.gateway(self.gateway_id),
+                    self._lease(Presence.OFFLINE, "shutdown").encode(),
+                    qos=1,
+                    retain=True,
+                )
+                delivery.wait(LEASE_STOP_TIMEOUT)
+            except PublishError:
+                log.warning("could not publish the offline lease at stop")
         self.link.close()
         self.metrics.mqtt_connected.set(0)
 
     # -- broker -----------------------------------------------------------------------------
+
+    def _lease(
+        self,
+        state: Presence,
+        reason: Literal["birth", "shutdown", "connection_lost"],
+        ts: float | None = None,
+    ) -> GatewayLease:
+        return GatewayLease(
+            gateway=self.gateway_id,
+            state=state,
+            session=self.session,
+            since=self.started,
+            ts=time.time() if ts is None else ts,
+            version=agent_version(),
+            reason=reason,
+            api=self.config.gateway.advertise_url,
+        )
+
+    def _publish_lease(self, link: MqttLink) -> None:
+        link.publish(
+            self.topics.gateway(self.gateway_id),
+            self._lease(Presence.ONLINE, "birth").encode(),
+            qos=1,
+            retain=True,
+        )
+
+    def _confirm_members(self, connected: float, generation: int) -> None:
+        if generation == self._generation and not self._stopping.is_set():
+            self.membership.confirm(connected)
 
     def _on_connect(self, link: MqttLink) -> None:
         """After every connection, a retained "online" status is a claim to check: the broker
@@ -229,10 +302,23 @@ class GatewayService:
         with self._reconcile_lock:
             self._published_twins.clear()
             self._discovery_sent.invalidate()
+        # Birth before the rebirth request: a gateway that answers the request has this
+        # lease already.
+        self._publish_lease(link)
         link.publish(
             self.topics.rebirth(), RebirthRequest(ts=self.clock()).encode(), qos=1, retain=False
         )
         self._generation += 1
+        # The other gateways answer the rebirth request with their leases; those that did not
+        # within the grace are taken for gone (Membership.confirm). A timer, not the rebuild:
+        # a large twin's rebuild takes seconds, and the view must not wait for it.
+        check = threading.Timer(
+            self.config.presence.startup_grace,
+            self._confirm_members,
+            args=(connected, self._generation),
+        )
+        check.daemon = True
+        check.start()
         threading.Thread(
             target=self._rebuild,
             args=(connected, self._generation),
@@ -346,22 +432,37 @@ class GatewayService:
                 self.fleet.apply_desired(desired, parsed.device)
             elif parsed.kind == "index" and message.payload:
                 self._index.load(TwinIndex.decode(message.payload))
+            elif parsed.kind in ("gateway", "rebirth"):
+                self._on_membership(parsed, message, heard)
             elif parsed.kind == "twin" and message.payload:
-                twin = TwinSummary.decode(message.payload)
-                _same_device(twin.device, parsed.device)
-                key, value = COMPAT_LABEL
-                if twin.labels.get(key) == value:
-                    # Started by some gateway's simulator routes: that gateway's alone, and
-                    # gone with it; a restart must not bring it back.
-                    return
-                self.fleet.apply_manifest(
-                    ManifestDevice(id=twin.device, site=twin.site, labels=twin.labels, sensors={})
-                )
+                self._on_twin(parsed, message.payload)
         except (ContractError, ValueError, RecursionError) as exc:
             # ValueError, RecursionError: the lenient JSON reads (`_is_flat`) of any payload.
             if message.topic.endswith("/status"):
                 self.metrics.status_messages.labels("rejected").inc()
             self._malformed(message.topic, exc)
+
+    def _on_twin(self, parsed: ParsedTopic, payload: bytes) -> None:
+        twin = TwinSummary.decode(payload)
+        _same_device(twin.device, parsed.device)
+        key, value = COMPAT_LABEL
+        if twin.labels.get(key) == value:
+            # Started by some gateway's simulator routes: that gateway's alone, and gone with
+            # it; a restart must not bring it back.
+            return
+        self.fleet.apply_manifest(
+            ManifestDevice(id=twin.device, site=twin.site, labels=twin.labels, sensors={})
+        )
+
+    def _on_membership(self, parsed: ParsedTopic, message: Message, heard: float | None) -> None:
+        """A gateway's lease, or a gateway's rebirth request, which this one answers with its
+        lease (live only: a retained request is no one asking now)."""
+        if parsed.kind == "gateway":
+            self.membership.apply(message.topic.rsplit("/", 1)[1], message.payload, heard)
+        elif heard is not None:
+            RebirthRequest.decode(message.payload)
+            if self.link.connected:
+                self._publish_lease(self.link)
 
     def _on_status(self, parsed: ParsedTopic, payload: bytes, heard: float | None) -> None:
         status = Status.decode(payload)

@@ -124,6 +124,7 @@ def test_the_acl_follows_prefix_and_telemetry_template() -> None:
         "topic write site/a/+/config/desired",
         "topic write site/a/rebirth",
         "topic write site/a/_index/+",
+        "topic write site/a/_gateways/+",
         "topic write site/a/_probe/+",
         "topic write homeassistant/+/+/+/config",
     ]
@@ -342,11 +343,16 @@ def test_the_engine_writes_readings_and_labels_only(acl_broker: Broker) -> None:
             TOPICS.twin(DEVICE),
             TOPICS.desired(DEVICE),
             TOPICS.rebirth(),
+            TOPICS.gateway("gw-a"),
         ):
             assert engine.publish(topic, b"{}") == NOT_AUTHORIZED, topic
     with client(acl_broker, READER_USER) as reader:
         assert reader.publish(TOPICS.telemetry(DEVICE, "env"), b"{}") == NOT_AUTHORIZED
+    with client(acl_broker, DEVICE) as device:
+        # A device cannot forge a gateway's lease (its will included: a gateway's membership).
+        assert device.publish(TOPICS.gateway("gw-a"), b"{}") == NOT_AUTHORIZED
     with client(acl_broker, GATEWAY_USER) as gateway:
+        assert gateway.publish(TOPICS.gateway("gw-a"), b"", retain=True) == 0
         assert gateway.publish(TOPICS.telemetry(DEVICE, "env"), b"{}") == NOT_AUTHORIZED
         assert gateway.publish(TOPICS.status(DEVICE), b"{}") == NOT_AUTHORIZED
 

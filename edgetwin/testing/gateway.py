@@ -410,6 +410,23 @@ class RunningGateway:
             self._workdir.cleanup()
             self._workdir = None
 
+    def send_signal(self, sig: int) -> None:
+        """Send `sig` to a process-mode gateway: SIGSTOP freezes it as a lost network does (its
+        connection stays open, silent, until the broker's keepalive gives up on it), SIGCONT
+        lets it go on. RuntimeError for a thread-mode gateway or one not running."""
+        if self._process is None:
+            raise RuntimeError("only a running process-mode gateway can be signalled")
+        self._process.send_signal(sig)
+
+    def kill(self) -> None:
+        """End a process-mode gateway with SIGKILL, as a crash does: no offline lease, no clean
+        disconnect, so the broker publishes its last will. `exit_code` is then -9."""
+        if self._process is None:
+            raise RuntimeError("only a running process-mode gateway can be killed")
+        self._process.kill()
+        self._process.wait()
+        self.stop()
+
     def __enter__(self) -> Self:
         return self.start()
 

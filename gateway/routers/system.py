@@ -1,4 +1,4 @@
-"""Health and metrics."""
+"""Health, metrics, and the gateways on this prefix."""
 
 from __future__ import annotations
 
@@ -17,6 +17,27 @@ class Health(BaseModel):
     devices: int
     simulated: int
     reason: str | None = None
+    # This gateway's id, and the gateways on its prefix it sees live, itself included.
+    gateway: str
+    gateways_live: int
+
+
+class GatewayView(BaseModel):
+    """A live gateway, as its lease on the broker describes it."""
+
+    id: str
+    session: str
+    since: float  # when this life of it started (seconds since the Unix epoch)
+    ts: float  # its last birth
+    version: str
+    api: str | None
+    this: bool  # the gateway that answers
+
+
+class GatewaysView(BaseModel):
+    this: str  # the answering gateway's id
+    session: str  # its session, drawn at its start
+    gateways: list[GatewayView]
 
 
 @router.get(
@@ -37,6 +58,8 @@ def health(service: ServiceDep, response: Response) -> Health:
         reason=None
         if connected
         else f"not connected to the MQTT broker at {mqtt.host}:{mqtt.port}",
+        gateway=service.gateway_id,
+        gateways_live=len(service.membership.live_ids()),
     )
     if not connected:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
@@ -46,3 +69,29 @@ def health(service: ServiceDep, response: Response) -> Health:
 @router.get("/metrics", response_class=Response, summary="Prometheus text exposition")
 def metrics(metrics: MetricsDep) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get(
+    "/gateways",
+    summary="the gateways on this prefix that this one sees live, from their leases",
+)
+def gateways(service: ServiceDep) -> GatewaysView:
+    # Each gateway folds the same leases, so every one lists the same gateways once the
+    # broker has delivered them; the device owner function (gateway/membership.py) runs
+    # over these ids.
+    return GatewaysView(
+        this=service.gateway_id,
+        session=service.session,
+        gateways=[
+            GatewayView(
+                id=member.id,
+                session=member.session,
+                since=member.since,
+                ts=member.ts,
+                version=member.version,
+                api=member.api,
+                this=member.id == service.gateway_id and member.session == service.session,
+            )
+            for member in service.membership.members()
+        ],
+    )
