@@ -1,7 +1,8 @@
 """NXP PCA9685 16-channel, 12-bit PWM controller on I2C (one output per channel), and its
 register-level emulator.
 
-Page and section references are to the PCA9685 product data sheet (NXP, rev. 4, 2015). Every
+Section references are to the NXP PCA9685 product data sheet (7.3.1.1 "Restart mode", 7.3.5
+"PWM frequency PRE_SCALE"); "register summary" is its table of registers. Every
 channel runs one 12-bit counter at the frequency set by PRE_SCALE: the output goes on when the
 counter reaches LEDn_ON and off when it reaches LEDn_OFF, so the duty is (OFF - ON) / 4096;
 bit 4 of LEDn_ON_H is "full on", bit 4 of LEDn_OFF_H "full off" (which wins over full on).
@@ -13,8 +14,8 @@ chip, and so every channel on it: give all channels of one chip the same frequen
 
 The chip keeps its registers while powered, whatever happens to the host: `close()` leaves the
 channel at its safe value and the chip running, so the load stays safe after the agent stops
-or crashes. At power-up every channel is full off (LEDn_OFF_H = 0x10, table 7) and the chip
-asleep; a host that never comes back leaves a power-cycled board off.
+or crashes. At power-up every channel is full off (LEDn_OFF_H = 0x10 in the register summary)
+and the chip asleep; a host that never comes back leaves a power-cycled board off.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from edgetwin.hardware.timing import RealTimer, Timer
 if TYPE_CHECKING:
     from edgetwin.hardware.backends import Backend
 
-# -- addresses and registers (table 4, section 7.1) ---------------------------------------------
+# -- addresses and registers (the register summary) ---------------------------------------------
 
 DEFAULT_ADDRESS: Final = 0x40
 """A5..A0 all low: how every breakout ships."""
@@ -79,7 +80,7 @@ TEST_MODE: Final = 0xFF
 
 CHANNELS: Final = 16
 
-# MODE1 bits (table 5)
+# MODE1 bits
 RESTART: Final = 0x80
 EXTCLK: Final = 0x40
 AI: Final = 0x20
@@ -88,7 +89,7 @@ SLEEP: Final = 0x10
 """Oscillator off: no PWM, PRE_SCALE writable."""
 ALLCALL: Final = 0x01
 
-# MODE2 bits (table 6)
+# MODE2 bits
 INVRT: Final = 0x10
 OUTDRV: Final = 0x04
 
@@ -105,7 +106,8 @@ POWER_ON_REGISTERS: Final = {
     PRE_SCALE: 0x1E,
     **{LED0_ON_L + 4 * n + 3: FULL for n in range(CHANNELS)},
 }
-"""Table 4's reset values that are not zero: asleep, every channel full off, 200 Hz."""
+"""The register summary's reset values that are not zero: asleep, every channel full off,
+PRE_SCALE 30."""
 
 OSCILLATOR: Final = 25_000_000.0
 """Hz; the internal oscillator (7.3.5). EXTCLK is not supported here."""
@@ -118,8 +120,8 @@ FREQUENCY_MIN: Final = 24.0
 FREQUENCY_MAX: Final = 1526.0
 """Hz; the data sheet's range (24 Hz to 1526 Hz), PRE_SCALE 253 to 3."""
 DEFAULT_FREQUENCY: Final = 200.0
-"""Hz; what the chip runs at after power-up (PRE_SCALE 0x1E gives 201.6 Hz), so opening a
-channel at the default never re-programs a fresh chip."""
+"""Hz; what the data sheet gives for the power-up PRE_SCALE 0x1E (196.9 Hz by 7.3.5's formula), so
+opening a channel at the default never re-programs a fresh chip."""
 OSCILLATOR_START: Final = 500e-6
 """s; 7.3.1.1: SLEEP must be 0 for at least 500 µs before RESTART is written."""
 
@@ -133,7 +135,7 @@ VALUE_RANGE: Final = ValueRange(
 
 
 def prescale_for(frequency: float) -> int:
-    """PRE_SCALE for a PWM `frequency` in Hz (equation 1): round(25 MHz / (4096 × f)) - 1.
+    """PRE_SCALE for a PWM `frequency` in Hz (7.3.5): round(25 MHz / (4096 × f)) - 1.
 
     The data sheet's example: 200 Hz gives 30 (0x1E). ValueError outside 24..1526 Hz.
     """
@@ -170,7 +172,7 @@ def duty_registers(duty: float) -> tuple[int, int, int, int]:
 
 
 def duty_from_registers(on_l: int, on_h: int, off_l: int, off_h: int) -> float:
-    """The duty a channel's four registers describe, with the chip running (8.1.4: full off
+    """The duty a channel's four registers describe, with the chip running (full off
     wins over full on; otherwise on from count ON to count OFF, wrapping past 4095)."""
     if off_h & FULL:
         return 0.0
@@ -336,12 +338,12 @@ class PCA9685Emulator(RegisterDevice):
     """A PCA9685 at register level, for the driver to talk to through a fake bus.
 
     Modelled: the register file with its power-up values; auto-increment (MODE1 AI), rolling
-    over from LED15_OFF_H and from PRE_SCALE to MODE1 as table 4's remark says, and without AI
-    a block landing on one register; PRE_SCALE writable only while asleep, and never below 3;
-    SLEEP setting RESTART when channels were running, RESTART taking a written 1 only when set
-    and 500 µs (on `timer`) after waking, and cleared by any write to a PWM register; the
-    ALL_LED registers loading every channel and reading 0; reserved registers not acknowledged;
-    INVRT; the All Call address through `all_call_port()`.
+    over from LED15_OFF_H and from PRE_SCALE to MODE1 as the register summary's remark says,
+    and without AI a block landing on one register; PRE_SCALE writable only while asleep, and
+    never below 3; SLEEP setting RESTART when channels were running, RESTART taking a written
+    1 only when set and 500 µs (on `timer`) after waking, and cleared by any write to a PWM
+    register; the ALL_LED registers loading every channel and reading 0; reserved registers
+    not acknowledged; INVRT; the All Call address through `all_call_port()`.
 
     Not modelled: EXTCLK, the OE pin and OUTNE, OCH = 1 (outputs change on ACK), sub-addresses,
     the software reset, timing within a PWM period. Two modelling choices where the data sheet
@@ -349,7 +351,7 @@ class PCA9685Emulator(RegisterDevice):
     not run); a channel whose ON and OFF counts are equal is off.
     """
 
-    def __init__(self, *, timer: Timer | None = None, options: object = None) -> None:
+    def __init__(self, *, timer: Timer | None = None) -> None:
         self._timer: Timer = timer if timer is not None else RealTimer()
         self._lock = threading.RLock()
         self._registers = bytearray(256)
@@ -424,7 +426,7 @@ class PCA9685Emulator(RegisterDevice):
         with self._lock:
             self._acknowledge(reg)
             if ALL_LED_ON_L <= reg <= ALL_LED_OFF_H:
-                return 0  # table 4: write/read zero
+                return 0  # the register summary: "write/read zero"
             return self._registers[reg]
 
     def write_register(self, reg: int, value: int) -> None:
@@ -433,7 +435,7 @@ class PCA9685Emulator(RegisterDevice):
             if reg == MODE1:
                 self._write_mode1(value)
             elif reg == PRE_SCALE:
-                if self.asleep:  # table 4 note 1: blocked while SLEEP is 0
+                if self.asleep:  # "writes to PRE_SCALE are blocked when SLEEP is 0"
                     self._registers[PRE_SCALE] = max(value, PRESCALE_MIN)
             elif LED0_ON_L <= reg <= LED15_OFF_H:
                 self._registers[reg] = value
