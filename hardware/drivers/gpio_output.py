@@ -332,8 +332,11 @@ def open_pwm_output(backend: Backend, placement: OutputPlacement, *, name: str |
     return output.open()
 
 
-def emulator_for(backend: EmulatedBackend, output: DigitalOutput | PWMOutput) -> OutputPinEmulator:
-    """The emulated load on `output`'s pin: the pin itself, seen from the circuit's side."""
+def emulator_for(backend: EmulatedBackend, output: Output) -> OutputPinEmulator:
+    """The emulated load on a GPIO `output`'s pin: the pin itself, seen from the circuit's
+    side. TypeError for an output that is not on a GPIO pin."""
+    if not isinstance(output, DigitalOutput | PWMOutput):
+        raise TypeError(f"{output!r} is not on a GPIO pin")
     digital = isinstance(output, DigitalOutput)
     return OutputPinEmulator.on_pin(
         backend.pin_factory(),

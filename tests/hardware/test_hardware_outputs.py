@@ -203,13 +203,13 @@ def test_gpio_placement_errors(backend: EmulatedBackend) -> None:
 
 
 @pytest.mark.parametrize(
-    ("driver", "where"),
-    [("digital_output", {"pin": 20}), ("pwm_output", {"pin": 21}), ("pca9685", {"channel": 9})],
+    ("driver", "pin", "channel"),
+    [("digital_output", 20, None), ("pwm_output", 21, None), ("pca9685", None, 9)],
 )
 def test_to_safe_on_every_kind(
-    backend: EmulatedBackend, driver: str, where: dict[str, int]
+    backend: EmulatedBackend, driver: str, pin: int | None, channel: int | None
 ) -> None:
-    output = open_output(driver, backend=backend, **where)
+    output = open_output(driver, backend=backend, pin=pin, channel=channel)
     assert output.applied == output.safe_value == 0.0
     output.apply(1)
     assert output.read_back() == 1.0
