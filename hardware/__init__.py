@@ -7,6 +7,9 @@ files (imported only when one is read).
 What a quantity is (unit, physical limits, default resolution and signal) is defined once, in
 `hardware.quantities`; recording file formats in `hardware.recordings`.
 
+Outputs (relays, PWM, a PCA9685's channels) are `hardware.output.Output`s, opened with
+`open_output`; what each accepts and its safe value come from `output_spec` without hardware.
+
 Adding a sensor: one module under `hardware/drivers/` (register map or file format, pure
 conversion functions, the driver taking an injected bus, its emulator, `DRIVER = ...`), its
 test under `tests/hardware/`, and one `_register(module.DRIVER)` line in `hardware/registry.py`.
@@ -19,13 +22,26 @@ from edgetwin.hardware.errors import (
     ChipIdError,
     DataError,
     HardwareError,
+    OutputRangeError,
+    OutputSettingsError,
     SensorMissingError,
     SensorSettingsError,
     SensorTimeoutError,
+    SettingsError,
     UnknownDriverError,
 )
+from edgetwin.hardware.output import Output, OutputKind, OutputSpec, ValueRange
 from edgetwin.hardware.quantities import default_signal
-from edgetwin.hardware.registry import driver_info, list_drivers, open_sensor, reading_quantities
+from edgetwin.hardware.registry import (
+    check_output_value,
+    driver_info,
+    list_drivers,
+    list_output_drivers,
+    open_output,
+    open_sensor,
+    output_spec,
+    reading_quantities,
+)
 from edgetwin.hardware.sensor import (
     BackendKind,
     Clock,
@@ -52,6 +68,11 @@ __all__ = [
     "Health",
     "ManualClock",
     "Measurement",
+    "Output",
+    "OutputKind",
+    "OutputRangeError",
+    "OutputSettingsError",
+    "OutputSpec",
     "Placement",
     "Quantity",
     "Reading",
@@ -62,14 +83,20 @@ __all__ = [
     "SensorSettingsError",
     "SensorStatus",
     "SensorTimeoutError",
+    "SettingsError",
     "SignalModel",
     "Timer",
     "UnknownDriverError",
+    "ValueRange",
     "VirtualTimer",
+    "check_output_value",
     "default_signal",
     "driver_info",
     "list_drivers",
+    "list_output_drivers",
     "make_backend",
+    "open_output",
     "open_sensor",
+    "output_spec",
     "reading_quantities",
 ]

@@ -79,15 +79,16 @@ class EmulatedBackend:
         """This back end's gpiozero `MockFactory`, made on first use; pass it as `pin_factory=`.
 
         Its pins are plain `MockPin`s whatever GPIOZERO_MOCK_PIN_CLASS says, since emulators
-        choose their own pin classes (an HC-SR04 needs a trigger pin that echoes). The board
+        choose their own pin classes (an HC-SR04 needs a trigger pin that echoes, a PWM
+        output's load a `MockPWMPin`): see `hardware.gpio.EmulatorPinFactory`. The board
         revision follows GPIOZERO_MOCK_REVISION as in gpiozero, a Pi 3 Model B by default.
         """
         with self._lock:
             if self._pin_factory is None:
                 # Imported here: gpiozero takes ~0.2 s to import; the hardware layer must not.
-                from gpiozero.pins.mock import MockFactory, MockPin
+                from edgetwin.hardware.gpio import EmulatorPinFactory
 
-                self._pin_factory = MockFactory(pin_class=MockPin)
+                self._pin_factory = EmulatorPinFactory()
             return self._pin_factory
 
     @property

@@ -1,4 +1,5 @@
-"""`edgetwin sensors`: list the drivers, probe the I2C buses, take one reading."""
+"""`edgetwin sensors`: list the drivers (sensors and outputs), probe the I2C buses, take one
+reading."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from edgetwin.hardware.backends import EmulatedBackend, RealBackend
 from edgetwin.hardware.drivers import OptionValue
 from edgetwin.hardware.errors import HardwareError
 from edgetwin.hardware.probe import i2c_buses, open_first, probe
-from edgetwin.hardware.registry import list_drivers
+from edgetwin.hardware.registry import list_drivers, list_output_drivers
 
 
 def list_command(out: TextIO = sys.stdout) -> int:
@@ -24,6 +25,25 @@ def list_command(out: TextIO = sys.stdout) -> int:
         }[info.interface]
         out.write(f"{info.name:<12} {info.interface:<6} {where:<22} {quantities}\n")
         out.write(f"{'':<12} {info.description}\n")
+    out.write("\noutputs:\n")
+    for output in list_output_drivers():
+        place = (
+            f"{min(output.valid_addresses()):#04x}..{max(output.valid_addresses()):#04x} "
+            f"ch 0..{output.channels - 1}"
+            if output.interface == "i2c"
+            else "pin"
+        )
+        accepts = output.value_range
+        values = (
+            " or ".join(f"{level:g}" for level in accepts.levels)
+            if accepts.levels
+            else f"{accepts.lo:g}..{accepts.hi:g}"
+        )
+        out.write(
+            f"{output.name:<15} {output.interface:<5} {place:<24} {output.kind.value} {values}, "
+            f"safe {output.default_safe_value:g}\n"
+        )
+        out.write(f"{'':<15} {output.description}\n")
     return 0
 
 

@@ -29,5 +29,18 @@ class SensorTimeoutError(HardwareError, TimeoutError):
     """The chip answers but did not finish a conversion or NVM copy within its datasheet bound."""
 
 
-class SensorSettingsError(HardwareError, ValueError):
+class SettingsError(HardwareError, ValueError):
+    """A device asked for with settings its driver cannot have; raised before any transfer."""
+
+
+class SensorSettingsError(SettingsError):
     """A sensor asked for with settings its driver cannot have (address, quantities)."""
+
+
+class OutputSettingsError(SettingsError):
+    """An output asked for with settings its driver cannot have (pin, channel, safe value)."""
+
+
+class OutputRangeError(HardwareError, ValueError):
+    """A value outside the range an output declares; refused, never clamped, and nothing is
+    written to the hardware."""

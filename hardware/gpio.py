@@ -49,6 +49,7 @@ from edgetwin.hardware.errors import (
     HardwareError,
     SensorMissingError,
     SensorSettingsError,
+    SettingsError,
 )
 from edgetwin.hardware.sensor import Clock
 from edgetwin.hardware.signals import SignalModel
@@ -163,19 +164,22 @@ def resolve_pins(
 
 
 @contextmanager
-def gpio_errors(what: str) -> Iterator[None]:
+def gpio_errors(
+    what: str, settings_error: type[SettingsError] = SensorSettingsError
+) -> Iterator[None]:
     """Translate gpiozero's and the OS's exceptions raised inside the block, once.
 
-    A pin in use, out of range or with a fixed pull is a SensorSettingsError; no usable pin
-    factory is a SensorMissingError; anything else from gpiozero or the OS is a BusError.
-    `what` names the device, e.g. "pir on GPIO17".
+    A pin in use, out of range or with a fixed pull is a `settings_error` (SensorSettingsError
+    for a sensor, OutputSettingsError for an output); no usable pin factory is a
+    SensorMissingError; anything else from gpiozero or the OS is a BusError. `what` names the
+    device, e.g. "pir on GPIO17".
     """
     try:
         yield
     except HardwareError:
         raise
     except _SETTINGS_ERRORS as exc:
-        raise SensorSettingsError(f"{what}: {exc}") from exc
+        raise settings_error(f"{what}: {exc}") from exc
     except BadPinFactory as exc:
         raise SensorMissingError(errno.ENODEV, f"{what}: {exc}") from exc
     except OSError as exc:
@@ -317,6 +321,28 @@ class TappedDevice:
 
 
 # -- emulated circuits on mock pins ------------------------------------------------------------
+
+
+class EmulatorPinFactory(MockFactory):  # type: ignore[misc]
+    """The emulated back end's MockFactory: a pin an emulator has made is the pin, whatever
+    class the emulator chose for it.
+
+    MockFactory refuses to hand a gpiozero device (which asks for the factory's default class)
+    a pin already made PWM-capable: `MockPWMPin` for a PWM output's load. Here a request that
+    names no class gets the pin already there, so the emulator wired to a pin decides what it
+    can do, as the circuit does on a real header; pins nobody made yet are plain `MockPin`s.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(pin_class=MockPin)
+
+    def pin(self, name: Any, pin_class: Any = None, **kwargs: Any) -> Any:
+        if pin_class is None:
+            for _header, info in self.board_info.find_pin(name):
+                existing = self.pins.get(info)
+                if existing is not None:
+                    return existing
+        return super().pin(name, pin_class=pin_class, **kwargs)
 
 
 class DigitalOutputEmulator:

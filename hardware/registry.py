@@ -1,6 +1,8 @@
-"""Every driver by name, and `open_sensor`: the one way the rest of the code gets a sensor.
+"""Every driver by name: `open_sensor`, the one way the rest of the code gets a sensor, and
+`open_output`, the one way it gets an output.
 
-Adding a driver is one `_register(module.DRIVER)` line below.
+Adding a sensor driver is one `_register(module.DRIVER)` line below, an output driver one
+`_register_output(...)` line.
 """
 
 from __future__ import annotations
@@ -17,24 +19,34 @@ from edgetwin.hardware.drivers import (
     bme280,
     button,
     ds18b20,
+    gpio_output,
     hcsr04,
+    pca9685,
     pir,
     sht3x,
     soc_thermal,
 )
 from edgetwin.hardware.errors import SensorSettingsError, UnknownDriverError
+from edgetwin.hardware.output import Output, OutputDriverInfo, OutputPlacement, OutputSpec
 from edgetwin.hardware.quantities import default_signal
 from edgetwin.hardware.sensor import Quantity, Sensor
 from edgetwin.hardware.signals import SignalModel, derive_seed
 
 __all__ = [
     "DRIVERS",
+    "OUTPUT_DRIVERS",
     "DriverInfo",
+    "OutputDriverInfo",
     "Placement",
+    "check_output_value",
     "check_settings",
     "driver_info",
     "list_drivers",
+    "list_output_drivers",
+    "open_output",
     "open_sensor",
+    "output_driver_info",
+    "output_spec",
     "reading_quantities",
 ]
 
@@ -154,3 +166,79 @@ def _signals_for(
         else default_signal(info.default_signal_kind(name), derive_seed(seed, name))
         for name in names
     }
+
+
+# -- outputs ------------------------------------------------------------------------------------
+
+OUTPUT_DRIVERS: dict[str, OutputDriverInfo] = {}
+"""Output driver name -> OutputDriverInfo; filled at import like DRIVERS, read-only after."""
+
+
+def _register_output(info: OutputDriverInfo) -> None:
+    if info.name in OUTPUT_DRIVERS or info.name in DRIVERS:
+        raise ValueError(f"driver {info.name!r} is registered twice")
+    OUTPUT_DRIVERS[info.name] = info
+
+
+_register_output(gpio_output.DIGITAL_DRIVER)
+_register_output(gpio_output.PWM_DRIVER)
+_register_output(pca9685.DRIVER)
+
+
+def list_output_drivers() -> list[OutputDriverInfo]:
+    """Every registered output driver, sorted by name."""
+    return [OUTPUT_DRIVERS[name] for name in sorted(OUTPUT_DRIVERS)]
+
+
+def output_driver_info(name: str) -> OutputDriverInfo:
+    try:
+        return OUTPUT_DRIVERS[name]
+    except KeyError:
+        known = ", ".join(sorted(OUTPUT_DRIVERS)) or "none"
+        raise UnknownDriverError(
+            f"no output driver named {name!r}; known output drivers: {known}"
+        ) from None
+
+
+def output_spec(driver: str, options: Mapping[str, OptionValue] | None = None) -> OutputSpec:
+    """The range of values an output of `driver` at `options` accepts and its safe value,
+    from the driver's metadata alone: no bus, pin or emulator is touched and gpiozero is not
+    imported. Options are checked as the driver checks them (names and values, the safe value
+    within the range). Raises UnknownDriverError or OutputSettingsError."""
+    return output_driver_info(driver).spec(dict(options or {}))
+
+
+def check_output_value(
+    driver: str, value: object, options: Mapping[str, OptionValue] | None = None
+) -> float:
+    """`value` as a float if an output of `driver` at `options` accepts it, without hardware:
+    what the agent and the twin check a desired value with before it goes anywhere near a pin.
+    Raises OutputRangeError (refused, never clamped), OutputSettingsError or
+    UnknownDriverError."""
+    spec = output_spec(driver, options)
+    return spec.value_range.check(value, f"{driver} value")
+
+
+def open_output(
+    driver: str,
+    *,
+    backend: EmulatedBackend | RealBackend,
+    bus: int = 1,
+    address: int | None = None,
+    channel: int | None = None,
+    pin: int | None = None,
+    options: Mapping[str, OptionValue] | None = None,
+    name: str | None = None,
+) -> Output:
+    """Open an output of `driver` where it is attached (GPIO `pin`, or I2C `bus`, `address`
+    and `channel`), already at its safe value. `options` are the driver's (every output takes
+    "safe_value"); `name` labels it in errors (by default the driver and where it is).
+
+    With an emulated back end the load or chip is emulated where the real one would be (see
+    each driver module); the same driver code runs against either back end.
+    """
+    info = output_driver_info(driver)
+    placement = OutputPlacement(
+        bus=bus, address=address, channel=channel, pin=pin, options=dict(options or {})
+    )
+    return info.open(backend, placement, name=name)

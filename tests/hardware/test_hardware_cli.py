@@ -74,6 +74,9 @@ def test_list_shows_every_driver_with_units() -> None:
         assert info.name in text
         for quantity in info.quantities:
             assert f"{quantity.name} [{quantity.unit}]" in text
+    outputs = text.split("\noutputs:\n", 1)[1].splitlines()
+    assert outputs[0] == "digital_output  gpio  pin                      digital 0 or 1, safe 0"
+    assert outputs[2].split()[:6] == ["pca9685", "i2c", "0x40..0x7f", "ch", "0..15", "pwm"]
 
 
 def test_read_emulated_prints_a_plausible_reading() -> None:
