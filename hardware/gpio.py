@@ -43,7 +43,6 @@ from gpiozero.exc import (
 )
 from gpiozero.pins.mock import MockFactory, MockPin, MockTriggerPin, PinState
 
-from edgetwin.hardware.drivers import OptionValue
 from edgetwin.hardware.errors import (
     BusError,
     HardwareError,
@@ -71,63 +70,6 @@ _SETTINGS_ERRORS: Final = (
 
 
 # -- configuration -----------------------------------------------------------------------------
-
-
-class DriverOptions:
-    """A driver's `Placement.options`, each key checked when the driver asks for it.
-
-    Errors name the driver and the key. `check_all_read()` refuses keys the driver never asked
-    for, so a typo ("debounse") stops start-up instead of silently keeping the default.
-    """
-
-    def __init__(self, driver: str, options: Mapping[str, OptionValue]) -> None:
-        self.driver = driver
-        self._options = dict(options)
-        self._read: set[str] = set()
-
-    def number(self, key: str, default: float, *, lo: float, hi: float) -> float:
-        """A float option in [lo, hi]; ints are accepted, bools and strings are not."""
-        self._read.add(key)
-        value = self._options.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise SensorSettingsError(
-                f"{self.driver} option {key!r} must be a number, got {value!r}"
-            )
-        if not lo <= value <= hi or math.isnan(value):
-            raise SensorSettingsError(
-                f"{self.driver} option {key!r} must be within {lo}..{hi}, got {value!r}"
-            )
-        return float(value)
-
-    def integer(self, key: str, default: int, *, lo: int, hi: int) -> int:
-        self._read.add(key)
-        value = self._options.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SensorSettingsError(
-                f"{self.driver} option {key!r} must be an integer, got {value!r}"
-            )
-        if not lo <= value <= hi:
-            raise SensorSettingsError(
-                f"{self.driver} option {key!r} must be within {lo}..{hi}, got {value!r}"
-            )
-        return value
-
-    def flag(self, key: str, default: bool) -> bool:
-        self._read.add(key)
-        value = self._options.get(key, default)
-        if not isinstance(value, bool):
-            raise SensorSettingsError(
-                f"{self.driver} option {key!r} must be true or false, got {value!r}"
-            )
-        return value
-
-    def check_all_read(self) -> None:
-        unknown = sorted(set(self._options) - self._read)
-        if unknown:
-            known = ", ".join(sorted(self._read)) or "none"
-            raise SensorSettingsError(
-                f"{self.driver} has no option {', '.join(map(repr, unknown))}; known: {known}"
-            )
 
 
 def resolve_pins(

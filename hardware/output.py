@@ -27,7 +27,13 @@ from enum import StrEnum
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, Self
 
-from edgetwin.hardware.errors import HardwareError, OutputRangeError, OutputSettingsError
+from edgetwin.hardware.errors import (
+    HardwareError,
+    OutputRangeError,
+    OutputSettingsError,
+    SettingsError,
+)
+from edgetwin.hardware.options import DriverOptions
 from edgetwin.hardware.sensor import BackendKind
 
 if TYPE_CHECKING:
@@ -154,40 +160,11 @@ class OutputDriverInfo:
         return () if self.default_address is None else (self.default_address,)
 
 
-class OutputOptions:
-    """An output driver's options, each checked when the driver asks for it.
+class OutputOptions(DriverOptions):
+    """An output driver's options: `DriverOptions` raising OutputSettingsError, with the
+    safe value every output takes."""
 
-    Like `hardware.gpio.DriverOptions` but raising OutputSettingsError, and importable without
-    gpiozero: validating a desired document must not load the GPIO stack. `check_all_read()`
-    refuses keys the driver never asked for, so a typo stops start-up.
-    """
-
-    def __init__(self, driver: str, options: Mapping[str, OptionValue]) -> None:
-        self.driver = driver
-        self._options = dict(options)
-        self._read: set[str] = set()
-
-    def number(self, key: str, default: float, *, lo: float, hi: float) -> float:
-        self._read.add(key)
-        value = self._options.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise OutputSettingsError(
-                f"{self.driver} option {key!r} must be a number, got {value!r}"
-            )
-        if math.isnan(value) or not lo <= value <= hi:
-            raise OutputSettingsError(
-                f"{self.driver} option {key!r} must be within {lo:g}..{hi:g}, got {value!r}"
-            )
-        return float(value)
-
-    def flag(self, key: str, default: bool) -> bool:
-        self._read.add(key)
-        value = self._options.get(key, default)
-        if not isinstance(value, bool):
-            raise OutputSettingsError(
-                f"{self.driver} option {key!r} must be true or false, got {value!r}"
-            )
-        return value
+    error: ClassVar[type[SettingsError]] = OutputSettingsError
 
     def safe_value(self, value_range: ValueRange, default: float) -> float:
         """The "safe_value" option, which must lie in the output's own range."""
@@ -197,14 +174,6 @@ class OutputOptions:
             return value_range.check(value, f"{self.driver} option 'safe_value'")
         except OutputRangeError as exc:
             raise OutputSettingsError(str(exc)) from None
-
-    def check_all_read(self) -> None:
-        unknown = sorted(set(self._options) - self._read)
-        if unknown:
-            known = ", ".join(sorted(self._read)) or "none"
-            raise OutputSettingsError(
-                f"{self.driver} has no option {', '.join(map(repr, unknown))}; known: {known}"
-            )
 
 
 def check_pin(driver: str, pin: int | None) -> int:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Final, Self
 from edgetwin.hardware.backends import Backend, EmulatedBackend
 from edgetwin.hardware.drivers import DriverInfo, Placement
 from edgetwin.hardware.errors import DataError
+from edgetwin.hardware.options import DriverOptions
 from edgetwin.hardware.quantities import measured
 from edgetwin.hardware.sensor import BackendKind, Clock, Sensor
 from edgetwin.hardware.signals import SignalModel
@@ -240,7 +241,7 @@ def open_button(
     from edgetwin.hardware import gpio
 
     pin = gpio.resolve_pins("button", ("pin",), placement.pins)["pin"]
-    options = gpio.DriverOptions("button", placement.options)
+    options = DriverOptions("button", placement.options)
     debounce = options.number("debounce", DEFAULT_DEBOUNCE, lo=0.0, hi=MAX_DEBOUNCE)
     pull_up = options.flag("pull_up", True)
     options.check_all_read()

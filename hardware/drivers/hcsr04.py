@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Final, Self
 from edgetwin.hardware.backends import Backend, EmulatedBackend
 from edgetwin.hardware.drivers import DriverInfo, Placement
 from edgetwin.hardware.errors import DataError, SensorSettingsError, SensorTimeoutError
+from edgetwin.hardware.options import DriverOptions
 from edgetwin.hardware.quantities import measured
 from edgetwin.hardware.sensor import BackendKind, Clock, Sensor
 from edgetwin.hardware.signals import Constant, SignalModel
@@ -258,7 +259,7 @@ def open_hcsr04(
     from edgetwin.hardware import gpio
 
     pins = gpio.resolve_pins("hcsr04", ("trigger", "echo"), placement.pins)
-    options = gpio.DriverOptions("hcsr04", placement.options)
+    options = DriverOptions("hcsr04", placement.options)
     max_distance = options.number("max_distance", DEFAULT_MAX_DISTANCE, lo=0.05, hi=RANGE_MAX)
     samples = options.integer("samples", DEFAULT_SAMPLES, lo=1, hi=MAX_SAMPLES)
     options.check_all_read()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final, Self
 from edgetwin.hardware.backends import Backend, EmulatedBackend
 from edgetwin.hardware.drivers import DriverInfo, Placement
 from edgetwin.hardware.errors import SensorTimeoutError
+from edgetwin.hardware.options import DriverOptions
 from edgetwin.hardware.quantities import measured
 from edgetwin.hardware.sensor import BackendKind, Clock, Sensor
 from edgetwin.hardware.signals import SignalModel
@@ -144,7 +145,7 @@ def open_pir(
     from edgetwin.hardware import gpio
 
     pin = gpio.resolve_pins("pir", ("pin",), placement.pins, {"pin": DEFAULT_PIN})["pin"]
-    options = gpio.DriverOptions("pir", placement.options)
+    options = DriverOptions("pir", placement.options)
     sample_rate = options.number("sample_rate", DEFAULT_SAMPLE_RATE, lo=0.1, hi=MAX_SAMPLE_RATE)
     options.check_all_read()
     factory = backend.pin_factory()

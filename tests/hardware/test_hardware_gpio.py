@@ -30,7 +30,8 @@ from edgetwin.hardware.drivers.hcsr04 import (
 )
 from edgetwin.hardware.drivers.pir import PIRMotion
 from edgetwin.hardware.errors import BusError, DataError, SensorSettingsError, SensorTimeoutError
-from edgetwin.hardware.gpio import DriverOptions, SampleTap, check_gpiozero, resolve_pins
+from edgetwin.hardware.gpio import SampleTap, check_gpiozero, resolve_pins
+from edgetwin.hardware.options import DriverOptions
 from edgetwin.hardware.sensor import BackendKind
 from edgetwin.hardware.signals import Constant
 from edgetwin.hardware.timing import ManualClock, RealTimer, VirtualTimer
