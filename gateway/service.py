@@ -626,19 +626,21 @@ class GatewayService:
             )
             seqs = self.fleet.last_seqs(twin.id)
             self.standins.serve(twin.id, wanted, seqs)
-            self._note_serving(twin, wanted)
+            self._note_serving(twin, wanted, seqs)
             self._publish_twin(twin, wanted)
             self._publish_discovery(twin, wanted)
 
-    def _note_serving(self, twin: DeviceTwin, simulated: Mapping[str, SensorSettings]) -> None:
+    def _note_serving(
+        self, twin: DeviceTwin, simulated: Mapping[str, SensorSettings], seqs: Mapping[str, int]
+    ) -> None:
         """Keep the device's hand-over log (shown on its page): who serves each expected
-        stream after this reconcile, and the seq the new server continues after."""
+        stream after this reconcile, and the seq the new server continues after (`seqs`: the
+        streams' last seqs in the twin, as the reconcile read them)."""
         online = twin.presence is PresenceState.ONLINE
         serving: dict[str, Serving] = {
             name: "simulation" if name in simulated else ("agent" if online else "none")
             for name in (twin.expected_sensors() if twin.in_manifest else {})
         }
-        seqs = self.fleet.last_seqs(twin.id)
         # Every stream's, also one leaving the config: its record says where it stopped.
         last = {
             name: max(seqs.get(name, 0), self.standins.last_seq(twin.id, name))
