@@ -7,10 +7,13 @@ dashboards keep working.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import Final, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from edgetwin.gateway.fleet import ConfigSync
 
 
 class SentByDevice(Collector):
@@ -67,7 +70,7 @@ class _DevicesByPresence(Collector):
 Reading = tuple[str, str, str, str, str, float]
 """One quantity's last value: device, sensor, quantity, unit, source, value."""
 
-CONFIG_SYNC_STATES = ("in_sync", "pending", "rejected", "no_desired")
+CONFIG_SYNC_STATES: Final = get_args(ConfigSync)
 
 
 class _LastReadings(Collector):
