@@ -355,6 +355,9 @@ LabelKey = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 LabelValue = Annotated[str, msgspec.Meta(max_length=256)]
 
 
+GatewayId = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
+
+
 class StreamServing(Struct, frozen=True):
     served_by: Server
     seq: Annotated[
@@ -390,6 +393,12 @@ class TwinSummary(_Payload, frozen=True):
     session: SessionId | None = None
     """The agent session whose status this document answers; `boot` alone is ambiguous once a
     wiped disk restarts the count."""
+    gateway: GatewayId | None = None
+    """The gateway that writes this document and plays the streams it marks `simulation`;
+    None once that gateway has handed the device to another (its release, with the last seq
+    it played on each stream), and in documents of gateways that predate several gateways on
+    a prefix. The next owner starts only after the release, or once the claimant is gone
+    (docs/design.md, "Several gateways")."""
 
 
 class RebirthRequest(_Payload, frozen=True):
@@ -422,9 +431,6 @@ class TwinIndex(_Payload, frozen=True):
 
     shard: Annotated[int, msgspec.Meta(ge=0, lt=TWIN_INDEX_SHARDS)]
     devices: list[DeviceId]
-
-
-GatewayId = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
 
 
 class GatewayLease(_Payload, frozen=True):

@@ -171,7 +171,8 @@ class MqttLink:
     """One MQTT connection that reconnects until closed.
 
     `on_connect` runs on every (re)connect, on the network thread, before queued messages flow
-    on: that is where the caller publishes its birth message. Subscriptions are replayed on
+    on: that is where the caller publishes its birth message. `on_disconnect` runs, on the same
+    thread, when a connection that was up is lost (not at `close`). Subscriptions are replayed on
     every connect. `on_delivered(mid)` runs when the broker acknowledges a QoS 1 publish.
     """
 
@@ -184,6 +185,7 @@ class MqttLink:
         on_connect: ConnectHook | None = None,
         on_message: MessageHandler | None = None,
         on_delivered: DeliveryHandler | None = None,
+        on_disconnect: ConnectHook | None = None,
         max_queued: int = 0,
         max_inflight: int | None = None,
     ) -> None:
@@ -237,7 +239,7 @@ class MqttLink:
         self._client.on_subscribe = self._handle_subscribe
         self._on_connect = on_connect
         self._on_message = on_message
-        self._on_delivered = on_delivered
+        self._on_delivered, self._on_disconnect = on_delivered, on_disconnect
         self._subscriptions: dict[str, SubscribeOptions] = {}
         # The same filters as a topic trie: a message is checked against them in one walk, not
         # one comparison per filter (a gateway watches thousands of devices' topics).
@@ -570,6 +572,11 @@ class MqttLink:
             return
         if was_connected:
             self.disconnect_count += 1
+            if self._on_disconnect is not None:
+                try:
+                    self._on_disconnect(self)
+                except Exception:
+                    log.exception("disconnect hook failed")
             log.warning(
                 "lost broker connection, reconnecting",
                 extra={

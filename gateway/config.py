@@ -358,6 +358,15 @@ class GatewaySection(Section, frozen=True):
         Annotated[str, msgspec.Meta(pattern=r"^https?://\S+$", max_length=256)] | None
     ) = None
 
+    # How long a change of the live gateways must stand before devices move: a gateway's
+    # network blip (its will, then its birth) moves nothing, and the last readings a killed
+    # gateway had in flight reach the others before they continue its streams.
+    rebalance_delay: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.5
+    # How long a new owner waits for the old one, still alive, to hand a device over (its
+    # release) before it takes the device anyway: an old owner that never answers (a version
+    # without hand-over, or a stuck process) must not leave the device unserved for good.
+    handoff_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
+
     def gateway_id(self, hostname: str | None = None) -> str:
         return self.id or default_gateway_id(socket.gethostname() if hostname is None else hostname)
 

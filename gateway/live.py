@@ -255,13 +255,13 @@ class LiveHub:
         now = time.monotonic()
         devices = []
         for twin in page:
-            summary = device_summary(twin, service.standins, now)
+            summary = device_summary(twin, service.played, now)
             for name, sensor in summary["sensors"].items():
                 sensor["spark"] = service.history.spark(twin.id, name, SPARK_POINTS)
             devices.append(summary)
             # What this client holds now may be newer than what was last broadcast.
             self._sent.pop(twin.id, None)
-        counts = fleet_counts(service.fleet, service.standins)
+        counts = fleet_counts(service.fleet, service.played)
         return event(
             "snapshot",
             {
@@ -281,7 +281,7 @@ class LiveHub:
         if not self._clients or not changed:
             return
         fleet = self._service.fleet
-        standins = self._service.standins
+        played = self._service.played
         now = time.monotonic()
         built: dict[str, bytes] = {}
         for client in list(self._clients):
@@ -298,7 +298,7 @@ class LiveHub:
             self._sent.clear()  # devices no page shows any more
         if now >= self._fleet_due:
             self._fleet_due = now + FLEET_EVERY
-            counts = msgspec.json.encode(fleet_counts(fleet, standins))
+            counts = msgspec.json.encode(fleet_counts(fleet, played))
             if counts != self._fleet_sent:
                 self._fleet_sent = counts
                 data = b"event: fleet\ndata: " + counts + b"\n\n"
@@ -326,7 +326,7 @@ class LiveHub:
                 return []
             encoded = built.get(device)
             if encoded is None:
-                encoded = msgspec.json.encode(device_summary(twin, self._service.standins, now))
+                encoded = msgspec.json.encode(device_summary(twin, self._service.played, now))
                 built[device] = encoded
             if self._sent.get(device) != encoded:
                 parts.append(encoded)

@@ -55,8 +55,9 @@ from edgetwin.gateway.fleet import MAX_VERSION, DeviceTwin, Fleet, PresenceState
 from edgetwin.gateway.history import History
 from edgetwin.gateway.learning import StreamLearning
 from edgetwin.gateway.lograte import LogLimiter
-from edgetwin.gateway.membership import Membership
+from edgetwin.gateway.membership import Membership, MembershipChange
 from edgetwin.gateway.metrics import GatewayMetrics
+from edgetwin.gateway.ownership import Decision, Ownership, PlayedStreams
 from edgetwin.gateway.standins import StandIns
 from edgetwin.gateway.twin_index import TwinIndexKeeper
 from edgetwin.hardware.quantities import UNITS
@@ -72,6 +73,9 @@ FETCH_TIMEOUT = 10.0  # seconds the broker may take to send one portion
 MALFORMED_LOG_INTERVAL = 60.0  # seconds between log lines on one device's malformed messages
 # Seconds a stopping gateway waits for the broker to take its offline lease.
 LEASE_STOP_TIMEOUT = 2.0
+# The user property on a twin document cleared through a gateway's API: which gateway removed
+# the device, so that the others drop it too and the remover ignores its own.
+REMOVED_BY: Final = "edgetwin-removed-by"
 _SERVERS: Final = frozenset({"agent", "simulation"})  # a Serving that is someone, not "none"
 
 
@@ -111,6 +115,12 @@ class GatewayService:
         self.started = time.time()
         self.membership = Membership(self.gateway_id, self.session)
         metrics.gateways_live.set_function(lambda: len(self.membership.live_ids()))
+        # Which of the manifest's devices this gateway plays (gateway/ownership.py).
+        self.ownership = Ownership(self.gateway_id, config.gateway.handoff_timeout)
+        self.membership.subscribe(self._on_membership_change)
+        self._rebalance_lock = threading.Lock()
+        self._rebalance_timer: threading.Timer | None = None
+        self._handoff_timer: threading.Timer | None = None
         self.link = MqttLink(
             config.mqtt,
             # The gateway id in it: replicas of one config must not share a client id, or each
@@ -127,6 +137,7 @@ class GatewayService:
             ),
             on_connect=self._on_connect,
             on_message=self._on_message,
+            on_disconnect=self._on_disconnect,
         )
         # What agents report teaches the simulation that stands in for them (docs/design.md,
         # 'Learned signals').
@@ -140,6 +151,8 @@ class GatewayService:
             payload=config.mqtt.payload,
             signals=self.learning.signals_for,
         )
+        # The whole fleet's simulated streams, this gateway's and the others' (for the API).
+        self.played = PlayedStreams(self.standins, self.ownership)
         metrics.count_simulated(lambda: self.standins.stats().sent)
         metrics.count_history(lambda: len(self.history), lambda: self.history.evicted)
         metrics.count_devices(self.fleet.counts)
@@ -240,6 +253,12 @@ class GatewayService:
     def stop(self) -> None:
         self._stopping.set()
         self._index.cancel()
+        with self._rebalance_lock:
+            for timer in (self._rebalance_timer, self._handoff_timer):
+                if timer is not None:
+                    timer.cancel()
+        if self.link.connected and len(self.ownership.live) > 1:
+            self._release_all()
         self.standins.stop()
         # After the stand-ins stopped: when other gateways take this one's devices on, it no
         # longer writes them. A clean DISCONNECT has the broker drop the will, so the offline
@@ -391,6 +410,10 @@ class GatewayService:
             self.link.publish(topic, payload, qos=1, retain=True)
 
     def _confirm_presence(self, connected: float) -> None:
+        # The members first, then the owners by them, at once: the devices are decided next,
+        # and must not be by a view that still holds a gateway gone while this one was away.
+        self.membership.confirm(connected)
+        self.ownership.settle(self.membership.live_ids())
         self._grace_over.set()
         silent = self.fleet.silent_since(connected)
         if silent:
@@ -434,15 +457,24 @@ class GatewayService:
                 self._index.load(TwinIndex.decode(message.payload))
             elif parsed.kind in ("gateway", "rebirth"):
                 self._on_membership(parsed, message, heard)
-            elif parsed.kind == "twin" and message.payload:
-                self._on_twin(parsed, message.payload)
+            elif parsed.kind == "twin":
+                self._on_twin(parsed, message)
         except (ContractError, ValueError, RecursionError) as exc:
             # ValueError, RecursionError: the lenient JSON reads (`_is_flat`) of any payload.
             if message.topic.endswith("/status"):
                 self.metrics.status_messages.labels("rejected").inc()
             self._malformed(message.topic, exc)
 
-    def _on_twin(self, parsed: ParsedTopic, payload: bytes) -> None:
+    def _on_twin(self, parsed: ParsedTopic, message: Message) -> None:
+        assert parsed.device is not None
+        payload = message.payload
+        if not payload:
+            # Cleared through another gateway's API: the device left the manifest. This
+            # gateway's own clearing is no news, and must not undo an add that followed it.
+            remover = dict(message.user_properties).get(REMOVED_BY)
+            if remover is not None and remover != self.gateway_id:
+                self._forget_device(parsed.device)
+            return
         twin = TwinSummary.decode(payload)
         _same_device(twin.device, parsed.device)
         key, value = COMPAT_LABEL
@@ -450,9 +482,15 @@ class GatewayService:
             # Started by some gateway's simulator routes: that gateway's alone, and gone with
             # it; a restart must not bring it back.
             return
+        claim_changed = self.ownership.note_document(twin)
         self.fleet.apply_manifest(
             ManifestDevice(id=twin.device, site=twin.site, labels=twin.labels, sensors={})
         )
+        if twin.gateway != self.gateway_id:
+            # The page shows who plays the device's streams, whichever gateway it asks.
+            self.fleet.mark_changed(twin.device)
+        if claim_changed and (known := self.fleet.get(twin.device)) is not None:
+            self._reconcile(known)  # released: this gateway may be the one to take it on
 
     def _on_membership(self, parsed: ParsedTopic, message: Message, heard: float | None) -> None:
         """A gateway's lease, or a gateway's rebirth request, which this one answers with its
@@ -605,13 +643,18 @@ class GatewayService:
             self.link.subscribe([self.topics.all_telemetry()], qos=0, no_local=True)
 
     def _reconcile(self, twin: DeviceTwin) -> None:
-        """Simulate exactly the expected sensors of `twin` that no live agent serves."""
+        """Simulate exactly the expected sensors of `twin` that no live agent serves, if this
+        gateway is the one to play the device (gateway/ownership.py)."""
         self._index.note(twin.id, self.fleet.get(twin.id) is not None)
         if self._settling.is_set():
             return  # `_confirm_presence` reconciles every device when the check ends
+        if self._stopping.is_set():
+            return  # the stand-ins are going (or gone) with the gateway
         self._watch_telemetry(twin.id)
         with self._reconcile_lock:
-            wanted = twin.sensors_to_simulate(self._grace_over.is_set())
+            missing = twin.sensors_to_simulate(self._grace_over.is_set())
+            decision = self.ownership.decide(twin.id) if twin.in_manifest else Decision.SERVE
+            wanted = missing if decision is Decision.SERVE else {}
             log.debug(
                 "reconcile",
                 extra={
@@ -624,14 +667,127 @@ class GatewayService:
                     else None,
                 },
             )
-            seqs = self.fleet.last_seqs(twin.id)
+            seqs = self._seq_floor(twin.id)
             self.standins.serve(twin.id, wanted, seqs)
-            self._note_serving(twin, wanted, seqs)
-            self._publish_twin(twin, wanted)
-            self._publish_discovery(twin, wanted)
+            # Every gateway keeps the hand-over log (any gateway's API shows it); the owner
+            # alone counts them, so that a sum over gateways counts each once.
+            self._note_serving(twin, missing, seqs, count=decision is Decision.SERVE)
+            if decision is Decision.SERVE:
+                self._publish_twin(twin, wanted)
+                self._publish_discovery(twin, wanted)
+            elif self.ownership.claimed(twin.id):
+                self._publish_twin(twin, missing, claim=False)  # the release
+                log.info(
+                    "device handed to its owner",
+                    extra={"device": twin.id, "owner": self.ownership.owner(twin.id)},
+                )
+            if decision is Decision.WAIT:
+                self._schedule_handoff_check()
+
+    def _seq_floor(self, device: str) -> dict[str, int]:
+        """Each stream's last seq: the highest of what this gateway saw on the stream and what
+        the device's twin document (another gateway's release) says was played."""
+        seqs = self.fleet.last_seqs(device)
+        for name, seq in self.ownership.floor(device).items():
+            seqs[name] = max(seqs.get(name, 0), seq)
+        return seqs
+
+    # -- several gateways -----------------------------------------------------------------------
+
+    def _on_membership_change(self, change: MembershipChange) -> None:
+        """Move devices once the live set has stood for `rebalance_delay`: each change restarts
+        the wait, so a blip (a will, then a birth) moves nothing."""
+        if not self._grace_over.is_set():
+            return  # `_confirm_presence` settles the owners first thing
+        with self._rebalance_lock:
+            if self._rebalance_timer is not None:
+                self._rebalance_timer.cancel()
+            self._rebalance_timer = threading.Timer(
+                self.config.gateway.rebalance_delay, self._rebalance
+            )
+            self._rebalance_timer.daemon = True
+            self._rebalance_timer.start()
+
+    def _rebalance(self) -> None:
+        if self._stopping.is_set():
+            return
+        live = self.membership.live_ids()
+        before = self.ownership.settle(live)
+        if before == live:
+            return
+        left = frozenset(before) - frozenset(live)
+        moved = {
+            twin.id
+            for twin in self.fleet.snapshot()
+            if twin.in_manifest
+            and self.ownership.owner(twin.id, before) != self.ownership.owner(twin.id, live)
+        }
+        moved.update(self.ownership.claims_of(left))
+        log.info(
+            "devices change hands between gateways",
+            extra={"live": list(live), "before": list(before), "devices": len(moved)},
+        )
+        with self.standins.batch():
+            for device in sorted(moved):
+                if (twin := self.fleet.get(device)) is not None:
+                    self._reconcile(twin)
+
+    def _schedule_handoff_check(self) -> None:
+        """Wake when the first wait for a release runs out (`Ownership.decide` then takes the
+        device); a release that comes in time wakes the device on its own (`_on_twin`)."""
+        deadline = self.ownership.next_deadline()
+        if deadline is None:
+            return
+        with self._rebalance_lock:
+            if self._handoff_timer is not None and self._handoff_timer.is_alive():
+                return
+            delay = max(0.0, deadline - time.monotonic()) + 0.01
+            self._handoff_timer = threading.Timer(delay, self._check_handoffs)
+            self._handoff_timer.daemon = True
+            self._handoff_timer.start()
+
+    def _check_handoffs(self) -> None:
+        with self._rebalance_lock:
+            self._handoff_timer = None
+        if self._stopping.is_set():
+            return
+        for device in self.ownership.expired_waits():
+            if (twin := self.fleet.get(device)) is not None:
+                self._reconcile(twin)
+        self._schedule_handoff_check()
+
+    def _release_all(self) -> None:
+        """At a clean stop beside other gateways: stop every stream this one plays and release
+        its devices with their last seqs, so that their next owners continue them exactly, at
+        once, without waiting out the rebalance delay for stragglers."""
+        with self._reconcile_lock, self.standins.batch():
+            for device in self.ownership.claimed_devices():
+                twin = self.fleet.get(device)
+                if twin is None:
+                    continue
+                self.standins.serve(device, {})
+                self._publish_twin(twin, twin.sensors_to_simulate(grace_over=True), claim=False)
+
+    def _on_disconnect(self, link: MqttLink) -> None:
+        """Cut off from the broker while other gateways are live: they take this one's devices
+        once its will is out, so its stand-ins stop now, before their engine connection gets
+        back sooner than this one and plays beside them. Alone, it keeps playing: nobody else
+        would, and the twin continues from the stand-ins' own numbers."""
+        if len(self.ownership.live) < 2 or self._stopping.is_set():
+            return
+        self._settling.set()  # no reconcile until the presence check after the next connection
+        with self._reconcile_lock, self.standins.batch():
+            for device in self.standins.active_devices():
+                self.standins.serve(device, {})
+        log.warning("cut off from the broker: stand-ins stopped until the gateways are known")
 
     def _note_serving(
-        self, twin: DeviceTwin, simulated: Mapping[str, SensorSettings], seqs: Mapping[str, int]
+        self,
+        twin: DeviceTwin,
+        simulated: Mapping[str, SensorSettings],
+        seqs: Mapping[str, int],
+        *,
+        count: bool = True,
     ) -> None:
         """Keep the device's hand-over log (shown on its page): who serves each expected
         stream after this reconcile, and the seq the new server continues after (`seqs`: the
@@ -649,7 +805,7 @@ class GatewayService:
         for handover in self.fleet.note_serving(twin.id, serving, last, self.clock()):
             # edgetwin_handovers_total counts changes of hands only: a stream taken up from
             # nobody (start-up, a sensor added) or left to nobody is not handed over.
-            if handover.previous in _SERVERS and handover.served_by in _SERVERS:
+            if count and handover.previous in _SERVERS and handover.served_by in _SERVERS:
                 self.metrics.handovers.labels(handover.served_by).inc()
             # Debug: a broker outage hands a whole fleet over at once.
             log.debug(
@@ -663,12 +819,17 @@ class GatewayService:
                 },
             )
 
-    def _publish_twin(self, twin: DeviceTwin, simulated: Mapping[str, SensorSettings]) -> None:
+    def _publish_twin(
+        self, twin: DeviceTwin, simulated: Mapping[str, SensorSettings], *, claim: bool = True
+    ) -> None:
+        """The device's twin document, claiming the device for this gateway, or (`claim`
+        False) releasing it with the last seq of every stream for the next owner."""
         if not self.link.connected:
             return
         if not twin.in_manifest:
             if self._published_twins.pop(twin.id, None) is not None:
                 self.link.publish(self.topics.twin(twin.id), b"", qos=1, retain=True)
+            self.ownership.forget(twin.id)
             return
         seqs = self.fleet.last_seqs(twin.id)
         sensors = {
@@ -687,11 +848,23 @@ class GatewayService:
             sensors=sensors,
             site=twin.site,
             labels=twin.labels,
+            gateway=self.gateway_id if claim else None,
         )
         previous = self._published_twins.get(twin.id)
-        if previous is not None and _same_twin(previous, summary):
+        if (
+            previous is not None
+            and _same_twin(previous, summary)
+            # Not written over since: a late release of the gateway that had the device
+            # before clears the claim on the broker, and it must be made again.
+            and self.ownership.claimed(twin.id) == claim
+        ):
             return
-        self._published_twins[twin.id] = summary
+        if claim:
+            self._published_twins[twin.id] = summary
+        else:
+            self._published_twins.pop(twin.id, None)
+        # Noted before the publish: the document coming back must find the claim as it is.
+        self.ownership.note_published(twin.id, claim=claim)
         self.link.publish(self.topics.twin(twin.id), summary.encode(), qos=1, retain=True)
 
     def _publish_discovery(self, twin: DeviceTwin, simulated: Mapping[str, SensorSettings]) -> None:
@@ -744,19 +917,40 @@ class GatewayService:
         twin = self.fleet.add(device)
         if publish_desired and twin.desired is None and device.sensors:
             self.set_desired(device.id, dict(device.sensors), expected_version=None)
+        if publish_desired and not self.ownership.documented(device.id):
+            # Added through this gateway's API, owned by another: a document claiming nothing
+            # tells the owner (and every gateway) of the device; the owner then claims it.
+            with self._reconcile_lock:
+                self._publish_twin(twin, {}, claim=False)
         return twin
 
     def remove_device(self, device_id: str, *, clear_desired: bool = True) -> None:
         """Take `device_id` out of the manifest: its simulation stops, its twin document is
         cleared, and (unless `clear_desired` is False) its retained desired document too."""
-        if self.fleet.remove(device_id) is None:
+        if not self._forget_device(device_id):
             raise UnknownDeviceError(device_id)
-        self.learning.forget(device_id)
-        self.history.forget(device_id)
-        self.duplicates.forget(device_id)
+        # For the other gateways on the prefix, whichever of them plays the device.
+        self.link.publish(
+            self.topics.twin(device_id),
+            b"",
+            qos=1,
+            retain=True,
+            user_properties={REMOVED_BY: self.gateway_id},
+        )
         if clear_desired:
             # Clearing the retained documents removes the device for every replica and restart.
             self.link.publish(self.topics.desired(device_id), b"", qos=1, retain=True)
+
+    def _forget_device(self, device_id: str) -> bool:
+        """Take the device out of the manifest and forget what was learned of it; False if it
+        was in none."""
+        if self.fleet.remove(device_id) is None:
+            return False
+        self.learning.forget(device_id)
+        self.history.forget(device_id)
+        self.duplicates.forget(device_id)
+        self.ownership.forget(device_id)
+        return True
 
     def set_desired(
         self,

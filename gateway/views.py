@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
 from edgetwin.agent.contract import Server
 from edgetwin.gateway.fleet import ConfigSync, DeviceTwin, Fleet, Serving
 from edgetwin.gateway.history import Series
-from edgetwin.gateway.standins import StandIns
+
+
+class SimulatedStreams(Protocol):
+    """Who plays which simulated streams (gateway/ownership.py, `PlayedStreams`)."""
+
+    def simulated_streams(self, device: str) -> Mapping[str, int]: ...
+    def active_devices(self) -> set[str]: ...
+    def stream_count(self) -> int: ...
+
 
 SensorSource = Literal["agent-hardware", "agent-emulation", "simulation", "none"]
 
@@ -111,7 +120,7 @@ def _sensor_views(twin: DeviceTwin, simulated: set[str]) -> dict[str, SensorView
     return views
 
 
-def device_view(twin: DeviceTwin, engine: StandIns) -> DeviceView:
+def device_view(twin: DeviceTwin, engine: SimulatedStreams) -> DeviceView:
     simulated = set(engine.simulated_streams(twin.id))
     served: Server | None
     if twin.presence.value == "online":
@@ -137,7 +146,7 @@ def device_view(twin: DeviceTwin, engine: StandIns) -> DeviceView:
     )
 
 
-def device_summary(twin: DeviceTwin, engine: StandIns, now: float) -> dict[str, Any]:
+def device_summary(twin: DeviceTwin, engine: SimulatedStreams, now: float) -> dict[str, Any]:
     """`device_view` as plain JSON-ready data, for the live feed: the same fields and values
     (tests/test_live.py compares them), at a fraction of a pydantic model's cost."""
     simulated = set(engine.simulated_streams(twin.id))
@@ -185,7 +194,7 @@ def device_summary(twin: DeviceTwin, engine: StandIns, now: float) -> dict[str, 
     }
 
 
-def fleet_counts(fleet: Fleet, engine: StandIns) -> dict[str, Any]:
+def fleet_counts(fleet: Fleet, engine: SimulatedStreams) -> dict[str, Any]:
     """GET /fleet's counts: by presence, simulation and config sync."""
     devices, in_manifest, presence, config = fleet.tally()
     return {
@@ -198,7 +207,7 @@ def fleet_counts(fleet: Fleet, engine: StandIns) -> dict[str, Any]:
     }
 
 
-def twin_view(twin: DeviceTwin, engine: StandIns) -> TwinView:
+def twin_view(twin: DeviceTwin, engine: SimulatedStreams) -> TwinView:
     return TwinView(
         **device_view(twin, engine).model_dump(),
         desired=twin.desired.to_builtins() if twin.desired else None,

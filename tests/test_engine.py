@@ -145,6 +145,8 @@ def test_qos1_readings_are_delivered_in_the_flat_payload(broker: Broker) -> None
         with Capture(broker, TELEMETRY, qos=1) as sub:
             engine.start(TestScenario(devices=5, interval=0.1), qos=1, payload="flat")
             got = sub.wait_for(TELEMETRY, timeout=10, count=20)
+            # The subscriber may see the 20th before the engine has counted its PUBACK.
+            poll(lambda: engine.refresh().acked >= 20, 10, what="20 PUBACKs counted")
             stats = engine.refresh()
     finally:
         engine.close()

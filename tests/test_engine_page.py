@@ -90,6 +90,8 @@ def test_the_engine_feed_pushes_status_and_points(broker: Broker) -> None:
                 assert len(data["points"]) == 1
                 t, state, target, _scheduled, delivered, _p50, p99, skipped = data["points"][0]
                 assert data["status"]["state"] == state == "running"
+                if not times and target == 0:
+                    continue  # sampled before the worker's first report, on a busy machine
                 assert target == pytest.approx(30, rel=0.01)
                 times.append(t)
                 if len(times) >= 2 and delivered > 0 and p99 is not None:

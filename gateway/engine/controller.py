@@ -402,7 +402,8 @@ class EngineController:
         other streams stop. With `wait`, return the last seq of each stream that stopped, as
         its worker saw it (None if the worker did not answer within a second)."""
         with self._lock:
-            if self._placed is None or self._state in ("stopped", "starting"):
+            # No workers: a stop is under way (`_shutdown` lets go of the lock while it waits).
+            if self._placed is None or self._state in ("stopped", "starting") or not self._workers:
                 raise EngineStateError(f"no placed run: the engine is {self._state}")
             handle = self._workers[zlib.crc32(device.encode()) % len(self._workers)]
             if keep or start:

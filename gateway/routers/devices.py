@@ -27,7 +27,7 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such devi
 
 @router.get("", summary="Every device: presence, who serves each sensor, config sync")
 def list_devices(service: ServiceDep) -> list[DeviceView]:
-    return [device_view(twin, service.standins) for twin in service.fleet.snapshot()]
+    return [device_view(twin, service.played) for twin in service.fleet.snapshot()]
 
 
 @router.get("/{device_id}", responses=NOT_FOUND, summary="One device's twin")
@@ -35,7 +35,7 @@ def get_device(service: ServiceDep, device_id: DeviceIdPath) -> TwinView:
     twin = service.fleet.get(device_id)
     if twin is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id!r} is not in the fleet")
-    return twin_view(twin, service.standins)
+    return twin_view(twin, service.played)
 
 
 @router.get(
@@ -194,7 +194,7 @@ def add_device(service: ServiceDep, control: ControlDep, data: Annotated[Any, Bo
         added = service.add_device(device)
     except ConflictError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    return twin_view(added, service.standins)
+    return twin_view(added, service.played)
 
 
 @router.delete(

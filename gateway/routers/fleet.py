@@ -22,4 +22,4 @@ class FleetSummary(BaseModel):
 
 @router.get("/fleet", summary="Counts by presence, simulation and config sync")
 def fleet_summary(service: ServiceDep) -> FleetSummary:
-    return FleetSummary(**fleet_counts(service.fleet, service.standins))
+    return FleetSummary(**fleet_counts(service.fleet, service.played))

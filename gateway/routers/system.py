@@ -52,7 +52,7 @@ def health(service: ServiceDep, response: Response) -> Health:
         status="ok" if connected else "unavailable",
         mqtt_connected=connected,
         devices=len(service.fleet.snapshot()),
-        simulated=len(service.standins.active_devices()),
+        simulated=len(service.played.active_devices()),
         # Without the broker the twin goes stale and no stand-in reading goes out: a load
         # balancer or an orchestrator must see that, not a 200.
         reason=None

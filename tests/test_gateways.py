@@ -1,0 +1,242 @@
+"""Several gateways on one prefix play each missing device once, and hand devices between them
+without a gap or a second writer (gateway/ownership.py; docs/design.md, "Several gateways").
+
+The first tests decide by hand; the last runs three real gateways on a real Mosquitto, one of
+them a process of its own that the test kills with SIGKILL and starts again, while a separate
+subscriber counts every reading.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import defaultdict
+from typing import Any
+
+from edgetwin.agent.contract import Server, StreamServing, Topics, TwinSummary
+from edgetwin.gateway.membership import rendezvous_owner
+from edgetwin.gateway.ownership import Decision, Ownership
+from edgetwin.testing.broker import Broker
+from edgetwin.testing.capture import Capture, Message, SequenceReport
+from edgetwin.testing.gateway import RunningGateway
+from edgetwin.testing.waiting import poll
+
+TOPICS = Topics()
+KEEPALIVE = 2  # seconds: a lost gateway's devices must be played again within 1.5 x this
+INTERVAL = 0.2
+DEVICES = [f"dev-{i:02d}" for i in range(24)]
+GATEWAYS = ("gw-a", "gw-b", "gw-c")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def document(device: str, gateway: str | None, seq: int = 7) -> TwinSummary:
+    return TwinSummary(
+        device=device,
+        ts=1.0,
+        presence="offline",
+        sensors={"env": StreamServing(served_by=Server.SIMULATION, seq=seq)},
+        gateway=gateway,
+    )
+
+
+def owned_by(gateway: str, live: tuple[str, ...]) -> str:
+    return next(d for d in DEVICES if rendezvous_owner(d, live) == gateway)
+
+
+# -- deciding ---------------------------------------------------------------------------------
+
+
+def test_the_owner_waits_for_a_live_claimant_to_release_and_continues_its_seq() -> None:
+    clock = Clock()
+    ownership = Ownership("gw-b", handoff_timeout=5.0, monotonic=clock)
+    live = ("gw-a", "gw-b")
+    ownership.settle(live)
+    mine, theirs = owned_by("gw-b", live), owned_by("gw-a", live)
+    assert ownership.decide(theirs) is Decision.OTHER
+    # Unclaimed (a new device, or a document of a gateway that predates claims): at once.
+    assert ownership.decide(mine) is Decision.SERVE
+    # Claimed by gw-a, which is alive: it plays the device until it lets go.
+    ownership.note_document(document(mine, "gw-a"))
+    assert ownership.decide(mine) is Decision.WAIT
+    assert ownership.waiting() == [mine]
+    assert ownership.simulated_elsewhere(mine) == {"env": 7}
+    released = ownership.note_document(document(mine, None, seq=41))
+    assert released
+    assert ownership.decide(mine) is Decision.SERVE
+    assert ownership.floor(mine) == {"env": 41}  # where its streams continue
+    assert ownership.waiting() == []
+    # Its own claim coming back changes nothing; another gateway writing over it ends it.
+    ownership.note_published(mine, claim=True)
+    ownership.note_document(document(mine, "gw-b"))
+    assert ownership.claimed(mine)
+    ownership.note_document(document(mine, "gw-a"))
+    assert not ownership.claimed(mine)
+
+
+def test_a_claim_of_a_gateway_gone_is_void_and_a_silent_claimant_is_waited_for_only_so_long() -> (
+    None
+):
+    clock = Clock()
+    ownership = Ownership("gw-b", handoff_timeout=5.0, monotonic=clock)
+    ownership.settle(("gw-a", "gw-b"))
+    device = owned_by("gw-b", ("gw-a", "gw-b"))
+    ownership.note_document(document(device, "gw-a"))
+    assert ownership.decide(device) is Decision.WAIT
+    assert ownership.next_deadline() == 105.0
+    clock.now = 104.9
+    assert ownership.decide(device) is Decision.WAIT
+    assert ownership.expired_waits() == []
+    clock.now = 105.0
+    assert ownership.expired_waits() == [device]
+    assert ownership.decide(device) is Decision.SERVE  # taken anyway, with a warning
+    # A claimant that left the (settled) membership: at once.
+    other = next(d for d in DEVICES if rendezvous_owner(d, ("gw-b", "gw-c")) == "gw-b")
+    ownership.settle(("gw-b", "gw-c"))
+    ownership.note_document(document(other, "gw-a"))
+    assert ownership.decide(other) is Decision.SERVE
+    assert ownership.simulated_elsewhere(other) == {}
+
+
+def test_with_no_gateway_known_a_gateway_owns_everything() -> None:
+    ownership = Ownership("gw-a", handoff_timeout=5.0)
+    assert all(ownership.decide(d) is Decision.SERVE for d in DEVICES)
+    # Its own earlier life's claim (a restart under the same id) is its own.
+    ownership.note_document(document(DEVICES[0], "gw-a"))
+    assert ownership.decide(DEVICES[0]) is Decision.SERVE
+
+
+# -- three gateways on one broker -------------------------------------------------------------
+
+
+def _config(gateway: str) -> dict[str, Any]:
+    # gw-c moves first when the membership changes, the others a second later: a new owner
+    # that did not wait for the old one's release would play beside it for that second.
+    return {
+        "gateway": {
+            "id": gateway,
+            "rebalance_delay": 0.2 if gateway == "gw-c" else 1.0,
+            "handoff_timeout": 2.5,
+        },
+        "mqtt": {"keepalive": KEEPALIVE},
+    }
+
+
+def _manifest() -> list[dict[str, Any]]:
+    return [
+        {"id": d, "sensors": {"env": {"driver": "bme280", "interval": INTERVAL}}} for d in DEVICES
+    ]
+
+
+def _claims(twins: Capture) -> dict[str, str | None]:
+    """The gateway each device's latest twin document names."""
+    latest: dict[str, str | None] = {}
+    for message in twins.messages():
+        if message.payload:
+            summary = TwinSummary.decode(message.payload)
+            latest[summary.device] = summary.gateway
+    return latest
+
+
+def _claimed_by_owners(twins: Capture, live: tuple[str, ...], timeout: float = 15) -> None:
+    owners = {d: rendezvous_owner(d, live) for d in DEVICES}
+    poll(
+        lambda: _claims(twins) == owners,
+        timeout,
+        what=f"every device claimed by its owner among {live}",
+    )
+
+
+def _readings(capture: Capture) -> dict[str, list[tuple[float, int]]]:
+    streams: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    message: Message
+    for message in capture.messages():
+        reading = message.telemetry()
+        streams[reading.device].append((message.received_at, reading.seq))
+    return streams
+
+
+def _longest_silence(readings: list[tuple[float, int]], start: float, end: float) -> float:
+    times = [start] + [t for t, _ in readings if start < t < end] + [end]
+    return max(b - a for a, b in itertools.pairwise(times))
+
+
+def test_three_gateways_play_each_device_once_through_a_kill_and_a_return(
+    broker: Broker,
+) -> None:
+    endpoint = broker.endpoint
+    with (
+        Capture(endpoint, TOPICS.all_telemetry()) as readings,
+        Capture(endpoint, TOPICS.all_twin()) as twins,
+        RunningGateway(endpoint, _manifest(), config=_config("gw-a")) as a,
+        RunningGateway(endpoint, _manifest(), config=_config("gw-b")) as b,
+    ):
+        _claimed_by_owners(twins, ("gw-a", "gw-b"))
+        # A third joins: it takes about a third of the devices, each handed over by the
+        # gateway that played it.
+        c = RunningGateway(endpoint, _manifest(), config=_config("gw-c"), mode="process").start()
+        try:
+            _claimed_by_owners(twins, GATEWAYS)
+            c_devices = [d for d in DEVICES if rendezvous_owner(d, GATEWAYS) == "gw-c"]
+            assert c_devices
+            # Any gateway answers for the whole fleet.
+            poll(
+                lambda: a.client.fleet()["simulated_devices"] == len(DEVICES),
+                10,
+                what="gw-a counting every simulated device",
+            )
+            assert {d["id"]: d["simulated"] for d in b.client.devices()} == dict.fromkeys(
+                DEVICES, True
+            )
+            time.sleep(4 * INTERVAL)  # a few readings from every stream before the kill
+            killed = time.monotonic()
+            c.kill()
+            _claimed_by_owners(twins, ("gw-a", "gw-b"), timeout=1.5 * KEEPALIVE)
+            poll(
+                lambda: all(
+                    any(t > killed + 1.5 * KEEPALIVE / 2 for t, _ in _readings(readings)[d])
+                    for d in c_devices
+                ),
+                3 * KEEPALIVE,
+                what="gw-c's devices played again",
+            )
+            after_kill = time.monotonic()
+        finally:
+            c.stop()
+        silences = {
+            d: _longest_silence(_readings(readings)[d], killed, after_kill) for d in c_devices
+        }
+        worst = max(silences.values())
+        print(
+            f"gw-c killed: its {len(c_devices)} devices silent at most {worst:.2f} s "
+            f"(keepalive {KEEPALIVE} s)"
+        )
+        assert worst < 1.5 * KEEPALIVE, silences
+
+        # Back: it gets its devices again, each released by the gateway that took it.
+        returned = time.monotonic()
+        c = RunningGateway(endpoint, _manifest(), config=_config("gw-c"), mode="process").start()
+        try:
+            _claimed_by_owners(twins, GATEWAYS)
+            time.sleep(4 * INTERVAL)
+            settled = time.monotonic()
+        finally:
+            c.stop()
+        handed_back = {
+            d: _longest_silence(_readings(readings)[d], returned, settled) for d in c_devices
+        }
+        print(f"gw-c back: its devices silent at most {max(handed_back.values()):.2f} s")
+        assert max(handed_back.values()) < 1.5 * KEEPALIVE, handed_back
+
+    # One writer per stream, one numbering throughout: no seq twice, none missing.
+    streams = _readings(readings)
+    for device in DEVICES:
+        report = SequenceReport.of(device, "env", [seq for _, seq in streams[device]])
+        assert not report.duplicates, report.describe()
+        assert report.complete, report.describe()
