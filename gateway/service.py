@@ -696,15 +696,19 @@ class GatewayService:
 
     def _on_membership_change(self, change: MembershipChange) -> None:
         """Move devices once the live set has stood for `rebalance_delay`: each change restarts
-        the wait, so a blip (a will, then a birth) moves nothing."""
+        the wait, so a blip (a will, then a birth) moves nothing. A gateway that joins is
+        given its `startup_grace` on top (this one's, as replicas share a config): it publishes
+        its birth at its connection but decides nothing before its presence check, and a
+        device released to it sooner would wait that long unplayed."""
         if not self._grace_over.is_set():
             return  # `_confirm_presence` settles the owners first thing
+        delay = self.config.gateway.rebalance_delay
+        if change.joined:
+            delay += self.config.presence.startup_grace
         with self._rebalance_lock:
             if self._rebalance_timer is not None:
                 self._rebalance_timer.cancel()
-            self._rebalance_timer = threading.Timer(
-                self.config.gateway.rebalance_delay, self._rebalance
-            )
+            self._rebalance_timer = threading.Timer(delay, self._rebalance)
             self._rebalance_timer.daemon = True
             self._rebalance_timer.start()
 
