@@ -363,9 +363,11 @@ class GatewaySection(Section, frozen=True):
     # gateway had in flight reach the others before they continue its streams.
     rebalance_delay: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.5
     # How long a new owner waits for the old one, still alive, to hand a device over (its
-    # release) before it takes the device anyway: an old owner that never answers (a version
-    # without hand-over, or a stuck process) must not leave the device unserved for good.
-    handoff_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
+    # release) before it takes the device anyway. Meanwhile the old owner plays the device;
+    # the wait only guards against one that holds its lease but never lets go (a hung
+    # process). Long, because taking a device too soon makes two writers: an overloaded
+    # gateway reads the membership change late, and releases late.
+    handoff_timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0
 
     def gateway_id(self, hostname: str | None = None) -> str:
         return self.id or default_gateway_id(socket.gethostname() if hostname is None else hostname)

@@ -731,6 +731,11 @@ class GatewayService:
             "devices change hands between gateways",
             extra={"live": list(live), "before": list(before), "devices": len(moved)},
         )
+        with self._reconcile_lock:
+            # Those this gateway gives up, stopped together (their seqs read back at once).
+            self.standins.stop_devices(
+                d for d in moved if self.ownership.owner(d) != self.gateway_id
+            )
         with self.standins.batch():
             for device in sorted(moved):
                 if (twin := self.fleet.get(device)) is not None:
@@ -764,13 +769,12 @@ class GatewayService:
         """At a clean stop beside other gateways: stop every stream this one plays and release
         its devices with their last seqs, so that their next owners continue them exactly, at
         once, without waiting out the rebalance delay for stragglers."""
-        with self._reconcile_lock, self.standins.batch():
-            for device in self.ownership.claimed_devices():
-                twin = self.fleet.get(device)
-                if twin is None:
-                    continue
-                self.standins.serve(device, {})
-                self._publish_twin(twin, twin.sensors_to_simulate(grace_over=True), claim=False)
+        with self._reconcile_lock:
+            claimed = self.ownership.claimed_devices()
+            self.standins.stop_devices(claimed)
+            for device in claimed:
+                if (twin := self.fleet.get(device)) is not None:
+                    self._publish_twin(twin, twin.sensors_to_simulate(grace_over=True), claim=False)
 
     def _on_disconnect(self, link: MqttLink) -> None:
         """Cut off from the broker while other gateways are live: they take this one's devices
@@ -780,9 +784,8 @@ class GatewayService:
         if len(self.ownership.live) < 2 or self._stopping.is_set():
             return
         self._settling.set()  # no reconcile until the presence check after the next connection
-        with self._reconcile_lock, self.standins.batch():
-            for device in self.standins.active_devices():
-                self.standins.serve(device, {})
+        with self._reconcile_lock:
+            self.standins.stop_devices(self.standins.active_devices())
         log.warning("cut off from the broker: stand-ins stopped until the gateways are known")
 
     def _note_serving(

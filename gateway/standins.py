@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 import msgspec
@@ -236,6 +236,33 @@ class StandIns:
         if stopping:
             log.info("simulation stopped", extra={"device": device, "sensors": sorted(stopping)})
         return True
+
+    def stop_devices(self, devices: Iterable[str]) -> None:
+        """Stop every stream of `devices` at once, their last seqs read back from the engine in
+        one round trip per worker (`EngineController.stop_devices`): for many devices leaving
+        together, where `serve(device, {})` would wait on the engine once per device."""
+        with self._lock:
+            playing = [device for device in devices if device in self._playing]
+            if not playing:
+                return
+            if self._pending is not None:
+                stopped: dict[str, dict[str, int]] = {}
+                for device in playing:
+                    self._pending.pop(device, None)
+            else:
+                stopped = self.engine.stop_devices(playing)
+            for device in playing:
+                for name, seq in stopped.get(device, {}).items():
+                    key = (device, name)
+                    self._seq[key] = max(self._seq.get(key, 0), seq)
+                del self._playing[device]
+        unanswered = [device for device in playing if device not in stopped]
+        if unanswered and self._pending is None:
+            log.warning(
+                "simulation did not report where it stopped; the twin's count stands",
+                extra={"devices": len(unanswered), "first": unanswered[:3]},
+            )
+        log.info("simulation stopped", extra={"devices": len(playing)})
 
     def _streams_to_start(
         self,

@@ -149,6 +149,34 @@ def test_a_thousand_devices_taken_over_at_once_all_publish(
     assert first == {device: i + 1 for i, device in enumerate(devices)}
 
 
+def test_many_devices_stop_together_with_their_last_seqs(
+    broker: Broker, standins: StandIns
+) -> None:
+    """A gateway handing a third of its devices to another stops them in one round trip per
+    worker, and each stopped stream's last seq is the last reading on the wire."""
+    devices = [f"pi-{i:03d}" for i in range(300)]
+    leaving = devices[::3]
+    with Capture(broker, TELEMETRY, qos=0) as sub:
+        with standins.batch():
+            for i, device in enumerate(devices):
+                standins.serve(device, {"env": FAST}, {"env": 10 * i})
+        sub.wait_for(TELEMETRY, timeout=20, count=3 * len(devices))
+        standins.stop_devices([*leaving, "never-played"])
+        assert standins.active_devices() == set(devices) - set(leaving)
+        last = {device: standins.last_seq(device, "env") for device in leaving}
+
+        def on_the_wire() -> dict[str, int]:
+            seen: dict[str, int] = {}
+            for message in sub.messages():
+                reading = Telemetry.decode(message.payload)
+                if reading.device in last:
+                    seen[reading.device] = max(seen.get(reading.device, 0), reading.seq)
+            return seen
+
+        poll(lambda: on_the_wire() == last, 5, what="every stopped stream's last reading")
+    assert all(last[d] > 10 * devices.index(d) for d in leaving)
+
+
 @pytest.mark.integration
 def test_a_large_manifest_places_its_stand_ins_in_a_worker_process(
     broker: Broker,

@@ -177,7 +177,9 @@ class _WorkerHandle:
         # With count_by_device: the worker's device names, and its last counts in their order.
         self.device_names: list[str] = []
         self.device_counts: array[int] = array("Q")
-        self.answers: dict[int, dict[str, int]] = {}  # placements answered, by token
+        # Placements answered, by token: a stream's last seq by sensor, or for many devices at
+        # once (`stop_devices`) by device and sensor.
+        self.answers: dict[int, Any] = {}
 
     def by_device(self) -> dict[str, int]:
         return dict(zip(self.device_names, self.device_counts, strict=False))
@@ -423,7 +425,39 @@ class EngineController:
             if token is None:
                 return None
             self._cond.wait_for(lambda: token in handle.answers or handle.dead, timeout=1.0)
-            return handle.answers.pop(token, None)
+            answer: dict[str, int] | None = handle.answers.pop(token, None)
+            return answer
+
+    def stop_devices(self, devices: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Stop every stream of `devices` of a placed run at once: one message and one answer
+        per worker, not a round trip per device (a gateway handing a third of its devices to
+        another that joins). Returns the last seq of each stopped stream by device, as the
+        workers saw them; the devices of a worker that did not answer within a second are
+        missing."""
+        with self._lock:
+            if self._placed is None or self._state in ("stopped", "starting") or not self._workers:
+                raise EngineStateError(f"no placed run: the engine is {self._state}")
+            self._flush_batch()
+            by_worker: dict[int, list[tuple[str, list[str], list[Any]]]] = {}
+            for device in devices:
+                handle = self._workers[zlib.crc32(device.encode()) % len(self._workers)]
+                self._placed.pop(device, None)
+                by_worker.setdefault(handle.index, []).append((device, [], []))
+            by_index = {h.index: h for h in self._workers}
+            tokens: dict[int, int] = {}
+            for index, placements in by_worker.items():
+                self._token += 1
+                tokens[index] = self._token
+                by_index[index].send(("place_many", placements, self._token))
+            stopped: dict[str, dict[str, int]] = {}
+            for index, token in tokens.items():
+                handle = by_index[index]
+                self._cond.wait_for(
+                    lambda: token in handle.answers or handle.dead,  # noqa: B023
+                    timeout=1.0,
+                )
+                stopped.update(handle.answers.pop(token, None) or {})
+            return stopped
 
     def _check_start(
         self, scenario: ScenarioLike, workers: int, qos: int, payload: PayloadKind, placed: bool

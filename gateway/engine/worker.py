@@ -127,8 +127,12 @@ class Worker:
         elif kind == "place":
             self.place(*command[1:])
         elif kind == "place_many":
-            for device, keep, start in command[1]:
-                self.place(device, keep, start, None)
+            token = command[2] if len(command) > 2 else None
+            stopped = {
+                device: self.place(device, keep, start, None) for device, keep, start in command[1]
+            }
+            if token is not None:
+                self.conn.send(("placed", (token, stopped)))
         elif kind == "stats":
             self.next_stats = 0.0
         elif kind == "stop":
@@ -181,10 +185,10 @@ class Worker:
 
     def place(
         self, device: str, keep: Sequence[str], start: Sequence[Any], token: int | None
-    ) -> None:
+    ) -> dict[str, int]:
         """Give `device` exactly the streams `keep` (running) and `start` (new; the first
         reading due at once); answer with the last seq of the streams that stopped when the
-        controller waits for it (`token`)."""
+        controller waits for it (`token`), and return them."""
         if self.placed is None:
             assert self.scenario is not None, "a placement before the run's streams"
             generator = self.scenario.generator(self.topics, streams=(), payload=self.spec.payload)
@@ -197,6 +201,7 @@ class Worker:
         self.replan = True
         if token is not None:
             self.conn.send(("placed", (token, stopped)))
+        return stopped
 
     def plan(self) -> None:
         """The schedule of the scenario's streams and the placed ones, from where it was."""
