@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from edgetwin.cli import _parser
+from edgetwin.gateway.config import default_gateway_id
 from edgetwin.gateway.scenario.model import shard_from_environment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,11 +82,19 @@ def test_each_simulation_replica_plays_its_own_shard_of_one_fleet() -> None:
     assert service["spec"]["selector"] == workload["spec"]["selector"]["matchLabels"]
 
 
-def test_the_gateway_runs_its_configmaps_file_with_probes_on_its_api(tmp_path: Path) -> None:
-    workload = one("Deployment", "edgetwin-gateway")
-    # One gateway: two on one prefix would be two writers of every simulated stream.
-    assert workload["spec"]["replicas"] == 1
-    assert workload["spec"]["strategy"]["type"] == "Recreate"
+def test_the_gateways_run_their_configmaps_file_with_probes_on_their_api(tmp_path: Path) -> None:
+    workload = one("StatefulSet", "edgetwin-gateway")
+    # Several gateways on one prefix, each with an id of its own that survives its restarts:
+    # the host name a StatefulSet gives each pod.
+    replicas = workload["spec"]["replicas"]
+    assert replicas >= 3
+    name = workload["metadata"]["name"]
+    ids = {default_gateway_id(f"{name}-{k}.{workload['spec']['serviceName']}") for k in range(3)}
+    assert ids == {f"{name}-{k}" for k in range(3)}
+    governing = one("Service", workload["spec"]["serviceName"])
+    assert governing["spec"]["clusterIP"] == "None"
+    api = one("Service", "edgetwin-gateway")
+    assert api["spec"]["selector"] == workload["spec"]["selector"]["matchLabels"]
     spec = container(workload)
     config = tmp_path / "gateway.toml"
     config.write_text(one("ConfigMap", "edgetwin-gateway")["data"]["gateway.toml"])
@@ -104,3 +113,5 @@ def test_the_gateway_runs_its_configmaps_file_with_probes_on_its_api(tmp_path: P
     assert spec["args"] == ["--config", f"{mounts['config']}/gateway.toml"]
     secrets = {e["name"] for e in spec["env"] if "valueFrom" in e}
     assert secrets == {"EDGETWIN_MQTT_PASSWORD", "EDGETWIN_API_TOKEN"}
+    # No [gateway] id in the shared file: every replica would take the same one.
+    assert "[gateway]" not in config.read_text() or "id =" not in config.read_text()
