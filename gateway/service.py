@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 import threading
 import time
@@ -231,6 +232,7 @@ class GatewayService:
         for twin in self.fleet.snapshot():
             self._watch_telemetry(twin.id)
         self.link.start()
+        threading.Thread(target=self._keep_lease, name="stand-in-lease", daemon=True).start()
         self.standins.start(
             sum(
                 1.0 / sensor.interval
@@ -775,6 +777,31 @@ class GatewayService:
             for device in claimed:
                 if (twin := self.fleet.get(device)) is not None:
                     self._publish_twin(twin, twin.sensors_to_simulate(grace_over=True), claim=False)
+
+    def _keep_lease(self) -> None:
+        """Beside other gateways, keep the stand-ins' lease (`EngineController.hold_after`)
+        just inside the time the broker keeps this gateway's connection alive: each message
+        the broker acknowledges proves the connection up when it was sent, and the broker
+        publishes the will no sooner than 1.5 x keepalive after the last packet it heard.
+        Others take over only after the will, so stand-ins held to that never play beside
+        them, even when this process wakes from a freeze before it notices its connection
+        is gone. Alone on the prefix, nobody would take over: no limit."""
+        keepalive = self.config.mqtt.keepalive
+        engine = self.standins.engine
+        while not self._stopping.wait(max(0.2, keepalive / 4)):
+            if len(self.ownership.live) < 2:
+                engine.hold_after(math.inf)
+                continue
+            if not self.link.connected:
+                continue
+            sent = time.monotonic()
+            try:
+                # A topic nobody subscribes to: the broker only acknowledges it.
+                beat = self.link.publish(self.topics.probe(self.link.client_id), b"", qos=1)
+            except PublishError:
+                continue
+            if beat.wait(keepalive):
+                engine.hold_after(sent + 1.5 * keepalive)
 
     def _on_disconnect(self, link: MqttLink) -> None:
         """Cut off from the broker while other gateways are live: they take this one's devices

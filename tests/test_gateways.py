@@ -9,6 +9,7 @@ subscriber counts every reading.
 from __future__ import annotations
 
 import itertools
+import signal
 import time
 from collections import defaultdict
 from typing import Any
@@ -185,6 +186,15 @@ def test_three_gateways_play_each_device_once_through_a_kill_and_a_return(
             _claimed_by_owners(twins, GATEWAYS)
             c_devices = [d for d in DEVICES if rendezvous_owner(d, GATEWAYS) == "gw-c"]
             assert c_devices
+            # Among others, a gateway's stand-ins play only as long as the broker keeps its
+            # connection alive since it last acknowledged one of its messages.
+            assert a.app is not None
+            engine = a.app.state.service.standins.engine
+            poll(
+                lambda: time.monotonic() < engine.held_after <= time.monotonic() + 1.5 * KEEPALIVE,
+                5,
+                what="gw-a's stand-ins held to its lease",
+            )
             # Any gateway answers for the whole fleet.
             poll(
                 lambda: a.client.fleet()["simulated_devices"] == len(DEVICES),
@@ -235,6 +245,45 @@ def test_three_gateways_play_each_device_once_through_a_kill_and_a_return(
         assert max(handed_back.values()) < 1.5 * KEEPALIVE, handed_back
 
     # One writer per stream, one numbering throughout: no seq twice, none missing.
+    streams = _readings(readings)
+    for device in DEVICES:
+        report = SequenceReport.of(device, "env", [seq for _, seq in streams[device]])
+        assert not report.duplicates, report.describe()
+        assert report.complete, report.describe()
+
+
+def test_a_frozen_gateway_woken_after_the_others_took_its_devices_plays_beside_none(
+    broker: Broker,
+) -> None:
+    """Frozen (SIGSTOP, as behind a cut network) past its keepalive, a gateway's will goes out
+    and the other takes its devices. Woken, it finds its connection gone: it stops its
+    stand-ins before playing anything, and gets its devices back only by release."""
+    endpoint = broker.endpoint
+    live = ("gw-a", "gw-c")
+    with (
+        Capture(endpoint, TOPICS.all_telemetry()) as readings,
+        Capture(endpoint, TOPICS.all_twin()) as twins,
+        Capture(endpoint, TOPICS.all_gateways()) as leases,
+        RunningGateway(endpoint, _manifest(), config=_config("gw-a")),
+    ):
+        c = RunningGateway(endpoint, _manifest(), config=_config("gw-c"), mode="process").start()
+        try:
+            _claimed_by_owners(twins, live)
+            leases.clear()
+            c.send_signal(signal.SIGSTOP)
+            try:
+                leases.wait_for(
+                    TOPICS.gateway("gw-c"), lambda m: b'"offline"' in m.payload, timeout=15
+                )
+                _claimed_by_owners(twins, ("gw-a",), timeout=5)
+            finally:
+                c.send_signal(signal.SIGCONT)
+            _claimed_by_owners(twins, live)
+            time.sleep(4 * INTERVAL)
+        finally:
+            c.stop()
+        # Stopped cleanly, it released its devices to the one left.
+        _claimed_by_owners(twins, ("gw-a",), timeout=5)
     streams = _readings(readings)
     for device in DEVICES:
         report = SequenceReport.of(device, "env", [seq for _, seq in streams[device]])

@@ -5,7 +5,9 @@ metadata says they publish, and many devices taken over at once."""
 from __future__ import annotations
 
 import json
+import math
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -175,6 +177,30 @@ def test_many_devices_stop_together_with_their_last_seqs(
 
         poll(lambda: on_the_wire() == last, 5, what="every stopped stream's last reading")
     assert all(last[d] > 10 * devices.index(d) for d in leaving)
+
+
+def test_past_its_lease_a_run_publishes_nothing_and_then_continues_its_numbering(
+    broker: Broker, standins: StandIns
+) -> None:
+    """A gateway among others holds its stand-ins to the time the broker keeps it alive
+    (`EngineController.hold_after`): past it, nothing goes out and no seq is used up."""
+    with Capture(broker, TELEMETRY, qos=0) as sub:
+        standins.serve("held", {"env": FAST})
+        sub.wait_for(TELEMETRY, timeout=10, count=3)
+        standins.engine.hold_after(time.monotonic())
+        # A batch the worker had begun may still arrive: wait until the stream is quiet.
+        poll(
+            lambda: time.monotonic() - sub.messages()[-1].received_at > 10 * FAST.interval,
+            5,
+            what="the held stream quiet",
+        )
+        held = len(sub.messages())
+        time.sleep(10 * FAST.interval)  # a window in which 10 readings were due
+        assert len(sub.messages()) == held
+        standins.engine.hold_after(math.inf)
+        sub.wait_for(TELEMETRY, timeout=10, count=held + 3)
+    seqs = [r.seq for r in readings(sub.messages(), "held")]
+    assert seqs == list(range(1, len(seqs) + 1))
 
 
 @pytest.mark.integration

@@ -33,7 +33,7 @@ from edgetwin.gateway.engine.interface import PayloadKind, ScenarioLike
 from edgetwin.gateway.engine.link import Endpoint
 from edgetwin.gateway.engine.settings import EngineSettings
 from edgetwin.gateway.engine.stats import LATENESS_EDGES, WorkerStats, add_counts, quantile
-from edgetwin.gateway.engine.worker import WorkerSpec, worker_main
+from edgetwin.gateway.engine.worker import Lease, WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +144,12 @@ def partition(scenario: ScenarioLike, workers: int) -> list[list[int]]:
 class _InProcess:
     """A worker run as a thread of this process: the face of a `BaseProcess` the handle uses."""
 
-    def __init__(self, conn: Connection, spec: WorkerSpec) -> None:
+    def __init__(self, conn: Connection, spec: WorkerSpec, lease: Lease) -> None:
         self._thread = threading.Thread(
-            target=worker_main, args=(conn, spec), name=f"engine-worker-{spec.worker}", daemon=True
+            target=worker_main,
+            args=(conn, spec, lease),
+            name=f"engine-worker-{spec.worker}",
+            daemon=True,
         )
         self.pid: int | None = os.getpid()
 
@@ -241,6 +244,8 @@ class EngineController:
         )
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
+        # Shared with every worker, thread or process: see `hold_after`.
+        self._lease: Lease = self._ctx.RawValue("d", math.inf)
         self._workers: list[_WorkerHandle] = []
         self._reader: threading.Thread | None = None
         self._scenario: ScenarioLike | None = None
@@ -428,6 +433,19 @@ class EngineController:
             answer: dict[str, int] | None = handle.answers.pop(token, None)
             return answer
 
+    def hold_after(self, deadline: float) -> None:
+        """Publish nothing after the monotonic time `deadline` until it is moved on (math.inf:
+        no limit, the default). A gateway among others keeps it just inside the time the
+        broker would keep its connection alive since it last acknowledged one of its
+        messages: frozen (SIGSTOP, a stalled VM) or cut off, its stand-ins stop by themselves
+        before another gateway can have taken their streams over, even before it notices."""
+        self._lease.value = deadline
+
+    @property
+    def held_after(self) -> float:
+        """The deadline `hold_after` set last."""
+        return float(self._lease.value)
+
     def stop_devices(self, devices: Sequence[str]) -> dict[str, dict[str, int]]:
         """Stop every stream of `devices` of a placed run at once: one message and one answer
         per worker, not a round trip per device (a gateway handing a third of its devices to
@@ -496,10 +514,13 @@ class EngineController:
         )
         process: BaseProcess | _InProcess
         if self._in_process:
-            process = _InProcess(child, spec)
+            process = _InProcess(child, spec, self._lease)
         else:
             process = self._ctx.Process(
-                target=worker_main, args=(child, spec), name=f"edgetwin-engine-{index}", daemon=True
+                target=worker_main,
+                args=(child, spec, self._lease),
+                name=f"edgetwin-engine-{index}",
+                daemon=True,
             )
         process.start()
         if not self._in_process:

@@ -21,7 +21,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol
 
 from edgetwin.agent.contract import Topics
 from edgetwin.gateway.engine.interface import (
@@ -61,10 +61,18 @@ def _rss_bytes() -> int:
         return 0
 
 
+class Lease(Protocol):
+    """A monotonic time shared with the controller (a shared-memory double), after which the
+    worker publishes nothing until it moves again (`EngineController.hold_after`)."""
+
+    value: float
+
+
 class Worker:
-    def __init__(self, conn: Connection, spec: WorkerSpec) -> None:
+    def __init__(self, conn: Connection, spec: WorkerSpec, lease: Lease | None = None) -> None:
         self.conn = conn
         self.spec = spec
+        self.lease = lease
         self.settings = spec.settings
         self.topics = Topics(
             prefix=spec.endpoint.prefix, telemetry_template=spec.endpoint.telemetry_template
@@ -230,7 +238,11 @@ class Worker:
         if timeline is None or timeline.paused:
             return False
         s_now = timeline.schedule_time(now)
-        if not self.link.connected or self.backlogged():
+        # Past its lease the run may no longer be the one writer of its streams (its gateway
+        # was frozen or cut off long enough for another to take over): what is due is skipped,
+        # as while disconnected, and no seq is used up.
+        out_of_lease = self.lease is not None and time.monotonic() > self.lease.value
+        if not self.link.connected or self.backlogged() or out_of_lease:
             self.backlog_skipped += self.schedule.skip_to(s_now)
             self.s_done = max(self.s_done, s_now)
             return False
@@ -441,10 +453,10 @@ class Worker:
         self.conn.send(("stats", self.stats(time.time(), final=True)))
 
 
-def worker_main(conn: Connection, spec: WorkerSpec) -> None:
+def worker_main(conn: Connection, spec: WorkerSpec, lease: Lease | None = None) -> None:
     """Entry point of a worker process (multiprocessing target) or thread."""
     try:
-        Worker(conn, spec).run()
+        Worker(conn, spec, lease).run()
     finally:
         # The controller learns the worker is gone from the end of its pipe; a thread's end
         # does not close by itself as a process's does when it exits.
