@@ -14,12 +14,14 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import pytest
+
 from edgetwin.agent.contract import Server, StreamServing, Topics, TwinSummary
 from edgetwin.gateway.membership import rendezvous_owner
 from edgetwin.gateway.ownership import Decision, Ownership
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture, Message, SequenceReport
-from edgetwin.testing.gateway import RunningGateway
+from edgetwin.testing.gateway import GatewayError, RunningGateway
 from edgetwin.testing.waiting import poll
 
 TOPICS = Topics()
@@ -289,3 +291,49 @@ def test_a_frozen_gateway_woken_after_the_others_took_its_devices_plays_beside_n
         report = SequenceReport.of(device, "env", [seq for _, seq in streams[device]])
         assert not report.duplicates, report.describe()
         assert report.complete, report.describe()
+
+
+def test_any_gateway_takes_writes_for_the_whole_fleet(broker: Broker) -> None:
+    """A device added through a gateway that does not own it is played by its owner; its
+    desired config can be written through either; removed through either, both drop it."""
+    endpoint = broker.endpoint
+    live = ("gw-a", "gw-b")
+    device = next(f"new-{i}" for i in range(100) if rendezvous_owner(f"new-{i}", live) == "gw-a")
+    config = {"gateway": {"rebalance_delay": 0.2}, "mqtt": {"keepalive": KEEPALIVE}}
+    with (
+        Capture(endpoint, TOPICS.all_twin()) as twins,
+        Capture(endpoint, TOPICS.telemetry(device, "+")) as readings,
+        RunningGateway(endpoint, config={**config, "gateway": {"id": "gw-a"}}) as a,
+        RunningGateway(endpoint, config={**config, "gateway": {"id": "gw-b"}}) as b,
+    ):
+        poll(lambda: len(b.client.request("GET", "/gateways").json()["gateways"]) == 2, 10)
+        env = {"driver": "bme280", "interval": INTERVAL}
+        b.client.add_device(device, {"env": env}, site="lab")
+        poll(lambda: _claims(twins).get(device) == "gw-a", 10, what="the owner claiming it")
+        readings.wait_for(timeout=10, count=3)
+        assert a.client.device(device)["simulated"]
+        assert b.client.device(device)["simulated"]
+        assert a.client.device(device)["site"] == "lab"
+
+        # Desired config through the gateway that does not play it, versioned as any other.
+        _, version = a.client.desired(device)
+        b.client.put_desired(device, {"env": {**env, "interval": 2 * INTERVAL}}, if_match=version)
+        poll(
+            lambda: a.client.desired(device)[1] == version + 1,
+            10,
+            what="the new version seen by the owner",
+        )
+        with pytest.raises(GatewayError) as stale:
+            a.client.put_desired(device, {"env": env}, if_match=version)
+        assert stale.value.status == 409
+
+        # Removed through the gateway that does not own it: the owner stops playing it.
+        b.client.delete_device(device)
+        poll(
+            lambda: device not in {d["id"] for d in a.client.devices()},
+            10,
+            what="the owner dropping it",
+        )
+        readings.clear()
+        time.sleep(4 * INTERVAL)  # a window in which four readings were due
+        assert readings.messages() == []
