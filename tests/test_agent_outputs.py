@@ -26,6 +26,7 @@ from edgetwin.agent.contract import (
     DesiredConfig,
     OutputSettings,
     ReportedConfig,
+    SensorBackend,
     SensorSettings,
 )
 from edgetwin.agent.desired import Rejection, check_outputs, validate_desired
@@ -112,14 +113,16 @@ def push(broker: Broker, payload: bytes) -> None:
     publish(broker, DESIRED, payload, retain=True)
 
 
-def report_where(match: Callable[[ReportedConfig], bool]) -> Callable[[Message], bool]:
-    """A report published now (not the broker's retained copy of an earlier one) that
-    `match`es."""
+def report_where(
+    match: Callable[[ReportedConfig], bool], *, retained: bool = False
+) -> Callable[[Message], bool]:
+    """A report that `match`es, published now; or also the broker's retained copy of one
+    published earlier, with `retained`."""
 
     def matches(message: Message) -> bool:
         return (
             message.topic == REPORTED
-            and not message.retain
+            and (retained or not message.retain)
             and match(ReportedConfig.decode(message.payload))
         )
 
@@ -279,6 +282,33 @@ def test_bad_outputs_are_refused_whole_and_the_last_good_document_keeps_driving(
             assert chip(backend).output_duty(3) == quantised(0.3), label
         assert agent.applied_version == 1
         assert set(agent.outputs.slots) == {"relay", "fan"}
+
+
+@pytest.mark.integration
+def test_an_output_the_hardware_refuses_is_reported_unavailable(
+    broker: Broker, tmp_path: Path, backend: EmulatedBackend
+) -> None:
+    """A PIR takes GPIO17 when its settings name no pin: a default of its driver's code, which
+    no metadata tells the validation. The output on that pin cannot open, and says why."""
+    motion = SensorSettings(driver="pir", interval=0.5, backend=SensorBackend.EMULATED)
+    document = DesiredConfig(
+        device=DEVICE,
+        version=1,
+        sensors={**SENSORS, "motion": motion},
+        outputs={"relay": RELAY, "fan": FAN},
+    )
+    with (
+        Capture(broker, REPORTED) as sub,
+        running(config(broker, tmp_path), backend) as agent,
+    ):
+        push(broker, document.encode())
+        report = last_report(sub, applied(1))
+        assert agent.slots["motion"].sensor is not None
+    assert report.outputs["relay"].value is None
+    assert report.outputs["relay"].reason is not None
+    assert report.outputs["relay"].reason.startswith("unavailable: digital_output unavailable")
+    assert "GPIO17" in report.outputs["relay"].reason
+    assert report.outputs["fan"] == AppliedOutput(value=quantised(0.3), backend="emulated")
 
 
 def test_check_outputs_accepts_what_can_work() -> None:
@@ -448,8 +478,12 @@ def test_without_a_retained_document_on_the_returning_broker_the_outputs_stay_sa
         poll(lambda: relay.level == 0.0, 15, what="relay safe without the broker")
         broker.start()
         with Capture(broker, REPORTED) as sub:
+            # Live, or retained when the agent was back before this subscription.
             back = last_report(
-                sub, report_where(lambda r: r.outputs["relay"].reason == "safe: broker away 0.5 s")
+                sub,
+                report_where(
+                    lambda r: r.outputs["relay"].reason == "safe: broker away 0.5 s", retained=True
+                ),
             )
             poll(lambda: agent.link.wait_subscribed(0), 10, what="subscribed again")
             push(broker, desired(99, {}, device="someone-else"))
