@@ -124,6 +124,7 @@ class OutputBank:
         self._retry_at = 0.0
         self._broker_away_since: float | None = time.monotonic()  # away until first connected
         self._marked = marker.exists()
+        self._left_unsafe = False  # an output dropped without reaching its safe value
         if self._marked:
             self._set_hold(Hold.CRASH_RECOVERY, "crash recovery")
             log.warning(
@@ -147,7 +148,8 @@ class OutputBank:
             slot = self.slots[name]
             if wanted is None or _placement(wanted) != _placement(slot.settings):
                 del self.slots[name]
-                slot.close()
+                if not slot.close():
+                    self._left_unsafe = True
 
     def install(self, outputs: Mapping[str, OutputSettings], *, new_version: bool) -> None:
         """Run `outputs`: drop the unwanted, open the new (at their safe values), drive each
@@ -174,7 +176,9 @@ class OutputBank:
         self._set_hold(hold, text)
         if not self.slots:
             return False
-        log.warning(
+        # A stop is routine; the other holds mean something went wrong.
+        log.log(
+            logging.INFO if hold is Hold.SHUTDOWN else logging.WARNING,
             "outputs held at their safe values",
             extra={"reason": text, "outputs": sorted(self.slots)},
         )
@@ -235,12 +239,12 @@ class OutputBank:
 
     def close(self) -> None:
         """A clean stop's end: every output driven safe and released. The crash marker goes
-        only when all of them were: an output left in an unknown state makes the next start
-        a crash recovery."""
+        only when all of them were, and every output dropped before: an output left in an
+        unknown state makes the next start a crash recovery."""
         self.hold_safe(Hold.SHUTDOWN, "shutdown")
         closed = [slot.close() for slot in self.slots.values()]
         self.slots.clear()
-        if all(closed):
+        if all(closed) and not self._left_unsafe:
             self.marker.unlink(missing_ok=True)
             self._marked = False
 

@@ -608,8 +608,11 @@ class Agent:
         """Hold the outputs at their safe values once the broker has been away longer than
         `safe_after_broker_away` (nobody could switch them off meanwhile; reported when it is
         back), and try again to open those the hardware refused."""
-        limit = self.config.agent.safe_after_broker_away
-        if self.outputs.watch_broker(self.link.connected, limit) | self.outputs.retry():
+        held = self.outputs.watch_broker(
+            self.link.connected, self.config.agent.safe_after_broker_away
+        )
+        reopened = self.outputs.retry()
+        if held or reopened:
             self._report_outputs()
 
     # -- the loop -------------------------------------------------------------------------------

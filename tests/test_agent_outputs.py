@@ -535,3 +535,24 @@ def test_a_stronger_hold_is_never_replaced_or_ended_by_a_weaker_one(
     assert (relay.level, bank.hold) == (1.0, None)
     bank.close()
     assert not (tmp_path / MARKER_NAME).exists()
+
+
+def test_an_output_that_cannot_be_made_safe_keeps_the_crash_marker(
+    tmp_path: Path, backend: EmulatedBackend
+) -> None:
+    """A chip that stops answering: its output is reported unavailable with the bus error,
+    and a clean stop that could not drive it safe leaves the marker, so the next start holds."""
+    marker = tmp_path / MARKER_NAME
+    bank = OutputBank(marker, lambda _: [backend])
+    bank.install({"vent": VENT}, new_version=True)
+    assert chip(backend).output_duty(4) == 0.75
+    assert marker.exists()
+    backend.i2c_bus(1).unplug(0x40)
+    bank.install({"vent": VENT.replace(value=0.5)}, new_version=True)
+    report = bank.report()["vent"]
+    assert report.value == 0.75, "the last value written"
+    assert report.reason is not None
+    assert report.reason.startswith("unavailable: ")
+    bank.close()
+    assert marker.exists()
+    assert OutputBank(marker, lambda _: [backend]).hold is Hold.CRASH_RECOVERY
