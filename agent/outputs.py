@@ -234,6 +234,23 @@ class OutputBank:
             self._drive(slot)
         return any(slot.output is not None and slot.error is None for slot in failed)
 
+    # -- a command's momentary drive (agent/commands.py's `pulse_output`) ---------------------
+
+    def running_outputs(self) -> Mapping[str, Output]:
+        """The outputs open now, for a command that drives one for a moment. The crash
+        marker is put down first: the command may drive an output away from its safe value,
+        and a crash then must hold it at the next start."""
+        self._mark_driven()
+        return {name: slot.output for name, slot in self.slots.items() if slot.output is not None}
+
+    def resting_value(self, name: str) -> float:
+        """What output `name` goes back to after a momentary drive: its desired value, or its
+        safe value while a hold is in place. KeyError for an output not open."""
+        output = self.slots[name].output
+        if output is None:
+            raise KeyError(name)
+        return output.safe_value if self.hold is not None else self.slots[name].settings.value
+
     def report(self) -> dict[str, AppliedOutput]:
         return {name: slot.report(self._hold_text) for name, slot in self.slots.items()}
 

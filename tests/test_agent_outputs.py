@@ -556,3 +556,27 @@ def test_an_output_that_cannot_be_made_safe_keeps_the_crash_marker(
     bank.close()
     assert marker.exists()
     assert OutputBank(marker, lambda _: [backend]).hold is Hold.CRASH_RECOVERY
+
+
+def test_a_momentary_drive_marks_the_outputs_and_returns_to_the_desired_or_safe_value(
+    tmp_path: Path, backend: EmulatedBackend
+) -> None:
+    """What a command that pulses an output needs: the open outputs (with the crash marker
+    down first, as the pulse may leave safe) and the value each goes back to afterwards."""
+    marker = tmp_path / MARKER_NAME
+    bank = OutputBank(marker, lambda _: [backend])
+    bank.install({"relay": RELAY.replace(value=0)}, new_version=True)
+    assert not marker.exists(), "the relay's desired value is its safe value"
+    running = bank.running_outputs()
+    assert set(running) == {"relay"}
+    assert marker.exists()
+    running["relay"].apply(1)
+    assert load(backend, bank, "relay").level == 1.0
+    assert bank.resting_value("relay") == 0.0
+    bank.install({"relay": RELAY}, new_version=True)
+    assert bank.resting_value("relay") == 1.0
+    bank.hold_safe(Hold.BROKER_AWAY, "broker away 1 s")
+    assert bank.resting_value("relay") == 0.0
+    with pytest.raises(KeyError):
+        bank.resting_value("vent")
+    bank.close()
