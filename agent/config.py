@@ -268,6 +268,10 @@ class AgentSection(Section, frozen=True):
     # Seconds the first readings wait for the gateway's twin document, to carry on its seq
     # numbering; 0: do not wait.
     twin_wait: SecondsOrZero = 2.0
+    # Seconds without the broker after which every output is held at its safe value, until
+    # the desired document comes again; 0: never. Longer than a broker restart plus the
+    # reconnect backoff's longest wait (30 s), so that a routine restart does not switch loads.
+    safe_after_broker_away: SecondsOrZero = 60.0
 
 
 class OutboxSettings(Section, frozen=True):

@@ -281,12 +281,73 @@ class SensorSettings(Struct, frozen=True):
     enabled: bool = True
 
 
+OutputName = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
+
+
+class OutputSettings(Struct, frozen=True):
+    """One output: where it is attached, its driver's options, and the value wanted now.
+
+    What a driver takes (`pin` for a GPIO output; `bus`, `address` and `channel` for a channel
+    of an I2C chip), the options it knows and the range of `value` are the output registry's
+    (`hardware.registry.check_output`, `check_output_value`): a document that breaks them is
+    refused whole, never clamped (agent/desired.py `check_outputs`). Every field is written
+    out, as for sensors.
+    """
+
+    driver: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{1,32}$")]
+    value: Annotated[
+        float,
+        msgspec.Meta(
+            description="the value wanted: 0 or 1 for a digital output, a duty 0..1 for PWM"
+        ),
+    ]
+    pin: Annotated[GpioPin, msgspec.Meta(description="GPIO output (BCM number)")] | None = None
+    bus: Annotated[int, msgspec.Meta(ge=0, le=255, description="I2C adapter number")] = 1
+    address: (
+        Annotated[int, msgspec.Meta(ge=0x03, le=0x7F, description="I2C address of the chip")] | None
+    ) = None
+    channel: (
+        Annotated[int, msgspec.Meta(ge=0, le=255, description="output of a multi-channel chip")]
+        | None
+    ) = None
+    options: Annotated[
+        dict[PinRole, bool | JsonInt | float | str],
+        msgspec.Meta(description="driver settings, e.g. a PWM frequency or safe_value"),
+    ] = msgspec.field(default_factory=dict)
+    backend: SensorBackend = SensorBackend.AUTO
+
+    def __post_init__(self) -> None:
+        _finite(self.value, "value")
+
+
 class DesiredConfig(_Payload, frozen=True):
-    """What the gateway wants a device to run. Retained; only the gateway writes it."""
+    """What the gateway wants a device to run. Retained; only the gateway writes it.
+
+    One version covers sensors and outputs. `outputs` is left off the wire when empty, so a
+    document without outputs reads as it did before outputs existed.
+    """
 
     device: DeviceId
     version: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
     sensors: dict[SensorName, SensorSettings]
+    outputs: dict[OutputName, OutputSettings] = msgspec.field(default_factory=dict)
+
+
+OutputReason = Annotated[str, msgspec.Meta(max_length=1024)]
+
+
+class AppliedOutput(Struct, frozen=True, omit_defaults=True):
+    """What one output does now, as its agent drove it.
+
+    `value` is the value applied (as the hardware quantised it: a PCA9685 has 4096 steps), or
+    None when the output could not be opened. `reason` says why it is not the desired value:
+    "safe: shutdown", "safe: crash recovery", "safe: broker away 30 s" (held at its safe value),
+    "unavailable: ..." (the hardware refused); absent when it is the desired value.
+    """
+
+    value: Float | None
+    backend: Literal["real", "emulated"] | None = None
+    reason: OutputReason | None = None
 
 
 class ReportedConfig(_Payload, frozen=True):
@@ -294,7 +355,8 @@ class ReportedConfig(_Payload, frozen=True):
 
     `status` says how the last desired document fared; `applied_version` is what runs either
     way (a refused document leaves the last good one running). `rejected_version` is absent
-    when the refused document had no readable version.
+    when the refused document had no readable version. `reason` is the document's rejection;
+    why an output is not at its desired value is that output's own `reason`.
     """
 
     device: DeviceId
@@ -303,6 +365,8 @@ class ReportedConfig(_Payload, frozen=True):
     applied_version: NonNegative
     rejected_version: NonNegative | None = None
     reason: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
+    outputs: dict[OutputName, AppliedOutput] = msgspec.field(default_factory=dict)
+    """Each output of the applied document, as it is now; absent when there are none."""
 
     def __post_init__(self) -> None:
         if self.status == "rejected" and self.reason is None:

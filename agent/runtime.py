@@ -11,6 +11,7 @@ publisher settles the reading and sends the next ones on that thread (agent/publ
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import logging
 import os
@@ -46,6 +47,7 @@ from edgetwin.agent.homeassistant import AGENT_ORIGIN, AgentDiscovery, DeviceDes
 from edgetwin.agent.metrics import AgentMetrics, NoMetrics, PrometheusMetrics
 from edgetwin.agent.mqtt import Delivery, Message, MqttLink, PublishError, Will
 from edgetwin.agent.outbox import Outbox, OutboxError
+from edgetwin.agent.outputs import MARKER_NAME, Hold, OutputBank
 from edgetwin.agent.publisher import OutboxPublisher
 from edgetwin.agent.sensors import open_configured
 from edgetwin.agent.systemd import Notifier
@@ -266,6 +268,12 @@ class Agent:
         self._unstored_inflight: list[Delivery] = []
         self._depth = 0
         self.discovery = self._discovery(config)
+
+    @functools.cached_property
+    def outputs(self) -> OutputBank:
+        """The outputs of the applied document; made, and the crash marker of a run that did
+        not stop cleanly read, before any output is opened."""
+        return OutputBank(self.state_dir / MARKER_NAME, self._backends)
 
     def _discovery(self, config: AgentConfig) -> AgentDiscovery | None:
         """Home Assistant discovery (agent/homeassistant.py), when `[homeassistant]` enables it."""
@@ -536,6 +544,10 @@ class Agent:
                 )
             except AlreadyApplied:
                 span.set_attribute("outcome", "already_applied")
+                # The broker's retained copy, sent again as it came back: the operator's will
+                # stands, and outputs held while it was away follow it again.
+                if self.outputs.resume(Hold.BROKER_AWAY):
+                    self._report_outputs()
                 return
             except Rejection as exc:
                 span.set_attribute("outcome", "rejected")
@@ -547,7 +559,9 @@ class Agent:
                 return
             self._desired_store.save(desired)
             self.applied = desired
+            self.outputs.drop_unwanted(desired.outputs)  # frees pins before sensors take them
             self._install(dict(desired.sensors))
+            self.outputs.install(desired.outputs, new_version=True)
             span.set_attribute("outcome", "applied")
             span.set_attribute("version", desired.version)
             self.metrics.config("applied")
@@ -573,11 +587,33 @@ class Agent:
             applied_version=self.applied_version,
             rejected_version=rejected_version,
             reason=None if reason is None else reason[:1024],
+            outputs=self.outputs.report(),
         )
         if self.link.connected:
             self.link.publish(
                 self.topics.reported(self.device), self._reported.encode(), qos=1, retain=True
             )
+
+    def _report_outputs(self) -> None:
+        """Report what the outputs do now; the last document's verdict stays as it was."""
+        if self._reported is None:
+            return  # nothing applied yet, so no outputs either
+        self._reported = self._reported.replace(ts=self.clock(), outputs=self.outputs.report())
+        if self.link.connected:
+            self.link.publish(
+                self.topics.reported(self.device), self._reported.encode(), qos=1, retain=True
+            )
+
+    def _guard_outputs(self) -> None:
+        """Hold the outputs at their safe values once the broker has been away longer than
+        `safe_after_broker_away` (nobody could switch them off meanwhile; reported when it is
+        back), and try again to open those the hardware refused."""
+        held = self.outputs.watch_broker(
+            self.link.connected, self.config.agent.safe_after_broker_away
+        )
+        reopened = self.outputs.retry()
+        if held or reopened:
+            self._report_outputs()
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -650,6 +686,9 @@ class Agent:
             wait = min(wait, 0.01)
         if self.outbox.uncommitted:
             wait = min(wait, self.config.outbox.commit_interval)
+        hold_in = self.outputs.broker_hold_in(self.config.agent.safe_after_broker_away)
+        if hold_in is not None:
+            wait = min(wait, hold_in)
         if self.discovery is not None and self.discovery.due and self.link.connected:
             # Discovery waits for the SUBACK and the retained grace, neither of which wakes
             # the loop: look again soon.
@@ -719,6 +758,7 @@ class Agent:
                 "applied_version": self.applied_version,
             },
         )
+        self.outputs.install(self.applied.outputs if self.applied else {}, new_version=False)
         self._install(self.sensor_settings())
         if self.applied is not None:
             self._reported = ReportedConfig(
@@ -726,6 +766,7 @@ class Agent:
                 ts=self.clock(),
                 status="applied",
                 applied_version=self.applied_version,
+                outputs=self.outputs.report(),
             )
         # Only our own desired document configures us; our twin document tells where the
         # gateway's simulation left our streams; our node's discovery configs, which of them
@@ -748,6 +789,7 @@ class Agent:
             if self._faults is not None:
                 self._faults.poll()
             self._run_due()
+            self._guard_outputs()
             self._commit()
             try:
                 self.publisher.pump()
@@ -839,6 +881,9 @@ class Agent:
     def _shutdown(self) -> None:
         self.notifier.stopping()
         log.info("agent stopping", extra={"device": self.device})
+        # Outputs first: safe before anything that may take the rest of the stop's time.
+        if self.outputs.hold_safe(Hold.SHUTDOWN, "shutdown"):
+            self._report_outputs()
         deadline = time.monotonic() + self.config.agent.shutdown_timeout
         try:
             self.outbox.commit()
@@ -862,6 +907,7 @@ class Agent:
             )
             delivery.wait(max(0.1, deadline - time.monotonic()))
         self.link.close()
+        self.outputs.close()
         for slot in self.slots.values():
             slot.close()
         for backend in self._own_backends:

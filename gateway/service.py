@@ -25,6 +25,7 @@ from edgetwin.agent.contract import (
     DeviceState,
     FlatReading,
     GatewayLease,
+    OutputSettings,
     ParsedTopic,
     Presence,
     RebirthRequest,
@@ -39,6 +40,7 @@ from edgetwin.agent.contract import (
     TwinSummary,
     Value,
 )
+from edgetwin.agent.desired import check_outputs
 from edgetwin.agent.homeassistant import (
     GATEWAY_ORIGIN,
     DeviceDescription,
@@ -992,11 +994,16 @@ class GatewayService:
         sensors: dict[str, SensorSettings],
         *,
         expected_version: int | None,
+        outputs: Mapping[str, OutputSettings] | None = None,
     ) -> DesiredConfig:
         """Publish the next version of a device's desired config, retained.
 
         `expected_version` is the version the caller based its change on (from the ETag or the
         body); None skips the check. A mismatch raises ConflictError: another write won.
+        `outputs` None keeps the current document's outputs, so a writer that knows only
+        sensors never removes them by accident. Outputs that can never work or would fight
+        over a pin, a channel or a chip's frequency raise ContractError with the reason
+        (`check_outputs`, the agent's own check), and nothing is published.
         """
         with self._desired_lock:
             twin = self.fleet.get(device_id)
@@ -1014,7 +1021,12 @@ class GatewayService:
                 raise ConflictError(
                     f"desired config of {device_id} has used every version up to {MAX_VERSION}"
                 )
-            desired = DesiredConfig(device=device_id, version=version, sensors=sensors)
+            if outputs is None:
+                outputs = twin.desired.outputs if twin.desired else {}
+            check_outputs(outputs, sensors)
+            desired = DesiredConfig(
+                device=device_id, version=version, sensors=sensors, outputs=dict(outputs)
+            )
             with self.tracer.start_as_current_span(
                 "config.push", attributes={"device": device_id, "version": desired.version}
             ):

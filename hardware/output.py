@@ -22,7 +22,7 @@ import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, Self
@@ -158,6 +158,54 @@ class OutputDriverInfo:
         if self.addresses:
             return self.addresses
         return () if self.default_address is None else (self.default_address,)
+
+    def check_placement(self, placement: OutputPlacement) -> OutputPlacement:
+        """`placement`, with an I2C output's default address filled in, if this driver's
+        interface can be attached there; OutputSettingsError naming what is wrong if not.
+
+        Metadata only, no hardware: a GPIO output needs its pin and takes no address or
+        channel; an I2C output takes no pin, needs its channel on a multi-channel chip, and an
+        address the chip can be strapped to.
+        """
+        if self.interface == "gpio":
+            check_pin(self.name, placement.pin)
+            if placement.address is not None or placement.channel is not None:
+                raise OutputSettingsError(
+                    f"{self.name} is a GPIO output and takes no I2C address or channel"
+                )
+            return placement
+        if placement.pin is not None:
+            raise OutputSettingsError(f"{self.name} is an I2C output and takes no GPIO pin")
+        channel = placement.channel
+        if self.channels:
+            last = self.channels - 1
+            if channel is None:
+                raise OutputSettingsError(f"{self.name} needs its channel, 0..{last}")
+            whole = isinstance(channel, int) and not isinstance(channel, bool)
+            if not whole or not 0 <= channel <= last:
+                raise OutputSettingsError(f"{self.name} has channels 0..{last}, not {channel!r}")
+        elif channel is not None:
+            raise OutputSettingsError(f"{self.name} has one output and takes no channel")
+        address = self.default_address if placement.address is None else placement.address
+        if address is None:
+            raise OutputSettingsError(f"{self.name} needs its I2C address")
+        if address not in self.valid_addresses():
+            raise OutputSettingsError(
+                f"{self.name} cannot be at {address:#04x}; valid addresses: "
+                f"{address_ranges(self.valid_addresses())}"
+            )
+        return replace(placement, address=address)
+
+
+def address_ranges(addresses: tuple[int, ...]) -> str:
+    """I2C addresses as runs, "0x40..0x6f, 0x71..0x7f": a PCA9685 has 63 of them."""
+    runs: list[list[int]] = []
+    for address in sorted(addresses):
+        if runs and address == runs[-1][1] + 1:
+            runs[-1][1] = address
+        else:
+            runs.append([address, address])
+    return ", ".join(f"{lo:#04x}" if lo == hi else f"{lo:#04x}..{hi:#04x}" for lo, hi in runs)
 
 
 class OutputOptions(DriverOptions):

@@ -1,4 +1,5 @@
-"""Choosing a back end for a sensor, and finding which known chips answer on the I2C buses."""
+"""Choosing a back end for a sensor or an output, and finding which known chips answer on the
+I2C buses."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 
 from edgetwin.hardware.backends import EmulatedBackend, RealBackend
 from edgetwin.hardware.errors import HardwareError, SensorMissingError
-from edgetwin.hardware.registry import list_drivers, open_sensor
+from edgetwin.hardware.output import Output
+from edgetwin.hardware.registry import list_drivers, open_output, open_sensor
 from edgetwin.hardware.sensor import Sensor
 
 
@@ -26,6 +28,20 @@ def open_first(
     for backend in backends:
         try:
             return open_sensor(driver, backend=backend, **where)
+        except HardwareError as exc:
+            reasons.append(f"{backend.kind.value}: {exc}")
+    raise SensorMissingError(f"{driver} unavailable ({'; '.join(reasons)})")
+
+
+def open_output_first(
+    driver: str, backends: Sequence[EmulatedBackend | RealBackend], **where: Any
+) -> Output:
+    """`open_first` for an output: opened, at its safe value, on the first back end where it
+    comes up; `output.backend` tells which. If none works, the error names each and why."""
+    reasons = []
+    for backend in backends:
+        try:
+            return open_output(driver, backend=backend, **where)
         except HardwareError as exc:
             reasons.append(f"{backend.kind.value}: {exc}")
     raise SensorMissingError(f"{driver} unavailable ({'; '.join(reasons)})")

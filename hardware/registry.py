@@ -38,6 +38,7 @@ __all__ = [
     "DriverInfo",
     "OutputDriverInfo",
     "Placement",
+    "check_output",
     "check_output_value",
     "check_settings",
     "driver_info",
@@ -219,6 +220,29 @@ def check_output_value(
     return spec.value_range.check(value, f"{driver} value")
 
 
+def check_output(
+    driver: str,
+    *,
+    bus: int = 1,
+    address: int | None = None,
+    channel: int | None = None,
+    pin: int | None = None,
+    options: Mapping[str, OptionValue] | None = None,
+) -> tuple[OutputSpec, OutputPlacement]:
+    """Refuse, without touching any hardware, an output that can never work: an unknown
+    driver, options it does not take, a place its interface cannot be attached to. Returns
+    what it accepts and its safe value, and the placement with the driver's default address
+    filled in (which tells two outputs on one chip apart from two chips). Raises
+    UnknownDriverError or OutputSettingsError."""
+    info = output_driver_info(driver)
+    placement = info.check_placement(
+        OutputPlacement(
+            bus=bus, address=address, channel=channel, pin=pin, options=dict(options or {})
+        )
+    )
+    return info.spec(placement.options), placement
+
+
 def open_output(
     driver: str,
     *,
@@ -238,7 +262,9 @@ def open_output(
     each driver module); the same driver code runs against either back end.
     """
     info = output_driver_info(driver)
-    placement = OutputPlacement(
-        bus=bus, address=address, channel=channel, pin=pin, options=dict(options or {})
+    placement = info.check_placement(
+        OutputPlacement(
+            bus=bus, address=address, channel=channel, pin=pin, options=dict(options or {})
+        )
     )
     return info.open(backend, placement, name=name)

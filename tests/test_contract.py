@@ -10,10 +10,12 @@ from hypothesis import strategies as st
 
 from edgetwin.agent.contract import (
     SCHEMA_VERSION,
+    AppliedOutput,
     ContractError,
     DesiredConfig,
     DeviceState,
     FlatReading,
+    OutputSettings,
     ParsedTopic,
     Presence,
     ReportedConfig,
@@ -230,3 +232,83 @@ def test_optional_fields_stay_off_the_wire_but_state_counters_do_not() -> None:
     state = DeviceState(device="pi", ts=1.0, agent_version="1", uptime_s=0.0, sensors={})
     assert json.loads(state.encode())["dropped"] == 0
     assert json.loads(state.encode())["v"] == SCHEMA_VERSION
+
+
+# -- outputs -------------------------------------------------------------------------------------
+
+RELAY = {"driver": "digital_output", "pin": 17, "value": 1}
+FAN = {"driver": "pca9685", "channel": 3, "value": 0.35, "options": {"frequency": 50}}
+
+
+def desired_document(**extra: object) -> dict[str, object]:
+    return {"v": 1, "device": "pi", "version": 2, "sensors": {}, **extra}
+
+
+def test_a_document_without_outputs_reads_and_writes_as_before_outputs() -> None:
+    """Documents of gateways and agents older than outputs: no `outputs` key either way."""
+    old = json.dumps(desired_document(sensors={"env": {"driver": "bme280"}})).encode()
+    desired = DesiredConfig.decode(old)
+    assert desired.outputs == {}
+    assert "outputs" not in json.loads(desired.encode())
+    reported = ReportedConfig.decode(
+        json.dumps({"v": 1, "device": "pi", "ts": 1.0, "status": "applied", "applied_version": 2})
+    )
+    assert reported.outputs == {}
+    assert "outputs" not in json.loads(reported.encode())
+
+
+def test_outputs_round_trip_with_every_field_written_out() -> None:
+    desired = DesiredConfig.decode(
+        json.dumps(desired_document(outputs={"relay": RELAY, "fan": FAN})).encode()
+    )
+    assert desired.outputs["relay"].value == 1.0
+    assert (desired.outputs["fan"].channel, desired.outputs["fan"].address) == (3, None)
+    assert DesiredConfig.decode(desired.encode()) == desired
+    written = json.loads(desired.encode())["outputs"]["relay"]
+    assert written == {
+        "driver": "digital_output",
+        "value": 1.0,
+        "pin": 17,
+        "bus": 1,
+        "address": None,
+        "channel": None,
+        "options": {},
+        "backend": "auto",
+    }
+    reported = ReportedConfig(
+        device="pi",
+        ts=1.0,
+        status="applied",
+        applied_version=2,
+        outputs={
+            "relay": AppliedOutput(value=0.0, backend="emulated", reason="safe: crash recovery"),
+            "fan": AppliedOutput(value=0.35009765625, backend="real"),
+            "valve": AppliedOutput(value=None, reason="unavailable: GPIO4 is in use"),
+        },
+    )
+    assert ReportedConfig.decode(reported.encode()) == reported
+    assert "reason" not in json.loads(reported.encode())["outputs"]["fan"]
+
+
+@pytest.mark.parametrize(
+    ("output", "where"),
+    [
+        ({**RELAY, "value": True}, "Expected `float`, got `bool`"),
+        ({**RELAY, "value": "1"}, "Expected `float`, got `str`"),
+        ({"driver": "digital_output", "pin": 17}, "missing required field `value`"),
+        ({**RELAY, "pin": 54}, "<= 53"),
+        ({**RELAY, "colour": "red"}, "unknown field `colour`"),
+        ({**FAN, "address": 0x80}, "<= 127"),
+        ({**RELAY, "driver": "Relay"}, "driver"),
+    ],
+)
+def test_outputs_that_break_the_schema_are_refused(output: dict[str, object], where: str) -> None:
+    with pytest.raises(ContractError, match=where):
+        DesiredConfig.decode(json.dumps(desired_document(outputs={"relay": output})).encode())
+    with pytest.raises(ContractError, match="outputs"):
+        DesiredConfig.decode(json.dumps(desired_document(outputs={"Relay/1": RELAY})).encode())
+
+
+def test_an_output_value_built_in_code_must_be_finite() -> None:
+    with pytest.raises(ValueError, match="finite"):
+        OutputSettings(driver="pwm_output", pin=18, value=float("nan"))

@@ -436,3 +436,66 @@ def test_the_token_is_asked_for_once_per_tab(page: Page) -> None:
     assert page.js("window.asked") == 1
     assert page.js("document.getElementById('token-button').dataset.held") == "true"
     assert desired(page.base, SIMULATED)[1]["env"]["interval"] == 0.8
+
+
+def test_outputs_are_shown_and_a_value_is_set_from_the_page(page: Page) -> None:
+    version, sensors = desired(page.base, AGENT)
+    outputs = {
+        "lamp": {"driver": "digital_output", "pin": 17, "value": 0, "backend": "emulated"},
+        "fan": {"driver": "pwm_output", "pin": 18, "value": 0.2, "backend": "emulated"},
+    }
+    answer = httpx.put(
+        f"{page.base}/devices/{AGENT}/desired",
+        json={"sensors": sensors, "outputs": outputs},
+        headers={**AUTH, "If-Match": f'"{version}"'},
+        timeout=5,
+    )
+    assert answer.status_code == 200, answer.text
+    page.open_device(AGENT)
+    lamp, fan = '#output-rows tr[data-output="lamp"]', '#output-rows tr[data-output="fan"]'
+    page.wait(
+        f"document.querySelector('{lamp}')?.dataset.applied === '0' && "
+        f"document.querySelector('{fan}')?.dataset.applied === '0.2'",
+        what="the outputs as the agent applied them",
+    )
+    assert page.text(f"{lamp} .output-where") == "GPIO17"
+    assert page.js(f"document.querySelector('{lamp} input').type") == "checkbox"
+    assert page.js(f"document.querySelector('{fan} input').value") == "0.2"
+
+    page.click(f"{lamp} input")
+    page.click(f"{lamp} button")
+    page.wait(
+        f"document.querySelector('{lamp}').dataset.applied === '1'",
+        what="the lamp switched on by the agent",
+    )
+    assert twin(page.base, AGENT)["reported"]["outputs"]["lamp"]["value"] == 1.0
+    assert desired(page.base, AGENT)[0] == version + 2
+
+    # Out of range: the gateway's reason is shown, nothing is saved, the fan runs on.
+    page.fill(f"{fan} input", "1.5")
+    page.click(f"{fan} button")
+    page.wait(
+        "document.getElementById('outputs-message').dataset.kind === 'error'",
+        what="the refusal shown",
+    )
+    assert "refused, not clamped" in page.text("#outputs-message")
+    assert desired(page.base, AGENT)[0] == version + 2
+    assert page.js(f"document.querySelector('{fan} input').value") == "1.5", "the input is kept"
+    page.fill(f"{fan} input", "0.6")
+    page.click(f"{fan} button")
+    page.wait(
+        f"document.querySelector('{fan}').dataset.applied === '0.6'",
+        what="the new duty applied",
+    )
+    assert page.text(f"{fan} .output-desired") == "0.6"
+
+    # The outputs leave the document, for the tests that share this agent.
+    current, sensors = desired(page.base, AGENT)
+    cleared = httpx.put(
+        f"{page.base}/devices/{AGENT}/desired",
+        json={"sensors": sensors, "outputs": {}},
+        headers={**AUTH, "If-Match": f'"{current}"'},
+        timeout=5,
+    )
+    assert cleared.status_code == 200, cleared.text
+    page.wait("document.getElementById('outputs-panel').hidden", what="the outputs panel gone")

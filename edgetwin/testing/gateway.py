@@ -243,12 +243,17 @@ class GatewayClient:
         device_id: str,
         sensors: Mapping[str, Mapping[str, Any]],
         if_match: int | None = None,
+        outputs: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> tuple[dict[str, Any], int]:
-        """`PUT /devices/{id}/desired`: replace the device's sensors; returns the new desired
-        config and its version. With `if_match` (the version you read), GatewayError 409 if
-        it moved on meanwhile; version 0 means "none yet"."""
+        """`PUT /devices/{id}/desired`: replace the device's sensors, and its outputs when
+        given (else they are kept); returns the new desired config and its version. With
+        `if_match` (the version you read), GatewayError 409 if it moved on meanwhile; version
+        0 means "none yet". An output value out of its range is GatewayError 422."""
         headers = {} if if_match is None else {"If-Match": f'"{if_match}"'}
-        answer = self._json("PUT", f"/devices/{device_id}/desired", {"sensors": sensors}, headers)
+        body: dict[str, Any] = {"sensors": sensors}
+        if outputs is not None:
+            body["outputs"] = outputs
+        answer = self._json("PUT", f"/devices/{device_id}/desired", body, headers)
         return answer.json(), _version(answer)
 
     def patch_desired(
@@ -256,12 +261,16 @@ class GatewayClient:
         device_id: str,
         sensors: Mapping[str, Mapping[str, Any] | None],
         if_match: int | None = None,
+        outputs: Mapping[str, Mapping[str, Any] | None] | None = None,
     ) -> tuple[dict[str, Any], int]:
-        """`PATCH /devices/{id}/desired`: a JSON merge patch of the sensors (None removes
-        one); returns the new desired config and its version. `if_match` as in
-        `put_desired`."""
+        """`PATCH /devices/{id}/desired`: a JSON merge patch of the sensors, and of the outputs
+        when given (None removes one; `{"fan": {"value": 0.4}}` sets a value); returns the new
+        desired config and its version. `if_match` as in `put_desired`."""
         headers = {} if if_match is None else {"If-Match": f'"{if_match}"'}
-        answer = self._json("PATCH", f"/devices/{device_id}/desired", {"sensors": sensors}, headers)
+        body: dict[str, Any] = {"sensors": sensors}
+        if outputs is not None:
+            body["outputs"] = outputs
+        answer = self._json("PATCH", f"/devices/{device_id}/desired", body, headers)
         return answer.json(), _version(answer)
 
 

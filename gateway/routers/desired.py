@@ -12,7 +12,15 @@ from typing import Annotated, Any
 import msgspec
 from fastapi import APIRouter, Body, Header, HTTPException, status
 
-from edgetwin.agent.contract import DesiredConfig, SensorName, SensorSettings, Struct
+from edgetwin.agent.contract import (
+    ContractError,
+    DesiredConfig,
+    OutputName,
+    OutputSettings,
+    SensorName,
+    SensorSettings,
+    Struct,
+)
 from edgetwin.gateway.auth import Writer
 from edgetwin.gateway.deps import ServiceDep
 from edgetwin.gateway.fleet import MAX_VERSION
@@ -33,11 +41,23 @@ WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: {"description": "wrong token, or writes disabled"},
     409: {"description": "the document changed since the version given"},
     413: {"description": "body above [api] max_body_bytes"},
+    422: {
+        "description": "a body that breaks the schema, or outputs that can never work: a value "
+        "outside the output's range (refused, never clamped), an unknown driver, two outputs on "
+        "one pin or channel, two frequencies on one PWM chip"
+    },
 }
 
 
 class DesiredWrite(Struct, frozen=True):
     sensors: dict[SensorName, SensorSettings]
+    outputs: (
+        Annotated[
+            dict[OutputName, OutputSettings],
+            msgspec.Meta(description="absent: the current document's outputs are kept"),
+        ]
+        | None
+    ) = None
     version: (
         Annotated[
             int,
@@ -78,10 +98,15 @@ def _write(
     device_id: str,
     sensors: dict[str, SensorSettings],
     expected: int | None,
+    outputs: dict[str, OutputSettings] | None = None,
 ) -> StructResponse:
     check_sensors(service.config.api, sensors)
     try:
-        desired = service.set_desired(device_id, sensors, expected_version=expected)
+        desired = service.set_desired(
+            device_id, sensors, expected_version=expected, outputs=outputs
+        )
+    except ContractError as exc:
+        raise HTTPException(422, str(exc)) from None
     except UnknownDeviceError:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"device {device_id!r} is not in the manifest"
@@ -121,7 +146,9 @@ def put_desired(
     if_match: Annotated[str | None, Header()] = None,
 ) -> StructResponse:
     body = parse_body(DesiredWrite, data)
-    return _write(service, device_id, body.sensors, _expected_version(if_match, body.version))
+    return _write(
+        service, device_id, body.sensors, _expected_version(if_match, body.version), body.outputs
+    )
 
 
 @router.patch(
@@ -129,8 +156,9 @@ def put_desired(
     dependencies=[Writer],
     response_model=None,
     responses=WRITE_RESPONSES,
-    summary="Change the desired config with a JSON merge patch of its sensors",
-    description='{"sensors": {"env": {"interval": 2}, "old": null}} sets fields; null removes.',
+    summary="Change the desired config with a JSON merge patch of its sensors and outputs",
+    description='{"sensors": {"env": {"interval": 2}, "old": null}} sets fields; null removes. '
+    '{"outputs": {"fan": {"value": 0.4}}} sets an output\'s value.',
 )
 def patch_desired(
     service: ServiceDep,
@@ -138,7 +166,7 @@ def patch_desired(
     patch: Annotated[dict[str, Any], Body(examples=[{"sensors": {"env": {"interval": 2}}}])],
     if_match: Annotated[str | None, Header()] = None,
 ) -> StructResponse:
-    unknown = set(patch) - {"sensors", "version"}
+    unknown = set(patch) - {"sensors", "outputs", "version"}
     if unknown:
         raise HTTPException(422, f"unknown fields {sorted(unknown)}")
     body_version = patch.get("version")
@@ -149,16 +177,29 @@ def patch_desired(
     if body_version is not None and not 0 <= body_version <= MAX_VERSION:
         raise HTTPException(422, f"version must be between 0 and {MAX_VERSION}")
     changes = patch.get("sensors", {})
+    output_changes = patch.get("outputs", {})
     if not isinstance(changes, dict):
         raise HTTPException(422, "sensors must be an object")
+    if not isinstance(output_changes, dict):
+        raise HTTPException(422, "outputs must be an object")
     twin = service.fleet.get(device_id)
     if twin is None or not twin.in_manifest:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"device {device_id!r} is not in the manifest"
         )
     current = {name: s.to_builtins() for name, s in twin.expected_sensors().items()}
-    sensors = parse_body(DesiredWrite, {"sensors": _merge(current, changes)}).sensors
-    return _write(service, device_id, sensors, _expected_version(if_match, body_version))
+    body: dict[str, Any] = {"sensors": _merge(current, changes)}
+    if "outputs" in patch:
+        outputs = twin.desired.outputs if twin.desired else {}
+        body["outputs"] = _merge({n: o.to_builtins() for n, o in outputs.items()}, output_changes)
+    write = parse_body(DesiredWrite, body)
+    return _write(
+        service,
+        device_id,
+        write.sensors,
+        _expected_version(if_match, body_version),
+        write.outputs,
+    )
 
 
 def _merge(target: Any, patch: Any) -> Any:

@@ -8,6 +8,10 @@
 //   based on. A 409 shows, per field, what the gateway has now against what the edit started
 //   from, and "rebase" puts the operator's own edits on top of the current version, because
 //   retyping them is how edits get lost.
+// - The outputs: per output what is desired and what the agent applied (and why not the
+//   desired value), and a new value saved with the same PUT and If-Match as the form, the rest
+//   of the document as the gateway has it. Rows are updated in place, so the live feed never
+//   takes a value the operator is typing.
 // - Adding a manifest device (POST /devices) and removing one (DELETE), with the gateway's
 //   reason shown beside the form and the form's input kept.
 // Every write goes through Edgetwin.request, which asks for the API token once per tab.
@@ -648,6 +652,130 @@
     );
   }
 
+  // -- outputs ----------------------------------------------------------------------------------
+
+  // name -> { row, driver, cells, input, edited }: the rows as built, kept across reloads.
+  const outputRows = new Map();
+
+  function outputValue(value) {
+    return typeof value === "number" ? String(Number(value.toFixed(4))) : "—";
+  }
+
+  function outputWhere(settings) {
+    if (typeof settings.pin === "number") return "GPIO" + settings.pin;
+    const at = typeof settings.address === "number" ? " at " + hex(settings.address) : "";
+    const bus = settings.bus === 1 ? "" : " on bus " + settings.bus;
+    return "channel " + settings.channel + at + bus;
+  }
+
+  function outputRow(name, driver) {
+    const row = el("tr");
+    row.dataset.output = name;
+    const cells = {};
+    for (const key of ["name", "driver", "where", "desired", "applied", "reason"]) {
+      cells[key] = el("td", "output-" + key);
+      row.append(cells[key]);
+    }
+    cells.name.textContent = name;
+    cells.driver.textContent = driver || "—";
+    const entry = { row, driver, cells, input: null, edited: false };
+    const control = el("td", "output-control");
+    if (driver) {
+      const input = el("input");
+      if (driver === "digital_output") {
+        input.type = "checkbox";
+      } else {
+        input.type = "number";
+        input.step = "any";
+      }
+      input.setAttribute("aria-label", "new value of " + name);
+      input.addEventListener("input", () => {
+        entry.edited = true;
+      });
+      const button = el("button", null, "set");
+      button.type = "button";
+      button.addEventListener("click", () => setOutput(name, entry));
+      control.append(input, button);
+      entry.input = input;
+    }
+    row.append(control);
+    return entry;
+  }
+
+  function showInput(entry, value) {
+    if (entry.input.type === "checkbox") entry.input.checked = value === 1;
+    else if (document.activeElement !== entry.input) entry.input.value = outputValue(value);
+  }
+
+  function renderOutputs() {
+    const twin = view.twin;
+    const desired = (twin && twin.desired && twin.desired.outputs) || {};
+    const reported = (twin && twin.reported && twin.reported.outputs) || {};
+    const names = [...new Set([...Object.keys(desired), ...Object.keys(reported)])].sort();
+    $("outputs-panel").hidden = names.length === 0;
+    const shown = [...outputRows.keys()];
+    const driverOf = (name) => (Object.hasOwn(desired, name) ? desired[name].driver : null);
+    if (
+      shown.length !== names.length ||
+      names.some((name, i) => shown[i] !== name || outputRows.get(name).driver !== driverOf(name))
+    ) {
+      // Built anew only when the outputs themselves change: a rebuilt input loses its focus.
+      outputRows.clear();
+      for (const name of names) outputRows.set(name, outputRow(name, driverOf(name)));
+      $("output-rows").replaceChildren(...[...outputRows.values()].map((entry) => entry.row));
+    }
+    for (const name of names) {
+      const entry = outputRows.get(name);
+      const wanted = Object.hasOwn(desired, name) ? desired[name] : null;
+      const applied = Object.hasOwn(reported, name) ? reported[name] : null;
+      entry.cells.where.textContent = wanted ? outputWhere(wanted) : "—";
+      entry.cells.desired.textContent = wanted ? outputValue(wanted.value) : "(not desired)";
+      entry.cells.applied.textContent = applied ? outputValue(applied.value) : "—";
+      entry.cells.reason.textContent = (applied && applied.reason) || "";
+      entry.row.dataset.applied = applied && applied.value !== null ? String(applied.value) : "";
+      entry.row.dataset.reason = (applied && applied.reason) || "";
+      if (entry.input && wanted && !entry.edited) showInput(entry, wanted.value);
+    }
+  }
+
+  async function setOutput(name, entry) {
+    const twin = view.twin;
+    if (!twin || !twin.desired || !Object.hasOwn(twin.desired.outputs || {}, name)) return;
+    let value;
+    if (entry.input.type === "checkbox") {
+      value = entry.input.checked ? 1 : 0;
+    } else {
+      value = entry.input.value.trim() === "" ? NaN : Number(entry.input.value);
+      if (!Number.isFinite(value)) {
+        message("outputs-message", name + ": a number is needed", "error");
+        return;
+      }
+    }
+    const base = twin.desired;
+    const outputs = Object.assign({}, base.outputs);
+    outputs[name] = Object.assign({}, base.outputs[name], { value });
+    const device = view.device;
+    message("outputs-message", "setting " + name + "…", "");
+    const answer = await request("PUT", "devices/" + encodeURIComponent(device) + "/desired", {
+      body: { sensors: base.sensors, outputs },
+      ifMatch: '"' + base.version + '"',
+    });
+    if (device !== view.device) return;
+    if (answer.ok) {
+      entry.edited = false;
+      message(
+        "outputs-message",
+        name + " set to " + outputValue(value) + " in version " + answer.body.version +
+          "; waiting for the agent…",
+        "ok",
+      );
+    } else {
+      // The typed value stays: after a 409 the rows show the current version, to set again.
+      message("outputs-message", name + " not set: " + answer.reason, "error");
+    }
+    loadTwin();
+  }
+
   // -- loading ----------------------------------------------------------------------------------
 
   async function loadTwin() {
@@ -664,6 +792,7 @@
       view.twin = answer.ok ? answer.body : null;
       renderTwin();
       renderConfigState();
+      renderOutputs();
       // An untouched form follows the gateway; an edited one keeps its base until saved, so
       // a change behind the operator's back ends in a 409 they can see, not a silent loss.
       if (view.twin && !view.dirty && !view.conflict) {
@@ -860,6 +989,10 @@
     view.awaiting = null;
     hideConflict();
     message("desired-message", "", "");
+    message("outputs-message", "", "");
+    outputRows.clear();
+    $("output-rows").replaceChildren();
+    $("outputs-panel").hidden = true;
     message("remove-message", "", "");
     $("remove-confirm").hidden = true;
     $("add-device-button").hidden = Boolean(device);

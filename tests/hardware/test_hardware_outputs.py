@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ from edgetwin.hardware import (
 )
 from edgetwin.hardware.drivers.gpio_output import DigitalOutput, PWMOutput, emulator_for
 from edgetwin.hardware.drivers.pca9685 import PCA9685Emulator
-from edgetwin.hardware.registry import output_driver_info
+from edgetwin.hardware.registry import check_output, output_driver_info
 
 
 @pytest.fixture
@@ -84,9 +85,38 @@ def test_options_are_checked_without_hardware() -> None:
         output_spec("pca9685", {"frequency": 10})
 
 
+def test_placements_are_checked_without_hardware() -> None:
+    spec, placement = check_output("pca9685", channel=3, options={"frequency": 50})
+    assert (placement.bus, placement.address, placement.channel) == (1, 0x40, 3)
+    assert spec.settings["frequency"] == 50.0
+    assert check_output("digital_output", pin=17)[1].pin == 17
+    refused: list[tuple[str, dict[str, Any], str]] = [
+        ("digital_output", {}, "no default pin"),
+        ("digital_output", {"pin": 28}, r"0\.\.27"),
+        ("pwm_output", {"pin": 5, "address": 0x40}, "no I2C address or channel"),
+        ("pca9685", {}, r"needs its channel, 0\.\.15"),
+        ("pca9685", {"channel": 16}, r"has channels 0\.\.15, not 16"),
+        ("pca9685", {"channel": True}, "not True"),
+        ("pca9685", {"channel": 0, "pin": 4}, "no GPIO pin"),
+        (
+            "pca9685",
+            {"channel": 0, "address": 0x70},
+            r"valid addresses: 0x40\.\.0x6f, 0x71\.\.0x7f",
+        ),
+    ]
+    for driver, where, reason in refused:
+        with pytest.raises(OutputSettingsError, match=reason):
+            check_output(driver, **where)
+    with pytest.raises(OutputSettingsError, match="no option 'duty'"):
+        check_output("pca9685", channel=0, options={"duty": 1})
+    with pytest.raises(UnknownDriverError):
+        check_output("servo", pin=4)
+
+
 def test_validating_outputs_loads_neither_gpiozero_nor_smbus2() -> None:
     code = (
         "import sys; from edgetwin.hardware import check_output_value; "
+        "from edgetwin.hardware.registry import check_output; check_output('pca9685', channel=1); "
         "check_output_value('pwm_output', 0.5); check_output_value('pca9685', 1); "
         "print(','.join(sorted({m.split('.')[0] for m in sys.modules} & {'gpiozero', 'smbus2'})))"
     )
