@@ -523,6 +523,88 @@ class GatewayLease(_Payload, frozen=True):
         _finite(self.ts, "ts")
 
 
+# -- commands: MQTT 5 request/response ---------------------------------------------------------
+
+CommandName = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
+# A caller's id of one command: the device runs a command once per id (agent/commands.py). Wide
+# enough for a UUID in any spelling, narrow enough to stay a plain token in logs.
+CommandId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+ArgName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+ArgValue = bool | JsonInt | float | Annotated[str, msgspec.Meta(max_length=256)]
+MAX_COMMAND_BYTES: Final = 16 * 1024
+"""Largest command request or answer read from the wire; a larger one is refused unread."""
+_RESULT_DEPTH: Final = 8
+
+
+def _check_result(value: object, depth: int = 0) -> None:
+    """A command's result is free-form JSON; it still keeps the contract's number bounds."""
+    if depth > _RESULT_DEPTH:
+        raise ValueError(f"result nested deeper than {_RESULT_DEPTH} levels")
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, int):
+        if not -MAX_INT <= value <= MAX_INT:
+            raise ValueError(f"result integer {value} is outside ±(2**53 - 1)")
+    elif isinstance(value, float):
+        _finite(value, "result number")
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_result(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_result(item, depth + 1)
+    else:
+        raise ValueError(f"result holds a {type(value).__name__}, which JSON has not")
+
+
+class CommandRequest(_Payload, frozen=True):
+    """A command for one device, published by a gateway (or any caller the broker lets) on
+    `{prefix}/{device}/commands/{name}`. MQTT 5 carries where to answer and what to quote: the
+    PUBLISH's Response Topic (`{prefix}/{device}/responses/{requester}`) and Correlation Data.
+
+    `id` makes the command idempotent: the device runs an id once and answers a repeat (a QoS 1
+    redelivery, a caller's retry) with the stored answer. `deadline` is the caller's wall-clock
+    time after which the command must not run at all: its caller has stopped waiting.
+    """
+
+    device: DeviceId
+    id: CommandId
+    deadline: Annotated[float, msgspec.Meta(gt=0, description="seconds since the Unix epoch")]
+    args: Annotated[dict[ArgName, ArgValue], msgspec.Meta(max_length=16)] = msgspec.field(
+        default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        _finite(self.deadline, "deadline")
+
+
+CommandStatus = Literal["ok", "rejected", "failed"]
+
+
+class CommandResponse(_Payload, frozen=True):
+    """A device's answer to one command, published on the request's Response Topic with its
+    Correlation Data, not retained.
+
+    `ok`: the command ran, `result` says what it did or read. `rejected`: it did not run, and
+    `reason` says why (unknown command, bad arguments, expired, busy). `failed`: it ran and the
+    hardware or the agent failed it, `reason` says how.
+    """
+
+    device: DeviceId
+    id: CommandId
+    name: CommandName
+    status: CommandStatus
+    ts: Float
+    result: dict[str, Any] | None = None
+    reason: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.status == "ok") != (self.reason is None):
+            raise ValueError("a rejected or failed answer carries its reason, an ok one none")
+        if self.result is not None:
+            _check_result(self.result)
+
+
 TopicKind = Literal[
     "status",
     "twin",
@@ -534,6 +616,8 @@ TopicKind = Literal[
     "rebirth",
     "index",
     "gateway",
+    "command",
+    "response",
 ]
 
 
@@ -544,6 +628,8 @@ class ParsedTopic:
     """None only for telemetry on a topic that every device shares (a template without
     {device_id}, e.g. ``sensors/data``): the payload names the device."""
     sensor: str | None = None
+    name: str | None = None
+    """A command's name, or on a response topic the requester's id."""
 
 
 _TEMPLATE_FIELDS: Final = frozenset({"prefix", "device_id", "sensor"})
@@ -632,6 +718,21 @@ class Topics:
         in the order of what the broker sends it (MqttLink.fetch_retained)."""
         return f"{self.prefix}/_probe/{client_id}"
 
+    def command(self, device: str, name: str) -> str:
+        """Where `device` receives the command `name` (CommandRequest)."""
+        return f"{self.prefix}/{device}/commands/{name}"
+
+    def commands(self, device: str = "+") -> str:
+        return f"{self.prefix}/{device}/commands/+"
+
+    def response(self, device: str, requester: str) -> str:
+        """Where `device` answers `requester`'s commands (CommandResponse): under the device's
+        own id, so the broker's ACL lets each device answer only for itself."""
+        return f"{self.prefix}/{device}/responses/{requester}"
+
+    def all_responses(self, requester: str) -> str:
+        return f"{self.prefix}/+/responses/{requester}"
+
     def all_status(self) -> str:
         return f"{self.prefix}/+/status"
 
@@ -661,6 +762,8 @@ class Topics:
             check_id(parsed.device)
         if parsed.sensor is not None:
             check_id(parsed.sensor, "sensor name")
+        if parsed.name is not None:
+            check_id(parsed.name, "command name" if parsed.kind == "command" else "requester id")
         return parsed
 
     def _parse_prefixed(self, topic: str) -> ParsedTopic | None:
@@ -689,6 +792,10 @@ class Topics:
                 return ParsedTopic("desired", device)
             case [device, "config", "reported"]:
                 return ParsedTopic("reported", device)
+            case [device, "commands" | "responses" as kind, name]:
+                # One case for both: a command's name, or the requester a response is for.
+                kind_of: TopicKind = "command" if kind == "commands" else "response"
+                return ParsedTopic(kind_of, device, name=name)
             case [device, "telemetry", sensor] if self.telemetry_template is None:
                 return ParsedTopic("telemetry", device, sensor)
         return None

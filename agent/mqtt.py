@@ -62,6 +62,9 @@ class Message:
     retain: bool
     qos: int
     user_properties: tuple[tuple[str, str], ...] = ()
+    # MQTT 5 request/response: where the sender wants its answer, and what to quote in it.
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,15 +411,27 @@ class MqttLink:
         qos: int = 0,
         retain: bool = False,
         user_properties: Mapping[str, str] | None = None,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+        expiry: int | None = None,
     ) -> Delivery:
         """Queue one message. While disconnected, QoS 1 waits in paho's queue; QoS 0 is lost.
 
-        User properties travel only over MQTT 5; on 3.1.1 they are dropped.
+        User properties, a request's response topic and correlation data, and `expiry` (the
+        message expiry interval, seconds: the broker drops the message once it is older) travel
+        only over MQTT 5; on 3.1.1 they are dropped.
         """
         properties = None
-        if user_properties and self._v5:
+        if self._v5 and (user_properties or response_topic or correlation_data or expiry):
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            properties.UserProperty = list(user_properties.items())
+            if user_properties:
+                properties.UserProperty = list(user_properties.items())
+            if response_topic:
+                properties.ResponseTopic = response_topic
+            if correlation_data:
+                properties.CorrelationData = correlation_data
+            if expiry:
+                properties.MessageExpiryInterval = expiry
         try:
             info = self._client.publish(
                 topic, payload, qos=qos, retain=retain, properties=properties
@@ -698,9 +713,20 @@ class MqttLink:
         user_properties: tuple[tuple[str, str], ...] = ()
         if msg.properties is not None and hasattr(msg.properties, "UserProperty"):
             user_properties = tuple(msg.properties.UserProperty)
+        # paho sets a property's attribute only when the packet carries it.
+        response_topic = getattr(msg.properties, "ResponseTopic", None)
+        correlation_data = getattr(msg.properties, "CorrelationData", None)
         try:
             self._on_message(
-                Message(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos, user_properties)
+                Message(
+                    msg.topic,
+                    bytes(msg.payload),
+                    bool(msg.retain),
+                    msg.qos,
+                    user_properties,
+                    response_topic,
+                    None if correlation_data is None else bytes(correlation_data),
+                )
             )
         except Exception:
             # One bad message must not kill the network thread.

@@ -9,8 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgetwin.agent.contract import (
+    MAX_INT,
     SCHEMA_VERSION,
     AppliedOutput,
+    CommandRequest,
+    CommandResponse,
     ContractError,
     DesiredConfig,
     DeviceState,
@@ -54,6 +57,12 @@ def test_every_topic_parses_back_to_its_device_and_kind(device: str, sensor: str
     assert topics.parse(topics.reported(device)) == ParsedTopic("reported", device)
     assert topics.parse(topics.telemetry(device, sensor)) == ParsedTopic(
         "telemetry", device, sensor
+    )
+    assert topics.parse(topics.command(device, sensor)) == ParsedTopic(
+        "command", device, name=sensor
+    )
+    assert topics.parse(topics.response(device, sensor)) == ParsedTopic(
+        "response", device, name=sensor
     )
 
 
@@ -312,3 +321,68 @@ def test_outputs_that_break_the_schema_are_refused(output: dict[str, object], wh
 def test_an_output_value_built_in_code_must_be_finite() -> None:
     with pytest.raises(ValueError, match="finite"):
         OutputSettings(driver="pwm_output", pin=18, value=float("nan"))
+
+
+def test_command_topics() -> None:
+    topics = Topics(prefix="plant")
+    assert topics.command("pi-1", "read_sensor") == "plant/pi-1/commands/read_sensor"
+    assert topics.commands("pi-1") == "plant/pi-1/commands/+"
+    assert topics.commands() == "plant/+/commands/+"
+    assert topics.response("pi-1", "gw-a") == "plant/pi-1/responses/gw-a"
+    assert topics.all_responses("gw-a") == "plant/+/responses/gw-a"
+    for topic in ("plant/pi-1/commands/Read", "plant/pi-1/responses/a/b", "plant/pi-1/commands"):
+        with pytest.raises(ContractError):
+            topics.parse(topic)
+
+
+def _request(**overrides: object) -> bytes:
+    body = {"v": 1, "device": "pi-1", "id": "c-1", "deadline": 1_790_000_000.5, **overrides}
+    return json.dumps(body).encode()
+
+
+def test_command_requests_are_strictly_validated() -> None:
+    request = CommandRequest.decode(_request(args={"sensor": "env", "n": 3, "x": 0.5, "on": True}))
+    assert request.args == {"sensor": "env", "n": 3, "x": 0.5, "on": True}
+    assert CommandRequest.decode(request.encode()) == request
+    assert CommandRequest.decode(_request()).args == {}
+    for bad in (
+        {"id": "has space"},
+        {"id": "x" * 65},
+        {"deadline": 0},
+        {"deadline": "soon"},
+        {"args": {"nested": {"a": 1}}},
+        {"args": {"Upper": 1}},
+        {"args": {"big": MAX_INT + 1}},
+        {"args": {f"a{i}": i for i in range(17)}},
+        {"extra": 1},
+    ):
+        with pytest.raises(ContractError):
+            CommandRequest.decode(_request(**bad))
+
+
+def test_command_answers_carry_a_reason_unless_ok_and_keep_number_bounds() -> None:
+    ok = CommandResponse(
+        device="pi-1", id="c-1", name="diagnostics", status="ok", ts=1.0, result={"a": [1, None]}
+    )
+    assert CommandResponse.decode(ok.encode()) == ok
+    failed = ok.replace(status="failed", result=None, reason="EIO")
+    assert "result" not in json.loads(failed.encode())
+    assert CommandResponse.decode(failed.encode()) == failed
+    with pytest.raises(ValueError, match="reason"):
+        ok.replace(status="rejected")
+    with pytest.raises(ValueError, match="reason"):
+        failed.replace(status="ok")
+    with pytest.raises(ValueError, match="finite"):
+        ok.replace(result={"deep": {"x": float("nan")}})
+    with pytest.raises(ValueError, match="JSON has not"):
+        ok.replace(result={"x": object()})
+    too_big = json.loads(ok.encode())
+    too_big["result"] = {"n": [MAX_INT + 1]}
+    with pytest.raises(ContractError, match="outside"):
+        CommandResponse.decode(json.dumps(too_big))
+    deep: object = 1
+    for _ in range(10):
+        deep = [deep]
+    too_deep = {**json.loads(ok.encode()), "result": {"d": deep}}
+    with pytest.raises(ContractError, match="deeper"):
+        CommandResponse.decode(json.dumps(too_deep))
