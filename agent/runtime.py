@@ -25,6 +25,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from edgetwin.agent.commands import NoOutputs, command_desk
 from edgetwin.agent.config import AgentConfig
 from edgetwin.agent.contract import (
     ContractError,
@@ -168,7 +169,7 @@ class _Due:
 
 
 class Agent:
-    def __init__(
+    def __init__(  # noqa: PLR0915 - every part of the agent is made and wired here, in one place
         self,
         config: AgentConfig,
         *,
@@ -268,6 +269,9 @@ class Agent:
         self._unstored_inflight: list[Delivery] = []
         self._depth = 0
         self.discovery = self._discovery(config)
+        # Commands with an answer (agent/commands.py). `NoOutputs`: the hook where the runtime's
+        # outputs go, for `pulse_output`, once it drives any.
+        self.commands = command_desk(self, NoOutputs())
 
     @functools.cached_property
     def outputs(self) -> OutputBank:
@@ -427,6 +431,14 @@ class Agent:
         if self.discovery is not None:
             self.discovery.due = True
 
+    def reopen_sensor(self, name: str) -> SensorSlot:
+        """Close a running sensor and open it again now (the `restart_sensors` command): a
+        wedged chip gets a fresh start without a restart of the agent."""
+        slot = self.slots[name]
+        slot.close()
+        self._open(slot)
+        return slot
+
     def _read(self, slot: SensorSlot) -> None:
         if slot.sensor is None:
             self._open(slot)
@@ -495,6 +507,9 @@ class Agent:
             if self.discovery is not None and self.discovery.owns(message.topic):
                 if self.discovery.note(message.topic, message.payload):
                     self.discovery.due = True  # a gateway took this device over: stand back
+                continue
+            if self.commands.owns(message.topic):
+                self.commands.receive(message)
                 continue
             if not message.payload:
                 continue  # a cleared retained document: nothing to apply, keep what runs
@@ -689,6 +704,7 @@ class Agent:
         hold_in = self.outputs.broker_hold_in(self.config.agent.safe_after_broker_away)
         if hold_in is not None:
             wait = min(wait, hold_in)
+        wait = min(wait, self.commands.next_wait())
         if self.discovery is not None and self.discovery.due and self.link.connected:
             # Discovery waits for the SUBACK and the retained grace, neither of which wakes
             # the loop: look again soon.
@@ -775,6 +791,7 @@ class Agent:
             self.topics.desired(self.device),
             self.topics.twin(self.device),
             self.topics.rebirth(),
+            self.topics.commands(self.device),
         ]
         if self.discovery is not None:
             filters.append(self.discovery.discovery.node_filter(self.device))
@@ -790,6 +807,8 @@ class Agent:
                 self._faults.poll()
             self._run_due()
             self._guard_outputs()
+            # Between reads, a few at a time: a burst of commands never holds readings back.
+            self.commands.run_pending()
             self._commit()
             try:
                 self.publisher.pump()
