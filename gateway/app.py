@@ -24,7 +24,17 @@ from edgetwin.gateway.engine.sources import Scenarios, ScenarioSource
 from edgetwin.gateway.limits import RequestGuard
 from edgetwin.gateway.live import LiveHub
 from edgetwin.gateway.metrics import GatewayMetrics
-from edgetwin.gateway.routers import compat, desired, devices, engine, fleet, live, page, system
+from edgetwin.gateway.routers import (
+    commands,
+    compat,
+    desired,
+    devices,
+    engine,
+    fleet,
+    live,
+    page,
+    system,
+)
 from edgetwin.gateway.service import GatewayService
 from edgetwin.gateway.structs import answer_bad_requests, document_structs
 from edgetwin.hardware.sensor import Clock
@@ -139,6 +149,7 @@ def create_app(
     routers = [
         devices.router,
         desired.router,
+        commands.router,
         fleet.router,
         live.router,
         system.router,

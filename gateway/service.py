@@ -50,6 +50,7 @@ from edgetwin.agent.homeassistant import (
 from edgetwin.agent.mqtt import Message, MqttLink, PublishError, Will
 from edgetwin.agent.runtime import agent_version
 from edgetwin.agent.tracing import Tracing
+from edgetwin.gateway.commands import CommandClient
 from edgetwin.gateway.config import COMPAT_LABEL, GatewayConfig, ManifestDevice
 from edgetwin.gateway.duplicates import DuplicateWatch
 from edgetwin.gateway.engine.controller import EngineController
@@ -142,6 +143,8 @@ class GatewayService:
             on_message=self._on_message,
             on_disconnect=self._on_disconnect,
         )
+        # Commands with an answer (gateway/commands.py): answers come back to this gateway's id.
+        self.commands = CommandClient(self.link, self.topics, self.gateway_id, metrics.registry)
         # What agents report teaches the simulation that stands in for them (docs/design.md,
         # 'Learned signals').
         self.learning = StreamLearning()
@@ -227,6 +230,7 @@ class GatewayService:
         # Other gateways' rebirth requests, which this one answers with its lease as agents
         # answer with their births (`_on_membership`); its own are no news (no-local).
         self.link.subscribe([topics.rebirth()], qos=1, no_local=True)
+        self.commands.start()
         # Agents' readings tell us their last seq, so a simulation that takes over a stream
         # continues its numbering. Only the twin's devices are watched: the engine's fleet on
         # the same topics would otherwise flow through this process, a core's work at 50,000
@@ -433,7 +437,7 @@ class GatewayService:
                 self._reconcile(twin)
             self._sweep_discovery()
 
-    def _on_message(self, message: Message) -> None:
+    def _on_message(self, message: Message) -> None:  # noqa: PLR0912 - a branch per message kind
         try:
             parsed = self.topics.parse(message.topic)
             heard = None if message.retain else time.monotonic()
@@ -463,6 +467,8 @@ class GatewayService:
                 self._on_membership(parsed, message, heard)
             elif parsed.kind == "twin":
                 self._on_twin(parsed, message)
+            elif parsed.kind == "response":
+                self.commands.on_response(parsed, message)
         except (ContractError, ValueError, RecursionError) as exc:
             # ValueError, RecursionError: the lenient JSON reads (`_is_flat`) of any payload.
             if message.topic.endswith("/status"):

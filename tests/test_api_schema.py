@@ -87,8 +87,16 @@ def app(broker: Broker) -> Iterator[FastAPI]:
         asgi.shutdown_lifespans()
 
 
+# A command's 504 (the device is offline, or did not answer in time) is the answer the route
+# documents, with its reason, not a failure of the gateway; any other 5xx is a bug.
+DOCUMENTED_5XX = {("/devices/{device_id}/commands/{name}", 504)}
+
+
 def call_and_check(case: Case, app: FastAPI) -> None:
     response = case.call(app=app, headers=BEARER)
+    if (case.path, response.status_code) in DOCUMENTED_5XX:
+        assert response.json()["reason"] in ("offline", "timed out"), response.text
+        return
     case.validate_response(response, checks=[not_a_server_error])
 
 
