@@ -6,7 +6,8 @@ module writes, from a gateway's config file:
 
 - `acl`: Mosquitto `pattern` rules with `%u`, where a device's username is its device id: a
   device writes only its own status, state, reported config and telemetry, and reads only its
-  own desired config and twin (and the rebirth request). Because the rules name no device,
+  own desired config, twin and commands (and the rebirth request), and answers commands on
+  its own response topics only. Because the rules name no device,
   adding one needs a password line and a reload, never a new ACL;
 - `passwords`: Mosquitto's `$7$` format (PBKDF2-SHA512, as `mosquitto_passwd` writes it);
 - `credentials/devices/ID.env`: each agent's `EDGETWIN_MQTT_USERNAME`/`_PASSWORD`, mode 0600,
@@ -87,14 +88,17 @@ def acl_text(
         "# Mosquitto drops an unauthorised publish (MQTT 5 QoS 1: PUBACK 0x87, not authorized)",
         "# and delivers to a subscriber only what it may read.",
         "",
-        "# Devices: their own documents and readings; their own desired config and twin.",
+        "# Devices: their own documents, readings and command answers; their own desired",
+        "# config, twin and commands.",
         f"pattern write {topics.status(_DEVICE)}",
         f"pattern write {topics.state(_DEVICE)}",
         f"pattern write {topics.reported(_DEVICE)}",
         *shared,
         f"pattern write {device_telemetry}",
+        f"pattern write {topics.response(_DEVICE, '+')}",
         f"pattern read {topics.desired(_DEVICE)}",
         f"pattern read {topics.twin(_DEVICE)}",
+        f"pattern read {topics.commands(_DEVICE)}",
         f"pattern read {topics.rebirth()}",
         f"pattern readwrite {discovery_prefix}/+/{_DEVICE}/+/config",
     ]
@@ -103,11 +107,13 @@ def acl_text(
         everything.append(telemetry_all)
     lines += [
         "",
-        "# The gateways: read everything, alone write twins, desired configs, rebirth and leases.",
+        "# The gateways: read everything, alone write twins, desired configs, commands, rebirth",
+        "# and leases.",
         f"user {GATEWAY_USER}",
         *(f"topic read {topic}" for topic in everything),
         f"topic write {topics.all_twin()}",
         f"topic write {topics.all_desired()}",
+        f"topic write {topics.commands()}",
         f"topic write {topics.rebirth()}",
         f"topic write {topics.all_twin_index()}",
         f"topic write {topics.all_gateways()}",

@@ -115,6 +115,8 @@ def test_the_acl_follows_prefix_and_telemetry_template() -> None:
     assert "pattern write sensors/%u\n" in text
     assert "pattern write site/a/%u/status\n" in text
     assert "pattern read site/a/%u/config/desired\n" in text
+    assert "pattern read site/a/%u/commands/+\n" in text
+    assert "pattern write site/a/%u/responses/+\n" in text
     assert "pattern readwrite homeassistant/+/%u/+/config\n" in text
     gateway = text.split(f"user {GATEWAY_USER}\n")[1].split("\n\n")[0].splitlines()
     assert gateway == [
@@ -122,6 +124,7 @@ def test_the_acl_follows_prefix_and_telemetry_template() -> None:
         "topic read sensors/+",
         "topic write site/a/+/twin",
         "topic write site/a/+/config/desired",
+        "topic write site/a/+/commands/+",
         "topic write site/a/rebirth",
         "topic write site/a/_index/+",
         "topic write site/a/_gateways/+",
@@ -334,6 +337,33 @@ def test_a_device_reads_only_its_own_desired_config_and_twin(
 
 
 @integration
+def test_commands_and_their_answers_go_only_where_they_must(acl_broker: Broker) -> None:
+    """The gateway alone sends commands; a device reads only its own and answers only under
+    its own id, so no device can command another or forge another's answer."""
+    mine, theirs = TOPICS.command(DEVICE, "diagnostics"), TOPICS.command(OTHER, "diagnostics")
+    answer, forged = TOPICS.response(DEVICE, "gw-a"), TOPICS.response(OTHER, "gw-a")
+    with (
+        client(acl_broker, GATEWAY_USER, TOPICS.all_responses("gw-a")) as gateway,
+        client(acl_broker, DEVICE, "edgetwin/#") as device,
+    ):
+        for who in (ENGINE_USER, READER_USER, OTHER):
+            with client(acl_broker, who) as other:
+                assert other.publish(mine, b"{}") == NOT_AUTHORIZED, who
+        assert device.publish(theirs, b"{}") == NOT_AUTHORIZED
+        assert device.publish(mine, b"{}") == NOT_AUTHORIZED  # not even to itself
+        assert device.publish(forged, b"{}") == NOT_AUTHORIZED
+        assert gateway.publish(answer, b"{}") == NOT_AUTHORIZED  # answers are the device's
+        assert gateway.publish(theirs, b"{}") == 0
+        assert gateway.publish(mine, b"{}") == 0
+        device.wait_for(mine)
+        assert device.publish(answer, b"{}") == 0
+        gateway.wait_for(answer)
+        # Each connection's messages arrive in order: anything refused before would be in.
+        assert device.topics() == [mine]
+        assert gateway.topics() == [answer]
+
+
+@integration
 def test_the_engine_writes_readings_and_labels_only(acl_broker: Broker) -> None:
     with client(acl_broker, ENGINE_USER) as engine:
         for topic in (TOPICS.telemetry(MISSING, "env"), TOPICS.labels()):
@@ -402,6 +432,9 @@ def test_the_fleet_runs_end_to_end_with_the_acl_on(acl_broker: Broker, tmp_path:
         assert pushed.status_code == 200, pushed.text
         poll(lambda: view(DEVICE)["config"] == "in_sync", 15, what="config applied")
         assert view(DEVICE)["applied_version"] == 1
+        answered = api.post(f"/devices/{DEVICE}/commands/diagnostics", json={}, headers=AUTH)
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["result"]["config_version"] == 1
         reading = reader.wait_for(TOPICS.telemetry(MISSING, "env"), timeout=15)
         assert Telemetry.decode(bytes(reading.payload)).source == "simulated"
 
