@@ -451,26 +451,18 @@ class OutputHost(Protocol):
     def resting_value(self, name: str) -> float: ...
 
 
-class NoOutputs:
-    """The outputs of an agent that drives none."""
-
-    def running_outputs(self) -> Mapping[str, Output]:
-        return {}
-
-    def resting_value(self, name: str) -> float:
-        raise KeyError(name)
-
-
-def command_desk(agent: Agent, outputs: OutputHost) -> CommandDesk:
+def command_desk(agent: Agent, outputs: Callable[[], OutputHost]) -> CommandDesk:
     """`agent`'s desk with the built-in commands: `read_sensor`, `restart_sensors`,
-    `diagnostics`, and `pulse_output` on `outputs`."""
+    `diagnostics`, and `pulse_output` on the host `outputs()` gives when a pulse runs."""
     desk = CommandDesk(agent.device, agent.topics, agent.link, agent.clock)
     for command in builtin_commands(agent, outputs, desk):
         desk.register(command)
     return desk
 
 
-def builtin_commands(agent: Agent, outputs: OutputHost, desk: CommandDesk) -> list[Command[Any]]:
+def builtin_commands(
+    agent: Agent, outputs: Callable[[], OutputHost], desk: CommandDesk
+) -> list[Command[Any]]:
 
     def read_sensor(args: ReadSensorArgs) -> dict[str, Any]:
         slot = agent.slots.get(args.sensor)
@@ -544,14 +536,20 @@ def agent_diagnostics(agent: Agent) -> dict[str, Any]:
     }
 
 
-def pulse_output_command(outputs: OutputHost, desk: CommandDesk) -> Command[PulseOutputArgs]:
+def pulse_output_command(
+    outputs: Callable[[], OutputHost], desk: CommandDesk
+) -> Command[PulseOutputArgs]:
     """`pulse_output`: drive an output to `value` for `seconds`, then back to its resting
     value. Answered once the output is driven, not when the pulse ends (a pulse may outlast
-    any caller's patience); a second pulse on the same output replaces the first's end."""
+    any caller's patience); a second pulse on the same output replaces the first's end.
+
+    `outputs` is called when a pulse runs: the runtime's output bank is made at its first use,
+    not for the desk's sake."""
     generations: Counter[str] = Counter()
 
     def pulse(args: PulseOutputArgs) -> dict[str, Any]:
-        running = outputs.running_outputs()
+        host = outputs()
+        running = host.running_outputs()
         output = running.get(args.output)
         if output is None:
             raise CommandRejected(
@@ -568,7 +566,7 @@ def pulse_output_command(outputs: OutputHost, desk: CommandDesk) -> Command[Puls
             if generations[args.output] != generation or output.closed:
                 return  # a later pulse owns the output now, or it was closed
             try:
-                output.apply(outputs.resting_value(args.output))
+                output.apply(host.resting_value(args.output))
             except (HardwareError, KeyError) as exc:
                 log.warning("pulse not ended", extra={"output": args.output, "error": str(exc)})
 

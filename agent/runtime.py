@@ -25,7 +25,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from edgetwin.agent.commands import NoOutputs, command_desk
+from edgetwin.agent.commands import command_desk
 from edgetwin.agent.config import AgentConfig
 from edgetwin.agent.contract import (
     ContractError,
@@ -269,9 +269,8 @@ class Agent:
         self._unstored_inflight: list[Delivery] = []
         self._depth = 0
         self.discovery = self._discovery(config)
-        # Commands with an answer (agent/commands.py). `NoOutputs`: the hook where the runtime's
-        # outputs go, for `pulse_output`, once it drives any.
-        self.commands = command_desk(self, NoOutputs())
+        # Commands with an answer (agent/commands.py); `pulse_output` drives the output bank's.
+        self.commands = command_desk(self, lambda: self.outputs)
 
     @functools.cached_property
     def outputs(self) -> OutputBank:

@@ -225,7 +225,7 @@ def test_pulse_drives_an_output_then_returns_it(backend: EmulatedBackend) -> Non
     load = emulator_for(backend, relay)
     clock = Clock()
     desk, link, _ = make_desk(clock)
-    desk.register(pulse_output_command(Outputs({"relay": relay}), desk))
+    desk.register(pulse_output_command(lambda: Outputs({"relay": relay}), desk))
 
     send(
         desk, clock, "p1", name="pulse_output", args={"output": "relay", "value": 1, "seconds": 0.1}
@@ -256,7 +256,8 @@ def test_a_later_pulse_owns_the_output_and_out_of_range_is_refused(
     load = emulator_for(backend, fan)
     clock = Clock()
     desk, link, _ = make_desk(clock)
-    desk.register(pulse_output_command(Outputs({"fan": fan}, resting=0.25), desk))
+    host = Outputs({"fan": fan}, resting=0.25)
+    desk.register(pulse_output_command(lambda: host, desk))
 
     send(
         desk,

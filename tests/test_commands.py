@@ -30,6 +30,8 @@ from edgetwin.agent.contract import (
 from edgetwin.agent.runtime import Agent
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig, ManifestDevice
+from edgetwin.hardware import EmulatedBackend
+from edgetwin.hardware.drivers.gpio_output import emulator_for
 from edgetwin.testing import agent as testing_agent
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import connect_client, disconnect_client
@@ -73,11 +75,16 @@ def agent_config(broker: Broker, state_dir: Path) -> AgentConfig:
 
 
 @contextmanager
-def fleet(broker: Broker, tmp_path: Path) -> Iterator[tuple[TestClient, Agent]]:
-    """The gateway's API and a live agent for DEVICE, once the twin has it online."""
+def fleet(
+    broker: Broker, tmp_path: Path, backend: EmulatedBackend | None = None
+) -> Iterator[tuple[TestClient, Agent]]:
+    """The gateway's API and a live agent for DEVICE, once the twin has it online; its
+    emulated hardware `backend` when given."""
     with (
         TestClient(create_app(gateway_config(broker))) as api,
-        testing_agent.agent_thread(agent_config(broker, tmp_path / "state")) as agent,
+        testing_agent.agent_thread(
+            agent_config(broker, tmp_path / "state"), emulated_backend=backend
+        ) as agent,
     ):
         poll(lambda: presence(api, DEVICE) == "online", 15, what="agent online")
         yield api, agent
@@ -214,6 +221,43 @@ def test_one_id_sent_twice_runs_once_and_gets_one_answer_twice(
         assert status == 422
         assert "already used for 'restart_sensors'" in refusal["detail"]
         assert "read_sensor" not in diagnostics(api)["commands"]["run"]
+
+
+def test_a_pulse_drives_the_agents_output_then_returns_it(broker: Broker, tmp_path: Path) -> None:
+    """The relay of the desired document, on an emulated GPIO pin whose level the test reads:
+    on for the pulse, then back at its desired value (off); a value outside its range is
+    refused, never clamped."""
+    relay = {"driver": "digital_output", "pin": 17, "value": 0, "backend": "emulated"}
+    with EmulatedBackend() as backend, fleet(broker, tmp_path, backend) as (api, agent):
+        put = api.put(
+            f"/devices/{DEVICE}/desired",
+            json={"sensors": {"env": bme280(0.5).to_builtins()}, "outputs": {"relay": relay}},
+            headers=AUTH,
+        )
+        assert put.status_code == 200, put.text
+        poll(lambda: "relay" in agent.outputs.report(), 10, what="relay applied")
+        driven = agent.outputs.slots["relay"].output
+        assert driven is not None
+        pin = emulator_for(backend, driven)
+        assert pin.level == 0.0
+
+        status, refusal = command(
+            api, "pulse_output", args={"output": "relay", "value": 0.5, "seconds": 1}
+        )
+        assert (status, refusal["reason"]) == (422, "rejected")
+        assert "takes 0 or 1, got 0.5" in refusal["detail"]
+        assert pin.level == 0.0
+
+        started = time.monotonic()
+        status, answer = command(
+            api, "pulse_output", args={"output": "relay", "value": 1, "seconds": 0.5}
+        )
+        assert status == 200, answer
+        assert answer["result"] == {"output": "relay", "applied": 1.0, "seconds": 0.5}
+        assert pin.level == 1.0  # answered once driven
+        poll(lambda: pin.level == 0.0, 10, interval=0.02, what="relay back off")
+        assert time.monotonic() - started >= 0.5
+        assert pin.levels()[-3:] == [0.0, 1.0, 0.0]
 
 
 def test_many_commands_wait_at_once(broker: Broker, tmp_path: Path) -> None:
