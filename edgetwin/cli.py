@@ -192,7 +192,7 @@ def _add_broker_acl(commands: argparse._SubParsersAction[argparse.ArgumentParser
         action="append",
         default=[],
         metavar="ID",
-        help="new password for a device, or for gateway, engine or reader (repeat)",
+        help="new password for a device, or for gateway, engine, simulate or reader (repeat)",
     )
     acl.add_argument("--rotate-all", action="store_true", help="new passwords for everyone")
     acl.add_argument(
@@ -206,7 +206,8 @@ def _add_broker_acl(commands: argparse._SubParsersAction[argparse.ArgumentParser
     acl.add_argument(
         "--engine-status",
         action="store_true",
-        help="let the engine write statuses (scenario offline faults); not with agents",
+        help="let the engine and simulate write statuses (scenario offline faults); not with "
+        "agents",
     )
 
 
