@@ -285,7 +285,8 @@ def test_replicas_racing_for_one_shard_leave_it_to_the_claim_the_broker_took_fir
         for racer in racers:
             racer.join(15)
         assert sorted(won.values()) == [False, False, True]
-        # The two that lost take the next free shards.
+        # The two that lost take the next free shards; the winner keeps its own.
+        assert [claim.claim() for claim in claims if won[claim.session]] == [0]
         assert sorted(claim.claim() for claim in claims) == [0, 1, 2]
         with ShardClaim(settings(broker), RUN, 3, 30) as fourth:
             with pytest.raises(ShardClaimError) as refused:

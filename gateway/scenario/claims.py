@@ -205,12 +205,15 @@ class ShardClaim:
         self._await(b"", timeout)  # published at the connection, back after the retained
 
     def claim(self, timeout: float = CLAIM_TIMEOUT) -> int:
-        """Connect and claim the lowest free shard; returns it once held. ShardClaimError when
-        none can be: all are claimed, a replica of the run splits another fleet, or the broker
-        does not answer within `timeout` seconds."""
+        """The shard this replica holds: unless it holds one, connect and claim the lowest
+        free one. ShardClaimError when none can be held: all are claimed, a replica of the run
+        splits another fleet, or the broker does not answer within `timeout` seconds."""
         self.connect(timeout)
-        # Each lost attempt is a shard another replica took meanwhile, so with the others'
-        # retries, twice the shards is more than a start of N replicas at once needs.
+        with self._changed:
+            if self.shard is not None and self.lost is None:
+                return self.shard
+        # Each lost claim is a shard that another replica claimed first; room for as many
+        # again, for claims of others that lose in turn and leave theirs free.
         attempts = 2 * self.count + 1
         for _ in range(attempts):
             with self._changed:
