@@ -842,12 +842,13 @@ def test_the_scale_profiles_replicas_split_one_fleet_as_compose_runs_them(tmp_pa
     loading broker-init's simulate.env) on the stack's broker with its ACL. They claim three
     shares and together publish the scale fleet, every device once; a fourth is refused."""
     variables = {"SIMULATE_DEVICES": "30"}
-    expected = set(scenario_for(DEPLOY / "edgetwin" / "scale.toml", 30).device_ids())
+    scenario = mounted_file(services()["simulate"], "/etc/edgetwin/scale.toml")
+    expected = set(scenario_for(scenario, 30).device_ids())
     with StackBroker(tmp_path) as stack:
         paths = {
             "/opt/edgetwin-deploy": DEPLOY / "edgetwin",
             "/var/lib/edgetwin": stack.secrets,
-            "/etc/edgetwin/scale.toml": DEPLOY / "edgetwin" / "scale.toml",
+            "/etc/edgetwin/scale.toml": scenario,
         }
 
         def replica() -> list[str]:
