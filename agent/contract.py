@@ -603,6 +603,31 @@ class CommandResponse(_Payload, frozen=True):
             raise ValueError("a rejected or failed answer carries its reason, an ok one none")
         if self.result is not None:
             _check_result(self.result)
+MAX_SHARDS: Final = 100_000
+RunName = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
+
+
+class ShardLease(_Payload, frozen=True):
+    """One simulation replica's claim of a shard of a fleet, retained at
+    `{prefix}/_shards/{run}/{session}`, where replicas that no orchestrator numbers
+    (`edgetwin simulate --shard auto/N`) split the fleet between them
+    (gateway/scenario/claims.py). Only that replica writes it, and its last will clears it.
+
+    `count` and `devices`, the number of shards and the fleet's size, are the same in every
+    lease of one run; `host` names the replica for whoever reads the leases."""
+
+    run: RunName
+    shard: Annotated[int, msgspec.Meta(ge=0)]
+    count: Annotated[int, msgspec.Meta(ge=1, le=MAX_SHARDS)]
+    devices: NonNegative
+    session: SessionId
+    ts: Float
+    host: Annotated[str, msgspec.Meta(max_length=253)]
+
+    def __post_init__(self) -> None:
+        if self.shard >= self.count:
+            raise ValueError(f"shard {self.shard} of {self.count}: shards count from 0")
+        _finite(self.ts, "ts")
 
 
 TopicKind = Literal[
@@ -618,6 +643,7 @@ TopicKind = Literal[
     "gateway",
     "command",
     "response",
+    "shard",
 ]
 
 
@@ -713,6 +739,14 @@ class Topics:
     def all_gateways(self) -> str:
         return f"{self.prefix}/_gateways/+"
 
+    def shard_lease(self, run: str, session: str) -> str:
+        """Where a simulation replica keeps its claim of a shard of `run` (ShardLease),
+        retained: a topic per replica, so that each retained lease has one writer."""
+        return f"{self.prefix}/_shards/{run}/{session}"
+
+    def all_shard_leases(self, run: str) -> str:
+        return f"{self.prefix}/_shards/{run}/+"
+
     def probe(self, client_id: str) -> str:
         """A topic only `client_id` subscribes to: its own messages sent back mark a point
         in the order of what the broker sends it (MqttLink.fetch_retained)."""
@@ -766,7 +800,7 @@ class Topics:
             check_id(parsed.name, "command name" if parsed.kind == "command" else "requester id")
         return parsed
 
-    def _parse_prefixed(self, topic: str) -> ParsedTopic | None:
+    def _parse_prefixed(self, topic: str) -> ParsedTopic | None:  # noqa: PLR0912
         head = self.prefix + "/"
         if not topic.startswith(head):
             return None
@@ -782,6 +816,9 @@ class Topics:
                 # Before `[device, "status"]`: a gateway called "status" is still a gateway.
                 check_id(gateway, "gateway id")
                 return ParsedTopic("gateway", None)
+            case ["_shards", run, _]:
+                check_id(run, "run name")
+                return ParsedTopic("shard", None)
             case [device, "status"]:
                 return ParsedTopic("status", device)
             case [device, "twin"]:

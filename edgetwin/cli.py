@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -19,7 +20,7 @@ from edgetwin.connection import add_connection_arguments
 
 if TYPE_CHECKING:
     from edgetwin.agent.config import MqttSettings
-    from edgetwin.gateway.scenario.model import Shard
+    from edgetwin.gateway.scenario.model import AutoShard, Scenario, Shard
 
 
 def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -67,8 +68,16 @@ def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "--shard",
         default=None,
         metavar="K/N",
-        help="play the K-th (from 0) of N shares of the fleet, as one of N replicas (default: "
+        help="play the K-th (from 0) of N shares of the fleet, as one of N replicas, or with "
+        "auto/N the lowest share no other replica has claimed on the broker (default: "
         "EDGETWIN_SHARD, or EDGETWIN_SHARD_COUNT with K the host name's -K ordinal)",
+    )
+    simulate.add_argument(
+        "--run",
+        default=None,
+        metavar="NAME",
+        help="with --shard auto/N: the name the replicas of one fleet claim their shares "
+        "under (default: the scenario file's name, or 'default')",
     )
     add_connection_arguments(simulate)
 
@@ -183,7 +192,7 @@ def _add_broker_acl(commands: argparse._SubParsersAction[argparse.ArgumentParser
         action="append",
         default=[],
         metavar="ID",
-        help="new password for a device, or for gateway, engine or reader (repeat)",
+        help="new password for a device, or for gateway, engine, simulate or reader (repeat)",
     )
     acl.add_argument("--rotate-all", action="store_true", help="new passwords for everyone")
     acl.add_argument(
@@ -197,7 +206,8 @@ def _add_broker_acl(commands: argparse._SubParsersAction[argparse.ArgumentParser
     acl.add_argument(
         "--engine-status",
         action="store_true",
-        help="let the engine write statuses (scenario offline faults); not with agents",
+        help="let the engine and simulate write statuses (scenario offline faults); not with "
+        "agents",
     )
 
 
@@ -373,24 +383,35 @@ def _replay(args: argparse.Namespace) -> int:
     )
 
 
-def _shard(args: argparse.Namespace) -> Shard | None:
-    """`--shard K/N`, else the replica's shard from its environment (ScenarioError if bad)."""
-    from edgetwin.gateway.scenario.model import parse_shard, shard_from_environment
+def _shard(args: argparse.Namespace) -> Shard | AutoShard | None:
+    """`--shard K/N` or `auto/N`, else the replica's shard from its environment (ScenarioError
+    if bad)."""
+    from edgetwin.gateway.scenario.model import parse_shard_request, shard_from_environment
 
     if args.shard is not None:
-        return parse_shard(args.shard)
+        return parse_shard_request(args.shard)
     return shard_from_environment(os.environ, socket.gethostname())
 
 
 def _simulate(args: argparse.Namespace) -> int:
     from edgetwin.agent.contract import DEFAULT_PREFIX, ContractError, Topics
     from edgetwin.connection import wants_broker
-    from edgetwin.gateway.scenario.model import ScenarioError
+    from edgetwin.gateway.scenario.model import AutoShard, ScenarioError
 
     try:
         shard = _shard(args)
     except ScenarioError as exc:
         print(f"edgetwin simulate: {exc}", file=sys.stderr)
+        return 2
+    if args.run is not None and not isinstance(shard, AutoShard):
+        print("edgetwin simulate: --run: only with --shard auto/N", file=sys.stderr)
+        return 2
+    if isinstance(shard, AutoShard) and args.virtual:
+        print(
+            f"edgetwin simulate: --shard {shard}: only in real time (a --virtual run's files "
+            "are merged in shard order: give each its K/N)",
+            file=sys.stderr,
+        )
         return 2
 
     if (args.out is not None) == wants_broker(args):
@@ -425,6 +446,7 @@ def _simulate(args: argparse.Namespace) -> int:
     except ContractError as exc:
         print(f"edgetwin simulate: {exc}", file=sys.stderr)
         return 2
+    assert not isinstance(shard, AutoShard)  # refused above
     return simulate_command(
         args.scenario,
         devices=args.devices,
@@ -440,10 +462,17 @@ def _simulate(args: argparse.Namespace) -> int:
     )
 
 
-def _simulate_realtime(args: argparse.Namespace, broker: MqttSettings, shard: Shard | None) -> int:
+def _simulate_realtime(
+    args: argparse.Namespace, broker: MqttSettings, shard: Shard | AutoShard | None
+) -> int:
     from edgetwin.gateway.engine.link import endpoint_from_mqtt
     from edgetwin.gateway.engine.realtime import run_realtime
-    from edgetwin.gateway.scenario.model import ScenarioError, parse_duration, scenario_for
+    from edgetwin.gateway.scenario.model import (
+        AutoShard,
+        ScenarioError,
+        parse_duration,
+        scenario_for,
+    )
 
     try:
         if args.start is not None:
@@ -452,21 +481,73 @@ def _simulate_realtime(args: argparse.Namespace, broker: MqttSettings, shard: Sh
             raise ValueError(f"--workers: 1..64, not {args.workers}")
         if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
             raise ValueError(f"--metrics-port: 0..65535, not {args.metrics_port}")
-        scenario = scenario_for(args.scenario, args.devices).sharded(shard)
+        scenario = scenario_for(args.scenario, args.devices)
         seconds = None if args.duration is None else parse_duration(args.duration)
     except (ScenarioError, ValueError) as exc:
         print(f"edgetwin simulate: {exc}", file=sys.stderr)
         return 2
-    return run_realtime(
-        scenario,
-        endpoint_from_mqtt(broker),
-        seconds=seconds,
-        workers=args.workers,
-        qos=args.qos,
-        payload=args.payload,
-        quiet=args.quiet,
-        metrics=None if args.metrics_port is None else (args.metrics_host, args.metrics_port),
-    )
+
+    def play(scenario: Scenario, stop: threading.Event | None = None) -> int:
+        return run_realtime(
+            scenario,
+            endpoint_from_mqtt(broker),
+            seconds=seconds,
+            workers=args.workers,
+            qos=args.qos,
+            payload=args.payload,
+            quiet=args.quiet,
+            metrics=None if args.metrics_port is None else (args.metrics_host, args.metrics_port),
+            stop=stop,
+        )
+
+    if isinstance(shard, AutoShard):
+        return _play_a_claimed_shard(args, broker, scenario, shard.count, play)
+    return play(scenario.sharded(shard))
+
+
+def _play_a_claimed_shard(
+    args: argparse.Namespace,
+    broker: MqttSettings,
+    scenario: Scenario,
+    count: int,
+    play: Callable[[Scenario, threading.Event], int],
+) -> int:
+    """`--shard auto/N`: claim the lowest free shard on the broker, play it, give it back."""
+    from edgetwin.agent.contract import ContractError
+    from edgetwin.gateway.scenario.claims import ShardClaim, ShardClaimError, default_run_name
+    from edgetwin.gateway.scenario.model import Shard
+
+    lost = threading.Event()
+    try:
+        claim = ShardClaim(
+            broker,
+            args.run or default_run_name(args.scenario),
+            count,
+            scenario.fleet_size(),
+            on_lost=lambda _reason: lost.set(),
+        )
+    except ContractError as exc:
+        print(f"edgetwin simulate: --run: {exc}", file=sys.stderr)
+        return 2
+    with claim:
+        try:
+            shard = Shard(index=claim.claim(), count=count)
+        except ShardClaimError as exc:
+            print(f"edgetwin simulate: {exc}", file=sys.stderr)
+            return 1
+        mine = scenario.sharded(shard)
+        # On stderr whatever --quiet says: which share a replica plays is what its log is for.
+        print(
+            f"edgetwin simulate: run {claim.run!r}: claimed shard {shard}, "
+            f"{mine.device_count()} of {scenario.fleet_size()} devices",
+            file=sys.stderr,
+            flush=True,
+        )
+        code = play(mine, lost)
+        if claim.lost is not None:
+            print(f"edgetwin simulate: {claim.lost}: stopped", file=sys.stderr)
+            return 1
+        return code
 
 
 _BROKER_TOOLS: dict[str, Callable[[argparse.Namespace], int]] = {

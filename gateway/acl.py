@@ -12,8 +12,9 @@ module writes, from a gateway's config file:
 - `passwords`: Mosquitto's `$7$` format (PBKDF2-SHA512, as `mosquitto_passwd` writes it);
 - `credentials/devices/ID.env`: each agent's `EDGETWIN_MQTT_USERNAME`/`_PASSWORD`, mode 0600,
   to install as `/etc/edgetwin/agent.env` (the agent unit's EnvironmentFile);
-- `credentials/gateway.env`: the gateway's identity and the engine's (`EDGETWIN_ENGINE_*`),
-  and `credentials/reader.env`, a read-only identity for dashboards and `edgetwin record`;
+- `credentials/gateway.env`: the gateway's identity and the engine's (`EDGETWIN_ENGINE_*`);
+  `credentials/simulate.env`, the identity of simulation replicas (`edgetwin simulate`); and
+  `credentials/reader.env`, a read-only identity for dashboards and `edgetwin record`;
 - `mosquitto.conf`: no anonymous clients, the two files, a TLS listener.
 
 The credentials files are the record of every password: a run reuses them and only mints
@@ -43,8 +44,14 @@ from edgetwin.gateway.config import load_gateway_config
 # in as a service, and `%u` patterns expanded for a service name a topic no device owns.
 GATEWAY_USER: Final = "edgetwin.gateway"
 ENGINE_USER: Final = "edgetwin.engine"
+SIMULATE_USER: Final = "edgetwin.simulate"
 READER_USER: Final = "edgetwin.reader"
-SERVICES: Final = {"gateway": GATEWAY_USER, "engine": ENGINE_USER, "reader": READER_USER}
+SERVICES: Final = {
+    "gateway": GATEWAY_USER,
+    "engine": ENGINE_USER,
+    "simulate": SIMULATE_USER,
+    "reader": READER_USER,
+}
 
 # mosquitto_passwd's own parameters for `$7$` (mosquitto 2.0): 101 rounds, 12-byte salt.
 PBKDF2_ROUNDS: Final = 101
@@ -71,9 +78,9 @@ def acl_text(
     same rule: a device writes, and reads back, only its own node's; the gateway writes any
     device's; the reader, which Home Assistant can log in as, reads them all.
 
-    `engine_status` lets the engine write every device's status, which a scenario's `offline`
-    fault needs; it also lets the engine's identity take a live agent offline in the twin, so
-    it is only for brokers that carry no agents.
+    `engine_status` lets the engine and the simulation replicas write every device's status,
+    which a scenario's `offline` fault needs; it also lets their identities take a live agent
+    offline in the twin, so it is only for brokers that carry no agents.
     """
     telemetry_all = topics.all_telemetry()
     device_telemetry = topics.telemetry(_DEVICE, "+")
@@ -124,9 +131,16 @@ def acl_text(
         f"user {ENGINE_USER}",
         f"topic write {telemetry_all}",
         f"topic write {topics.labels()}",
+        *([f"topic write {topics.all_status()}"] if engine_status else []),
+        "",
+        "# Simulation replicas (edgetwin simulate): the same, and the leases through which",
+        "# replicas split a fleet between them (--shard auto/N).",
+        f"user {SIMULATE_USER}",
+        f"topic write {telemetry_all}",
+        f"topic write {topics.labels()}",
+        *([f"topic write {topics.all_status()}"] if engine_status else []),
+        f"topic readwrite {topics.all_shard_leases('+')}",
     ]
-    if engine_status:
-        lines.append(f"topic write {topics.all_status()}")
     lines += [
         "",
         "# Readers (dashboards, edgetwin record/watch): everything, read only.",
@@ -206,6 +220,20 @@ def _password(existing: str | None, rotate: bool) -> str:
     return secrets.token_urlsafe(24) if existing is None or rotate else existing
 
 
+def _write_identity(path: Path, comment: str, username: str, rotate: bool) -> str:
+    """A service's credentials file of one identity (its password kept unless `rotate`);
+    returns the password."""
+    password = _password(_read_env(path).get("EDGETWIN_MQTT_PASSWORD"), rotate)
+    _write(
+        path,
+        _env_file(
+            comment, {"EDGETWIN_MQTT_USERNAME": username, "EDGETWIN_MQTT_PASSWORD": password}
+        ),
+        0o600,
+    )
+    return password
+
+
 @dataclass(frozen=True)
 class Written:
     devices: list[str]
@@ -228,7 +256,8 @@ def write_broker_files(
 ) -> Written:
     """Write the ACL, password, credentials and mosquitto.conf files into `out`.
 
-    `rotate`: device ids or service names (gateway, engine, reader) that get a new password.
+    `rotate`: device ids or service names (gateway, engine, simulate, reader) that get a new
+    password.
     """
     ids = sorted({check_id(device) for device in devices})
     rotating = set(rotate)
@@ -276,21 +305,22 @@ def write_broker_files(
         ),
         0o600,
     )
-    reader_path = credentials / "reader.env"
-    reader_password = _password(
-        _read_env(reader_path).get("EDGETWIN_MQTT_PASSWORD"), rotate_all or "reader" in rotating
+    simulate_password = _write_identity(
+        credentials / "simulate.env",
+        "The MQTT identity of simulation replicas (edgetwin simulate)",
+        SIMULATE_USER,
+        rotate_all or "simulate" in rotating,
     )
-    _write(
-        reader_path,
-        _env_file(
-            "A read-only MQTT identity, for dashboards and recorders",
-            {"EDGETWIN_MQTT_USERNAME": READER_USER, "EDGETWIN_MQTT_PASSWORD": reader_password},
-        ),
-        0o600,
+    reader_password = _write_identity(
+        credentials / "reader.env",
+        "A read-only MQTT identity, for dashboards and recorders",
+        READER_USER,
+        rotate_all or "reader" in rotating,
     )
     lines += [
         password_line(GATEWAY_USER, gateway_password),
         password_line(ENGINE_USER, engine_password),
+        password_line(SIMULATE_USER, simulate_password),
         password_line(READER_USER, reader_password),
     ]
     _write(out / "passwords", "\n".join(lines) + "\n", 0o600)
@@ -307,13 +337,14 @@ def write_broker_files(
 
 def read_identities(out: Path) -> dict[str, str]:
     """Every identity's password, by username, from the credentials `write_broker_files` wrote
-    into `out`: the devices', the gateway's, the engine's and the reader's."""
+    into `out`: the devices', the gateway's, the engine's, the simulation replicas' and the
+    reader's."""
     credentials = out / "credentials"
     identities: dict[str, str] = {}
     for path in sorted((credentials / "devices").glob("*.env")):
         env = _read_env(path)
         identities[env["EDGETWIN_MQTT_USERNAME"]] = env["EDGETWIN_MQTT_PASSWORD"]
-    for name in ("gateway.env", "reader.env"):
+    for name in ("gateway.env", "simulate.env", "reader.env"):
         env = _read_env(credentials / name)
         if "EDGETWIN_MQTT_USERNAME" in env:
             identities[env["EDGETWIN_MQTT_USERNAME"]] = env["EDGETWIN_MQTT_PASSWORD"]

@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,13 +27,14 @@ from fastapi.testclient import TestClient
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edgetwin.agent.config import AgentConfig, AgentMqttSettings, AgentSection
+from edgetwin.agent.config import AgentConfig, AgentMqttSettings, AgentSection, MqttSettings
 from edgetwin.agent.contract import Presence, Status, Telemetry, Topics
 from edgetwin.agent.mqtt import MqttLink
 from edgetwin.gateway.acl import (
     ENGINE_USER,
     GATEWAY_USER,
     READER_USER,
+    SIMULATE_USER,
     acl_text,
     password_line,
     write_broker_files,
@@ -41,6 +42,7 @@ from edgetwin.gateway.acl import (
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig, load_gateway_config
 from edgetwin.gateway.engine.link import endpoint_from_mqtt
+from edgetwin.gateway.scenario.claims import ShardClaim, ShardClaimError
 from edgetwin.testing import agent as testing_agent
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.endpoint import MqttEndpoint
@@ -84,7 +86,8 @@ def test_a_rerun_keeps_passwords_and_rotates_only_what_it_is_asked(tmp_path: Pat
     assert first.devices == [DEVICE, OTHER]
     creds = tmp_path / "credentials"
     device_env = creds / "devices" / f"{DEVICE}.env"
-    for path in (device_env, creds / "gateway.env", creds / "reader.env", tmp_path / "passwords"):
+    secret = [device_env, *(creds / f"{n}.env" for n in ("gateway", "simulate", "reader"))]
+    for path in [*secret, tmp_path / "passwords"]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE(creds.stat().st_mode) == 0o700
     assert _env(device_env)["EDGETWIN_MQTT_USERNAME"] == DEVICE
@@ -97,15 +100,19 @@ def test_a_rerun_keeps_passwords_and_rotates_only_what_it_is_asked(tmp_path: Pat
     assert after[f"{OTHER}.env"] != before[f"{OTHER}.env"]
     assert MISSING in second.devices
     users = [line.split(":")[0] for line in (tmp_path / "passwords").read_text().splitlines()]
-    assert users == [DEVICE, OTHER, MISSING, GATEWAY_USER, ENGINE_USER, READER_USER]
+    assert users == [DEVICE, OTHER, MISSING, GATEWAY_USER, ENGINE_USER, SIMULATE_USER, READER_USER]
+    assert _env(creds / "simulate.env")["EDGETWIN_MQTT_USERNAME"] == SIMULATE_USER
 
-    third = write_broker_files(tmp_path, TOPICS, [DEVICE], rotate=["engine"])
+    third = write_broker_files(tmp_path, TOPICS, [DEVICE], rotate=["engine", "simulate"])
     assert third.revoked == [OTHER, MISSING]
     gateway_env = _env(creds / "gateway.env")
     assert gateway_env["EDGETWIN_MQTT_PASSWORD"] == before["gateway.env"]["EDGETWIN_MQTT_PASSWORD"]
     assert (
         gateway_env["EDGETWIN_ENGINE_PASSWORD"] != before["gateway.env"]["EDGETWIN_ENGINE_PASSWORD"]
     )
+    simulate_password = _env(creds / "simulate.env")["EDGETWIN_MQTT_PASSWORD"]
+    assert simulate_password != before["simulate.env"]["EDGETWIN_MQTT_PASSWORD"]
+    assert _env(creds / "reader.env") == before["reader.env"]
     with pytest.raises(ValueError, match="nobody"):
         write_broker_files(tmp_path, TOPICS, [DEVICE], rotate=["nobody"])
 
@@ -133,7 +140,12 @@ def test_the_acl_follows_prefix_and_telemetry_template() -> None:
     ]
     engine = text.split(f"user {ENGINE_USER}\n")[1].split("\n\n")[0].splitlines()
     assert engine == ["topic write sensors/+", "topic write site/a/labels"]
-    assert "topic write edgetwin/+/status" in acl_text(TOPICS, engine_status=True)
+    simulate = text.split(f"user {SIMULATE_USER}\n")[1].split("\n\n")[0].splitlines()
+    assert simulate == [*engine, "topic readwrite site/a/_shards/+/+"]
+    with_status = acl_text(TOPICS, engine_status=True)
+    for user in (ENGINE_USER, SIMULATE_USER):
+        rules = with_status.split(f"user {user}\n")[1].split("\n\n")[0].splitlines()
+        assert "topic write edgetwin/+/status" in rules, user
     shared = acl_text(Topics(telemetry_template="sensors/data"))
     assert "any device may write readings there" in shared
 
@@ -216,6 +228,13 @@ class Client:
         with self._cond:
             assert self._cond.wait_for(lambda: self.topics().count(topic) > 0, timeout), topic
             return next(m for m in self.messages if m.topic == topic)
+
+    def wait_until(
+        self, match: Callable[[mqtt.MQTTMessage], bool], what: str, timeout: float = 10
+    ) -> None:
+        with self._cond:
+            arrived = self._cond.wait_for(lambda: any(map(match, self.messages)), timeout)
+            assert arrived, f"{what}: not received within {timeout} s"
 
     def topics(self) -> list[str]:
         with self._cond:
@@ -385,6 +404,45 @@ def test_the_engine_writes_readings_and_labels_only(acl_broker: Broker) -> None:
         assert gateway.publish(TOPICS.gateway("gw-a"), b"", retain=True) == 0
         assert gateway.publish(TOPICS.telemetry(DEVICE, "env"), b"{}") == NOT_AUTHORIZED
         assert gateway.publish(TOPICS.status(DEVICE), b"{}") == NOT_AUTHORIZED
+
+
+@integration
+def test_simulation_replicas_claim_shards_and_write_readings_under_their_identity(
+    acl_broker: Broker,
+) -> None:
+    """`edgetwin simulate --shard auto/N` on a broker with the ACL: its identity keeps and
+    clears its lease, its last will clears it too, and it writes readings and labels; nothing
+    else, and no other identity may write a lease."""
+    settings = MqttSettings.from_builtins(mqtt_section(acl_broker, SIMULATE_USER))
+    with client(acl_broker, READER_USER, TOPICS.all_shard_leases("fleet")) as reader:
+        with ShardClaim(settings, "fleet", 2, 10) as first:
+            assert first.claim() == 0
+            with ShardClaim(settings, "fleet", 2, 10) as second:
+                assert second.claim() == 1
+            reader.wait_for(TOPICS.shard_lease("fleet", first.session))
+        lease_topic = TOPICS.shard_lease("fleet", "0" * 16)
+        dying = Client(acl_broker.endpoint_for(SIMULATE_USER))
+        dying.client.will_set(lease_topic, b"", qos=1, retain=True)
+        dying.connect()
+        for topic in (TOPICS.telemetry(MISSING, "env"), TOPICS.labels(), lease_topic):
+            assert dying.publish(topic, b"{}", retain=topic == lease_topic) == 0, topic
+        for topic in (TOPICS.status(DEVICE), TOPICS.twin(DEVICE), TOPICS.gateway("gw-a")):
+            assert dying.publish(topic, b"{}") == NOT_AUTHORIZED, topic
+        reader.wait_for(lease_topic)
+        dying.client.loop_stop()
+        sock = dying.client.socket()
+        assert sock is not None
+        sock.close()  # no DISCONNECT: the broker publishes the will
+        reader.wait_until(lambda m: m.topic == lease_topic and not m.payload, "the will")
+        for who in (ENGINE_USER, DEVICE, GATEWAY_USER):
+            with client(acl_broker, who) as other:
+                assert other.publish(lease_topic, b"{}") == NOT_AUTHORIZED, who
+    engine = MqttSettings.from_builtins(mqtt_section(acl_broker, ENGINE_USER))
+    with (
+        ShardClaim(engine, "fleet", 2, 10) as refused,
+        pytest.raises(ShardClaimError, match="refused this replica's shard lease"),
+    ):
+        refused.claim(timeout=1)
 
 
 # -- the whole fleet with the ACL on -----------------------------------------------------------

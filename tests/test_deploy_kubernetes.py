@@ -16,7 +16,7 @@ import yaml
 
 from edgetwin.cli import _parser
 from edgetwin.gateway.config import default_gateway_id
-from edgetwin.gateway.scenario.model import shard_from_environment
+from edgetwin.gateway.scenario.model import Shard, shard_from_environment
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFESTS = sorted((REPO / "deploy" / "kubernetes").glob("*.yaml"))
@@ -67,7 +67,7 @@ def test_each_simulation_replica_plays_its_own_shard_of_one_fleet() -> None:
     # The pods are NAME-0 ... NAME-(replicas-1): together every shard, each once.
     name = workload["metadata"]["name"]
     shards = [shard_from_environment(env(spec), f"{name}-{ordinal}") for ordinal in range(replicas)]
-    assert [(s.index, s.count) for s in shards if s is not None] == [
+    assert [(s.index, s.count) for s in shards if isinstance(s, Shard)] == [
         (k, replicas) for k in range(replicas)
     ]
     # Probes and the Prometheus annotation name the port the engine's figures are served on.

@@ -23,7 +23,12 @@ from edgetwin.gateway.scenario import (
     load_scenario,
     parse_scenario,
 )
-from edgetwin.gateway.scenario.model import Shard, parse_shard, shard_from_environment
+from edgetwin.gateway.scenario.model import (
+    AutoShard,
+    Shard,
+    parse_shard,
+    shard_from_environment,
+)
 from edgetwin.gateway.scenario.virtual import run_virtual
 from edgetwin.hardware.quantities import VOCABULARY, default_signal
 from edgetwin.hardware.signals import LightRandom, derive_seed
@@ -788,6 +793,8 @@ def test_a_sharded_scenario_keeps_the_fleets_ids_indices_and_phases() -> None:
         ({}, "sim-3", None),
         ({"EDGETWIN_SHARD": "2/5"}, "whatever", "2/5"),
         ({"EDGETWIN_SHARD_COUNT": "4"}, "edgetwin-sim-3", "3/4"),
+        ({"EDGETWIN_SHARD": "auto/3"}, "0123456789ab", "auto/3"),
+        ({"EDGETWIN_SHARD": " auto / 3 "}, "sim-1", "auto/3"),
     ],
 )
 def test_the_shard_comes_from_the_orchestrators_environment(
@@ -805,12 +812,16 @@ def test_the_shard_comes_from_the_orchestrators_environment(
         ("half", {}, "", "K/N"),
         (None, {"EDGETWIN_SHARD_COUNT": "4"}, "laptop", "ends in no ordinal"),
         (None, {"EDGETWIN_SHARD_COUNT": "4"}, "sim-4", "shards count from 0"),
+        (None, {"EDGETWIN_SHARD": "auto/0"}, "", "N is 1..100000"),
+        (None, {"EDGETWIN_SHARD": "auto/x"}, "", "K/N"),
+        # A gateway's engine ([engine] shard) has no claims: it is told its shard.
+        ("auto/3", {}, "", "only `edgetwin simulate` claims its shard"),
     ],
 )
 def test_a_bad_shard_is_refused_with_its_reason(
     text: str | None, environ: dict[str, str], hostname: str, reason: str
 ) -> None:
-    def resolve() -> Shard | None:
+    def resolve() -> Shard | AutoShard | None:
         return parse_shard(text) if text is not None else shard_from_environment(environ, hostname)
 
     with pytest.raises(ScenarioError, match=re.escape(reason)):

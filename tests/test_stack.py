@@ -34,7 +34,11 @@ from typing import Any, Protocol
 import pytest
 import yaml
 
+from edgetwin.agent.contract import Telemetry
+from edgetwin.cli import _parser
 from edgetwin.gateway.broker import free_port
+from edgetwin.gateway.config import GatewayConfig
+from edgetwin.gateway.scenario.model import default_scenario, scenario_for
 from edgetwin.testing._toml import toml_document
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture
@@ -169,20 +173,36 @@ def test_prometheus_scrapes_the_services_on_the_ports_they_listen_on() -> None:
     simulator_config = toml(mounted_file(everyone["simulator"], "/etc/edgetwin/simulator.toml"))
     assert simulator["port"] == simulator_config["observability"]["prometheus_port"]
     assert [resolves(name, "prometheus") for name in simulator["names"]] == ["simulator"]
+    # The simulation replicas (profile scale): by DNS, every one of them, on --metrics-port.
+    (simulate,) = jobs["simulate"]["dns_sd_configs"]
+    words = everyone["simulate"]["command"]
+    assert simulate["port"] == int(words[words.index("--metrics-port") + 1])
+    assert [resolves(name, "prometheus") for name in simulate["names"]] == ["simulate"]
 
 
 # -- compose.yaml --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("profile", [None, "original"])
-def test_docker_compose_parses_the_stack(profile: str | None) -> None:
+def compose_config(*args: str, **variables: str) -> dict[str, Any]:
+    """compose.yaml as `docker-compose config` resolves it, with these variables set."""
     binary = need("docker-compose")
-    args = [binary, "-f", str(COMPOSE)] + (["--profile", profile] if profile else [])
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SIMULATE_")}
     result = subprocess.run(
-        [*args, "config"], capture_output=True, text=True, check=False, cwd=ROOT
+        [binary, "-f", str(COMPOSE), *args, "config"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env={**environ, **variables},
     )
     assert result.returncode == 0, result.stderr
-    resolved = yaml.safe_load(result.stdout)
+    resolved: dict[str, Any] = yaml.safe_load(result.stdout)
+    return resolved
+
+
+@pytest.mark.parametrize("profile", [None, "original", "scale"])
+def test_docker_compose_parses_the_stack(profile: str | None) -> None:
+    resolved = compose_config(*(["--profile", profile] if profile else []))
     always = {
         "broker-init", "mosquitto", "gateway", "agent-1", "agent-2", "config-pusher",
         "otel-collector", "tempo-init", "tempo", "prometheus", "grafana",
@@ -192,11 +212,72 @@ def test_docker_compose_parses_the_stack(profile: str | None) -> None:
     assert main == always
     original = {n for n, s in resolved["services"].items() if s.get("profiles") == ["original"]}
     assert original == {"simulator", "simulator-broker"}
+    scale = {n for n, s in resolved["services"].items() if s.get("profiles") == ["scale"]}
+    assert scale == {"simulate"}
     # Both images are built from this checkout, the rest pulled.
     builds = {
         name: s["build"]["dockerfile"] for name, s in resolved["services"].items() if "build" in s
     }
     assert set(builds.values()) == {"Dockerfile", "Dockerfile.agent"}
+
+
+def test_the_scale_profiles_replicas_play_one_fleet_of_ids_of_its_own() -> None:
+    """`--scale simulate=N`: alike replicas (no host port, no fixed name) that claim their
+    shares of one fleet on the stack's broker with the identity broker-init writes for them;
+    a fleet whose ids are neither the gateway's engine fleet's nor the manifest's."""
+    everyone = services()
+    simulate = everyone["simulate"]
+    assert "ports" not in simulate
+    assert not {"container_name", "hostname"} & set(simulate)
+    resolved = compose_config("--profile", "scale")["services"]["simulate"]
+    program = resolved["entrypoint"][resolved["entrypoint"].index("--") + 1 :]
+    assert program == ["edgetwin", "simulate"]
+    args = _parser().parse_args([*program[1:], *resolved["command"]])
+    assert (args.shard, args.devices, args.virtual) == ("auto/3", 3000, False)
+    assert args.run is None  # the scenario file's name: every replica the same
+    assert resolved["entrypoint"][1] == "/var/lib/edgetwin/broker/credentials/simulate.env"
+    assert mounts(simulate)["/var/lib/edgetwin"] == "secrets"
+    grown = compose_config("--profile", "scale", SIMULATE_SHARDS="5", SIMULATE_DEVICES="50")
+    assert grown["services"]["simulate"]["command"][1:6] == [
+        "/etc/edgetwin/scale.toml", "--devices", "50", "--shard", "auto/5",
+    ]  # fmt: skip
+    # The stack's broker, on its listener.
+    host, port = host_port(args.broker)
+    assert resolves(host, "simulate") == "mosquitto"
+    listener = mounted_file(everyone["mosquitto"], "/mosquitto/config/mosquitto.conf")
+    assert port == mosquitto_listener(listener)
+    # Ids of its own beside the gateway's engine fleet and manifest on the same prefix.
+    fleet = set(scenario_for(mounted_file(simulate, str(args.scenario)), args.devices).device_ids())
+    gateway_config = toml(mounted_file(everyone["gateway"], "/etc/edgetwin/gateway.toml"))
+    engine_fleet = set(default_scenario(gateway_config["engine"]["start_devices"]).device_ids())
+    manifest = {device["id"] for device in gateway_config["devices"]}
+    assert len(fleet) == 3000
+    assert not fleet & (engine_fleet | manifest)
+    assert args.prefix is None
+    assert gateway_config["mqtt"]["prefix"] == "edgetwin"  # the ACL's, simulate's default
+    # The engine's figures: the health check and Prometheus ask the port they are served on.
+    assert (args.metrics_host, args.metrics_port) == ("0.0.0.0", 9102)
+    assert f"127.0.0.1:{args.metrics_port}/metrics" in " ".join(simulate["healthcheck"]["test"])
+
+
+def test_the_gateway_scales_to_three_replicas_each_with_its_own_id_and_port() -> None:
+    """`--scale gateway=3`: a host port each, and an id each from its container's host name
+    (nothing in compose.yaml or the file names one, which replicas would then share)."""
+    everyone = services()
+    gateway = everyone["gateway"]
+    (published,) = gateway["ports"]
+    first, last, container = re.fullmatch(r"(\d+)-(\d+):(\d+)", published).groups()  # type: ignore[union-attr]
+    assert int(last) - int(first) + 1 == 3
+    config = toml(mounted_file(gateway, "/etc/edgetwin/gateway.toml"))
+    assert int(container) == config["server"]["port"]
+    assert not {"container_name", "hostname"} & set(gateway)
+    assert "EDGETWIN_GATEWAY_ID" not in gateway.get("environment", {})
+    assert "id" not in config.get("gateway", {})
+    container_id = "3f9a0c21d7be"  # a container's host name: the first 12 hex digits of its id
+    assert GatewayConfig.from_builtins({}).gateway.gateway_id(container_id) == container_id
+    # Clients reach any replica by the service's name.
+    pusher = everyone["config-pusher"]["environment"]["GATEWAY_URL"]
+    assert resolves(host_port(pusher)[0], "config-pusher") == "gateway"
 
 
 def test_every_file_the_stack_mounts_exists() -> None:
@@ -569,11 +650,19 @@ def env_file(path: Path) -> dict[str, str]:
     )
 
 
-def as_compose_runs(service: str, paths: dict[str, Path]) -> list[str]:
-    """The service's entrypoint and command from compose.yaml, container paths mapped to
-    local ones (longest first)."""
+def interpolate(word: str, variables: dict[str, str]) -> str:
+    """`${NAME:-default}` as Compose fills it in: the variable's value, else the default."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: variables.get(m[1]) or m[2], word)
+
+
+def as_compose_runs(
+    service: str, paths: dict[str, Path], variables: dict[str, str] | None = None
+) -> list[str]:
+    """The service's entrypoint and command from compose.yaml, variables filled in (Compose
+    reads them from the environment of `docker compose`), container paths mapped to local
+    ones (longest first)."""
     spec = services()[service]
-    words = [*spec["entrypoint"], *spec["command"]]
+    words = [interpolate(w, variables or {}) for w in [*spec["entrypoint"], *spec["command"]]]
     mapped = []
     for word in words:
         for container in sorted(paths, key=len, reverse=True):
@@ -605,6 +694,75 @@ def gateway_metric(url: str, name: str) -> dict[str, float]:
     return {m[1] or "": float(m[2]) for m in re.finditer(pattern, text, re.MULTILINE)}
 
 
+class StackBroker:
+    """The stack's broker on loopback as compose.yaml starts it: broker-init.sh's files in a
+    real mosquitto with the shipped mosquitto.conf; and the processes a test starts beside it,
+    every one killed at the end if it still runs. One log for all."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.secrets = tmp_path / "secrets"
+        self.secrets.mkdir(mode=0o700)
+        self.env = {
+            **os.environ,
+            "PATH": BIN + os.pathsep + os.environ["PATH"],
+            "EDGETWIN_SECRETS_DIR": str(self.secrets),
+            "EDGETWIN_GATEWAY_CONFIG": str(DEPLOY / "edgetwin" / "gateway.toml"),
+        }
+        self.port = free_port()
+        self.log = (tmp_path / "stack.log").open("wb")
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def init(self) -> None:
+        """broker-init, as the one-shot service runs it at each start of the stack."""
+        init = ["sh", str(DEPLOY / "edgetwin" / "broker-init.sh")]
+        subprocess.run(init, env=self.env, check=True, capture_output=True)
+
+    def __enter__(self) -> StackBroker:
+        mosquitto = need("mosquitto")
+        self.init()
+        conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
+        conf = conf.replace("/mosquitto/secrets", str(self.secrets)).replace(
+            "listener 1883", f"listener {self.port} 127.0.0.1"
+        )
+        if os.geteuid() == 0:
+            # Started as root, mosquitto switches to user `mosquitto`, who cannot read the
+            # 0600 password file; compose.yaml runs it as the files' owner, and so does this.
+            conf += "user root\n"
+        (self.tmp_path / "mosquitto.conf").write_text(conf)
+        try:
+            self.start([mosquitto, "-c", str(self.tmp_path / "mosquitto.conf")])
+            poll(lambda: _accepts(self.port), 10, what="mosquitto listening")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        self.log.close()
+
+    def start(self, args: list[str], **extra: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            args, env={**self.env, **extra}, stdout=self.log, stderr=self.log
+        )
+        self.processes.append(process)
+        return process
+
+    def identity(self, name: str) -> MqttEndpoint:
+        """An endpoint with the credentials broker-init wrote in `credentials/{name}.env`."""
+        env = env_file(self.secrets / "broker" / "credentials" / f"{name}.env")
+        return MqttEndpoint(
+            "127.0.0.1",
+            self.port,
+            username=env["EDGETWIN_MQTT_USERNAME"],
+            password=env["EDGETWIN_MQTT_PASSWORD"],
+        )
+
+
 @pytest.mark.integration
 def test_the_stacks_broker_gateway_and_flapping_agent_run_as_compose_runs_them(
     tmp_path: Path,
@@ -614,50 +772,20 @@ def test_the_stacks_broker_gateway_and_flapping_agent_run_as_compose_runs_them(
     credentials; flap.sh stopping and starting the agent), on loopback. Every identity logs
     in under the ACL, agent-2's pauses are counted as hand-overs both ways, and flap.sh stops
     on SIGTERM with status 0."""
-    mosquitto = need("mosquitto")
-    secrets = tmp_path / "secrets"
-    secrets.mkdir(mode=0o700)
-    env = {
-        **os.environ,
-        "PATH": BIN + os.pathsep + os.environ["PATH"],
-        "EDGETWIN_SECRETS_DIR": str(secrets),
-        "EDGETWIN_GATEWAY_CONFIG": str(DEPLOY / "edgetwin" / "gateway.toml"),
-    }
-    init = ["sh", str(DEPLOY / "edgetwin" / "broker-init.sh")]
-    subprocess.run(init, env=env, check=True, capture_output=True)
-    first = {p.name: p.read_text() for p in secrets.rglob("*.env")}
-    subprocess.run(init, env=env, check=True, capture_output=True)  # a restart of the stack
-    assert {p.name: p.read_text() for p in secrets.rglob("*.env")} == first, "passwords changed"
-    assert set(first) == {
-        "api.env",
-        "gateway.env",
-        "reader.env",
-        "greenhouse-01.env",
-        "greenhouse-02.env",
-    }
-
-    port = free_port()
-    conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
-    conf = conf.replace("/mosquitto/secrets", str(secrets)).replace(
-        "listener 1883", f"listener {port} 127.0.0.1"
-    )
-    if os.geteuid() == 0:
-        # Started as root, mosquitto switches to user `mosquitto`, who cannot read the 0600
-        # password file; compose.yaml runs it as the files' owner, and so does this.
-        conf += "user root\n"
-    (tmp_path / "mosquitto.conf").write_text(conf)
-    log = (tmp_path / "stack.log").open("wb")
-    processes: list[subprocess.Popen[bytes]] = []
-
-    def start(args: list[str], **extra: str) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(args, env={**env, **extra}, stdout=log, stderr=log)
-        processes.append(process)
-        return process
-
-    try:
-        start([mosquitto, "-c", str(tmp_path / "mosquitto.conf")])
-        poll(lambda: _accepts(port), 10, what="mosquitto listening")
-
+    with StackBroker(tmp_path) as stack:
+        secrets = stack.secrets
+        first = {p.name: p.read_text() for p in secrets.rglob("*.env")}
+        stack.init()  # a restart of the stack
+        assert {p.name: p.read_text() for p in secrets.rglob("*.env")} == first, "passwords changed"
+        assert set(first) == {
+            "api.env",
+            "gateway.env",
+            "simulate.env",
+            "reader.env",
+            "greenhouse-01.env",
+            "greenhouse-02.env",
+        }
+        port = stack.port
         api_port = free_port()
         gateway_config = local(toml(DEPLOY / "edgetwin" / "gateway.toml"), port)
         gateway_config["server"] = {"host": "127.0.0.1", "port": api_port}
@@ -679,23 +807,16 @@ def test_the_stacks_broker_gateway_and_flapping_agent_run_as_compose_runs_them(
             "/etc/edgetwin/gateway.toml": tmp_path / "gateway.toml",
             "/etc/edgetwin/agent.toml": tmp_path / "agent.toml",
         }
-        gateway = start(as_compose_runs("gateway", paths))
+        gateway = stack.start(as_compose_runs("gateway", paths))
         url = f"http://127.0.0.1:{api_port}"
         poll(lambda: _healthy(url), 20, 0.1, what="gateway /health 200 (logged in to mosquitto)")
-        reader = env_file(secrets / "broker" / "credentials" / "reader.env")
-        endpoint = MqttEndpoint(
-            "127.0.0.1",
-            port,
-            username=reader["EDGETWIN_MQTT_USERNAME"],
-            password=reader["EDGETWIN_MQTT_PASSWORD"],
-        )
-        with Capture(endpoint, "edgetwin/+/telemetry/+") as seen:
+        with Capture(stack.identity("reader"), "edgetwin/+/telemetry/+") as seen:
             # Before any agent: both manifest devices taken up by the simulation, which is
             # not a hand-over (nobody served them before).
             seen.wait_for("edgetwin/greenhouse-02/telemetry/env", timeout=15)
             handovers = gateway_metric(url, "edgetwin_handovers_total")
             assert handovers == {'{to="simulation"}': 0, '{to="agent"}': 0}
-            flapping = start(as_compose_runs("agent-2", paths), FLAP_UP="3", FLAP_DOWN="2")
+            flapping = stack.start(as_compose_runs("agent-2", paths), FLAP_UP="3", FLAP_DOWN="2")
             # The agent's own identity, the gateway's stand-ins and the engine's fleet: each
             # allowed to write what it writes.
             emulated = lambda m: b'"emulated"' in m.payload  # noqa: E731
@@ -712,12 +833,59 @@ def test_the_stacks_broker_gateway_and_flapping_agent_run_as_compose_runs_them(
         assert flapping.poll() is None, "flap.sh ended by itself"
         assert stop_process(flapping, timeout=15)[0] == 0
         assert stop_process(gateway, timeout=15)[0] == 0
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        log.close()
+
+
+@pytest.mark.integration
+def test_the_scale_profiles_replicas_split_one_fleet_as_compose_runs_them(tmp_path: Path) -> None:
+    """`docker compose --profile scale up --scale simulate=3`, without Docker: three
+    `simulate` replicas started by compose.yaml's own entrypoint and command (with-env.sh
+    loading broker-init's simulate.env) on the stack's broker with its ACL. They claim three
+    shares and together publish the scale fleet, every device once; a fourth is refused."""
+    variables = {"SIMULATE_DEVICES": "30"}
+    scenario = mounted_file(services()["simulate"], "/etc/edgetwin/scale.toml")
+    expected = set(scenario_for(scenario, 30).device_ids())
+    with StackBroker(tmp_path) as stack:
+        paths = {
+            "/opt/edgetwin-deploy": DEPLOY / "edgetwin",
+            "/var/lib/edgetwin": stack.secrets,
+            "/etc/edgetwin/scale.toml": scenario,
+        }
+
+        def replica() -> list[str]:
+            # On one host, not one container each: the broker's loopback port, and a metrics
+            # port each.
+            args = as_compose_runs("simulate", paths, variables)
+            args[args.index("--broker") + 1] = f"mqtt://127.0.0.1:{stack.port}"
+            args[args.index("--metrics-port") + 1] = str(free_port())
+            return args
+
+        with Capture(stack.identity("reader"), "edgetwin/+/telemetry/+") as seen:
+            replicas = [stack.start(replica()) for _ in range(3)]
+
+            def every_device_seen() -> bool:
+                devices = {Telemetry.decode(m.payload).device for m in seen.messages()}
+                assert devices <= expected, devices - expected
+                return devices == expected
+
+            poll(every_device_seen, 30, 0.1, what="the scale fleet from three replicas")
+            readings = [Telemetry.decode(m.payload) for m in seen.messages()]
+            numbered = [(r.device, r.sensor, r.seq) for r in readings]
+            assert len(numbered) == len(set(numbered)), "a stream played twice"
+        fourth = subprocess.run(
+            replica(), env=stack.env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert fourth.returncode == 1, fourth.stderr
+        assert "all 3 shards of run 'scale' are claimed: scale to at most 3 replicas" in (
+            fourth.stderr
+        )
+        for process in replicas:
+            assert stop_process(process, timeout=15)[0] == 0
+    claims = (tmp_path / "stack.log").read_text(errors="replace")
+    assert sorted(re.findall(r"run 'scale': claimed shard (\d)/3, 10 of 30 devices", claims)) == [
+        "0",
+        "1",
+        "2",
+    ]
 
 
 def _accepts(port: int) -> bool:

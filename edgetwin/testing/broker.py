@@ -57,6 +57,7 @@ from edgetwin.gateway.acl import (
     ENGINE_USER,
     GATEWAY_USER,
     READER_USER,
+    SIMULATE_USER,
     password_line,
     read_identities,
     write_broker_files,
@@ -698,6 +699,12 @@ class Broker:
         return self.endpoint_for(ENGINE_USER) if self._acl_dir is not None else self.endpoint
 
     @property
+    def simulate_endpoint(self) -> MqttEndpoint:
+        """The identity of simulation replicas (edgetwin.simulate: simulated readings, labels,
+        shard leases) with an ACL, else `endpoint`."""
+        return self.endpoint_for(SIMULATE_USER) if self._acl_dir is not None else self.endpoint
+
+    @property
     def reader_endpoint(self) -> MqttEndpoint:
         """A read-only identity (edgetwin.reader) with an ACL, else `endpoint`."""
         return self.endpoint_for(READER_USER) if self._acl_dir is not None else self.endpoint
@@ -843,7 +850,8 @@ def start_broker(
       first name (which must be among its clients).
     - `acl_devices`: device ids for the ACL and passwords of `edgetwin broker-acl` (under
       `topics`, default prefix edgetwin): each device may write only its own topics;
-      `device_endpoint(id)`, `gateway_endpoint`, `engine_endpoint`, `reader_endpoint`.
+      `device_endpoint(id)`, `gateway_endpoint`, `engine_endpoint`,
+      `simulate_endpoint`, `reader_endpoint`.
     - `workdir`: where the variant's files go (kept); default a temp dir removed by `close()`.
 
     Raises `BrokerUnavailable` with the reason when this machine cannot run what is asked.

@@ -68,11 +68,13 @@ def run_realtime(
     payload: Literal["edgetwin", "flat"],
     quiet: bool = False,
     metrics: tuple[str, int] | None = None,
+    stop: threading.Event | None = None,
 ) -> int:
-    """Run until `seconds` have passed (None: until SIGINT or SIGTERM); the exit code. With
-    `metrics` (host, port), the engine's Prometheus figures are served there while it runs:
-    the same `edgetwin_engine_*` families as the gateway's, and the process's; an
-    orchestrator's probes and a Prometheus scrape of a replica both use them."""
+    """Run until `seconds` have passed (None: until SIGINT or SIGTERM, or until the caller
+    sets `stop`); the exit code. With `metrics` (host, port), the engine's Prometheus figures
+    are served there while it runs: the same `edgetwin_engine_*` families as the gateway's,
+    and the process's; an orchestrator's probes and a Prometheus scrape of a replica both use
+    them."""
     error = probe(endpoint)
     if error is not None:
         print(f"edgetwin simulate: {error}", file=sys.stderr)
@@ -93,10 +95,10 @@ def run_realtime(
                 f"edgetwin simulate: metrics on {metrics[0]}:{metrics[1]}: {exc}", file=sys.stderr
             )
             return 2
-    stop = threading.Event()
+    stopping = threading.Event() if stop is None else stop
 
     def on_signal(_number: int, _frame: FrameType | None) -> None:
-        stop.set()
+        stopping.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -107,11 +109,11 @@ def run_realtime(
             return 1
         started = time.monotonic()
         deadline = None if seconds is None else started + seconds
-        while not stop.is_set():
+        while not stopping.is_set():
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 break
-            stop.wait(REPORT_EVERY if left is None else min(REPORT_EVERY, left))
+            stopping.wait(REPORT_EVERY if left is None else min(REPORT_EVERY, left))
             if not quiet:
                 print(status_line(engine.refresh()), file=sys.stderr)
         running = engine.refresh()

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Final, Literal
 
 import msgspec
 
-from edgetwin.agent.contract import ContractError, check_id
+from edgetwin.agent.contract import MAX_SHARDS, ContractError, check_id
 from edgetwin.hardware.quantities import PHYSICAL_LIMITS, UNITS, VOCABULARY
 from edgetwin.hardware.recordings import read_columns
 
@@ -401,7 +401,7 @@ class Shard(_Spec, frozen=True, kw_only=True):
     their indices in the whole fleet (consecutive runs: shard order is stream order)."""
 
     index: Annotated[int, msgspec.Meta(ge=0)]
-    count: Annotated[int, msgspec.Meta(ge=1, le=100_000)]
+    count: Annotated[int, msgspec.Meta(ge=1, le=MAX_SHARDS)]
 
     def __post_init__(self) -> None:
         if self.index >= self.count:
@@ -422,10 +422,29 @@ class Shard(_Spec, frozen=True, kw_only=True):
         return end - first
 
 
+@dataclass(frozen=True, slots=True)
+class AutoShard:
+    """`auto/N`: one of N alike replicas, which an orchestrator does not number (Compose's
+    `--scale`), each claiming the lowest shard no other holds through leases on the broker
+    (gateway/scenario/claims.py)."""
+
+    count: int
+
+    def __str__(self) -> str:
+        return f"auto/{self.count}"
+
+
+_AUTO_SHARD: Final = re.compile(r"\s*auto\s*/\s*(\d+)\s*")
+
+
 def parse_shard(text: str) -> Shard:
     """`K/N`, the K-th (from 0) of N replicas."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if match is None:
+        if _AUTO_SHARD.fullmatch(text):
+            raise ScenarioError(
+                f"shard {text!r}: only `edgetwin simulate` claims its shard (auto/N); here give K/N"
+            )
         raise ScenarioError(f"shard: K/N (the K-th of N replicas, from 0), not {text!r}")
     try:
         return Shard(index=int(match[1]), count=int(match[2]))
@@ -433,12 +452,23 @@ def parse_shard(text: str) -> Shard:
         raise ScenarioError(f"shard {text!r}: {exc}") from None
 
 
-def shard_from_environment(environ: Mapping[str, str], hostname: str) -> Shard | None:
-    """The replica's shard from its orchestrator: `EDGETWIN_SHARD=K/N`, or
+def parse_shard_request(text: str) -> Shard | AutoShard:
+    """`K/N`, or `auto/N` for a replica that claims its shard when it starts."""
+    match = _AUTO_SHARD.fullmatch(text)
+    if match is None:
+        return parse_shard(text)
+    count = int(match[1])
+    if not 1 <= count <= MAX_SHARDS:
+        raise ScenarioError(f"shard {text!r}: N is 1..{MAX_SHARDS}")
+    return AutoShard(count)
+
+
+def shard_from_environment(environ: Mapping[str, str], hostname: str) -> Shard | AutoShard | None:
+    """The replica's shard from its orchestrator: `EDGETWIN_SHARD=K/N` (or `auto/N`), or
     `EDGETWIN_SHARD_COUNT=N` with K the ordinal a Kubernetes StatefulSet ends its pods' host
     names with (`sim-2` is 2); None when neither is set."""
     if text := environ.get("EDGETWIN_SHARD"):
-        return parse_shard(text)
+        return parse_shard_request(text)
     if count := environ.get("EDGETWIN_SHARD_COUNT"):
         ordinal = re.search(r"-(\d+)$", hostname)
         if ordinal is None:
