@@ -603,6 +603,8 @@ class CommandResponse(_Payload, frozen=True):
             raise ValueError("a rejected or failed answer carries its reason, an ok one none")
         if self.result is not None:
             _check_result(self.result)
+
+
 MAX_SHARDS: Final = 100_000
 RunName = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
 
