@@ -343,10 +343,12 @@ class AppliedOutput(Struct, frozen=True, omit_defaults=True):
     None when the output could not be opened. `reason` says why it is not the desired value:
     "safe: shutdown", "safe: crash recovery", "safe: broker away 30 s" (held at its safe value),
     "unavailable: ..." (the hardware refused); absent when it is the desired value.
+    `backend` is "simulated" for an output of a device the gateway plays while its agent is
+    away (gateway/simulated.py).
     """
 
     value: Float | None
-    backend: Literal["real", "emulated"] | None = None
+    backend: Literal["real", "emulated", "simulated"] | None = None
     reason: OutputReason | None = None
 
 

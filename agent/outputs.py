@@ -66,7 +66,7 @@ class Hold(IntEnum):
 Backends = Callable[[SensorBackend], Sequence[EmulatedBackend | RealBackend]]
 
 
-def _placement(settings: OutputSettings) -> OutputSettings:
+def without_value(settings: OutputSettings) -> OutputSettings:
     """What must stay the same for a running output to be kept open: all but its value."""
     return msgspec.structs.replace(settings, value=0.0)
 
@@ -146,7 +146,7 @@ class OutputBank:
         for name in list(self.slots):
             wanted = outputs.get(name)
             slot = self.slots[name]
-            if wanted is None or _placement(wanted) != _placement(slot.settings):
+            if wanted is None or without_value(wanted) != without_value(slot.settings):
                 del self.slots[name]
                 if not slot.close():
                     self._left_unsafe = True

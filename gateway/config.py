@@ -54,11 +54,14 @@ from edgetwin.agent.contract import (
 from edgetwin.gateway.engine.interface import PayloadKind
 from edgetwin.gateway.engine.settings import EngineSettings
 from edgetwin.gateway.scenario.model import (
+    ResponseSpec,
     ScenarioError,
     Shard,
     parse_shard,
     shard_from_environment,
 )
+from edgetwin.hardware import HardwareError
+from edgetwin.hardware.registry import reading_quantities
 
 
 def default_sensors(interval: float = 5.0) -> dict[str, SensorSettings]:
@@ -320,6 +323,33 @@ class ManifestDevice(Section, frozen=True):
     # The twin document carries these on the wire: the contract's limits apply from the start.
     site: Site | None = None
     labels: dict[LabelKey, LabelValue] = msgspec.field(default_factory=dict)
+    # How the simulated device's signals answer its outputs (a heater warms, a fan cools):
+    # `[[devices.responses]]`, played whenever the gateway simulates the sensor.
+    responses: Annotated[list[ResponseSpec], msgspec.Meta(max_length=64)] = msgspec.field(
+        default_factory=list
+    )
+
+    def __post_init__(self) -> None:
+        seen: set[tuple[str, str]] = set()
+        for response in self.responses:
+            where = f"device {self.id!r}: response of {response.sensor}.{response.quantity}"
+            key = (response.sensor, response.quantity)
+            if key in seen:
+                raise ValueError(f"{where} is declared twice")
+            seen.add(key)
+            settings = self.sensors.get(response.sensor)
+            if settings is None:
+                raise ValueError(f"{where}: no sensor {response.sensor!r} in the device")
+            try:
+                names = [q.name for q in reading_quantities(settings.driver, settings.options)]
+            except HardwareError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+            if response.quantity not in names:
+                raise ValueError(f"{where}: sensor {response.sensor!r} reads {names}")
+
+    def response_of(self, sensor: str) -> dict[str, ResponseSpec]:
+        """The declared responses of `sensor`'s quantities, by quantity."""
+        return {r.quantity: r for r in self.responses if r.sensor == sensor}
 
 
 class PresenceSection(Section, frozen=True):

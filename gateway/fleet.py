@@ -29,6 +29,7 @@ from edgetwin.agent.contract import (
 )
 from edgetwin.gateway.config import ManifestDevice
 from edgetwin.gateway.history import History
+from edgetwin.gateway.scenario.model import ResponseSpec
 
 
 class PresenceState(StrEnum):
@@ -84,6 +85,8 @@ class DeviceTwin:
     manifest_sensors: dict[str, SensorSettings] = field(default_factory=dict)
     site: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    responses: tuple[ResponseSpec, ...] = ()
+    """How the device's simulated signals answer its outputs (its manifest entry's)."""
     presence: PresenceState = PresenceState.UNKNOWN
     boot: int | None = None
     session: str | None = None
@@ -193,7 +196,10 @@ class Fleet:
         """Counts changes of which devices there are, or of what a filter looks at (site,
         labels): the live feed sends fresh pages when it moves."""
         self._devices: dict[str, DeviceTwin] = {
-            d.id: DeviceTwin(d.id, True, dict(d.sensors), d.site, dict(d.labels)) for d in manifest
+            d.id: DeviceTwin(
+                d.id, True, dict(d.sensors), d.site, dict(d.labels), tuple(d.responses)
+            )
+            for d in manifest
         }
         self._listeners: list[PresenceListener] = []
         # Devices removed through this gateway: a twin document of theirs still in flight must
@@ -252,6 +258,7 @@ class Fleet:
             twin.manifest_sensors = dict(device.sensors)
             twin.site = device.site
             twin.labels = dict(device.labels)
+            twin.responses = tuple(device.responses)
             self.membership += 1
         self._notify(twin)
         return twin

@@ -62,6 +62,7 @@ from edgetwin.gateway.lograte import LogLimiter
 from edgetwin.gateway.membership import Membership, MembershipChange
 from edgetwin.gateway.metrics import GatewayMetrics
 from edgetwin.gateway.ownership import Decision, Ownership, PlayedStreams
+from edgetwin.gateway.simulated import LastReading, SimulatedDevices
 from edgetwin.gateway.standins import StandIns
 from edgetwin.gateway.twin_index import TwinIndexKeeper
 from edgetwin.hardware.quantities import UNITS
@@ -157,6 +158,16 @@ class GatewayService:
             payload=config.mqtt.payload,
             signals=self.learning.signals_for,
         )
+        # What else a device this gateway plays does as its agent would: apply the desired
+        # outputs (the signals that answer them follow) and answer commands.
+        self.simulated = SimulatedDevices(
+            self.link,
+            self.topics,
+            gateway_id=self.gateway_id,
+            drive=self.standins.drive,
+            last_reading=self._last_reading,
+            played_sensors=lambda device: sorted(self.standins.simulated_streams(device)),
+        )
         # The whole fleet's simulated streams, this gateway's and the others' (for the API).
         self.played = PlayedStreams(self.standins, self.ownership)
         metrics.count_simulated(lambda: self.standins.stats().sent)
@@ -231,6 +242,7 @@ class GatewayService:
         # answer with their births (`_on_membership`); its own are no news (no-local).
         self.link.subscribe([topics.rebirth()], qos=1, no_local=True)
         self.commands.start()
+        self.simulated.start()
         # Agents' readings tell us their last seq, so a simulation that takes over a stream
         # continues its numbering. Only the twin's devices are watched: the engine's fleet on
         # the same topics would otherwise flow through this process, a core's work at 50,000
@@ -268,6 +280,7 @@ class GatewayService:
         if self.link.connected and len(self.ownership.live) > 1:
             self._release_all()
         self.standins.stop()
+        self.simulated.stop()
         # After the stand-ins stopped: when other gateways take this one's devices on, it no
         # longer writes them. A clean DISCONNECT has the broker drop the will, so the offline
         # lease is published here.
@@ -469,6 +482,8 @@ class GatewayService:
                 self._on_twin(parsed, message)
             elif parsed.kind == "response":
                 self.commands.on_response(parsed, message)
+            elif parsed.kind == "command":
+                self.simulated.receive(parsed, message)
         except (ContractError, ValueError, RecursionError) as exc:
             # ValueError, RecursionError: the lenient JSON reads (`_is_flat`) of any payload.
             if message.topic.endswith("/status"):
@@ -678,7 +693,16 @@ class GatewayService:
                 },
             )
             seqs = self._seq_floor(twin.id)
-            self.standins.serve(twin.id, wanted, seqs)
+            self.standins.serve(twin.id, wanted, seqs, responses=twin.responses)
+            # The whole device played, its agent away: its outputs and commands too.
+            away = twin.presence is PresenceState.OFFLINE or (
+                twin.presence is PresenceState.UNKNOWN and self._grace_over.is_set()
+            )
+            self.simulated.update(
+                twin.id,
+                twin.desired,
+                plays=decision is Decision.SERVE and twin.in_manifest and away,
+            )
             # Every gateway keeps the hand-over log (any gateway's API shows it); the owner
             # alone counts them, so that a sum over gateways counts each once.
             self._note_serving(twin, missing, seqs, count=decision is Decision.SERVE)
@@ -693,6 +717,26 @@ class GatewayService:
                 )
             if decision is Decision.WAIT:
                 self._schedule_handoff_check()
+
+    def _last_reading(self, device: str, sensor: str) -> LastReading | None:
+        """The last reading the twin saw on `device`'s stream `sensor` (time and values), for
+        a played device's `read_sensor`; None before its first."""
+        twin = self.fleet.get(device)
+        view = None if twin is None else twin.streams.get(sensor)
+        if view is None or view.ts is None:
+            return None
+        return view.ts, dict(view.values)
+
+    def simulates(self, device: str) -> bool:
+        """Whether some gateway plays the whole of `device` now (its agent away, its streams
+        simulated): a command to it is answered by that gateway (gateway/simulated.py)."""
+        twin = self.fleet.get(device)
+        return (
+            twin is not None
+            and twin.in_manifest
+            and twin.presence is not PresenceState.ONLINE
+            and "simulation" in twin.serving.values()
+        )
 
     def _seq_floor(self, device: str) -> dict[str, int]:
         """Each stream's last seq: the highest of what this gateway saw on the stream and what
@@ -992,6 +1036,7 @@ class GatewayService:
         self.history.forget(device_id)
         self.duplicates.forget(device_id)
         self.ownership.forget(device_id)
+        self.standins.forget_outputs(device_id)
         return True
 
     def set_desired(

@@ -18,21 +18,30 @@ The twin learns the stand-ins' readings as it learns the agents': from the broke
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import msgspec
 
 from edgetwin.agent.contract import FlatReading, SensorSettings
-from edgetwin.gateway.engine.controller import EngineController, EngineStats
+from edgetwin.gateway.engine.controller import EngineController, EngineStateError, EngineStats
 from edgetwin.gateway.engine.interface import PayloadKind
 from edgetwin.gateway.scenario import PlacedFleet, PlacedStream
+from edgetwin.gateway.scenario.model import ResponseSpec
 from edgetwin.hardware import HardwareError
 from edgetwin.hardware.quantities import default_signal
 from edgetwin.hardware.registry import driver_info, reading_quantities
-from edgetwin.hardware.signals import LightRandom, SignalModel, derive_seed
+from edgetwin.hardware.signals import (
+    LightRandom,
+    SignalModel,
+    derive_seed,
+    response_parts,
+    with_term,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +60,12 @@ def standin_stream(
     seed: int,
     seq: int = 0,
     signals: SignalSource | None = None,
+    responses: Sequence[ResponseSpec] = (),
+    inputs: Mapping[str, float] | None = None,
 ) -> PlacedStream:
     """The engine stream standing in for `sensor` of `device`. Raises HardwareError when the
-    settings name a driver or options no real sensor could have."""
+    settings name a driver or options no real sensor could have. `responses`: the device's
+    declared answers to its outputs, whose outputs are at `inputs` now."""
     info = driver_info(settings.driver)
     quantities = reading_quantities(settings.driver, settings.options)
     stream_seed = derive_seed("simulation", seed, device, sensor)
@@ -67,6 +79,9 @@ def standin_stream(
                 derive_seed(stream_seed, quantity.name),
                 rng=LightRandom,
             )
+        for response in responses:
+            if response.sensor == sensor and response.quantity == quantity.name:
+                model = with_term(model, response.model(inputs))
         models.append(model)
     return PlacedStream(
         sensor=sensor,
@@ -101,6 +116,10 @@ class StandIns:
         self._seq: dict[tuple[str, str], int] = {}
         # Before `start`: what the engine is to play once it runs, by device and sensor.
         self._pending: dict[str, dict[str, PlacedStream]] | None = {}
+        # Closing the loop (gateway/simulated.py): how each device's signals answer its
+        # outputs, and the outputs' values now, which a stream that starts begins with.
+        self._responses: dict[str, tuple[ResponseSpec, ...]] = {}
+        self._inputs: dict[str, dict[str, float]] = {}
 
     def start(self, rate: float = 0.0) -> None:
         """Start the engine run the stand-ins are placed on. `rate`: readings a second if
@@ -194,8 +213,11 @@ class StandIns:
         device: str,
         sensors: Mapping[str, SensorSettings],
         seq_floor: Mapping[str, int] | None = None,
+        *,
+        responses: Sequence[ResponseSpec] = (),
     ) -> bool:
         """Play exactly `sensors` of `device` from now on; returns whether anything changed.
+        `responses`: how its signals answer its outputs (the values `drive` gave last).
 
         A stream that starts continues after max(its own last seq, `seq_floor`), its first
         reading due at once. A stream whose settings changed restarts with them. Streams not
@@ -204,6 +226,10 @@ class StandIns:
         floor = seq_floor or {}
         wanted = {name: s for name, s in sensors.items() if s.enabled}
         with self._lock:
+            if responses:
+                self._responses[device] = tuple(responses)
+            else:
+                self._responses.pop(device, None)
             current = self._playing.get(device, {})
             if current == wanted:
                 return False
@@ -236,6 +262,30 @@ class StandIns:
         if stopping:
             log.info("simulation stopped", extra={"device": device, "sensors": sorted(stopping)})
         return True
+
+    def drive(self, device: str, inputs: Mapping[str, float]) -> None:
+        """`device`'s outputs took `inputs` (output name -> value) now: its played signals
+        that answer them follow, and a stream started later begins with them."""
+        with self._lock:
+            self._inputs.setdefault(device, {}).update(inputs)
+            if device not in self._playing or device not in self._responses:
+                return
+            if self._pending is not None:
+                now = time.time()
+                for stream in self._pending.get(device, {}).values():
+                    for signal in stream.signals:
+                        for part in response_parts(signal):
+                            part.drive(inputs, now)
+                return
+            # Stopping: nothing plays the device any more.
+            with contextlib.suppress(EngineStateError):
+                self.engine.drive(device, inputs)
+
+    def forget_outputs(self, device: str) -> None:
+        """`device` left the manifest: its outputs' values go with it."""
+        with self._lock:
+            self._inputs.pop(device, None)
+            self._responses.pop(device, None)
 
     def stop_devices(self, devices: Iterable[str]) -> None:
         """Stop every stream of `devices` at once, their last seqs read back from the engine in
@@ -282,7 +332,14 @@ class StandIns:
             seq = max(self._seq.get(key, 0), floor.get(name, 0))
             try:
                 stream = standin_stream(
-                    device, name, settings, seed=self._seed, seq=seq, signals=self._signals
+                    device,
+                    name,
+                    settings,
+                    seed=self._seed,
+                    seq=seq,
+                    signals=self._signals,
+                    responses=self._responses.get(device, ()),
+                    inputs=self._inputs.get(device),
                 )
             except HardwareError as exc:
                 log.error(

@@ -27,7 +27,7 @@ import itertools
 import math
 import random
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -249,6 +249,96 @@ class Clamp:
         if math.isnan(value):
             return value
         return min(self.hi, max(self.lo, value))
+
+
+# -- answers to outputs ----------------------------------------------------------------------
+
+
+class FirstOrderResponse:
+    """What a device's outputs add to a signal: a first-order lag towards the sum of each
+    output's value times its gain. A heater relay (value 0 or 1, gain +6 °C) warms a room by
+    up to 6 °C, a fan at duty 0.5 with gain -4 cools it by 2; after `time_constant` seconds
+    the offset has covered 63 % of the way to that sum, after three of them 95 %.
+
+    A term of a `Sum` beside the signal the room has on its own (`with_term`). It starts at
+    zero offset: the room as its own signal has it, whatever the outputs are at that moment.
+    The offset is advanced exactly for inputs that hold between changes, whatever the spacing
+    of the samples, so it is the same sampled every second or every minute; `drive` takes the
+    change's time, and one that arrives for an instant already sampled takes effect from the
+    last sample on (time only goes forward).
+    """
+
+    __slots__ = ("_inputs", "_t", "gains", "offset", "time_constant")
+
+    def __init__(
+        self,
+        gains: Mapping[str, float],
+        time_constant: float,
+        inputs: Mapping[str, float] | None = None,
+    ) -> None:
+        if not time_constant > 0 or not math.isfinite(time_constant):
+            raise ValueError(f"a time constant must be finite and > 0, got {time_constant}")
+        self.gains = dict(gains)
+        self.time_constant = time_constant
+        self.offset = 0.0
+        given = inputs or {}
+        self._inputs = {name: float(given[name]) for name in self.gains if name in given}
+        self._t: float | None = None
+
+    def __repr__(self) -> str:
+        return f"FirstOrderResponse({self.gains!r}, {self.time_constant!r})"
+
+    @property
+    def inputs(self) -> dict[str, float]:
+        return dict(self._inputs)
+
+    def target(self) -> float:
+        """The offset the outputs lead to if they hold."""
+        return math.fsum(gain * self._inputs.get(name, 0.0) for name, gain in self.gains.items())
+
+    def _advance(self, t: float) -> None:
+        if self._t is None:
+            self._t = t
+            return
+        if t <= self._t:
+            return
+        target = self.target()
+        self.offset = target + (self.offset - target) * math.exp((self._t - t) / self.time_constant)
+        self._t = t
+
+    def drive(self, inputs: Mapping[str, float], at: float) -> None:
+        """The outputs changed at time `at`: the names this response has a gain for take
+        their new values; the others are not its business."""
+        self._advance(at)
+        for name, value in inputs.items():
+            if name in self.gains and math.isfinite(value):
+                self._inputs[name] = float(value)
+
+    def sample(self, t: float) -> float:
+        self._advance(t)
+        return self.offset
+
+
+def response_parts(model: SignalModel) -> list[FirstOrderResponse]:
+    """The parts of `model` that answer outputs (within its `Clamp` and `Sum`)."""
+    if isinstance(model, FirstOrderResponse):
+        return [model]
+    if isinstance(model, Clamp):
+        return response_parts(model.model)
+    if isinstance(model, Sum):
+        return [part for inner in model.models for part in response_parts(inner)]
+    return []
+
+
+def with_term(model: SignalModel, term: SignalModel) -> SignalModel:
+    """`model` plus `term`, keeping `model`'s clamp outermost: `Clamp(Sum(a, b))` becomes
+    `Clamp(Sum(a, b, term))`, so the engine's flattened sum (one list of parts, one clamp)
+    still sees every part."""
+    if isinstance(model, Clamp):
+        return Clamp(with_term(model.model, term), model.lo, model.hi)
+    if isinstance(model, Sum):
+        return Sum(*model.models, term)
+    return Sum(model, term)
 
 
 # -- random events ---------------------------------------------------------------------------

@@ -132,6 +132,8 @@ def test_the_acl_follows_prefix_and_telemetry_template() -> None:
         "topic write site/a/+/twin",
         "topic write site/a/+/config/desired",
         "topic write site/a/+/commands/+",
+        "topic write site/a/+/config/reported",
+        "topic write site/a/+/responses/+",
         "topic write site/a/rebirth",
         "topic write site/a/_index/+",
         "topic write site/a/_gateways/+",
@@ -358,7 +360,8 @@ def test_a_device_reads_only_its_own_desired_config_and_twin(
 @integration
 def test_commands_and_their_answers_go_only_where_they_must(acl_broker: Broker) -> None:
     """The gateway alone sends commands; a device reads only its own and answers only under
-    its own id, so no device can command another or forge another's answer."""
+    its own id, so no device can command another or forge another's answer. A gateway may
+    answer for any device: it answers for those it simulates (gateway/simulated.py)."""
     mine, theirs = TOPICS.command(DEVICE, "diagnostics"), TOPICS.command(OTHER, "diagnostics")
     answer, forged = TOPICS.response(DEVICE, "gw-a"), TOPICS.response(OTHER, "gw-a")
     with (
@@ -368,10 +371,10 @@ def test_commands_and_their_answers_go_only_where_they_must(acl_broker: Broker) 
         for who in (ENGINE_USER, READER_USER, OTHER):
             with client(acl_broker, who) as other:
                 assert other.publish(mine, b"{}") == NOT_AUTHORIZED, who
+                assert other.publish(answer, b"{}") == NOT_AUTHORIZED, who
         assert device.publish(theirs, b"{}") == NOT_AUTHORIZED
         assert device.publish(mine, b"{}") == NOT_AUTHORIZED  # not even to itself
         assert device.publish(forged, b"{}") == NOT_AUTHORIZED
-        assert gateway.publish(answer, b"{}") == NOT_AUTHORIZED  # answers are the device's
         assert gateway.publish(theirs, b"{}") == 0
         assert gateway.publish(mine, b"{}") == 0
         device.wait_for(mine)

@@ -235,7 +235,13 @@ def test_a_pulse_drives_the_agents_output_then_returns_it(broker: Broker, tmp_pa
             headers=AUTH,
         )
         assert put.status_code == 200, put.text
-        poll(lambda: "relay" in agent.outputs.report(), 10, what="relay applied")
+        # The slot is made before its output opens, on the agent's thread: wait for the open.
+        poll(
+            lambda: (slot := agent.outputs.slots.get("relay")) is not None
+            and slot.output is not None,
+            10,
+            what="relay open",
+        )
         driven = agent.outputs.slots["relay"].output
         assert driven is not None
         pin = emulator_for(backend, driven)
@@ -275,15 +281,40 @@ def test_many_commands_wait_at_once(broker: Broker, tmp_path: Path) -> None:
 # -- no answer, or a refusal ----------------------------------------------------------------------
 
 
-def test_a_device_without_agent_is_offline_at_once(broker: Broker, tmp_path: Path) -> None:
+def test_a_device_nobody_plays_is_offline_at_once(broker: Broker, tmp_path: Path) -> None:
+    """An agent outside the manifest that went offline: no agent to answer, and no gateway
+    simulates it (a manifest device without its agent is answered by the simulation:
+    tests/test_closed_loop.py)."""
+    gone = "pi-gone"
     with fleet(broker, tmp_path) as (api, _agent):
+        client = connect_client(broker)
+        try:
+            offline = Status(
+                device=gone,
+                state=Presence.OFFLINE,
+                ts=time.time(),
+                boot=1,
+                agent_version="gone",
+                reason="connection_lost",
+                session="0123456789abcdef",
+            )
+            client.publish(TOPICS.status(gone), offline.encode(), qos=1, retain=True)
+            poll(lambda: api.get(f"/devices/{gone}").status_code == 200, 10, what="device known")
+        finally:
+            disconnect_client(client)
         started = time.monotonic()
-        status, refusal = command(api, "diagnostics", device=ABSENT, timeout=30)
+        status, refusal = command(api, "diagnostics", device=gone, timeout=30)
         assert time.monotonic() - started < 5, "an offline device must not be waited for"
         assert status == 504
         assert refusal["reason"] == "offline"
-        assert "simulates it" in refusal["detail"]
-        assert presence(api, ABSENT) in ("unknown", "offline")
+        assert "no gateway simulates it" in refusal["detail"]
+        assert presence(api, gone) == "offline"
+        # The manifest's device without an agent is played by the gateway, and answers.
+        service = api.app.state.service  # type: ignore[attr-defined]
+        poll(lambda: service.simulates(ABSENT), 10, what="the absent device simulated")
+        status, answer = command(api, "diagnostics", device=ABSENT, timeout=5)
+        assert status == 200, answer
+        assert answer["result"]["simulated_by"] == service.gateway_id
 
 
 def test_a_device_that_never_answers_times_out(broker: Broker) -> None:

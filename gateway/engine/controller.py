@@ -20,7 +20,7 @@ import time
 import zlib
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import ForkServerContext, SpawnContext
@@ -432,6 +432,16 @@ class EngineController:
             self._cond.wait_for(lambda: token in handle.answers or handle.dead, timeout=1.0)
             answer: dict[str, int] | None = handle.answers.pop(token, None)
             return answer
+
+    def drive(self, device: str, inputs: Mapping[str, float]) -> None:
+        """`device`'s outputs took `inputs` (output name -> value) now: the parts of its placed
+        streams' signals that answer outputs follow (gateway/simulated.py closes the loop)."""
+        with self._lock:
+            if self._placed is None or self._state in ("stopped", "starting") or not self._workers:
+                raise EngineStateError(f"no placed run: the engine is {self._state}")
+            self._flush_batch()
+            handle = self._workers[zlib.crc32(device.encode()) % len(self._workers)]
+            handle.send(("drive", device, dict(inputs)))
 
     def hold_after(self, deadline: float) -> None:
         """Publish nothing after the monotonic time `deadline` until it is moved on (math.inf:

@@ -115,7 +115,7 @@ class Worker:
 
     # -- commands ---------------------------------------------------------------------------
 
-    def handle(self, command: tuple[Any, ...]) -> None:
+    def handle(self, command: tuple[Any, ...]) -> None:  # noqa: PLR0912 - a branch per command
         kind = command[0]
         if kind == "streams":
             self.set_streams(command[1], command[2])
@@ -141,6 +141,10 @@ class Worker:
             }
             if token is not None:
                 self.conn.send(("placed", (token, stopped)))
+        elif kind == "drive":
+            if self.placed is not None:
+                s_now = self.timeline.schedule_time(time.time()) if self.timeline else 0.0
+                self.placed.drive(command[1], command[2], s_now)
         elif kind == "stats":
             self.next_stats = 0.0
         elif kind == "stop":

@@ -2,8 +2,10 @@
 
 The answer is the device's own (`CommandResponse`): 200 when it ran, whether it succeeded
 (`ok`) or the hardware failed it (`failed`); 422 when the device rejected it, with its reason.
-A command that got no answer is a 504 with the reason: the device is offline (at once: its
-twin says no agent is connected, so nobody could answer), or it did not answer in time.
+A device the gateway simulates while its agent is away answers as its agent would
+(gateway/simulated.py). A command that got no answer is a 504 with the reason: the device is
+offline (at once: no agent is connected and no gateway simulates it, so nobody could answer),
+or it did not answer in time.
 """
 
 from __future__ import annotations
@@ -85,16 +87,14 @@ async def run_command(
             status.HTTP_501_NOT_IMPLEMENTED,
             'commands need MQTT 5 (response topic, correlation data): [mqtt] protocol = "5"',
         )
-    if twin.presence is not PresenceState.ONLINE:
-        # A device the gateway simulates has no agent to answer; simulated devices do not
-        # answer commands (yet), so it is offline to a command as well.
+    if twin.presence is not PresenceState.ONLINE and not service.simulates(device_id):
+        # Nobody could answer: no agent is connected, and no gateway plays the device.
         commands.count("offline")
-        simulated = " (the gateway simulates it; simulated devices do not answer commands)"
         return _refusal(
             status.HTTP_504_GATEWAY_TIMEOUT,
             "offline",
-            f"device {device_id!r} has no agent online (presence {twin.presence.value})"
-            + (simulated if twin.in_manifest else ""),
+            f"device {device_id!r} has no agent online (presence {twin.presence.value}) and "
+            "no gateway simulates it",
         )
     if not service.link.connected:
         commands.count("unavailable")

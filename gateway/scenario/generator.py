@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal, TypeVar
 
@@ -53,6 +53,7 @@ from edgetwin.hardware.signals import (
     DailyCycle,
     Drift,
     Dropouts,
+    FirstOrderResponse,
     LightRandom,
     Noise,
     RandomWalk,
@@ -773,6 +774,18 @@ class PlacedStreams(_Emitter):
         else:
             self._of_device.pop(device, None)
         return {name: seq for name, seq in stopped.items() if name not in started}
+
+    def drive(self, device: str, inputs: Mapping[str, float], at: float) -> int:
+        """`device`'s outputs took `inputs` (output name -> value) at schedule time `at`: every
+        part of its streams' signals that answers outputs (`FirstOrderResponse`) follows from
+        then on. Returns how many parts took them."""
+        driven = 0
+        for index in self._of_device.get(device, {}).values():
+            for leaf in self._states[index].leaves:
+                if isinstance(leaf, FirstOrderResponse):
+                    leaf.drive(inputs, at)
+                    driven += 1
+        return driven
 
     def _choose_flat(self, streams: dict[str, int]) -> None:
         """With flat payloads, one stream a device goes on the wire: its first placed one

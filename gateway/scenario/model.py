@@ -24,9 +24,16 @@ from typing import TYPE_CHECKING, Annotated, Final, Literal
 
 import msgspec
 
-from edgetwin.agent.contract import MAX_SHARDS, ContractError, check_id
+from edgetwin.agent.contract import (
+    MAX_SHARDS,
+    ContractError,
+    OutputName,
+    SensorName,
+    check_id,
+)
 from edgetwin.hardware.quantities import PHYSICAL_LIMITS, UNITS, VOCABULARY
 from edgetwin.hardware.recordings import read_columns
+from edgetwin.hardware.signals import FirstOrderResponse
 
 if TYPE_CHECKING:
     from edgetwin.agent.contract import Topics
@@ -145,6 +152,35 @@ class ReplayPart(_Part, tag="replay", frozen=True, kw_only=True):
 
 
 SignalPart = DefaultPart | ConstantPart | WalkPart | DailyPart | NoisePart | DriftPart | ReplayPart
+
+
+class ResponseSpec(_Spec, frozen=True, kw_only=True):
+    """How one simulated quantity answers its device's outputs, so that a device the gateway
+    simulates closes the loop: a first-order lag (`hardware.signals.FirstOrderResponse`) with
+    `time_constant` towards the sum of each output's value times its gain, added to the
+    quantity's own signal. `gains = { heater = 6.0, fan = -4.0 }`: the heater on warms the
+    room by up to 6 °C, the fan at full duty cools it by 4 °C."""
+
+    sensor: SensorName
+    quantity: QuantityName
+    time_constant: Duration
+    gains: Annotated[dict[OutputName, float], msgspec.Meta(min_length=1, max_length=16)]
+
+    def __post_init__(self) -> None:
+        if not self.seconds > 0:
+            raise ValueError(f"time_constant must be above 0 s, got {self.time_constant!r}")
+        for name, gain in self.gains.items():
+            if not math.isfinite(gain):
+                raise ValueError(f"gain of output {name!r} must be finite, got {gain}")
+
+    @property
+    def seconds(self) -> float:
+        """The time constant in seconds."""
+        return parse_duration(self.time_constant)
+
+    def model(self, inputs: Mapping[str, float] | None = None) -> FirstOrderResponse:
+        """A fresh response, its outputs at `inputs` (output name -> value) from the start."""
+        return FirstOrderResponse(self.gains, self.seconds, inputs)
 
 
 class SpikesSpec(_Spec, frozen=True, kw_only=True):
