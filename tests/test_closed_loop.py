@@ -340,8 +340,9 @@ def test_a_thermostat_rule_closes_the_loop_over_simulated_and_real_devices(
             desire(api, device, {"heater": HEATER})
         # The slot is made before its output opens, on the agent's thread: wait for the open.
         poll(
-            lambda: (slot := agent.outputs.slots.get("heater")) is not None
-            and slot.output is not None,
+            lambda: (
+                (slot := agent.outputs.slots.get("heater")) is not None and slot.output is not None
+            ),
             10,
             what="the agent's relay open",
         )

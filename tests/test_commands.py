@@ -237,8 +237,9 @@ def test_a_pulse_drives_the_agents_output_then_returns_it(broker: Broker, tmp_pa
         assert put.status_code == 200, put.text
         # The slot is made before its output opens, on the agent's thread: wait for the open.
         poll(
-            lambda: (slot := agent.outputs.slots.get("relay")) is not None
-            and slot.output is not None,
+            lambda: (
+                (slot := agent.outputs.slots.get("relay")) is not None and slot.output is not None
+            ),
             10,
             what="relay open",
         )
