@@ -21,7 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from edgetwin.agent.config import AgentConfig, AgentSection
-from edgetwin.agent.contract import ReportedConfig, Telemetry, Topics
+from edgetwin.agent.contract import AppliedOutput, ReportedConfig, Telemetry, Topics
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig, ManifestDevice
 from edgetwin.gateway.scenario.model import ResponseSpec
@@ -426,3 +426,82 @@ def test_a_pulse_on_a_simulated_heater_warms_the_room_and_ends_by_itself(broker:
             6 * TAU,
             what="the room cools once the pulse is over",
         )
+
+
+def test_a_device_whose_agent_leaves_is_played_with_its_outputs_and_handed_back(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """The agent drives its heater, then stops: the gateway plays the device from then on
+    (the heater as desired, reported `simulated`, commands answered by the simulation, the
+    room warmed by it), and the agent that comes back answers for itself again."""
+    agent_config = AgentConfig(
+        agent=AgentSection(device_id=REAL, state_dir=tmp_path, state_interval=0.5),
+        mqtt=agent_mqtt_settings(
+            broker, keepalive=2, reconnect_min_delay=0.1, reconnect_max_delay=0.5
+        ),
+        sensors={"env": bme280(INTERVAL)},
+    )
+    real = ManifestDevice(id=REAL, sensors={"env": bme280(INTERVAL)}, responses=[RESPONSE])
+
+    def presence() -> str:
+        return str(api.get(f"/devices/{REAL}").json()["presence"])
+
+    def last_report() -> ReportedConfig | None:
+        with seen.cond:
+            return seen.reported.get(REAL)
+
+    with (
+        EmulatedBackend() as backend,
+        watcher(broker) as seen,
+        TestClient(create_app(gateway_config(broker, [real]))) as api,
+    ):
+        with testing_agent.agent_thread(agent_config, emulated_backend=backend):
+            poll(lambda: presence() == "online", 10, what="agent online")
+            desire(api, REAL, {"heater": {**HEATER, "value": 1}})
+            poll(
+                lambda: (
+                    (r := last_report()) is not None
+                    and "heater" in r.outputs
+                    and r.outputs["heater"].backend == "emulated"
+                ),
+                10,
+                what="the agent's report",
+            )
+            status, answer = command(api, REAL, "diagnostics")
+            assert status == 200, answer
+            assert "boot" in answer["result"], "the agent's own answer"
+        poll(lambda: presence() == "offline", 10, what="agent gone")
+        def simulated_report() -> ReportedConfig | None:
+            report = last_report()
+            heater = None if report is None else report.outputs.get("heater")
+            return report if heater is not None and heater.backend == "simulated" else None
+
+        played = until(simulated_report, 10, what="the simulated device's report")
+        assert played.outputs["heater"].value == 1.0
+        assert played.applied_version == 1
+        status, answer = command(api, REAL, "diagnostics")
+        assert status == 200, answer
+        assert "simulated_by" in answer["result"]
+        # The heater the agent left on warms the simulated room.
+        taken_over = time.monotonic()
+        poll(lambda: len(seen.since(REAL, taken_over)) >= 2, 5, what="simulated readings")
+        start = seen.since(REAL, taken_over)[0]
+        poll(
+            lambda: seen.latest(REAL) > start + 0.5 * HEATER_GAIN,
+            3 * TAU + 2,
+            what="the heater warms the simulated room",
+        )
+
+        with testing_agent.agent_thread(agent_config, emulated_backend=backend):
+            poll(lambda: presence() == "online", 10, what="agent back")
+            poll(
+                lambda: (
+                    (r := last_report()) is not None
+                    and r.outputs.get("heater", AppliedOutput(None)).backend == "emulated"
+                ),
+                10,
+                what="the agent's own report again",
+            )
+            status, answer = command(api, REAL, "diagnostics")
+            assert status == 200, answer
+            assert "boot" in answer["result"], "answered by the agent, not the simulation"

@@ -143,8 +143,8 @@ class Worker:
                 self.conn.send(("placed", (token, stopped)))
         elif kind == "drive":
             if self.placed is not None:
-                s_now = self.timeline.schedule_time(time.time()) if self.timeline else 0.0
-                self.placed.drive(command[1], command[2], s_now)
+                # Signals are sampled at wall times (`run_due`): the change is one too.
+                self.placed.drive(command[1], command[2], time.time())
         elif kind == "stats":
             self.next_stats = 0.0
         elif kind == "stop":

@@ -776,7 +776,8 @@ class PlacedStreams(_Emitter):
         return {name: seq for name, seq in stopped.items() if name not in started}
 
     def drive(self, device: str, inputs: Mapping[str, float], at: float) -> int:
-        """`device`'s outputs took `inputs` (output name -> value) at schedule time `at`: every
+        """`device`'s outputs took `inputs` (output name -> value) at time `at` (the wall time
+        its signals are sampled on, as `emit` is called with): every
         part of its streams' signals that answers outputs (`FirstOrderResponse`) follows from
         then on. Returns how many parts took them."""
         driven = 0
