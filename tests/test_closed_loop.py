@@ -471,6 +471,7 @@ def test_a_device_whose_agent_leaves_is_played_with_its_outputs_and_handed_back(
             assert status == 200, answer
             assert "boot" in answer["result"], "the agent's own answer"
         poll(lambda: presence() == "offline", 10, what="agent gone")
+
         def simulated_report() -> ReportedConfig | None:
             report = last_report()
             heater = None if report is None else report.outputs.get("heater")
