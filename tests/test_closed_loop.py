@@ -506,3 +506,35 @@ def test_a_device_whose_agent_leaves_is_played_with_its_outputs_and_handed_back(
             status, answer = command(api, REAL, "diagnostics")
             assert status == 200, answer
             assert "boot" in answer["result"], "answered by the agent, not the simulation"
+
+
+def test_a_device_added_through_the_api_carries_its_responses(broker: Broker) -> None:
+    """`POST /devices` takes `responses` like the TOML manifest: refused with the reason when
+    they cannot be played (422, never a 500), played when they can."""
+    added = "room-added"
+    spec = msgspec.to_builtins(RESPONSE)
+    with watcher(broker) as seen, TestClient(create_app(gateway_config(broker, []))) as api:
+        bad = api.post(
+            "/devices",
+            json={"id": added, "responses": [{**spec, "quantity": "illuminance"}]},
+            headers=AUTH,
+        )
+        assert bad.status_code == 422, bad.text
+        assert "sensor 'env' reads" in bad.text
+        assert api.get(f"/devices/{added}").status_code == 404, "nothing was added"
+        good = api.post(
+            "/devices",
+            json={"id": added, "sensors": {"env": ENV}, "responses": [spec]},
+            headers=AUTH,
+        )
+        assert good.status_code == 201, good.text
+        poll(lambda: len(seen.readings.get(added, [])) >= 3, 10, what="the device simulated")
+        desire(api, added, {"heater": {**HEATER, "value": 1}})
+        switched = time.monotonic()
+        poll(lambda: len(seen.since(added, switched)) >= 1, 5, what="a reading after the switch")
+        before = seen.since(added, switched)[0]
+        poll(
+            lambda: seen.latest(added) > before + 0.5 * HEATER_GAIN,
+            3 * TAU + 2,
+            what="the heater warms the room added through the API",
+        )
