@@ -459,6 +459,7 @@ def test_outputs_are_shown_and_a_value_is_set_from_the_page(page: Page) -> None:
         what="the outputs as the agent applied them",
     )
     assert page.text(f"{lamp} .output-where") == "GPIO17"
+    assert page.text(f"{lamp} .output-applied") == "0 · emulated"
     assert page.js(f"document.querySelector('{lamp} input').type") == "checkbox"
     assert page.js(f"document.querySelector('{fan} input').value") == "0.2"
 
@@ -493,6 +494,33 @@ def test_outputs_are_shown_and_a_value_is_set_from_the_page(page: Page) -> None:
     current, sensors = desired(page.base, AGENT)
     cleared = httpx.put(
         f"{page.base}/devices/{AGENT}/desired",
+        json={"sensors": sensors, "outputs": {}},
+        headers={**AUTH, "If-Match": f'"{current}"'},
+        timeout=5,
+    )
+    assert cleared.status_code == 200, cleared.text
+
+
+def test_a_simulated_devices_outputs_are_applied_by_the_gateway(page: Page) -> None:
+    version, sensors = desired(page.base, SIMULATED)
+    relay = {"driver": "digital_output", "pin": 22, "value": 1, "backend": "emulated"}
+    answer = httpx.put(
+        f"{page.base}/devices/{SIMULATED}/desired",
+        json={"sensors": sensors, "outputs": {"relay": relay}},
+        headers={**AUTH, "If-Match": f'"{version}"'},
+        timeout=5,
+    )
+    assert answer.status_code == 200, answer.text
+    page.open_device(SIMULATED)
+    row = '#output-rows tr[data-output="relay"]'
+    page.wait(
+        f"document.querySelector('{row}')?.dataset.backend === 'simulated'",
+        what="the relay applied by the gateway that simulates the device",
+    )
+    assert page.text(f"{row} .output-applied") == "1 · simulated"
+    current, sensors = desired(page.base, SIMULATED)
+    cleared = httpx.put(
+        f"{page.base}/devices/{SIMULATED}/desired",
         json={"sensors": sensors, "outputs": {}},
         headers={**AUTH, "If-Match": f'"{current}"'},
         timeout=5,

@@ -730,7 +730,12 @@
       const applied = Object.hasOwn(reported, name) ? reported[name] : null;
       entry.cells.where.textContent = wanted ? outputWhere(wanted) : "—";
       entry.cells.desired.textContent = wanted ? outputValue(wanted.value) : "(not desired)";
-      entry.cells.applied.textContent = applied ? outputValue(applied.value) : "—";
+      // The backend says who applied it: an agent on real or emulated pins, or the gateway
+      // that simulates the device while its agent is away.
+      entry.cells.applied.textContent = applied
+        ? outputValue(applied.value) + (applied.backend ? " · " + applied.backend : "")
+        : "—";
+      entry.row.dataset.backend = (applied && applied.backend) || "";
       entry.cells.reason.textContent = (applied && applied.reason) || "";
       entry.row.dataset.applied = applied && applied.value !== null ? String(applied.value) : "";
       entry.row.dataset.reason = (applied && applied.reason) || "";
