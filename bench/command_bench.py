@@ -1,7 +1,7 @@
 """Command round trip through the real API, against raw paho MQTT 5 request/response.
 
     .venv/bin/python bench/command_bench.py [--requests 500] [--concurrent 8]
-        [--command read_sensor|diagnostics] [--max-seconds 60]
+        [--command read_sensor|diagnostics] [--max-seconds 60] [--simulated]
 
 A private mosquitto on 127.0.0.1, an `edgetwin gateway` process and an `edgetwin agent` process
 (one emulated BME280). Each command is timed from the HTTP POST /devices/{id}/commands/{name}
@@ -13,6 +13,10 @@ response topic and correlation data, payloads of the same sizes, request at QoS 
 QoS 0 as edgetwin sends them, TCP_NODELAY on both as on edgetwin's links. Prints p50, p99 and
 max of each and the ratios of the p50s. Every phase is bounded by `--max-seconds`; nothing is
 asserted.
+
+With `--simulated` no agent runs: the device is the gateway's simulated one, and its answers
+come from the gateway's own desk (gateway/simulated.py): POST -> gateway -> MQTT request ->
+broker -> the same gateway's simulated device -> MQTT answer -> gateway -> HTTP response.
 """
 
 from __future__ import annotations
@@ -183,6 +187,14 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> N
         time.sleep(0.1)
 
 
+def answered(http: httpx.Client, command: str, body: dict[str, Any]) -> bool:
+    """Whether the device answers `command` now (a simulated device, once it is played)."""
+    try:
+        return http.post(f"/devices/{DEVICE}/commands/{command}", json=body).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def online(http: httpx.Client) -> bool:
     try:
         response = http.get(f"/devices/{DEVICE}")
@@ -271,6 +283,9 @@ def main() -> int:
     parser.add_argument("--concurrent", type=int, default=8, help="in flight at once")
     parser.add_argument("--command", default="read_sensor", choices=["read_sensor", "diagnostics"])
     parser.add_argument("--max-seconds", type=float, default=60, help="bound of each phase")
+    parser.add_argument(
+        "--simulated", action="store_true", help="no agent: the gateway's simulated device answers"
+    )
     args = parser.parse_args()
     # A short deadline: the agent keeps an answer per id until its deadline has passed, at
     # most 1,024 of them, and answers "busy" beyond (agent/commands.py); 1 s leaves room for
@@ -294,10 +309,17 @@ def main() -> int:
         gateway_toml, agent_toml = configs(tmp, broker, api_port)
         edgetwin = [sys.executable, "-m", "edgetwin"]
         gateway = start([*edgetwin, "gateway", "--config", str(gateway_toml)], tmp / "gw.log")
-        agent = start([*edgetwin, "agent", "--config", str(agent_toml)], tmp / "agent.log")
+        agent = (
+            gateway
+            if args.simulated
+            else start([*edgetwin, "agent", "--config", str(agent_toml)], tmp / "agent.log")
+        )
         http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"})
         try:
-            wait_for(lambda: online(http), "agent online in the twin")
+            if args.simulated:
+                wait_for(lambda: answered(http, args.command, body), "the simulated device")
+            else:
+                wait_for(lambda: online(http), "agent online in the twin")
             first = http.post(f"/devices/{DEVICE}/commands/{args.command}", json=body)
             first.raise_for_status()
             answer_size = len(first.content)
@@ -321,7 +343,7 @@ def main() -> int:
             )
         finally:
             http.close()
-            for process in (agent, gateway):
+            for process in {agent.pid: agent, gateway.pid: gateway}.values():
                 process.terminate()
                 process.wait(timeout=30)
 
@@ -351,16 +373,23 @@ def main() -> int:
         f"{args.concurrent} in flight in the concurrent phases; load average at the end "
         f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
     )
-    print(
-        "CPU per command, sequential: gateway {:.2f} ms, agent {:.2f} ms, this HTTP client "
-        "{:.2f} ms".format(*cpu_ms)
-    )
+    device = "simulated device" if args.simulated else "agent"
+    if args.simulated:
+        print(
+            "CPU per command, sequential: gateway (its simulated device included) "
+            f"{cpu_ms[0]:.2f} ms, this HTTP client {cpu_ms[2]:.2f} ms"
+        )
+    else:
+        print(
+            "CPU per command, sequential: gateway {:.2f} ms, agent {:.2f} ms, this HTTP client "
+            "{:.2f} ms".format(*cpu_ms)
+        )
     print(f"{'round trip':<52}{'p50':>9}{'p99':>9}{'max':>9}  count")
-    print(row("API -> agent -> API, sequential", sequential, f"(not 200: {refused_seq})"))
+    print(row(f"API -> {device} -> API, sequential", sequential, f"(not 200: {refused_seq})"))
     print(row("raw paho MQTT 5 request/response, sequential", raw_seq))
     print(
         row(
-            f"API -> agent -> API, {args.concurrent} concurrent",
+            f"API -> {device} -> API, {args.concurrent} concurrent",
             concurrent,
             f"(not 200: {refused_con}) {rate:,.0f} commands/s",
         )

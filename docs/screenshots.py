@@ -16,7 +16,10 @@ panel. Headless Chromium (tests/browser.py's DevTools driver) then saves:
 - device.png: demo-pi's charts, simulated by the gateway and then read by the agent;
 - device-twin.png: demo-pi's desired-config form, twin documents and hand-over log;
 - device-fault.png: device_001's charts with the injected fault's band;
-- engine.png: the engine panel with its live charts.
+- engine.png: the engine panel with its live charts;
+- device-loop.png: sim-000, simulated by the gateway, whose heater relay (a desired output the
+  gateway applies for it) warms its temperature through the response its manifest entry
+  declares (README, "Closed loop").
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from edgetwin.gateway.app import create_app
 from edgetwin.gateway.config import GatewayConfig, ManifestDevice, default_sensors
 from edgetwin.gateway.demo import AGENT_DEVICE, demo_sensors
+from edgetwin.gateway.scenario.model import ResponseSpec
 from edgetwin.testing.agent import EmulatedAgent
 from edgetwin.testing.broker import start_broker
 from edgetwin.testing.capture import as_endpoint
@@ -47,6 +51,10 @@ TOKEN = "screenshots"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 ENGINE_DEVICE = "device_001"
 INTERVAL = 1.0  # seconds between a demo device's readings: charts fill in seconds
+LOOP_DEVICE = "sim-000"
+HEATED = ResponseSpec(
+    sensor="env", quantity="temperature", time_constant=8.0, gains={"heater": 6.0}
+)
 
 
 def gateway_config(host: str, port: int) -> GatewayConfig:
@@ -67,6 +75,7 @@ def gateway_config(host: str, port: int) -> GatewayConfig:
                         id=f"sim-{i:03d}",
                         sensors=default_sensors(2 * INTERVAL),
                         site="greenhouse" if i < 2 else "store",
+                        responses=[HEATED] if f"sim-{i:03d}" == LOOP_DEVICE else [],
                     )
                     for i in range(4)
                 ),
@@ -93,6 +102,22 @@ def points_from(base: str, device: str, sensor: str, source: str) -> int:
 
 def engine(base: str, method: str, path: str, body: dict[str, Any] | None = None) -> None:
     answer = httpx.request(method, f"{base}/engine/{path}", json=body, headers=BEARER, timeout=30)
+    answer.raise_for_status()
+
+
+def heat(base: str) -> None:
+    """Switch sim-000's heater on: the gateway applies it and the room warms."""
+    current = httpx.get(f"{base}/devices/{LOOP_DEVICE}/desired", timeout=5)
+    sensors = {
+        name: settings.to_builtins() for name, settings in default_sensors(2 * INTERVAL).items()
+    }
+    heater = {"driver": "digital_output", "pin": 17, "value": 1}
+    answer = httpx.put(
+        f"{base}/devices/{LOOP_DEVICE}/desired",
+        json={"sensors": sensors, "outputs": {"heater": heater}},
+        headers={**BEARER, "If-Match": current.headers.get("ETag", '"0"')},
+        timeout=5,
+    )
     answer.raise_for_status()
 
 
@@ -128,6 +153,7 @@ def main() -> None:
             timeout=60,
             what="demo-pi simulated by the gateway for a while",
         )
+        heat(base)
         agent = EmulatedAgent(
             as_endpoint(broker),
             {
@@ -231,6 +257,15 @@ def main() -> None:
                 what="the engine panel's charts",
             )
             shoot(browser, args.out, "engine.png")
+
+            browser.navigate(f"{base}/#/device/{LOOP_DEVICE}")
+            browser.wait_for(
+                "document.querySelector('#output-rows tr[data-output=heater]')"
+                "?.dataset.backend === 'simulated' && "
+                "document.querySelectorAll('#charts circle[data-source=simulated]').length > 20",
+                what="sim-000's heater and charts",
+            )
+            shoot(browser, args.out, "device-loop.png")
         engine(base, "POST", "stop")
 
 
