@@ -58,7 +58,7 @@ from edgetwin.agent.desired import check_outputs
 from edgetwin.agent.mqtt import Message, MqttLink
 from edgetwin.agent.outputs import without_value
 from edgetwin.hardware.errors import HardwareError
-from edgetwin.hardware.output import Output, OutputKind
+from edgetwin.hardware.output import Output
 from edgetwin.hardware.registry import output_spec
 from edgetwin.hardware.sensor import BackendKind
 
@@ -78,7 +78,6 @@ class SimulatedOutput(Output):
     instead of a pin the signals that answer it (`drive`)."""
 
     driver_name = SIMULATED
-    kind = OutputKind.PWM
 
     def __init__(
         self,
