@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from edgetwin.cli import _parser
-from edgetwin.gateway.config import default_gateway_id
+from edgetwin.gateway.config import default_gateway_id, load_gateway_config
 from edgetwin.gateway.scenario.model import Shard, shard_from_environment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,3 +115,6 @@ def test_the_gateways_run_their_configmaps_file_with_probes_on_their_api(tmp_pat
     assert secrets == {"EDGETWIN_MQTT_PASSWORD", "EDGETWIN_API_TOKEN"}
     # No [gateway] id in the shared file: every replica would take the same one.
     assert "[gateway]" not in config.read_text() or "id =" not in config.read_text()
+    # Nor a simulated fleet started with the gateway: every replica would play all of it, each
+    # stream with `replicas` writers. Fleets are simulate.yaml's, one shard per pod.
+    assert load_gateway_config(config, env(spec)).fleet_plan().launch is None

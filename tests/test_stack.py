@@ -3,10 +3,13 @@
 No Docker engine runs on these machines and images cannot be pulled, so the stack is checked
 in parts, each with real programs where there are any:
 - Prometheus's config by `promtool check config`; then a real Prometheus (Debian's) scraping
-  a real gateway with an engine fleet and a real agent on loopback, with a config made from the
-  shipped one, and every PromQL query of every dashboard answered with series;
+  a real gateway, the demo fleet's `edgetwin simulate` and a real agent on loopback, with a
+  config made from the shipped one, and every PromQL query of every dashboard answered with
+  series;
 - compose.yaml by `docker-compose config` (Compose's own parser), and every name, port, host
-  and mounted file it relies on against the configs it mounts;
+  and mounted file it relies on against the configs it mounts; with N gateway replicas, each
+  simulated device's stream written by one process, from the config each replica loads, and
+  by three gateways and the demo fleet run on the stack's broker;
 - the broker's and the demo's scripts by running them: broker-init.sh's files in a real
   mosquitto with the shipped mosquitto.conf, the gateway and agent-2 started as compose.yaml
   starts them (with-env.sh, flap.sh), agent-2's stops shown as hand-overs;
@@ -15,6 +18,7 @@ in parts, each with real programs where there are any:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -27,6 +31,7 @@ import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,8 +42,15 @@ import yaml
 from edgetwin.agent.contract import Telemetry
 from edgetwin.cli import _parser
 from edgetwin.gateway.broker import free_port
-from edgetwin.gateway.config import GatewayConfig
-from edgetwin.gateway.scenario.model import default_scenario, scenario_for
+from edgetwin.gateway.config import GatewayConfig, StartDevices, load_gateway_config
+from edgetwin.gateway.scenario.model import (
+    AutoShard,
+    Shard,
+    default_scenario,
+    parse_shard_request,
+    scenario_for,
+    shard_from_environment,
+)
 from edgetwin.testing._toml import toml_document
 from edgetwin.testing.broker import Broker
 from edgetwin.testing.capture import Capture
@@ -154,7 +166,10 @@ def test_prometheus_scrapes_the_services_on_the_ports_they_listen_on() -> None:
     (gateway_target,) = jobs["gateway"]["static_configs"][0]["targets"]
     gateway_config = toml(mounted_file(everyone["gateway"], "/etc/edgetwin/gateway.toml"))
     assert host_port(gateway_target) == ("gateway", gateway_config["server"]["port"])
-    assert gateway_config["engine"]["start_devices"] > 0  # the engine's figures are there
+    # The engine dashboard's figures: the demo fleet's, on its --metrics-port.
+    (demo_target,) = jobs["demo-fleet"]["static_configs"][0]["targets"]
+    words = everyone["demo-fleet"]["command"]
+    assert host_port(demo_target) == ("demo-fleet", int(words[words.index("--metrics-port") + 1]))
     # Each agent on its config's prometheus_port, labelled with its config's device id.
     agents = {
         host_port(target)[0]: (host_port(target)[1], group["labels"]["device"])
@@ -204,8 +219,8 @@ def compose_config(*args: str, **variables: str) -> dict[str, Any]:
 def test_docker_compose_parses_the_stack(profile: str | None) -> None:
     resolved = compose_config(*(["--profile", profile] if profile else []))
     always = {
-        "broker-init", "mosquitto", "gateway", "agent-1", "agent-2", "config-pusher",
-        "otel-collector", "tempo-init", "tempo", "prometheus", "grafana",
+        "broker-init", "mosquitto", "gateway", "demo-fleet", "agent-1", "agent-2",
+        "config-pusher", "otel-collector", "tempo-init", "tempo", "prometheus", "grafana",
     }  # fmt: skip
     # Compose 1.x prints profiled services too; their profile says when they run.
     main = {name for name, s in resolved["services"].items() if not s.get("profiles")}
@@ -224,7 +239,7 @@ def test_docker_compose_parses_the_stack(profile: str | None) -> None:
 def test_the_scale_profiles_replicas_play_one_fleet_of_ids_of_its_own() -> None:
     """`--scale simulate=N`: alike replicas (no host port, no fixed name) that claim their
     shares of one fleet on the stack's broker with the identity broker-init writes for them;
-    a fleet whose ids are neither the gateway's engine fleet's nor the manifest's."""
+    a fleet whose ids are neither the demo fleet's nor the manifest's."""
     everyone = services()
     simulate = everyone["simulate"]
     assert "ports" not in simulate
@@ -246,13 +261,14 @@ def test_the_scale_profiles_replicas_play_one_fleet_of_ids_of_its_own() -> None:
     assert resolves(host, "simulate") == "mosquitto"
     listener = mounted_file(everyone["mosquitto"], "/mosquitto/config/mosquitto.conf")
     assert port == mosquitto_listener(listener)
-    # Ids of its own beside the gateway's engine fleet and manifest on the same prefix.
+    # Ids of its own beside the demo fleet and the manifest on the same prefix.
     fleet = set(scenario_for(mounted_file(simulate, str(args.scenario)), args.devices).device_ids())
     gateway_config = toml(mounted_file(everyone["gateway"], "/etc/edgetwin/gateway.toml"))
-    engine_fleet = set(default_scenario(gateway_config["engine"]["start_devices"]).device_ids())
+    demo = _parser().parse_args(compose_program("demo-fleet")[1:])
+    demo_fleet = set(scenario_for(demo.scenario, demo.devices).device_ids())
     manifest = {device["id"] for device in gateway_config["devices"]}
     assert len(fleet) == 3000
-    assert not fleet & (engine_fleet | manifest)
+    assert not fleet & (demo_fleet | manifest)
     assert args.prefix is None
     assert gateway_config["mqtt"]["prefix"] == "edgetwin"  # the ACL's, simulate's default
     # The engine's figures: the health check and Prometheus ask the port they are served on.
@@ -278,6 +294,179 @@ def test_the_gateway_scales_to_three_replicas_each_with_its_own_id_and_port() ->
     # Clients reach any replica by the service's name.
     pusher = everyone["config-pusher"]["environment"]["GATEWAY_URL"]
     assert resolves(host_port(pusher)[0], "config-pusher") == "gateway"
+
+
+# -- one writer per simulated stream, however many gateways run -------------------------------
+
+
+def compose_program(service: str, variables: dict[str, str] | None = None) -> list[str]:
+    """The program a service of compose.yaml runs: its entrypoint after with-env.sh's `--` (or
+    all of it), then its command, variables filled in as Compose fills them."""
+    spec = services()[service]
+    given = [*spec.get("entrypoint", []), *spec.get("command", [])]
+    words = [interpolate(str(word), variables or {}) for word in given]
+    return words[words.index("--") + 1 :] if "--" in words else words
+
+
+def service_environment(service: str, secrets: Path) -> dict[str, str]:
+    """A replica's environment as its program sees it: compose.yaml's `environment`, then the
+    files with-env.sh loads before `--` (broker-init's, from `secrets`, the volume's content)."""
+    spec = services()[service]
+    env = {k: str(v) for k, v in (spec.get("environment") or {}).items()}
+    entrypoint = [str(w) for w in spec.get("entrypoint", [])]
+    if entrypoint and entrypoint[0].endswith("/with-env.sh"):
+        for file in entrypoint[1 : entrypoint.index("--")]:
+            env |= env_file(secrets / Path(file).relative_to("/var/lib/edgetwin"))
+    return env
+
+
+def gateway_streams(path: Path, env: dict[str, str]) -> set[str]:
+    """The devices whose simulated streams a gateway's engine plays from its start, with the
+    config it loads from `path` in environment `env`: its fleet plan's launch, in the shard
+    `[engine] shard` (or EDGETWIN_SHARD) gives it. Its stand-ins are not counted: they play
+    manifest devices, each by the one gateway that owns it (tests/test_gateways.py)."""
+    # Compose's replicas have host names without an ordinal: the shard cannot come from one.
+    assert "EDGETWIN_SHARD_COUNT" not in env
+    config = load_gateway_config(path, env)
+    plan = config.fleet_plan()
+    if plan.launch is None:
+        return set()
+    assert isinstance(plan.launch, StartDevices), "a start_scenario fleet: count it here too"
+    fleet = default_scenario(
+        plan.launch.count, plan.interval, plan.seed, prefix=plan.ids.prefix, width=plan.ids.width
+    )
+    # The original simulator's group (routes) is not sharded; an /engine fleet is.
+    shard = None if plan.routes else config.engine.shard_spec()
+    return set(fleet.sharded(shard).device_ids())
+
+
+def simulate_streams(
+    service: str, replicas: int, secrets: Path, variables: dict[str, str]
+) -> list[set[str]]:
+    """The devices each of `replicas` replicas of an `edgetwin simulate` service plays. With
+    `--shard auto/N` each claims the lowest share no other holds, and one past N is refused
+    (the claims are tested on a real broker in tests/test_shard_claims.py and below)."""
+    spec = services()[service]
+    args = _parser().parse_args(compose_program(service, variables)[1:])
+    scenario = None if args.scenario is None else mounted_file(spec, str(args.scenario))
+    fleet = scenario_for(scenario, args.devices)
+    env = service_environment(service, secrets)
+    container = "3f9a0c21d7be"  # a Compose replica's host name: its container id, no ordinal
+    shard = (
+        parse_shard_request(args.shard)
+        if args.shard is not None
+        else shard_from_environment(env, container)
+    )
+    played = []
+    for replica in range(replicas):
+        if isinstance(shard, AutoShard):
+            held = Shard(index=replica, count=shard.count) if replica < shard.count else None
+            played.append(set(fleet.sharded(held).device_ids()) if held is not None else set())
+        else:
+            played.append(set(fleet.sharded(shard).device_ids()))
+    return played
+
+
+def engine_writers(
+    replicas: dict[str, int],
+    profile: str | None,
+    secrets: Path,
+    *,
+    gateway_file: Path | None = None,
+    variables: dict[str, str] | None = None,
+) -> dict[str, list[set[str]]]:
+    """Per service that runs a simulation engine (the gateway, `edgetwin simulate`), the
+    devices each replica plays, when `docker compose [--profile P] up --scale S=N ...` runs
+    `replicas[S]` replicas of S (1 if not named)."""
+    active = compose_config(*(["--profile", profile] if profile else []), **(variables or {}))
+    writers: dict[str, list[set[str]]] = {}
+    for name, resolved in active["services"].items():
+        if resolved.get("profiles") and profile not in resolved["profiles"]:
+            continue  # Compose 1.x lists profiled services; they do not run without --profile
+        words = compose_program(name, variables)
+        count = replicas.get(name, 1)
+        if words[:2] == ["edgetwin", "gateway"]:
+            path = gateway_file or mounted_file(services()[name], "/etc/edgetwin/gateway.toml")
+            env = service_environment(name, secrets)
+            writers[name] = [gateway_streams(path, env) for _ in range(count)]
+        elif words[:2] == ["edgetwin", "simulate"]:
+            writers[name] = simulate_streams(name, count, secrets, variables or {})
+    return writers
+
+
+def broker_init(secrets: Path) -> None:
+    """broker-init, as the one-shot service runs it at each start of the stack: the broker's
+    files and every identity's credentials into `secrets`, the volume's content."""
+    env = {
+        **os.environ,
+        "PATH": BIN + os.pathsep + os.environ["PATH"],
+        "EDGETWIN_SECRETS_DIR": str(secrets),
+        "EDGETWIN_GATEWAY_CONFIG": str(DEPLOY / "edgetwin" / "gateway.toml"),
+    }
+    init = ["sh", str(DEPLOY / "edgetwin" / "broker-init.sh")]
+    subprocess.run(init, env=env, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def stack_secrets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    secrets = tmp_path_factory.mktemp("stack") / "secrets"
+    secrets.mkdir(mode=0o700)
+    broker_init(secrets)
+    return secrets
+
+
+DEMO_FLEET = {f"device_{i:03d}" for i in range(100)}
+
+
+@pytest.mark.parametrize(
+    ("gateways", "profile", "demo_fleets"),
+    [(1, None, 1), (2, None, 1), (3, None, 1), (3, None, 2), (1, "scale", 1), (3, "scale", 1)],
+)
+def test_with_n_gateway_replicas_each_simulated_stream_has_one_writer(
+    stack_secrets: Path, gateways: int, profile: str | None, demo_fleets: int
+) -> None:
+    """`docker compose [--profile scale] up --scale gateway=N [--scale demo-fleet=2]
+    [--scale simulate=3]`: every replica loads the config it would load (the mounted file,
+    compose.yaml's environment and broker-init's env files), and every simulated device's
+    stream is played by exactly one process, whatever N. The gateways play none: the stack's
+    simulated fleets are `edgetwin simulate` services, which claim their shares on the broker."""
+    replicas = {"gateway": gateways, "demo-fleet": demo_fleets, "simulate": 3}
+    writers = engine_writers(replicas, profile, stack_secrets)
+    assert len(writers["gateway"]) == gateways
+    assert all(not played for played in writers["gateway"]), "a gateway starts an engine fleet"
+    counts = Counter(device for sets in writers.values() for played in sets for device in played)
+    twice = sorted(device for device, n in counts.items() if n > 1)
+    assert not twice, f"streams with several writers: {twice[:5]} ... ({len(twice)})"
+    # The default stack still shows a demo fleet (the engine dashboard); the scale profile adds
+    # its own 3,000 devices; none is a manifest device, which agents and stand-ins write.
+    assert set(counts) >= DEMO_FLEET
+    assert len(counts) == 100 + (3000 if profile == "scale" else 0)
+    gateway_config = toml(mounted_file(services()["gateway"], "/etc/edgetwin/gateway.toml"))
+    assert not {device["id"] for device in gateway_config["devices"]} & set(counts)
+
+
+def test_the_writer_count_sees_a_start_fleet_that_every_gateway_replica_plays(
+    stack_secrets: Path, tmp_path: Path
+) -> None:
+    """The count above is not blind: the stack's gateway file with `[engine] start_devices`
+    (the stack before its fleet moved to demo-fleet) has each of three replicas play all of
+    it, beside demo-fleet; a fixed `[engine] shard`, the same for every replica of one
+    service, still has them all play the same share."""
+    config = toml(DEPLOY / "edgetwin" / "gateway.toml")
+    config["engine"] |= {"start_devices": 100}
+    (tmp_path / "gateway.toml").write_text(toml_document(config))
+    writers = engine_writers(
+        {"gateway": 3}, None, stack_secrets, gateway_file=tmp_path / "gateway.toml"
+    )
+    counts = Counter(device for sets in writers.values() for played in sets for device in played)
+    assert {counts[device] for device in DEMO_FLEET} == {4}
+    config["engine"] |= {"shard": "0/3"}
+    (tmp_path / "gateway.toml").write_text(toml_document(config))
+    writers = engine_writers(
+        {"gateway": 3}, None, stack_secrets, gateway_file=tmp_path / "gateway.toml"
+    )
+    (share,) = {frozenset(played) for played in writers["gateway"]}
+    assert len(share) == 34  # 100 in three shares: the first holds 34
 
 
 def test_every_file_the_stack_mounts_exists() -> None:
@@ -529,6 +718,7 @@ AGENT_DEVICE = "greenhouse-01"  # the stack's agent-1; greenhouse-02 stays simul
 
 @pytest.mark.integration
 def test_every_dashboard_query_returns_series_from_the_running_product(
+    request: pytest.FixtureRequest,
     broker: Broker,
     edgetwin_gateway: Any,
     edgetwin_agent: Any,
@@ -539,12 +729,21 @@ def test_every_dashboard_query_returns_series_from_the_running_product(
     as Grafana's "All" sends them, answers with at least one series."""
     gateway_config = toml(DEPLOY / "edgetwin" / "gateway.toml")
     manifest = gateway_config["devices"]
-    gateway = edgetwin_gateway(
-        manifest,
-        broker=broker,
-        # The stack's engine fleet, smaller and in the gateway's process (no worker to spawn).
-        config={"engine": {"start_devices": 20, "start_interval": 0.5, "workers": 0}},
+    gateway = edgetwin_gateway(manifest, broker=broker)
+    # The stack's engine fleet: demo-fleet's program as compose.yaml runs it, smaller, on this
+    # broker (anonymous: no credentials to load) and a metrics port of its own.
+    fleet_port = free_port()
+    words = compose_program("demo-fleet")
+    changes = {"--devices": "20", "--broker": broker.url, "--metrics-port": str(fleet_port)}
+    changes["--metrics-host"] = "127.0.0.1"
+    for option, value in changes.items():
+        words[words.index(option) + 1] = value
+    fleet = subprocess.Popen(
+        [str(Path(BIN) / words[0]), *words[1:]],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
+    request.addfinalizer(lambda: stop_process(fleet, timeout=15))
     agent_port = free_port()
     agent = edgetwin_agent(
         {
@@ -556,7 +755,11 @@ def test_every_dashboard_query_returns_series_from_the_running_product(
         mode="process",  # its own process, so process_* are the agent's
     )
     gateway_port = int(urllib.parse.urlsplit(gateway.url).port or 0)
-    base = prometheus(local_prometheus_config({"gateway": gateway_port, "agent-1": agent_port}))
+    base = prometheus(
+        local_prometheus_config(
+            {"gateway": gateway_port, "agent-1": agent_port, "demo-fleet": fleet_port}
+        )
+    )
 
     # What some panels count must happen once: a config push applied (pushes, applies, sync),
     # and a sensor error (the agent's errors; the sensor handed to the simulation and back).
@@ -635,8 +838,12 @@ def test_every_dashboard_query_returns_series_from_the_running_product(
     )
     (commits,) = query(base, "edgetwin_agent_commit_seconds_count")
     assert float(commits["value"][1]) > 0
-    (engine,) = query(base, "edgetwin_engine_devices")
-    assert float(engine["value"][1]) == 20
+    # The engine's figures are demo-fleet's; the gateway's own engine is idle.
+    engines = query(base, "edgetwin_engine_devices")
+    assert {s["metric"]["job"]: float(s["value"][1]) for s in engines} == {
+        "demo-fleet": 20,
+        "gateway": 0,
+    }
 
 
 # -- the stack's broker and scripts, run as compose.yaml runs them -----------------------------
@@ -715,8 +922,7 @@ class StackBroker:
 
     def init(self) -> None:
         """broker-init, as the one-shot service runs it at each start of the stack."""
-        init = ["sh", str(DEPLOY / "edgetwin" / "broker-init.sh")]
-        subprocess.run(init, env=self.env, check=True, capture_output=True)
+        broker_init(self.secrets)
 
     def __enter__(self) -> StackBroker:
         mosquitto = need("mosquitto")
@@ -790,7 +996,6 @@ def test_the_stacks_broker_gateway_and_flapping_agent_run_as_compose_runs_them(
         gateway_config = local(toml(DEPLOY / "edgetwin" / "gateway.toml"), port)
         gateway_config["server"] = {"host": "127.0.0.1", "port": api_port}
         gateway_config["presence"] = {"startup_grace": 0.3}
-        gateway_config["engine"] |= {"start_devices": 10, "workers": 0}
         (tmp_path / "gateway.toml").write_text(toml_document(gateway_config))
         agent_config = local(
             toml(DEPLOY / "edgetwin" / "agent-2.toml"),
@@ -817,13 +1022,12 @@ def test_the_stacks_broker_gateway_and_flapping_agent_run_as_compose_runs_them(
             handovers = gateway_metric(url, "edgetwin_handovers_total")
             assert handovers == {'{to="simulation"}': 0, '{to="agent"}': 0}
             flapping = stack.start(as_compose_runs("agent-2", paths), FLAP_UP="3", FLAP_DOWN="2")
-            # The agent's own identity, the gateway's stand-ins and the engine's fleet: each
-            # allowed to write what it writes.
+            # The agent's own identity and the gateway's stand-ins (on its engine identity):
+            # each allowed to write what it writes. The demo fleet's identity is tested below.
             emulated = lambda m: b'"emulated"' in m.payload  # noqa: E731
             simulated = lambda m: b'"simulated"' in m.payload  # noqa: E731
             seen.wait_for("edgetwin/greenhouse-02/telemetry/env", emulated, timeout=15)
             seen.wait_for("edgetwin/greenhouse-01/telemetry/env", simulated, timeout=15)
-            seen.wait_for("edgetwin/device_000/telemetry/env", timeout=15)
 
         def handed_both_ways() -> bool:
             counts = gateway_metric(url, "edgetwin_handovers_total")
@@ -888,12 +1092,93 @@ def test_the_scale_profiles_replicas_split_one_fleet_as_compose_runs_them(tmp_pa
     ]
 
 
+@pytest.mark.integration
+def test_three_gateway_replicas_and_the_demo_fleet_write_each_stream_once(tmp_path: Path) -> None:
+    """`docker compose up --scale gateway=3`, without Docker: three gateways and demo-fleet
+    started by compose.yaml's own entrypoints and commands on the stack's broker with its ACL
+    (each gateway with an id and API port of its own, as containers have). Every stream, the
+    demo fleet's and the manifest's stand-ins', is written by one process: no reading's
+    (device, sensor, seq) comes twice; the gateways' engines play nothing, demo-fleet all 100
+    devices; a second demo-fleet replica is refused."""
+    with StackBroker(tmp_path) as stack:
+        gateway_config = local(toml(DEPLOY / "edgetwin" / "gateway.toml"), stack.port)
+        gateway_config["presence"] = {"startup_grace": 0.3}
+        (tmp_path / "gateway.toml").write_text(toml_document(gateway_config))
+        paths = {
+            "/opt/edgetwin-deploy": DEPLOY / "edgetwin",
+            "/var/lib/edgetwin": stack.secrets,
+            "/etc/edgetwin/gateway.toml": tmp_path / "gateway.toml",
+        }
+
+        def demo_fleet(metrics_port: int) -> list[str]:
+            # On one host: the broker's loopback port, a metrics port of its own.
+            args = as_compose_runs("demo-fleet", paths)
+            args[args.index("--broker") + 1] = f"mqtt://127.0.0.1:{stack.port}"
+            args[args.index("--metrics-port") + 1] = str(metrics_port)
+            return args
+
+        with Capture(stack.identity("reader"), "edgetwin/+/telemetry/+") as seen:
+            urls = []
+            for k in range(3):
+                port = free_port()
+                urls.append(f"http://127.0.0.1:{port}")
+                stack.start(
+                    as_compose_runs("gateway", paths),
+                    EDGETWIN_GATEWAY_ID=f"gateway-{k}",
+                    EDGETWIN_SERVER_PORT=str(port),
+                )
+            metrics_port = free_port()
+            fleet = stack.start(demo_fleet(metrics_port))
+
+            def sees_three(url: str) -> bool:
+                return _healthy(url) and len(_get_json(f"{url}/gateways")["gateways"]) == 3
+
+            for url in urls:
+                poll(functools.partial(sees_three, url), 20, 0.1, what=f"{url}: 3 gateways live")
+            expected = DEMO_FLEET | {"greenhouse-01", "greenhouse-02"}
+            start = len(seen.messages())
+
+            def three_readings_each() -> bool:
+                after = Counter(Telemetry.decode(m.payload).device for m in seen.messages()[start:])
+                assert set(after) <= expected, set(after) - expected
+                return set(after) == expected and min(after.values()) >= 3
+
+            poll(three_readings_each, 30, 0.2, what="three readings of every stream, 3 gateways up")
+            readings = [Telemetry.decode(m.payload) for m in seen.messages()]
+            numbered = Counter((r.device, r.sensor, r.seq) for r in readings)
+            twice = sorted(key for key, n in numbered.items() if n > 1)
+            assert not twice, f"readings written twice: {twice[:5]} ({len(twice)})"
+        # Who wrote them: each gateway's engine plays nothing, demo-fleet the whole fleet.
+        for url in urls:
+            assert gateway_metric(url, "edgetwin_engine_devices") == {"": 0}
+        demo_metrics = gateway_metric(f"http://127.0.0.1:{metrics_port}", "edgetwin_engine_devices")
+        assert demo_metrics == {"": 100}
+        second = subprocess.run(
+            demo_fleet(free_port()),
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 1, second.stderr
+        assert "all 1 shards of run 'demo' are claimed" in second.stderr
+        assert stop_process(fleet, timeout=15)[0] == 0
+        for process in stack.processes[1:4]:  # the gateways, after mosquitto
+            assert stop_process(process, timeout=15)[0] == 0
+
+
 def _accepts(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     except OSError:
         return False
     return True
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
 
 
 def _healthy(url: str) -> bool:
