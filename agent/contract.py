@@ -615,7 +615,9 @@ class ShardLease(_Payload, frozen=True):
     """One simulation replica's claim of a shard of a fleet, retained at
     `{prefix}/_shards/{run}/{session}`, where replicas that no orchestrator numbers
     (`edgetwin simulate --shard auto/N`) split the fleet between them
-    (gateway/scenario/claims.py). Only that replica writes it, and its last will clears it.
+    (gateway/scenario/claims.py). Only that replica writes it, and its last will clears it;
+    a lease that no live replica answers for at a roll call (`{prefix}/_shards/{run}/roll-call`,
+    its replica gone without a will) is cleared by the replica that called the roll.
 
     `count` and `devices`, the number of shards and the fleet's size, are the same in every
     lease of one run; `host` names the replica for whoever reads the leases."""

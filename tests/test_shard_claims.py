@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import pytest
 
 from edgetwin.agent.config import MqttSettings
 from edgetwin.agent.contract import ContractError, ShardLease, Telemetry, Topics
-from edgetwin.gateway.broker import free_port
+from edgetwin.gateway.broker import MosquittoBroker, free_port
 from edgetwin.gateway.scenario import default_scenario
 from edgetwin.gateway.scenario.claims import (
     ShardBook,
@@ -334,6 +335,62 @@ def test_replicas_keep_their_shards_through_a_broker_that_lost_every_lease(
         )
         assert first.lost is None
         assert second.lost is None
+
+
+@pytest.mark.integration
+def test_a_lease_nobody_answers_for_is_cleared_and_its_shard_claimed_again(
+    broker: Broker,
+) -> None:
+    """A lease retained for a session that is gone without its will (planted here as a
+    broker that kept its retained messages through a crash would keep it): the roll call gets
+    no answer for it, the lease is cleared and the shard claimed. A live replica answers the
+    roll call and keeps its shard."""
+    publish(broker, TOPICS.shard_lease(RUN, S1), lease(0, S1, count=2, devices=20), retain=True)
+    with ShardClaim(settings(broker), RUN, 2, 20, roll_call_wait=0.5) as first:
+        assert first.claim() == 1, "the free shard first: no roll call needed"
+        assert first.cleared == []
+        with ShardClaim(settings(broker), RUN, 2, 20, roll_call_wait=0.5) as second:
+            assert second.claim() == 0
+            assert second.cleared == [S1]
+            sessions = {ShardLease.decode(m.payload).session for m in retained(broker, RUN)}
+            assert sessions == {first.session, second.session}
+            with (
+                ShardClaim(settings(broker), RUN, 2, 20, roll_call_wait=0.5) as third,
+                pytest.raises(ShardClaimError, match="all 2 shards"),
+            ):
+                third.claim()
+            assert third.cleared == [], "both live replicas answered the roll call"
+            assert (first.lost, second.lost) == (None, None)
+
+
+@pytest.mark.integration
+def test_a_replica_gone_while_a_persistent_broker_was_down_frees_its_shard(
+    broker_factory: Callable[..., Broker],
+) -> None:
+    """The broker crashes with the lease saved, the replica holding the only shard dies while
+    it is down, so no will is ever published (a broker that stops cleanly publishes its
+    clients' wills first); the broker comes back with the lease. The next replica calls the
+    roll, nobody answers, and it holds the shard."""
+    broker = broker_factory(persistence=True)
+    server = broker.server
+    if not isinstance(server, MosquittoBroker):
+        pytest.skip("needs the local mosquitto back end's database file")
+    gone = ShardClaim(settings(broker), RUN, 1, 10, roll_call_wait=0.5)
+    assert gone.claim() == 0
+    database = server.persistence_path
+    assert database is not None
+    poll(
+        lambda: database.exists() and gone.session.encode() in database.read_bytes(),
+        10,
+        what="the lease saved in the broker's database",
+    )
+    broker.kill()
+    gone.release(timeout=0.1)  # no broker to tell: the lease stays in the broker's database
+    broker.start()
+    assert [ShardLease.decode(m.payload).session for m in retained(broker, RUN)] == [gone.session]
+    with ShardClaim(settings(broker), RUN, 1, 10, roll_call_wait=0.5) as next_one:
+        assert next_one.claim() == 0
+        assert next_one.cleared == [gone.session]
 
 
 class Cable:

@@ -23,6 +23,13 @@ nothing shared but the broker, the way gateways keep their leases (gateway/membe
   restarted without persistence lost every lease, and a replica cut off long enough for its
   will to free its shard may find that another claimed it meanwhile. Then it has lost the shard
   (`on_lost`), and stops.
+- A lease whose replica is gone without its will (a broker that kept its retained messages
+  through a crash, while the replica died with no broker to notice) would hold its shard for
+  ever. So a replica that finds no free shard first calls the roll: it publishes on
+  `{prefix}/_shards/{run}/roll-call`, every live replica answers by publishing its lease again,
+  and each lease not heard again within `roll_call_wait` seconds is cleared (an empty retained
+  message on its topic) as the broker would have cleared it. A live replica that could not
+  answer in time (cut off) finds its shard taken when it is back, and stops, as above.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ log = logging.getLogger(__name__)
 
 CLAIM_TIMEOUT: Final = 10.0  # seconds the broker may take to answer a connection or a claim
 RELEASE_TIMEOUT: Final = 2.0  # seconds a stopping replica waits for the broker to clear its lease
+ROLL_CALL_WAIT: Final = 2.0  # seconds live replicas have to answer a roll call
+ROLL_CALL: Final = "roll-call"  # the last level of the roll call's topic: no session is named so
 # Its leases' topics, {prefix}/_shards/telemetry/{session}, would match every consumer's
 # filter for all devices' telemetry, {prefix}/+/telemetry/+.
 _RESERVED_RUNS: Final = frozenset({"telemetry"})
@@ -150,6 +159,7 @@ class ShardClaim:
         *,
         host: str | None = None,
         on_lost: Callable[[str], None] | None = None,
+        roll_call_wait: float = ROLL_CALL_WAIT,
     ) -> None:
         self.run = check_run_name(run)
         self.count = count
@@ -160,8 +170,15 @@ class ShardClaim:
         self.lost: str | None = None
         self._url = settings.url
         topics = settings.topics()
+        self._topics = topics
         self._topic = topics.shard_lease(run, self.session)
         self._leases = topics.all_shard_leases(run)
+        self._roll_call = topics.shard_lease(run, ROLL_CALL)
+        self._roll_call_wait = roll_call_wait
+        # Sessions whose lease came live since the last roll call this replica made.
+        self._answered: set[str] = set()
+        self.cleared: list[str] = []
+        """Sessions whose leases this replica cleared as stale (nobody answered for them)."""
         self._on_lost = on_lost
         self._book = ShardBook(run, self.session)
         self._changed = threading.Condition()
@@ -215,10 +232,15 @@ class ShardClaim:
         # Each lost claim is a shard that another replica claimed first; room for as many
         # again, for claims of others that lose in turn and leave theirs free.
         attempts = 2 * self.count + 1
+        rolled = False
         for _ in range(attempts):
             with self._changed:
                 disagreeing = self._book.disagreeing(self.count, self.devices)
                 free = self._book.lowest_free(self.count)
+            if (disagreeing or free is None) and not rolled:
+                rolled = True
+                if self.call_roll():
+                    continue
             if disagreeing:
                 other = disagreeing[0]
                 raise ShardClaimError(
@@ -246,6 +268,36 @@ class ShardClaim:
             f"no shard of run {self.run!r} held after {attempts} claims: other replicas "
             "claimed each one first"
         )
+
+    def call_roll(self) -> bool:
+        """Ask every live replica of the run to publish its lease again, and clear each
+        lease nobody answered for within `roll_call_wait` seconds (see the module's
+        docstring). Returns whether any was cleared."""
+        with self._changed:
+            self._answered.clear()
+        self._link.publish(self._roll_call, b"", qos=1)
+        deadline = time.monotonic() + self._roll_call_wait
+        with self._changed:
+            while True:
+                silent = [
+                    lease.session
+                    for lease in self._book.others()
+                    if lease.session not in self._answered
+                ]
+                left = deadline - time.monotonic()
+                if not silent or left <= 0:
+                    break
+                self._changed.wait(left)
+            for session in silent:
+                self._book.apply(session, b"")
+        for session in silent:
+            log.warning(
+                "stale shard lease cleared: no replica answered for it",
+                extra={"run": self.run, "session": session},
+            )
+            self._link.publish(self._topics.shard_lease(self.run, session), b"", qos=1, retain=True)
+        self.cleared += silent
+        return bool(silent)
 
     def release(self, timeout: float = RELEASE_TIMEOUT) -> None:
         """Clear this replica's lease and disconnect: a clean DISCONNECT has the broker drop
@@ -297,6 +349,17 @@ class ShardClaim:
 
     # -- the connection's thread -------------------------------------------------------------
 
+    def _answer_roll_call(self, message: Message) -> None:
+        """Another replica calls the roll (live: a retained one is nobody asking now): publish
+        this replica's lease again, held or still being claimed, unchanged (a claim in flight
+        is decided by its own bytes coming back)."""
+        if message.retain:
+            return
+        with self._changed:
+            statement = self._statement
+        if statement:
+            self._link.publish(self._topic, statement, qos=1, retain=True)
+
     def _on_connect(self, link: MqttLink) -> None:
         with self._changed:
             # The subscription's retained leases follow this hook: the book starts again.
@@ -308,8 +371,14 @@ class ShardClaim:
 
     def _on_message(self, message: Message) -> None:
         session = message.topic.rsplit("/", 1)[1]
+        if session == ROLL_CALL:
+            self._answer_roll_call(message)
+            return
         lost = None
         with self._changed:
+            if not message.retain:
+                self._answered.add(session)
+                self._changed.notify_all()
             try:
                 self._book.apply(session, message.payload)
             except ContractError as exc:
