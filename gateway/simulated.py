@@ -29,6 +29,7 @@ reconcile and the MQTT callbacks only queue work for it (`update`, `receive`).
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -172,7 +173,11 @@ class SimulatedDevices:
         self._played_sensors = played_sensors
         self.clock = clock
         self._work: queue.SimpleQueue[_Work] = queue.SimpleQueue()
-        self._played: dict[str, _Played] = {}  # the thread's own
+        # The thread's own: the devices played (desired document, since when), those of them
+        # with a desk and outputs, and those whose desk has work left for later.
+        self._plays: dict[str, tuple[DesiredConfig | None, float]] = {}
+        self._played: dict[str, _Played] = {}
+        self._timed: set[str] = set()
         self._lock = threading.Lock()
         self._playing: set[str] = set()  # what `update` last decided, for other threads
         self._thread: threading.Thread | None = None
@@ -225,7 +230,7 @@ class SimulatedDevices:
 
     def _run(self) -> None:
         while True:
-            wait = min((p.desk.next_wait() for p in self._played.values()), default=_IDLE_WAIT)
+            wait = min((self._played[d].desk.next_wait() for d in self._timed), default=_IDLE_WAIT)
             work: _Work | type[_Idle]
             try:
                 work = self._work.get(timeout=min(wait, _IDLE_WAIT))
@@ -235,31 +240,53 @@ class SimulatedDevices:
                 return
             try:
                 self._do(work)
-                for played in list(self._played.values()):
-                    played.desk.run_pending()
+                self._run_timed()
             except Exception:
                 log.exception("simulated device work failed")
 
     def _do(self, work: _Work | type[_Idle]) -> None:
         if isinstance(work, _Play):
+            self._plays[work.device] = (
+                work.desired,
+                self._plays.get(work.device, (None, time.monotonic()))[1],
+            )
             played = self._played.get(work.device)
-            if played is None:
-                played = self._played[work.device] = self._new(work.device)
-                log.info("simulated device answers", extra={"device": work.device})
-            self._apply(played, work.desired)
+            # A desk and outputs only for a device that has outputs or is asked something: a
+            # gateway may play tens of thousands of devices that never are.
+            if played is None and work.desired is not None and work.desired.outputs:
+                played = self._materialise(work.device)
+            if played is not None:
+                self._apply(played, work.desired)
         elif isinstance(work, _Unplay):
+            self._plays.pop(work.device, None)
+            self._timed.discard(work.device)
             if self._played.pop(work.device, None) is not None:
                 log.info("simulated device handed back", extra={"device": work.device})
         elif isinstance(work, _Request):
-            played = self._played.get(work.device)
-            if played is not None:
-                played.desk.receive(work.message)
+            if work.device not in self._plays:
+                return  # handed back since: its agent answers
+            played = self._played.get(work.device) or self._materialise(work.device)
+            played.desk.receive(work.message)
+            played.desk.run_pending()
+            if played.desk.next_wait() != math.inf:
+                self._timed.add(work.device)
 
-    def _new(self, device: str) -> _Played:
+    def _run_timed(self) -> None:
+        """Run the desks with work left: queued commands beyond one pass, a pulse's end."""
+        for device in list(self._timed):
+            desk = self._played[device].desk
+            desk.run_pending()
+            if desk.next_wait() == math.inf:
+                self._timed.discard(device)
+
+    def _materialise(self, device: str) -> _Played:
+        desired, since = self._plays[device]
         desk = CommandDesk(device, self.topics, self.link, self.clock)
-        played = _Played(device, desk, time.monotonic())
+        played = self._played[device] = _Played(device, desk, since)
         for command in self._commands(played):
             desk.register(command)
+        log.info("simulated device answers", extra={"device": device})
+        self._apply(played, desired)
         return played
 
     # -- outputs --------------------------------------------------------------------------------
