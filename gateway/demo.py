@@ -42,10 +42,18 @@ from edgetwin.gateway.config import (
     ServerSection,
     default_sensors,
 )
+from edgetwin.gateway.scenario.model import ResponseSpec
 
 log = logging.getLogger(__name__)
 
 AGENT_DEVICE = "demo-pi"
+LOOP_DEVICE = "sim-000"
+# sim-000's room answers its heater: up to +6 °C, 63 % of it after a minute (README, "Closed
+# loop"). The heater is an output of its desired document, switched on through the API.
+ROOM_RESPONSE = ResponseSpec(
+    sensor="env", quantity="temperature", time_constant=60.0, gains={"heater": 6.0}
+)
+HEATER_ON = '{"outputs": {"heater": {"driver": "digital_output", "pin": 17, "value": 1}}}'
 
 
 def demo_sensors(interval: float) -> dict[str, SensorSettings]:
@@ -78,7 +86,12 @@ def run_demo(
         # The sim-* devices are manifest devices with no agent, so the twin shows them
         # simulated beside demo-pi, the way a site's missing boards would be.
         simulated = [
-            ManifestDevice(id=f"sim-{i:03d}", sensors=default_sensors(2.0), site="demo")
+            ManifestDevice(
+                id=f"sim-{i:03d}",
+                sensors=default_sensors(2.0),
+                site="demo",
+                responses=[ROOM_RESPONSE] if f"sim-{i:03d}" == LOOP_DEVICE else [],
+            )
             for i in range(simulated_devices)
         ]
         # Writes (the page's config form, devices, the engine panel) need a token; one made
@@ -167,5 +180,15 @@ def _print_banner(
     ]
     if shutil.which("mosquitto_sub"):
         lines.append(f"  mosquitto_sub -h {host} -p {broker_port} -t 'edgetwin/#' -v")
-    lines += ["", "Ctrl-C stops everything.", ""]
+    lines += [
+        "",
+        f"Close the loop: switch {LOOP_DEVICE}'s simulated heater on, and its temperature rises",
+        "by up to 6 °C (63 % of it in a minute) on its page:",
+        f"  curl -X PATCH http://127.0.0.1:{api_port}/devices/{LOOP_DEVICE}/desired "
+        f"-H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' "
+        f"-d '{HEATER_ON}'",
+        "",
+        "Ctrl-C stops everything.",
+        "",
+    ]
     print("\n".join(lines), flush=True)

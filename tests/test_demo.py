@@ -115,6 +115,24 @@ def test_demo_runs_a_mixed_fleet_and_stops_on_ctrl_c(demo: subprocess.Popen[str]
     )
     assert changed.status_code == 200, changed.text
 
+    # The closed loop the banner offers: its command switches sim-000's simulated heater on,
+    # and the gateway that plays sim-000 applies and reports it.
+    curl = banner_line(demo, r"curl -X PATCH (\S+) .*-d '(.+)'$")
+    heater = httpx.patch(
+        curl[1],
+        content=curl[2],
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        timeout=5,
+    )
+    assert heater.status_code == 200, heater.text
+
+    def heater_reported() -> object:
+        reported = httpx.get(f"{api}/devices/sim-000", timeout=5).json()["reported"] or {}
+        return reported.get("outputs", {}).get("heater")
+
+    poll(heater_reported, timeout=15, what="sim-000's heater reported")
+    assert heater_reported() == {"value": 1.0, "backend": "simulated"}
+
     demo.send_signal(signal.SIGINT)
     stdout, stderr = demo.communicate(timeout=30)
     assert demo.returncode == 0, stderr
