@@ -327,6 +327,27 @@ def test_any_gateway_takes_writes_for_the_whole_fleet(broker: Broker) -> None:
             a.client.put_desired(device, {"env": env}, if_match=version)
         assert stale.value.status == 409
 
+        # Outputs and commands through the gateway that does not play it: the owner applies
+        # the output, reports it, and alone answers the command (one writer of each).
+        relay = {"driver": "digital_output", "pin": 17, "value": 1}
+        b.client.put_desired(device, {"env": env}, outputs={"relay": relay})
+
+        def relay_reported() -> object:
+            reported = a.client.device(device)["reported"] or {}
+            return reported.get("outputs", {}).get("relay")
+
+        poll(relay_reported, 10, what="the relay applied by the owner")
+        assert relay_reported() == {"value": 1.0, "backend": "simulated"}
+        with Capture(endpoint, TOPICS.response(device, "+")) as answers:
+            answer = b.client.request(
+                "POST", f"/devices/{device}/commands/diagnostics", {"timeout": 5}
+            )
+            assert answer.status == 200, answer.body
+            assert answer.json()["result"]["simulated_by"] == "gw-a"
+            answers.wait_for(timeout=5)
+            time.sleep(1.0)  # a window for a second answer, from a second writer
+            assert len(answers.messages()) == 1
+
         # Removed through the gateway that does not own it: the owner stops playing it.
         b.client.delete_device(device)
         poll(
