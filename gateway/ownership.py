@@ -238,3 +238,9 @@ class PlayedStreams:
 
     def stream_count(self) -> int:
         return self._standins.stream_count() + self._ownership.elsewhere()[1]
+
+    def tally(self) -> tuple[set[str], int]:
+        """The devices played and their streams, with one walk over the others' documents
+        (the live feed asks every half second)."""
+        devices, streams = self._ownership.elsewhere()
+        return self._standins.active_devices() | devices, self._standins.stream_count() + streams

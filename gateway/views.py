@@ -19,6 +19,7 @@ class SimulatedStreams(Protocol):
     def simulated_streams(self, device: str) -> Mapping[str, int]: ...
     def active_devices(self) -> set[str]: ...
     def stream_count(self) -> int: ...
+    def tally(self) -> tuple[set[str], int]: ...
 
 
 SensorSource = Literal["agent-hardware", "agent-emulation", "simulation", "none"]
@@ -197,12 +198,13 @@ def device_summary(twin: DeviceTwin, engine: SimulatedStreams, now: float) -> di
 def fleet_counts(fleet: Fleet, engine: SimulatedStreams) -> dict[str, Any]:
     """GET /fleet's counts: by presence, simulation and config sync."""
     devices, in_manifest, presence, config = fleet.tally()
+    simulated, streams = engine.tally()
     return {
         "devices": devices,
         "in_manifest": in_manifest,
         "by_presence": presence,
-        "simulated_devices": len(engine.active_devices()),
-        "simulated_streams": engine.stream_count(),
+        "simulated_devices": len(simulated),
+        "simulated_streams": streams,
         "config": config,
     }
 
