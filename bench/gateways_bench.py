@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -159,9 +160,8 @@ def start_gateway(config: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def wait_until(check: object, timeout: float, step: float = 0.02) -> float | None:
+def wait_until(check: Callable[[], object], timeout: float, step: float = 0.02) -> float | None:
     """Seconds until `check()` held, None if it did not within `timeout`."""
-    assert callable(check)
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if check():
