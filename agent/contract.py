@@ -650,6 +650,7 @@ TopicKind = Literal[
     "command",
     "response",
     "shard",
+    "output_set",
 ]
 
 
@@ -765,6 +766,15 @@ class Topics:
     def commands(self, device: str = "+") -> str:
         return f"{self.prefix}/{device}/commands/+"
 
+    def output_set(self, device: str, output: str) -> str:
+        """Where a plain MQTT client (Home Assistant's switch or number) asks for a new value
+        of one output of `device`: the gateway that owns the device makes it the next desired
+        version. Not retained."""
+        return f"{self.prefix}/{device}/outputs/{output}/set"
+
+    def all_output_sets(self) -> str:
+        return f"{self.prefix}/+/outputs/+/set"
+
     def response(self, device: str, requester: str) -> str:
         """Where `device` answers `requester`'s commands (CommandResponse): under the device's
         own id, so the broker's ACL lets each device answer only for itself."""
@@ -803,7 +813,8 @@ class Topics:
         if parsed.sensor is not None:
             check_id(parsed.sensor, "sensor name")
         if parsed.name is not None:
-            check_id(parsed.name, "command name" if parsed.kind == "command" else "requester id")
+            what = {"command": "command name", "output_set": "output name"}
+            check_id(parsed.name, what.get(parsed.kind, "requester id"))
         return parsed
 
     def _parse_prefixed(self, topic: str) -> ParsedTopic | None:  # noqa: PLR0912
@@ -839,6 +850,8 @@ class Topics:
                 # One case for both: a command's name, or the requester a response is for.
                 kind_of: TopicKind = "command" if kind == "commands" else "response"
                 return ParsedTopic(kind_of, device, name=name)
+            case [device, "outputs", output, "set"]:
+                return ParsedTopic("output_set", device, name=output)
             case [device, "telemetry", sensor] if self.telemetry_template is None:
                 return ParsedTopic("telemetry", device, sensor)
         return None

@@ -25,12 +25,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from edgetwin.agent.contract import SensorSettings, Topics
+from edgetwin.agent.contract import OutputSettings, SensorSettings, Topics
 from edgetwin.hardware.errors import HardwareError
-from edgetwin.hardware.registry import reading_quantities
+from edgetwin.hardware.output import ValueRange
+from edgetwin.hardware.registry import output_spec, reading_quantities
 from edgetwin.hardware.sensor import Quantity
 
-Component = Literal["sensor", "binary_sensor"]
+Component = Literal["sensor", "binary_sensor", "switch", "number"]
 
 AGENT_ORIGIN: Final = "edgetwin agent"
 GATEWAY_ORIGIN: Final = "edgetwin gateway"
@@ -128,6 +129,9 @@ class DeviceDescription:
     """Sensors the gateway's simulation serves now: their entities say so in their name."""
     site: str | None = None
     agent_version: str | None = None
+    outputs: Mapping[str, OutputSettings] = field(default_factory=dict)
+    """The desired document's outputs: a `switch` (0 or 1) or a `number` each, whose commands
+    go to `Topics.output_set` (the gateway alone describes them: it alone writes desired)."""
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,14 @@ class Discovery:
                     block=block,
                 )
                 result[self.config_topic(kind.component, device, object_id)] = _encode(payload)
+        for name, output in description.outputs.items():
+            try:
+                spec = output_spec(output.driver, output.options)
+            except HardwareError:
+                continue
+            component: Component = "switch" if spec.value_range.levels else "number"
+            payload = self._output_config(device, name, component, spec.value_range, block)
+            result[self.config_topic(component, device, f"output-{name}")] = _encode(payload)
         result[self.config_topic("binary_sensor", device, "connectivity")] = _encode(
             self._presence_config(device, block)
         )
@@ -259,6 +271,42 @@ class Discovery:
             # other stream would overwrite these (Home Assistant applies any dict it gets).
             config["json_attributes_topic"] = topic
             config["json_attributes_template"] = _ATTRIBUTES_TEMPLATE
+        return config
+
+    def _output_config(
+        self,
+        device: str,
+        name: str,
+        component: Component,
+        value_range: ValueRange,
+        block: dict[str, Any],
+    ) -> dict[str, Any]:
+        """An output as its device applies it (the reported document's value, whoever applied
+        it: the agent, or the gateway that simulates the device), set through the twin."""
+        # Subscripts and `is defined`, no methods: an output name may hold a '-', and Home
+        # Assistant's sandbox is no place to count on dict methods.
+        output = f"value_json['outputs'][{_literal(name)}]"
+        known = f"value_json['outputs'] is defined and {output} is defined"
+        applied = f"{known} and {output}['value'] is not none"
+        config: dict[str, Any] = {
+            "name": f"output {name}",
+            "unique_id": f"edgetwin:{device}:output:{name}",
+            "command_topic": self.topics.output_set(device, name),
+            "state_topic": self.topics.reported(device),
+            "device": block,
+            "origin": self._origin(),
+        }
+        if component == "switch":
+            config["value_template"] = (
+                f"{{{{ 'ON' if {applied} and {output}['value'] == 1 else 'OFF' }}}}"
+            )
+            config["state_on"], config["state_off"] = PAYLOAD_ON, PAYLOAD_OFF
+            config["payload_on"], config["payload_off"] = "1", "0"
+        else:
+            config["value_template"] = f"{{{{ {output}['value'] if {applied} else 0 }}}}"
+            config["min"], config["max"] = value_range.lo, value_range.hi
+            config["step"] = value_range.step or 0.001
+            config["mode"] = "slider"
         return config
 
     def _presence_config(self, device: str, block: dict[str, Any]) -> dict[str, Any]:

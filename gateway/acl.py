@@ -46,11 +46,13 @@ GATEWAY_USER: Final = "edgetwin.gateway"
 ENGINE_USER: Final = "edgetwin.engine"
 SIMULATE_USER: Final = "edgetwin.simulate"
 READER_USER: Final = "edgetwin.reader"
+HOMEASSISTANT_USER: Final = "edgetwin.homeassistant"
 SERVICES: Final = {
     "gateway": GATEWAY_USER,
     "engine": ENGINE_USER,
     "simulate": SIMULATE_USER,
     "reader": READER_USER,
+    "homeassistant": HOMEASSISTANT_USER,
 }
 
 # mosquitto_passwd's own parameters for `$7$` (mosquitto 2.0): 101 rounds, 12-byte salt.
@@ -150,6 +152,14 @@ def acl_text(
         f"user {READER_USER}",
         *(f"topic read {topic}" for topic in everything),
         f"topic read {discovery_prefix}/#",
+        "",
+        "# Home Assistant: reads as a reader, and asks for outputs' values through the switches",
+        "# and numbers of the gateway's discovery configs (the gateway makes each a desired",
+        "# version); it writes nothing else.",
+        f"user {HOMEASSISTANT_USER}",
+        *(f"topic read {topic}" for topic in everything),
+        f"topic read {discovery_prefix}/#",
+        f"topic write {topics.all_output_sets()}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -320,11 +330,18 @@ def write_broker_files(
         READER_USER,
         rotate_all or "reader" in rotating,
     )
+    homeassistant_password = _write_identity(
+        credentials / "homeassistant.env",
+        "Home Assistant's MQTT identity: reads everything, sets outputs through the twin",
+        HOMEASSISTANT_USER,
+        rotate_all or "homeassistant" in rotating,
+    )
     lines += [
         password_line(GATEWAY_USER, gateway_password),
         password_line(ENGINE_USER, engine_password),
         password_line(SIMULATE_USER, simulate_password),
         password_line(READER_USER, reader_password),
+        password_line(HOMEASSISTANT_USER, homeassistant_password),
     ]
     _write(out / "passwords", "\n".join(lines) + "\n", 0o600)
     acl = acl_text(topics, engine_status=engine_status, discovery_prefix=discovery_prefix)
@@ -347,7 +364,7 @@ def read_identities(out: Path) -> dict[str, str]:
     for path in sorted((credentials / "devices").glob("*.env")):
         env = _read_env(path)
         identities[env["EDGETWIN_MQTT_USERNAME"]] = env["EDGETWIN_MQTT_PASSWORD"]
-    for name in ("gateway.env", "simulate.env", "reader.env"):
+    for name in ("gateway.env", "simulate.env", "reader.env", "homeassistant.env"):
         env = _read_env(credentials / name)
         if "EDGETWIN_MQTT_USERNAME" in env:
             identities[env["EDGETWIN_MQTT_USERNAME"]] = env["EDGETWIN_MQTT_PASSWORD"]

@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import Final, Literal
 
+import msgspec
 from opentelemetry.propagate import inject
 from opentelemetry.trace import Tracer
 
@@ -65,7 +66,9 @@ from edgetwin.gateway.ownership import Decision, Ownership, PlayedStreams
 from edgetwin.gateway.simulated import LastReading, SimulatedDevices
 from edgetwin.gateway.standins import StandIns
 from edgetwin.gateway.twin_index import TwinIndexKeeper
+from edgetwin.hardware.errors import HardwareError
 from edgetwin.hardware.quantities import UNITS
+from edgetwin.hardware.registry import check_output_value
 from edgetwin.hardware.sensor import Clock
 
 log = logging.getLogger(__name__)
@@ -243,6 +246,9 @@ class GatewayService:
         self.link.subscribe([topics.rebirth()], qos=1, no_local=True)
         self.commands.start()
         self.simulated.start()
+        if self.discovery is not None:
+            # Home Assistant's switches and numbers of outputs ask here (`_on_output_set`).
+            self.link.subscribe([topics.all_output_sets()], qos=1)
         # Agents' readings tell us their last seq, so a simulation that takes over a stream
         # continues its numbering. Only the twin's devices are watched: the engine's fleet on
         # the same topics would otherwise flow through this process, a core's work at 50,000
@@ -484,6 +490,8 @@ class GatewayService:
                 self.commands.on_response(parsed, message)
             elif parsed.kind == "command":
                 self.simulated.receive(parsed, message)
+            elif parsed.kind == "output_set":
+                self._on_output_set(parsed, message)
         except (ContractError, ValueError, RecursionError) as exc:
             # ValueError, RecursionError: the lenient JSON reads (`_is_flat`) of any payload.
             if message.topic.endswith("/status"):
@@ -717,6 +725,45 @@ class GatewayService:
                 )
             if decision is Decision.WAIT:
                 self._schedule_handoff_check()
+
+    def _on_output_set(self, parsed: ParsedTopic, message: Message) -> None:
+        """A plain MQTT client (Home Assistant's switch or number, from the discovery configs)
+        asks for a new value of one output: the device's owner among the gateways makes it the
+        next desired version, as `PATCH /devices/{id}/desired` would; the others leave it to
+        the owner, so one request is one version. ContractError (counted and logged as
+        malformed) for a value the output refuses, or an output the document does not have."""
+        device, name = parsed.device, parsed.name
+        assert device is not None
+        assert name is not None
+        if (
+            message.retain
+            or self.discovery is None
+            or self.ownership.owner(device) != self.gateway_id
+        ):
+            return
+        twin = self.fleet.get(device)
+        outputs = dict(twin.desired.outputs) if twin is not None and twin.desired else {}
+        if twin is None or name not in outputs:
+            raise ContractError(f"no output {name!r} in the desired document of {device!r}")
+        text = message.payload.decode("utf-8", "replace").strip()
+        switch = {"ON": 1.0, "OFF": 0.0}
+        try:
+            value = switch[text.upper()] if text.upper() in switch else float(text)
+        except ValueError:
+            raise ContractError(f"output {name!r}: not a value: {text[:32]!r}") from None
+        try:
+            value = check_output_value(outputs[name].driver, value, outputs[name].options)
+        except HardwareError as exc:
+            raise ContractError(f"output {name!r}: {exc}") from None
+        if value == outputs[name].value:
+            return  # already desired: no new version for nothing
+        outputs[name] = msgspec.structs.replace(outputs[name], value=value)
+        try:
+            self.set_desired(
+                device, dict(twin.expected_sensors()), expected_version=None, outputs=outputs
+            )
+        except (ConflictError, UnknownDeviceError) as exc:
+            log.warning("output set not applied", extra={"device": device, "error": str(exc)})
 
     def _last_reading(self, device: str, sensor: str) -> LastReading | None:
         """The last reading the twin saw on `device`'s stream `sensor` (time and values), for
@@ -969,6 +1016,7 @@ class GatewayService:
                 simulated=frozenset(simulated),
                 site=twin.site,
                 agent_version=twin.agent_version,
+                outputs=twin.desired.outputs if twin.desired is not None else {},
             )
             messages = self._discovery_sent.changes(twin.id, self.discovery.configs(description))
         for topic, payload in messages:

@@ -33,6 +33,7 @@ from edgetwin.agent.mqtt import MqttLink
 from edgetwin.gateway.acl import (
     ENGINE_USER,
     GATEWAY_USER,
+    HOMEASSISTANT_USER,
     READER_USER,
     SIMULATE_USER,
     acl_text,
@@ -86,7 +87,8 @@ def test_a_rerun_keeps_passwords_and_rotates_only_what_it_is_asked(tmp_path: Pat
     assert first.devices == [DEVICE, OTHER]
     creds = tmp_path / "credentials"
     device_env = creds / "devices" / f"{DEVICE}.env"
-    secret = [device_env, *(creds / f"{n}.env" for n in ("gateway", "simulate", "reader"))]
+    services = ("gateway", "simulate", "reader", "homeassistant")
+    secret = [device_env, *(creds / f"{n}.env" for n in services)]
     for path in [*secret, tmp_path / "passwords"]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE(creds.stat().st_mode) == 0o700
@@ -100,7 +102,10 @@ def test_a_rerun_keeps_passwords_and_rotates_only_what_it_is_asked(tmp_path: Pat
     assert after[f"{OTHER}.env"] != before[f"{OTHER}.env"]
     assert MISSING in second.devices
     users = [line.split(":")[0] for line in (tmp_path / "passwords").read_text().splitlines()]
-    assert users == [DEVICE, OTHER, MISSING, GATEWAY_USER, ENGINE_USER, SIMULATE_USER, READER_USER]
+    assert users == [
+        *(DEVICE, OTHER, MISSING),
+        *(GATEWAY_USER, ENGINE_USER, SIMULATE_USER, READER_USER, HOMEASSISTANT_USER),
+    ]
     assert _env(creds / "simulate.env")["EDGETWIN_MQTT_USERNAME"] == SIMULATE_USER
 
     third = write_broker_files(tmp_path, TOPICS, [DEVICE], rotate=["engine", "simulate"])
@@ -148,6 +153,13 @@ def test_the_acl_follows_prefix_and_telemetry_template() -> None:
     for user in (ENGINE_USER, SIMULATE_USER):
         rules = with_status.split(f"user {user}\n")[1].split("\n\n")[0].splitlines()
         assert "topic write edgetwin/+/status" in rules, user
+    homeassistant = text.split(f"user {HOMEASSISTANT_USER}\n")[1].split("\n\n")[0].splitlines()
+    assert homeassistant == [
+        "topic read site/a/#",
+        "topic read sensors/+",
+        "topic read homeassistant/#",
+        "topic write site/a/+/outputs/+/set",
+    ]
     shared = acl_text(Topics(telemetry_template="sensors/data"))
     assert "any device may write readings there" in shared
 

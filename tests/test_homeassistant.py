@@ -22,6 +22,7 @@ import pytest
 
 from edgetwin.agent.contract import (
     DesiredConfig,
+    OutputSettings,
     SensorBackend,
     SensorSettings,
     Telemetry,
@@ -423,6 +424,32 @@ def test_binary_quantities_render_on_and_off() -> None:
     assert _render(config["value_template"], _reading("pi-1", "hall", {"motion": 0.0})) == "OFF"
 
 
+def test_outputs_are_switches_and_numbers_set_through_the_twin() -> None:
+    builder = Discovery(Topics(), "homeassistant", GATEWAY_ORIGIN, "1")
+    outputs = {
+        "relay": OutputSettings(driver="digital_output", pin=17, value=1),
+        "fan-1": OutputSettings(driver="pca9685", channel=2, value=0.4),
+    }
+    configs = _by_topic(builder.configs(DeviceDescription("pi-1", {}, outputs=outputs)))
+    switch = configs["homeassistant/switch/pi-1/output-relay/config"]
+    number = configs["homeassistant/number/pi-1/output-fan-1/config"]
+    assert switch["command_topic"] == "edgetwin/pi-1/outputs/relay/set"
+    assert number["command_topic"] == "edgetwin/pi-1/outputs/fan-1/set"
+    assert switch["state_topic"] == number["state_topic"] == "edgetwin/pi-1/config/reported"
+    assert (switch["payload_on"], switch["payload_off"]) == ("1", "0")
+    assert (number["min"], number["max"], number["step"]) == (0.0, 1.0, 1 / 4096)
+    applied = {"outputs": {"relay": {"value": 1.0}, "fan-1": {"value": 0.4}}}
+    assert _render(switch["value_template"], applied) == "ON"
+    assert _render(number["value_template"], applied) == "0.4"
+    # A report without outputs, or with one that could not be opened, is no value.
+    for report in ({}, {"outputs": {"relay": {"value": None}}}):
+        assert _render(switch["value_template"], report) == "OFF"
+        assert _render(number["value_template"], report) == "0"
+    for config in (switch, number):
+        assert config["unique_id"].startswith("edgetwin:pi-1:output:")
+        assert config["origin"]["name"] == GATEWAY_ORIGIN
+
+
 # -- on a real broker ---------------------------------------------------------------------------
 
 
@@ -666,3 +693,40 @@ def test_under_the_broker_acl_an_agent_and_the_gateway_may_write_their_configs(
         )
         sub.wait_for("homeassistant/sensor/ha-acl-sim/env-temperature/config")
     assert agent.agent.link.rejected == 0
+
+
+@pytest.mark.integration
+def test_a_switch_sets_an_output_through_the_twin_and_shows_what_was_applied(
+    broker: Broker, edgetwin_gateway: GatewayFactory
+) -> None:
+    """Home Assistant's switch publishes ON on the output's set topic: the gateway makes it the
+    next desired version, the device (here simulated by the gateway) applies it, and the
+    reported document the switch reads says ON. A value the output refuses changes nothing."""
+    device = "ha-heater"
+    relay = {"driver": "digital_output", "pin": 17, "value": 0}
+    config_topic = f"homeassistant/switch/{device}/output-heater/config"
+    with Capture(broker.endpoint, ["homeassistant/#", f"edgetwin/{device}/#"]) as sub:
+        gateway = edgetwin_gateway(
+            [{"id": device, "sensors": {"env": {"driver": "sht3x", "interval": 0.5}}}],
+            config={"homeassistant": {"enabled": True}},
+        )
+        version = 0  # none yet
+        gateway.client.put_desired(
+            device, {"env": {"driver": "sht3x", "interval": 0.5}}, if_match=version,
+            outputs={"heater": relay},
+        )  # fmt: skip
+        _wait_configs(sub, device, lambda got: config_topic in got)
+        switch = json.loads(_configs_of(sub, device)[config_topic].payload)
+        reported = Topics().reported(device)
+        sub.wait_for(reported, lambda m: _render(switch["value_template"], m.payload) == "OFF")
+
+        publish(broker.endpoint, switch["command_topic"], switch["payload_on"].encode())
+        sub.wait_for(reported, lambda m: _render(switch["value_template"], m.payload) == "ON")
+        desired, after = gateway.client.desired(device)
+        assert after == version + 2
+        assert desired["outputs"]["heater"]["value"] == 1
+
+        publish(broker.endpoint, switch["command_topic"], b"2")  # a relay takes 0 or 1
+        publish(broker.endpoint, switch["command_topic"], switch["payload_off"].encode())
+        sub.wait_for(reported, lambda m: _render(switch["value_template"], m.payload) == "OFF")
+        assert gateway.client.desired(device)[1] == version + 3, "the refused value made none"

@@ -988,6 +988,7 @@ def test_the_stacks_broker_gateway_and_flapping_agent_run_as_compose_runs_them(
             "gateway.env",
             "simulate.env",
             "reader.env",
+            "homeassistant.env",
             "greenhouse-01.env",
             "greenhouse-02.env",
         }

@@ -20,7 +20,13 @@ import pytest
 import edgetwin.testing.broker as harness
 import edgetwin.testing.certs
 from edgetwin.agent.contract import Topics
-from edgetwin.gateway.acl import ENGINE_USER, GATEWAY_USER, READER_USER, SIMULATE_USER
+from edgetwin.gateway.acl import (
+    ENGINE_USER,
+    GATEWAY_USER,
+    HOMEASSISTANT_USER,
+    READER_USER,
+    SIMULATE_USER,
+)
 from edgetwin.gateway.broker import MosquittoBroker, free_port
 from edgetwin.testing.broker import (
     DEFAULT_USER,
@@ -166,7 +172,7 @@ def test_client_certificates_are_demanded(broker_factory: BrokerFactory) -> None
 def test_acl_a_device_cannot_write_another_devices_topics(broker_factory: BrokerFactory) -> None:
     broker = broker_factory(acl_devices=["pi-a", "pi-b"])
     assert set(broker.identities) == {
-        "pi-a", "pi-b", GATEWAY_USER, ENGINE_USER, SIMULATE_USER, READER_USER,
+        "pi-a", "pi-b", GATEWAY_USER, ENGINE_USER, SIMULATE_USER, READER_USER, HOMEASSISTANT_USER,
     }  # fmt: skip
     assert broker.endpoint == broker.gateway_endpoint
     assert broker.engine_endpoint.username == ENGINE_USER
