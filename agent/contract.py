@@ -431,6 +431,22 @@ class StreamServing(Struct, frozen=True):
     ] = 0
 
 
+class OutputResponse(Struct, frozen=True):
+    """How one simulated quantity of a device answers its outputs: a first-order lag with
+    `time_constant` seconds towards the sum of each output's value times its gain (the
+    manifest's `[[devices.responses]]`, gateway/scenario/model.py `ResponseSpec`), carried in
+    the twin document so that every gateway that may play the device plays it the same."""
+
+    sensor: SensorName
+    quantity: QuantityName
+    time_constant: Annotated[float, msgspec.Meta(gt=0, le=MAX_INT)]
+    gains: Annotated[dict[OutputName, Float], msgspec.Meta(min_length=1, max_length=16)]
+
+    def __post_init__(self) -> None:
+        for name, gain in self.gains.items():
+            _finite(gain, f"gain of {name}")
+
+
 class TwinSummary(_Payload, frozen=True):
     """The gateway's record of one manifest device: where it sits, and who serves each of its
     sensors now. Retained; only the gateway writes it, and a restarted gateway rebuilds its
@@ -459,6 +475,10 @@ class TwinSummary(_Payload, frozen=True):
     session: SessionId | None = None
     """The agent session whose status this document answers; `boot` alone is ambiguous once a
     wiped disk restarts the count."""
+    responses: Annotated[list[OutputResponse], msgspec.Meta(max_length=64)] = msgspec.field(
+        default_factory=list
+    )
+    """How the device's simulated signals answer its outputs; absent when they do not."""
     gateway: GatewayId | None = None
     """The gateway that writes this document and plays the streams it marks `simulation`;
     None once that gateway has handed the device to another (its release, with the last seq

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, Literal
@@ -249,7 +249,9 @@ class Fleet:
         for listener in self._listeners:
             listener(twin)
 
-    def add(self, device: ManifestDevice) -> DeviceTwin:
+    def add(
+        self, device: ManifestDevice, *, responses: Sequence[ResponseSpec] | None = None
+    ) -> DeviceTwin:
         with self._lock:
             self._removed.discard(device.id)
             twin = self._twin(device.id)
@@ -258,7 +260,7 @@ class Fleet:
             twin.manifest_sensors = dict(device.sensors)
             twin.site = device.site
             twin.labels = dict(device.labels)
-            twin.responses = tuple(device.responses)
+            twin.responses = tuple(device.responses if responses is None else responses)
             self.membership += 1
         self._notify(twin)
         return twin
@@ -396,13 +398,17 @@ class Fleet:
             twin.desired = desired
         self._notify(twin)
 
-    def apply_manifest(self, device: ManifestDevice) -> None:
-        """A twin document of another replica (or an earlier run) names a manifest device."""
+    def apply_manifest(
+        self, device: ManifestDevice, responses: Sequence[ResponseSpec] = ()
+    ) -> None:
+        """A twin document of another replica (or an earlier run) names a manifest device,
+        and how its signals answer its outputs (checked against its sensors where it plays
+        them: the document names no sensors of its own)."""
         with self._lock:
             twin = self._devices.get(device.id)
             if device.id in self._removed or (twin is not None and twin.in_manifest):
                 return
-        self.add(device)
+        self.add(device, responses=responses)
 
     def apply_telemetry(self, telemetry: Telemetry) -> bool:
         """A reading updates its device's stream. A real device's reading makes a record of a

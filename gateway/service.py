@@ -63,6 +63,7 @@ from edgetwin.gateway.lograte import LogLimiter
 from edgetwin.gateway.membership import Membership, MembershipChange
 from edgetwin.gateway.metrics import GatewayMetrics
 from edgetwin.gateway.ownership import Decision, Ownership, PlayedStreams
+from edgetwin.gateway.scenario.model import ResponseSpec
 from edgetwin.gateway.simulated import LastReading, SimulatedDevices
 from edgetwin.gateway.standins import StandIns
 from edgetwin.gateway.twin_index import TwinIndexKeeper
@@ -517,7 +518,8 @@ class GatewayService:
             return
         claim_changed = self.ownership.note_document(twin)
         self.fleet.apply_manifest(
-            ManifestDevice(id=twin.device, site=twin.site, labels=twin.labels, sensors={})
+            ManifestDevice(id=twin.device, site=twin.site, labels=twin.labels, sensors={}),
+            responses=[ResponseSpec.from_wire(r) for r in twin.responses],
         )
         if twin.gateway != self.gateway_id:
             # The page shows who plays the device's streams, whichever gateway it asks.
@@ -981,6 +983,7 @@ class GatewayService:
             sensors=sensors,
             site=twin.site,
             labels=twin.labels,
+            responses=[r.to_wire() for r in twin.responses],
             gateway=self.gateway_id if claim else None,
         )
         previous = self._published_twins.get(twin.id)

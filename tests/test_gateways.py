@@ -308,7 +308,12 @@ def test_any_gateway_takes_writes_for_the_whole_fleet(broker: Broker) -> None:
     ):
         poll(lambda: len(b.client.request("GET", "/gateways").json()["gateways"]) == 2, 10)
         env = {"driver": "bme280", "interval": INTERVAL}
-        b.client.add_device(device, {"env": env}, site="lab")
+        # Its heater answers in the twin document too: the owner that learns the device from
+        # it plays the same response.
+        warms = {"sensor": "env", "quantity": "temperature", "time_constant": 0.5}
+        b.client.add_device(
+            device, {"env": env}, site="lab", responses=[{**warms, "gains": {"relay": 8.0}}]
+        )
         poll(lambda: _claims(twins).get(device) == "gw-a", 10, what="the owner claiming it")
         readings.wait_for(timeout=10, count=3)
         assert a.client.device(device)["simulated"]
@@ -329,6 +334,11 @@ def test_any_gateway_takes_writes_for_the_whole_fleet(broker: Broker) -> None:
 
         # Outputs and commands through the gateway that does not play it: the owner applies
         # the output, reports it, and alone answers the command (one writer of each).
+        def temperature() -> float:
+            return readings.messages()[-1].telemetry().values["temperature"].value
+
+        readings.wait_for(timeout=5)
+        before = temperature()
         relay = {"driver": "digital_output", "pin": 17, "value": 1}
         b.client.put_desired(device, {"env": env}, outputs={"relay": relay})
 
@@ -338,6 +348,7 @@ def test_any_gateway_takes_writes_for_the_whole_fleet(broker: Broker) -> None:
 
         poll(relay_reported, 10, what="the relay applied by the owner")
         assert relay_reported() == {"value": 1.0, "backend": "simulated"}
+        poll(lambda: temperature() > before + 4.0, 5, what="the owner's room warmed by the relay")
         with Capture(endpoint, TOPICS.response(device, "+")) as answers:
             answer = b.client.request(
                 "POST", f"/devices/{device}/commands/diagnostics", {"timeout": 5}

@@ -216,9 +216,12 @@ class GatewayClient:
         *,
         site: str | None = None,
         labels: Mapping[str, str] | None = None,
+        responses: Sequence[Mapping[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """`POST /devices`: add a manifest device (simulated until its agent comes online);
-        GatewayError 409 if it exists. Without `sensors`, the gateway's default sensors."""
+        GatewayError 409 if it exists. Without `sensors`, the gateway's default sensors.
+        `responses`: how its simulated signals answer its outputs, as `[[devices.responses]]`
+        (`{"sensor", "quantity", "time_constant", "gains"}`)."""
         body: dict[str, Any] = {"id": device_id}
         if sensors is not None:
             body["sensors"] = sensors
@@ -226,6 +229,8 @@ class GatewayClient:
             body["site"] = site
         if labels is not None:
             body["labels"] = labels
+        if responses is not None:
+            body["responses"] = list(responses)
         added: dict[str, Any] = self._json("POST", "/devices", body).json()
         return added
 

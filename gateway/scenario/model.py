@@ -28,6 +28,7 @@ from edgetwin.agent.contract import (
     MAX_SHARDS,
     ContractError,
     OutputName,
+    OutputResponse,
     SensorName,
     check_id,
 )
@@ -181,6 +182,24 @@ class ResponseSpec(_Spec, frozen=True, kw_only=True):
     def model(self, inputs: Mapping[str, float] | None = None) -> FirstOrderResponse:
         """A fresh response, its outputs at `inputs` (output name -> value) from the start."""
         return FirstOrderResponse(self.gains, self.seconds, inputs)
+
+    def to_wire(self) -> OutputResponse:
+        """As the twin document carries it (time constant in seconds)."""
+        return OutputResponse(
+            sensor=self.sensor,
+            quantity=self.quantity,
+            time_constant=self.seconds,
+            gains=dict(self.gains),
+        )
+
+    @classmethod
+    def from_wire(cls, response: OutputResponse) -> ResponseSpec:
+        return cls(
+            sensor=response.sensor,
+            quantity=response.quantity,
+            time_constant=response.time_constant,
+            gains=dict(response.gains),
+        )
 
 
 class SpikesSpec(_Spec, frozen=True, kw_only=True):
