@@ -347,10 +347,6 @@ class ManifestDevice(Section, frozen=True):
             if response.quantity not in names:
                 raise ValueError(f"{where}: sensor {response.sensor!r} reads {names}")
 
-    def response_of(self, sensor: str) -> dict[str, ResponseSpec]:
-        """The declared responses of `sensor`'s quantities, by quantity."""
-        return {r.quantity: r for r in self.responses if r.sensor == sensor}
-
 
 class PresenceSection(Section, frozen=True):
     # Retained status messages arrive right after subscribing; until then a device's presence is

@@ -44,6 +44,8 @@ from edgetwin.agent.contract import (
 from edgetwin.agent.desired import check_outputs
 from edgetwin.agent.homeassistant import (
     GATEWAY_ORIGIN,
+    PAYLOAD_OFF,
+    PAYLOAD_ON,
     DeviceDescription,
     Discovery,
     PublishedConfigs,
@@ -748,7 +750,7 @@ class GatewayService:
         if twin is None or name not in outputs:
             raise ContractError(f"no output {name!r} in the desired document of {device!r}")
         text = message.payload.decode("utf-8", "replace").strip()
-        switch = {"ON": 1.0, "OFF": 0.0}
+        switch = {PAYLOAD_ON: 1.0, PAYLOAD_OFF: 0.0}
         try:
             value = switch[text.upper()] if text.upper() in switch else float(text)
         except ValueError:

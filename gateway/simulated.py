@@ -181,9 +181,6 @@ class SimulatedDevices:
         self._lock = threading.Lock()
         self._playing: set[str] = set()  # what `update` last decided, for other threads
         self._thread: threading.Thread | None = None
-        self.dropped_requests = 0
-        """Requests for a device this gateway does not play (its agent's, or another
-        gateway's): not answered here."""
 
     # -- from other threads -----------------------------------------------------------------
 
@@ -222,7 +219,6 @@ class SimulatedDevices:
         gateway plays it; otherwise its agent, or the gateway that plays it, answers."""
         device = parsed.device
         if device is None or not self.plays(device):
-            self.dropped_requests += 1
             return
         self._work.put(_Request(device, message))
 
