@@ -122,6 +122,11 @@ def test_a_rerun_keeps_passwords_and_rotates_only_what_it_is_asked(tmp_path: Pat
         write_broker_files(tmp_path, TOPICS, [DEVICE], rotate=["nobody"])
 
 
+def rules_of(acl: str, user: str) -> list[str]:
+    """The rule lines of `user`'s section of an ACL file."""
+    return acl.split(f"user {user}\n", maxsplit=1)[1].split("\n\n", maxsplit=1)[0].splitlines()
+
+
 def test_the_acl_follows_prefix_and_telemetry_template() -> None:
     text = acl_text(Topics(prefix="site/a", telemetry_template="sensors/{device_id}"))
     assert "pattern write sensors/%u\n" in text
@@ -130,7 +135,7 @@ def test_the_acl_follows_prefix_and_telemetry_template() -> None:
     assert "pattern read site/a/%u/commands/+\n" in text
     assert "pattern write site/a/%u/responses/+\n" in text
     assert "pattern readwrite homeassistant/+/%u/+/config\n" in text
-    gateway = text.split(f"user {GATEWAY_USER}\n")[1].split("\n\n")[0].splitlines()
+    gateway = rules_of(text, GATEWAY_USER)
     assert gateway == [
         "topic read site/a/#",
         "topic read sensors/+",
@@ -145,15 +150,15 @@ def test_the_acl_follows_prefix_and_telemetry_template() -> None:
         "topic write site/a/_probe/+",
         "topic write homeassistant/+/+/+/config",
     ]
-    engine = text.split(f"user {ENGINE_USER}\n")[1].split("\n\n")[0].splitlines()
+    engine = rules_of(text, ENGINE_USER)
     assert engine == ["topic write sensors/+", "topic write site/a/labels"]
-    simulate = text.split(f"user {SIMULATE_USER}\n")[1].split("\n\n")[0].splitlines()
+    simulate = rules_of(text, SIMULATE_USER)
     assert simulate == [*engine, "topic readwrite site/a/_shards/+/+"]
     with_status = acl_text(TOPICS, engine_status=True)
     for user in (ENGINE_USER, SIMULATE_USER):
-        rules = with_status.split(f"user {user}\n")[1].split("\n\n")[0].splitlines()
+        rules = rules_of(with_status, user)
         assert "topic write edgetwin/+/status" in rules, user
-    homeassistant = text.split(f"user {HOMEASSISTANT_USER}\n")[1].split("\n\n")[0].splitlines()
+    homeassistant = rules_of(text, HOMEASSISTANT_USER)
     assert homeassistant == [
         "topic read site/a/#",
         "topic read sensors/+",

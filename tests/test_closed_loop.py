@@ -153,6 +153,17 @@ def until(condition: Callable[[], T | None], timeout: float, what: str) -> T:
     return found[-1]
 
 
+def real_agent(broker: Broker, tmp_path: Path) -> AgentConfig:
+    """The config of REAL's agent: one emulated BME280 read as often as the simulated room."""
+    return AgentConfig(
+        agent=AgentSection(device_id=REAL, state_dir=tmp_path, state_interval=0.5),
+        mqtt=agent_mqtt_settings(
+            broker, keepalive=2, reconnect_min_delay=0.1, reconnect_max_delay=0.5
+        ),
+        sensors={"env": bme280(INTERVAL)},
+    )
+
+
 def room(device: str = ROOM) -> ManifestDevice:
     return ManifestDevice(id=device, sensors={"env": bme280(INTERVAL)}, responses=[RESPONSE])
 
@@ -191,6 +202,13 @@ class Watcher:
     def since(self, device: str, moment: float) -> list[float]:
         with self.cond:
             return [v for t, v, _ in self.readings.get(device, []) if t >= moment]
+
+    def wait_warming(self, device: str, moment: float, what: str) -> None:
+        """Until `device` reads half the heater's gain above its first reading after
+        `moment`: within three time constants of a heater switched on then."""
+        poll(lambda: len(self.since(device, moment)) >= 1, 5, what=f"{device} read after it")
+        start = self.since(device, moment)[0]
+        poll(lambda: self.latest(device) > start + 0.5 * HEATER_GAIN, 3 * TAU + 2, what=what)
 
 
 @contextmanager
@@ -320,13 +338,7 @@ def test_a_thermostat_rule_closes_the_loop_over_simulated_and_real_devices(
     above it, for a zone of two rooms: one simulated by the gateway, one with a live agent
     whose relay is an emulated GPIO pin. The simulated room warms and cools as its model says,
     within its time constant; the real room's pin follows the same rule."""
-    agent_config = AgentConfig(
-        agent=AgentSection(device_id=REAL, state_dir=tmp_path, state_interval=0.5),
-        mqtt=agent_mqtt_settings(
-            broker, keepalive=2, reconnect_min_delay=0.1, reconnect_max_delay=0.5
-        ),
-        sensors={"env": bme280(INTERVAL)},
-    )
+    agent_config = real_agent(broker, tmp_path)
     real = ManifestDevice(id=REAL, sensors={"env": bme280(INTERVAL)})
     with (
         EmulatedBackend() as backend,
@@ -434,13 +446,7 @@ def test_a_device_whose_agent_leaves_is_played_with_its_outputs_and_handed_back(
     """The agent drives its heater, then stops: the gateway plays the device from then on
     (the heater as desired, reported `simulated`, commands answered by the simulation, the
     room warmed by it), and the agent that comes back answers for itself again."""
-    agent_config = AgentConfig(
-        agent=AgentSection(device_id=REAL, state_dir=tmp_path, state_interval=0.5),
-        mqtt=agent_mqtt_settings(
-            broker, keepalive=2, reconnect_min_delay=0.1, reconnect_max_delay=0.5
-        ),
-        sensors={"env": bme280(INTERVAL)},
-    )
+    agent_config = real_agent(broker, tmp_path)
     real = ManifestDevice(id=REAL, sensors={"env": bme280(INTERVAL)}, responses=[RESPONSE])
 
     def presence() -> str:
@@ -484,14 +490,7 @@ def test_a_device_whose_agent_leaves_is_played_with_its_outputs_and_handed_back(
         assert status == 200, answer
         assert "simulated_by" in answer["result"]
         # The heater the agent left on warms the simulated room.
-        taken_over = time.monotonic()
-        poll(lambda: len(seen.since(REAL, taken_over)) >= 2, 5, what="simulated readings")
-        start = seen.since(REAL, taken_over)[0]
-        poll(
-            lambda: seen.latest(REAL) > start + 0.5 * HEATER_GAIN,
-            3 * TAU + 2,
-            what="the heater warms the simulated room",
-        )
+        seen.wait_warming(REAL, time.monotonic(), "the heater warms the simulated room")
 
         with testing_agent.agent_thread(agent_config, emulated_backend=backend):
             poll(lambda: presence() == "online", 10, what="agent back")
@@ -530,11 +529,4 @@ def test_a_device_added_through_the_api_carries_its_responses(broker: Broker) ->
         assert good.status_code == 201, good.text
         poll(lambda: len(seen.readings.get(added, [])) >= 3, 10, what="the device simulated")
         desire(api, added, {"heater": {**HEATER, "value": 1}})
-        switched = time.monotonic()
-        poll(lambda: len(seen.since(added, switched)) >= 1, 5, what="a reading after the switch")
-        before = seen.since(added, switched)[0]
-        poll(
-            lambda: seen.latest(added) > before + 0.5 * HEATER_GAIN,
-            3 * TAU + 2,
-            what="the heater warms the room added through the API",
-        )
+        seen.wait_warming(added, time.monotonic(), "the heater warms the room added by the API")

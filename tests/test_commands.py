@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -159,6 +159,19 @@ def requester(broker: Broker, device: str = DEVICE) -> Iterator[Requester]:
         raw.close()
 
 
+def status_of(device: str, state: Presence, reason: Literal["birth", "connection_lost"]) -> Status:
+    """A status as a raw client that stands for an agent publishes it (boot 1)."""
+    return Status(
+        device=device,
+        state=state,
+        ts=time.time(),
+        boot=1,
+        agent_version=device,
+        reason=reason,
+        session="0123456789abcdef",
+    )
+
+
 def request(command_id: str, deadline_in: float = 10, **args: Any) -> CommandRequest:
     return CommandRequest(
         device=DEVICE, id=command_id, deadline=time.time() + deadline_in, args=args
@@ -290,15 +303,7 @@ def test_a_device_nobody_plays_is_offline_at_once(broker: Broker, tmp_path: Path
     with fleet(broker, tmp_path) as (api, _agent):
         client = connect_client(broker)
         try:
-            offline = Status(
-                device=gone,
-                state=Presence.OFFLINE,
-                ts=time.time(),
-                boot=1,
-                agent_version="gone",
-                reason="connection_lost",
-                session="0123456789abcdef",
-            )
+            offline = status_of(gone, Presence.OFFLINE, "connection_lost")
             client.publish(TOPICS.status(gone), offline.encode(), qos=1, retain=True)
             poll(lambda: api.get(f"/devices/{gone}").status_code == 200, 10, what="device known")
         finally:
@@ -334,15 +339,7 @@ def test_a_device_that_never_answers_times_out(broker: Broker) -> None:
 
             mute.on_message = swallow
             mute.subscribe(TOPICS.commands(MUTE), qos=1)
-            online = Status(
-                device=MUTE,
-                state=Presence.ONLINE,
-                ts=time.time(),
-                boot=1,
-                agent_version="mute",
-                reason="birth",
-                session="0123456789abcdef",
-            )
+            online = status_of(MUTE, Presence.ONLINE, "birth")
             mute.publish(TOPICS.status(MUTE), online.encode(), qos=1, retain=True)
             poll(lambda: presence(api, MUTE) == "online", 10, what="mute device online")
             started = time.monotonic()

@@ -109,6 +109,20 @@ def desired(base: str, device: str) -> tuple[int, dict[str, Any]]:
     return int(body["version"]), body["sensors"]
 
 
+def put_outputs(base: str, device: str, outputs: dict[str, Any]) -> int:
+    """Give the device's desired document these outputs (none: `{}`), its sensors kept, under
+    `If-Match` of the version read; returns that version."""
+    version, sensors = desired(base, device)
+    answer = httpx.put(
+        f"{base}/devices/{device}/desired",
+        json={"sensors": sensors, "outputs": outputs},
+        headers={**AUTH, "If-Match": f'"{version}"'},
+        timeout=5,
+    )
+    assert answer.status_code == 200, answer.text
+    return version
+
+
 def twin(base: str, device: str) -> dict[str, Any]:
     answer: dict[str, Any] = httpx.get(f"{base}/devices/{device}", timeout=5).json()
     return answer
@@ -442,18 +456,11 @@ def test_the_token_is_asked_for_once_per_tab(page: Page) -> None:
 
 
 def test_outputs_are_shown_and_a_value_is_set_from_the_page(page: Page) -> None:
-    version, sensors = desired(page.base, AGENT)
     outputs = {
         "lamp": {"driver": "digital_output", "pin": 17, "value": 0, "backend": "emulated"},
         "fan": {"driver": "pwm_output", "pin": 18, "value": 0.2, "backend": "emulated"},
     }
-    answer = httpx.put(
-        f"{page.base}/devices/{AGENT}/desired",
-        json={"sensors": sensors, "outputs": outputs},
-        headers={**AUTH, "If-Match": f'"{version}"'},
-        timeout=5,
-    )
-    assert answer.status_code == 200, answer.text
+    version = put_outputs(page.base, AGENT, outputs)
     page.open_device(AGENT)
     lamp, fan = '#output-rows tr[data-output="lamp"]', '#output-rows tr[data-output="fan"]'
     page.wait(
@@ -494,26 +501,12 @@ def test_outputs_are_shown_and_a_value_is_set_from_the_page(page: Page) -> None:
     assert page.text(f"{fan} .output-desired") == "0.6"
 
     # The outputs leave the document, for the tests that share this agent.
-    current, sensors = desired(page.base, AGENT)
-    cleared = httpx.put(
-        f"{page.base}/devices/{AGENT}/desired",
-        json={"sensors": sensors, "outputs": {}},
-        headers={**AUTH, "If-Match": f'"{current}"'},
-        timeout=5,
-    )
-    assert cleared.status_code == 200, cleared.text
+    put_outputs(page.base, AGENT, {})
 
 
 def test_a_simulated_devices_outputs_are_applied_by_the_gateway(page: Page) -> None:
-    version, sensors = desired(page.base, SIMULATED)
     relay = {"driver": "digital_output", "pin": 22, "value": 1, "backend": "emulated"}
-    answer = httpx.put(
-        f"{page.base}/devices/{SIMULATED}/desired",
-        json={"sensors": sensors, "outputs": {"relay": relay}},
-        headers={**AUTH, "If-Match": f'"{version}"'},
-        timeout=5,
-    )
-    assert answer.status_code == 200, answer.text
+    put_outputs(page.base, SIMULATED, {"relay": relay})
     page.open_device(SIMULATED)
     row = '#output-rows tr[data-output="relay"]'
     page.wait(
@@ -521,12 +514,5 @@ def test_a_simulated_devices_outputs_are_applied_by_the_gateway(page: Page) -> N
         what="the relay applied by the gateway that simulates the device",
     )
     assert page.text(f"{row} .output-applied") == "1 · simulated"
-    current, sensors = desired(page.base, SIMULATED)
-    cleared = httpx.put(
-        f"{page.base}/devices/{SIMULATED}/desired",
-        json={"sensors": sensors, "outputs": {}},
-        headers={**AUTH, "If-Match": f'"{current}"'},
-        timeout=5,
-    )
-    assert cleared.status_code == 200, cleared.text
+    put_outputs(page.base, SIMULATED, {})
     page.wait("document.getElementById('outputs-panel').hidden", what="the outputs panel gone")
